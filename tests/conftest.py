@@ -1,0 +1,48 @@
+"""Shared fixtures: tiny generated datasets (no real data, nothing downloaded)."""
+from __future__ import annotations
+
+import os
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
+
+os.environ.setdefault("XCEPTION_NO_DOWNLOAD", "1")  # never reach for the network in tests
+
+
+def make_image(rng: np.random.Generator, fake: bool, size: int = 256) -> Image.Image:
+    """A noisy image; fakes carry a faint periodic pattern a CNN can learn."""
+    base = rng.integers(60, 200, size=3)
+    image = base + rng.normal(0, 25, size=(size, size, 3))
+    if fake:
+        yy, xx = np.mgrid[0:size, 0:size]
+        image += 30 * (((yy // 4) + (xx // 4)) % 2)[..., None]
+    return Image.fromarray(np.clip(image, 0, 255).astype(np.uint8), "RGB")
+
+
+def make_split(folder: str, n_real: int, n_fake: int, seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    for class_dir, count, fake in (("real", n_real, False), ("fake", n_fake, True)):
+        os.makedirs(os.path.join(folder, class_dir), exist_ok=True)
+        for i in range(count):
+            make_image(rng, fake).save(os.path.join(folder, class_dir, f"img{i:03d}.png"))
+
+
+def make_tree(root: str, counts=None, seed: int = 0) -> str:
+    """Both datasets, all splits, under ``root``; ``counts`` maps split -> (n_real, n_fake)."""
+    counts = counts or {"train": (8, 4), "val": (4, 2), "test": (4, 2)}
+    for d, dataset in enumerate(("fakes_dataset", "synthetic_dataset")):
+        for s, (split, (n_real, n_fake)) in enumerate(counts.items()):
+            make_split(os.path.join(root, dataset, split), n_real, n_fake, seed * 100 + d * 10 + s)
+    return root
+
+
+@pytest.fixture(scope="session")
+def tiny_root(tmp_path_factory) -> str:
+    """A read-only-by-convention tiny tree: train 8/4, val 4/2, test 4/2 per dataset."""
+    return make_tree(str(tmp_path_factory.mktemp("tiny_data")))

@@ -1,0 +1,140 @@
+"""Train SimpleNet or XceptionBased on one dataset (SPEC section 3).
+
+    python train_main.py -m SimpleNet -d fakes_dataset -o Adam --lr 0.001 -b 32 -e 5
+
+Writes out/<dataset>_<model>_<optimizer>.json (runs appended), checkpoints/<...>.pt (best
+validation accuracy) and checkpoints/<...>_last.pt (full state for --resume). Works under
+``torchrun --nproc_per_node=N train_main.py ...`` with the same flags.
+"""
+from __future__ import annotations
+
+import os
+import sys
+
+import torch
+from torch import nn
+
+from trainer import LoggingParameters, Trainer, json_safe_optimizer_params
+from utils import (DATASET_NAMES, MODEL_NAMES, OPTIMIZER_NAMES, ArgumentParser, UserError,
+                   add_data_root_flag, add_debug_flag, apply_image_cache, get_device,
+                   get_nof_params, load_dataset, load_model, non_negative_int, positive_float,
+                   positive_int, run_cli, set_seed)
+
+
+def build_parser() -> ArgumentParser:
+    parser = ArgumentParser(description="Train a real-vs-fake face classifier and log every epoch.")
+    parser.add_argument("--lr", default=0.001, type=positive_float, help="learning rate")
+    parser.add_argument("--momentum", default=0.9, type=float, help="momentum (SGD only)")
+    parser.add_argument("--batch_size", "-b", default=128, type=positive_int,
+                        help="training batch size (global: split across torchrun processes)")
+    parser.add_argument("--epochs", "-e", default=2, type=positive_int, help="number of epochs")
+    parser.add_argument("--model", "-m", default="SimpleNet", choices=MODEL_NAMES, help="model to train")
+    parser.add_argument("--optimizer", "-o", default="SGD", choices=OPTIMIZER_NAMES,
+                        help="SGD (with --momentum) or Adam (lr only)")
+    parser.add_argument("--dataset", "-d", default="fakes_dataset", choices=DATASET_NAMES,
+                        help="dataset to train on")
+    add_data_root_flag(parser)
+    parser.add_argument("--seed", default=0, type=int,
+                        help="seed for weights, data order and augmentation; a CPU run repeats exactly")
+    parser.add_argument("--num_workers", default=None, type=non_negative_int,
+                        help="DataLoader worker processes (default: 0 when images are cached in RAM, "
+                             "else min(4, CPU cores - 1))")
+    parser.add_argument("--device", default="auto", help="auto (CUDA when available), cpu or cuda")
+    parser.add_argument("--xception_weights", default=None,
+                        help="ImageNet weights file for XceptionBased (else $XCEPTION_WEIGHTS, the torch "
+                             "hub cache, then a download)")
+    parser.add_argument("--no_pretrained", action="store_true",
+                        help="XceptionBased from random initialisation (the study: stays near chance)")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue the interrupted run from checkpoints/<...>_last.pt")
+    parser.add_argument("--amp", action="store_true", help="bf16 mixed precision (CUDA only)")
+    parser.add_argument("--channels_last", action="store_true", help="channels-last memory layout")
+    parser.add_argument("--cache_images", default="auto", choices=("auto", "on", "off"),
+                        help="keep decoded uint8 images in RAM; auto caches splits while they fit "
+                             "in --cache_limit_gb")
+    parser.add_argument("--cache_limit_gb", default=2.2, type=positive_float,
+                        help="RAM budget of --cache_images auto")
+    parser.add_argument("--eval_batch_size", default=None, type=positive_int,
+                        help="batch size for validation and test (default: --batch_size)")
+    parser.add_argument("--skip_corrupt", action="store_true",
+                        help="skip unreadable images with a warning instead of stopping")
+    parser.add_argument("--out_dir", default="out", help="folder of the metrics JSON")
+    parser.add_argument("--checkpoint_dir", default="checkpoints", help="folder of the checkpoints")
+    parser.add_argument("--no_progress", action="store_true", help="no progress bars")
+    add_debug_flag(parser)
+    return parser
+
+
+def make_optimizer(name: str, params, lr: float, momentum: float) -> torch.optim.Optimizer:
+    if name == "SGD":
+        return torch.optim.SGD(params, lr=lr, momentum=momentum)
+    return torch.optim.Adam(params, lr=lr)
+
+
+def init_distributed(device_flag: str) -> torch.device:
+    """Join the torchrun process group when launched by torchrun (gloo on CPU, nccl on CUDA)."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return get_device(device_flag)
+    device = get_device(device_flag)
+    if device.type == "cuda":
+        local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+        device = torch.device("cuda", local_rank)
+        torch.cuda.set_device(device)
+    if not torch.distributed.is_initialized():
+        torch.distributed.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return device
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.momentum < 0:
+        raise UserError(f"--momentum must be 0 or more, got {args.momentum}")
+    device = init_distributed(args.device)
+    try:
+        return _train(args, device)
+    finally:
+        if torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+
+
+def _train(args, device: torch.device) -> int:
+    is_main = not torch.distributed.is_initialized() or torch.distributed.get_rank() == 0
+    set_seed(args.seed)
+    datasets = [load_dataset(args.dataset, part, args.data_root, skip_corrupt=args.skip_corrupt)
+                for part in ("train", "val", "test")]
+    apply_image_cache(datasets, args.cache_images, args.cache_limit_gb, progress=not args.no_progress)
+    set_seed(args.seed)  # the same initial weights whatever was read above
+    model = load_model(args.model, pretrained=not args.no_pretrained, weights_path=args.xception_weights)
+    if args.model == "XceptionBased" and args.no_pretrained and is_main:
+        print("WARNING: XceptionBased from random initialisation (--no_pretrained); "
+              "the study shows this stays near chance (50-60 %)", file=sys.stderr)
+    optimizer = make_optimizer(args.optimizer, model.parameters(), args.lr, args.momentum)
+    logging_parameters = LoggingParameters(
+        model_name=args.model, dataset_name=args.dataset, optimizer_name=args.optimizer,
+        optimizer_params=json_safe_optimizer_params(optimizer.param_groups[0]))
+    run_args = {k: v for k, v in vars(args).items() if k != "debug"}
+    trainer = Trainer(model, optimizer, nn.CrossEntropyLoss(), args.batch_size, *datasets,
+                      device=device, num_workers=args.num_workers, eval_batch_size=args.eval_batch_size,
+                      seed=args.seed, amp=args.amp, channels_last=args.channels_last,
+                      progress=not args.no_progress, out_dir=args.out_dir,
+                      checkpoint_dir=args.checkpoint_dir,
+                      run_info={"args": run_args, "argv": sys.argv,
+                                "pretrained": args.model == "XceptionBased" and not args.no_pretrained,
+                                "n_params": get_nof_params(model)})
+    run = trainer.run(args.epochs, logging_parameters, resume=args.resume)
+    if is_main:
+        paths = trainer.paths(logging_parameters)
+        best = run["best_epoch"]
+        auc = run["test_auc"][best - 1] if best else None
+        print(f"done: best val epoch {best}, val acc {run['best_val_acc']:.2f}%, test acc at that epoch "
+              f"{run['test_acc_at_best']:.2f}%, test AUC(fake) {_fmt(auc)}; "
+              f"json {paths['json']}; checkpoint {paths['best']}")
+    return 0
+
+
+def _fmt(value) -> str:
+    return "n/a" if value is None else f"{value:.4f}"
+
+
+if __name__ == "__main__":
+    sys.exit(run_cli(main))

@@ -1,0 +1,489 @@
+"""Training and evaluation engine (SPEC section 3).
+
+The course contract is kept exactly: ``Trainer(model, optimizer, criterion, batch_size, train_dataset,
+validation_dataset, test_dataset)``, ``train_one_epoch() -> (avg_loss, accuracy %)``,
+``evaluate_model_on_dataloader(dataset) -> (avg_loss, accuracy %)``, ``validate()``, ``test()`` and
+``run(epochs, logging_parameters)`` writing ``out/<dataset>_<model>_<optimizer>.json`` (a list of
+runs) and ``checkpoints/<dataset>_<model>_<optimizer>.pt`` (best validation accuracy).
+
+Beyond it: progress bars, the JSON written atomically after every epoch, extra per-epoch metrics,
+a full-state ``*_last.pt`` checkpoint for ``--resume``, a batched uint8 data path (optional RAM cache,
+augmentation on uint8, normalisation on the device), AMP/channels-last on CUDA and torch.distributed.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import random
+import sys
+import time
+import uuid
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.utils.data import BatchSampler, DataLoader, Dataset, DistributedSampler
+from tqdm import tqdm
+
+from utils import (StudyTransform, atomic_torch_save, atomic_write_json, augment_uint8,
+                   binary_metrics, draw_augmentation, ensure_dir, load_checkpoint, normalize_batch,
+                   read_runs, UserError)
+
+COURSE_KEYS = ("model", "dataset", "optimizer", "train_loss", "train_acc", "val_loss", "val_acc",
+               "test_loss", "test_acc")
+EXTRA_SPLIT_KEYS = ("auc", "eer", "ap", "balanced_acc", "per_class_acc")
+TIMING_KEYS = ("epoch_seconds", "train_images_per_sec", "eval_images_per_sec")
+
+
+@dataclass
+class LoggingParameters:
+    """What a run is: names for the output files and the optimizer settings for the JSON."""
+    model_name: str
+    dataset_name: str
+    optimizer_name: str
+    optimizer_params: dict = field(default_factory=dict)
+
+
+def output_stem(logging_parameters: LoggingParameters) -> str:
+    lp = logging_parameters
+    return f"{lp.dataset_name}_{lp.model_name}_{lp.optimizer_name}"
+
+
+def json_safe_optimizer_params(param_group: dict) -> dict:
+    """An optimizer param group without ``params``, reduced to JSON values (tuples become lists)."""
+    out = {}
+    for key, value in param_group.items():
+        if key == "params":
+            continue
+        if isinstance(value, torch.Tensor) and value.numel() == 1:
+            value = value.item()
+        if isinstance(value, tuple):
+            value = list(value)
+        if value is None or isinstance(value, (bool, int, float, str, list)):
+            out[key] = value
+    return out
+
+
+@dataclass
+class EvalResult:
+    """Everything one pass over a split gives: course numbers plus scores for the extra metrics."""
+    loss: float
+    accuracy: float
+    labels: np.ndarray
+    logits: np.ndarray
+    seconds: float
+
+    @property
+    def images_per_sec(self) -> float:
+        return len(self.labels) / max(self.seconds, 1e-9)
+
+    @property
+    def fake_scores(self) -> np.ndarray:
+        """Softmax probability of class 1 (fake)."""
+        return torch.softmax(torch.from_numpy(self.logits).double(), dim=1)[:, 1].numpy()
+
+    def metrics(self) -> dict:
+        return binary_metrics(self.labels, self.fake_scores)
+
+
+class _UInt8Batches(Dataset):
+    """Loads a batch of a ``FacesDataset`` as one uint8 tensor, augmented when asked.
+
+    Indexed by a list of ``(index, top, left, flip)`` rows (or plain indices for no augmentation)
+    so that every worker, and every rank, applies the parameters the main process drew.
+    """
+
+    def __init__(self, dataset):
+        self.dataset = dataset
+        self.labels = dataset.labels
+
+    def __len__(self):
+        return len(self.dataset)
+
+    def __getitem__(self, rows):
+        rows = torch.as_tensor(rows, dtype=torch.long).reshape(len(rows), -1)
+        indices = rows[:, 0]
+        images = self.dataset.load_uint8_batch(indices)
+        if rows.shape[1] == 4:
+            images = augment_uint8(images, rows[:, 1:])
+        return images, self.labels[indices]
+
+
+class _AugmentedBatchSampler:
+    """Batches of (index, top, left, flip) rows: a DistributedSampler's order plus per-index
+    augmentation drawn from (seed, epoch), so results do not depend on workers or world size."""
+
+    def __init__(self, sampler: DistributedSampler, batch_size: int, n: int, seed: int):
+        self.sampler, self.batch_size, self.n, self.seed = sampler, batch_size, n, seed
+
+    def __len__(self):
+        return math.ceil(len(self.sampler) / self.batch_size)
+
+    def __iter__(self):
+        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.sampler.epoch + 1)
+        params = draw_augmentation(self.n, generator)
+        for batch in BatchSampler(self.sampler, self.batch_size, drop_last=False):
+            yield [[i, *params[i].tolist()] for i in batch]
+
+
+class Trainer:
+    """Trains a model, evaluates it each epoch, logs to JSON and keeps checkpoints.
+
+    Args beyond the course ones (all optional): ``device``, ``num_workers`` (DataLoader workers;
+    ``None`` picks 0 when the data is cached in RAM, else up to 4), ``eval_batch_size``, ``seed``
+    (data order and augmentation), ``amp`` (bf16 autocast on CUDA), ``channels_last``, ``progress``
+    (tqdm bars), ``out_dir``/``checkpoint_dir`` and ``run_info`` (extra keys for the JSON run, such
+    as the command-line arguments).
+    """
+
+    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, criterion: nn.Module,
+                 batch_size: int, train_dataset, validation_dataset, test_dataset, *,
+                 device: torch.device | str | None = None, num_workers: int | None = None,
+                 eval_batch_size: int | None = None, seed: int = 0, amp: bool = False,
+                 channels_last: bool = False, progress: bool = True, out_dir: str = "out",
+                 checkpoint_dir: str = "checkpoints", run_info: dict | None = None):
+        if batch_size < 1:
+            raise UserError(f"--batch_size must be at least 1, got {batch_size}")
+        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.distributed = dist.is_available() and dist.is_initialized()
+        self.rank = dist.get_rank() if self.distributed else 0
+        self.world_size = dist.get_world_size() if self.distributed else 1
+        self.is_main = self.rank == 0
+        if batch_size % self.world_size:
+            raise UserError(f"--batch_size {batch_size} must be divisible by the number of "
+                            f"processes ({self.world_size})")
+        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
+        self.model = model.to(self.device, memory_format=self.memory_format)
+        self.ddp_model = self.model
+        if self.distributed:
+            self.ddp_model = nn.parallel.DistributedDataParallel(
+                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+        self.optimizer = optimizer
+        self.criterion = criterion
+        self.batch_size = batch_size
+        self.eval_batch_size = eval_batch_size or batch_size
+        self.train_dataset = train_dataset
+        self.validation_dataset = validation_dataset
+        self.test_dataset = test_dataset
+        self.seed = seed
+        self.amp = amp and self.device.type == "cuda"
+        self.progress = progress and self.is_main
+        self.out_dir, self.checkpoint_dir = out_dir, checkpoint_dir
+        self.run_info = dict(run_info or {})
+        cached = all(getattr(d, "cached", False) for d in (train_dataset, validation_dataset, test_dataset))
+        self.num_workers = (0 if cached else min(4, max(1, (os.cpu_count() or 2) - 1))) \
+            if num_workers is None else num_workers
+        self.epoch = 0  # epochs finished; train_one_epoch trains epoch self.epoch + 1
+        self._loaders: dict = {}
+
+    # ------------------------------------------------------------------ data
+    @staticmethod
+    def _batched_path(dataset) -> bool:
+        """FacesDataset with the study transform: use the batched uint8 path."""
+        return hasattr(dataset, "load_uint8") and isinstance(getattr(dataset, "transform", None),
+                                                              StudyTransform)
+
+    def _loader(self, dataset, train: bool) -> DataLoader:
+        key = (id(dataset), train)
+        if key in self._loaders:
+            return self._loaders[key]
+        batch_size = self.batch_size if train else self.eval_batch_size
+        per_rank = batch_size // self.world_size if train else batch_size
+        sampler = DistributedSampler(dataset, num_replicas=self.world_size, rank=self.rank,
+                                     shuffle=train, seed=self.seed, drop_last=False)
+        if not train and self.distributed:
+            sampler = _EvalShard(len(dataset), self.rank, self.world_size)
+        workers = dict(num_workers=self.num_workers, pin_memory=self.device.type == "cuda",
+                       persistent_workers=self.num_workers > 0)
+        if self._batched_path(dataset):
+            source = _UInt8Batches(dataset)
+            if train and dataset.transform.train:
+                batches = _AugmentedBatchSampler(sampler, per_rank, len(dataset), self.seed)
+            else:
+                batches = BatchSampler(sampler, per_rank, drop_last=False)
+            loader = DataLoader(source, sampler=batches, batch_size=None, **workers)
+        else:
+            loader = DataLoader(dataset, batch_size=per_rank, sampler=sampler, **workers)
+        loader.epoch_sampler = sampler
+        self._loaders[key] = loader
+        return loader
+
+    def _to_device(self, images: torch.Tensor, labels) -> tuple[torch.Tensor, torch.Tensor]:
+        images = images.to(self.device, non_blocking=True)
+        if images.dtype == torch.uint8:
+            images = normalize_batch(images)
+        images = images.contiguous(memory_format=self.memory_format)
+        labels = torch.as_tensor(labels).to(self.device, non_blocking=True)
+        return images, labels
+
+    def _bar(self, loader, desc: str):
+        return tqdm(loader, desc=desc, unit="batch", leave=False, disable=not self.progress,
+                    dynamic_ncols=True, file=sys.stderr)
+
+    def _autocast(self):
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp)
+
+    def _all_reduce(self, *tensors: torch.Tensor) -> None:
+        if self.distributed:
+            for tensor in tensors:
+                dist.all_reduce(tensor)
+
+    # ------------------------------------------------------------------ course API
+    def train_one_epoch(self) -> tuple[float, float]:
+        """One pass over shuffled training data. Returns (mean loss per sample, accuracy %)."""
+        self.ddp_model.train()
+        loader = self._loader(self.train_dataset, train=True)
+        loader.epoch_sampler.set_epoch(self.epoch)
+        loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
+        correct = torch.zeros((), dtype=torch.long, device=self.device)
+        seen = 0
+        start = last_update = time.monotonic()
+        bar = self._bar(loader, f"train epoch {self.epoch + 1}")
+        for images, labels in bar:
+            images, labels = self._to_device(images, labels)
+            self.optimizer.zero_grad(set_to_none=True)
+            with self._autocast():
+                outputs = self.ddp_model(images)
+                loss = self.criterion(outputs, labels)
+            loss.backward()
+            self.optimizer.step()
+            loss_sum += loss.detach().double() * labels.shape[0]
+            correct += (outputs.detach().argmax(1) == labels).sum()
+            seen += labels.shape[0]
+            if self.progress and time.monotonic() - last_update > 0.5:  # syncs only for display
+                last_update = time.monotonic()
+                bar.set_postfix(loss=f"{loss_sum.item() / seen:.4f}", acc=f"{100.0 * correct.item() / seen:.2f}",
+                                ips=f"{seen * self.world_size / (last_update - start):.1f}")
+        bar.close()
+        self.last_train_seconds = time.monotonic() - start
+        totals = torch.tensor([seen], dtype=torch.float64, device=self.device)
+        self._all_reduce(loss_sum, correct, totals)
+        total = int(totals.item())
+        self.last_train_images_per_sec = total / max(self.last_train_seconds, 1e-9)
+        self.epoch += 1
+        return loss_sum.item() / total, 100.0 * correct.item() / total
+
+    @torch.inference_mode()
+    def evaluate(self, dataset, desc: str = "eval") -> EvalResult:
+        """One ordered pass without gradients, keeping the logits for the extra metrics."""
+        self.ddp_model.eval()
+        loader = self._loader(dataset, train=False)
+        loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
+        logits, labels_all = [], []
+        start = time.monotonic()
+        for images, labels in self._bar(loader, desc):
+            images, labels = self._to_device(images, labels)
+            with self._autocast():
+                outputs = self.model(images)
+            outputs = outputs.float()
+            loss_sum += self.criterion(outputs, labels).double() * labels.shape[0]
+            logits.append(outputs)
+            labels_all.append(labels)
+        seconds = time.monotonic() - start
+        logits_t = torch.cat(logits) if logits else torch.empty((0, 2), device=self.device)
+        labels_t = torch.cat(labels_all) if labels_all else torch.empty(0, dtype=torch.long,
+                                                                         device=self.device)
+        if self.distributed:
+            logits_t, labels_t = self._gather_eval(logits_t, labels_t)
+            self._all_reduce(loss_sum)
+        n = labels_t.shape[0]
+        if n == 0:
+            raise UserError(f"{getattr(dataset, 'root_path', 'dataset')}: no samples to evaluate")
+        accuracy = 100.0 * (logits_t.argmax(1) == labels_t).sum().item() / n
+        return EvalResult(loss=loss_sum.item() / n, accuracy=accuracy,
+                          labels=labels_t.cpu().numpy(), logits=logits_t.cpu().numpy(),
+                          seconds=seconds)
+
+    def _gather_eval(self, logits: torch.Tensor, labels: torch.Tensor):
+        """All ranks' eval shards, in dataset order (rank r holds indices r, r+W, ...)."""
+        counts = [torch.zeros((), dtype=torch.long, device=self.device) for _ in range(self.world_size)]
+        dist.all_gather(counts, torch.tensor(labels.shape[0], device=self.device))
+        longest = int(max(c.item() for c in counts))
+        pad = longest - labels.shape[0]
+        logits = torch.cat([logits, logits.new_zeros((pad, 2))])
+        labels = torch.cat([labels, labels.new_zeros(pad)])
+        all_logits = [torch.empty_like(logits) for _ in range(self.world_size)]
+        all_labels = [torch.empty_like(labels) for _ in range(self.world_size)]
+        dist.all_gather(all_logits, logits)
+        dist.all_gather(all_labels, labels)
+        order_logits, order_labels = [], []
+        for position in range(longest):
+            for rank in range(self.world_size):
+                if position < counts[rank].item():
+                    order_logits.append(all_logits[rank][position])
+                    order_labels.append(all_labels[rank][position])
+        return torch.stack(order_logits), torch.stack(order_labels)
+
+    def evaluate_model_on_dataloader(self, dataset) -> tuple[float, float]:
+        """(mean loss per sample, accuracy %) on ``dataset``, no gradients, no shuffling."""
+        result = self.evaluate(dataset)
+        return result.loss, result.accuracy
+
+    def validate(self) -> tuple[float, float]:
+        return self.evaluate_model_on_dataloader(self.validation_dataset)
+
+    def test(self) -> tuple[float, float]:
+        return self.evaluate_model_on_dataloader(self.test_dataset)
+
+    # ------------------------------------------------------------------ run
+    def paths(self, logging_parameters: LoggingParameters) -> dict:
+        stem = output_stem(logging_parameters)
+        return {"json": os.path.join(self.out_dir, f"{stem}.json"),
+                "best": os.path.join(self.checkpoint_dir, f"{stem}.pt"),
+                "last": os.path.join(self.checkpoint_dir, f"{stem}_last.pt")}
+
+    def _new_run(self, logging_parameters: LoggingParameters) -> dict:
+        lp = logging_parameters
+        run = {"model": lp.model_name, "dataset": lp.dataset_name,
+               "optimizer": {"name": lp.optimizer_name, "params": dict(lp.optimizer_params)}}
+        for key in COURSE_KEYS[3:]:
+            run[key] = []
+        for split in ("val", "test"):
+            for key in EXTRA_SPLIT_KEYS:
+                run[f"{split}_{key}"] = []
+        for key in TIMING_KEYS:
+            run[key] = []
+        run.update({"best_epoch": None, "best_val_acc": None, "test_acc_at_best": None,
+                    "seed": self.seed, "device": str(self.device), "world_size": self.world_size,
+                    "run_id": uuid.uuid4().hex, "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
+                    "completed": False})
+        run.update(self.run_info)
+        return run
+
+    def _write_json(self, path: str, run: dict) -> None:
+        """Replace this run's entry (by run_id) or append it; earlier runs are kept."""
+        runs = read_runs(path, repair=True)
+        for i, old in enumerate(runs):
+            if old.get("run_id") == run["run_id"]:
+                runs[i] = run
+                break
+        else:
+            runs.append(run)
+        atomic_write_json(path, runs)
+
+    def _rng_state(self) -> dict:
+        state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(),
+                 "python": random.getstate()}
+        if torch.cuda.is_available():
+            state["cuda"] = torch.cuda.get_rng_state_all()
+        return state
+
+    def _set_rng_state(self, state: dict) -> None:
+        torch.set_rng_state(state["torch"])
+        np.random.set_state(state["numpy"])
+        random.setstate(state["python"])
+        if "cuda" in state and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["cuda"])
+
+    def _save_last(self, path: str, run: dict, best_val: float) -> None:
+        atomic_torch_save({"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                           "epoch": self.epoch, "best_val_acc": best_val, "run": run,
+                           "rng": _rng_to_safe(self._rng_state()), "model_name": run["model"]}, path)
+
+    def resume_from(self, path: str) -> tuple[dict, float]:
+        """Restore model, optimizer, epoch and RNG from a ``*_last.pt``; return (run, best val)."""
+        checkpoint = load_checkpoint(path, self.device)
+        if "optimizer" not in checkpoint or "run" not in checkpoint:
+            raise UserError(f"{path}: not a full-state checkpoint written by --resume-capable training")
+        self.model.load_state_dict(checkpoint["model"])
+        self.optimizer.load_state_dict(checkpoint["optimizer"])
+        self.epoch = int(checkpoint["epoch"])
+        self._set_rng_state(_rng_from_safe(checkpoint["rng"]))
+        best = checkpoint["best_val_acc"]
+        return checkpoint["run"], (-math.inf if best is None else float(best))
+
+    def run(self, epochs: int, logging_parameters: LoggingParameters, resume: bool = False) -> dict:
+        """Train for ``epochs`` epochs (in total, counting resumed ones); returns the run dict."""
+        if epochs < 1:
+            raise UserError(f"--epochs must be at least 1, got {epochs}")
+        paths = self.paths(logging_parameters)
+        if self.is_main:
+            ensure_dir(self.out_dir)
+            ensure_dir(self.checkpoint_dir)
+        run, best_val = self._new_run(logging_parameters), -math.inf
+        if resume:
+            if not os.path.exists(paths["last"]):
+                raise UserError(f"--resume: {paths['last']} does not exist; start without --resume")
+            run, best_val = self.resume_from(paths["last"])
+            run["completed"] = False
+            if self.is_main:
+                print(f"resuming {paths['last']} after epoch {self.epoch}", file=sys.stderr)
+        for _ in range(self.epoch, epochs):
+            train_loss, train_acc = self.train_one_epoch()
+            train_seconds = self.last_train_seconds
+            val = self.evaluate(self.validation_dataset, f"val epoch {self.epoch}")
+            test = self.evaluate(self.test_dataset, f"test epoch {self.epoch}")
+            self._log_epoch(run, train_loss, train_acc, val, test, train_seconds)
+            if self.is_main:
+                if val.accuracy > best_val:  # strictly better validation accuracy; never test
+                    best_val = val.accuracy
+                    run.update(best_epoch=self.epoch, best_val_acc=val.accuracy,
+                               test_acc_at_best=test.accuracy)
+                    atomic_torch_save({"model": self.model.state_dict(), "val_acc": val.accuracy,
+                                       "test_acc": test.accuracy, "epoch": self.epoch,
+                                       "model_name": run["model"], "dataset": run["dataset"],
+                                       "optimizer": run["optimizer"], "run_id": run["run_id"]},
+                                      paths["best"])
+                run["completed"] = self.epoch >= epochs
+                self._save_last(paths["last"], run, best_val)
+                self._write_json(paths["json"], run)
+                print(f"epoch {self.epoch}/{epochs}: train loss {train_loss:.4f} acc {train_acc:.2f}% | "
+                      f"val loss {val.loss:.4f} acc {val.accuracy:.2f}% | "
+                      f"test loss {test.loss:.4f} acc {test.accuracy:.2f}%", file=sys.stderr)
+        return run
+
+    def _log_epoch(self, run: dict, train_loss, train_acc, val: EvalResult, test: EvalResult,
+                   train_seconds: float) -> None:
+        run["train_loss"].append(train_loss)
+        run["train_acc"].append(train_acc)
+        for split, result in (("val", val), ("test", test)):
+            run[f"{split}_loss"].append(result.loss)
+            run[f"{split}_acc"].append(result.accuracy)
+            metrics = result.metrics()
+            for key in EXTRA_SPLIT_KEYS:
+                run[f"{split}_{key}"].append(metrics[key])
+        eval_seconds = val.seconds + test.seconds
+        run["epoch_seconds"].append(train_seconds + eval_seconds)
+        run["train_images_per_sec"].append(self.last_train_images_per_sec)
+        run["eval_images_per_sec"].append((len(val.labels) + len(test.labels)) / max(eval_seconds, 1e-9))
+
+class _EvalShard(torch.utils.data.Sampler):
+    """Rank r of W evaluates indices r, r+W, ...: every sample exactly once, no padding."""
+
+    def __init__(self, n: int, rank: int, world_size: int):
+        self.n, self.rank, self.world_size, self.epoch = n, rank, world_size, 0
+
+    def __iter__(self):
+        return iter(range(self.rank, self.n, self.world_size))
+
+    def __len__(self):
+        return len(range(self.rank, self.n, self.world_size))
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+
+def _rng_to_safe(state: dict) -> dict:
+    """RNG states as tensors and plain lists, so ``weights_only=True`` can load them."""
+    name, keys, pos, has_gauss, cached = state["numpy"]
+    py_version, py_state, py_gauss = state["python"]
+    safe = {"torch": state["torch"],
+            "numpy": {"name": name, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                      "has_gauss": int(has_gauss), "cached": float(cached)},
+            "python": {"version": py_version, "state": list(py_state), "gauss": py_gauss}}
+    if "cuda" in state:
+        safe["cuda"] = state["cuda"]
+    return safe
+
+
+def _rng_from_safe(safe: dict) -> dict:
+    n = safe["numpy"]
+    state = {"torch": safe["torch"].cpu(),
+             "numpy": (n["name"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached"]),
+             "python": (safe["python"]["version"], tuple(safe["python"]["state"]), safe["python"]["gauss"])}
+    if "cuda" in safe:
+        state["cuda"] = [s.cpu() for s in safe["cuda"]]
+    return state
