@@ -17,6 +17,7 @@ import torch
 from torchvision.transforms import v2
 
 from faces_dataset import DEMO_HINT, DataError, FacesDataset
+from xception import XceptionWeightsError
 
 DATASET_NAMES = ("fakes_dataset", "synthetic_dataset")
 SPLITS = ("train", "val", "test")
@@ -420,14 +421,8 @@ def run_cli(main: Callable[[list[str] | None], object], argv: list[str] | None =
     except KeyboardInterrupt:
         print(f"{prog}: interrupted", file=sys.stderr)
         return 130
-    except (UserError, DataError, FileNotFoundError, PermissionError) as exc:
+    except (UserError, DataError, XceptionWeightsError, FileNotFoundError, PermissionError) as exc:
         if "--debug" in argv:
-            raise
-        print(f"{prog}: error: {exc}", file=sys.stderr)
-        return 2
-    except Exception as exc:
-        # Errors that name a weights problem (xception.XceptionWeightsError) are user errors too.
-        if "--debug" in argv or type(exc).__name__ != "XceptionWeightsError":
             raise
         print(f"{prog}: error: {exc}", file=sys.stderr)
         return 2

@@ -1,0 +1,89 @@
+"""Plot train/val/test loss and accuracy over epochs from a metrics JSON (SPEC section 4).
+
+    python plot_accuracy_and_loss.py -m SimpleNet -j out/fakes_dataset_SimpleNet_Adam.json -d fakes_dataset
+
+Writes figures/<D>_<M>_losses_plot.png and figures/<D>_<M>_accuracies_plot.png from the last run
+in the JSON (or --run N).
+"""
+from __future__ import annotations
+
+import os
+import sys
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+from utils import (DATASET_NAMES, MODEL_NAMES, ArgumentParser, UserError, add_debug_flag,  # noqa: E402
+                   read_runs, run_cli, save_figure)
+
+SPLITS = ("train", "val", "test")
+
+
+def select_run(runs: list, run: int | None, path: str) -> dict:
+    """The last run, or run ``run`` (1-based; negative counts from the end)."""
+    if not runs:
+        raise UserError(f"{path}: holds no runs")
+    if run is None:
+        return runs[-1]
+    index = run - 1 if run > 0 else run
+    if run == 0 or not -len(runs) <= index < len(runs):
+        raise UserError(f"--run {run}: {path} holds runs 1..{len(runs)}")
+    return runs[index]
+
+
+def plot_metric(run: dict, metric: str, ylabel: str, title: str, path: str) -> str:
+    """One curve per split of ``<split>_<metric>`` over epochs 1..N."""
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for split in SPLITS:
+        values = run.get(f"{split}_{metric}")
+        if not values:
+            raise UserError(f"metrics JSON run has no '{split}_{metric}' values")
+        ax.plot(range(1, len(values) + 1), values, marker="o", label=split)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    n_epochs = len(run[f"train_{metric}"])
+    ax.set_xticks(range(1, n_epochs + 1))
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    return save_figure(fig, path, dpi=100)
+
+
+def plot_run(run: dict, model: str, dataset: str, figures_dir: str) -> list[str]:
+    stem = os.path.join(figures_dir, f"{dataset}_{model}")
+    return [
+        plot_metric(run, "loss", "loss", f"loss vs epoch for {model} model on {dataset} dataset",
+                    f"{stem}_losses_plot.png"),
+        plot_metric(run, "acc", "accuracy [%]", f"accuracy vs epoch for {model} model on {dataset} dataset",
+                    f"{stem}_accuracies_plot.png"),
+    ]
+
+
+def build_parser() -> ArgumentParser:
+    parser = ArgumentParser(description="Plot loss and accuracy curves of a training run.")
+    parser.add_argument("--model", "-m", default="SimpleNet", choices=MODEL_NAMES,
+                        help="model name (used in titles and file names)")
+    parser.add_argument("--json", "-j", required=True, help="metrics JSON written by train_main.py")
+    parser.add_argument("--dataset", "-d", default="fakes_dataset", choices=DATASET_NAMES,
+                        help="dataset name (used in titles and file names)")
+    parser.add_argument("--run", type=int, default=None,
+                        help="which run of the JSON to plot, 1-based (negative: from the end); "
+                             "default: the last")
+    parser.add_argument("--figures_dir", default="figures", help="where the figures are written")
+    add_debug_flag(parser)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    run = select_run(read_runs(args.json, missing_ok=False), args.run, args.json)
+    for path in plot_run(run, args.model, args.dataset, args.figures_dir):
+        print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run_cli(main))

@@ -1,0 +1,259 @@
+"""FacesDataset indexing, labels, file handling; transforms; data-root resolution; load_model."""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torchvision import transforms as T
+
+import utils
+from faces_dataset import DataError, FacesDataset, list_images, read_rgb_image
+
+
+def _write_mixed_split(root: str) -> dict:
+    """A split whose files cover every mode and every kind of clutter; returns expectations."""
+    real, fake = os.path.join(root, "real"), os.path.join(root, "fake")
+    os.makedirs(real)
+    os.makedirs(fake)
+    rng = np.random.default_rng(0)
+    rgb = rng.integers(0, 256, (256, 256, 3), dtype=np.uint8)
+    Image.fromarray(rgb, "RGB").save(os.path.join(real, "b_rgb.png"))
+    Image.fromarray(rgb[..., 0], "L").save(os.path.join(real, "a_gray.png"))
+    rgba = np.dstack([rgb, np.full((256, 256), 128, np.uint8)])
+    Image.fromarray(rgba, "RGBA").save(os.path.join(real, "c_rgba.png"))
+    Image.fromarray(rgb, "RGB").convert("CMYK").save(os.path.join(fake, "a_cmyk.jpg"))
+    sixteen = (rgb[..., 1].astype(np.uint16) * 257)
+    Image.fromarray(sixteen).save(os.path.join(fake, "b_16bit.png"))
+    Image.fromarray(rgb, "RGB").convert("P").save(os.path.join(fake, "c_palette.png"))
+    with open(os.path.join(fake, "d_corrupt.png"), "wb") as handle:
+        handle.write(b"\x89PNG\r\n\x1a\nthis is not really a png")
+    for clutter in (os.path.join(real, ".DS_Store"), os.path.join(fake, "Thumbs.db"),
+                    os.path.join(real, "notes.txt")):
+        with open(clutter, "wb") as handle:
+            handle.write(b"junk")
+    os.makedirs(os.path.join(real, "subfolder"))
+    return {"real": ["a_gray.png", "b_rgb.png", "c_rgba.png"],
+            "fake": ["a_cmyk.jpg", "b_16bit.png", "c_palette.png", "d_corrupt.png"], "rgb": rgb}
+
+
+@pytest.fixture()
+def mixed_split(tmp_path):
+    expected = _write_mixed_split(str(tmp_path))
+    return str(tmp_path), expected
+
+
+def test_lists_sorted_images_and_ignores_clutter(mixed_split):
+    root, expected = mixed_split
+    dataset = FacesDataset(root)
+    assert dataset.real_image_names == expected["real"]
+    assert dataset.fake_image_names == expected["fake"]
+    assert len(dataset) == 7
+
+
+def test_indexing_real_first_then_fake(mixed_split):
+    root, expected = mixed_split
+    dataset = FacesDataset(root)
+    assert dataset.labels.tolist() == [0, 0, 0, 1, 1, 1, 1]
+    for index in range(len(dataset)):
+        path, label = dataset.path_and_label(index)
+        names = expected["real"] if index < 3 else expected["fake"]
+        assert os.path.basename(path) == names[index if index < 3 else index - 3]
+        assert label == (0 if index < 3 else 1)
+    assert dataset.path_and_label(-1)[0].endswith("d_corrupt.png")
+    with pytest.raises(IndexError):
+        dataset.path_and_label(7)
+
+
+@pytest.mark.parametrize("index", range(6))
+def test_every_mode_becomes_rgb_uint8(mixed_split, index):
+    root, _ = mixed_split
+    image, label = FacesDataset(root)[index]
+    assert image.dtype == torch.uint8 and image.shape == (3, 256, 256)
+    assert label == (0 if index < 3 else 1)
+
+
+def test_mode_conversions_keep_content(mixed_split):
+    root, expected = mixed_split
+    rgb = expected["rgb"]
+    dataset = FacesDataset(root)
+    gray = dataset.load_uint8(0)
+    assert torch.equal(gray[0], gray[1]) and torch.equal(gray[0], torch.from_numpy(rgb[..., 0]))
+    assert torch.equal(dataset.load_uint8(1), torch.from_numpy(rgb).permute(2, 0, 1))
+    assert torch.equal(dataset.load_uint8(2), torch.from_numpy(rgb).permute(2, 0, 1))  # alpha dropped
+    sixteen = dataset.load_uint8(4)  # 16-bit scaled to 8-bit, not clipped to white
+    assert torch.equal(sixteen[0], torch.from_numpy(rgb[..., 1]))
+
+
+def test_corrupt_image_error_names_file(mixed_split):
+    root, _ = mixed_split
+    with pytest.raises(DataError, match="d_corrupt.png"):
+        FacesDataset(root)[6]
+
+
+def test_skip_corrupt_drops_with_warning(mixed_split):
+    root, _ = mixed_split
+    with pytest.warns(UserWarning, match="d_corrupt.png"):
+        dataset = FacesDataset(root, skip_corrupt=True)
+    assert "d_corrupt.png" not in dataset.fake_image_names and len(dataset) == 6
+
+
+def test_missing_class_folder_error(tmp_path):
+    os.makedirs(tmp_path / "real")
+    with pytest.raises(DataError, match="fake") as info:
+        FacesDataset(str(tmp_path))
+    assert "make_demo_datasets.py" in str(info.value)
+
+
+def test_cache_gives_identical_items(tiny_root):
+    plain = utils.load_dataset("fakes_dataset", "test", tiny_root)
+    cached = utils.load_dataset("fakes_dataset", "test", tiny_root, cache_images=True)
+    assert cached.cached and not plain.cached
+    for index in range(len(plain)):
+        a, la = plain[index]
+        b, lb = cached[index]
+        assert la == lb and torch.equal(a, b)
+
+
+# ----------------------------------------------------------------------------- transforms
+COURSE_TRAIN = T.Compose([T.RandomCrop(256, padding=4), T.RandomHorizontalFlip(), T.ToTensor(),
+                          T.Normalize(utils.NORMALIZE_MEAN, utils.NORMALIZE_STD)])
+COURSE_TEST = T.Compose([T.ToTensor(), T.Normalize(utils.NORMALIZE_MEAN, utils.NORMALIZE_STD)])
+
+
+def _pil(seed=0):
+    rng = np.random.default_rng(seed)
+    return Image.fromarray(rng.integers(0, 256, (256, 256, 3), dtype=np.uint8), "RGB")
+
+
+def test_test_transform_equals_course_transform():
+    image = _pil()
+    ours = utils.get_transforms("test")(torch.from_numpy(np.array(image)).permute(2, 0, 1))
+    assert ours.dtype == torch.float32 and ours.shape == (3, 256, 256)
+    torch.testing.assert_close(ours, COURSE_TEST(image), rtol=0, atol=1e-6)
+    mean = torch.tensor(utils.NORMALIZE_MEAN).view(3, 1, 1)
+    std = torch.tensor(utils.NORMALIZE_STD).view(3, 1, 1)
+    torch.testing.assert_close(ours * std + mean, T.ToTensor()(image), rtol=0, atol=1e-6)
+
+
+def test_train_transform_is_a_padded_crop_and_flip_of_the_course_one():
+    """Every output of ours equals the course pipeline for some (top, left, flip)."""
+    image = _pil(1)
+    tensor = torch.from_numpy(np.array(image)).permute(2, 0, 1)
+    candidates = {}
+    padded = T.functional.pad(image, 4)
+    for top in range(9):
+        for left in range(9):
+            crop = T.functional.crop(padded, top, left, 256, 256)
+            for flip in (False, True):
+                view = T.functional.hflip(crop) if flip else crop
+                candidates[(top, left, flip)] = COURSE_TEST(view)
+    torch.manual_seed(0)
+    for _ in range(5):
+        out = utils.get_transforms("train")(tensor)
+        assert out.shape == (3, 256, 256) and out.dtype == torch.float32
+        assert any(torch.allclose(out, c, atol=1e-6) for c in candidates.values())
+
+
+def test_augment_uint8_matches_pad_crop_flip():
+    images = torch.randint(0, 256, (6, 3, 256, 256), dtype=torch.uint8)
+    params = torch.tensor([[0, 0, 0], [8, 8, 1], [4, 4, 0], [0, 8, 1], [8, 0, 0], [3, 5, 1]])
+    out = utils.augment_uint8(images, params)
+    for k, (top, left, flip) in enumerate(params.tolist()):
+        padded = torch.nn.functional.pad(images[k], (4, 4, 4, 4))
+        expect = padded[:, top:top + 256, left:left + 256]
+        expect = expect.flip(-1) if flip else expect
+        assert torch.equal(out[k], expect)
+
+
+def test_normalize_batch_equals_test_transform():
+    images = torch.randint(0, 256, (3, 3, 256, 256), dtype=torch.uint8)
+    transform = utils.get_transforms("val")
+    expect = torch.stack([transform(image) for image in images])
+    torch.testing.assert_close(utils.normalize_batch(images), expect, rtol=0, atol=1e-6)
+    torch.testing.assert_close(utils.denormalize(utils.normalize_batch(images)), images / 255.0,
+                               rtol=0, atol=1e-6)
+
+
+# ----------------------------------------------------------------------------- data root, names
+def test_data_root_resolution_order(tmp_path, monkeypatch):
+    flag, env = tmp_path / "flag", tmp_path / "env"
+    flag.mkdir()
+    env.mkdir()
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv(utils.DATA_ROOT_ENV, str(env))
+    assert utils.resolve_data_root(str(flag)) == str(flag)
+    assert utils.resolve_data_root() == str(env)
+    monkeypatch.delenv(utils.DATA_ROOT_ENV)
+    with pytest.raises(utils.UserError, match="tried --data_root"):
+        utils.resolve_data_root()
+    course = tmp_path.parent / "Assignment4_datasets"
+    course.mkdir(exist_ok=True)
+    try:
+        assert utils.resolve_data_root() == utils.DEFAULT_DATA_ROOT
+    finally:
+        course.rmdir()
+    with pytest.raises(utils.UserError, match="missing_dir"):
+        utils.resolve_data_root(str(tmp_path / "missing_dir"))
+
+
+@pytest.mark.parametrize("call, valid", [
+    (lambda root: utils.load_dataset("nope", "train", root), "fakes_dataset, synthetic_dataset"),
+    (lambda root: utils.load_dataset("fakes_dataset", "dev", root), "train, val, test"),
+    (lambda root: utils.load_model("ResNet"), "SimpleNet, XceptionBased"),
+])
+def test_unknown_names_list_valid_ones(tiny_root, call, valid):
+    with pytest.raises(utils.UserError, match=valid):
+        call(tiny_root)
+
+
+def test_missing_split_folder_error(tmp_path):
+    (tmp_path / "fakes_dataset" / "train").mkdir(parents=True)
+    with pytest.raises(DataError, match="val") as info:
+        utils.load_dataset("fakes_dataset", "val", str(tmp_path))
+    assert "make_demo_datasets.py" in str(info.value)
+
+
+def test_load_dataset_uses_split_transforms(tiny_root):
+    train = utils.load_dataset("fakes_dataset", "train", tiny_root)
+    test = utils.load_dataset("fakes_dataset", "test", tiny_root)
+    assert train.transform.train and not test.transform.train
+    image, label = test[0]
+    assert image.shape == (3, 256, 256) and image.dtype == torch.float32 and label == 0
+    assert len(train) == 12 and train.labels.sum().item() == 4
+
+
+def test_simplenet_never_touches_xception(monkeypatch):
+    import xception
+
+    def boom(*args, **kwargs):
+        raise AssertionError("Xception was built for a SimpleNet run")
+    monkeypatch.setattr(xception, "build_xception_backbone", boom)
+    import models
+    monkeypatch.setattr(models, "build_xception_backbone", boom)
+    assert type(utils.load_model("SimpleNet")).__name__ == "SimpleNet"
+
+
+def test_get_device():
+    assert utils.get_device("cpu").type == "cpu"
+    assert utils.get_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(utils.UserError, match="--device cuda"):
+            utils.get_device("cuda")
+
+
+def test_list_images_ignores_hidden_and_folders(tmp_path):
+    (tmp_path / ".hidden.png").write_bytes(b"x")
+    (tmp_path / "dir.png").mkdir()
+    (tmp_path / "b.JPG").write_bytes(b"x")
+    (tmp_path / "a.webp").write_bytes(b"x")
+    assert list_images(str(tmp_path)) == ["a.webp", "b.JPG"]
+
+
+def test_read_rgb_image_refuses_bomb(tmp_path):
+    path = tmp_path / "bomb.png"
+    Image.new("1", (20000, 20000)).save(path)  # 400 M pixels, tiny file
+    with pytest.raises(DataError, match="bomb.png.*too large"):
+        read_rgb_image(str(path))
