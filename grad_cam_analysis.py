@@ -1,0 +1,123 @@
+"""Grad-CAM (Selvaraju et al. 2017, through pytorch-grad-cam) of a trained model (SPEC section 4).
+
+    python grad_cam_analysis.py -m SimpleNet -cpp checkpoints/fakes_dataset_SimpleNet_Adam.pt -d fakes_dataset
+
+Writes figures/<D>_<M>_Real_Image_grad_cam.png and figures/<D>_<M>_Fake_Image_grad_cam.png (a real
+and a fake test image with the heat map over it), figures/<D>_<M>_mean_grad_cam.png (mean map per
+class over the test split) and a faithfulness figure of merit in the "grad_cam" section of
+out/<D>_<M>_metrics.json (other sections kept).
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+import torch
+
+import analysis
+from utils import (ArgumentParser, UserError, add_analysis_flags, get_device, load_dataset,
+                   load_model_from_checkpoint, non_negative_int, normalize_batch, positive_int,
+                   run_cli, save_figure)
+
+
+def fraction(text: str) -> float:
+    """argparse type: a number strictly between 0 and 1."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0.0 < value < 1.0:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 1 (exclusive), got {text}")
+    return value
+
+
+def build_parser() -> ArgumentParser:
+    parser = ArgumentParser(
+        description="Grad-CAM heat maps of the true class (raw logit) at a target layer: one real "
+                    "and one fake test image (the study's figures), the mean map per class over "
+                    "the test split, and a deletion test of the maps' faithfulness: the drop in "
+                    "the true class's softmax confidence when the most relevant pixels are "
+                    "replaced by the image mean, against removing as many random pixels.")
+    add_analysis_flags(parser)
+    parser.add_argument("--target_layer", default=analysis.DEFAULT_TARGET_LAYER,
+                        help="dotted module path of the Grad-CAM layer (the study: conv3 for both "
+                             "models; e.g. block12.rep.4 for XceptionBased); a wrong name lists "
+                             "the convolution layers")
+    parser.add_argument("--seed", default=0, type=int,
+                        help="chooses the real and the fake image of the two figures, and the "
+                             "random pixels of the faithfulness baseline")
+    parser.add_argument("--batch_size", "-b", default=16, type=positive_int,
+                        help="images per forward/backward pass (lower it if memory runs short)")
+    parser.add_argument("--max_images", default=0, type=non_negative_int,
+                        help="use only this many test images (chosen with --seed, both classes) "
+                             "for the mean maps and the faithfulness test; 0: all")
+    parser.add_argument("--fractions", default=list(analysis.DEFAULT_FRACTIONS), nargs="+",
+                        type=fraction, metavar="F",
+                        help="fractions of pixels (between 0 and 1) removed by the faithfulness test")
+    parser.add_argument("--out_dir", default="out",
+                        help="folder of <D>_<M>_metrics.json (its 'grad_cam' section is replaced, "
+                             "other sections kept)")
+    parser.add_argument("--no_progress", action="store_true", help="no progress bars")
+    return parser
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    device = get_device(args.device)
+    model = load_model_from_checkpoint(args.model, args.checkpoint_path, device)
+    layer = analysis.resolve_layer(model, args.target_layer)
+    dataset = load_dataset(args.dataset, "test", args.data_root)
+    labels = dataset.labels.numpy()
+    title = analysis.describe(args.dataset, args.model)
+
+    written = []
+    picks = analysis.pick_one_per_class(labels, args.seed)
+    chosen = [(label, index) for label, index in picks.items() if index is not None]
+    for label, index in picks.items():
+        if index is None:
+            print(f"note: no {analysis.CLASS_NAMES[label].lower()} image in the test split; "
+                  f"its Grad-CAM figure is not written", file=sys.stderr)
+    if chosen:
+        images = dataset.load_uint8_batch(torch.tensor([index for _, index in chosen]))
+        cams = analysis.grad_cam_maps(model, layer, normalize_batch(images.to(device)),
+                                      [label for label, _ in chosen])
+        for (label, _), image, cam in zip(chosen, analysis.uint8_to_rgb_float(images), cams):
+            name = f"{analysis.CLASS_NAMES[label]} Image"
+            path = analysis.figure_path(args.figures_dir, args.dataset, args.model,
+                                        f"{name.replace(' ', '_')}_grad_cam")
+            save_figure(analysis.plot_overlay(analysis.grad_cam_overlay(image, cam), name), path)
+            written.append(path)
+
+    subset = None
+    if args.max_images and args.max_images < len(labels):
+        subset = analysis.pick_mixed_indices(labels, args.max_images, args.seed)
+    faithfulness = analysis.FaithfulnessAccumulator(model, args.fractions, args.seed)
+    means, counts = analysis.mean_maps_per_class(
+        dataset, lambda x, y: analysis.grad_cam_maps(model, layer, x, y), args.batch_size, device,
+        indices=subset, progress=not args.no_progress, desc="Grad-CAM", on_batch=faithfulness)
+    if counts[0] + counts[1] == 0:
+        raise UserError("no test images to analyse")
+    mean_path = analysis.figure_path(args.figures_dir, args.dataset, args.model, "mean_grad_cam")
+    save_figure(analysis.plot_mean_maps(means, counts,
+                                        f"Mean Grad-CAM ({args.target_layer}): {title}", "jet",
+                                        "Grad-CAM"), mean_path)
+    written.append(mean_path)
+
+    summary = {"model": args.model, "dataset": args.dataset, "split": "test",
+               "checkpoint": args.checkpoint_path, "target_layer": args.target_layer,
+               "target": "true class (raw logit)", "seed": args.seed,
+               "n_real": counts[0], "n_fake": counts[1], **faithfulness.summary()}
+    json_path = analysis.metrics_json_path(args.out_dir, args.dataset, args.model)
+    analysis.update_metrics_json(json_path, "grad_cam", summary)
+
+    print(f"{title}: Grad-CAM at {args.target_layer} over {counts[0]} real and {counts[1]} fake "
+          f"test images")
+    print(analysis.faithfulness_table(summary))
+    for path in written:
+        print(f"wrote {path}")
+    print(f"wrote {json_path} (section 'grad_cam')")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run_cli(main))

@@ -1,0 +1,324 @@
+"""analysis.py and the three analysis scripts, checked against independent computations."""
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from pytorch_grad_cam import GradCAM
+from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+from sklearn.metrics import average_precision_score, roc_auc_score
+from torch import nn
+from torchvision import transforms as T
+
+import analysis
+import grad_cam_analysis
+import numerical_analysis
+import saliency_map
+from models import SimpleNet
+from utils import NORMALIZE_MEAN, NORMALIZE_STD, UserError, load_model, run_cli
+
+
+@pytest.fixture(autouse=True, scope="module")
+def flush_denormals():
+    """Random-init Xception activations decay into float32 denormals, which are ~10x slower on the
+    CPU; flushing them to zero keeps these tests fast and changes no checked number."""
+    before = torch.set_flush_denormal(True)
+    yield
+    torch.set_flush_denormal(False)
+    del before
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory):
+    """Random-init checkpoints of both models (as train_main.py writes them)."""
+    folder = tmp_path_factory.mktemp("ckpt")
+    paths = {}
+    for seed, name in enumerate(("SimpleNet", "XceptionBased")):
+        torch.manual_seed(seed)
+        model = load_model(name, pretrained=False)
+        paths[name] = str(folder / f"{name}.pt")
+        torch.save({"model": model.state_dict(), "val_acc": 50.0, "test_acc": 50.0, "epoch": 1},
+                   paths[name])
+    return paths
+
+
+def script_args(model, checkpoints, tiny_root, tmp_path, *extra):
+    return ["-m", model, "-cpp", checkpoints[model], "-d", "fakes_dataset", "--data_root", tiny_root,
+            "--figures_dir", str(tmp_path / "figures"), "--device", "cpu", "--no_progress", *extra]
+
+
+def independent_logits(checkpoint, tiny_root):
+    """Logits of every test image: PIL -> torchvision (v1) ToTensor/Normalize -> one image at a time."""
+    model = SimpleNet()
+    model.load_state_dict(torch.load(checkpoint, weights_only=True)["model"])
+    model.eval()
+    transform = T.Compose([T.ToTensor(), T.Normalize(NORMALIZE_MEAN, NORMALIZE_STD)])
+    logits, labels = [], []
+    for label, class_dir in enumerate(("real", "fake")):
+        folder = os.path.join(tiny_root, "fakes_dataset", "test", class_dir)
+        for name in sorted(os.listdir(folder)):
+            image = Image.open(os.path.join(folder, name)).convert("RGB")
+            with torch.no_grad():
+                logits.append(model(transform(image)[None])[0].double())
+            labels.append(label)
+    return torch.stack(logits).numpy(), np.array(labels)
+
+
+# ----------------------------------------------------------------------------- numerical analysis
+def test_numerical_analysis_matches_sklearn_on_independent_forward(checkpoints, tiny_root, tmp_path,
+                                                                   capsys):
+    out_dir = tmp_path / "out"
+    json_path = out_dir / "fakes_dataset_SimpleNet_metrics.json"
+    out_dir.mkdir()
+    json_path.write_text(json.dumps({"grad_cam": {"kept": 1}}))  # another script's section
+
+    args = script_args("SimpleNet", checkpoints, tiny_root, tmp_path, "--out_dir", str(out_dir),
+                       "-b", "4")
+    assert run_cli(numerical_analysis.main, args) == 0
+
+    logits, labels = independent_logits(checkpoints["SimpleNet"], tiny_root)
+    probs = torch.softmax(torch.from_numpy(logits), dim=1).numpy()
+    content = json.loads(json_path.read_text())
+    assert content["grad_cam"] == {"kept": 1}
+    numbers = content["numerical"]
+    assert numbers["auc_a"] == pytest.approx(roc_auc_score(labels, probs[:, 0]), abs=1e-9)
+    assert numbers["auc_b"] == pytest.approx(roc_auc_score(labels, probs[:, 1]), abs=1e-9)
+    assert numbers["ap"] == pytest.approx(average_precision_score(labels, probs[:, 1]), abs=1e-9)
+    assert numbers["accuracy"] == pytest.approx(100 * np.mean(probs.argmax(1) == labels))
+    assert (numbers["n_real"], numbers["n_fake"], numbers["n_samples"]) == (4, 2, 6)
+    assert np.sum(numbers["confusion_matrix"]) == 6
+    assert numbers["auc_a"] + numbers["auc_b"] == pytest.approx(1.0)
+
+    printed = capsys.readouterr().out
+    assert f"{numbers['auc_b']:.4f}" in printed and "EER" in printed
+
+    # The batched scoring gives the same logits as the one-image-at-a-time reference.
+    model = SimpleNet()
+    model.load_state_dict(torch.load(checkpoints["SimpleNet"], weights_only=True)["model"])
+    from utils import load_dataset
+    ours, our_labels = analysis.predict_scores(model.eval(), load_dataset("fakes_dataset", "test",
+                                                                          tiny_root), batch_size=4)
+    np.testing.assert_array_equal(our_labels, labels)
+    np.testing.assert_allclose(ours, logits, atol=1e-5)
+    for name in ("roc_curve", "det_curve"):
+        with Image.open(tmp_path / "figures" / f"fakes_dataset_SimpleNet_{name}.png") as image:
+            assert image.format == "PNG"
+
+
+@pytest.mark.parametrize("model", ["SimpleNet", "XceptionBased"])
+def test_numerical_analysis_figure_names(model, checkpoints, tiny_root, tmp_path):
+    args = script_args(model, checkpoints, tiny_root, tmp_path, "--out_dir", str(tmp_path / "out"))
+    args[args.index("fakes_dataset")] = "synthetic_dataset"
+    assert run_cli(numerical_analysis.main, args) == 0
+    names = sorted(os.listdir(tmp_path / "figures"))
+    assert names == [f"synthetic_dataset_{model}_det_curve.png", f"synthetic_dataset_{model}_roc_curve.png"]
+    assert os.listdir(tmp_path / "out") == [f"synthetic_dataset_{model}_metrics.json"]
+
+
+def test_roc_title_and_det_axes():
+    labels = np.array([0, 0, 0, 1, 1, 1])
+    logits = np.array([[2, 0], [1, 0.5], [0, 0.2], [0, 1], [0.5, 0.4], [0, 3]], dtype=float)
+    probs = torch.softmax(torch.tensor(logits), 1).numpy()
+    fig = analysis.plot_roc(labels, logits, "SimpleNet", "fakes_dataset")
+    title = fig.axes[0].get_title()
+    assert f"{roc_auc_score(labels, probs[:, 0]):.4f}" in title
+    assert f"{roc_auc_score(labels, probs[:, 1]):.4f}" in title
+    fig = analysis.plot_det(labels, logits, "SimpleNet", "fakes_dataset")
+    ax = fig.axes[0]
+    ticks = [t.get_text() for t in ax.get_xticklabels()]
+    assert ticks[0] == "0.1%" and ticks[-1] == "99.9%"
+    low, high = ax.get_xlim()
+    assert low < -3.09 and high > 3.09  # norm.ppf(0.001) = -3.09: both end ticks are visible
+    assert len(ax.get_lines()) >= 2
+
+
+def test_update_metrics_json_keeps_sections_and_moves_corrupt_aside(tmp_path):
+    path = str(tmp_path / "m.json")
+    analysis.update_metrics_json(path, "numerical", {"auc_b": 0.9})
+    analysis.update_metrics_json(path, "grad_cam", {"gap": 0.1})
+    assert json.loads(open(path).read()) == {"numerical": {"auc_b": 0.9}, "grad_cam": {"gap": 0.1}}
+    with open(path, "w") as handle:
+        handle.write("{broken")
+    with pytest.warns(UserWarning, match="moved aside"):
+        analysis.update_metrics_json(path, "grad_cam", {"gap": 0.2})
+    assert json.loads(open(path).read()) == {"grad_cam": {"gap": 0.2}}
+    aside = [n for n in os.listdir(tmp_path) if ".corrupt-" in n]
+    assert len(aside) == 1 and open(tmp_path / aside[0]).read() == "{broken"
+
+
+# ----------------------------------------------------------------------------- saliency
+def test_saliency_matches_per_image_autograd():
+    torch.manual_seed(0)
+    model = SimpleNet().eval()
+    images = torch.randn(3, 3, 256, 256)
+    labels = torch.tensor([0, 1, 1])
+    batched = analysis.saliency_maps(model, images, labels)
+    assert batched.shape == (3, 256, 256)
+    assert all(p.grad is None for p in model.parameters())
+    for i in range(3):
+        x = images[i:i + 1].clone().requires_grad_(True)
+        model(x)[0, labels[i]].backward()
+        expected = x.grad[0].abs().max(dim=0).values
+        torch.testing.assert_close(batched[i], expected, rtol=1e-4, atol=1e-7)
+    # The true class matters: the other class gives another map.
+    assert not torch.allclose(batched[0], analysis.saliency_maps(model, images[:1], [1])[0])
+
+
+def test_saliency_matches_central_finite_differences():
+    torch.manual_seed(1)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.Tanh(), nn.Flatten(),
+                          nn.Linear(4 * 8 * 8, 2)).double().eval()
+    images = torch.randn(2, 3, 8, 8, dtype=torch.float64)
+    labels = torch.tensor([1, 0])
+    maps = analysis.saliency_maps(model, images, labels)
+    eps = 1e-6
+    for i in range(2):
+        steps = torch.eye(3 * 64, dtype=torch.float64).view(-1, 3, 8, 8) * eps
+        with torch.no_grad():
+            plus = model(images[i] + steps)[:, labels[i]]
+            minus = model(images[i] - steps)[:, labels[i]]
+        gradient = ((plus - minus) / (2 * eps)).view(3, 8, 8)
+        torch.testing.assert_close(maps[i], gradient.abs().amax(dim=0), rtol=1e-6, atol=1e-9)
+
+
+def test_mean_maps_follow_the_recipe(checkpoints, tiny_root):
+    from utils import load_dataset
+    model = SimpleNet()
+    model.load_state_dict(torch.load(checkpoints["SimpleNet"], weights_only=True)["model"])
+    model.eval()
+    dataset = load_dataset("fakes_dataset", "test", tiny_root)
+    means, counts = analysis.mean_maps_per_class(
+        dataset, lambda x, y: analysis.saliency_maps(model, x, y), 4, "cpu")
+    assert counts == {0: 4, 1: 2}
+    maps = []
+    for i in range(len(dataset)):
+        image, label = dataset[i]
+        maps.append(analysis.saliency_maps(model, image[None], [label])[0].double())
+    for label, members in ((0, range(0, 4)), (1, range(4, 6))):
+        scaled = [(m - m.min()) / (m.max() - m.min()) for m in (maps[i] for i in members)]
+        mean = torch.stack(scaled).mean(0)
+        expected = (mean - mean.min()) / (mean.max() - mean.min())
+        np.testing.assert_allclose(means[label], expected.numpy(), atol=1e-5)
+        assert means[label].min() == 0.0 and means[label].max() == pytest.approx(1.0)
+
+
+def test_pick_mixed_indices_is_deterministic_and_mixed():
+    labels = np.array([0] * 30 + [1] * 12)
+    first = analysis.pick_mixed_indices(labels, 36, seed=3)
+    assert np.array_equal(first, analysis.pick_mixed_indices(labels, 36, seed=3))
+    assert len(first) == 36 and len(set(first)) == 36
+    assert (labels[first] == 1).sum() == 12 and (labels[first] == 0).sum() == 24
+    assert not np.array_equal(first, analysis.pick_mixed_indices(labels, 36, seed=4))
+    balanced = analysis.pick_mixed_indices(np.array([0] * 50 + [1] * 50), 36, seed=0)
+    assert (balanced >= 50).sum() == 18
+
+
+def test_saliency_script_writes_both_figures(checkpoints, tiny_root, tmp_path, capsys):
+    args = script_args("SimpleNet", checkpoints, tiny_root, tmp_path, "-b", "4", "--seed", "1")
+    assert run_cli(saliency_map.main, args) == 0
+    assert sorted(os.listdir(tmp_path / "figures")) == [
+        "fakes_dataset_SimpleNet_mean_saliency_maps.png",
+        "fakes_dataset_SimpleNet_saliency_maps_and_images_pairs.png"]
+    assert "4 real and 2 fake" in capsys.readouterr().out
+
+
+def test_saliency_pairs_figure_layout():
+    images = np.zeros((36, 3, 16, 16), np.uint8)
+    labels = np.array([0] * 18 + [1] * 18)
+    fig = analysis.plot_saliency_pairs(images, np.random.rand(36, 16, 16), labels, "t")
+    assert len(fig.axes) == 72
+    titles = [ax.get_title() for ax in fig.axes]
+    assert titles[0] == "Real" and titles[-2] == "Fake" and titles.count("saliency") == 36
+
+
+# ----------------------------------------------------------------------------- Grad-CAM
+@pytest.mark.parametrize("model_name,size", [("SimpleNet", 256), ("XceptionBased", 96)])
+def test_grad_cam_matches_pytorch_grad_cam(model_name, size):
+    torch.manual_seed(0)
+    model = load_model(model_name, pretrained=False).eval()
+    images = torch.randn(2, 3, size, size)
+    labels = [1, 0]
+    ours = analysis.grad_cam_maps(model, "conv3", images, labels)
+    assert ours.shape == (2, size, size) and ours.dtype == np.float32
+    assert not model.conv3._forward_hooks  # the context manager removed its hooks
+    for i, label in enumerate(labels):
+        with GradCAM(model=model, target_layers=[model.conv3]) as cam:
+            expected = cam(input_tensor=images[i:i + 1], targets=[ClassifierOutputTarget(label)])[0]
+        np.testing.assert_allclose(ours[i], expected, atol=1e-4)
+    assert ours.max() == pytest.approx(1.0, abs=1e-5) and ours.min() >= 0.0
+
+
+def test_resolve_layer_dotted_and_unknown():
+    xception = load_model("XceptionBased", pretrained=False)
+    assert analysis.resolve_layer(xception, "block12.rep.4") is xception.block12.rep[4]
+    assert analysis.resolve_layer(xception) is xception.conv3
+    with pytest.raises(UserError) as info:
+        analysis.resolve_layer(xception, "conv9")
+    message = str(info.value)
+    assert "'conv9'" in message and "conv3" in message and "block12.rep.4" in message
+    assert "block12.rep.4.pointwise" not in message  # inner parts of a SeparableConv2d are not listed
+    with pytest.raises(UserError, match="conv1, conv2, conv3"):
+        analysis.resolve_layer(SimpleNet(), "fc9")
+
+
+def test_grad_cam_layer_without_feature_map_is_a_user_error():
+    model = SimpleNet().eval()
+    with pytest.raises(UserError, match="feature map"):
+        analysis.grad_cam_maps(model, "fc3", torch.randn(1, 3, 256, 256), [0])
+    assert not model.fc3._forward_hooks
+
+
+def test_deletion_faithfulness_exact_on_a_known_model():
+    class TopLeft(nn.Module):  # fake logit = 10 x mean of the top-left 4x4 block of channel 0
+        def forward(self, x):
+            fake = 10 * x[:, 0, :4, :4].mean(dim=(1, 2))
+            return torch.stack([torch.zeros_like(fake), fake], dim=1)
+
+    image = torch.zeros(1, 3, 8, 8, dtype=torch.float64)
+    image[:, :, :4, :4] = 1.0
+    relevance = torch.zeros(1, 8, 8)
+    relevance[:, :4, :4] = 1.0
+    result = analysis.deletion_faithfulness(TopLeft(), image, [1], relevance, fractions=[0.25],
+                                            generator=torch.Generator().manual_seed(0))
+    sigmoid = lambda v: 1 / (1 + np.exp(-v))  # noqa: E731
+    # The top-left block (16 = 25 % of the pixels) becomes the channel mean 0.25: logit 2.5.
+    assert result["map_drop"][0, 0] == pytest.approx(sigmoid(10) - sigmoid(2.5))
+    assert result["random_drop"][0, 0] < result["map_drop"][0, 0]
+
+
+@pytest.mark.parametrize("model", ["SimpleNet", "XceptionBased"])
+def test_grad_cam_script_figures_and_json(model, checkpoints, tiny_root, tmp_path, capsys):
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    json_path = out_dir / f"fakes_dataset_{model}_metrics.json"
+    json_path.write_text(json.dumps({"numerical": {"auc_b": 0.5}}))
+    fractions = ["0.1", "0.3"] if model == "SimpleNet" else ["0.2"]
+    extra = ["--out_dir", str(out_dir), "--seed", "2", "--fractions", *fractions]
+    if model == "XceptionBased":  # keep the CPU cost small: 2 images for the mean and the test
+        extra += ["--max_images", "2"]
+    assert run_cli(grad_cam_analysis.main, script_args(model, checkpoints, tiny_root, tmp_path,
+                                                       *extra)) == 0
+    assert sorted(os.listdir(tmp_path / "figures")) == sorted(
+        f"fakes_dataset_{model}_{n}.png" for n in ("Real_Image_grad_cam", "Fake_Image_grad_cam",
+                                                   "mean_grad_cam"))
+    content = json.loads(json_path.read_text())
+    assert content["numerical"] == {"auc_b": 0.5}
+    section = content["grad_cam"]
+    assert section["target_layer"] == "conv3"
+    assert section["fractions"] == [float(f) for f in fractions]
+    assert section["n_images"] == (2 if model == "XceptionBased" else 6)
+    assert section["n_real"] + section["n_fake"] == section["n_images"]
+    assert len(section["map_drop"]) == len(fractions) and np.isfinite(section["faithfulness_gap"])
+    assert "faithfulness gap" in capsys.readouterr().out
+
+
+def test_grad_cam_script_unknown_layer(checkpoints, tiny_root, tmp_path, capsys):
+    args = script_args("SimpleNet", checkpoints, tiny_root, tmp_path, "--target_layer", "conv7")
+    assert run_cli(grad_cam_analysis.main, args) == 2
+    err = capsys.readouterr().err
+    assert "conv7" in err and "conv1, conv2, conv3" in err
+    assert not os.path.exists(tmp_path / "figures")
