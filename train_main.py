@@ -48,7 +48,11 @@ def build_parser() -> ArgumentParser:
     parser.add_argument("--resume", action="store_true",
                         help="continue the interrupted run from checkpoints/<...>_last.pt")
     parser.add_argument("--amp", action="store_true", help="bf16 mixed precision (CUDA only)")
-    parser.add_argument("--channels_last", action="store_true", help="channels-last memory layout")
+    parser.add_argument("--channels_last", nargs="?", const="on", default="auto", choices=("auto", "on", "off"),
+                        help="channels-last memory layout; auto: on for CPU and CUDA (measured faster "
+                             "for both models, benchmarks/README.md); a bare --channels_last means on")
+    parser.add_argument("--compile", action="store_true",
+                        help="torch.compile the model (slow first batches; did not pay off on 2 CPU cores)")
     parser.add_argument("--cache_images", default="auto", choices=("auto", "on", "off"),
                         help="keep decoded uint8 images in RAM; auto caches splits while they fit "
                              "in --cache_limit_gb")
@@ -78,6 +82,9 @@ def init_distributed(device_flag: str) -> torch.device:
     device = get_device(device_flag)
     if device.type == "cuda":
         local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+        if local_rank >= torch.cuda.device_count():
+            raise UserError(f"torchrun --nproc_per_node: local rank {local_rank} but only "
+                            f"{torch.cuda.device_count()} GPU(s) here; use at most one process per GPU")
         device = torch.device("cuda", local_rank)
         torch.cuda.set_device(device)
     if not torch.distributed.is_initialized():
@@ -102,7 +109,8 @@ def _train(args, device: torch.device) -> int:
     set_seed(args.seed)
     datasets = [load_dataset(args.dataset, part, args.data_root, skip_corrupt=args.skip_corrupt)
                 for part in ("train", "val", "test")]
-    apply_image_cache(datasets, args.cache_images, args.cache_limit_gb, progress=not args.no_progress)
+    apply_image_cache(datasets, args.cache_images, args.cache_limit_gb,
+                      progress=is_main and not args.no_progress)
     set_seed(args.seed)  # the same initial weights whatever was read above
     model = load_model(args.model, pretrained=not args.no_pretrained, weights_path=args.xception_weights)
     if args.model == "XceptionBased" and args.no_pretrained and is_main:
@@ -116,6 +124,7 @@ def _train(args, device: torch.device) -> int:
     trainer = Trainer(model, optimizer, nn.CrossEntropyLoss(), args.batch_size, *datasets,
                       device=device, num_workers=args.num_workers, eval_batch_size=args.eval_batch_size,
                       seed=args.seed, amp=args.amp, channels_last=args.channels_last,
+                      compile=args.compile,
                       progress=not args.no_progress, out_dir=args.out_dir,
                       checkpoint_dir=args.checkpoint_dir,
                       run_info={"args": run_args, "argv": sys.argv,

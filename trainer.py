@@ -25,10 +25,11 @@ import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
+from torch.nn import functional as F
 from torch.utils.data import BatchSampler, DataLoader, Dataset, DistributedSampler
 from tqdm import tqdm
 
-from utils import (StudyTransform, atomic_torch_save, atomic_write_json, augment_uint8,
+from utils import (CROP_PADDING, StudyTransform, atomic_torch_save, atomic_write_json, augment_uint8,
                    binary_metrics, draw_augmentation, ensure_dir, load_checkpoint, normalize_batch,
                    read_runs, UserError)
 
@@ -124,9 +125,72 @@ class _AugmentedBatchSampler:
 
     def __iter__(self):
         generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.sampler.epoch + 1)
-        params = draw_augmentation(self.n, generator)
+        params = draw_augmentation(self.n, generator).tolist()
         for batch in BatchSampler(self.sampler, self.batch_size, drop_last=False):
-            yield [[i, *params[i].tolist()] for i in batch]
+            yield [[i, *params[i]] for i in batch]
+
+
+def augment_uint8_batch(images: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
+    """``utils.augment_uint8`` on any device, pixel for pixel equal to it.
+
+    On the CPU it is ``augment_uint8`` itself (a copy per image: measured the fastest there); on
+    CUDA ``_augment_gather``, a few kernels for the whole batch instead of several per image.
+    """
+    if images.device.type == "cpu":
+        return augment_uint8(images, params.cpu())
+    return _augment_gather(images, params)
+
+
+def _augment_gather(images: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
+    """RandomCrop(padding=4) + flip of a uint8 N x C x H x W batch with (top, left, flip) rows, as
+    one zero-pad and two gathers (rows, then columns; a flipped image reads its columns reversed)."""
+    n, c, height, width = images.shape
+    pad = CROP_PADDING
+    params = params.to(images.device, dtype=torch.long)
+    padded = F.pad(images, (pad, pad, pad, pad))
+    rows = params[:, 0:1] + torch.arange(height, device=images.device)
+    cols = params[:, 1:2] + torch.arange(width, device=images.device)
+    cols = torch.where(params[:, 2:3].bool(), cols.flip(1), cols)
+    out = padded.gather(2, rows.view(n, 1, height, 1).expand(n, c, height, width + 2 * pad))
+    return out.gather(3, cols.view(n, 1, 1, width).expand(n, c, height, width))
+
+
+class _CachedBatches:
+    """Batches straight from a dataset's decoded uint8 cache, on the training device.
+
+    The same batches as the ``DataLoader`` path (same sampler, same augmentation rows), without a
+    loader: gather, augment (``augment_uint8_batch``) and return uint8; the trainer normalises. On
+    CUDA the cache and the labels are copied to the GPU once, so an epoch moves no image data
+    between host and device. On the CPU the cache tensor is used as it is.
+    """
+
+    def __init__(self, dataset, batches, device: torch.device):
+        self.batches = batches
+        self.images = dataset.cache_images(progress=False).to(device)
+        self.labels = dataset.labels.to(device)
+        self.device = device
+
+    def __len__(self):
+        return len(self.batches)
+
+    def __iter__(self):
+        for rows in self.batches:
+            rows = torch.as_tensor(rows, dtype=torch.long).reshape(len(rows), -1).to(self.device)
+            indices = rows[:, 0]
+            images = self.images[indices]
+            if rows.shape[1] == 4:
+                images = augment_uint8_batch(images, rows[:, 1:])
+            yield images, self.labels[indices]
+
+
+def resolve_channels_last(setting, device: torch.device) -> bool:
+    """``channels_last`` of the Trainer: True/'on', False/'off', or 'auto' (the default): on for
+    CPU and CUDA, where it measured faster for both models (benchmarks/README.md), else off."""
+    if setting in ("auto", None):
+        return torch.device(device).type in ("cpu", "cuda")
+    if setting in ("on", "off"):
+        return setting == "on"
+    return bool(setting)
 
 
 class Trainer:
@@ -134,17 +198,24 @@ class Trainer:
 
     Args beyond the course ones (all optional): ``device``, ``num_workers`` (DataLoader workers;
     ``None`` picks 0 when the data is cached in RAM, else up to 4), ``eval_batch_size``, ``seed``
-    (data order and augmentation), ``amp`` (bf16 autocast on CUDA), ``channels_last``, ``progress``
+    (data order and augmentation), ``amp`` (bf16 autocast on CUDA), ``channels_last`` ('auto': on
+    for CPU and CUDA, see ``resolve_channels_last``), ``compile`` (``torch.compile`` the model for
+    the steps; off by default: on 2 CPU cores its compile time did not pay off), ``progress``
     (tqdm bars), ``out_dir``/``checkpoint_dir`` and ``run_info`` (extra keys for the JSON run, such
     as the command-line arguments).
+
+    A split whose images are cached (``FacesDataset.cache_images``) is batched straight from the
+    cache, without a DataLoader, when the device is CUDA (the cache moves to the GPU once; crop,
+    flip and normalisation run there) or when ``num_workers`` is 0 or left at its default.
     """
 
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, criterion: nn.Module,
                  batch_size: int, train_dataset, validation_dataset, test_dataset, *,
                  device: torch.device | str | None = None, num_workers: int | None = None,
                  eval_batch_size: int | None = None, seed: int = 0, amp: bool = False,
-                 channels_last: bool = False, progress: bool = True, out_dir: str = "out",
-                 checkpoint_dir: str = "checkpoints", run_info: dict | None = None):
+                 channels_last: bool | str = "auto", progress: bool = True, out_dir: str = "out",
+                 checkpoint_dir: str = "checkpoints", run_info: dict | None = None,
+                 compile: bool = False):
         if batch_size < 1:
             raise UserError(f"--batch_size must be at least 1, got {batch_size}")
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -155,12 +226,17 @@ class Trainer:
         if batch_size % self.world_size:
             raise UserError(f"--batch_size {batch_size} must be divisible by the number of "
                             f"processes ({self.world_size})")
-        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
+        self.channels_last = resolve_channels_last(channels_last, self.device)
+        self.memory_format = torch.channels_last if self.channels_last else torch.contiguous_format
+        if self.device.type == "cuda":
+            torch.backends.cudnn.benchmark = True  # fixed 256x256 input: pick the fastest kernels
         self.model = model.to(self.device, memory_format=self.memory_format)
         self.ddp_model = self.model
         if self.distributed:
             self.ddp_model = nn.parallel.DistributedDataParallel(
                 self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+        self.train_forward = torch.compile(self.ddp_model) if compile else self.ddp_model
+        self.eval_forward = torch.compile(self.model) if compile else self.model
         self.optimizer = optimizer
         self.criterion = criterion
         self.batch_size = batch_size
@@ -176,6 +252,7 @@ class Trainer:
         cached = all(getattr(d, "cached", False) for d in (train_dataset, validation_dataset, test_dataset))
         self.num_workers = (0 if cached else min(4, max(1, (os.cpu_count() or 2) - 1))) \
             if num_workers is None else num_workers
+        self._workers_asked = num_workers is not None
         self.epoch = 0  # epochs finished; train_one_epoch trains epoch self.epoch + 1
         self._loaders: dict = {}
 
@@ -204,7 +281,12 @@ class Trainer:
                 batches = _AugmentedBatchSampler(sampler, per_rank, len(dataset), self.seed)
             else:
                 batches = BatchSampler(sampler, per_rank, drop_last=False)
-            loader = DataLoader(source, sampler=batches, batch_size=None, **workers)
+            direct = getattr(dataset, "cached", False) and (
+                self.device.type == "cuda" or self.num_workers == 0 or not self._workers_asked)
+            if direct:
+                loader = _CachedBatches(dataset, batches, self.device)
+            else:
+                loader = DataLoader(source, sampler=batches, batch_size=None, **workers)
         else:
             loader = DataLoader(dataset, batch_size=per_rank, sampler=sampler, **workers)
         loader.epoch_sampler = sampler
@@ -242,22 +324,25 @@ class Trainer:
         seen = 0
         start = last_update = time.monotonic()
         bar = self._bar(loader, f"train epoch {self.epoch + 1}")
-        for images, labels in bar:
+        for batch_number, (images, labels) in enumerate(bar, 1):
             images, labels = self._to_device(images, labels)
             self.optimizer.zero_grad(set_to_none=True)
             with self._autocast():
-                outputs = self.ddp_model(images)
+                outputs = self.train_forward(images)
                 loss = self.criterion(outputs, labels)
             loss.backward()
             self.optimizer.step()
             loss_sum += loss.detach().double() * labels.shape[0]
             correct += (outputs.detach().argmax(1) == labels).sum()
             seen += labels.shape[0]
+            _test_pause_hook(self.epoch + 1, batch_number)
             if self.progress and time.monotonic() - last_update > 0.5:  # syncs only for display
                 last_update = time.monotonic()
                 bar.set_postfix(loss=f"{loss_sum.item() / seen:.4f}", acc=f"{100.0 * correct.item() / seen:.2f}",
                                 ips=f"{seen * self.world_size / (last_update - start):.1f}")
         bar.close()
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)  # the steps were queued: time them finished
         self.last_train_seconds = time.monotonic() - start
         totals = torch.tensor([seen], dtype=torch.float64, device=self.device)
         self._all_reduce(loss_sum, correct, totals)
@@ -270,6 +355,9 @@ class Trainer:
     def evaluate(self, dataset, desc: str = "eval") -> EvalResult:
         """One ordered pass without gradients, keeping the logits for the extra metrics."""
         self.ddp_model.eval()
+        if self.distributed:  # BatchNorm statistics drift apart per rank: all use (and save) rank 0's
+            for buffer in self.model.buffers():
+                dist.broadcast(buffer, src=0)
         loader = self._loader(dataset, train=False)
         loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
         logits, labels_all = [], []
@@ -277,11 +365,13 @@ class Trainer:
         for images, labels in self._bar(loader, desc):
             images, labels = self._to_device(images, labels)
             with self._autocast():
-                outputs = self.model(images)
+                outputs = self.eval_forward(images)
             outputs = outputs.float()
             loss_sum += self.criterion(outputs, labels).double() * labels.shape[0]
             logits.append(outputs)
             labels_all.append(labels)
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
         seconds = time.monotonic() - start
         logits_t = torch.cat(logits) if logits else torch.empty((0, 2), device=self.device)
         labels_t = torch.cat(labels_all) if labels_all else torch.empty(0, dtype=torch.long,
@@ -383,16 +473,30 @@ class Trainer:
                            "epoch": self.epoch, "best_val_acc": best_val, "run": run,
                            "rng": _rng_to_safe(self._rng_state()), "model_name": run["model"]}, path)
 
-    def resume_from(self, path: str) -> tuple[dict, float]:
-        """Restore model, optimizer, epoch and RNG from a ``*_last.pt``; return (run, best val)."""
+    def resume_from(self, path: str, model_name: str | None = None) -> tuple[dict, float]:
+        """Restore model, optimizer, epoch and RNG from a ``*_last.pt``; return (run, best val).
+
+        Every rank calls it (under torchrun each loads the same file). A checkpoint of another
+        model (``model_name`` given), a truncated file or one whose pickle holds code is refused
+        with a one-line ``UserError``; nothing in it is executed (``weights_only=True``).
+        """
         checkpoint = load_checkpoint(path, self.device)
         if "optimizer" not in checkpoint or "run" not in checkpoint:
             raise UserError(f"{path}: not a full-state checkpoint written by --resume-capable training")
-        self.model.load_state_dict(checkpoint["model"])
-        self.optimizer.load_state_dict(checkpoint["optimizer"])
-        self.epoch = int(checkpoint["epoch"])
-        self._set_rng_state(_rng_from_safe(checkpoint["rng"]))
-        best = checkpoint["best_val_acc"]
+        found = checkpoint.get("model_name")
+        if model_name and found and found != model_name:
+            raise UserError(f"{path}: holds a {found} run, not {model_name}; move the file away or "
+                            "start without --resume")
+        try:
+            self.model.load_state_dict(checkpoint["model"])
+            self.optimizer.load_state_dict(checkpoint["optimizer"])
+            self.epoch = int(checkpoint["epoch"])
+            self._set_rng_state(_rng_from_safe(checkpoint["rng"]))
+            best = checkpoint["best_val_acc"]
+        except (RuntimeError, ValueError, KeyError, TypeError, AttributeError) as exc:
+            message = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+            raise UserError(f"{path}: does not fit this model/optimizer ({message}); "
+                            "start without --resume") from None
         return checkpoint["run"], (-math.inf if best is None else float(best))
 
     def run(self, epochs: int, logging_parameters: LoggingParameters, resume: bool = False) -> dict:
@@ -407,8 +511,8 @@ class Trainer:
         if resume:
             if not os.path.exists(paths["last"]):
                 raise UserError(f"--resume: {paths['last']} does not exist; start without --resume")
-            run, best_val = self.resume_from(paths["last"])
-            run["completed"] = False
+            run, best_val = self.resume_from(paths["last"], logging_parameters.model_name)
+            run["completed"] = self.epoch >= epochs
             if self.is_main:
                 print(f"resuming {paths['last']} after epoch {self.epoch}", file=sys.stderr)
         for _ in range(self.epoch, epochs):
@@ -422,6 +526,7 @@ class Trainer:
                     best_val = val.accuracy
                     run.update(best_epoch=self.epoch, best_val_acc=val.accuracy,
                                test_acc_at_best=test.accuracy)
+                    _keep_other_runs_best(paths["best"], run["run_id"])
                     atomic_torch_save({"model": self.model.state_dict(), "val_acc": val.accuracy,
                                        "test_acc": test.accuracy, "epoch": self.epoch,
                                        "model_name": run["model"], "dataset": run["dataset"],
@@ -449,6 +554,38 @@ class Trainer:
         run["epoch_seconds"].append(train_seconds + eval_seconds)
         run["train_images_per_sec"].append(self.last_train_images_per_sec)
         run["eval_images_per_sec"].append((len(val.labels) + len(test.labels)) / max(eval_seconds, 1e-9))
+
+
+def _keep_other_runs_best(path: str, run_id: str) -> None:
+    """Before this run first writes its best checkpoint: if ``path`` holds another run's (or an
+    unreadable) checkpoint, rename it to ``<stem>.run-<its run_id[:8]>.pt`` so nothing is lost."""
+    if not os.path.exists(path):
+        return
+    try:
+        old = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        old_id = old.get("run_id") if isinstance(old, dict) else None
+    except Exception:  # unreadable: keep it too, named after its time
+        old_id = None
+    if old_id == run_id:
+        return
+    tag = str(old_id)[:8] if old_id else time.strftime("%Y%m%d-%H%M%S",
+                                                       time.localtime(os.path.getmtime(path)))
+    stem, ext = os.path.splitext(path)
+    aside, n = f"{stem}.run-{tag}{ext}", 1
+    while os.path.exists(aside):
+        aside, n = f"{stem}.run-{tag}-{n}{ext}", n + 1
+    os.replace(path, aside)
+    print(f"kept the earlier run's best checkpoint as {aside}", file=sys.stderr)
+
+
+def _test_pause_hook(epoch: int, batch: int) -> None:
+    """Test-only: with ``FACES_TEST_PAUSE_AT=<epoch>:<batch>`` (1-based) training prints
+    ``FACES_TEST_PAUSED`` to stderr after that batch's step and sleeps, so a test can SIGKILL it in
+    the middle of an epoch (tests/test_crash_safety.py). Unset (always, outside tests): nothing."""
+    if os.environ.get("FACES_TEST_PAUSE_AT") == f"{epoch}:{batch}":
+        print(f"FACES_TEST_PAUSED epoch {epoch} batch {batch}", file=sys.stderr, flush=True)
+        time.sleep(600)
+
 
 class _EvalShard(torch.utils.data.Sampler):
     """Rank r of W evaluates indices r, r+W, ...: every sample exactly once, no padding."""

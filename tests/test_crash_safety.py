@@ -1,0 +1,206 @@
+"""Crash safety: a training subprocess SIGKILLed in the middle of an epoch, or while it writes a
+checkpoint, loses nothing from finished epochs, leaves only loadable files, and ``--resume`` ends
+with the same JSON as an uninterrupted run of the same seed. Also: determinism, and a new run keeps
+an earlier run's best checkpoint.
+
+Two test-only hooks make the kills land deterministically (both do nothing unless set):
+``FACES_TEST_PAUSE_AT=<epoch>:<batch>`` (trainer.py) prints FACES_TEST_PAUSED after that batch and
+sleeps, and the test sends SIGKILL; ``FACES_TEST_KILL_IN_SAVE=<file name>:<n>`` (utils.py) SIGKILLs
+the process in its n-th atomic write of that file, after the temp file is complete, before the rename.
+"""
+from __future__ import annotations
+
+import json
+import os
+import queue
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+import torch
+
+import train_main
+from conftest import ROOT, make_tree
+
+STEM = "fakes_dataset_SimpleNet_SGD"
+VOLATILE = {"epoch_seconds", "train_images_per_sec", "eval_images_per_sec", "started", "argv", "run_id"}
+EPOCHS = 2
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> str:
+    # 4 training images in batches of 2: 2 steps per epoch
+    return make_tree(str(tmp_path_factory.mktemp("crash_data")),
+                     {"train": (2, 2), "val": (1, 1), "test": (1, 1)}, seed=5)
+
+
+def _argv(data: str, *extra: str) -> list[str]:
+    """Relative output folders: run from the work folder, so every run records the same args."""
+    return ["--data_root", data, "-e", str(EPOCHS), "-b", "2", "--lr", "0.02", "--seed", "7",
+            "--num_workers", "0", "--no_progress", "--out_dir", "out", "--checkpoint_dir", "ck", *extra]
+
+
+def _train_here(work, data, *extra) -> None:
+    cwd = os.getcwd()
+    os.chdir(work)
+    try:
+        assert train_main.main(_argv(data, *extra)) == 0
+    finally:
+        os.chdir(cwd)
+
+
+def _runs(work) -> list:
+    return json.loads((work / "out" / f"{STEM}.json").read_text())
+
+
+def _stable(run: dict) -> dict:
+    return {k: v for k, v in run.items() if k not in VOLATILE}
+
+
+def _load(path):
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory, data):
+    """An uninterrupted run (in this process)."""
+    work = tmp_path_factory.mktemp("reference")
+    _train_here(work, data)
+    runs = _runs(work)
+    assert len(runs) == 1 and runs[0]["completed"] is True and len(runs[0]["train_loss"]) == EPOCHS
+    return work, runs[0]
+
+
+def _env(**hooks) -> dict:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FACES_TEST_")}
+    env.update(hooks)
+    return env
+
+
+def _start(work, data, **hooks) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, os.path.join(ROOT, "train_main.py"), *_argv(data)],
+                            cwd=str(work), env=_env(**hooks), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+
+
+def _check_files_on_disk(work, epochs_done: int, reference_run: dict, best_epoch_at_most: int) -> None:
+    """Every JSON and checkpoint loads, and all finished epochs are there, as in the reference."""
+    names = os.listdir(work / "ck")
+    checkpoints = [n for n in names if not n.startswith(".")]  # ".<name>.<random>.tmp": unfinished writes
+    assert sorted(checkpoints) == [f"{STEM}.pt", f"{STEM}_last.pt"]
+    for name in checkpoints:
+        _load(work / "ck" / name)
+    last = _load(work / "ck" / f"{STEM}_last.pt")
+    assert last["epoch"] == epochs_done
+    assert os.listdir(work / "out") == [f"{STEM}.json"]
+    runs = _runs(work)
+    assert len(runs) == 1 and runs[0]["completed"] is False
+    for run in (runs[0], last["run"]):
+        for key in ("train_loss", "train_acc", "val_loss", "val_acc", "test_loss", "test_acc", "val_auc"):
+            assert run[key] == reference_run[key][:epochs_done], key
+    assert _load(work / "ck" / f"{STEM}.pt")["epoch"] <= best_epoch_at_most
+
+
+def _resume_and_compare(work, data, reference) -> None:
+    ref_work, ref_run = reference
+    _train_here(work, data, "--resume")
+    runs = _runs(work)
+    assert len(runs) == 1  # the interrupted run was continued, not appended
+    assert _stable(runs[0]) == _stable(ref_run)
+    for name in (f"{STEM}.pt", f"{STEM}_last.pt"):
+        mine, theirs = _load(work / "ck" / name), _load(ref_work / "ck" / name)
+        assert mine["epoch"] == theirs["epoch"]
+        for key, value in theirs["model"].items():
+            assert torch.equal(mine["model"][key], value), (name, key)
+    assert not [n for n in os.listdir(work / "ck") if ".run-" in n]  # its own checkpoint stays put
+
+
+def test_sigkill_mid_epoch_then_resume(tmp_path, data, reference):
+    proc = _start(tmp_path, data, FACES_TEST_PAUSE_AT=f"{EPOCHS}:1")  # after step 1 of 2 in epoch 2
+    lines: queue.Queue = queue.Queue()
+    threading.Thread(target=lambda: [lines.put(line) for line in proc.stderr], daemon=True).start()
+    deadline, seen = time.monotonic() + 180, []
+    try:
+        while time.monotonic() < deadline:
+            try:
+                line = lines.get(timeout=1)
+            except queue.Empty:
+                assert proc.poll() is None, "".join(seen)
+                continue
+            seen.append(line)
+            if line.startswith("FACES_TEST_PAUSED"):
+                break
+        else:
+            pytest.fail("no pause marker:\n" + "".join(seen))
+        assert any(line.startswith("epoch 1/2:") for line in seen)  # epoch 1 finished before
+        os.kill(proc.pid, signal.SIGKILL)
+        assert proc.wait(timeout=30) == -signal.SIGKILL
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert not [n for n in os.listdir(tmp_path / "ck") if n.endswith(".tmp")]
+    _check_files_on_disk(tmp_path, 1, reference[1], best_epoch_at_most=1)
+    _resume_and_compare(tmp_path, data, reference)
+
+
+def test_sigkill_while_writing_checkpoint_then_resume(tmp_path, data, reference):
+    # killed in the epoch-2 write of _last.pt: the temp file is complete, the rename not done
+    proc = _start(tmp_path, data, FACES_TEST_KILL_IN_SAVE=f"{STEM}_last.pt:{EPOCHS}")
+    _, err = proc.communicate(timeout=180)
+    assert proc.returncode == -signal.SIGKILL, err
+    leftovers = [n for n in os.listdir(tmp_path / "ck") if n.endswith(".tmp")]
+    assert len(leftovers) == 1 and leftovers[0].startswith(f".{STEM}_last.pt.")
+    assert _load(tmp_path / "ck" / leftovers[0])["epoch"] == EPOCHS  # the write that was cut off
+    # the old _last.pt (epoch 1) is intact; the best checkpoint is written before it, so it may
+    # already hold epoch 2 (resume redoes epoch 2 and gets the same)
+    _check_files_on_disk(tmp_path, 1, reference[1], best_epoch_at_most=EPOCHS)
+    _resume_and_compare(tmp_path, data, reference)
+
+
+@pytest.fixture(scope="module")
+def second_run(tmp_path_factory, data, reference):
+    """A second full run of the same seed, in a folder holding the reference's best checkpoint."""
+    ref_work, _ = reference
+    work = tmp_path_factory.mktemp("second")
+    (work / "ck").mkdir()
+    earlier = (ref_work / "ck" / f"{STEM}.pt").read_bytes()
+    (work / "ck" / f"{STEM}.pt").write_bytes(earlier)
+    _train_here(work, data)
+    return work, earlier
+
+
+def test_same_seed_same_json_metrics(second_run, reference):
+    """Two CPU runs with the same seed: identical JSON apart from timing and run identity."""
+    work, _ = second_run
+    runs = _runs(work)
+    assert len(runs) == 1
+    assert runs[0]["run_id"] != reference[1]["run_id"]
+    assert _stable(runs[0]) == _stable(reference[1])
+
+
+def test_new_run_keeps_earlier_best_checkpoint(second_run, reference):
+    """The new run moved the other run's best checkpoint to <stem>.run-<run_id[:8]>.pt, byte for
+    byte, before writing its own."""
+    work, earlier = second_run
+    aside = work / "ck" / f"{STEM}.run-{reference[1]['run_id'][:8]}.pt"
+    assert aside.read_bytes() == earlier
+    assert _load(work / "ck" / f"{STEM}.pt")["run_id"] == _runs(work)[0]["run_id"]
+    assert sorted(os.listdir(work / "ck")) == sorted([aside.name, f"{STEM}.pt", f"{STEM}_last.pt"])
+
+
+def test_unreadable_best_checkpoint_is_kept_too(tmp_path):
+    from trainer import _keep_other_runs_best
+    path = tmp_path / f"{STEM}.pt"
+    path.write_bytes(b"not a checkpoint")
+    _keep_other_runs_best(str(path), "0123456789abcdef")
+    kept = [n for n in os.listdir(tmp_path)]
+    assert len(kept) == 1 and kept[0].startswith(f"{STEM}.run-") and kept[0].endswith(".pt")
+    assert (tmp_path / kept[0]).read_bytes() == b"not a checkpoint"
+    # this run's own checkpoint is left in place
+    torch.save({"model": {}, "run_id": "0123456789abcdef"}, path)
+    _keep_other_runs_best(str(path), "0123456789abcdef")
+    assert path.exists() and len(os.listdir(tmp_path)) == 2

@@ -1,0 +1,356 @@
+"""Hostile and bad input through the command line: every case ends with one clear line that names
+the file or flag, a non-zero exit, no traceback (unless --debug), and nothing the user had is lost.
+
+Most cases run ``utils.run_cli(main, argv)`` in this process (what ``python train_main.py`` runs,
+without paying for a new interpreter); the DataLoader-worker case runs a real subprocess.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import struct
+import subprocess
+import sys
+import warnings
+import zlib
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import train_main
+import utils
+from conftest import ROOT, make_image, make_tree
+from faces_dataset import DataError
+from models import SimpleNet
+
+STEM = "fakes_dataset_SimpleNet_SGD"
+
+
+# ----------------------------------------------------------------------------- helpers
+@pytest.fixture(scope="module")
+def clean_tree(tmp_path_factory) -> str:
+    return make_tree(str(tmp_path_factory.mktemp("hostile_clean")),
+                     {"train": (2, 2), "val": (1, 1), "test": (1, 1)}, seed=9)
+
+
+@pytest.fixture
+def tree(clean_tree, tmp_path):
+    """A private copy of the clean tree to damage."""
+    return shutil.copytree(clean_tree, tmp_path / "data")
+
+
+def _argv(data, tmp_path, *extra) -> list[str]:
+    return ["--data_root", str(data), "-e", "1", "-b", "2", "--num_workers", "0", "--no_progress",
+            "--out_dir", str(tmp_path / "out"), "--checkpoint_dir", str(tmp_path / "ck"), *extra]
+
+
+def _one_line_error(capsys, main, argv, *needles) -> str:
+    """Run the CLI entry in-process; expect exit 2 and exactly one stderr line holding ``needles``."""
+    code = utils.run_cli(main, argv)
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert code == 2, err
+    assert len(lines) == 1, err
+    assert ": error: " in lines[0] and "Traceback" not in err
+    for needle in needles:
+        assert str(needle) in lines[0], (needle, lines[0])
+    return lines[0]
+
+
+def _png_chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+
+def _bomb_png() -> bytes:
+    """A valid 120-byte PNG that declares 100000 x 100000 pixels (40 GB decoded)."""
+    header = struct.pack(">IIBBBBB", 100_000, 100_000, 8, 2, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", header)
+            + _png_chunk(b"IDAT", zlib.compress(b"\x00" * 64)) + _png_chunk(b"IEND", b""))
+
+
+# ----------------------------------------------------------------------------- data
+DAMAGE = {
+    "truncated": ("train/real/img000.png", lambda old: old[: len(old) // 3], "truncated"),
+    "zero_byte": ("val/fake/img000.png", lambda old: b"", "cannot identify image file"),
+    "not_an_image": ("test/real/img000.png", lambda old: b"name,label\nface.png,1\n", "cannot identify"),
+    "decompression_bomb": ("train/fake/img001.png", lambda old: _bomb_png(), "decompression bomb"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(DAMAGE))
+def test_bad_image_file_one_line_naming_it(case, tree, tmp_path, capsys):
+    relative, damage, needle = DAMAGE[case]
+    path = tree / "fakes_dataset" / relative
+    bad = damage(path.read_bytes())
+    path.write_bytes(bad)
+    _one_line_error(capsys, train_main.main, _argv(tree, tmp_path), path, needle)
+    assert path.read_bytes() == bad  # the file is left as it was
+    assert not (tmp_path / "out").exists() and not (tmp_path / "ck").exists()  # stopped before training
+
+
+def test_bomb_is_caught_by_pils_limit(tmp_path):
+    """Independent check of the fixture: PIL itself refuses to open it (no 40 GB allocation)."""
+    path = tmp_path / "bomb.png"
+    path.write_bytes(_bomb_png())
+    with pytest.raises(Image.DecompressionBombError):
+        Image.open(path)
+
+
+def test_corrupt_image_in_dataloader_worker_subprocess(tree, tmp_path):
+    """Images read by a worker process (no cache): the worker's traceback must not leak out."""
+    path = tree / "fakes_dataset" / "train" / "fake" / "img000.png"
+    path.write_bytes(path.read_bytes()[:500])
+    command = [sys.executable, os.path.join(ROOT, "train_main.py"),
+               *_argv(tree, tmp_path, "--cache_images", "off")]
+    command[command.index("--num_workers") + 1] = "1"
+    proc = subprocess.run(command, cwd=str(tmp_path), capture_output=True, text=True, timeout=180)
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert proc.returncode == 2, proc.stderr
+    assert len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert lines[0].startswith("train_main.py: error: ") and str(path) in lines[0]
+    assert "DataLoader worker" not in lines[0]
+
+
+def test_debug_shows_the_traceback(tree, tmp_path):
+    path = tree / "fakes_dataset" / "val" / "real" / "img000.png"
+    path.write_bytes(b"")
+    with pytest.raises(DataError, match="img000.png"):
+        utils.run_cli(train_main.main, _argv(tree, tmp_path, "--debug"))
+
+
+def test_missing_split_folder(tree, tmp_path, capsys):
+    shutil.rmtree(tree / "fakes_dataset" / "val")
+    _one_line_error(capsys, train_main.main, _argv(tree, tmp_path), tree / "fakes_dataset" / "val",
+                    "missing split folder")
+
+
+def test_missing_class_folder(tree, tmp_path, capsys):
+    shutil.rmtree(tree / "fakes_dataset" / "test" / "fake")
+    _one_line_error(capsys, train_main.main, _argv(tree, tmp_path), tree / "fakes_dataset" / "test",
+                    "fake")
+
+
+def test_empty_dataset(tree, tmp_path, capsys):
+    for class_dir in ("real", "fake"):
+        folder = tree / "fakes_dataset" / "train" / class_dir
+        shutil.rmtree(folder)
+        folder.mkdir()
+        (folder / "Thumbs.db").write_bytes(b"\x00" * 10)  # clutter is not an image
+    _one_line_error(capsys, train_main.main, _argv(tree, tmp_path), tree / "fakes_dataset" / "train",
+                    "no images")
+
+
+@pytest.fixture(scope="module")
+def survivor_run(clean_tree, tmp_path_factory):
+    """One real training run over a tree with a wrong-size image, into an out folder whose metrics
+    JSON is corrupt (not even UTF-8)."""
+    tmp = tmp_path_factory.mktemp("survivor")
+    data = shutil.copytree(clean_tree, tmp / "data")
+    odd = data / "fakes_dataset" / "val" / "real" / "img000.png"
+    make_image(np.random.default_rng(1), fake=False, size=256).resize((300, 200)).save(odd)
+    (tmp / "out").mkdir()
+    corrupt = b"\xff\xfe[{\"model\": \"SimpleNet\", \x00 half a run"
+    (tmp / "out" / f"{STEM}.json").write_bytes(corrupt)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        code = utils.run_cli(train_main.main, _argv(data, tmp))
+    return tmp, code, [str(w.message) for w in caught], odd, corrupt
+
+
+def test_wrong_size_image_is_resized_with_warning(survivor_run):
+    tmp, code, messages, odd, _ = survivor_run
+    assert code == 0
+    assert any(str(odd) in m and "300x200" in m and "resized to 256x256" in m for m in messages), messages
+    # documented behaviour, against PIL directly: a bilinear resize to 256x256
+    from faces_dataset import load_image_tensor
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        tensor = load_image_tensor(str(odd))
+    expected = np.asarray(Image.open(odd).convert("RGB").resize((256, 256), Image.BILINEAR))
+    assert torch.equal(tensor, torch.from_numpy(expected.copy()).permute(2, 0, 1))
+
+
+def test_corrupt_metrics_json_moved_aside_never_overwritten(survivor_run):
+    tmp, code, messages, _, corrupt = survivor_run
+    assert code == 0
+    names = os.listdir(tmp / "out")
+    aside = [n for n in names if n.startswith(f"{STEM}.json.corrupt-")]
+    assert len(aside) == 1 and (tmp / "out" / aside[0]).read_bytes() == corrupt
+    assert any("moved aside" in m and aside[0] in m for m in messages), messages
+    runs = json.loads((tmp / "out" / f"{STEM}.json").read_text())
+    assert len(runs) == 1 and len(runs[0]["train_loss"]) == 1
+
+
+# ----------------------------------------------------------------------------- checkpoints
+class _Payload:
+    """Unpickling this runs ``os.mkdir(marker)``: a stand-in for arbitrary code."""
+
+    def __init__(self, marker: str):
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.mkdir, (self.marker,)
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory):
+    """A SimpleNet best checkpoint, a truncated copy, and one whose pickle would run code."""
+    tmp = tmp_path_factory.mktemp("checkpoints")
+    torch.manual_seed(0)
+    good = tmp / "simplenet.pt"
+    torch.save({"model": SimpleNet().state_dict(), "val_acc": 50.0, "test_acc": 50.0, "epoch": 1,
+                "model_name": "SimpleNet"}, good)
+    truncated = tmp / "truncated.pt"
+    truncated.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    marker = tmp / "payload_ran"
+    evil = tmp / "evil.pt"
+    torch.save({"model": {"fc3.bias": torch.zeros(2)}, "epoch": 1, "optimizer": {}, "run": {},
+                "extra": _Payload(str(marker))}, evil)
+    return {"good": good, "truncated": truncated, "evil": evil, "marker": marker}
+
+
+def test_checkpoint_of_the_other_model(checkpoints):
+    with pytest.raises(utils.UserError, match=r"simplenet\.pt: holds a SimpleNet model.*-m SimpleNet"):
+        utils.load_model_from_checkpoint("XceptionBased", str(checkpoints["good"]))
+
+
+def test_bare_state_dict_of_the_other_model(tmp_path):
+    """No model_name in the file: the keys tell which model it is."""
+    path = tmp_path / "bare.pt"
+    torch.save(utils.load_model("XceptionBased", pretrained=False).state_dict(), path)
+    with pytest.raises(utils.UserError, match=r"bare\.pt: holds a XceptionBased model"):
+        utils.load_model_from_checkpoint("SimpleNet", str(path))
+
+
+def test_truncated_checkpoint(checkpoints):
+    with pytest.raises(utils.UserError, match=r"truncated\.pt: not a readable checkpoint"):
+        utils.load_model_from_checkpoint("SimpleNet", str(checkpoints["truncated"]))
+
+
+def test_code_in_checkpoint_is_refused_and_never_run(checkpoints):
+    marker = checkpoints["marker"]
+    with pytest.raises(utils.UserError, match=r"evil\.pt: not a readable checkpoint.*refused"):
+        utils.load_model_from_checkpoint("SimpleNet", str(checkpoints["evil"]))
+    assert not marker.exists()
+
+
+def test_payload_control_would_run_when_unpickled_unsafely(checkpoints, tmp_path):
+    """Control: the payload is live, so the check above proves something."""
+    copy = tmp_path / "evil.pt"
+    shutil.copy(checkpoints["evil"], copy)
+    marker = checkpoints["marker"]
+    assert not marker.exists()
+    try:
+        torch.load(copy, weights_only=False)
+        assert marker.is_dir()
+    finally:
+        if marker.exists():
+            marker.rmdir()
+
+
+@pytest.mark.parametrize("kind, needle", [("truncated", "not a readable checkpoint"),
+                                          ("evil", "refused"), ("other_model", "holds a XceptionBased run"),
+                                          ("wrong_shapes", "does not fit this model")])
+def test_resume_from_planted_last_checkpoint(kind, needle, clean_tree, checkpoints, tmp_path, capsys):
+    """``--resume`` loads checkpoints/<stem>_last.pt: bad ones stop with one line, and stay as they were."""
+    (tmp_path / "ck").mkdir()
+    planted = tmp_path / "ck" / f"{STEM}_last.pt"
+    if kind == "other_model":  # an XceptionBased full-state checkpoint under the SimpleNet name
+        state = utils.load_model("XceptionBased", pretrained=False).state_dict()
+        torch.save({"model": state, "optimizer": {"state": {}, "param_groups": []}, "epoch": 1,
+                    "best_val_acc": 50.0, "run": {"model": "XceptionBased"},
+                    "model_name": "XceptionBased"}, planted)
+    elif kind == "wrong_shapes":  # no model name; a 3-class head
+        state = SimpleNet().state_dict()
+        state["fc3.weight"], state["fc3.bias"] = torch.zeros(3, 256), torch.zeros(3)
+        torch.save({"model": state, "optimizer": {"state": {}, "param_groups": []}, "epoch": 1,
+                    "best_val_acc": 50.0, "run": {"model": "SimpleNet"}}, planted)
+    else:
+        shutil.copy(checkpoints[kind], planted)
+    before = planted.read_bytes()
+    _one_line_error(capsys, train_main.main, _argv(clean_tree, tmp_path, "--resume"), planted, needle)
+    assert planted.read_bytes() == before
+    assert not checkpoints["marker"].exists()
+    assert not (tmp_path / "out").exists() or not os.listdir(tmp_path / "out")
+
+
+def test_analysis_script_refuses_bad_checkpoints(checkpoints, clean_tree, tmp_path, capsys):
+    numerical_analysis = pytest.importorskip("numerical_analysis")
+    for name, model, needle in (("good", "XceptionBased", "holds a SimpleNet model"),
+                                ("truncated", "SimpleNet", "not a readable checkpoint"),
+                                ("evil", "SimpleNet", "refused")):
+        argv = ["-m", model, "-cpp", str(checkpoints[name]), "-d", "fakes_dataset", "--data_root",
+                clean_tree, "--device", "cpu", "--figures_dir", str(tmp_path / "fig"),
+                "--out_dir", str(tmp_path / "out"), "--no_progress"]
+        _one_line_error(capsys, numerical_analysis.main, argv, checkpoints[name], needle)
+    assert not checkpoints["marker"].exists()
+    assert not (tmp_path / "fig").exists()
+
+
+# ----------------------------------------------------------------------------- flags
+@pytest.mark.parametrize("flags, needle", [
+    (["-m", "ResNet50"], "--model"), (["-d", "celeba"], "--dataset"), (["-o", "RMSprop"], "--optimizer"),
+    (["-e", "0"], "--epochs"), (["-e", "-3"], "--epochs"), (["-b", "0"], "--batch_size"),
+    (["-b", "-8"], "--batch_size"), (["--lr", "0"], "--lr"), (["--lr", "-0.1"], "--lr"),
+    (["--lr", "nan"], "--lr"), (["--num_workers", "-1"], "--num_workers"),
+    (["--eval_batch_size", "0"], "--eval_batch_size"), (["--momentum", "-0.5"], "--momentum"),
+])
+def test_bad_flag_one_line_naming_it(flags, needle, tmp_path, capsys):
+    try:
+        code = utils.run_cli(train_main.main, _argv(tmp_path / "nowhere", tmp_path, *flags))
+    except SystemExit as exc:  # argparse exits itself; --momentum is checked after parsing
+        code = exc.code
+    assert code == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and needle in lines[0] and "Traceback" not in lines[0], lines
+
+
+def test_zero_workers_is_valid():
+    """--num_workers 0 is not an error: it means loading in the main process (the DataLoader's 0)."""
+    assert train_main.build_parser().parse_args(["--num_workers", "0"]).num_workers == 0
+
+
+# ----------------------------------------------------------------------------- outputs
+@pytest.mark.parametrize("flag", ["--out_dir", "--checkpoint_dir"])
+def test_output_folder_under_a_regular_file(flag, clean_tree, tmp_path, capsys):
+    blocker = tmp_path / "notes.txt"
+    blocker.write_text("my notes\n")
+    argv = _argv(clean_tree, tmp_path)
+    argv[argv.index(flag) + 1] = str(blocker / "sub")
+    _one_line_error(capsys, train_main.main, argv, blocker / "sub", "cannot create output folder")
+    assert blocker.read_text() == "my notes\n"
+
+
+def _chmod_blocks_writes(folder) -> bool:
+    """False for root (CAP_DAC_OVERRIDE writes into a 0555 folder anyway)."""
+    probe = folder / "probe"
+    probe.mkdir()
+    probe.chmod(0o555)
+    try:
+        (probe / "file").write_text("x")
+        return False
+    except PermissionError:
+        return True
+    finally:
+        probe.chmod(0o755)
+        shutil.rmtree(probe)
+
+
+def test_read_only_output_folder(clean_tree, tmp_path, capsys):
+    if not _chmod_blocks_writes(tmp_path):
+        pytest.skip("running as root: chmod does not stop root from writing, so a read-only folder "
+                    "cannot be simulated (test_output_folder_under_a_regular_file runs instead; as "
+                    "root without CAP_DAC_OVERRIDE, e.g. under setpriv, this test runs)")
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / f"{STEM}.json").write_text("[]\n")
+    out.chmod(0o555)
+    try:
+        _one_line_error(capsys, train_main.main, _argv(clean_tree, tmp_path), out, "not writable")
+    finally:
+        out.chmod(0o755)
+    assert (out / f"{STEM}.json").read_text() == "[]\n"
+    assert not (tmp_path / "ck").exists() or not os.listdir(tmp_path / "ck")  # refused before training
