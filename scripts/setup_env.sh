@@ -1,0 +1,67 @@
+# Shared set-up of run_me.sh and run_tests.sh (sourced, not run): makes the virtual environment
+# .venv beside this repository's code when it is missing, and installs a requirements file into it
+# only when that file (or a file it includes with -r) changed since the last successful install.
+#
+#   source scripts/setup_env.sh
+#   setup_env requirements.txt          # sets VENV and VENV_PYTHON
+#
+# Environment: PYTHON  the interpreter that creates .venv (default python3; Python >= 3.10).
+#              VENV    where the environment lives (default <repository>/.venv).
+
+REPO_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+VENV="${VENV:-$REPO_DIR/.venv}"
+VENV_PYTHON="$VENV/bin/python"
+
+_setup_env_fail() {
+    echo "setup: error: $*" >&2
+    return 1
+}
+
+# The requirements file and every file it pulls in with -r/--requirement, recursively.
+_requirement_files() {
+    local file="$1" dir line included
+    [ -f "$file" ] || return 0
+    echo "$file"
+    dir="$(dirname "$file")"
+    while IFS= read -r line || [ -n "$line" ]; do
+        case "$line" in
+            -r\ *|--requirement\ *|--requirement=*)
+                included="${line#*[ =]}"
+                included="${included#"${included%%[![:space:]]*}"}"
+                _requirement_files "$dir/$included" ;;
+        esac
+    done < "$file"
+}
+
+# A checksum of a requirements file and the files it includes.
+_requirements_sum() {
+    local f
+    for f in $(_requirement_files "$1"); do
+        printf '%s\n' "$(basename "$f")"
+        cat "$f"
+    done | cksum | cut -d' ' -f1,2
+}
+
+setup_env() {
+    local requirements="$1" python="${PYTHON:-python3}" stamp want
+    [ -f "$requirements" ] || requirements="$REPO_DIR/$requirements"
+    [ -f "$requirements" ] || _setup_env_fail "$1: no such requirements file" || return 1
+    if [ ! -x "$VENV_PYTHON" ]; then
+        command -v "$python" >/dev/null 2>&1 ||
+            _setup_env_fail "$python not found; install Python 3.10 or newer, or set PYTHON=/path/to/python3" || return 1
+        "$python" -c 'import sys; sys.exit(sys.version_info < (3, 10))' ||
+            _setup_env_fail "$python is Python $("$python" -c 'import platform; print(platform.python_version())'); Python 3.10 or newer is needed (set PYTHON=...)" || return 1
+        echo "setup: creating the virtual environment $VENV (one time) ..." >&2
+        "$python" -m venv "$VENV" ||
+            _setup_env_fail "'$python -m venv $VENV' failed; on Debian/Ubuntu install python3-venv (apt-get install python3-venv), then run again" || return 1
+    fi
+    stamp="$VENV/.installed-$(basename "$requirements" .txt)"
+    want="$(_requirements_sum "$requirements")"
+    if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
+        return 0  # installed, and the requirements did not change since
+    fi
+    echo "setup: installing $(basename "$requirements") into $VENV (first run, or it changed; torch is large, this can take minutes) ..." >&2
+    "$VENV_PYTHON" -m pip install --disable-pip-version-check -r "$requirements" ||
+        _setup_env_fail "installing $requirements failed (see pip's message above); fix it and run again" || return 1
+    printf '%s\n' "$want" > "$stamp"
+}

@@ -1,0 +1,410 @@
+"""The study runner (run_study.py) and its set-up scripts.
+
+End to end on a tiny generated tree (1 epoch, batch 4, XceptionBased from random init, everything
+under tmp_path); then re-runs (skips), --force, a failing step, step selection, the ImageNet-weights
+decision, the demo-data fallback and the shell set-up.
+"""
+from __future__ import annotations
+
+import base64
+import contextlib
+import io
+import json
+import math
+import os
+import re
+import shutil
+import subprocess
+import sys
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+import run_study
+from conftest import ROOT, make_tree
+
+# Tiny splits: both classes everywhere (AUC, EER and Grad-CAM need them), few images (XceptionBased
+# is about 0.3 s per image forward on a 2-core CPU).
+COUNTS = {"train": (3, 2), "val": (1, 1), "test": (2, 2)}
+RUNS = (("SimpleNet", "fakes_dataset"), ("SimpleNet", "synthetic_dataset"),
+        ("XceptionBased", "synthetic_dataset"))
+# SPEC section 4, written out here (not taken from run_study) so the test checks the runner.
+SPEC_FIGURES = ["datasets_samples.png"]
+for _model, _dataset in RUNS:
+    SPEC_FIGURES += [f"{_dataset}_{_model}_{suffix}.png" for suffix in (
+        "losses_plot", "accuracies_plot", "roc_curve", "det_curve", "Real_Image_grad_cam",
+        "Fake_Image_grad_cam")]
+SPEC_FIGURES += [f"{d}_{m}_{suffix}.png" for m, d in (RUNS[0], RUNS[2])
+                 for suffix in ("saliency_maps_and_images_pairs", "mean_saliency_maps")]
+STEPS = (["samples"] + [f"train-{t}" for t in ("simplenet-fakes", "simplenet-synthetic",
+                                               "xception-synthetic")]
+         + [f"{k}-{t}" for t in ("simplenet-fakes", "simplenet-synthetic", "xception-synthetic")
+            for k in ("curves", "numerical", "gradcam")]
+         + ["saliency-simplenet-fakes", "saliency-xception-synthetic"])
+NUMBER_KEYS = ("best_val_acc", "test_acc_at_best", "auc_a", "auc_b", "eer", "ap", "epoch_seconds",
+               "train_images_per_sec", "grad_cam_faithfulness_gap")
+
+
+def call(argv) -> tuple[int, str]:
+    """run_study.main(argv) with its console output (stdout and stderr) captured."""
+    buffer = io.StringIO()
+    with contextlib.redirect_stdout(buffer), contextlib.redirect_stderr(buffer):
+        try:
+            code = run_study.run_cli(run_study.main, list(argv))
+        except SystemExit as exc:  # argparse
+            code = exc.code
+    return code, buffer.getvalue()
+
+
+def summary_of(work) -> dict:
+    with open(os.path.join(work, "out", "study_summary.json")) as handle:
+        return json.load(handle)
+
+
+def statuses(work) -> dict:
+    return {s["name"]: s["status"] for s in summary_of(work)["steps"]}
+
+
+def parse_plan(plan: str) -> dict:
+    """{step: state} from the lines '[ n] <step> <state>' of a --dry_run."""
+    return dict(re.findall(r"^\[\s*\d+\] (\S+)\s+(.*)$", plan, flags=re.M))
+
+
+def read(path) -> str:
+    with open(path, encoding="utf-8") as handle:
+        return handle.read()
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("study")
+    data = make_tree(str(tmp / "data"), COUNTS, seed=3)
+    work = str(tmp / "work")
+    args = ["--data_root", data, "--workdir", work, "--epochs", "1", "-b", "4", "--no_pretrained",
+            "--device", "cpu", "--num_workers", "0", "--gradcam_max_images", "2", "--no_progress"]
+    code, output = call(args)
+    assert code == 0, output
+    return SimpleNamespace(tmp=tmp, data=data, work=work, args=args, output=output,
+                           out=os.path.join(work, "out"), figures=os.path.join(work, "figures"))
+
+
+# ----------------------------------------------------------------------------- end to end
+def test_every_figure_report_and_summary(study):
+    for name in SPEC_FIGURES:
+        path = os.path.join(study.figures, name)
+        assert os.path.isfile(path), f"missing figure {name}"
+        with open(path, "rb") as handle:
+            assert handle.read(8) == b"\x89PNG\r\n\x1a\n", name
+    for name in ("study_report.md", "study_report.html", "study_summary.json"):
+        assert os.path.isfile(os.path.join(study.out, name))
+    assert statuses(study.work) == {name: "ran" for name in STEPS}
+    for name in STEPS:  # each step's output went to its own log
+        assert "exit code 0" in read(os.path.join(study.out, "logs", f"{name}.log"))
+    assert "[15/15] saliency-xception-synthetic: done" in study.output
+
+
+def test_summary_numbers_are_finite_and_match_their_sources(study):
+    summary = summary_of(study.work)
+    assert summary["params"] == {"SimpleNet": 16_901_762, "XceptionBased": 23_128_786}
+    assert summary["data"]["counts"]["fakes_dataset"]["train"] == {"real": 3, "fake": 2}
+    assert summary["data"]["counts"]["synthetic_dataset"]["test"] == {"real": 2, "fake": 2}
+    assert summary["data"]["demo"] is False
+    for step in summary["steps"]:  # wall and CPU seconds, peak memory of every step
+        assert step["seconds"] > 0 and step["cpu_seconds"] > 0 and step["max_rss_mb"] > 50, step
+    for (model, dataset), tag in zip(RUNS, ("simplenet-fakes", "simplenet-synthetic",
+                                            "xception-synthetic")):
+        numbers = summary["runs"][tag]
+        for key in NUMBER_KEYS:
+            assert isinstance(numbers[key], float) and math.isfinite(numbers[key]), (tag, key)
+        assert numbers["best_val_epoch"] == 1
+        # The training JSON (last run) is the source of the accuracies ...
+        run = json.load(open(os.path.join(study.out, f"{dataset}_{model}_Adam.json")))[-1]
+        assert numbers["best_val_acc"] == pytest.approx(run["val_acc"][0])
+        assert numbers["test_acc_at_best"] == pytest.approx(run["test_acc"][0])
+        # ... 4 test images, 2 per class: an accuracy is a multiple of 25 %.
+        assert numbers["test_acc_at_best"] % 25 == pytest.approx(0)
+        # With softmax scores P(real) = 1 - P(fake): AUC A = 1 - AUC B.
+        assert numbers["auc_a"] + numbers["auc_b"] == pytest.approx(1.0)
+        assert 0 <= numbers["eer"] <= 1 and 0 < numbers["ap"] <= 1
+    assert summary["runs"]["xception-synthetic"]["pretrained"] is False
+
+
+def test_auc_agrees_with_an_independent_evaluation(study):
+    """Recompute the SimpleNet/fakes test AUC from its checkpoint with sklearn."""
+    from sklearn.metrics import average_precision_score, roc_auc_score
+
+    import utils
+    model = utils.load_model_from_checkpoint(
+        "SimpleNet", os.path.join(study.work, "checkpoints", "fakes_dataset_SimpleNet_Adam.pt"))
+    dataset = utils.load_dataset("fakes_dataset", "test", study.data)
+    images = torch.stack([dataset[i][0] for i in range(len(dataset))])
+    labels = [dataset[i][1] for i in range(len(dataset))]
+    with torch.no_grad():
+        p_fake = torch.softmax(model(images).double(), dim=1)[:, 1].numpy()
+    numbers = summary_of(study.work)["runs"]["simplenet-fakes"]
+    assert numbers["auc_b"] == pytest.approx(roc_auc_score(labels, p_fake), abs=1e-6)
+    assert numbers["ap"] == pytest.approx(average_precision_score(labels, p_fake), abs=1e-6)
+
+
+def test_report_is_one_self_contained_page(study):
+    md = read(os.path.join(study.out, "study_report.md"))
+    page = read(os.path.join(study.out, "study_report.html"))
+    # The random-init XceptionBased run is announced, in both formats.
+    assert "RANDOM INITIALISATION" in md and "RANDOM INITIALISATION" in page
+    for model, dataset in RUNS:
+        assert f"| {model}, {dataset} |" in md
+    assert "16,901,762" in md and "23,128,786" in md
+    # Markdown links resolve to the figures; the HTML embeds each one, byte for byte.
+    links = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", md)
+    for name in SPEC_FIGURES:
+        assert any(link.endswith("/" + name) for link in links), name
+    for link in links:
+        assert os.path.isfile(os.path.join(study.out, link)), link
+    sources = re.findall(r'src="([^"]*)"', page)
+    assert sources and all(src.startswith("data:image/png;base64,") for src in sources)
+    assert not re.search(r"(href|src)=\"(https?:|file:|/|\.)", page)
+    embedded = {base64.b64decode(src.split(",", 1)[1]) for src in sources}
+    for name in SPEC_FIGURES:
+        with open(os.path.join(study.figures, name), "rb") as handle:
+            assert handle.read() in embedded, name
+
+
+# ----------------------------------------------------------------------------- re-runs
+def test_rerun_skips_finished_steps(study):
+    logs = {name: read(os.path.join(study.out, "logs", f"{name}.log")) for name in STEPS}
+    json_path = os.path.join(study.out, "fakes_dataset_SimpleNet_Adam.json")
+    before = json.load(open(json_path))
+    code, output = call(study.args)
+    assert code == 0, output
+    assert statuses(study.work) == {name: "skipped (up to date)" for name in STEPS}
+    assert output.count("up to date, skipped") == len(STEPS)
+    assert json.load(open(json_path)) == before  # no training ran: no run appended
+    for name in STEPS:
+        assert read(os.path.join(study.out, "logs", f"{name}.log")) == logs[name]
+
+
+def test_force_redoes_a_step_and_downstream_steps_become_stale(study):
+    json_path = os.path.join(study.out, "fakes_dataset_SimpleNet_Adam.json")
+    before = json.load(open(json_path))
+    code, output = call(study.args + ["--force", "--steps", "train-simplenet-fakes"])
+    assert code == 0, output
+    status = statuses(study.work)
+    assert status["train-simplenet-fakes"] == "ran"
+    assert all(s == "not selected" for n, s in status.items() if n != "train-simplenet-fakes")
+    after = json.load(open(json_path))
+    assert len(after) == len(before) + 1 and after[:-1] == before  # appended, earlier run kept
+    log = read(os.path.join(study.out, "logs", "train-simplenet-fakes.log"))
+    assert log.count("===== exit code 0") == 2  # the log is appended to, not replaced
+    # The new checkpoint makes the steps reading it stale; the other runs stay up to date.
+    code, plan = call(study.args + ["--dry_run"])
+    assert code == 0, plan
+    lines = parse_plan(plan)
+    assert len(lines) == len(STEPS)
+    for kind in ("curves", "numerical", "gradcam", "saliency"):
+        assert "would run" in lines[f"{kind}-simplenet-fakes"], lines[f"{kind}-simplenet-fakes"]
+    for name in ("samples", "train-simplenet-fakes", "curves-simplenet-synthetic",
+                 "gradcam-xception-synthetic", "saliency-xception-synthetic"):
+        assert "up to date" in lines[name], lines[name]
+
+
+def test_changed_data_makes_its_steps_stale(study):
+    fake_dir = os.path.join(study.data, "synthetic_dataset", "test", "fake")
+    added = os.path.join(fake_dir, "img009.png")
+    shutil.copy(os.path.join(fake_dir, "img001.png"), added)
+    try:
+        code, plan = call(study.args + ["--dry_run"])
+    finally:
+        os.remove(added)
+    assert code == 0, plan
+    lines = parse_plan(plan)
+    test_split = os.path.join(study.data, "synthetic_dataset", "test")
+    for name in ("train-xception-synthetic", "numerical-xception-synthetic",
+                 "gradcam-simplenet-synthetic", "saliency-xception-synthetic"):
+        assert lines[name] == f"would run (data in {test_split} changed)", lines[name]
+    for name in ("samples", "curves-xception-synthetic", "curves-simplenet-synthetic"):
+        assert lines[name] == "up to date, would skip", lines[name]
+    code, plan = call(study.args + ["--dry_run"])  # the file is gone again: up to date again
+    assert parse_plan(plan)["numerical-xception-synthetic"] == "up to date, would skip"
+
+
+def test_failing_step_stops_the_study_and_names_step_and_log(study, tmp_path):
+    broken = make_tree(str(tmp_path / "broken"), COUNTS, seed=5)
+    fake_dir = os.path.join(broken, "synthetic_dataset", "train", "fake")
+    for name in os.listdir(fake_dir):  # no fake training image: the samples figure cannot be made
+        os.remove(os.path.join(fake_dir, name))
+    figure = os.path.join(study.figures, "datasets_samples.png")
+    with open(figure, "rb") as handle:
+        figure_bytes = handle.read()
+    json_path = os.path.join(study.out, "fakes_dataset_SimpleNet_Adam.json")
+    runs_before = json.load(open(json_path))
+    args = [a if a != study.data else broken for a in study.args]
+    code, output = call(args + ["--steps", "samples", "train-simplenet-fakes"])
+    assert code == 1
+    log = os.path.join(study.out, "logs", "samples.log")
+    assert f"step samples failed (exit code" in output and f"see its log {log}" in output
+    assert re.search(r"===== exit code [1-9]\d* after [\d.]+ s \(CPU [\d.]+ s, peak memory \d+ MB\)\n$",
+                     read(log))
+    status = statuses(study.work)
+    assert status["samples"] == "failed" and status["train-simplenet-fakes"] == "not reached"
+    assert json.load(open(json_path)) == runs_before  # the study stopped before training
+    with open(figure, "rb") as handle:
+        assert handle.read() == figure_bytes  # earlier outputs are kept
+    summary = summary_of(study.work)
+    assert summary["status"]["failed"] == "samples" and summary["status"]["log"] == log
+    assert "step samples failed" in read(os.path.join(study.out, "study_report.md"))
+
+
+def test_missing_prerequisite_names_the_step_that_makes_it(tiny_root, tmp_path):
+    code, output = call(["--data_root", tiny_root, "--workdir", str(tmp_path), "--no_progress",
+                         "--steps", "numerical-simplenet-fakes"])
+    assert code == 1
+    assert "step numerical-simplenet-fakes needs" in output and "train-simplenet-fakes" in output
+
+
+# ----------------------------------------------------------------------------- selection
+def _names(selected):
+    return [step.name for step in selected]
+
+
+def test_step_selection_by_name_kind_run_and_pattern():
+    settings = run_study.make_settings(run_study.build_parser().parse_args([]), "root", [])
+    plan = run_study.build_plan(settings)
+    assert _names(plan) == ["samples"] + STEPS[1:4] + [
+        f"{k}-{t}" for t in ("simplenet-fakes", "simplenet-synthetic", "xception-synthetic")
+        for k in ("curves", "numerical", "gradcam")] + STEPS[-2:]
+    assert sorted(_names(plan)) == sorted(STEPS)
+    selected, report = run_study.select_steps(plan, ["train"], None)
+    assert _names(selected) == STEPS[1:4] and report
+    assert _names(run_study.select_steps(plan, ["gradcam-*"], None)[0]) == [
+        "gradcam-simplenet-fakes", "gradcam-simplenet-synthetic", "gradcam-xception-synthetic"]
+    assert _names(run_study.select_steps(plan, ["xception-synthetic"], None)[0]) == [
+        "train-xception-synthetic", "curves-xception-synthetic", "numerical-xception-synthetic",
+        "gradcam-xception-synthetic", "saliency-xception-synthetic"]
+    selected, report = run_study.select_steps(plan, None, ["saliency,report", "samples"])
+    assert len(selected) == len(STEPS) - 3 and not report
+    with pytest.raises(run_study.UserError, match="--skip trian: matches no step"):
+        run_study.select_steps(plan, None, ["trian"])
+
+
+def test_study_protocol_and_flags_reach_the_commands():
+    args = run_study.build_parser().parse_args([])
+    commands = {s.name: s.command for s in run_study.build_plan(
+        run_study.make_settings(args, "root", ["--no_pretrained"]))}
+    for tag, epochs in (("simplenet-fakes", "5"), ("simplenet-synthetic", "5"),
+                        ("xception-synthetic", "2")):
+        command = " ".join(commands[f"train-{tag}"])
+        assert "-o Adam --lr 0.001 -b 32" in command and f"-e {epochs} " in command
+    assert commands["train-xception-synthetic"][-1] == "--no_pretrained"
+    assert "--no_pretrained" not in commands["train-simplenet-fakes"]
+    assert " ".join(commands["gradcam-xception-synthetic"]).endswith("--max_images 32")
+    args = run_study.build_parser().parse_args(["--epochs", "3", "--xception_epochs", "1", "-b", "8",
+                                                "--device", "cuda"])
+    commands = {s.name: " ".join(s.command) for s in run_study.build_plan(
+        run_study.make_settings(args, "root", []))}
+    assert "-b 8 -e 3 " in commands["train-simplenet-synthetic"]
+    assert "-b 8 -e 1 " in commands["train-xception-synthetic"]
+    assert "--device cuda" in commands["gradcam-xception-synthetic"]
+
+
+def test_clean_line_keeps_what_a_terminal_shows():
+    assert run_study.clean_line("epoch 1:  10%|#\repoch 1: 100%|##########| 3/3") == \
+        "epoch 1: 100%|##########| 3/3"
+    assert run_study.clean_line("\x1b[Adone  \r") == "done"
+    assert run_study.clean_line("plain") == "plain"
+
+
+# ----------------------------------------------------------------------------- ImageNet weights
+def _train_xception_line(plan: str) -> str:
+    return next(line for line in plan.splitlines() if "train_main.py -m XceptionBased" in line)
+
+
+def test_no_weights_falls_back_to_random_init_loudly(tiny_root, tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))  # an empty hub cache
+    monkeypatch.setenv("XCEPTION_NO_DOWNLOAD", "1")
+    monkeypatch.delenv("XCEPTION_WEIGHTS", raising=False)
+    base = ["--data_root", tiny_root, "--workdir", str(tmp_path / "w"), "--dry_run"]
+    code, plan = call(base)
+    assert code == 0, plan
+    assert "NO IMAGENET WEIGHTS FOUND" in plan and "RANDOM INITIALISATION" in plan
+    assert _train_xception_line(plan).endswith("--no_pretrained")
+    code, output = call(base + ["--require_pretrained"])
+    assert code == 2 and "No ImageNet weights found" in output
+    code, output = call(base + ["--xception_weights", str(tmp_path / "missing.pth")])
+    assert code == 2 and "missing.pth" in output and "RANDOM" not in output
+
+
+def test_found_weights_are_used_and_named(tiny_root, tmp_path, monkeypatch):
+    import xception
+    monkeypatch.delenv("XCEPTION_WEIGHTS", raising=False)
+    weights = tmp_path / "xception-c0a72b38.pth.tar"
+    torch.save(xception.Xception().state_dict(), weights)
+    code, plan = call(["--data_root", tiny_root, "--workdir", str(tmp_path / "w"), "--dry_run",
+                       "--xception_weights", str(weights)])
+    assert code == 0, plan
+    assert "RANDOM" not in plan and f"ImageNet weights {weights}" in plan
+    assert _train_xception_line(plan).endswith(f"--xception_weights {weights}")
+
+
+# ----------------------------------------------------------------------------- demo data
+def test_demo_data_made_once_when_no_datasets_are_found(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # ../Assignment4_datasets does not exist from here
+    monkeypatch.delenv("FACES_DATA_ROOT", raising=False)
+    assert not os.path.exists(os.path.join("..", "Assignment4_datasets"))
+    args = ["--workdir", "w", "--demo_scale", "0.02", "--steps", "samples", "--no_progress"]
+    code, output = call(args)
+    assert code == 0, output
+    assert "using DEMO data in w/data/demo" in output and "generating the demo datasets" in output
+    counts = summary_of("w")["data"]["counts"]
+    assert counts["fakes_dataset"]["train"]["real"] == 2 * counts["fakes_dataset"]["train"]["fake"] > 0
+    assert all(len(os.listdir(os.path.join("w", "data", "demo", d, s, c))) == counts[d][s][c]
+               for d in counts for s in counts[d] for c in ("real", "fake"))
+    assert summary_of("w")["data"]["demo"] is True
+    assert "DEMO DATA" in read(os.path.join("w", "out", "study_report.md"))
+    assert os.path.isfile(os.path.join("w", "figures", "datasets_samples.png"))
+    code, output = call(args)
+    assert code == 0 and "reusing it" in output and "generating" not in output
+    assert statuses("w")["samples"] == "skipped (up to date)"
+    code, output = call(args[:3] + ["0.05", "--steps", "samples"])
+    assert code == 2 and "--remake_demo" in output
+
+
+# ----------------------------------------------------------------------------- shell set-up
+@pytest.mark.skipif(shutil.which("bash") is None, reason="needs bash")
+def test_setup_env_installs_only_when_requirements_change(tmp_path):
+    """scripts/setup_env.sh: a new venv, then pip only when the requirements file changed."""
+    (tmp_path / "base.txt").write_text("# nothing to install\n")
+    (tmp_path / "dev.txt").write_text("-r base.txt\n")
+    script = (f"set -euo pipefail; source {ROOT}/scripts/setup_env.sh; "
+              f"setup_env {tmp_path}/dev.txt; echo \"python=$VENV_PYTHON\"")
+    env = {**os.environ, "VENV": str(tmp_path / "venv"), "PYTHON": sys.executable,
+           "PIP_NO_INDEX": "1"}
+
+    def setup() -> str:
+        done = subprocess.run(["bash", "-c", script], env=env, capture_output=True, text=True,
+                              timeout=300)
+        assert done.returncode == 0, done.stderr
+        return done.stderr + done.stdout
+
+    first = setup()
+    assert "creating the virtual environment" in first and "installing dev.txt" in first
+    assert os.access(tmp_path / "venv" / "bin" / "python", os.X_OK)
+    second = setup()
+    assert "creating" not in second and "installing" not in second
+    (tmp_path / "base.txt").write_text("# nothing to install, changed\n")  # an included file
+    assert "installing dev.txt" in setup()
+    bad = subprocess.run(["bash", "-c", script], capture_output=True, text=True, timeout=60,
+                         env={**env, "VENV": str(tmp_path / "venv2"), "PYTHON": "no-such-python"})
+    assert bad.returncode != 0 and "no-such-python not found" in bad.stderr
+
+
+def test_run_scripts_share_the_setup_and_call_their_commands():
+    for name, command in (("run_me.sh", 'exec "$VENV_PYTHON" "$HERE/run_study.py" "$@"'),
+                          ("run_tests.sh", 'exec "$VENV_PYTHON" -m pytest -q tests "$@"')):
+        path = os.path.join(ROOT, name)
+        assert os.access(path, os.X_OK), f"{name} is not executable"
+        text = read(path)
+        assert 'source "$HERE/scripts/setup_env.sh"' in text and command in text
+    assert "setup_env \"$HERE/requirements-dev.txt\"" in read(os.path.join(ROOT, "run_tests.sh"))
+    assert read(os.path.join(ROOT, "requirements-dev.txt")).splitlines()[1:3] == [
+        "-r requirements.txt", "pytest>=8.0"]
