@@ -21,7 +21,7 @@ from tqdm import tqdm
 
 import analysis
 from faces_dataset import IMAGE_SIZE, DataError, is_image_file, pil_to_uint8_tensor, read_rgb_image
-from utils import (MODEL_NAMES, ArgumentParser, UserError, _atomic_write, add_debug_flag,
+from utils import (MODEL_NAMES, ArgumentParser, UserError, atomic_write, add_debug_flag,
                    get_device, load_model_from_checkpoint, normalize_batch, positive_int, run_cli)
 
 
@@ -144,7 +144,7 @@ def main(argv=None) -> int:
             for i, (image, cam) in enumerate(zip(analysis.uint8_to_rgb_float(batch), cams)):
                 out = os.path.join(args.grad_cam, overlay_name(batch_paths[i], used_names))
                 picture = Image.fromarray(analysis.grad_cam_overlay(image, cam))
-                _atomic_write(out, lambda tmp, p=picture: p.save(tmp, format="PNG"))
+                atomic_write(out, lambda tmp, p=picture: p.save(tmp, format="PNG"))
                 overlays[i] = out
         for i, path in enumerate(batch_paths):
             record = {"path": path, "p_fake": float(probs[i, 1]), "p_real": float(probs[i, 0]),

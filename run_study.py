@@ -61,8 +61,8 @@ from dataclasses import dataclass, field
 
 from faces_dataset import CLASS_DIRS, list_images
 from utils import (DATA_ROOT_ENV, DATASET_NAMES, DATASET_TITLES, DEFAULT_DATA_ROOT, SPLITS,
-                   ArgumentParser, UserError, add_debug_flag, atomic_write_json, ensure_dir,
-                   non_negative_int, positive_float, positive_int, read_runs, run_cli)
+                   ArgumentParser, UserError, add_debug_flag, atomic_write_json, atomic_write_text,
+                   ensure_dir, non_negative_int, positive_float, positive_int, read_runs, run_cli)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 OPTIMIZER = "Adam"
@@ -1048,15 +1048,6 @@ def render_html(blocks: list[tuple]) -> str:
     return "\n".join(out) + "\n"
 
 
-def _atomic_write_text(path: str, text: str) -> None:
-    from utils import _atomic_write
-
-    def write(tmp):
-        with open(tmp, "w", encoding="utf-8") as handle:
-            handle.write(text)
-    _atomic_write(path, write)
-
-
 def write_report(settings: Settings, data: dict, weights: dict | None, steps: list[dict],
                  status: dict, total_seconds: float, console: Console) -> dict:
     counts = data.get("counts") or {}
@@ -1073,8 +1064,8 @@ def write_report(settings: Settings, data: dict, weights: dict | None, steps: li
     blocks = build_report(settings, data, counts, params, runs, weights, steps, status, total_seconds)
     md_path = os.path.join(settings.out_dir, "study_report.md")
     html_path = os.path.join(settings.out_dir, "study_report.html")
-    _atomic_write_text(md_path, render_markdown(blocks, settings.out_dir))
-    _atomic_write_text(html_path, render_html(blocks))
+    atomic_write_text(md_path, render_markdown(blocks, settings.out_dir))
+    atomic_write_text(html_path, render_html(blocks))
     figures = [samples_figure(settings.figures_dir)] + [
         p for run in RUNS for paths in run_figures(run, settings.figures_dir).values() for p in paths]
     summary = {
