@@ -50,7 +50,11 @@ def build_parser() -> ArgumentParser:
                         help="images per forward/backward pass (lower it if memory runs short)")
     parser.add_argument("--max_images", default=0, type=non_negative_int,
                         help="use only this many test images (chosen with --seed, both classes) "
-                             "for the mean maps and the faithfulness test; 0: all")
+                             "for the mean maps; 0: all")
+    parser.add_argument("--faithfulness_images", default=0, type=non_negative_int,
+                        help="test images (chosen with --seed, both classes) of the faithfulness "
+                             "test, which costs about 10 forward passes an image; 0: the same "
+                             "images as the mean maps")
     parser.add_argument("--fractions", default=list(analysis.DEFAULT_FRACTIONS), nargs="+",
                         type=fraction, metavar="F",
                         help="fractions of pixels (between 0 and 1) removed by the faithfulness test")
@@ -88,13 +92,23 @@ def main(argv=None) -> int:
             save_figure(analysis.plot_overlay(analysis.grad_cam_overlay(image, cam), name), path)
             written.append(path)
 
-    subset = None
-    if args.max_images and args.max_images < len(labels):
-        subset = analysis.pick_mixed_indices(labels, args.max_images, args.seed)
+    def cams(x, y):
+        return analysis.grad_cam_maps(model, layer, x, y)
+
+    def subset(n):
+        return analysis.pick_mixed_indices(labels, n, args.seed) if 0 < n < len(labels) else None
+
+    mean_subset = subset(args.max_images)
+    faith_subset = subset(args.faithfulness_images) if args.faithfulness_images else mean_subset
+    one_pass = faith_subset is mean_subset  # the faithfulness test rides on the mean-map pass
     faithfulness = analysis.FaithfulnessAccumulator(model, args.fractions, args.seed)
     means, counts = analysis.mean_maps_per_class(
-        dataset, lambda x, y: analysis.grad_cam_maps(model, layer, x, y), args.batch_size, device,
-        indices=subset, progress=not args.no_progress, desc="Grad-CAM", on_batch=faithfulness)
+        dataset, cams, args.batch_size, device, indices=mean_subset, progress=not args.no_progress,
+        desc="Grad-CAM", on_batch=faithfulness if one_pass else None)
+    if not one_pass:
+        analysis.mean_maps_per_class(dataset, cams, args.batch_size, device, indices=faith_subset,
+                                     progress=not args.no_progress, desc="faithfulness",
+                                     on_batch=faithfulness)
     if counts[0] + counts[1] == 0:
         raise UserError("no test images to analyse")
     mean_path = analysis.figure_path(args.figures_dir, args.dataset, args.model, "mean_grad_cam")

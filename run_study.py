@@ -377,7 +377,7 @@ def build_plan(s: Settings) -> list[Step]:
                           needs={ckpt: f"train-{run.tag}"}, json_keys={metrics: "numerical"}))
         gradcam_args = ["--seed", str(s.seed), "--out_dir", s.out_dir]
         if s.gradcam_max_images:
-            gradcam_args += ["--max_images", str(s.gradcam_max_images)]
+            gradcam_args += ["--faithfulness_images", str(s.gradcam_max_images)]
         steps.append(Step(f"gradcam-{run.tag}", "gradcam", run, "grad_cam_analysis.py",
                           analysis_args + gradcam_args,
                           outputs=figures["gradcam"] + [metrics], inputs=[ckpt], data=test_data,
@@ -1130,10 +1130,11 @@ def build_parser() -> ArgumentParser:
     training.add_argument("--num_workers", default=None, type=non_negative_int,
                           help="DataLoader workers for training; None: train_main.py's default")
     training.add_argument("--gradcam_max_images", default=32, type=non_negative_int,
-                          help="test images (both classes, chosen with --seed) of Grad-CAM's mean "
-                               "maps and faithfulness test, per run; 0: the whole test split (about "
-                               "10 forward passes per image: XceptionBased on 2 CPU cores needs ~2 s "
-                               "an image). The study's two Grad-CAM figures are made either way")
+                          help="test images (both classes, chosen with --seed) of Grad-CAM's "
+                               "faithfulness test, per run; 0: the whole test split (about 10 "
+                               "forward passes per image: XceptionBased on 2 CPU cores needs ~2 s an "
+                               "image). The study's two Grad-CAM figures and the mean maps always "
+                               "use the whole test split")
     training.add_argument("--xception_weights", default=None,
                           help="ImageNet weights file for XceptionBased (else $XCEPTION_WEIGHTS, the "
                                "torch hub cache, a download; none found: random init, said loudly)")

@@ -175,7 +175,13 @@ class _CachedBatches:
 
     def __iter__(self):
         for rows in self.batches:
-            rows = torch.as_tensor(rows, dtype=torch.long).reshape(len(rows), -1).to(self.device)
+            if rows and not isinstance(rows[0], (list, tuple)) and rows[-1] - rows[0] == len(rows) - 1 \
+                    and list(rows) == list(range(rows[0], rows[-1] + 1)):
+                yield self.images[rows[0]:rows[-1] + 1], self.labels[rows[0]:rows[-1] + 1]  # a view
+                continue
+            rows = torch.as_tensor(rows, dtype=torch.long).reshape(len(rows), -1)
+            if self.device.type == "cuda":  # pinned + non_blocking: no wait for the queued steps
+                rows = rows.pin_memory().to(self.device, non_blocking=True)
             indices = rows[:, 0]
             images = self.images[indices]
             if rows.shape[1] == 4:
@@ -296,7 +302,7 @@ class Trainer:
     def _to_device(self, images: torch.Tensor, labels) -> tuple[torch.Tensor, torch.Tensor]:
         images = images.to(self.device, non_blocking=True)
         if images.dtype == torch.uint8:
-            images = normalize_batch(images)
+            images = normalize_batch(images, self.memory_format)
         images = images.contiguous(memory_format=self.memory_format)
         labels = torch.as_tensor(labels).to(self.device, non_blocking=True)
         return images, labels

@@ -1,0 +1,223 @@
+"""How fast do the saliency maps and the mean Grad-CAM run, against the model's own forward+backward?
+
+For each model (random weights: speed does not depend on them), on the test split of the same data
+as ``bench_train.py`` (demo data generated into a temp folder, or ``--data_root``), with the analysis
+scripts' batch size (16) and the model as the scripts load it (``utils.load_model_from_checkpoint``:
+eval mode, channels-last on CPU/CUDA; the inputs are NCHW as ``normalize_batch`` gives them):
+
+- reference: the model's own forward + backward (parameter gradients, as in training, without the
+  optimizer) on random tensors already in memory, batch by batch;
+- saliency over the test set: ``analysis.mean_maps_per_class`` with ``analysis.saliency_maps``,
+  exactly what saliency_map.py runs for its mean maps (reads and decodes the PNGs, normalises,
+  one forward and one backward per batch, per-class sums);
+- mean Grad-CAM over the test set: the same with ``analysis.grad_cam_maps`` (pytorch-grad-cam), as
+  grad_cam_analysis.py runs it (without its faithfulness test; ``--faithfulness`` adds that figure);
+- the two map functions alone on the in-memory tensors (no data reading), to split the cost.
+
+It prints images/s and the ratios to the reference (target >= 0.8 for saliency and mean Grad-CAM)
+and writes them to ``--out`` (default ``out/bench_analysis.json``, one object per model, merged).
+Each figure is the best of ``--repeats`` alternating rounds. XceptionBased runs a fixed number of
+test images (``--xception_images``; it is slow on a CPU), SimpleNet the whole test split.
+
+Usage::
+
+    python benchmarks/bench_analysis.py             # the README figures (a few minutes, 2 cores)
+    python benchmarks/bench_analysis.py --smoke     # tiny, seconds (the test suite)
+"""
+from __future__ import annotations
+
+import gc
+import os
+import sys
+import tempfile
+import time
+
+import torch
+from tqdm import tqdm
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.dirname(HERE))
+sys.path.insert(0, HERE)
+
+import bench_train  # noqa: E402  (shared helpers: data, batches, RSS, JSON merge)
+from utils import (DATASET_NAMES, MODEL_NAMES, ArgumentParser, add_debug_flag,  # noqa: E402
+                   atomic_torch_save, get_device, load_dataset, load_model, load_model_from_checkpoint,
+                   non_negative_int, positive_int, run_cli, set_seed)
+
+REQUIRED_KEYS = ("reference_fwd_bwd_ips", "saliency_ips", "mean_grad_cam_ips", "saliency_ratio",
+                 "mean_grad_cam_ratio", "saliency_maps_only_ips", "grad_cam_maps_only_ips")
+TARGET_RATIO = 0.8
+
+
+def bench_model(name: str, args, root: str, device: torch.device, workdir: str) -> dict:
+    import analysis
+    gc.collect()
+    bench_train.reset_peak_rss()
+    n_images = args.xception_images if name == "XceptionBased" else args.simplenet_images
+    full = load_dataset(args.dataset, "test", root)
+    dataset = bench_train.head(full, n_images)
+    n = len(dataset)
+    set_seed(args.seed)
+    # the model exactly as the analysis scripts get it: through a checkpoint file
+    checkpoint = os.path.join(workdir, f"{name}.pt")
+    atomic_torch_save({"model": load_model(name, pretrained=False).state_dict(), "model_name": name},
+                      checkpoint)
+    model = load_model_from_checkpoint(name, checkpoint, device)
+    if args.memory_format != "as_loaded":
+        model = model.to(memory_format=torch.channels_last if args.memory_format == "channels_last"
+                         else torch.contiguous_format)
+    channels_last = all(p.is_contiguous(memory_format=torch.channels_last) for p in model.parameters()
+                        if p.dim() == 4)
+    layer = analysis.resolve_layer(model, args.target_layer)
+    generator = torch.Generator().manual_seed(args.seed)
+    plan = bench_train.batch_sizes(n, args.batch_size)
+    batches = {}
+    for size in set(plan):
+        images = torch.randn((size, 3, 256, 256), generator=generator).to(device)  # NCHW, as normalize_batch gives
+        batches[size] = (images, torch.randint(0, 2, (size,), generator=generator).to(device))
+
+    def timed(fn):
+        start = time.perf_counter()
+        fn()
+        bench_train._sync(device)
+        return time.perf_counter() - start
+
+    def reference():
+        for size in plan:
+            images, labels = batches[size]
+            model.zero_grad(set_to_none=True)
+            logits = model(images)
+            logits.gather(1, labels.view(-1, 1)).sum().backward()
+        model.zero_grad(set_to_none=True)
+
+    def saliency_only():
+        for size in plan:
+            analysis.saliency_maps(model, *batches[size])
+
+    def grad_cam_only():
+        for size in plan:
+            analysis.grad_cam_maps(model, layer, *batches[size])
+
+    def saliency_e2e():
+        analysis.mean_maps_per_class(dataset, lambda x, y: analysis.saliency_maps(model, x, y),
+                                     args.batch_size, device)
+
+    def grad_cam_e2e():
+        analysis.mean_maps_per_class(dataset, lambda x, y: analysis.grad_cam_maps(model, layer, x, y),
+                                     args.batch_size, device)
+
+    def grad_cam_faithfulness():
+        accumulator = analysis.FaithfulnessAccumulator(model, seed=args.seed)
+        analysis.mean_maps_per_class(dataset, lambda x, y: analysis.grad_cam_maps(model, layer, x, y),
+                                     args.batch_size, device, on_batch=accumulator)
+
+    steps = {"reference": reference, "saliency": saliency_e2e, "mean_grad_cam": grad_cam_e2e,
+             "saliency_maps_only": saliency_only, "grad_cam_maps_only": grad_cam_only}
+    if args.faithfulness:
+        steps["mean_grad_cam_with_faithfulness"] = grad_cam_faithfulness
+    if not args.smoke:  # warm-up: kernels for both batch shapes, the hooks' first use
+        reference()
+        saliency_only()
+        grad_cam_only()
+    times = {k: [] for k in steps}
+    bar = tqdm(total=args.repeats * len(steps), desc=f"{name} rounds", unit="pass",
+               disable=args.no_progress, file=sys.stderr, leave=False)
+    for _ in range(args.repeats):
+        for key, fn in steps.items():
+            times[key].append(timed(fn))
+            bar.update()
+    bar.close()
+    best = {k: n / max(min(v), 1e-9) for k, v in times.items()}
+    ref = best["reference"]
+    out = {"reference_fwd_bwd_ips": ref, "saliency_ips": best["saliency"],
+           "mean_grad_cam_ips": best["mean_grad_cam"], "saliency_ratio": best["saliency"] / ref,
+           "mean_grad_cam_ratio": best["mean_grad_cam"] / ref,
+           "saliency_maps_only_ips": best["saliency_maps_only"],
+           "grad_cam_maps_only_ips": best["grad_cam_maps_only"],
+           "saliency_maps_only_ratio": best["saliency_maps_only"] / ref,
+           "grad_cam_maps_only_ratio": best["grad_cam_maps_only"] / ref}
+    if args.faithfulness:
+        out["mean_grad_cam_with_faithfulness_ips"] = best["mean_grad_cam_with_faithfulness"]
+        out["mean_grad_cam_with_faithfulness_ratio"] = best["mean_grad_cam_with_faithfulness"] / ref
+    out["peak_rss_mb"] = bench_train.peak_rss_mb()
+    out["config"] = {"dataset": args.dataset, "split": "test", "test_split_size": len(full),
+                     "measured_images": n, "whole_split": n == len(full), "batch_size": args.batch_size,
+                     "target_layer": args.target_layer, "device": str(device),
+                     "model_channels_last": channels_last, "memory_format": args.memory_format,
+                     "repeats": args.repeats,
+                     "statistic": "best of the repeats", "target_ratio": TARGET_RATIO,
+                     "torch_threads": torch.get_num_threads(), "cpu_count": os.cpu_count(),
+                     "torch": torch.__version__, "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    return out
+
+
+def print_table(results: dict) -> None:
+    print(f"{'model':14s} {'fwd+bwd':>9s} {'saliency':>9s} {'ratio':>6s} {'Grad-CAM':>9s} {'ratio':>6s} "
+          f"{'sal. only':>9s} {'CAM only':>9s}   (images/s; ratio target >= {TARGET_RATIO})")
+    for name, r in results.items():
+        print(f"{name:14s} {r['reference_fwd_bwd_ips']:9.1f} {r['saliency_ips']:9.1f} "
+              f"{r['saliency_ratio']:6.3f} {r['mean_grad_cam_ips']:9.1f} {r['mean_grad_cam_ratio']:6.3f} "
+              f"{r['saliency_maps_only_ips']:9.1f} {r['grad_cam_maps_only_ips']:9.1f}")
+
+
+def build_parser() -> ArgumentParser:
+    parser = ArgumentParser(description="Saliency and mean Grad-CAM throughput over the test split "
+                                        "against the model's own forward+backward; writes "
+                                        "out/bench_analysis.json.")
+    parser.add_argument("--models", nargs="+", default=list(MODEL_NAMES), choices=MODEL_NAMES,
+                        help="models to measure (random weights; XceptionBased without pretrained weights)")
+    parser.add_argument("--dataset", default="fakes_dataset", choices=DATASET_NAMES,
+                        help="dataset whose test split is analysed")
+    parser.add_argument("--data_root", default=None,
+                        help="existing data (holding <dataset>/); default: generate demo data in a temp folder")
+    parser.add_argument("--scale", default=1.0, type=float,
+                        help="scale of the generated demo data (1.0: fakes_dataset test 150 images)")
+    parser.add_argument("--batch_size", "-b", default=16, type=positive_int,
+                        help="images per forward/backward (16: the analysis scripts' default)")
+    parser.add_argument("--simplenet_images", default=0, type=non_negative_int,
+                        help="SimpleNet test images per pass (0: the whole test split)")
+    parser.add_argument("--xception_images", default=32, type=non_negative_int,
+                        help="XceptionBased test images per pass (0: the whole test split)")
+    parser.add_argument("--target_layer", default="conv3", help="Grad-CAM layer (the study's: conv3)")
+    parser.add_argument("--memory_format", default="as_loaded", choices=("as_loaded", "channels_last", "nchw"),
+                        help="layout of the model: as utils.load_model_from_checkpoint gives it (what the "
+                             "analysis scripts use), or forced (to measure the lever); inputs stay NCHW")
+    parser.add_argument("--faithfulness", action="store_true",
+                        help="also time the mean Grad-CAM with grad_cam_analysis.py's faithfulness test")
+    parser.add_argument("--repeats", default=2, type=positive_int, help="rounds; figures are the best round")
+    parser.add_argument("--device", default="auto", help="auto (CUDA when available), cpu or cuda")
+    parser.add_argument("--smoke", action="store_true",
+                        help="tiny and fast (seconds; for the tests): demo scale 0.02, batch 2, 2 images "
+                             "per model, 1 round, no warm-up; the figures mean nothing")
+    parser.add_argument("--seed", default=0, type=int, help="seed for the data and the models")
+    parser.add_argument("--out", default=os.path.join("out", "bench_analysis.json"),
+                        help="JSON written (merged: one object per model)")
+    parser.add_argument("--no_progress", action="store_true", help="no progress bars")
+    add_debug_flag(parser)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    device = get_device(args.device)
+    if args.smoke:
+        args.scale = min(args.scale, 0.02)
+        args.batch_size = min(args.batch_size, 2)
+        args.simplenet_images = args.xception_images = 2
+        args.repeats = 1
+    if not args.scale > 0:
+        raise bench_train.UserError(f"--scale must be greater than 0, got {args.scale}")
+    results = {}
+    with tempfile.TemporaryDirectory(prefix="bench_analysis_") as workdir:
+        root = bench_train.prepare_data(args, workdir)
+        for name in args.models:
+            print(f"measuring {name} ...", file=sys.stderr)
+            results[name] = bench_model(name, args, root, device, workdir)
+            bench_train.write_results(args.out, {name: results[name]})
+    print_table(results)
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run_cli(main))

@@ -1,0 +1,760 @@
+"""How fast does training and evaluation run, against what the model alone could do?
+
+For each model (SimpleNet, and XceptionBased built with ``pretrained=False``: weights do not change
+speed), on the same data (demo data generated into a temp folder, or ``--data_root``):
+
+(a) model only: training steps and eval forward passes on random tensors already in memory, with
+    the trainer's own settings (memory format, autocast, compile): the practical compute ceiling;
+(b) end to end: ``Trainer.train_one_epoch`` and ``Trainer.evaluate_model_on_dataloader`` with the
+    defaults train_main.py uses (``utils.apply_image_cache(datasets, "auto")``, default
+    ``num_workers``, default ``channels_last``, eval batch = batch size);
+(c) the naive course loop: ``DataLoader`` with default arguments (num_workers=0), PIL decoding every
+    epoch with the SPEC v1 ``torchvision.transforms`` on PIL images, float32 NCHW, a per-batch
+    ``.item()``, ``torch.no_grad`` for eval.
+
+It prints images/s of each, b/a (pipeline efficiency) and b/c (speed-up over the naive loop; the
+epoch figure is train + val + test of the whole data), and peak RSS, and writes them to
+``--out`` (default ``out/bench_train.json``: one object per model, merged into the file).
+
+Measurement: the three loops alternate in ``--repeats`` rounds and each figure is the best round
+(other processes only ever slow a round down); the median is kept in the JSON too. SimpleNet runs
+whole splits. XceptionBased trains at a few images/s on a 2-core CPU, so it runs a fixed number of
+images (``--xception_train_images``/``--xception_eval_images``, class ratio kept) and its epoch
+figure is computed from the measured images/s and the full split sizes.
+
+Usage::
+
+    python benchmarks/bench_train.py                       # the README figures (~10 min, 2 cores)
+    python benchmarks/bench_train.py --smoke               # tiny, seconds (the test suite)
+    python benchmarks/bench_train.py --models SimpleNet --levers   # also measure each lever
+    python benchmarks/bench_train.py --rss_only SimpleNet  # only the full-size cache RSS check
+"""
+from __future__ import annotations
+
+import gc
+import json
+import math
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+from torchvision import transforms as T
+from tqdm import tqdm
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+from faces_dataset import FacesDataset, read_rgb_image  # noqa: E402
+from trainer import Trainer  # noqa: E402
+from utils import (DATASET_NAMES, MODEL_NAMES, NORMALIZE_MEAN, NORMALIZE_STD, ArgumentParser,  # noqa: E402
+                   UserError, add_debug_flag, apply_image_cache, atomic_write_json, get_device,
+                   get_transforms, load_dataset, load_model, non_negative_int, positive_int,
+                   run_cli, set_seed)
+
+REQUIRED_KEYS = ("model_only_train_ips", "end_to_end_train_ips", "naive_train_ips",
+                 "model_only_eval_ips", "end_to_end_eval_ips", "naive_eval_ips",
+                 "train_efficiency", "eval_efficiency", "epoch_speedup", "peak_rss_mb")
+FULL_SPLIT_SIZES = {"fakes_dataset": {"train": (7200, 3600), "val": (1400, 700), "test": (1400, 700)},
+                    "synthetic_dataset": {"train": (4721, 4725), "val": (586, 585), "test": (551, 552)}}
+
+
+# ----------------------------------------------------------------------------- memory
+def peak_rss_mb() -> float:
+    """This process's peak resident set size since the last ``reset_peak_rss`` (MiB)."""
+    try:
+        with open("/proc/self/status") as handle:
+            for line in handle:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024.0
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux: KiB
+
+
+def current_rss_mb() -> float:
+    """This process's resident set size now (MiB)."""
+    try:
+        with open("/proc/self/status") as handle:
+            for line in handle:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) / 1024.0
+    except OSError:
+        pass
+    return float("nan")
+
+
+def child_pids() -> list[int]:
+    """Pids of this process's children (DataLoader workers), from /proc (Linux)."""
+    pids = []
+    try:
+        for task in os.listdir("/proc/self/task"):
+            with open(f"/proc/self/task/{task}/children") as handle:
+                pids += [int(p) for p in handle.read().split()]
+    except OSError:
+        pass
+    return pids
+
+
+def private_mb(pid: int) -> float:
+    """Memory only process ``pid`` holds (Private_Clean + Private_Dirty, MiB): a forked worker's
+    RSS also counts every page it shares with its parent, so RSS would count those twice."""
+    total = 0
+    try:
+        with open(f"/proc/{pid}/smaps_rollup") as handle:
+            for line in handle:
+                if line.startswith(("Private_Clean:", "Private_Dirty:")):
+                    total += int(line.split()[1])
+    except OSError:
+        return 0.0
+    return total / 1024.0
+
+
+def reset_peak_rss() -> bool:
+    """Reset the peak (Linux ``clear_refs`` 5); False where that is not possible."""
+    try:
+        with open("/proc/self/clear_refs", "w") as handle:
+            handle.write("5")
+        return True
+    except OSError:
+        return False
+
+
+# ----------------------------------------------------------------------------- data
+class CourseFacesDataset(Dataset):
+    """The course's data path: decode the PNG with PIL at every access and apply the SPEC v1
+    ``torchvision.transforms`` to the PIL image (train: RandomCrop(256, padding=4),
+    RandomHorizontalFlip, ToTensor, Normalize; val/test: ToTensor, Normalize)."""
+
+    def __init__(self, faces: FacesDataset, train: bool):
+        self.faces = faces
+        steps = [T.RandomCrop(256, padding=4), T.RandomHorizontalFlip()] if train else []
+        self.transform = T.Compose(steps + [T.ToTensor(), T.Normalize(NORMALIZE_MEAN, NORMALIZE_STD)])
+
+    def __len__(self):
+        return len(self.faces)
+
+    def __getitem__(self, index):
+        path, label = self.faces.path_and_label(index)
+        return self.transform(read_rgb_image(path)), label
+
+
+def head(dataset: FacesDataset, n: int | None) -> FacesDataset:
+    """The first ``n`` images of a split, keeping its real:fake ratio (``None``/0: all of it)."""
+    if not n or n >= len(dataset):
+        return dataset
+    n_real = min(len(dataset.real_image_names), max(1, round(n * len(dataset.real_image_names) / len(dataset))))
+    n_fake = min(len(dataset.fake_image_names), max(0, n - n_real))
+    sub = FacesDataset(dataset.root_path, transform=dataset.transform)
+    sub.real_image_names = sub.real_image_names[:n_real]
+    sub.fake_image_names = sub.fake_image_names[:n_fake]
+    return sub
+
+
+def prepare_data(args, workdir: str) -> str:
+    """The data root: ``--data_root``, or demo data generated into ``workdir``."""
+    if args.data_root:
+        if not os.path.isdir(os.path.join(args.data_root, args.dataset)):
+            raise UserError(f"--data_root {args.data_root}: no {args.dataset}/ folder in it; make demo "
+                            f"data with: python make_demo_datasets.py --out {args.data_root}")
+        return args.data_root
+    import make_demo_datasets
+    root = os.path.join(workdir, "data")
+    print(f"generating demo {args.dataset} at scale {args.scale} in {root} ...", file=sys.stderr)
+    make_demo_datasets.generate(root, seed=args.seed, scale=args.scale, datasets=[args.dataset],
+                                progress=not args.no_progress)
+    return root
+
+
+# ----------------------------------------------------------------------------- timing helpers
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def batch_sizes(n: int, batch_size: int) -> list[int]:
+    """The batch sizes of one pass over ``n`` images (the last one may be smaller)."""
+    return [batch_size] * (n // batch_size) + ([n % batch_size] if n % batch_size else [])
+
+
+class ModelOnly:
+    """(a): the trainer's own step on random tensors already on the device, in its memory format."""
+
+    def __init__(self, trainer: Trainer, n_train: int, n_eval: int, seed: int):
+        self.trainer = trainer
+        device, fmt = trainer.device, trainer.memory_format
+        generator = torch.Generator().manual_seed(seed)
+
+        def batch(size):
+            x = torch.randn((size, 3, 256, 256), generator=generator).to(device)
+            return x.contiguous(memory_format=fmt), torch.randint(0, 2, (size,), generator=generator).to(device)
+        self.train_batches = {s: batch(s) for s in set(batch_sizes(n_train, trainer.batch_size))}
+        self.eval_batches = {s: batch(s) for s in set(batch_sizes(n_eval, trainer.eval_batch_size))}
+        self.train_plan = batch_sizes(n_train, trainer.batch_size)
+        self.eval_plan = batch_sizes(n_eval, trainer.eval_batch_size)
+
+    def train_step(self, size: int) -> torch.Tensor:
+        t = self.trainer
+        images, labels = self.train_batches[size]
+        t.optimizer.zero_grad(set_to_none=True)
+        with t._autocast():
+            loss = t.criterion(t.train_forward(images), labels)
+        loss.backward()
+        t.optimizer.step()
+        return loss.detach()
+
+    def train(self) -> float:
+        """Seconds for the steps of one pass."""
+        self.trainer.ddp_model.train()
+        start = time.perf_counter()
+        losses = [self.train_step(size) for size in self.train_plan]
+        torch.stack(losses).sum().item()
+        _sync(self.trainer.device)
+        return time.perf_counter() - start
+
+    def eval(self, inference_mode: bool = True) -> float:
+        t = self.trainer
+        t.model.eval()
+        start = time.perf_counter()
+        context = torch.inference_mode if inference_mode else torch.no_grad
+        with context():
+            outs = []
+            for size in self.eval_plan:
+                images, _ = self.eval_batches[size]
+                with t._autocast():
+                    outs.append(t.eval_forward(images).float())
+            torch.cat(outs).sum().item()
+        _sync(t.device)
+        return time.perf_counter() - start
+
+    def warm_up(self) -> None:
+        self.trainer.ddp_model.train()
+        for size in sorted(self.train_batches):
+            self.train_step(size)
+        self.trainer.model.eval()
+        with torch.inference_mode():
+            for size in sorted(self.eval_batches):
+                images, _ = self.eval_batches[size]
+                with self.trainer._autocast():
+                    self.trainer.eval_forward(images)
+        _sync(self.trainer.device)
+
+
+class NaiveLoop:
+    """(c): the course loop: default DataLoader, PIL + v1 transforms, fp32 NCHW, ``.item()`` per
+    batch, ``torch.no_grad`` for eval."""
+
+    def __init__(self, model: nn.Module, faces: dict, batch_size: int, device: torch.device, lr: float):
+        self.model = model.to(device)
+        self.device = device
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=lr)
+        self.criterion = nn.CrossEntropyLoss()
+        self.train_loader = DataLoader(CourseFacesDataset(faces["train"], train=True),
+                                       batch_size=batch_size, shuffle=True)
+        self.eval_loaders = [DataLoader(CourseFacesDataset(faces[s], train=False), batch_size=batch_size)
+                             for s in ("val", "test")]
+
+    def train(self) -> float:
+        self.model.train()
+        start = time.perf_counter()
+        total_loss, correct, seen = 0.0, 0, 0
+        for images, labels in self.train_loader:
+            images, labels = images.to(self.device), labels.to(self.device)
+            self.optimizer.zero_grad()
+            outputs = self.model(images)
+            loss = self.criterion(outputs, labels)
+            loss.backward()
+            self.optimizer.step()
+            total_loss += loss.item() * labels.shape[0]
+            correct += (outputs.argmax(1) == labels).sum().item()
+            seen += labels.shape[0]
+        return time.perf_counter() - start
+
+    def eval(self) -> float:
+        self.model.eval()
+        start = time.perf_counter()
+        with torch.no_grad():
+            for loader in self.eval_loaders:
+                total_loss, correct = 0.0, 0
+                for images, labels in loader:
+                    images, labels = images.to(self.device), labels.to(self.device)
+                    outputs = self.model(images)
+                    total_loss += self.criterion(outputs, labels).item() * labels.shape[0]
+                    correct += (outputs.argmax(1) == labels).sum().item()
+        return time.perf_counter() - start
+
+    def warm_up(self) -> None:
+        self.model.train()
+        x = torch.randn(2, 3, 256, 256, device=self.device)
+        self.criterion(self.model(x), torch.zeros(2, dtype=torch.long, device=self.device)).backward()
+        self.optimizer.zero_grad()
+        self.model.eval()
+        with torch.no_grad():
+            self.model(x)
+
+
+# ----------------------------------------------------------------------------- one model
+def _summary(times: list[float], n: int) -> tuple[float, float]:
+    """(best, median) images/s of timed passes over ``n`` images."""
+    rates = [n / max(t, 1e-9) for t in times]
+    return max(rates), statistics.median(rates)
+
+
+def bench_model(name: str, args, root: str, device: torch.device, workdir: str) -> dict:
+    """Measure (a), (b), (c) for one model; returns its JSON object."""
+    gc.collect()
+    rss_reset = reset_peak_rss()
+    is_xception = name == "XceptionBased"
+    n_train = args.xception_train_images if is_xception else args.simplenet_train_images
+    n_eval = args.xception_eval_images if is_xception else args.simplenet_eval_images
+    full = {s: load_dataset(args.dataset, s, root) for s in ("train", "val", "test")}
+    split_sizes = {s: len(d) for s, d in full.items()}
+    data = {"train": head(full["train"], n_train),
+            "val": head(full["val"], (n_eval + 1) // 2 if n_eval else None),
+            "test": head(full["test"], max(1, n_eval // 2) if n_eval else None)}
+    measured = {s: len(d) for s, d in data.items()}
+    n_eval_measured = measured["val"] + measured["test"]
+
+    start = time.perf_counter()
+    cached = apply_image_cache(list(data.values()), args.cache_images, progress=False)
+    cache_seconds = time.perf_counter() - start
+
+    set_seed(args.seed)
+    model = load_model(name, pretrained=False)
+    optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)
+    trainer = Trainer(model, optimizer, nn.CrossEntropyLoss(), args.batch_size, data["train"],
+                      data["val"], data["test"], device=device, num_workers=args.num_workers,
+                      eval_batch_size=args.eval_batch_size, seed=args.seed, amp=args.amp,
+                      channels_last=args.channels_last, progress=False, compile=args.compile,
+                      out_dir=os.path.join(workdir, "out"),
+                      checkpoint_dir=os.path.join(workdir, "checkpoints"))
+    model_only = ModelOnly(trainer, measured["train"], n_eval_measured, args.seed)
+    set_seed(args.seed)
+    naive = None if args.skip_naive else NaiveLoop(load_model(name, pretrained=False), data,
+                                                    args.batch_size, device, args.lr)
+    warm_start = time.perf_counter()
+    if not args.smoke:
+        model_only.warm_up()
+        if naive:
+            naive.warm_up()
+    warm_up_seconds = time.perf_counter() - warm_start
+
+    times = {k: [] for k in ("a_train", "b_train", "c_train", "a_eval", "b_eval", "c_eval")}
+    steps = [("a_train", model_only.train), ("b_train", lambda: _timed(trainer.train_one_epoch, device)),
+             ("c_train", naive.train if naive else None),
+             ("a_eval", model_only.eval),
+             ("b_eval", lambda: _timed(lambda: (trainer.evaluate_model_on_dataloader(data["val"]),
+                                                trainer.evaluate_model_on_dataloader(data["test"])), device)),
+             ("c_eval", naive.eval if naive else None)]
+    bar = tqdm(total=args.repeats * sum(1 for _, f in steps if f), desc=f"{name} rounds", unit="pass",
+               disable=args.no_progress, file=sys.stderr, leave=False)
+    for _ in range(args.repeats):
+        for key, fn in steps:
+            if fn is None:
+                continue
+            times[key].append(fn())
+            bar.update()
+    bar.close()
+
+    n_tr = measured["train"]
+    res = {}
+    for loop in ("a", "b", "c"):
+        if not times[f"{loop}_train"]:
+            continue
+        res[f"{loop}_train"] = _summary(times[f"{loop}_train"], n_tr)
+        res[f"{loop}_eval"] = _summary(times[f"{loop}_eval"], n_eval_measured)
+    out = {"model_only_train_ips": res["a_train"][0], "end_to_end_train_ips": res["b_train"][0],
+           "naive_train_ips": res["c_train"][0] if naive else None,
+           "model_only_eval_ips": res["a_eval"][0], "end_to_end_eval_ips": res["b_eval"][0],
+           "naive_eval_ips": res["c_eval"][0] if naive else None}
+    out["train_efficiency"] = out["end_to_end_train_ips"] / out["model_only_train_ips"]
+    out["eval_efficiency"] = out["end_to_end_eval_ips"] / out["model_only_eval_ips"]
+    n_eval_full = split_sizes["val"] + split_sizes["test"]
+
+    def epoch_seconds(train_ips, eval_ips):
+        return split_sizes["train"] / train_ips + n_eval_full / eval_ips
+    out["epoch_speedup"] = (epoch_seconds(out["naive_train_ips"], out["naive_eval_ips"])
+                            / epoch_seconds(out["end_to_end_train_ips"], out["end_to_end_eval_ips"])
+                            if naive else None)
+    out["train_speedup"] = out["end_to_end_train_ips"] / out["naive_train_ips"] if naive else None
+    out["eval_speedup"] = out["end_to_end_eval_ips"] / out["naive_eval_ips"] if naive else None
+    out["peak_rss_mb"] = peak_rss_mb()
+    out["median_ips"] = {k: v[1] for k, v in res.items()}
+    out["config"] = {
+        "dataset": args.dataset, "split_sizes": split_sizes, "measured_images": measured,
+        "whole_splits": measured == split_sizes,
+        "epoch_speedup_from": "measured epochs" if measured == split_sizes else
+                              "measured images/s scaled to the whole splits",
+        "batch_size": args.batch_size, "eval_batch_size": trainer.eval_batch_size,
+        "optimizer": f"Adam lr {args.lr}", "device": str(device), "amp": trainer.amp,
+        "channels_last": trainer.channels_last, "compile": args.compile,
+        "num_workers": trainer.num_workers, "cache_images": args.cache_images, "cached_splits": cached,
+        "cache_seconds": cache_seconds, "warm_up_seconds": warm_up_seconds, "repeats": args.repeats,
+        "statistic": "best of the repeats (median_ips: the medians)",
+        "torch_threads": torch.get_num_threads(), "cpu_count": os.cpu_count(),
+        "peak_rss_scope": "this benchmark process during this model's section (all three loops' "
+                          "models and the decoded cache of the measured images)"
+                          if rss_reset else "whole benchmark process (peak could not be reset)",
+        "torch": torch.__version__, "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
+    }
+    if device.type == "cuda":
+        out["config"]["cuda_device"] = torch.cuda.get_device_name(device)
+        out["config"]["cuda_max_memory_allocated_gb"] = torch.cuda.max_memory_allocated(device) / 1024**3
+    if args.levers:
+        out["levers"] = measure_levers(name, args, device, model_only, trainer, data, naive)
+    del trainer, model_only, naive, model, optimizer
+    gc.collect()
+    return out
+
+
+def _timed(fn, device: torch.device) -> float:
+    start = time.perf_counter()
+    fn()
+    _sync(device)
+    return time.perf_counter() - start
+
+
+# ----------------------------------------------------------------------------- levers
+def _best_ips(fn, n: int, repeats: int) -> float:
+    return max(n / max(fn(), 1e-9) for _ in range(repeats))
+
+
+def measure_levers(name, args, device, model_only: ModelOnly, trainer: Trainer, data, naive) -> dict:
+    """Model-only images/s with and without each lever, and the per-image data costs."""
+    reps = max(2, args.repeats)
+    n_train = sum(model_only.train_plan)
+    n_eval = sum(model_only.eval_plan)
+    levers = {}
+    lever_bar = tqdm(desc=f"{name} levers", unit="lever", disable=args.no_progress, file=sys.stderr, leave=False)
+
+    def variant(channels_last=None, eval_batch_size=None, compile_model=False, threads=None):
+        set_seed(args.seed)
+        model = load_model(name, pretrained=False)
+        t = Trainer(model, torch.optim.Adam(model.parameters(), lr=args.lr), nn.CrossEntropyLoss(),
+                    args.batch_size, data["train"], data["val"], data["test"], device=device,
+                    eval_batch_size=eval_batch_size or args.eval_batch_size, seed=args.seed, amp=args.amp,
+                    channels_last=args.channels_last if channels_last is None else channels_last,
+                    progress=False, compile=compile_model, out_dir=trainer.out_dir,
+                    checkpoint_dir=trainer.checkpoint_dir)
+        m = ModelOnly(t, n_train, n_eval, args.seed)
+        old_threads = torch.get_num_threads()
+        if threads:
+            torch.set_num_threads(threads)
+        try:
+            m.warm_up()
+            result = {"train_ips": _best_ips(m.train, n_train, reps), "eval_ips": _best_ips(m.eval, n_eval, reps)}
+            if eval_batch_size is None and not compile_model:
+                result["eval_no_grad_ips"] = _best_ips(lambda: m.eval(inference_mode=False), n_eval, reps)
+        finally:
+            torch.set_num_threads(old_threads)
+        lever_bar.update()
+        return result
+
+    levers["nchw"] = variant(channels_last="off")
+    levers["channels_last"] = variant(channels_last="on")
+    for factor in (2, 4):
+        levers[f"eval_batch_x{factor}"] = {"eval_ips": variant(eval_batch_size=args.batch_size * factor)["eval_ips"]}
+    if torch.get_num_threads() > 1 and device.type == "cpu":
+        levers["threads_1"] = variant(threads=1)
+    if args.levers_compile:
+        start = time.perf_counter()
+        levers["compile"] = variant(compile_model=True)
+        levers["compile"]["compile_and_measure_seconds"] = time.perf_counter() - start
+    lever_bar.close()
+    levers["data_ms_per_image"] = data_costs(data["train"], args.batch_size)
+    return levers
+
+
+def data_costs(train: FacesDataset, batch_size: int) -> dict:
+    """Milliseconds per image of each way of producing a normalised training batch: the course
+    path (PIL decode + v1 transforms), decoding to uint8, and the cached path's gather, augment and
+    normalise-to-channels-last (best of 5)."""
+    from trainer import augment_uint8_batch
+    from utils import draw_augmentation, normalize_batch
+    n = min(len(train), batch_size)
+    course = CourseFacesDataset(train, train=True)
+    start = time.perf_counter()
+    for i in range(n):
+        course[i]
+    pil_v1 = (time.perf_counter() - start) / n
+    uncached = FacesDataset(train.root_path, transform=train.transform)
+    uncached.real_image_names, uncached.fake_image_names = train.real_image_names, train.fake_image_names
+    start = time.perf_counter()
+    uncached.load_uint8_batch(torch.arange(n))
+    decode = (time.perf_counter() - start) / n
+    cache = train.cache_images(progress=False)
+    indices = torch.randperm(len(train))[:n]
+    params = draw_augmentation(n, torch.Generator().manual_seed(0))
+    best = {"gather": math.inf, "augment": math.inf, "normalize_channels_last": math.inf}
+    for _ in range(5):
+        t0 = time.perf_counter()
+        batch = cache[indices]
+        t1 = time.perf_counter()
+        batch = augment_uint8_batch(batch, params)
+        t2 = time.perf_counter()
+        normalize_batch(batch, torch.channels_last)
+        t3 = time.perf_counter()
+        for key, seconds in (("gather", t1 - t0), ("augment", t2 - t1), ("normalize_channels_last", t3 - t2)):
+            best[key] = min(best[key], seconds / n)
+    return {"pil_decode_and_v1_transforms": 1e3 * pil_v1, "decode_to_uint8": 1e3 * decode,
+            **{f"cached_{k}": 1e3 * v for k, v in best.items()}}
+
+
+# ----------------------------------------------------------------------------- full-size RSS check
+class SyntheticFaces(Dataset):
+    """A stand-in for a full-size split (no files): uint8 images made on the fly, cacheable like
+    ``FacesDataset`` (same attributes the trainer and ``apply_image_cache`` use)."""
+
+    def __init__(self, n_real: int, n_fake: int, train: bool, name: str, cache: torch.Tensor | None = None):
+        self.real_image_names = [f"r{i}" for i in range(n_real)]
+        self.fake_image_names = [f"f{i}" for i in range(n_fake)]
+        self.transform = get_transforms("train" if train else "val")
+        self.root_path = f"<synthetic {name}>"
+        self._cache = cache
+        self._image = torch.randint(0, 256, (3, 256, 256), dtype=torch.uint8,
+                                    generator=torch.Generator().manual_seed(len(name)))
+
+    def __len__(self):
+        return len(self.real_image_names) + len(self.fake_image_names)
+
+    @property
+    def labels(self):
+        return torch.cat([torch.zeros(len(self.real_image_names), dtype=torch.long),
+                          torch.ones(len(self.fake_image_names), dtype=torch.long)])
+
+    @property
+    def cached(self):
+        return self._cache is not None
+
+    def load_uint8(self, index):
+        if self._cache is not None:
+            return self._cache[index]
+        return self._image.roll(int(index) % 256, dims=2)  # "decoding": a fresh tensor
+
+    def load_uint8_batch(self, indices):
+        if self._cache is not None:
+            return self._cache[indices]
+        return torch.stack([self.load_uint8(int(i)) for i in indices])
+
+    def cache_images(self, progress: bool = True):
+        if self._cache is None:
+            cache = torch.empty((len(self), 3, 256, 256), dtype=torch.uint8)
+            for start in range(0, len(self), 256):  # touch every page, as decoding would
+                cache[start:start + 256] = self._image
+            self._cache = cache
+        return self._cache
+
+    def head(self, n: int) -> "SyntheticFaces":
+        """The first n images (2:1 kept), sharing this split's cache (so it stays resident)."""
+        n_real = round(n * len(self.real_image_names) / len(self))
+        sub = SyntheticFaces(n_real, n - n_real, self.transform.train, self.root_path)
+        if self._cache is not None:
+            sub._cache = torch.cat([self._cache[:n_real], self._cache[len(self.real_image_names):
+                                                                      len(self.real_image_names) + n - n_real]])
+            sub._full_cache = self._cache  # keep the whole split resident
+        return sub
+
+    def __getitem__(self, index):
+        return self.transform(self.load_uint8(index)), int(index >= len(self.real_image_names))
+
+
+def full_size_rss(name: str, args, device: torch.device) -> dict:
+    """Peak RSS of training with the image cache on full-size splits (synthetic images): the 'auto'
+    cache decision on the real split sizes, then ``--rss_batches`` training batches and one eval
+    batch per split with the trainer's defaults (uncached splits through DataLoader workers)."""
+    gc.collect()
+    reset_peak_rss()
+    rss_start = current_rss_mb()
+    sizes = FULL_SPLIT_SIZES[args.dataset]
+    splits = {s: SyntheticFaces(*sizes[s], train=s == "train", name=s) for s in ("train", "val", "test")}
+    start = time.perf_counter()
+    cached = apply_image_cache(list(splits.values()), "auto", progress=False)
+    cache_seconds = time.perf_counter() - start
+    after_cache = peak_rss_mb()
+    bs = args.rss_batch_size or args.batch_size
+    train = splits["train"].head(min(len(splits["train"]), bs * args.rss_batches))
+    val = splits["val"].head(min(len(splits["val"]), args.eval_batch_size or bs))
+    test = splits["test"].head(min(len(splits["test"]), args.eval_batch_size or bs))
+    set_seed(args.seed)
+    model = load_model(name, pretrained=False)
+    trainer = Trainer(model, torch.optim.Adam(model.parameters(), lr=args.lr), nn.CrossEntropyLoss(), bs,
+                      train, val, test, device=device, eval_batch_size=args.eval_batch_size,
+                      seed=args.seed, amp=args.amp, progress=False, out_dir="-", checkpoint_dir="-")
+    rss_model = current_rss_mb()
+    trainer.train_one_epoch()
+    peak_train = peak_rss_mb()
+    trainer.evaluate(val)
+    trainer.evaluate(test)
+    workers = trainer.num_workers
+    main_peak = peak_rss_mb()
+    worker_uss = sum(private_mb(pid) for pid in child_pids())
+    del trainer
+    gc.collect()
+    worker_peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024.0
+    return {"rss_at_start_mb": rss_start, "rss_with_model_mb": rss_model, "peak_rss_train_mb": peak_train,
+            "worker_private_mb": worker_uss, "model": name, "dataset": args.dataset, "split_sizes": {s: len(d) for s, d in splits.items()},
+            "cached_splits": cached, "cache_gb": sum(len(d) for d, c in zip(splits.values(), cached) if c)
+            * 3 * 256 * 256 / 1024**3, "cache_seconds": cache_seconds, "batch_size": bs,
+            "train_batches": math.ceil(len(train) / bs), "num_workers": workers,
+            "rss_after_cache_mb": after_cache, "main_peak_rss_mb": main_peak,
+            "worker_peak_rss_mb": worker_peak if workers else 0.0,
+            "total_peak_rss_mb": main_peak + worker_uss}
+
+
+def run_full_size_rss(name: str, args) -> dict:
+    """``full_size_rss`` in a fresh subprocess (a clean peak RSS)."""
+    cmd = [sys.executable, os.path.abspath(__file__), "--rss_only", name, "--dataset", args.dataset,
+           "--batch_size", str(args.batch_size), "--rss_batches", str(args.rss_batches),
+           "--device", args.device, "--seed", str(args.seed), "--no_progress"]
+    if args.rss_batch_size:
+        cmd += ["--rss_batch_size", str(args.rss_batch_size)]
+    if args.eval_batch_size:
+        cmd += ["--eval_batch_size", str(args.eval_batch_size)]
+    if args.amp:
+        cmd.append("--amp")
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise UserError(f"full-size RSS check of {name} failed: {proc.stderr.strip().splitlines()[-1:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+# ----------------------------------------------------------------------------- output
+def print_table(results: dict) -> None:
+    def fmt(v, digits=1):
+        return "n/a" if v is None else f"{v:.{digits}f}"
+    print(f"{'model':14s} {'loop':10s} {'train img/s':>12s} {'eval img/s':>11s}")
+    for name, r in results.items():
+        for label, key in (("(a) model", "model_only"), ("(b) e2e", "end_to_end"), ("(c) naive", "naive")):
+            print(f"{name:14s} {label:10s} {fmt(r[f'{key}_train_ips']):>12s} {fmt(r[f'{key}_eval_ips']):>11s}")
+    print()
+    print(f"{'model':14s} {'b/a train':>9s} {'b/a eval':>9s} {'b/c train':>9s} {'b/c eval':>9s} "
+          f"{'b/c epoch':>9s} {'peak RSS MB':>11s} {'full-size RSS MB':>16s}")
+    for name, r in results.items():
+        full = r.get("full_size_peak_rss_mb")
+        print(f"{name:14s} {fmt(r['train_efficiency'], 3):>9s} {fmt(r['eval_efficiency'], 3):>9s} "
+              f"{fmt(r['train_speedup'], 3):>9s} {fmt(r['eval_speedup'], 3):>9s} "
+              f"{fmt(r['epoch_speedup'], 3):>9s} {fmt(r['peak_rss_mb'], 0):>11s} {fmt(full, 0):>16s}")
+        if "levers" in r:
+            print(f"  levers ({name}): " + json.dumps(r["levers"], indent=None, default=float))
+
+
+def write_results(path: str, results: dict) -> None:
+    """Merge into ``path`` (a dict keyed by model name), atomically."""
+    existing = {}
+    if os.path.exists(path):
+        try:
+            with open(path) as handle:
+                existing = json.load(handle)
+        except ValueError:
+            existing = {}
+        if not isinstance(existing, dict):
+            existing = {}
+    existing.update(results)
+    atomic_write_json(path, existing)
+
+
+# ----------------------------------------------------------------------------- CLI
+def build_parser() -> ArgumentParser:
+    parser = ArgumentParser(description="Training/eval throughput: model only (a), end to end (b) and the "
+                                        "naive course loop (c); writes out/bench_train.json.")
+    parser.add_argument("--models", nargs="+", default=list(MODEL_NAMES), choices=MODEL_NAMES,
+                        help="models to measure (XceptionBased is built without pretrained weights)")
+    parser.add_argument("--dataset", default="fakes_dataset", choices=DATASET_NAMES,
+                        help="dataset whose splits are used")
+    parser.add_argument("--data_root", default=None,
+                        help="existing data (holding <dataset>/); default: generate demo data in a temp folder")
+    parser.add_argument("--scale", default=1.0, type=float,
+                        help="scale of the generated demo data (1.0: fakes_dataset 600/150/150 images)")
+    parser.add_argument("--batch_size", "-b", default=32, type=positive_int,
+                        help="training batch size of all three loops (32: the study's protocol)")
+    parser.add_argument("--eval_batch_size", default=None, type=positive_int,
+                        help="eval batch size of (a) and (b) (default: the trainer's, = --batch_size); "
+                             "(c) evaluates with --batch_size")
+    parser.add_argument("--lr", default=0.001, type=float, help="Adam learning rate")
+    parser.add_argument("--repeats", default=3, type=positive_int,
+                        help="rounds of the three loops; figures are the best round")
+    parser.add_argument("--simplenet_train_images", default=0, type=non_negative_int,
+                        help="SimpleNet training images per pass (0: the whole train split)")
+    parser.add_argument("--simplenet_eval_images", default=0, type=non_negative_int,
+                        help="SimpleNet eval images per pass, half val half test (0: whole val and test)")
+    parser.add_argument("--xception_train_images", default=32, type=non_negative_int,
+                        help="XceptionBased training images per pass (0: the whole train split)")
+    parser.add_argument("--xception_eval_images", default=32, type=non_negative_int,
+                        help="XceptionBased eval images per pass, half val half test (0: all)")
+    parser.add_argument("--device", default="auto", help="auto (CUDA when available), cpu or cuda")
+    parser.add_argument("--amp", action="store_true", help="bf16 autocast for (a) and (b) (CUDA only)")
+    parser.add_argument("--channels_last", default="auto", choices=("auto", "on", "off"),
+                        help="memory layout of (a) and (b) (the trainer's default: auto)")
+    parser.add_argument("--compile", action="store_true", help="torch.compile the model of (a) and (b)")
+    parser.add_argument("--num_workers", default=None, type=non_negative_int,
+                        help="DataLoader workers of (b) (default: the trainer's default)")
+    parser.add_argument("--cache_images", default="auto", choices=("auto", "on", "off"),
+                        help="image cache of (b), as train_main.py --cache_images")
+    parser.add_argument("--skip_naive", action="store_true",
+                        help="do not run (c) (its figures and b/c become null)")
+    parser.add_argument("--levers", action="store_true",
+                        help="also measure model-only images/s with and without each lever "
+                             "(channels_last, eval batch x2/x4, inference_mode vs no_grad, 1 thread) "
+                             "and the per-image data costs")
+    parser.add_argument("--levers_compile", action="store_true",
+                        help="with --levers: also measure torch.compile (minutes of compiling)")
+    parser.add_argument("--no_full_size_rss", action="store_true",
+                        help="skip the full-size cache RSS check (a subprocess per model)")
+    parser.add_argument("--rss_only", default=None, choices=MODEL_NAMES,
+                        help="only run the full-size cache RSS check for this model and print its JSON "
+                             "(what the main run starts as a subprocess)")
+    parser.add_argument("--rss_batch_size", default=None, type=positive_int,
+                        help="batch size of the full-size RSS check (default: --batch_size)")
+    parser.add_argument("--rss_batches", default=1, type=positive_int,
+                        help="training batches of the full-size RSS check")
+    parser.add_argument("--smoke", action="store_true",
+                        help="tiny and fast (seconds; for the tests): demo scale 0.02, batch 4, SimpleNet "
+                             "4 images per pass, XceptionBased 1 train and 2 eval images, 1 round, no "
+                             "warm-up, no RSS subprocess; the figures mean nothing")
+    parser.add_argument("--seed", default=0, type=int, help="seed for the data and the models")
+    parser.add_argument("--out", default=os.path.join("out", "bench_train.json"),
+                        help="JSON written (merged: one object per model)")
+    parser.add_argument("--no_progress", action="store_true", help="no progress bars")
+    add_debug_flag(parser)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    device = get_device(args.device)
+    if args.rss_only:
+        print(json.dumps(full_size_rss(args.rss_only, args, device)))
+        return 0
+    if args.smoke:
+        args.scale = min(args.scale, 0.02)
+        args.batch_size = min(args.batch_size, 4)
+        args.repeats = 1
+        args.simplenet_train_images = args.simplenet_eval_images = 4
+        args.xception_train_images, args.xception_eval_images = 1, 2
+        args.no_full_size_rss = True
+    if not args.scale > 0:
+        raise UserError(f"--scale must be greater than 0, got {args.scale}")
+    results = {}
+    with tempfile.TemporaryDirectory(prefix="bench_train_") as workdir:
+        root = prepare_data(args, workdir)
+        for name in args.models:
+            print(f"measuring {name} ...", file=sys.stderr)
+            results[name] = bench_model(name, args, root, device, workdir)
+            if not args.no_full_size_rss:
+                rss = run_full_size_rss(name, args)
+                results[name]["full_size_peak_rss_mb"] = rss["total_peak_rss_mb"]
+                results[name]["full_size_rss"] = rss
+            write_results(args.out, {name: results[name]})
+    print_table(results)
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run_cli(main))
