@@ -885,34 +885,12 @@ def generate(out, seed: int = 0, scale: float = 1.0, full_size: bool = False, fo
 
 
 # ============================================================================ command line
-def _positive_float(text: str) -> float:
-    """argparse type: a number > 0."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be positive, got {text}")
-    return value
-
-
-def _int_at_least(minimum: int):
-    """argparse type: an integer >= ``minimum``."""
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {value}")
-        return value
-    return parse
-
-
 def build_parser() -> argparse.ArgumentParser:
+    # Imported here, not at the top: worker processes need only the drawing code above.
+    from utils import ArgumentParser, non_negative_int, positive_float, positive_int
     default = ", ".join(f"{d} {'/'.join(str(n) for n in DEFAULT_COUNTS[d].values())}" for d in DATASETS)
     full = ", ".join(f"{d} {'/'.join(str(n) for n in FULL_COUNTS[d].values())}" for d in DATASETS)
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         description="Draw procedural demo face datasets (fakes_dataset: face swaps, 2 real : 1 fake; "
                     "synthetic_dataset: generator images, about 1:1) in the study's folder layout "
                     "OUT/<dataset>/{train,val,test}/{real,fake}/*.png, 256x256 RGB.",
@@ -920,17 +898,17 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--out", required=True, metavar="DIR",
                         help="folder to write into (created if missing); give it to the study scripts "
                              "as their data root (--data_root or $FACES_DATA_ROOT)")
-    parser.add_argument("--seed", type=_int_at_least(0), default=0,
+    parser.add_argument("--seed", type=non_negative_int, default=0,
                         help="random seed; the same seed, scale and size give byte-identical files "
                              "(default 0)")
-    parser.add_argument("--scale", type=_positive_float, default=1.0,
+    parser.add_argument("--scale", type=positive_float, default=1.0,
                         help="multiply the number of images (at least 1 per class and split; default 1.0)")
     parser.add_argument("--full-size", action="store_true",
                         help="use the course datasets' sizes (about 26,700 images) instead of the small demo")
     parser.add_argument("--force", action="store_true",
                         help="replace dataset folders that already exist and are not empty "
                              "(only those generated)")
-    parser.add_argument("--workers", type=_int_at_least(1), default=None,
+    parser.add_argument("--workers", type=positive_int, default=None,
                         help=f"worker processes (default: the number of CPUs, here {os.cpu_count()})")
     parser.add_argument("--datasets", nargs="+", choices=DATASETS, default=list(DATASETS), metavar="NAME",
                         help=f"which datasets to make: {' '.join(DATASETS)} (default: both)")

@@ -1129,7 +1129,7 @@ def build_parser() -> ArgumentParser:
                           help="auto (CUDA when available), cpu or cuda, for training and analysis")
     training.add_argument("--num_workers", default=None, type=non_negative_int,
                           help="DataLoader workers for training; None: train_main.py's default")
-    training.add_argument("--gradcam_max_images", default=32, type=non_negative_int,
+    training.add_argument("--gradcam_max_images", default=16, type=non_negative_int,
                           help="test images (both classes, chosen with --seed) of Grad-CAM's "
                                "faithfulness test, per run; 0: the whole test split (about 10 "
                                "forward passes per image: XceptionBased on 2 CPU cores needs ~2 s an "

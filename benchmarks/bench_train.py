@@ -186,7 +186,8 @@ def batch_sizes(n: int, batch_size: int) -> list[int]:
 class ModelOnly:
     """(a): the trainer's own step on random tensors already on the device, in its memory format."""
 
-    def __init__(self, trainer: Trainer, n_train: int, n_eval: int, seed: int):
+    def __init__(self, trainer: Trainer, n_train: int, n_eval: list[int], seed: int):
+        """``n_eval``: the sizes of the eval splits (each is batched on its own, as the trainer does)."""
         self.trainer = trainer
         device, fmt = trainer.device, trainer.memory_format
         generator = torch.Generator().manual_seed(seed)
@@ -194,10 +195,10 @@ class ModelOnly:
         def batch(size):
             x = torch.randn((size, 3, 256, 256), generator=generator).to(device)
             return x.contiguous(memory_format=fmt), torch.randint(0, 2, (size,), generator=generator).to(device)
-        self.train_batches = {s: batch(s) for s in set(batch_sizes(n_train, trainer.batch_size))}
-        self.eval_batches = {s: batch(s) for s in set(batch_sizes(n_eval, trainer.eval_batch_size))}
         self.train_plan = batch_sizes(n_train, trainer.batch_size)
-        self.eval_plan = batch_sizes(n_eval, trainer.eval_batch_size)
+        self.eval_plan = [size for n in n_eval for size in batch_sizes(n, trainer.eval_batch_size)]
+        self.train_batches = {s: batch(s) for s in set(self.train_plan)}
+        self.eval_batches = {s: batch(s) for s in set(self.eval_plan)}
 
     def train_step(self, size: int) -> torch.Tensor:
         t = self.trainer
@@ -334,7 +335,7 @@ def bench_model(name: str, args, root: str, device: torch.device, workdir: str) 
                       channels_last=args.channels_last, progress=False, compile=args.compile,
                       out_dir=os.path.join(workdir, "out"),
                       checkpoint_dir=os.path.join(workdir, "checkpoints"))
-    model_only = ModelOnly(trainer, measured["train"], n_eval_measured, args.seed)
+    model_only = ModelOnly(trainer, measured["train"], [measured["val"], measured["test"]], args.seed)
     set_seed(args.seed)
     naive = None if args.skip_naive else NaiveLoop(load_model(name, pretrained=False), data,
                                                     args.batch_size, device, args.lr)
@@ -386,6 +387,10 @@ def bench_model(name: str, args, root: str, device: torch.device, workdir: str) 
     out["eval_speedup"] = out["end_to_end_eval_ips"] / out["naive_eval_ips"] if naive else None
     out["peak_rss_mb"] = peak_rss_mb()
     out["median_ips"] = {k: v[1] for k, v in res.items()}
+    out["paired_median_ratios"] = {  # b/a and b/c of the same round: robust to slow load drift
+        f"{num}/{den}_{part}": statistics.median(t_den / t_num for t_num, t_den in
+                                                 zip(times[f"{num}_{part}"], times[f"{den}_{part}"]))
+        for num, den in (("b", "a"), ("b", "c")) for part in ("train", "eval") if times[f"{den}_{part}"]}
     out["config"] = {
         "dataset": args.dataset, "split_sizes": split_sizes, "measured_images": measured,
         "whole_splits": measured == split_sizes,
@@ -429,7 +434,8 @@ def measure_levers(name, args, device, model_only: ModelOnly, trainer: Trainer, 
     """Model-only images/s with and without each lever, and the per-image data costs."""
     reps = max(2, args.repeats)
     n_train = sum(model_only.train_plan)
-    n_eval = sum(model_only.eval_plan)
+    eval_splits = [len(data["val"]), len(data["test"])]
+    n_eval = sum(eval_splits)
     levers = {}
     lever_bar = tqdm(desc=f"{name} levers", unit="lever", disable=args.no_progress, file=sys.stderr, leave=False)
 
@@ -442,7 +448,7 @@ def measure_levers(name, args, device, model_only: ModelOnly, trainer: Trainer, 
                     channels_last=args.channels_last if channels_last is None else channels_last,
                     progress=False, compile=compile_model, out_dir=trainer.out_dir,
                     checkpoint_dir=trainer.checkpoint_dir)
-        m = ModelOnly(t, n_train, n_eval, args.seed)
+        m = ModelOnly(t, n_train, eval_splits, args.seed)
         old_threads = torch.get_num_threads()
         if threads:
             torch.set_num_threads(threads)

@@ -297,7 +297,7 @@ def test_study_protocol_and_flags_reach_the_commands():
         assert "-o Adam --lr 0.001 -b 32" in command and f"-e {epochs} " in command
     assert commands["train-xception-synthetic"][-1] == "--no_pretrained"
     assert "--no_pretrained" not in commands["train-simplenet-fakes"]
-    assert " ".join(commands["gradcam-xception-synthetic"]).endswith("--faithfulness_images 32")
+    assert " ".join(commands["gradcam-xception-synthetic"]).endswith("--faithfulness_images 16")
     args = run_study.build_parser().parse_args(["--epochs", "3", "--xception_epochs", "1", "-b", "8",
                                                 "--device", "cuda"])
     commands = {s.name: " ".join(s.command) for s in run_study.build_plan(
