@@ -189,16 +189,19 @@ class ModelOnly:
     def __init__(self, trainer: Trainer, n_train: int, n_eval: list[int], seed: int):
         """``n_eval``: the sizes of the eval splits (each is batched on its own, as the trainer does)."""
         self.trainer = trainer
-        device, fmt = trainer.device, trainer.memory_format
-        generator = torch.Generator().manual_seed(seed)
-
-        def batch(size):
-            x = torch.randn((size, 3, 256, 256), generator=generator).to(device)
-            return x.contiguous(memory_format=fmt), torch.randint(0, 2, (size,), generator=generator).to(device)
+        self.generator = torch.Generator().manual_seed(seed)
+        self.eval_splits = list(n_eval)
         self.train_plan = batch_sizes(n_train, trainer.batch_size)
         self.eval_plan = [size for n in n_eval for size in batch_sizes(n, trainer.eval_batch_size)]
-        self.train_batches = {s: batch(s) for s in set(self.train_plan)}
-        self.eval_batches = {s: batch(s) for s in set(self.eval_plan)}
+        self.train_batches = {s: self._batch(s) for s in set(self.train_plan)}
+        self.eval_batches = {s: self._batch(s) for s in set(self.eval_plan)}
+
+    def _batch(self, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Random normalised-like images in the trainer's layout, and labels, on its device."""
+        t = self.trainer
+        images = torch.randn((size, 3, 256, 256), generator=self.generator).to(t.device)
+        labels = torch.randint(0, 2, (size,), generator=self.generator).to(t.device)
+        return images.contiguous(memory_format=t.memory_format), labels
 
     def train_step(self, size: int) -> torch.Tensor:
         t = self.trainer
@@ -219,14 +222,21 @@ class ModelOnly:
         _sync(self.trainer.device)
         return time.perf_counter() - start
 
-    def eval(self, inference_mode: bool = True) -> float:
+    def eval(self, inference_mode: bool = True, eval_batch_size: int | None = None) -> float:
+        """Seconds for the forward passes over the eval splits (``eval_batch_size``: another
+        batch size than the trainer's, for the lever measurements)."""
         t = self.trainer
+        plan = self.eval_plan
+        if eval_batch_size:
+            plan = [s for n in self.eval_splits for s in batch_sizes(n, eval_batch_size)]
+            for size in set(plan) - set(self.eval_batches):
+                self.eval_batches[size] = self._batch(size)
         t.model.eval()
         start = time.perf_counter()
         context = torch.inference_mode if inference_mode else torch.no_grad
         with context():
             outs = []
-            for size in self.eval_plan:
+            for size in plan:
                 images, _ = self.eval_batches[size]
                 with t._autocast():
                     outs.append(t.eval_forward(images).float())
@@ -412,7 +422,7 @@ def bench_model(name: str, args, root: str, device: torch.device, workdir: str) 
         out["config"]["cuda_device"] = torch.cuda.get_device_name(device)
         out["config"]["cuda_max_memory_allocated_gb"] = torch.cuda.max_memory_allocated(device) / 1024**3
     if args.levers:
-        out["levers"] = measure_levers(name, args, device, model_only, trainer, data, naive)
+        out["levers"] = measure_levers(name, args, device, trainer, data)
     del trainer, model_only, naive, model, optimizer
     gc.collect()
     return out
@@ -426,53 +436,74 @@ def _timed(fn, device: torch.device) -> float:
 
 
 # ----------------------------------------------------------------------------- levers
-def _best_ips(fn, n: int, repeats: int) -> float:
-    return max(n / max(fn(), 1e-9) for _ in range(repeats))
+def measure_levers(name, args, device, trainer: Trainer, data) -> dict:
+    """Model-only images/s with and without each lever, measured in alternating rounds (best of
+    ``max(3, --repeats)``), and the per-image data costs.
 
-
-def measure_levers(name, args, device, model_only: ModelOnly, trainer: Trainer, data, naive) -> dict:
-    """Model-only images/s with and without each lever, and the per-image data costs."""
-    reps = max(2, args.repeats)
-    n_train = sum(model_only.train_plan)
+    Variants: NCHW vs channels-last (training and eval), eval under ``torch.no_grad`` instead of
+    ``torch.inference_mode``, eval batch x2 and x4, one torch thread instead of all, and with
+    ``--levers_compile`` torch.compile (its compile time reported apart).
+    """
+    reps = max(3, args.repeats)
+    n_train = len(data["train"])
     eval_splits = [len(data["val"]), len(data["test"])]
     n_eval = sum(eval_splits)
-    levers = {}
-    lever_bar = tqdm(desc=f"{name} levers", unit="lever", disable=args.no_progress, file=sys.stderr, leave=False)
 
-    def variant(channels_last=None, eval_batch_size=None, compile_model=False, threads=None):
+    def build(channels_last, compile_model=False):
         set_seed(args.seed)
         model = load_model(name, pretrained=False)
         t = Trainer(model, torch.optim.Adam(model.parameters(), lr=args.lr), nn.CrossEntropyLoss(),
                     args.batch_size, data["train"], data["val"], data["test"], device=device,
-                    eval_batch_size=eval_batch_size or args.eval_batch_size, seed=args.seed, amp=args.amp,
-                    channels_last=args.channels_last if channels_last is None else channels_last,
-                    progress=False, compile=compile_model, out_dir=trainer.out_dir,
-                    checkpoint_dir=trainer.checkpoint_dir)
-        m = ModelOnly(t, n_train, eval_splits, args.seed)
-        old_threads = torch.get_num_threads()
-        if threads:
-            torch.set_num_threads(threads)
-        try:
-            m.warm_up()
-            result = {"train_ips": _best_ips(m.train, n_train, reps), "eval_ips": _best_ips(m.eval, n_eval, reps)}
-            if eval_batch_size is None and not compile_model:
-                result["eval_no_grad_ips"] = _best_ips(lambda: m.eval(inference_mode=False), n_eval, reps)
-        finally:
-            torch.set_num_threads(old_threads)
-        lever_bar.update()
-        return result
+                    eval_batch_size=args.eval_batch_size, seed=args.seed, amp=args.amp,
+                    channels_last=channels_last, progress=False, compile=compile_model,
+                    out_dir=trainer.out_dir, checkpoint_dir=trainer.checkpoint_dir)
+        return ModelOnly(t, n_train, eval_splits, args.seed)
 
-    levers["nchw"] = variant(channels_last="off")
-    levers["channels_last"] = variant(channels_last="on")
+    def with_threads(fn, threads):
+        def run():
+            old = torch.get_num_threads()
+            torch.set_num_threads(threads)
+            try:
+                return fn()
+            finally:
+                torch.set_num_threads(old)
+        return run
+
+    nchw, last = build("off"), build("on")
+    eval_bs = last.trainer.eval_batch_size
+    tasks = {("nchw", "train"): nchw.train, ("nchw", "eval"): nchw.eval,
+             ("channels_last", "train"): last.train, ("channels_last", "eval"): last.eval,
+             ("channels_last", "eval_no_grad"): lambda: last.eval(inference_mode=False)}
     for factor in (2, 4):
-        levers[f"eval_batch_x{factor}"] = {"eval_ips": variant(eval_batch_size=args.batch_size * factor)["eval_ips"]}
-    if torch.get_num_threads() > 1 and device.type == "cpu":
-        levers["threads_1"] = variant(threads=1)
+        tasks[(f"eval_batch_x{factor}", "eval")] = lambda f=factor: last.eval(eval_batch_size=eval_bs * f)
+    if device.type == "cpu" and torch.get_num_threads() > 1:
+        tasks[("threads_1", "train")] = with_threads(last.train, 1)
+        tasks[("threads_1", "eval")] = with_threads(last.eval, 1)
+    compile_seconds = None
     if args.levers_compile:
         start = time.perf_counter()
-        levers["compile"] = variant(compile_model=True)
-        levers["compile"]["compile_and_measure_seconds"] = time.perf_counter() - start
-    lever_bar.close()
+        compiled = build("on", compile_model=True)
+        compiled.warm_up()
+        compile_seconds = time.perf_counter() - start
+        tasks[("compile", "train")], tasks[("compile", "eval")] = compiled.train, compiled.eval
+    for m in (nchw, last):
+        m.warm_up()
+    for factor in (2, 4):
+        last.eval(eval_batch_size=eval_bs * factor)  # warm-up of the bigger batches
+    times = {key: [] for key in tasks}
+    bar = tqdm(total=reps * len(tasks), desc=f"{name} levers", unit="pass", disable=args.no_progress,
+               file=sys.stderr, leave=False)
+    for _ in range(reps):
+        for key, fn in tasks.items():
+            times[key].append(fn())
+            bar.update()
+    bar.close()
+    levers: dict = {}
+    for (variant, part), seconds in times.items():
+        n = n_train if part == "train" else n_eval
+        levers.setdefault(variant, {})[f"{part}_ips"] = n / max(min(seconds), 1e-9)
+    if compile_seconds is not None:
+        levers["compile"]["compile_and_warm_up_seconds"] = compile_seconds
     levers["data_ms_per_image"] = data_costs(data["train"], args.batch_size)
     return levers
 

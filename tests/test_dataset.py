@@ -139,22 +139,24 @@ def test_test_transform_equals_course_transform():
 
 
 def test_train_transform_is_a_padded_crop_and_flip_of_the_course_one():
-    """Every output of ours equals the course pipeline for some (top, left, flip)."""
+    """Every output equals the course test transform of some zero-padded 256 crop, maybe flipped."""
     image = _pil(1)
     tensor = torch.from_numpy(np.array(image)).permute(2, 0, 1)
-    candidates = {}
-    padded = T.functional.pad(image, 4)
-    for top in range(9):
-        for left in range(9):
-            crop = T.functional.crop(padded, top, left, 256, 256)
-            for flip in (False, True):
-                view = T.functional.hflip(crop) if flip else crop
-                candidates[(top, left, flip)] = COURSE_TEST(view)
+    padded = torch.nn.functional.pad(tensor, (4, 4, 4, 4))
+    crops = torch.stack([padded[:, top:top + 256, left:left + 256] for top in range(9) for left in range(9)])
+    candidates = torch.cat([crops, crops.flip(-1)])  # 162 uint8 candidates
+    # normalize_batch equals the course test transform (test_normalize_batch_equals_test_transform)
+    normalized = utils.normalize_batch(candidates)
     torch.manual_seed(0)
-    for _ in range(5):
+    seen = set()
+    for _ in range(8):
         out = utils.get_transforms("train")(tensor)
         assert out.shape == (3, 256, 256) and out.dtype == torch.float32
-        assert any(torch.allclose(out, c, atol=1e-6) for c in candidates.values())
+        distance = (normalized - out).abs().flatten(1).amax(1)
+        matches = distance.le(1e-5).nonzero().flatten()
+        assert len(matches) >= 1
+        seen.add(int(matches[0]))
+    assert len(seen) > 1  # the crops really are random
 
 
 def test_augment_uint8_matches_pad_crop_flip():
