@@ -15,9 +15,8 @@ import sys
 import torch
 
 import analysis
-from utils import (ArgumentParser, UserError, add_analysis_flags, get_device, load_dataset,
-                   load_model_from_checkpoint, non_negative_int, normalize_batch, positive_int,
-                   run_cli, save_figure)
+from utils import (ArgumentParser, UserError, add_analysis_flags, load_analysis_inputs,
+                   non_negative_int, normalize_batch, positive_int, run_cli, save_figure)
 
 
 def fraction(text: str) -> float:
@@ -67,10 +66,8 @@ def build_parser() -> ArgumentParser:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    device = get_device(args.device)
-    model = load_model_from_checkpoint(args.model, args.checkpoint_path, device)
+    device, model, dataset = load_analysis_inputs(args)
     layer = analysis.resolve_layer(model, args.target_layer)
-    dataset = load_dataset(args.dataset, "test", args.data_root)
     labels = dataset.labels.numpy()
     title = analysis.describe(args.dataset, args.model)
 

@@ -10,8 +10,8 @@ from __future__ import annotations
 import sys
 
 import analysis
-from utils import (ArgumentParser, add_analysis_flags, get_device, load_dataset,
-                   load_model_from_checkpoint, non_negative_int, positive_int, run_cli, save_figure)
+from utils import (ArgumentParser, add_analysis_flags, load_analysis_inputs, non_negative_int,
+                   positive_int, run_cli, save_figure)
 
 
 def build_parser() -> ArgumentParser:
@@ -34,9 +34,7 @@ def build_parser() -> ArgumentParser:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    device = get_device(args.device)
-    model = load_model_from_checkpoint(args.model, args.checkpoint_path, device)
-    dataset = load_dataset(args.dataset, "test", args.data_root)
+    _, model, dataset = load_analysis_inputs(args)
     logits, labels = analysis.predict_scores(model, dataset, args.batch_size,
                                              progress=not args.no_progress,
                                              num_workers=args.num_workers)

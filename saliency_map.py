@@ -11,8 +11,8 @@ from __future__ import annotations
 import sys
 
 import analysis
-from utils import (ArgumentParser, add_analysis_flags, get_device, load_dataset,
-                   load_model_from_checkpoint, positive_int, run_cli, save_figure)
+from utils import (ArgumentParser, add_analysis_flags, load_analysis_inputs, positive_int, run_cli,
+                   save_figure)
 
 N_PAIRS = 36
 
@@ -35,9 +35,7 @@ def build_parser() -> ArgumentParser:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    device = get_device(args.device)
-    model = load_model_from_checkpoint(args.model, args.checkpoint_path, device)
-    dataset = load_dataset(args.dataset, "test", args.data_root)
+    device, model, dataset = load_analysis_inputs(args)
     progress = not args.no_progress
     title = analysis.describe(args.dataset, args.model)
 

@@ -494,6 +494,14 @@ def current_rss_bytes() -> int:
     return 0
 
 
+def load_analysis_inputs(args) -> tuple[torch.device, torch.nn.Module, FacesDataset]:
+    """What every analysis script starts from, given the flags of ``add_analysis_flags``: the device,
+    the checkpoint's model (built without ImageNet weights, eval mode) and the test split."""
+    device = get_device(args.device)
+    model = load_model_from_checkpoint(args.model, args.checkpoint_path, device)
+    return device, model, load_dataset(args.dataset, "test", args.data_root)
+
+
 def apply_image_cache(datasets, mode: str = "auto", limit_gb: float = 2.2,
                       progress: bool = True, rss_limit_gb: float | None = 3.0,
                       reserve_gb: float = 0.75) -> list[bool]:
