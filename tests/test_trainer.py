@@ -77,8 +77,8 @@ def test_extra_metrics_match_sklearn_definitions(two_runs):
 
 def test_checkpoint_contract(two_runs):
     tmp, _, both = two_runs
-    checkpoint = torch.load(tmp / "ck" / "fakes_dataset_SimpleNet_Adam.pt", map_location="cpu",
-                            weights_only=True)
+    path = tmp / "ck" / "fakes_dataset_SimpleNet_Adam.pt"
+    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     assert {"model", "val_acc", "test_acc", "epoch"} <= set(checkpoint)
     run = both[-1]
     assert checkpoint["epoch"] == run["best_epoch"]
