@@ -52,6 +52,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from faces_dataset import FacesDataset, read_rgb_image  # noqa: E402
+from train_main import make_optimizer  # noqa: E402  (the optimizer train_main.py builds)
 from trainer import Trainer  # noqa: E402
 from utils import (DATASET_NAMES, MODEL_NAMES, NORMALIZE_MEAN, NORMALIZE_STD, ArgumentParser,  # noqa: E402
                    UserError, add_debug_flag, apply_image_cache, atomic_write_json, get_device,
@@ -338,7 +339,7 @@ def bench_model(name: str, args, root: str, device: torch.device, workdir: str) 
 
     set_seed(args.seed)
     model = load_model(name, pretrained=False)
-    optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)
+    optimizer = make_optimizer("Adam", model.parameters(), args.lr, 0.9)
     trainer = Trainer(model, optimizer, nn.CrossEntropyLoss(), args.batch_size, data["train"],
                       data["val"], data["test"], device=device, num_workers=args.num_workers,
                       eval_batch_size=args.eval_batch_size, seed=args.seed, amp=args.amp,
@@ -452,7 +453,7 @@ def measure_levers(name, args, device, trainer: Trainer, data) -> dict:
     def build(channels_last, compile_model=False):
         set_seed(args.seed)
         model = load_model(name, pretrained=False)
-        t = Trainer(model, torch.optim.Adam(model.parameters(), lr=args.lr), nn.CrossEntropyLoss(),
+        t = Trainer(model, make_optimizer("Adam", model.parameters(), args.lr, 0.9), nn.CrossEntropyLoss(),
                     args.batch_size, data["train"], data["val"], data["test"], device=device,
                     eval_batch_size=args.eval_batch_size, seed=args.seed, amp=args.amp,
                     channels_last=channels_last, progress=False, compile=compile_model,
@@ -620,7 +621,7 @@ def full_size_rss(name: str, args, device: torch.device) -> dict:
     test = splits["test"].head(min(len(splits["test"]), args.eval_batch_size or bs))
     set_seed(args.seed)
     model = load_model(name, pretrained=False)
-    trainer = Trainer(model, torch.optim.Adam(model.parameters(), lr=args.lr), nn.CrossEntropyLoss(), bs,
+    trainer = Trainer(model, make_optimizer("Adam", model.parameters(), args.lr, 0.9), nn.CrossEntropyLoss(), bs,
                       train, val, test, device=device, eval_batch_size=args.eval_batch_size,
                       seed=args.seed, amp=args.amp, progress=False, out_dir="-", checkpoint_dir="-")
     rss_model = current_rss_mb()

@@ -59,11 +59,18 @@ def test_exact_levers_give_equal_metrics(tiny_root, tmp_path, baseline, extra):
         assert torch.equal(state[key], tensor), f"weights {key} differ with {extra}"
 
 
-def test_reordering_levers_keep_metrics_within_noise(tiny_root, tmp_path, baseline):
-    """NCHW instead of channels-last and another eval batch size: other float summation orders."""
+def test_reordering_levers_keep_metrics_within_noise(tiny_root, tmp_path, baseline, monkeypatch):
+    """NCHW instead of channels-last, another eval batch size and the unfused (for-loop) Adam of
+    the course instead of the fused one: other float rounding, the same numbers within noise."""
     run0, _ = baseline
+
+    def unfused(name, params, lr, momentum):
+        assert name == "Adam"
+        return torch.optim.Adam(params, lr=lr)
+    monkeypatch.setattr(train_main, "make_optimizer", unfused)
     extra = ("--channels_last", "off", "--eval_batch_size", "5")
     run, _ = _train(tiny_root, tmp_path, "lever", *extra)
+    assert run0["optimizer"]["params"]["fused"] is True and not run["optimizer"]["params"]["fused"]
     for key in ("train_loss", "val_loss", "test_loss"):
         np.testing.assert_allclose(run[key], run0[key], rtol=1e-4, err_msg=f"{key} with {extra}")
     for key in ("train_acc", "val_acc", "test_acc", "val_auc", "test_auc"):
