@@ -173,6 +173,15 @@ def prepare_data(args, workdir: str) -> str:
     return root
 
 
+def bench_model_instance(name: str, args) -> torch.nn.Module:
+    """A random-init model of the trainer's loops ((a), (b), the levers and the RSS check), with
+    ``--activation_checkpointing`` applied to XceptionBased."""
+    model = load_model(name, pretrained=False)
+    if getattr(args, "activation_checkpointing", False) and hasattr(model, "set_activation_checkpointing"):
+        model.set_activation_checkpointing(True)
+    return model
+
+
 # ----------------------------------------------------------------------------- timing helpers
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
@@ -338,7 +347,7 @@ def bench_model(name: str, args, root: str, device: torch.device, workdir: str) 
     cache_seconds = time.perf_counter() - start
 
     set_seed(args.seed)
-    model = load_model(name, pretrained=False)
+    model = bench_model_instance(name, args)
     optimizer = make_optimizer("Adam", model.parameters(), args.lr, 0.9)
     trainer = Trainer(model, optimizer, nn.CrossEntropyLoss(), args.batch_size, data["train"],
                       data["val"], data["test"], device=device, num_workers=args.num_workers,
@@ -410,6 +419,7 @@ def bench_model(name: str, args, root: str, device: torch.device, workdir: str) 
         "batch_size": args.batch_size, "eval_batch_size": trainer.eval_batch_size,
         "optimizer": f"Adam lr {args.lr}", "device": str(device), "amp": trainer.amp,
         "channels_last": trainer.channels_last, "compile": args.compile,
+        "activation_checkpointing": bool(getattr(model, "activation_checkpointing", False)),
         "num_workers": trainer.num_workers, "cache_images": args.cache_images, "cached_splits": cached,
         "cache_seconds": cache_seconds, "warm_up_seconds": warm_up_seconds, "repeats": args.repeats,
         "statistic": "best of the repeats (median_ips: the medians)",
@@ -452,7 +462,7 @@ def measure_levers(name, args, device, trainer: Trainer, data) -> dict:
 
     def build(channels_last, compile_model=False):
         set_seed(args.seed)
-        model = load_model(name, pretrained=False)
+        model = bench_model_instance(name, args)
         t = Trainer(model, make_optimizer("Adam", model.parameters(), args.lr, 0.9), nn.CrossEntropyLoss(),
                     args.batch_size, data["train"], data["val"], data["test"], device=device,
                     eval_batch_size=args.eval_batch_size, seed=args.seed, amp=args.amp,
@@ -620,7 +630,7 @@ def full_size_rss(name: str, args, device: torch.device) -> dict:
     val = splits["val"].head(min(len(splits["val"]), args.eval_batch_size or bs))
     test = splits["test"].head(min(len(splits["test"]), args.eval_batch_size or bs))
     set_seed(args.seed)
-    model = load_model(name, pretrained=False)
+    model = bench_model_instance(name, args)
     trainer = Trainer(model, make_optimizer("Adam", model.parameters(), args.lr, 0.9), nn.CrossEntropyLoss(), bs,
                       train, val, test, device=device, eval_batch_size=args.eval_batch_size,
                       seed=args.seed, amp=args.amp, progress=False, out_dir="-", checkpoint_dir="-")
@@ -636,7 +646,9 @@ def full_size_rss(name: str, args, device: torch.device) -> dict:
     gc.collect()
     worker_peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024.0
     return {"rss_at_start_mb": rss_start, "rss_with_model_mb": rss_model, "peak_rss_train_mb": peak_train,
-            "worker_private_mb": worker_uss, "model": name, "dataset": args.dataset, "split_sizes": {s: len(d) for s, d in splits.items()},
+            "worker_private_mb": worker_uss, "model": name, "dataset": args.dataset,
+            "activation_checkpointing": bool(getattr(model, "activation_checkpointing", False)),
+            "split_sizes": {s: len(d) for s, d in splits.items()},
             "cached_splits": cached, "cache_gb": sum(len(d) for d, c in zip(splits.values(), cached) if c)
             * 3 * 256 * 256 / 1024**3, "cache_seconds": cache_seconds, "batch_size": bs,
             "train_batches": math.ceil(len(train) / bs), "num_workers": workers,
@@ -656,6 +668,8 @@ def run_full_size_rss(name: str, args) -> dict:
         cmd += ["--eval_batch_size", str(args.eval_batch_size)]
     if args.amp:
         cmd.append("--amp")
+    if args.activation_checkpointing:
+        cmd.append("--activation_checkpointing")
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
         raise UserError(f"full-size RSS check of {name} failed: {proc.stderr.strip().splitlines()[-1:]}")
@@ -730,6 +744,9 @@ def build_parser() -> ArgumentParser:
     parser.add_argument("--channels_last", default="auto", choices=("auto", "on", "off"),
                         help="memory layout of (a) and (b) (the trainer's default: auto)")
     parser.add_argument("--compile", action="store_true", help="torch.compile the model of (a) and (b)")
+    parser.add_argument("--activation_checkpointing", action="store_true",
+                        help="XceptionBased of (a), (b) and the RSS check with activation checkpointing "
+                             "(train_main.py --activation_checkpointing)")
     parser.add_argument("--num_workers", default=None, type=non_negative_int,
                         help="DataLoader workers of (b) (default: the trainer's default)")
     parser.add_argument("--cache_images", default="auto", choices=("auto", "on", "off"),

@@ -354,3 +354,9 @@ def test_read_only_output_folder(clean_tree, tmp_path, capsys):
         out.chmod(0o755)
     assert (out / f"{STEM}.json").read_text() == "[]\n"
     assert not (tmp_path / "ck").exists() or not os.listdir(tmp_path / "ck")  # refused before training
+
+
+def test_activation_checkpointing_is_for_xception_only(tree, tmp_path, capsys):
+    _one_line_error(capsys, train_main.main, _argv(tree, tmp_path, "--activation_checkpointing"),
+                    "--activation_checkpointing", "SimpleNet")
+    assert not (tmp_path / "out").exists(), "nothing is written before the error"

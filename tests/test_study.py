@@ -305,6 +305,11 @@ def test_study_protocol_and_flags_reach_the_commands():
     assert "-b 8 -e 3 " in commands["train-simplenet-synthetic"]
     assert "-b 8 -e 1 " in commands["train-xception-synthetic"]
     assert "--device cuda" in commands["gradcam-xception-synthetic"]
+    assert "--activation_checkpointing" not in " ".join(commands.values())
+    args = run_study.build_parser().parse_args(["--activation_checkpointing"])
+    commands = {s.name: s.command for s in run_study.build_plan(run_study.make_settings(args, "root", []))}
+    assert [name for name, command in commands.items() if "--activation_checkpointing" in command] == \
+        ["train-xception-synthetic"]
 
 
 def test_clean_line_keeps_what_a_terminal_shows():

@@ -132,6 +132,74 @@ def test_hooks_and_input_gradients_work():
     assert torch.equal(captured["inp"], captured["after"]), "block input was modified in place"
 
 
+def _train_steps(model, steps=2, seed=5):
+    """``steps`` Adam steps on a fixed random batch; returns the per-step losses."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(4, 3, 80, 80, generator=g)
+    y = torch.tensor([0, 1, 1, 0])
+    model.train()
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    losses = []
+    for _ in range(steps):
+        optimizer.zero_grad()
+        loss = torch.nn.functional.cross_entropy(model(x)[:, :2], y)
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    return losses
+
+
+def test_activation_checkpointing_gives_the_same_training():
+    """Same losses, weights, BatchNorm statistics and batch counters (counted once per step)."""
+    plain = fresh_model()
+    checkpointed = fresh_model().set_activation_checkpointing(True)
+    assert _train_steps(plain) == _train_steps(checkpointed)
+    ref, got = plain.state_dict(), checkpointed.state_dict()
+    for key in ref:
+        torch.testing.assert_close(got[key], ref[key], rtol=1e-6, atol=1e-7, msg=key)
+    assert int(got["block1.rep.1.num_batches_tracked"]) == 2 == int(got["bn1.num_batches_tracked"])
+
+
+def _saved_bytes(model, x):
+    """Bytes of the distinct activations (tensors other than the parameters) that autograd keeps
+    for the backward pass of ``model(x)``."""
+    parameters = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    storages = {}
+
+    def pack(tensor):
+        if tensor.untyped_storage().data_ptr() not in parameters:
+            storages[tensor.untyped_storage().data_ptr()] = tensor.untyped_storage().nbytes()
+        return tensor
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        model(x).sum()
+    return sum(storages.values())
+
+
+def test_activation_checkpointing_keeps_less_and_only_in_training():
+    model = fresh_model().train()
+    x = torch.randn(2, 3, 128, 128)
+    plain = _saved_bytes(model, x)
+    model.set_activation_checkpointing(True)
+    checkpointed = _saved_bytes(model, x)
+    assert checkpointed < 0.1 * plain, (checkpointed, plain)
+    model.eval()  # evaluation and the analysis scripts (eval mode) run the plain forward
+    eval_checkpointing = _saved_bytes(model, x)
+    assert eval_checkpointing == _saved_bytes(model.set_activation_checkpointing(False), x) > checkpointed
+
+
+def test_keep_batchnorm_stats_restores_statistics():
+    model = fresh_model().train()
+    before = {k: v.clone() for k, v in model.state_dict().items() if "running" in k or "num_batches" in k}
+    with xception.KeepBatchNormStats(model.block1, model.bn1):
+        model.block1(torch.randn(2, 64, 20, 20) * 3 + 1)
+        model.bn1(torch.randn(2, 32, 9, 9) + 2)
+        changed = model.block1.rep[1].running_mean.clone()
+    assert not torch.equal(changed, before["block1.rep.1.running_mean"])
+    for key, value in model.state_dict().items():
+        if key in before:
+            assert torch.equal(value, before[key]), key
+
+
 def test_grad_cam_runs_on_the_model():
     pytest.importorskip("pytorch_grad_cam")
     from pytorch_grad_cam import GradCAM
@@ -532,3 +600,31 @@ def test_download_falls_through_mirrors_into_cache(
     # The next build finds the cached file without any download.
     monkeypatch.setattr(xception, "WEIGHTS_MIRRORS", [])
     assert "cache" in build_xception_backbone(pretrained=True).weights_info.origin
+
+
+def test_train_main_activation_checkpointing_same_metrics(tmp_path, monkeypatch):
+    """Through the CLI: the flag reaches the model and the logged metrics do not change."""
+    from conftest import make_tree
+    import train_main
+    calls = []
+    original = Xception.set_activation_checkpointing
+
+    def spy(self, enabled=True):
+        calls.append(enabled)
+        return original(self, enabled)
+    monkeypatch.setattr(Xception, "set_activation_checkpointing", spy)
+    data = make_tree(str(tmp_path / "data"), {"train": (3, 3), "val": (1, 1), "test": (1, 1)}, seed=4)
+    runs = {}
+    for name, extra in (("plain", []), ("checkpointed", ["--activation_checkpointing"])):
+        out = tmp_path / name
+        argv = ["--data_root", data, "-m", "XceptionBased", "--no_pretrained", "-o", "Adam", "-e", "1",
+                "-b", "3", "--num_workers", "0", "--no_progress", "--out_dir", str(out / "out"),
+                "--checkpoint_dir", str(out / "ck"), *extra]
+        assert train_main.main(argv) == 0
+        (run,) = json.loads((out / "out" / "fakes_dataset_XceptionBased_Adam.json").read_text())
+        runs[name] = run
+    assert calls == [True], "the flag must turn checkpointing on for the one checkpointed run"
+    assert runs["checkpointed"]["args"]["activation_checkpointing"] is True
+    assert runs["plain"]["args"]["activation_checkpointing"] is False
+    for key in ("train_loss", "train_acc", "val_loss", "val_acc", "test_loss", "test_acc"):
+        assert runs["checkpointed"][key] == pytest.approx(runs["plain"][key], rel=1e-5), key
