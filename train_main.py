@@ -56,7 +56,7 @@ def build_parser() -> ArgumentParser:
     parser.add_argument("--activation_checkpointing", action="store_true",
                         help="XceptionBased only: keep only block inputs for the backward pass and "
                              "recompute the blocks there; the same results with about 40%% less peak "
-                             "memory in training, at about a quarter lower speed (benchmarks/README.md)")
+                             "memory in training, at about 0.8x the speed (benchmarks/README.md)")
     parser.add_argument("--cache_images", default="auto", choices=("auto", "on", "off"),
                         help="keep decoded uint8 images in RAM; auto caches splits while they fit "
                              "in --cache_limit_gb")
@@ -76,8 +76,8 @@ def build_parser() -> ArgumentParser:
 
 def make_optimizer(name: str, params, lr: float, momentum: float) -> torch.optim.Optimizer:
     """SGD with momentum or Adam, with the fused kernels (one pass per tensor): the same update up
-    to float rounding, and on the CPU an Adam step 8x faster (SimpleNet: 9 instead of 76 ms, a
-    seventh of a batch-32 training step; benchmarks/README.md), an SGD step 1.6x."""
+    to float rounding, and on the CPU an Adam step 7x faster for SimpleNet (9 instead of 62 ms,
+    an eighth of a batch-32 training step) and 3x for XceptionBased (benchmarks/README.md)."""
     if name == "SGD":
         return torch.optim.SGD(params, lr=lr, momentum=momentum, fused=True)
     return torch.optim.Adam(params, lr=lr, fused=True)

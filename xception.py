@@ -238,7 +238,7 @@ class Xception(nn.Module):
         """Trade compute for memory in training: keep only the inputs of the stem and of the 12
         blocks for the backward pass, and recompute each segment there.
 
-        At 256 x 256 the activations that training keeps are about 180 MB per image (5.6 GB for
+        At 256 x 256 the activations that training keeps are about 180 MB per image (5.6 GiB for
         a batch of 32, most of it in ``block1`` .. ``block3``); with checkpointing about a tenth
         of that, plus one segment's activations while it is recomputed. The recomputation costs
         about one more forward pass of the backbone. BatchNorm running statistics are updated

@@ -536,9 +536,17 @@ def test_default_mirrors_are_listed_when_unreachable(downloads_enabled, monkeypa
 def test_probe_has_a_deadline(monkeypatch):
     """A probe that hangs (e.g. in DNS) is abandoned after PROBE_DEADLINE_S."""
     monkeypatch.setattr(xception, "PROBE_DEADLINE_S", 0.5)
-    monkeypatch.setattr(xception.socket, "create_connection", lambda *a, **k: time.sleep(30))
+    release = threading.Event()
+
+    def hang(*args, **kwargs):
+        release.wait(30)
+        raise OSError("released by the test")  # the abandoned probe thread ends cleanly
+    monkeypatch.setattr(xception.socket, "create_connection", hang)
     start = time.monotonic()
-    result = xception._probe(["http://example.invalid/x.pth"])
+    try:
+        result = xception._probe(["http://example.invalid/x.pth"])
+    finally:
+        release.set()
     assert time.monotonic() - start < 5
     assert "no answer" in result["http://example.invalid/x.pth"]
 
