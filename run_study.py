@@ -1140,9 +1140,11 @@ def build_parser() -> ArgumentParser:
                                "torch hub cache, a download; none found: random init, said loudly)")
     training.add_argument("--no_pretrained", action="store_true",
                           help="train XceptionBased from random initialisation (the study: near chance)")
-    training.add_argument("--activation_checkpointing", action="store_true",
-                          help="train XceptionBased with train_main.py --activation_checkpointing "
-                               "(less memory, slower, the same results)")
+    training.add_argument("--activation_checkpointing", nargs="?", const="on", default="auto",
+                          choices=("auto", "on", "off"),
+                          help="train_main.py --activation_checkpointing for XceptionBased: on uses about "
+                               "40%% less memory at about 0.8x the speed, with the same results; auto "
+                               "turns it on only when the training would not fit the free memory")
     training.add_argument("--require_pretrained", action="store_true",
                           help="stop with an error instead of falling back to random initialisation "
                                "when no ImageNet weights are found")
@@ -1193,8 +1195,9 @@ def make_settings(args, data_root: str, xception_args: list[str]) -> Settings:
                     checkpoint_dir=args.checkpoint_dir, seed=args.seed, device=args.device,
                     batch_size=args.batch_size, lr=args.lr, epochs=epochs,
                     num_workers=args.num_workers,
-                    xception_args=xception_args + (["--activation_checkpointing"]
-                                                   if args.activation_checkpointing else []),
+                    xception_args=xception_args + (
+                        [] if args.activation_checkpointing == "auto"
+                        else ["--activation_checkpointing", args.activation_checkpointing]),
                     gradcam_max_images=args.gradcam_max_images)
 
 

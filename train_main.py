@@ -18,7 +18,7 @@ from trainer import LoggingParameters, Trainer, json_safe_optimizer_params
 from utils import (DATASET_NAMES, MODEL_NAMES, OPTIMIZER_NAMES, ArgumentParser, UserError,
                    add_data_root_flag, add_debug_flag, apply_image_cache, get_device,
                    get_nof_params, load_dataset, load_model, non_negative_int, positive_float,
-                   positive_int, run_cli, set_seed)
+                   positive_int, resolve_activation_checkpointing, run_cli, set_seed)
 
 
 def build_parser() -> ArgumentParser:
@@ -53,10 +53,13 @@ def build_parser() -> ArgumentParser:
                              "for both models, benchmarks/README.md); a bare --channels_last means on")
     parser.add_argument("--compile", action="store_true",
                         help="torch.compile the model (slow first batches; did not pay off on 2 CPU cores)")
-    parser.add_argument("--activation_checkpointing", action="store_true",
-                        help="XceptionBased only: keep only block inputs for the backward pass and "
-                             "recompute the blocks there; the same results with about 40%% less peak "
-                             "memory in training, at about 0.8x the speed (benchmarks/README.md)")
+    parser.add_argument("--activation_checkpointing", nargs="?", const="on", default="auto",
+                        choices=("auto", "on", "off"),
+                        help="XceptionBased: keep only block inputs for the backward pass and recompute "
+                             "the blocks there: the same results with about 40%% less peak training "
+                             "memory, at about 0.8x the speed (benchmarks/README.md). auto: on when "
+                             "the training would not fit the free memory (RAM, or GPU memory on "
+                             "CUDA); a bare --activation_checkpointing means on")
     parser.add_argument("--cache_images", default="auto", choices=("auto", "on", "off"),
                         help="keep decoded uint8 images in RAM; auto caches splits while they fit "
                              "in --cache_limit_gb")
@@ -104,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.momentum < 0:
         raise UserError(f"--momentum must be 0 or more, got {args.momentum}")
-    if args.activation_checkpointing and args.model != "XceptionBased":
+    if args.activation_checkpointing == "on" and args.model != "XceptionBased":
         raise UserError(f"--activation_checkpointing: only XceptionBased supports it, not {args.model} "
                         "(whose activations are small); drop the flag")
     device = init_distributed(args.device)
@@ -127,7 +130,14 @@ def _train(args, device: torch.device) -> int:
     if args.model == "XceptionBased" and args.no_pretrained and is_main:
         print("WARNING: XceptionBased from random initialisation (--no_pretrained); "
               "the study shows this stays near chance (50-60 %)", file=sys.stderr)
-    if args.activation_checkpointing:
+    # Each process trains batch / world size images; on the CPU the processes of a node share its RAM.
+    per_process_batch = max(1, args.batch_size // int(os.environ.get("WORLD_SIZE", "1")))
+    processes = int(os.environ.get("LOCAL_WORLD_SIZE", "1")) if device.type == "cpu" else 1
+    checkpointing, note = resolve_activation_checkpointing(args.activation_checkpointing, args.model, device,
+                                                           per_process_batch, processes=processes)
+    if note and is_main:
+        print(f"note: {note}", file=sys.stderr)
+    if checkpointing:
         model.set_activation_checkpointing(True)
     optimizer = make_optimizer(args.optimizer, model.parameters(), args.lr, args.momentum)
     logging_parameters = LoggingParameters(
@@ -142,7 +152,8 @@ def _train(args, device: torch.device) -> int:
                       checkpoint_dir=args.checkpoint_dir,
                       run_info={"args": run_args, "argv": sys.argv,
                                 "pretrained": args.model == "XceptionBased" and not args.no_pretrained,
-                                "n_params": get_nof_params(model)})
+                                "n_params": get_nof_params(model),
+                                "activation_checkpointing": checkpointing})
     run = trainer.run(args.epochs, logging_parameters, resume=args.resume)
     if is_main:
         paths = trainer.paths(logging_parameters)

@@ -494,6 +494,54 @@ def current_rss_bytes() -> int:
     return 0
 
 
+XCEPTION_TRAIN_BYTES_PER_IMAGE = 200 * 1024**2
+"""Memory that XceptionBased training needs per image of a batch at 256 x 256 beyond the model:
+batch 32 keeps 5.6 GiB of activations for the backward pass, peak RSS rises by 6.4 GB
+(benchmarks/README.md)."""
+
+
+def available_memory_bytes(device: torch.device) -> int | None:
+    """Memory this process can still use: free GPU memory on CUDA, ``MemAvailable`` of
+    /proc/meminfo on the CPU; ``None`` where unknown."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return int(free)
+    try:
+        with open("/proc/meminfo") as handle:
+            for line in handle:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def resolve_activation_checkpointing(setting: str, model_name: str, device: torch.device, batch_size: int,
+                                     available: int | None = None, processes: int = 1
+                                     ) -> tuple[bool, str | None]:
+    """Whether to train with activation checkpointing, and a note saying why when 'auto' turns it on.
+
+    'on'/'off' as given; 'auto' turns it on only for XceptionBased when its training needs more
+    memory (``batch_size`` x ``XCEPTION_TRAIN_BYTES_PER_IMAGE`` + 1 GiB headroom, times
+    ``processes`` sharing the memory) than is ``available`` (default: ``available_memory_bytes``).
+    Checkpointing gives the same results, so 'auto' only trades speed (about 0.8x) for memory.
+    """
+    check_name("activation checkpointing setting", setting, ("auto", "on", "off"))
+    if setting != "auto":
+        return setting == "on", None
+    if model_name != "XceptionBased":
+        return False, None
+    available = available_memory_bytes(device) if available is None else available
+    need = processes * (batch_size * XCEPTION_TRAIN_BYTES_PER_IMAGE + 1024**3)
+    if available is None or need <= available:
+        return False, None
+    return True, (f"XceptionBased at batch {batch_size} needs about {need / 1e9:.1f} GB for training, "
+                  f"{available / 1e9:.1f} GB is available on {torch.device(device).type}: activation "
+                  "checkpointing is on (the same results, about 0.8x the speed; "
+                  "--activation_checkpointing off to override)")
+
+
 def load_analysis_inputs(args) -> tuple[torch.device, torch.nn.Module, FacesDataset]:
     """What every analysis script starts from, given the flags of ``add_analysis_flags``: the device,
     the checkpoint's model (built without ImageNet weights, eval mode) and the test split."""

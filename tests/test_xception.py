@@ -610,10 +610,12 @@ def test_download_falls_through_mirrors_into_cache(
     assert "cache" in build_xception_backbone(pretrained=True).weights_info.origin
 
 
-def test_train_main_activation_checkpointing_same_metrics(tmp_path, monkeypatch):
-    """Through the CLI: the flag reaches the model and the logged metrics do not change."""
+def test_train_main_activation_checkpointing_same_metrics(tmp_path, monkeypatch, capsys):
+    """Through the CLI: 'on', and 'auto' when memory is short, reach the model; 'off', and 'auto'
+    with enough memory, do not; the logged metrics are the same in every case."""
     from conftest import make_tree
     import train_main
+    import utils
     calls = []
     original = Xception.set_activation_checkpointing
 
@@ -622,17 +624,57 @@ def test_train_main_activation_checkpointing_same_metrics(tmp_path, monkeypatch)
         return original(self, enabled)
     monkeypatch.setattr(Xception, "set_activation_checkpointing", spy)
     data = make_tree(str(tmp_path / "data"), {"train": (3, 3), "val": (1, 1), "test": (1, 1)}, seed=4)
-    runs = {}
-    for name, extra in (("plain", []), ("checkpointed", ["--activation_checkpointing"])):
+    runs, notes = {}, {}
+    cases = (("off", ["--activation_checkpointing", "off"], 10**12),
+             ("on", ["--activation_checkpointing"], 10**12),
+             ("auto_enough", [], 10**12),
+             ("auto_short", [], 10**9))
+    for name, extra, available in cases:
+        monkeypatch.setattr(utils, "available_memory_bytes", lambda device, free=available: free)
         out = tmp_path / name
         argv = ["--data_root", data, "-m", "XceptionBased", "--no_pretrained", "-o", "Adam", "-e", "1",
                 "-b", "3", "--num_workers", "0", "--no_progress", "--out_dir", str(out / "out"),
                 "--checkpoint_dir", str(out / "ck"), *extra]
+        capsys.readouterr()
         assert train_main.main(argv) == 0
+        notes[name] = "activation checkpointing is on" in capsys.readouterr().err
         (run,) = json.loads((out / "out" / "fakes_dataset_XceptionBased_Adam.json").read_text())
         runs[name] = run
-    assert calls == [True], "the flag must turn checkpointing on for the one checkpointed run"
-    assert runs["checkpointed"]["args"]["activation_checkpointing"] is True
-    assert runs["plain"]["args"]["activation_checkpointing"] is False
-    for key in ("train_loss", "train_acc", "val_loss", "val_acc", "test_loss", "test_acc"):
-        assert runs["checkpointed"][key] == pytest.approx(runs["plain"][key], rel=1e-5), key
+    assert calls == [True, True], "checkpointing must be turned on for 'on' and 'auto' when short"
+    assert {name: run["activation_checkpointing"] for name, run in runs.items()} == \
+        {"off": False, "on": True, "auto_enough": False, "auto_short": True}
+    assert notes == {"off": False, "on": False, "auto_enough": False, "auto_short": True}
+    assert runs["on"]["args"]["activation_checkpointing"] == "on"
+    for name in ("on", "auto_enough", "auto_short"):
+        for key in ("train_loss", "train_acc", "val_loss", "val_acc", "test_loss", "test_acc"):
+            assert runs[name][key] == pytest.approx(runs["off"][key], rel=1e-5), (name, key)
+
+
+GIB = 1024**3
+
+
+@pytest.mark.parametrize("setting, model, batch, available, processes, expected", [
+    ("on", "XceptionBased", 32, 100 * GIB, 1, True),
+    ("off", "XceptionBased", 32, 1 * GIB, 1, False),
+    ("auto", "SimpleNet", 32, 1 * GIB, 1, False),           # SimpleNet never checkpoints
+    ("auto", "XceptionBased", 32, 16 * GIB, 1, False),      # 32 x 200 MiB + 1 GiB = 7.25 GiB fits
+    ("auto", "XceptionBased", 32, 7 * GIB, 1, True),
+    ("auto", "XceptionBased", 8, 3 * GIB, 1, False),        # 2.56 GiB fits
+    ("auto", "XceptionBased", 16, 8 * GIB, 1, False),       # 4.125 GiB fits
+    ("auto", "XceptionBased", 16, 8 * GIB, 2, True),        # two processes share the RAM: 8.25 GiB
+])
+def test_resolve_activation_checkpointing(setting, model, batch, available, processes, expected):
+    import utils
+    enabled, note = utils.resolve_activation_checkpointing(setting, model, torch.device("cpu"), batch,
+                                                           available=available, processes=processes)
+    assert enabled is expected
+    assert (note is not None) == (expected and setting == "auto")
+    if note:
+        assert f"batch {batch}" in note and "--activation_checkpointing off" in note
+
+
+def test_available_memory_is_read_on_the_cpu():
+    import utils
+    free = utils.available_memory_bytes(torch.device("cpu"))
+    if os.path.exists("/proc/meminfo"):
+        assert 0 < free < 2**50
