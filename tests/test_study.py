@@ -128,6 +128,18 @@ def test_summary_numbers_are_finite_and_match_their_sources(study):
         assert numbers["auc_a"] + numbers["auc_b"] == pytest.approx(1.0)
         assert 0 <= numbers["eer"] <= 1 and 0 < numbers["ap"] <= 1
     assert summary["runs"]["xception-synthetic"]["pretrained"] is False
+    # auto: a batch of 4 fits in memory, so no activation checkpointing, and the JSON says so
+    assert summary["runs"]["xception-synthetic"]["activation_checkpointing"] is False
+
+
+def test_verdict_names_activation_checkpointing():
+    run = next(r for r in run_study.RUNS if r.model == "XceptionBased")
+    numbers = {"pretrained": True, "best_val_acc": 97.0, "test_acc_at_best": 98.0, "auc_b": 0.99,
+               "epochs": run.default_epochs}
+    assert "activation checkpointing" not in run_study.verdict(run, numbers, demo=False)
+    sentence = run_study.verdict(run, dict(numbers, activation_checkpointing=True), demo=False)
+    assert sentence.endswith("Trained with activation checkpointing to fit the memory: the same numbers, "
+                             "about 0.8x the speed.")
 
 
 def test_auc_agrees_with_an_independent_evaluation(study):
