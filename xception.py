@@ -8,7 +8,8 @@ exactly those of that port, so its files load with ``strict=True`` (see
 
 Differences from the port that do not touch the state dict: every ReLU is out of place and the
 residual sum is ``x = x + skip``, so forward/backward hooks (pytorch-grad-cam, input-gradient
-saliency) see tensors that are never overwritten afterwards.
+saliency) see tensors that are never overwritten afterwards; and optional activation
+checkpointing for training (``Xception.set_activation_checkpointing``).
 
 The original download links are dead or flaky, so ``build_xception_backbone(pretrained=True)``
 looks for the weights in this order and fails with one clear :class:`XceptionWeightsError`:
@@ -250,11 +251,6 @@ class Xception(nn.Module):
         return self
 
 
-# --------------------------------------------------------------------------------------------
-# Loading weights
-# --------------------------------------------------------------------------------------------
-
-
 class KeepBatchNormStats:
     """Context manager: the BatchNorm running statistics (and batch counters) in ``modules`` are
     the same on exit as on entry.
@@ -291,6 +287,11 @@ def _checkpointed(function, x: torch.Tensor, *modules: nn.Module) -> torch.Tenso
     return torch.utils.checkpoint.checkpoint(
         function, x, use_reentrant=False,
         context_fn=lambda: (contextlib.nullcontext(), KeepBatchNormStats(*modules)))
+
+
+# --------------------------------------------------------------------------------------------
+# Loading weights
+# --------------------------------------------------------------------------------------------
 
 
 class XceptionWeightsError(RuntimeError):
