@@ -407,13 +407,38 @@ def resolve_layer(model: nn.Module, name: str = DEFAULT_TARGET_LAYER) -> nn.Modu
                     f"convolution layers: {', '.join(conv_layer_names(model))}")
 
 
+@contextlib.contextmanager
+def gradients_only_for(model: nn.Module, layer: nn.Module) -> Iterator[None]:
+    """Within the block, only ``layer``'s parameters require gradients (when it has any).
+
+    Grad-CAM needs the gradient of the target logit with respect to the target layer's output.
+    That is the same whichever parameters require gradients. With only the layer's own
+    parameters requiring them, the backward pass stops at the layer and skips every weight
+    gradient of the layers after it (SimpleNet's fc1 alone is 16.6 M weights). A layer without
+    parameters leaves everything as it is. The previous ``requires_grad`` flags come back on exit.
+    """
+    own = [p for p in layer.parameters()]
+    flags = [(p, p.requires_grad) for p in model.parameters()]
+    if own:
+        for p, _ in flags:
+            p.requires_grad_(False)
+        for p in own:
+            p.requires_grad_(True)
+    try:
+        yield
+    finally:
+        for p, flag in flags:
+            p.requires_grad_(flag)
+
+
 def grad_cam_maps(model: nn.Module, target_layer: nn.Module | str, images: torch.Tensor,
                   labels) -> np.ndarray:
     """Grad-CAM maps (pytorch-grad-cam's GradCAM) of a batch: N x H x W float32 in [0, 1].
 
     ``images`` are normalised model inputs; the target of image i is ``ClassifierOutputTarget(
     labels[i])`` (its raw logit). ``target_layer`` is a module or a dotted name. The CAM object
-    is used as a context manager, so its hooks are removed even on errors.
+    is used as a context manager, so its hooks are removed even on errors. The backward pass
+    computes no weight gradients but the target layer's (``gradients_only_for``).
     """
     from pytorch_grad_cam import GradCAM
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
@@ -422,7 +447,8 @@ def grad_cam_maps(model: nn.Module, target_layer: nn.Module | str, images: torch
     was_training = model.training
     cams = None
     try:
-        with torch.enable_grad(), GradCAM(model=model, target_layers=[layer]) as cam:
+        with torch.enable_grad(), gradients_only_for(model, layer), \
+                GradCAM(model=model, target_layers=[layer]) as cam:
             try:
                 cams = cam(input_tensor=images, targets=targets)
             except IndexError as exc:  # GradCAM.__exit__ would swallow it

@@ -252,6 +252,25 @@ def test_grad_cam_matches_pytorch_grad_cam(model_name, size):
     assert ours.max() == pytest.approx(1.0, abs=1e-5) and ours.min() >= 0.0
 
 
+def test_grad_cam_backward_skips_other_weight_gradients_and_restores_flags():
+    torch.manual_seed(0)
+    model = load_model("SimpleNet", pretrained=False).eval()
+    model.conv1.bias.requires_grad_(False)  # a frozen parameter stays frozen
+    before = {name: p.requires_grad for name, p in model.named_parameters()}
+    with analysis.gradients_only_for(model, model.conv3):
+        inside = {name for name, p in model.named_parameters() if p.requires_grad}
+        logits = model(torch.randn(2, 3, 256, 256))
+        logits[:, 1].sum().backward()
+        with_grad = {name for name, p in model.named_parameters() if p.grad is not None}
+    assert inside == with_grad == {"conv3.weight", "conv3.bias"}
+    assert {name: p.requires_grad for name, p in model.named_parameters()} == before
+    with analysis.gradients_only_for(model, model.relu):  # no parameters of its own: no change
+        assert {name: p.requires_grad for name, p in model.named_parameters()} == before
+    analysis.grad_cam_maps(model, "conv3", torch.randn(1, 3, 256, 256), [1])
+    assert {name: p.requires_grad for name, p in model.named_parameters()} == before
+    assert all(p.grad is None for p in model.parameters())
+
+
 def test_resolve_layer_dotted_and_unknown():
     xception = load_model("XceptionBased", pretrained=False)
     assert analysis.resolve_layer(xception, "block12.rep.4") is xception.block12.rep[4]
