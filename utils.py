@@ -482,16 +482,21 @@ def add_analysis_flags(parser: argparse.ArgumentParser) -> None:
     add_debug_flag(parser)
 
 
-def current_rss_bytes() -> int:
-    """Resident set size of this process now (Linux /proc; 0 where unknown)."""
+def _proc_bytes(path: str, key: str) -> int | None:
+    """The ``key:`` line of a Linux /proc file given in kB, in bytes; ``None`` where unknown."""
     try:
-        with open("/proc/self/status") as handle:
+        with open(path) as handle:
             for line in handle:
-                if line.startswith("VmRSS:"):
+                if line.startswith(key + ":"):
                     return int(line.split()[1]) * 1024
     except (OSError, ValueError, IndexError):
         pass
-    return 0
+    return None
+
+
+def current_rss_bytes() -> int:
+    """Resident set size of this process now (Linux /proc; 0 where unknown)."""
+    return _proc_bytes("/proc/self/status", "VmRSS") or 0
 
 
 XCEPTION_TRAIN_BYTES_PER_IMAGE = 200 * 1024**2
@@ -507,14 +512,7 @@ def available_memory_bytes(device: torch.device) -> int | None:
     if device.type == "cuda":
         free, _ = torch.cuda.mem_get_info(device)
         return int(free)
-    try:
-        with open("/proc/meminfo") as handle:
-            for line in handle:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    return None
+    return _proc_bytes("/proc/meminfo", "MemAvailable")
 
 
 def resolve_activation_checkpointing(setting: str, model_name: str, device: torch.device, batch_size: int,
