@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import os
+import pickletools
 import sys
+import zipfile
 
 import numpy as np
 import pytest
@@ -13,6 +15,26 @@ if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
 os.environ.setdefault("XCEPTION_NO_DOWNLOAD", "1")  # never reach for the network in tests
+
+
+def pickled_calls(path) -> set[tuple[str, str]]:
+    """The (module, name) callables a ``torch.save`` file's pickle would import and call, read
+    statically with pickletools: nothing is unpickled, so no code in the file runs.
+
+    The controls of the refused-payload tests use it to prove the payload is live (an unsafe
+    ``torch.load`` would call it) without ever loading the file unsafely.
+    """
+    with zipfile.ZipFile(path) as archive:
+        data = archive.read(next(n for n in archive.namelist() if n.endswith("/data.pkl")))
+    calls, strings = set(), []
+    for opcode, arg, _ in pickletools.genops(data):
+        if opcode.name in ("SHORT_BINUNICODE", "BINUNICODE", "UNICODE"):
+            strings.append(arg)
+        elif opcode.name == "STACK_GLOBAL":
+            calls.add((strings[-2], strings[-1]))
+        elif opcode.name == "GLOBAL":
+            calls.add(tuple(arg.split(" ", 1)))
+    return calls
 
 
 def make_image(rng: np.random.Generator, fake: bool, size: int = 256) -> Image.Image:

@@ -22,7 +22,7 @@ from PIL import Image
 
 import train_main
 import utils
-from conftest import ROOT, make_image, make_tree
+from conftest import ROOT, make_image, make_tree, pickled_calls
 from faces_dataset import DataError
 from models import SimpleNet
 
@@ -238,17 +238,12 @@ def test_code_in_checkpoint_is_refused_and_never_run(checkpoints):
 
 
 def test_payload_control_would_run_when_unpickled_unsafely(checkpoints, tmp_path):
-    """Control: the payload is live, so the check above proves something."""
-    copy = tmp_path / "evil.pt"
-    shutil.copy(checkpoints["evil"], copy)
-    marker = checkpoints["marker"]
-    assert not marker.exists()
-    try:
-        torch.load(copy, weights_only=False)
-        assert marker.is_dir()
-    finally:
-        if marker.exists():
-            marker.rmdir()
+    """Control: the payload is live, so the check above proves something. The file's pickle
+    calls os.mkdir (read statically, never unpickled), and that call creates a marker."""
+    assert (os.mkdir.__module__, "mkdir") in pickled_calls(checkpoints["evil"])
+    function, args = _Payload(str(tmp_path / "marker")).__reduce__()
+    function(*args)
+    assert (tmp_path / "marker").is_dir()
 
 
 @pytest.mark.parametrize("kind, needle", [("truncated", "not a readable checkpoint"),

@@ -386,8 +386,12 @@ def test_pickled_code_is_never_run(source_model, tmp_path):
     path = tmp_path / "xception-evil.pth"
     torch.save({"state_dict": source_model.state_dict(), "extra": _CreatesMarker(marker)}, path)
 
-    # The payload is live: an unsafe load would run it (this only creates an empty file).
-    torch.load(path, map_location="cpu", weights_only=False)
+    # The payload is live: the file's pickle calls open() (read statically, never unpickled),
+    # and that call creates the marker.
+    from conftest import pickled_calls
+    assert (open.__module__, "open") in pickled_calls(path)
+    function, args = _CreatesMarker(marker).__reduce__()
+    function(*args).close()
     assert marker.exists()
     marker.unlink()
 
