@@ -482,7 +482,7 @@ def add_analysis_flags(parser: argparse.ArgumentParser) -> None:
     add_debug_flag(parser)
 
 
-def _proc_bytes(path: str, key: str) -> int | None:
+def proc_bytes(path: str, key: str) -> int | None:
     """The ``key:`` line of a Linux /proc file given in kB, in bytes; ``None`` where unknown."""
     try:
         with open(path) as handle:
@@ -496,7 +496,7 @@ def _proc_bytes(path: str, key: str) -> int | None:
 
 def current_rss_bytes() -> int:
     """Resident set size of this process now (Linux /proc; 0 where unknown)."""
-    return _proc_bytes("/proc/self/status", "VmRSS") or 0
+    return proc_bytes("/proc/self/status", "VmRSS") or 0
 
 
 XCEPTION_TRAIN_BYTES_PER_IMAGE = 200 * 1024**2
@@ -512,7 +512,7 @@ def available_memory_bytes(device: torch.device) -> int | None:
     if device.type == "cuda":
         free, _ = torch.cuda.mem_get_info(device)
         return int(free)
-    return _proc_bytes("/proc/meminfo", "MemAvailable")
+    return proc_bytes("/proc/meminfo", "MemAvailable")
 
 
 def resolve_activation_checkpointing(setting: str, model_name: str, device: torch.device, batch_size: int,

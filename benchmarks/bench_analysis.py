@@ -40,9 +40,8 @@ sys.path.insert(0, os.path.dirname(HERE))
 sys.path.insert(0, HERE)
 
 import bench_train  # noqa: E402  (shared helpers: data, batches, RSS, JSON merge)
-from utils import (DATASET_NAMES, MODEL_NAMES, ArgumentParser, add_debug_flag,  # noqa: E402
-                   atomic_torch_save, get_device, load_dataset, load_model, load_model_from_checkpoint,
-                   non_negative_int, positive_int, run_cli, set_seed)
+from utils import (ArgumentParser, atomic_torch_save, get_device, load_dataset, load_model,  # noqa: E402
+                   load_model_from_checkpoint, non_negative_int, positive_int, run_cli, set_seed)
 
 REQUIRED_KEYS = ("reference_fwd_bwd_ips", "saliency_ips", "mean_grad_cam_ips", "saliency_ratio",
                  "mean_grad_cam_ratio", "saliency_maps_only_ips", "grad_cam_maps_only_ips")
@@ -164,14 +163,9 @@ def build_parser() -> ArgumentParser:
     parser = ArgumentParser(description="Saliency and mean Grad-CAM throughput over the test split "
                                         "against the model's own forward+backward; writes "
                                         "out/bench_analysis.json.")
-    parser.add_argument("--models", nargs="+", default=list(MODEL_NAMES), choices=MODEL_NAMES,
-                        help="models to measure (random weights; XceptionBased without pretrained weights)")
-    parser.add_argument("--dataset", default="fakes_dataset", choices=DATASET_NAMES,
-                        help="dataset whose test split is analysed")
-    parser.add_argument("--data_root", default=None,
-                        help="existing data (holding <dataset>/); default: generate demo data in a temp folder")
-    parser.add_argument("--scale", default=1.0, type=float,
-                        help="scale of the generated demo data (1.0: fakes_dataset test 150 images)")
+    bench_train.add_shared_flags(parser, out_name="bench_analysis.json", split_help="whose test split is analysed",
+                                 scale_help="fakes_dataset test 150 images",
+                                 smoke_help="demo scale 0.02, batch 2, 2 images per model, 1 round, no warm-up")
     parser.add_argument("--batch_size", "-b", default=16, type=positive_int,
                         help="images per forward/backward (16: the analysis scripts' default)")
     parser.add_argument("--simplenet_images", default=0, type=non_negative_int,
@@ -185,15 +179,6 @@ def build_parser() -> ArgumentParser:
     parser.add_argument("--faithfulness", action="store_true",
                         help="also time the mean Grad-CAM with grad_cam_analysis.py's faithfulness test")
     parser.add_argument("--repeats", default=2, type=positive_int, help="rounds; figures are the best round")
-    parser.add_argument("--device", default="auto", help="auto (CUDA when available), cpu or cuda")
-    parser.add_argument("--smoke", action="store_true",
-                        help="tiny and fast (seconds; for the tests): demo scale 0.02, batch 2, 2 images "
-                             "per model, 1 round, no warm-up; the figures mean nothing")
-    parser.add_argument("--seed", default=0, type=int, help="seed for the data and the models")
-    parser.add_argument("--out", default=os.path.join("out", "bench_analysis.json"),
-                        help="JSON written (merged: one object per model)")
-    parser.add_argument("--no_progress", action="store_true", help="no progress bars")
-    add_debug_flag(parser)
     return parser
 
 
@@ -205,8 +190,6 @@ def main(argv: list[str] | None = None) -> int:
         args.batch_size = min(args.batch_size, 2)
         args.simplenet_images = args.xception_images = 2
         args.repeats = 1
-    if not args.scale > 0:
-        raise bench_train.UserError(f"--scale must be greater than 0, got {args.scale}")
     results = {}
     with tempfile.TemporaryDirectory(prefix="bench_analysis_") as workdir:
         root = bench_train.prepare_data(args, workdir)

@@ -7,7 +7,7 @@ speed), on the same data (demo data generated into a temp folder, or ``--data_ro
     the trainer's own settings (memory format, autocast, compile): the practical compute ceiling;
 (b) end to end: ``Trainer.train_one_epoch`` and ``Trainer.evaluate_model_on_dataloader`` with the
     defaults train_main.py uses (``utils.apply_image_cache(datasets, "auto")``, default
-    ``num_workers``, default ``channels_last``, eval batch = batch size);
+    ``num_workers``, default ``channels_last``, the trainer's default eval batch);
 (c) the naive course loop: ``DataLoader`` with default arguments (num_workers=0), PIL decoding every
     epoch with the SPEC v1 ``torchvision.transforms`` on PIL images, float32 NCHW, a per-batch
     ``.item()``, ``torch.no_grad`` for eval.
@@ -56,8 +56,8 @@ from train_main import make_optimizer  # noqa: E402  (the optimizer train_main.p
 from trainer import Trainer  # noqa: E402
 from utils import (DATASET_NAMES, MODEL_NAMES, NORMALIZE_MEAN, NORMALIZE_STD, ArgumentParser,  # noqa: E402
                    UserError, add_debug_flag, apply_image_cache, atomic_write_json, get_device,
-                   get_transforms, load_dataset, load_model, non_negative_int, positive_int,
-                   run_cli, set_seed)
+                   get_transforms, load_dataset, load_model, non_negative_int, positive_float,
+                   positive_int, proc_bytes, run_cli, set_seed)
 
 REQUIRED_KEYS = ("model_only_train_ips", "end_to_end_train_ips", "naive_train_ips",
                  "model_only_eval_ips", "end_to_end_eval_ips", "naive_eval_ips",
@@ -69,26 +69,16 @@ FULL_SPLIT_SIZES = {"fakes_dataset": {"train": (7200, 3600), "val": (1400, 700),
 # ----------------------------------------------------------------------------- memory
 def peak_rss_mb() -> float:
     """This process's peak resident set size since the last ``reset_peak_rss`` (MiB)."""
-    try:
-        with open("/proc/self/status") as handle:
-            for line in handle:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) / 1024.0
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux: KiB
+    peak = proc_bytes("/proc/self/status", "VmHWM")
+    if peak is None:
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux: KiB
+    return peak / 1024**2
 
 
 def current_rss_mb() -> float:
     """This process's resident set size now (MiB)."""
-    try:
-        with open("/proc/self/status") as handle:
-            for line in handle:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1]) / 1024.0
-    except OSError:
-        pass
-    return float("nan")
+    rss = proc_bytes("/proc/self/status", "VmRSS")
+    return float("nan") if rss is None else rss / 1024**2
 
 
 def child_pids() -> list[int]:
@@ -712,22 +702,41 @@ def write_results(path: str, results: dict) -> None:
 
 
 # ----------------------------------------------------------------------------- CLI
+def add_shared_flags(parser: ArgumentParser, out_name: str, split_help: str, scale_help: str,
+                     smoke_help: str) -> None:
+    """The flags bench_train.py and bench_analysis.py share: models, data, device, seed, smoke
+    mode and output."""
+    parser.add_argument("--models", nargs="+", default=list(MODEL_NAMES), choices=MODEL_NAMES,
+                        help="models to measure (random weights: XceptionBased is built without "
+                             "pretrained weights)")
+    parser.add_argument("--dataset", default="fakes_dataset", choices=DATASET_NAMES,
+                        help=f"dataset {split_help}")
+    parser.add_argument("--data_root", default=None,
+                        help="existing data (holding <dataset>/); default: generate demo data in a temp folder")
+    parser.add_argument("--scale", default=1.0, type=positive_float,
+                        help=f"scale of the generated demo data (1.0: {scale_help})")
+    parser.add_argument("--device", default="auto", help="auto (CUDA when available), cpu or cuda")
+    parser.add_argument("--smoke", action="store_true",
+                        help=f"tiny and fast (seconds; for the tests): {smoke_help}; the figures mean nothing")
+    parser.add_argument("--seed", default=0, type=int, help="seed for the data and the models")
+    parser.add_argument("--out", default=os.path.join("out", out_name),
+                        help="JSON written (merged: one object per model)")
+    parser.add_argument("--no_progress", action="store_true", help="no progress bars")
+    add_debug_flag(parser)
+
+
 def build_parser() -> ArgumentParser:
     parser = ArgumentParser(description="Training/eval throughput: model only (a), end to end (b) and the "
                                         "naive course loop (c); writes out/bench_train.json.")
-    parser.add_argument("--models", nargs="+", default=list(MODEL_NAMES), choices=MODEL_NAMES,
-                        help="models to measure (XceptionBased is built without pretrained weights)")
-    parser.add_argument("--dataset", default="fakes_dataset", choices=DATASET_NAMES,
-                        help="dataset whose splits are used")
-    parser.add_argument("--data_root", default=None,
-                        help="existing data (holding <dataset>/); default: generate demo data in a temp folder")
-    parser.add_argument("--scale", default=1.0, type=float,
-                        help="scale of the generated demo data (1.0: fakes_dataset 600/150/150 images)")
+    add_shared_flags(parser, out_name="bench_train.json", split_help="whose splits are used",
+                     scale_help="fakes_dataset 600/150/150 images",
+                     smoke_help="demo scale 0.02, batch 4, SimpleNet 4 images per pass, XceptionBased 1 "
+                                "train and 2 eval images, 1 round, no warm-up, no RSS subprocess")
     parser.add_argument("--batch_size", "-b", default=32, type=positive_int,
                         help="training batch size of all three loops (32: the study's protocol)")
     parser.add_argument("--eval_batch_size", default=None, type=positive_int,
-                        help="eval batch size of (a) and (b) (default: the trainer's, = --batch_size); "
-                             "(c) evaluates with --batch_size")
+                        help="eval batch size of (a) and (b) (default: the trainer's: --batch_size, at "
+                             "most 16 on the CPU); (c) evaluates with --batch_size")
     parser.add_argument("--lr", default=0.001, type=float, help="Adam learning rate")
     parser.add_argument("--repeats", default=3, type=positive_int,
                         help="rounds of the three loops; figures are the best round")
@@ -739,7 +748,6 @@ def build_parser() -> ArgumentParser:
                         help="XceptionBased training images per pass (0: the whole train split)")
     parser.add_argument("--xception_eval_images", default=32, type=non_negative_int,
                         help="XceptionBased eval images per pass, half val half test (0: all)")
-    parser.add_argument("--device", default="auto", help="auto (CUDA when available), cpu or cuda")
     parser.add_argument("--amp", action="store_true", help="bf16 autocast for (a) and (b) (CUDA only)")
     parser.add_argument("--channels_last", default="auto", choices=("auto", "on", "off"),
                         help="memory layout of (a) and (b) (the trainer's default: auto)")
@@ -768,15 +776,6 @@ def build_parser() -> ArgumentParser:
                         help="batch size of the full-size RSS check (default: --batch_size)")
     parser.add_argument("--rss_batches", default=1, type=positive_int,
                         help="training batches of the full-size RSS check")
-    parser.add_argument("--smoke", action="store_true",
-                        help="tiny and fast (seconds; for the tests): demo scale 0.02, batch 4, SimpleNet "
-                             "4 images per pass, XceptionBased 1 train and 2 eval images, 1 round, no "
-                             "warm-up, no RSS subprocess; the figures mean nothing")
-    parser.add_argument("--seed", default=0, type=int, help="seed for the data and the models")
-    parser.add_argument("--out", default=os.path.join("out", "bench_train.json"),
-                        help="JSON written (merged: one object per model)")
-    parser.add_argument("--no_progress", action="store_true", help="no progress bars")
-    add_debug_flag(parser)
     return parser
 
 
@@ -793,8 +792,6 @@ def main(argv: list[str] | None = None) -> int:
         args.simplenet_train_images = args.simplenet_eval_images = 4
         args.xception_train_images, args.xception_eval_images = 1, 2
         args.no_full_size_rss = True
-    if not args.scale > 0:
-        raise UserError(f"--scale must be greater than 0, got {args.scale}")
     results = {}
     with tempfile.TemporaryDirectory(prefix="bench_train_") as workdir:
         root = prepare_data(args, workdir)
