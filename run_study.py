@@ -61,8 +61,9 @@ from dataclasses import dataclass, field
 
 from faces_dataset import CLASS_DIRS, list_images
 from utils import (DATA_ROOT_ENV, DATASET_NAMES, DATASET_TITLES, DEFAULT_DATA_ROOT, SPLITS,
-                   ArgumentParser, UserError, add_debug_flag, atomic_write_json, atomic_write_text,
-                   ensure_dir, non_negative_int, positive_float, positive_int, read_runs, run_cli)
+                   ArgumentParser, UserError, add_activation_checkpointing_flag, add_debug_flag,
+                   atomic_write_json, atomic_write_text, ensure_dir, non_negative_int, positive_float,
+                   positive_int, read_runs, run_cli)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 OPTIMIZER = "Adam"
@@ -1143,11 +1144,7 @@ def build_parser() -> ArgumentParser:
                                "torch hub cache, a download; none found: random init, said loudly)")
     training.add_argument("--no_pretrained", action="store_true",
                           help="train XceptionBased from random initialisation (the study: near chance)")
-    training.add_argument("--activation_checkpointing", nargs="?", const="on", default="auto",
-                          choices=("auto", "on", "off"),
-                          help="train_main.py --activation_checkpointing for XceptionBased: on uses about "
-                               "40%% less memory at about 0.8x the speed, with the same results; auto "
-                               "turns it on only when the training would not fit the free memory")
+    add_activation_checkpointing_flag(training)  # passed on to train_main.py for XceptionBased
     training.add_argument("--require_pretrained", action="store_true",
                           help="stop with an error instead of falling back to random initialisation "
                                "when no ImageNet weights are found")

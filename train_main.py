@@ -16,9 +16,10 @@ from torch import nn
 
 from trainer import LoggingParameters, Trainer, json_safe_optimizer_params
 from utils import (DATASET_NAMES, MODEL_NAMES, OPTIMIZER_NAMES, ArgumentParser, UserError,
-                   add_data_root_flag, add_debug_flag, apply_image_cache, get_device,
-                   get_nof_params, load_dataset, load_model, non_negative_int, positive_float,
-                   positive_int, resolve_activation_checkpointing, run_cli, set_seed)
+                   add_activation_checkpointing_flag, add_data_root_flag, add_debug_flag,
+                   apply_image_cache, get_device, get_nof_params, load_dataset, load_model,
+                   non_negative_int, positive_float, positive_int, resolve_activation_checkpointing,
+                   run_cli, set_seed)
 
 
 def build_parser() -> ArgumentParser:
@@ -53,13 +54,7 @@ def build_parser() -> ArgumentParser:
                              "for both models, benchmarks/README.md); a bare --channels_last means on")
     parser.add_argument("--compile", action="store_true",
                         help="torch.compile the model (slow first batches; did not pay off on 2 CPU cores)")
-    parser.add_argument("--activation_checkpointing", nargs="?", const="on", default="auto",
-                        choices=("auto", "on", "off"),
-                        help="XceptionBased: keep only block inputs for the backward pass and recompute "
-                             "the blocks there: the same results with about 40%% less peak training "
-                             "memory, at about 0.8x the speed (benchmarks/README.md). auto: on when "
-                             "the training would not fit the free memory (RAM, or GPU memory on "
-                             "CUDA); a bare --activation_checkpointing means on")
+    add_activation_checkpointing_flag(parser)
     parser.add_argument("--cache_images", default="auto", choices=("auto", "on", "off"),
                         help="keep decoded uint8 images in RAM; auto caches splits while they fit "
                              "in --cache_limit_gb")
