@@ -12,7 +12,6 @@ augmentation on uint8, normalisation on the device), AMP/channels-last on CUDA a
 """
 from __future__ import annotations
 
-import dataclasses
 import math
 import os
 import random
@@ -25,13 +24,12 @@ import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
-from torch.nn import functional as F
 from torch.utils.data import BatchSampler, DataLoader, Dataset, DistributedSampler
 from tqdm import tqdm
 
-from utils import (CROP_PADDING, StudyTransform, atomic_torch_save, atomic_write_json, augment_uint8,
-                   binary_metrics, draw_augmentation, ensure_dir, load_checkpoint, normalize_batch,
-                   read_runs, UserError)
+from utils import (StudyTransform, atomic_torch_save, atomic_write_json, augment_uint8, binary_metrics,
+                   draw_augmentation, ensure_dir, load_checkpoint, normalize_batch, read_runs,
+                   resolve_channels_last, UserError)
 
 COURSE_KEYS = ("model", "dataset", "optimizer", "train_loss", "train_acc", "val_loss", "val_acc",
                "test_loss", "test_acc")
@@ -131,36 +129,11 @@ class _AugmentedBatchSampler:
             yield [[i, *params[i]] for i in batch]
 
 
-def augment_uint8_batch(images: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
-    """``utils.augment_uint8`` on any device, pixel for pixel equal to it.
-
-    On the CPU it is ``augment_uint8`` itself (a copy per image: measured the fastest there); on
-    CUDA ``_augment_gather``, a few kernels for the whole batch instead of several per image.
-    """
-    if images.device.type == "cpu":
-        return augment_uint8(images, params.cpu())
-    return _augment_gather(images, params)
-
-
-def _augment_gather(images: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
-    """RandomCrop(padding=4) + flip of a uint8 N x C x H x W batch with (top, left, flip) rows, as
-    one zero-pad and two gathers (rows, then columns; a flipped image reads its columns reversed)."""
-    n, c, height, width = images.shape
-    pad = CROP_PADDING
-    params = params.to(images.device, dtype=torch.long)
-    padded = F.pad(images, (pad, pad, pad, pad))
-    rows = params[:, 0:1] + torch.arange(height, device=images.device)
-    cols = params[:, 1:2] + torch.arange(width, device=images.device)
-    cols = torch.where(params[:, 2:3].bool(), cols.flip(1), cols)
-    out = padded.gather(2, rows.view(n, 1, height, 1).expand(n, c, height, width + 2 * pad))
-    return out.gather(3, cols.view(n, 1, 1, width).expand(n, c, height, width))
-
-
 class _CachedBatches:
     """Batches straight from a dataset's decoded uint8 cache, on the training device.
 
     The same batches as the ``DataLoader`` path (same sampler, same augmentation rows), without a
-    loader: gather, augment (``augment_uint8_batch``) and return uint8; the trainer normalises. On
+    loader: gather, augment (``utils.augment_uint8``) and return uint8; the trainer normalises. On
     CUDA the cache and the labels are copied to the GPU once, so an epoch moves no image data
     between host and device. On the CPU the cache tensor is used as it is.
     """
@@ -186,18 +159,8 @@ class _CachedBatches:
             indices = rows[:, 0]
             images = self.images[indices]
             if rows.shape[1] == 4:
-                images = augment_uint8_batch(images, rows[:, 1:])
+                images = augment_uint8(images, rows[:, 1:])
             yield images, self.labels[indices]
-
-
-def resolve_channels_last(setting, device: torch.device) -> bool:
-    """``channels_last`` of the Trainer: True/'on', False/'off', or 'auto' (the default): on for
-    CPU and CUDA, where it measured faster for both models (benchmarks/README.md), else off."""
-    if setting in ("auto", None):
-        return torch.device(device).type in ("cpu", "cuda")
-    if setting in ("on", "off"):
-        return setting == "on"
-    return bool(setting)
 
 
 class Trainer:

@@ -14,6 +14,7 @@ from typing import Callable
 
 import numpy as np
 import torch
+from torch.nn import functional as F
 from torchvision.transforms import v2
 
 from faces_dataset import DEMO_HINT, DataError, FacesDataset
@@ -116,35 +117,44 @@ def augment_uint8(images: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
     """RandomCrop(size, padding=4) then horizontal flip on a uint8 N x 3 x H x W batch.
 
     ``params`` rows are (top, left, flip) in the padded frame, as ``draw_augmentation`` gives.
-    Equal, pixel for pixel, to padding with zeros, cropping at (top, left) and flipping.
+    Equal, pixel for pixel, to padding with zeros, cropping at (top, left) and flipping, on any
+    device.
 
     On the CPU each image is one NumPy copy (the flip fused in as a reversed view): NumPy copies
     run on one thread, whereas a torch copy per image starts a parallel region each time, which
     stalls for milliseconds whenever another process holds a core (measured: 10 ms an image on a
-    busy 2-core machine, a third of the training time; benchmarks/README.md).
+    busy 2-core machine, a third of the training time; benchmarks/README.md). On other devices
+    (CUDA) it is ``_augment_gather``: a few kernels for the whole batch.
     """
-    n, _, height, width = images.shape
+    if images.device.type != "cpu":
+        return _augment_gather(images, params)
+    _, _, height, width = images.shape
     pad = CROP_PADDING
-    if images.device.type == "cpu":
-        src_all = images.numpy()
-        out_np = np.zeros(src_all.shape, dtype=src_all.dtype)
-        for k, (top, left, flip) in enumerate(params.tolist()):
-            dy, dx = top - pad, left - pad
-            src = src_all[k, :, max(dy, 0):height + min(dy, 0), max(dx, 0):width + min(dx, 0)]
-            row, col = max(-dy, 0), max(-dx, 0)  # where the window's image part lands in the crop
-            if flip:  # the crop mirrored: its column j is column width-1-j of the unflipped crop
-                col = width - col - src.shape[2]
-                src = src[:, :, ::-1]
-            out_np[k, :, row:row + src.shape[1], col:col + src.shape[2]] = src
-        return torch.from_numpy(out_np)
-    out = torch.zeros_like(images)
+    src_all = images.numpy()
+    out_np = np.zeros(src_all.shape, dtype=src_all.dtype)
     for k, (top, left, flip) in enumerate(params.tolist()):
         dy, dx = top - pad, left - pad  # shift of the crop window relative to the image
-        src = images[k, :, max(dy, 0):height + min(dy, 0), max(dx, 0):width + min(dx, 0)]
-        out[k, :, max(-dy, 0):max(-dy, 0) + src.shape[1], max(-dx, 0):max(-dx, 0) + src.shape[2]] = src
-        if flip:
-            out[k] = out[k].flip(-1)
-    return out
+        src = src_all[k, :, max(dy, 0):height + min(dy, 0), max(dx, 0):width + min(dx, 0)]
+        row, col = max(-dy, 0), max(-dx, 0)  # where the window's image part lands in the crop
+        if flip:  # the crop mirrored: its column j is column width-1-j of the unflipped crop
+            col = width - col - src.shape[2]
+            src = src[:, :, ::-1]
+        out_np[k, :, row:row + src.shape[1], col:col + src.shape[2]] = src
+    return torch.from_numpy(out_np)
+
+
+def _augment_gather(images: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
+    """RandomCrop(padding=4) + flip of a uint8 N x C x H x W batch with (top, left, flip) rows, as
+    one zero-pad and two gathers (rows, then columns; a flipped image reads its columns reversed)."""
+    n, c, height, width = images.shape
+    pad = CROP_PADDING
+    params = params.to(images.device, dtype=torch.long)
+    padded = F.pad(images, (pad, pad, pad, pad))
+    rows = params[:, 0:1] + torch.arange(height, device=images.device)
+    cols = params[:, 1:2] + torch.arange(width, device=images.device)
+    cols = torch.where(params[:, 2:3].bool(), cols.flip(1), cols)
+    out = padded.gather(2, rows.view(n, 1, height, 1).expand(n, c, height, width + 2 * pad))
+    return out.gather(3, cols.view(n, 1, 1, width).expand(n, c, height, width))
 
 
 _NORMALIZE_CONSTANTS: dict = {}
@@ -446,8 +456,18 @@ def load_model_from_checkpoint(model_name: str, checkpoint_path: str,
     except RuntimeError as exc:
         raise UserError(f"{checkpoint_path}: does not fit a {model_name} model "
                         f"({str(exc).splitlines()[0][:200]}); models: {', '.join(MODEL_NAMES)}") from None
-    fast = torch.channels_last if torch.device(device).type in ("cpu", "cuda") else torch.contiguous_format
+    fast = torch.channels_last if resolve_channels_last("auto", device) else torch.contiguous_format
     return model.to(device, memory_format=fast).eval()
+
+
+def resolve_channels_last(setting, device: torch.device) -> bool:
+    """``channels_last`` of the Trainer (and of the analysis scripts' models): True/'on', False/'off', or 'auto' (the default): on for
+    CPU and CUDA, where it measured faster for both models (benchmarks/README.md), else off."""
+    if setting in ("auto", None):
+        return torch.device(device).type in ("cpu", "cuda")
+    if setting in ("on", "off"):
+        return setting == "on"
+    return bool(setting)
 
 
 # ----------------------------------------------------------------------------- CLI

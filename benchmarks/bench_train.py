@@ -513,8 +513,7 @@ def data_costs(train: FacesDataset, batch_size: int) -> dict:
     """Milliseconds per image of each way of producing a normalised training batch: the course
     path (PIL decode + v1 transforms), decoding to uint8, and the cached path's gather, augment and
     normalise-to-channels-last (best of 5)."""
-    from trainer import augment_uint8_batch
-    from utils import draw_augmentation, normalize_batch
+    from utils import augment_uint8, draw_augmentation, normalize_batch
     n = min(len(train), batch_size)
     course = CourseFacesDataset(train, train=True)
     start = time.perf_counter()
@@ -534,7 +533,7 @@ def data_costs(train: FacesDataset, batch_size: int) -> dict:
         t0 = time.perf_counter()
         batch = cache[indices]
         t1 = time.perf_counter()
-        batch = augment_uint8_batch(batch, params)
+        batch = augment_uint8(batch, params)
         t2 = time.perf_counter()
         normalize_batch(batch, torch.channels_last)
         t3 = time.perf_counter()

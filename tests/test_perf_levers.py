@@ -19,8 +19,8 @@ from torch import nn
 
 import train_main
 import utils
-from trainer import (COURSE_KEYS, EXTRA_SPLIT_KEYS, Trainer, _augment_gather, _CachedBatches,
-                     augment_uint8_batch, resolve_channels_last)
+from trainer import COURSE_KEYS, EXTRA_SPLIT_KEYS, Trainer, _CachedBatches
+from utils import _augment_gather, resolve_channels_last
 
 METRIC_KEYS = COURSE_KEYS + tuple(f"{s}_{k}" for s in ("val", "test") for k in EXTRA_SPLIT_KEYS) + (
     "best_epoch", "best_val_acc", "test_acc_at_best")
@@ -96,7 +96,6 @@ def test_batched_augmentation_equals_reference():
     params[3] = torch.tensor([4, 4, 0])  # no shift at all: the identity
     expected = utils.augment_uint8(images, params)
     assert torch.equal(_augment_gather(images, params), expected)  # the CUDA kernel choice, on CPU
-    assert torch.equal(augment_uint8_batch(images, params), expected)
     assert torch.equal(expected[3], images[3])
     # an independent reference for one image: pad with zeros, crop, flip
     padded = torch.nn.functional.pad(images[1], (4, 4, 4, 4))
