@@ -174,20 +174,13 @@ def normalize_batch(images_uint8: torch.Tensor,
     """uint8 N x 3 x H x W -> normalised float32 (the test transform, batched, on any device).
 
     ``(x / 255 - mean) / std`` in float32, the arithmetic of ToTensor + Normalize, in three passes
-    over one new tensor (the input is never modified); with ``memory_format=torch.channels_last``
-    the last pass writes the channels-last result directly (no extra layout copy). Same numbers,
-    bit for bit, whatever the layout.
+    over one new tensor allocated in ``memory_format`` (the input is never modified; no extra
+    layout copy). Same numbers, bit for bit, whatever the layout.
     """
     mean, std = _normalize_constants(images_uint8.device)
-    if images_uint8.dim() != 4:
-        return (images_uint8.float() / 255.0 - mean) / std
-    scaled = torch.empty(images_uint8.shape, dtype=torch.float32, device=images_uint8.device)
-    torch.div(images_uint8, 255.0, out=scaled).sub_(mean)
-    if memory_format == torch.contiguous_format:
-        return scaled.div_(std)
     out = torch.empty(images_uint8.shape, dtype=torch.float32, device=images_uint8.device,
                       memory_format=memory_format)
-    return torch.div(scaled, std, out=out)
+    return torch.div(images_uint8, 255.0, out=out).sub_(mean).div_(std)
 
 
 def denormalize(images: torch.Tensor) -> torch.Tensor:
