@@ -490,6 +490,7 @@ class Trainer:
             run["completed"] = self.epoch >= epochs
             if self.is_main:
                 print(f"resuming {paths['last']} after epoch {self.epoch}", file=sys.stderr)
+        other_runs_best_kept = False
         for _ in range(self.epoch, epochs):
             train_loss, train_acc = self.train_one_epoch()
             train_seconds = self.last_train_seconds
@@ -501,7 +502,9 @@ class Trainer:
                     best_val = val.accuracy
                     run.update(best_epoch=self.epoch, best_val_acc=val.accuracy,
                                test_acc_at_best=test.accuracy)
-                    _keep_other_runs_best(paths["best"], run["run_id"])
+                    if not other_runs_best_kept:  # checked once, right before the first write
+                        _keep_other_runs_best(paths["best"], run["run_id"])
+                        other_runs_best_kept = True
                     atomic_torch_save({"model": self.model.state_dict(), "val_acc": val.accuracy,
                                        "test_acc": test.accuracy, "epoch": self.epoch,
                                        "model_name": run["model"], "dataset": run["dataset"],
