@@ -75,12 +75,6 @@ def bench_model(name: str, args, root: str, device: torch.device, workdir: str) 
         images = torch.randn((size, 3, 256, 256), generator=generator).to(device)  # NCHW, as normalize_batch gives
         batches[size] = (images, torch.randint(0, 2, (size,), generator=generator).to(device))
 
-    def timed(fn):
-        start = time.perf_counter()
-        fn()
-        bench_train._sync(device)
-        return time.perf_counter() - start
-
     def reference():
         for size in plan:
             images, labels = batches[size]
@@ -123,7 +117,7 @@ def bench_model(name: str, args, root: str, device: torch.device, workdir: str) 
                disable=args.no_progress, file=sys.stderr, leave=False)
     for _ in range(args.repeats):
         for key, fn in steps.items():
-            times[key].append(timed(fn))
+            times[key].append(bench_train.timed(fn, device))
             bar.update()
     bar.close()
     best = {k: n / max(min(v), 1e-9) for k, v in times.items()}

@@ -55,15 +55,13 @@ from faces_dataset import FacesDataset, read_rgb_image  # noqa: E402
 from train_main import make_optimizer  # noqa: E402  (the optimizer train_main.py builds)
 from trainer import Trainer  # noqa: E402
 from utils import (DATASET_NAMES, MODEL_NAMES, NORMALIZE_MEAN, NORMALIZE_STD, ArgumentParser,  # noqa: E402
-                   UserError, add_debug_flag, apply_image_cache, atomic_write_json, get_device,
-                   get_transforms, load_dataset, load_model, non_negative_int, positive_float,
-                   positive_int, proc_bytes, run_cli, set_seed)
+                   UserError, add_debug_flag, apply_image_cache, atomic_write_json, current_rss_bytes,
+                   get_device, get_transforms, load_dataset, load_model, non_negative_int,
+                   positive_float, positive_int, proc_bytes, run_cli, set_seed)
 
 REQUIRED_KEYS = ("model_only_train_ips", "end_to_end_train_ips", "naive_train_ips",
                  "model_only_eval_ips", "end_to_end_eval_ips", "naive_eval_ips",
                  "train_efficiency", "eval_efficiency", "epoch_speedup", "peak_rss_mb")
-FULL_SPLIT_SIZES = {"fakes_dataset": {"train": (7200, 3600), "val": (1400, 700), "test": (1400, 700)},
-                    "synthetic_dataset": {"train": (4721, 4725), "val": (586, 585), "test": (551, 552)}}
 
 
 # ----------------------------------------------------------------------------- memory
@@ -76,9 +74,8 @@ def peak_rss_mb() -> float:
 
 
 def current_rss_mb() -> float:
-    """This process's resident set size now (MiB)."""
-    rss = proc_bytes("/proc/self/status", "VmRSS")
-    return float("nan") if rss is None else rss / 1024**2
+    """This process's resident set size now (MiB; NaN where unknown)."""
+    return current_rss_bytes() / 1024**2 or float("nan")
 
 
 def child_pids() -> list[int]:
@@ -163,13 +160,21 @@ def prepare_data(args, workdir: str) -> str:
     return root
 
 
-def bench_model_instance(name: str, args) -> torch.nn.Module:
-    """A random-init model of the trainer's loops ((a), (b), the levers and the RSS check), with
-    ``--activation_checkpointing`` applied to XceptionBased."""
+def make_trainer(name: str, args, splits: dict, device: torch.device, out_dir: str, checkpoint_dir: str,
+                 batch_size: int | None = None, **overrides) -> Trainer:
+    """The Trainer of (a), (b), the levers and the RSS check: a random-init model (seeded, with
+    ``--activation_checkpointing`` applied to XceptionBased) and the fused Adam train_main.py
+    builds, with the benchmark's flags; ``overrides`` replace Trainer keyword arguments."""
+    set_seed(args.seed)
     model = load_model(name, pretrained=False)
     if getattr(args, "activation_checkpointing", False) and hasattr(model, "set_activation_checkpointing"):
         model.set_activation_checkpointing(True)
-    return model
+    options = dict(device=device, num_workers=args.num_workers, eval_batch_size=args.eval_batch_size,
+                   seed=args.seed, amp=args.amp, channels_last=args.channels_last, compile=args.compile,
+                   progress=False, out_dir=out_dir, checkpoint_dir=checkpoint_dir)
+    options.update(overrides)
+    return Trainer(model, make_optimizer("Adam", model.parameters(), args.lr, 0.9), nn.CrossEntropyLoss(),
+                   batch_size or args.batch_size, splits["train"], splits["val"], splits["test"], **options)
 
 
 # ----------------------------------------------------------------------------- timing helpers
@@ -336,15 +341,8 @@ def bench_model(name: str, args, root: str, device: torch.device, workdir: str) 
     cached = apply_image_cache(list(data.values()), args.cache_images, progress=False)
     cache_seconds = time.perf_counter() - start
 
-    set_seed(args.seed)
-    model = bench_model_instance(name, args)
-    optimizer = make_optimizer("Adam", model.parameters(), args.lr, 0.9)
-    trainer = Trainer(model, optimizer, nn.CrossEntropyLoss(), args.batch_size, data["train"],
-                      data["val"], data["test"], device=device, num_workers=args.num_workers,
-                      eval_batch_size=args.eval_batch_size, seed=args.seed, amp=args.amp,
-                      channels_last=args.channels_last, progress=False, compile=args.compile,
-                      out_dir=os.path.join(workdir, "out"),
-                      checkpoint_dir=os.path.join(workdir, "checkpoints"))
+    trainer = make_trainer(name, args, data, device, os.path.join(workdir, "out"),
+                           os.path.join(workdir, "checkpoints"))
     model_only = ModelOnly(trainer, measured["train"], [measured["val"], measured["test"]], args.seed)
     set_seed(args.seed)
     naive = None if args.skip_naive else NaiveLoop(load_model(name, pretrained=False), data,
@@ -357,10 +355,10 @@ def bench_model(name: str, args, root: str, device: torch.device, workdir: str) 
     warm_up_seconds = time.perf_counter() - warm_start
 
     times = {k: [] for k in ("a_train", "b_train", "c_train", "a_eval", "b_eval", "c_eval")}
-    steps = [("a_train", model_only.train), ("b_train", lambda: _timed(trainer.train_one_epoch, device)),
+    steps = [("a_train", model_only.train), ("b_train", lambda: timed(trainer.train_one_epoch, device)),
              ("c_train", naive.train if naive else None),
              ("a_eval", model_only.eval),
-             ("b_eval", lambda: _timed(lambda: (trainer.evaluate_model_on_dataloader(data["val"]),
+             ("b_eval", lambda: timed(lambda: (trainer.evaluate_model_on_dataloader(data["val"]),
                                                 trainer.evaluate_model_on_dataloader(data["test"])), device)),
              ("c_eval", naive.eval if naive else None)]
     bar = tqdm(total=args.repeats * sum(1 for _, f in steps if f), desc=f"{name} rounds", unit="pass",
@@ -409,7 +407,7 @@ def bench_model(name: str, args, root: str, device: torch.device, workdir: str) 
         "batch_size": args.batch_size, "eval_batch_size": trainer.eval_batch_size,
         "optimizer": f"Adam lr {args.lr}", "device": str(device), "amp": trainer.amp,
         "channels_last": trainer.channels_last, "compile": args.compile,
-        "activation_checkpointing": bool(getattr(model, "activation_checkpointing", False)),
+        "activation_checkpointing": bool(getattr(trainer.model, "activation_checkpointing", False)),
         "num_workers": trainer.num_workers, "cache_images": args.cache_images, "cached_splits": cached,
         "cache_seconds": cache_seconds, "warm_up_seconds": warm_up_seconds, "repeats": args.repeats,
         "statistic": "best of the repeats (median_ips: the medians)",
@@ -424,12 +422,13 @@ def bench_model(name: str, args, root: str, device: torch.device, workdir: str) 
         out["config"]["cuda_max_memory_allocated_gb"] = torch.cuda.max_memory_allocated(device) / 1024**3
     if args.levers:
         out["levers"] = measure_levers(name, args, device, trainer, data)
-    del trainer, model_only, naive, model, optimizer
+    del trainer, model_only, naive
     gc.collect()
     return out
 
 
-def _timed(fn, device: torch.device) -> float:
+def timed(fn, device: torch.device) -> float:
+    """Seconds ``fn()`` takes, with the device's queued work finished."""
     start = time.perf_counter()
     fn()
     _sync(device)
@@ -451,13 +450,8 @@ def measure_levers(name, args, device, trainer: Trainer, data) -> dict:
     n_eval = sum(eval_splits)
 
     def build(channels_last, compile_model=False):
-        set_seed(args.seed)
-        model = bench_model_instance(name, args)
-        t = Trainer(model, make_optimizer("Adam", model.parameters(), args.lr, 0.9), nn.CrossEntropyLoss(),
-                    args.batch_size, data["train"], data["val"], data["test"], device=device,
-                    eval_batch_size=args.eval_batch_size, seed=args.seed, amp=args.amp,
-                    channels_last=channels_last, progress=False, compile=compile_model,
-                    out_dir=trainer.out_dir, checkpoint_dir=trainer.checkpoint_dir)
+        t = make_trainer(name, args, data, device, trainer.out_dir, trainer.checkpoint_dir,
+                         channels_last=channels_last, compile=compile_model)
         return ModelOnly(t, n_train, eval_splits, args.seed)
 
     def with_threads(fn, threads):
@@ -608,8 +602,10 @@ def full_size_rss(name: str, args, device: torch.device) -> dict:
     gc.collect()
     reset_peak_rss()
     rss_start = current_rss_mb()
-    sizes = FULL_SPLIT_SIZES[args.dataset]
-    splits = {s: SyntheticFaces(*sizes[s], train=s == "train", name=s) for s in ("train", "val", "test")}
+    import make_demo_datasets
+    sizes = make_demo_datasets.plan_counts(full_size=True, datasets=[args.dataset])[args.dataset]
+    splits = {s: SyntheticFaces(sizes[s]["real"], sizes[s]["fake"], train=s == "train", name=s)
+              for s in ("train", "val", "test")}
     start = time.perf_counter()
     cached = apply_image_cache(list(splits.values()), "auto", progress=False)
     cache_seconds = time.perf_counter() - start
@@ -618,17 +614,15 @@ def full_size_rss(name: str, args, device: torch.device) -> dict:
     train = splits["train"].head(min(len(splits["train"]), bs * args.rss_batches))
     val = splits["val"].head(min(len(splits["val"]), args.eval_batch_size or bs))
     test = splits["test"].head(min(len(splits["test"]), args.eval_batch_size or bs))
-    set_seed(args.seed)
-    model = bench_model_instance(name, args)
-    trainer = Trainer(model, make_optimizer("Adam", model.parameters(), args.lr, 0.9), nn.CrossEntropyLoss(), bs,
-                      train, val, test, device=device, eval_batch_size=args.eval_batch_size,
-                      seed=args.seed, amp=args.amp, progress=False, out_dir="-", checkpoint_dir="-")
+    trainer = make_trainer(name, args, {"train": train, "val": val, "test": test}, device, "-", "-",
+                           batch_size=bs)
     rss_model = current_rss_mb()
     trainer.train_one_epoch()
     peak_train = peak_rss_mb()
     trainer.evaluate(val)
     trainer.evaluate(test)
     workers = trainer.num_workers
+    checkpointing = bool(getattr(trainer.model, "activation_checkpointing", False))
     main_peak = peak_rss_mb()
     worker_uss = sum(private_mb(pid) for pid in child_pids())
     del trainer
@@ -636,7 +630,7 @@ def full_size_rss(name: str, args, device: torch.device) -> dict:
     worker_peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024.0
     return {"rss_at_start_mb": rss_start, "rss_with_model_mb": rss_model, "peak_rss_train_mb": peak_train,
             "worker_private_mb": worker_uss, "model": name, "dataset": args.dataset,
-            "activation_checkpointing": bool(getattr(model, "activation_checkpointing", False)),
+            "activation_checkpointing": checkpointing,
             "split_sizes": {s: len(d) for s, d in splits.items()},
             "cached_splits": cached, "cache_gb": sum(len(d) for d, c in zip(splits.values(), cached) if c)
             * 3 * 256 * 256 / 1024**3, "cache_seconds": cache_seconds, "batch_size": bs,
