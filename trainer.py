@@ -104,12 +104,23 @@ class _UInt8Batches(Dataset):
         return len(self.dataset)
 
     def __getitem__(self, rows):
-        rows = torch.as_tensor(rows, dtype=torch.long).reshape(len(rows), -1)
-        indices = rows[:, 0]
-        images = self.dataset.load_uint8_batch(indices)
-        if rows.shape[1] == 4:
-            images = augment_uint8(images, rows[:, 1:])
-        return images, self.labels[indices]
+        return _batch_of_rows(self.dataset.load_uint8_batch, self.labels, _as_rows(rows))
+
+
+def _as_rows(rows) -> torch.Tensor:
+    """A batch sampler's list of ``(index, top, left, flip)`` rows or plain indices, as an
+    N x 4 (or N x 1) long tensor."""
+    return torch.as_tensor(rows, dtype=torch.long).reshape(len(rows), -1)
+
+
+def _batch_of_rows(load, labels: torch.Tensor, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(uint8 images, labels) of one batch: ``load(indices)`` gives the images, which are cropped
+    and flipped with the rows' parameters when the rows carry them (``utils.augment_uint8``)."""
+    indices = rows[:, 0]
+    images = load(indices)
+    if rows.shape[1] == 4:
+        images = augment_uint8(images, rows[:, 1:])
+    return images, labels[indices]
 
 
 class _AugmentedBatchSampler:
@@ -153,14 +164,10 @@ class _CachedBatches:
                     and list(rows) == list(range(rows[0], rows[-1] + 1)):
                 yield self.images[rows[0]:rows[-1] + 1], self.labels[rows[0]:rows[-1] + 1]  # a view
                 continue
-            rows = torch.as_tensor(rows, dtype=torch.long).reshape(len(rows), -1)
+            rows = _as_rows(rows)
             if self.device.type == "cuda":  # pinned + non_blocking: no wait for the queued steps
                 rows = rows.pin_memory().to(self.device, non_blocking=True)
-            indices = rows[:, 0]
-            images = self.images[indices]
-            if rows.shape[1] == 4:
-                images = augment_uint8(images, rows[:, 1:])
-            yield images, self.labels[indices]
+            yield _batch_of_rows(self.images.__getitem__, self.labels, rows)
 
 
 class Trainer:
