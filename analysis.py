@@ -38,11 +38,6 @@ SCORE_DESCRIPTION = ("soft scores: softmax probabilities of the two output colum
 
 
 # ----------------------------------------------------------------------------- names and files
-def figure_path(figures_dir: str, dataset_name: str, model_name: str, suffix: str) -> str:
-    """``<figures_dir>/<D>_<M>_<suffix>.png`` (the SPEC section 4 names)."""
-    return os.path.join(figures_dir, f"{dataset_name}_{model_name}_{suffix}.png")
-
-
 def metrics_json_path(out_dir: str, dataset_name: str, model_name: str) -> str:
     return os.path.join(out_dir, f"{dataset_name}_{model_name}_metrics.json")
 

@@ -15,8 +15,9 @@ import sys
 import torch
 
 import analysis
-from utils import (ArgumentParser, UserError, add_analysis_flags, load_analysis_inputs,
-                   non_negative_int, normalize_batch, positive_int, run_cli, save_figure)
+from utils import (FIGURE_SUFFIXES, ArgumentParser, UserError, add_analysis_flags, figure_path,
+                   load_analysis_inputs, non_negative_int, normalize_batch, positive_int, run_cli,
+                   save_figure)
 
 
 def fraction(text: str) -> float:
@@ -84,8 +85,7 @@ def main(argv=None) -> int:
                                       [label for label, _ in chosen])
         for (label, _), image, cam in zip(chosen, analysis.uint8_to_rgb_float(images), cams):
             name = f"{analysis.CLASS_NAMES[label]} Image"
-            path = analysis.figure_path(args.figures_dir, args.dataset, args.model,
-                                        f"{name.replace(' ', '_')}_grad_cam")
+            path = figure_path(args.figures_dir, args.dataset, args.model, FIGURE_SUFFIXES["gradcam"][label])
             save_figure(analysis.plot_overlay(analysis.grad_cam_overlay(image, cam), name), path)
             written.append(path)
 
@@ -108,7 +108,7 @@ def main(argv=None) -> int:
                                      on_batch=faithfulness)
     if counts[0] + counts[1] == 0:
         raise UserError("no test images to analyse")
-    mean_path = analysis.figure_path(args.figures_dir, args.dataset, args.model, "mean_grad_cam")
+    mean_path = figure_path(args.figures_dir, args.dataset, args.model, "mean_grad_cam")
     save_figure(analysis.plot_mean_maps(means, counts,
                                         f"Mean Grad-CAM ({args.target_layer}): {title}", "jet",
                                         "Grad-CAM"), mean_path)

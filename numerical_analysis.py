@@ -10,8 +10,8 @@ from __future__ import annotations
 import sys
 
 import analysis
-from utils import (ArgumentParser, add_analysis_flags, load_analysis_inputs, non_negative_int,
-                   positive_int, run_cli, save_figure)
+from utils import (FIGURE_SUFFIXES, ArgumentParser, add_analysis_flags, figure_path, load_analysis_inputs,
+                   non_negative_int, positive_int, run_cli, save_figure)
 
 
 def build_parser() -> ArgumentParser:
@@ -40,8 +40,8 @@ def main(argv=None) -> int:
                                              num_workers=args.num_workers)
     metrics = analysis.roc_det_metrics(labels, logits)
 
-    roc_path = analysis.figure_path(args.figures_dir, args.dataset, args.model, "roc_curve")
-    det_path = analysis.figure_path(args.figures_dir, args.dataset, args.model, "det_curve")
+    roc_path, det_path = (figure_path(args.figures_dir, args.dataset, args.model, suffix)
+                          for suffix in FIGURE_SUFFIXES["numerical"])
     save_figure(analysis.plot_roc(labels, logits, args.model, args.dataset), roc_path)
     save_figure(analysis.plot_det(labels, logits, args.model, args.dataset), det_path)
 

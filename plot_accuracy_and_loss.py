@@ -7,7 +7,6 @@ in the JSON (or --run N).
 """
 from __future__ import annotations
 
-import os
 import sys
 
 import matplotlib
@@ -15,8 +14,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from utils import (DATASET_NAMES, MODEL_NAMES, ArgumentParser, UserError, add_debug_flag,  # noqa: E402
-                   read_runs, run_cli, save_figure)
+from utils import (DATASET_NAMES, FIGURE_SUFFIXES, MODEL_NAMES, ArgumentParser, UserError,  # noqa: E402
+                   add_debug_flag, figure_path, read_runs, run_cli, save_figure)
 
 SPLITS = ("train", "val", "test")
 
@@ -53,12 +52,12 @@ def plot_metric(run: dict, metric: str, ylabel: str, title: str, path: str) -> s
 
 
 def plot_run(run: dict, model: str, dataset: str, figures_dir: str) -> list[str]:
-    stem = os.path.join(figures_dir, f"{dataset}_{model}")
+    losses, accuracies = (figure_path(figures_dir, dataset, model, suffix)
+                          for suffix in FIGURE_SUFFIXES["curves"])
     return [
-        plot_metric(run, "loss", "loss", f"loss vs epoch for {model} model on {dataset} dataset",
-                    f"{stem}_losses_plot.png"),
+        plot_metric(run, "loss", "loss", f"loss vs epoch for {model} model on {dataset} dataset", losses),
         plot_metric(run, "acc", "accuracy [%]", f"accuracy vs epoch for {model} model on {dataset} dataset",
-                    f"{stem}_accuracies_plot.png"),
+                    accuracies),
     ]
 
 

@@ -18,10 +18,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from faces_dataset import FAKE_LABEL, REAL_LABEL  # noqa: E402
-from utils import (DATASET_NAMES, DATASET_TITLES, ArgumentParser, add_data_root_flag,  # noqa: E402
-                   add_debug_flag, load_dataset, run_cli, save_figure)
-
-FIGURE_NAME = "datasets_samples.png"
+from utils import (DATASET_NAMES, DATASET_TITLES, SAMPLES_FIGURE, ArgumentParser,  # noqa: E402
+                   add_data_root_flag, add_debug_flag, load_dataset, run_cli, save_figure)
 
 
 def pick_index(labels: np.ndarray, label: int, rng: np.random.Generator) -> int:
@@ -70,7 +68,7 @@ def build_parser() -> ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    path = plot_samples(sample_images(args.data_root, args.seed), os.path.join(args.figures_dir, FIGURE_NAME))
+    path = plot_samples(sample_images(args.data_root, args.seed), os.path.join(args.figures_dir, SAMPLES_FIGURE))
     print(f"wrote {path}")
     return 0
 

@@ -59,11 +59,13 @@ import sys
 from collections import deque
 from dataclasses import dataclass, field
 
+from analysis import metrics_json_path as analysis_metrics_json_path
 from faces_dataset import CLASS_DIRS, list_images
-from utils import (DATA_ROOT_ENV, DATASET_NAMES, DATASET_TITLES, DEFAULT_DATA_ROOT, SPLITS,
-                   ArgumentParser, UserError, add_activation_checkpointing_flag, add_debug_flag,
-                   atomic_write_json, atomic_write_text, ensure_dir, non_negative_int, positive_float,
-                   positive_int, read_runs, run_cli)
+from trainer import LoggingParameters, output_stem
+from utils import (DATA_ROOT_ENV, DATASET_NAMES, DATASET_TITLES, DEFAULT_DATA_ROOT, FIGURE_SUFFIXES,
+                   SAMPLES_FIGURE, SPLITS, ArgumentParser, UserError, add_activation_checkpointing_flag,
+                   add_debug_flag, atomic_write_json, atomic_write_text, ensure_dir, figure_path,
+                   non_negative_int, positive_float, positive_int, read_runs, run_cli)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 OPTIMIZER = "Adam"
@@ -110,17 +112,10 @@ STUDY_NUMBERS = {
 
 
 def run_figures(run: RunSpec, figures_dir: str) -> dict[str, list[str]]:
-    """The SPEC section 4 figures of one run, by the step kind that makes them."""
-    stem = os.path.join(figures_dir, run.stem)
-    figures = {
-        "curves": [f"{stem}_losses_plot.png", f"{stem}_accuracies_plot.png"],
-        "numerical": [f"{stem}_roc_curve.png", f"{stem}_det_curve.png"],
-        "gradcam": [f"{stem}_Real_Image_grad_cam.png", f"{stem}_Fake_Image_grad_cam.png"],
-    }
-    if run.saliency:
-        figures["saliency"] = [f"{stem}_saliency_maps_and_images_pairs.png",
-                               f"{stem}_mean_saliency_maps.png"]
-    return figures
+    """The SPEC section 4 figures of one run, by the step kind that makes them
+    (``utils.FIGURE_SUFFIXES``, the names the scripts write)."""
+    return {kind: [figure_path(figures_dir, run.dataset, run.model, suffix) for suffix in suffixes]
+            for kind, suffixes in FIGURE_SUFFIXES.items() if kind != "saliency" or run.saliency}
 
 
 def extra_figures(run: RunSpec, figures_dir: str) -> list[str]:
@@ -136,7 +131,7 @@ def extra_figures(run: RunSpec, figures_dir: str) -> list[str]:
 
 
 def samples_figure(figures_dir: str) -> str:
-    return os.path.join(figures_dir, "datasets_samples.png")
+    return os.path.join(figures_dir, SAMPLES_FIGURE)
 
 
 # ============================================================================= steps and stamps
@@ -326,16 +321,21 @@ class Settings:
     gradcam_max_images: int = 0
 
 
+def _train_stem(run: RunSpec) -> str:
+    """``<D>_<M>_<optimizer>``, as the Trainer names its checkpoint and metrics JSON."""
+    return output_stem(LoggingParameters(run.model, run.dataset, OPTIMIZER))
+
+
 def checkpoint_path(settings: Settings, run: RunSpec) -> str:
-    return os.path.join(settings.checkpoint_dir, f"{run.stem}_{OPTIMIZER}.pt")
+    return os.path.join(settings.checkpoint_dir, f"{_train_stem(run)}.pt")
 
 
 def runs_json_path(settings: Settings, run: RunSpec) -> str:
-    return os.path.join(settings.out_dir, f"{run.stem}_{OPTIMIZER}.json")
+    return os.path.join(settings.out_dir, f"{_train_stem(run)}.json")
 
 
 def metrics_json_path(settings: Settings, run: RunSpec) -> str:
-    return os.path.join(settings.out_dir, f"{run.stem}_metrics.json")
+    return analysis_metrics_json_path(settings.out_dir, run.dataset, run.model)
 
 
 def split_folder(settings: Settings, dataset: str, split: str) -> str:
@@ -360,6 +360,7 @@ def build_plan(s: Settings) -> list[Step]:
         steps.append(Step(f"train-{run.tag}", "train", run, "train_main.py", args,
                           outputs=[checkpoint_path(s, run), runs_json_path(s, run)],
                           data=[split_folder(s, run.dataset, split) for split in SPLITS]))
+    saliency_steps = []  # after every other analysis step, as SPEC section 4 lists them
     for run in RUNS:
         figures = run_figures(run, s.figures_dir)
         ckpt, runs_json = checkpoint_path(s, run), runs_json_path(s, run)
@@ -383,17 +384,12 @@ def build_plan(s: Settings) -> list[Step]:
                           analysis_args + gradcam_args,
                           outputs=figures["gradcam"] + [metrics], inputs=[ckpt], data=test_data,
                           needs={ckpt: f"train-{run.tag}"}, json_keys={metrics: "grad_cam"}))
-    for run in RUNS:
         if run.saliency:
-            ckpt = checkpoint_path(s, run)
-            steps.append(Step(f"saliency-{run.tag}", "saliency", run, "saliency_map.py",
-                              ["-m", run.model, "-cpp", ckpt, "-d", run.dataset,
-                               "--data_root", s.data_root, "--device", s.device,
-                               "--figures_dir", s.figures_dir, "--seed", str(s.seed)],
-                              outputs=run_figures(run, s.figures_dir)["saliency"], inputs=[ckpt],
-                              data=[split_folder(s, run.dataset, "test")],
-                              needs={ckpt: f"train-{run.tag}"}))
-    return steps
+            saliency_steps.append(Step(f"saliency-{run.tag}", "saliency", run, "saliency_map.py",
+                                       analysis_args + ["--seed", str(s.seed)],
+                                       outputs=figures["saliency"], inputs=[ckpt], data=test_data,
+                                       needs={ckpt: f"train-{run.tag}"}))
+    return steps + saliency_steps
 
 
 def step_names_help() -> str:

@@ -11,8 +11,8 @@ from __future__ import annotations
 import sys
 
 import analysis
-from utils import (ArgumentParser, add_analysis_flags, load_analysis_inputs, positive_int, run_cli,
-                   save_figure)
+from utils import (FIGURE_SUFFIXES, ArgumentParser, add_analysis_flags, figure_path, load_analysis_inputs,
+                   positive_int, run_cli, save_figure)
 
 N_PAIRS = 36
 
@@ -42,16 +42,14 @@ def main(argv=None) -> int:
     chosen = analysis.pick_mixed_indices(dataset.labels.numpy(), N_PAIRS, args.seed)
     maps, images, labels = analysis.saliency_of_dataset(model, dataset, chosen, args.batch_size,
                                                         progress=progress)
-    pairs_path = analysis.figure_path(args.figures_dir, args.dataset, args.model,
-                                      "saliency_maps_and_images_pairs")
+    pairs_path, mean_path = (figure_path(args.figures_dir, args.dataset, args.model, suffix)
+                             for suffix in FIGURE_SUFFIXES["saliency"])
     save_figure(analysis.plot_saliency_pairs(images, maps, labels,
                                              f"Images and their saliency maps: {title}"), pairs_path)
 
     means, counts = analysis.mean_maps_per_class(
         dataset, lambda x, y: analysis.saliency_maps(model, x, y), args.batch_size, device,
         progress=progress, desc="mean saliency")
-    mean_path = analysis.figure_path(args.figures_dir, args.dataset, args.model,
-                                     "mean_saliency_maps")
     save_figure(analysis.plot_mean_maps(means, counts, f"Mean saliency maps: {title}", "hot",
                                         "saliency"), mean_path)
     print(f"{title}: saliency of {len(chosen)} chosen images (seed {args.seed}) and mean maps over "

@@ -454,13 +454,32 @@ def load_model_from_checkpoint(model_name: str, checkpoint_path: str,
 
 
 def resolve_channels_last(setting, device: torch.device) -> bool:
-    """``channels_last`` of the Trainer (and of the analysis scripts' models): True/'on', False/'off', or 'auto' (the default): on for
-    CPU and CUDA, where it measured faster for both models (benchmarks/README.md), else off."""
+    """``channels_last`` of the Trainer and of the analysis scripts' models: True/'on',
+    False/'off', or 'auto' (the default): on for CPU and CUDA, where it measured faster for both
+    models (benchmarks/README.md), else off."""
     if setting in ("auto", None):
         return torch.device(device).type in ("cpu", "cuda")
     if setting in ("on", "off"):
         return setting == "on"
     return bool(setting)
+
+
+# ----------------------------------------------------------------------------- output names
+SAMPLES_FIGURE = "datasets_samples.png"
+"""The samples figure of plot_samples_of_faces_datasets.py (in the figures folder)."""
+
+FIGURE_SUFFIXES = {
+    "curves": ("losses_plot", "accuracies_plot"),                          # plot_accuracy_and_loss.py
+    "numerical": ("roc_curve", "det_curve"),                               # numerical_analysis.py
+    "gradcam": ("Real_Image_grad_cam", "Fake_Image_grad_cam"),             # grad_cam_analysis.py (label 0, 1)
+    "saliency": ("saliency_maps_and_images_pairs", "mean_saliency_maps"),  # saliency_map.py
+}
+"""The SPEC section 4 figures of one run, ``<D>_<M>_<suffix>.png``, by the script that writes them."""
+
+
+def figure_path(figures_dir: str, dataset_name: str, model_name: str, suffix: str) -> str:
+    """``<figures_dir>/<D>_<M>_<suffix>.png`` (the SPEC section 4 names)."""
+    return os.path.join(figures_dir, f"{dataset_name}_{model_name}_{suffix}.png")
 
 
 # ----------------------------------------------------------------------------- CLI
