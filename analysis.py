@@ -349,18 +349,19 @@ def mean_maps_per_class(dataset, map_fn: Callable[[torch.Tensor, torch.Tensor], 
                         ) -> tuple[dict[int, np.ndarray | None], dict[int, int]]:
     """Mean map per class over a dataset: each map normalised to [0, 1], averaged per class,
     normalised again. ``map_fn(normalised images on device, labels on device)`` gives N x H x W
-    maps (tensor or array). ``on_batch(images, labels, maps)`` is called on every batch (for
-    extra statistics on the same maps). Returns ({0: real mean, 1: fake mean}, {0: n, 1: n});
-    a class without images has ``None``."""
+    maps (tensor or array). ``on_batch(images, labels, maps, indices)`` is called on every batch
+    (for extra statistics on the same maps; ``indices``: the batch's dataset indices). Returns
+    ({0: real mean, 1: fake mean}, {0: n, 1: n}); a class without images has ``None``."""
     device = torch.device(device)
     sums: dict[int, torch.Tensor | None] = {0: None, 1: None}
     counts = {0: 0, 1: 0}
-    for batch, labels, _ in iter_batches(dataset, batch_size, indices, progress=progress, desc=desc):
+    for batch, labels, batch_indices in iter_batches(dataset, batch_size, indices, progress=progress,
+                                                     desc=desc):
         images = normalize_batch(batch.to(device, non_blocking=True))
         labels = labels.to(device)
         maps = torch.as_tensor(map_fn(images, labels), device=device)
         if on_batch is not None:
-            on_batch(images, labels, maps)
+            on_batch(images, labels, maps, batch_indices)
         maps = normalize_maps(maps.double())
         for label in (0, 1):
             keep = labels == label
@@ -511,10 +512,15 @@ def deletion_faithfulness(model: nn.Module, images: torch.Tensor, labels, maps,
 
 
 class FaithfulnessAccumulator:
-    """Sums ``deletion_faithfulness`` over batches; ``summary()`` gives the JSON-ready means."""
+    """Sums ``deletion_faithfulness`` over batches; ``summary()`` gives the JSON-ready means.
 
-    def __init__(self, model: nn.Module, fractions=DEFAULT_FRACTIONS, seed: int = 0):
+    ``only``: dataset indices to test (``None``: every image it is given); the others of a batch
+    are skipped, so the test can ride on a pass that computes maps for more images.
+    """
+
+    def __init__(self, model: nn.Module, fractions=DEFAULT_FRACTIONS, seed: int = 0, only=None):
         self.model = model
+        self.only = None if only is None else torch.as_tensor(np.asarray(only, dtype=np.int64))
         self.fractions = [float(f) for f in fractions]
         self.generator = torch.Generator().manual_seed(seed)
         self.map_drop = np.zeros(len(self.fractions))
@@ -522,7 +528,14 @@ class FaithfulnessAccumulator:
         self.base = 0.0
         self.n = 0
 
-    def __call__(self, images: torch.Tensor, labels: torch.Tensor, maps) -> None:
+    def __call__(self, images: torch.Tensor, labels: torch.Tensor, maps, indices=None) -> None:
+        if self.only is not None and indices is not None:
+            keep = torch.isin(torch.as_tensor(indices), self.only)
+            if not bool(keep.any()):
+                return
+            keep = keep.to(images.device)
+            maps = torch.as_tensor(maps, device=images.device)
+            images, labels, maps = images[keep], labels[keep], maps[keep]
         result = deletion_faithfulness(self.model, images, labels, maps, self.fractions,
                                        self.generator)
         self.map_drop += result["map_drop"].sum(axis=1)

@@ -97,15 +97,18 @@ def main(argv=None) -> int:
 
     mean_subset = subset(args.max_images)
     faith_subset = subset(args.faithfulness_images) if args.faithfulness_images else mean_subset
-    one_pass = faith_subset is mean_subset  # the faithfulness test rides on the mean-map pass
-    faithfulness = analysis.FaithfulnessAccumulator(model, args.fractions, args.seed)
+    # The faithfulness test rides on the mean-map pass (its maps, its decoded images); a second
+    # pass only covers the faithfulness images the mean maps do not use.
+    faithfulness = analysis.FaithfulnessAccumulator(model, args.fractions, args.seed, only=faith_subset)
     means, counts = analysis.mean_maps_per_class(
         dataset, cams, args.batch_size, device, indices=mean_subset, progress=not args.no_progress,
-        desc="Grad-CAM", on_batch=faithfulness if one_pass else None)
-    if not one_pass:
-        analysis.mean_maps_per_class(dataset, cams, args.batch_size, device, indices=faith_subset,
-                                     progress=not args.no_progress, desc="faithfulness",
-                                     on_batch=faithfulness)
+        desc="Grad-CAM", on_batch=faithfulness)
+    if faith_subset is not None and mean_subset is not None:
+        rest = sorted(set(int(i) for i in faith_subset) - set(int(i) for i in mean_subset))
+        if rest:
+            analysis.mean_maps_per_class(dataset, cams, args.batch_size, device, indices=rest,
+                                         progress=not args.no_progress, desc="faithfulness",
+                                         on_batch=faithfulness)
     if counts[0] + counts[1] == 0:
         raise UserError("no test images to analyse")
     mean_path = figure_path(args.figures_dir, args.dataset, args.model, "mean_grad_cam")

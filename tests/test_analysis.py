@@ -19,7 +19,7 @@ import grad_cam_analysis
 import numerical_analysis
 import saliency_map
 from models import SimpleNet
-from utils import NORMALIZE_MEAN, NORMALIZE_STD, UserError, load_model, run_cli
+from utils import NORMALIZE_MEAN, NORMALIZE_STD, UserError, load_dataset, load_model, run_cli
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -99,7 +99,6 @@ def test_numerical_analysis_matches_sklearn_on_independent_forward(checkpoints, 
     # The batched scoring gives the same logits as the one-image-at-a-time reference.
     model = SimpleNet()
     model.load_state_dict(torch.load(checkpoints["SimpleNet"], weights_only=True)["model"])
-    from utils import load_dataset
     ours, our_labels = analysis.predict_scores(model.eval(), load_dataset("fakes_dataset", "test",
                                                                           tiny_root), batch_size=4)
     np.testing.assert_array_equal(our_labels, labels)
@@ -333,6 +332,41 @@ def test_grad_cam_script_figures_and_json(model, checkpoints, tiny_root, tmp_pat
     assert section["n_real"] + section["n_fake"] == section["n_images"]
     assert len(section["map_drop"]) == len(fractions) and np.isfinite(section["faithfulness_gap"])
     assert "faithfulness gap" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("max_images, faithfulness_images, n_mean, n_faith", [
+    (0, 3, 6, 3),   # the study's setting: all images for the mean maps, a subset for the test
+    (2, 4, 2, 4),   # the test needs images the mean maps do not use
+    (4, 0, 4, 4),   # 0: the test uses the mean maps' images
+])
+def test_grad_cam_faithfulness_subset_in_one_pass(max_images, faithfulness_images, n_mean, n_faith,
+                                                  checkpoints, tiny_root, tmp_path, monkeypatch):
+    seen, mapped = [], []
+    original, original_maps = analysis.deletion_faithfulness, analysis.grad_cam_maps
+
+    def spy(model, images, labels, maps, *args, **kwargs):
+        seen.append(len(images))
+        return original(model, images, labels, maps, *args, **kwargs)
+
+    def maps_spy(model, layer, images, labels):
+        mapped.append(len(images))
+        return original_maps(model, layer, images, labels)
+    monkeypatch.setattr(analysis, "deletion_faithfulness", spy)
+    monkeypatch.setattr(analysis, "grad_cam_maps", maps_spy)
+    labels = load_dataset("fakes_dataset", "test", tiny_root).labels.numpy()
+    mean_set = set(analysis.pick_mixed_indices(labels, max_images, 0)) if max_images else set(range(6))
+    faith_set = set(analysis.pick_mixed_indices(labels, faithfulness_images, 0)) \
+        if faithfulness_images else mean_set
+    out_dir = tmp_path / "out"
+    extra = ["--out_dir", str(out_dir), "--max_images", str(max_images),
+             "--faithfulness_images", str(faithfulness_images)]
+    assert run_cli(grad_cam_analysis.main, script_args("SimpleNet", checkpoints, tiny_root, tmp_path,
+                                                       *extra)) == 0
+    section = json.loads((out_dir / "fakes_dataset_SimpleNet_metrics.json").read_text())["grad_cam"]
+    assert section["n_real"] + section["n_fake"] == n_mean
+    assert section["n_images"] == n_faith == sum(seen)
+    # maps: the two figure images, the mean maps' images, and only the test images they lack
+    assert sum(mapped) == 2 + n_mean + len(faith_set - mean_set)
 
 
 def test_grad_cam_script_unknown_layer(checkpoints, tiny_root, tmp_path, capsys):
