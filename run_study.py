@@ -265,12 +265,13 @@ class Stamps:
                 "data": {p: folder_signature(p) for p in step.data},
                 "code": code_signature(step.script)}
 
-    def stale_reason(self, step: Step) -> str | None:
-        """None when the step is up to date, else why it must run."""
+    def stale_reason(self, step: Step, now: dict | None = None) -> str | None:
+        """None when the step is up to date, else why it must run (``now``: ``current(step)``
+        when the caller has it already)."""
         stamp = self.read(step)
         if stamp is None:
             return "not run yet"
-        now = self.current(step)
+        now = now or self.current(step)
         if stamp.get("version") != now["version"] or stamp.get("command") != now["command"]:
             return "its command changed"
         for key, what in (("inputs", "input"), ("data", "data in"), ("code", "code")):
@@ -286,9 +287,10 @@ class Stamps:
                 return f"{path} has no '{key}' section"
         return None
 
-    def write(self, step: Step, seconds: float, cpu_seconds: float | None = None,
+    def write(self, step: Step, now: dict, seconds: float, cpu_seconds: float | None = None,
               max_rss_mb: float | None = None) -> None:
-        stamp = self.current(step)
+        """Record that ``step`` ran on ``now`` (``current(step)`` taken before it ran)."""
+        stamp = dict(now)
         stamp.update(step=step.name, outputs=step.outputs, seconds=round(seconds, 3),
                      cpu_seconds=cpu_seconds, max_rss_mb=max_rss_mb,
                      finished=time.strftime("%Y-%m-%dT%H:%M:%S"))
@@ -495,10 +497,12 @@ def child_env() -> dict:
     return env
 
 
-def run_command(name: str, argv: list[str], log_path: str, console: Console) -> tuple[int, float, list]:
+def run_command(name: str, argv: list[str], log_path: str, console: Console
+                ) -> tuple[int, float, list, dict]:
     """Run ``argv``; its output goes, line by line, to the log (appended) and the console.
 
-    Returns (exit code, seconds, last lines of output).
+    Returns (exit code, seconds, last lines of output, its resource usage: ``cpu_seconds`` and
+    ``max_rss_mb`` on POSIX, else empty).
     """
     ensure_dir(os.path.dirname(log_path))
     tail: deque = deque(maxlen=25)
@@ -546,14 +550,10 @@ def run_command(name: str, argv: list[str], log_path: str, console: Console) -> 
         finally:
             proc.stdout.close()
         seconds = time.monotonic() - start
-        run_command.last_usage = usage
         log.write(f"===== exit code {code} after {seconds:.1f} s"
                   + (f" (CPU {usage['cpu_seconds']:.1f} s, peak memory {usage['max_rss_mb']:.0f} MB)"
                      if usage else "") + "\n")
-    return code, seconds, list(tail)
-
-
-run_command.last_usage = {}
+    return code, seconds, list(tail), usage
 
 
 def _wait_with_usage(proc: subprocess.Popen) -> tuple[int, dict]:
@@ -642,7 +642,7 @@ def choose_data(args, console: Console, logs_dir: str) -> dict:
         if args.remake_demo or have or os.path.isdir(demo_dir):
             argv.append("--force")  # only the generated dataset folders are replaced
         log = os.path.join(logs_dir, "demo-data.log")
-        code, seconds, tail = run_command("demo-data", argv, log, console)
+        code, seconds, tail, _ = run_command("demo-data", argv, log, console)
         if code != 0:
             for line in tail[-15:]:
                 print(f"    {line}", file=sys.stderr)
@@ -1240,12 +1240,14 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     console = Console(len(selected), not args.no_progress, args.quiet)
-    records = [{"name": step.name, "status": "not selected", "seconds": 0.0,
-                "last_run_seconds": (stamps.read(step) or {}).get("seconds"),
-                "last_run_cpu_seconds": (stamps.read(step) or {}).get("cpu_seconds"),
-                "last_run_max_rss_mb": (stamps.read(step) or {}).get("max_rss_mb"),
-                "log": os.path.join(logs_dir, f"{step.name}.log"), "command": step.command}
-               for step in plan]
+    records = []
+    for step in plan:
+        last = stamps.read(step) or {}
+        records.append({"name": step.name, "status": "not selected", "seconds": 0.0,
+                        "last_run_seconds": last.get("seconds"),
+                        "last_run_cpu_seconds": last.get("cpu_seconds"),
+                        "last_run_max_rss_mb": last.get("max_rss_mb"),
+                        "log": os.path.join(logs_dir, f"{step.name}.log"), "command": step.command})
     if data.get("generated_seconds") is not None:  # the one-time demo data, made by this call
         records.insert(0, {"name": "demo-data", "status": "ran", "seconds": data["generated_seconds"],
                            "last_run_seconds": data["generated_seconds"],
@@ -1257,7 +1259,8 @@ def main(argv: list[str] | None = None) -> int:
         for position, step in enumerate(selected, 1):
             record = by_name[step.name]
             head = f"[{position}/{len(selected)}] {step.name}"
-            reason = "--force" if args.force else stamps.stale_reason(step)
+            now = stamps.current(step)  # what the step runs on: checked now, recorded when done
+            reason = "--force" if args.force else stamps.stale_reason(step, now)
             if reason is None:
                 record["status"] = "skipped (up to date)"
                 console.say(f"{head}: up to date, skipped")
@@ -1271,9 +1274,8 @@ def main(argv: list[str] | None = None) -> int:
                                             f"makes; run that step first (it was not selected or has "
                                             f"not run)")
             console.say(f"{head}: running ({reason}) - log {record['log']}")
-            code, seconds, tail = run_command(step.name, step.argv(), record["log"], console)
+            code, seconds, tail, usage = run_command(step.name, step.argv(), record["log"], console)
             record["seconds"] = round(seconds, 2)
-            usage = run_command.last_usage
             record["cpu_seconds"] = round(usage["cpu_seconds"], 2) if usage else None
             record["max_rss_mb"] = round(usage["max_rss_mb"]) if usage else None
             if code != 0:
@@ -1284,7 +1286,7 @@ def main(argv: list[str] | None = None) -> int:
                     print(f"    {line}", file=sys.stderr)
                 raise StepFailed(step.name, f"step {step.name} failed (exit code {code}) after "
                                             f"{seconds:.1f} s; see its log {record['log']}")
-            stamps.write(step, seconds, record["cpu_seconds"], record["max_rss_mb"])
+            stamps.write(step, now, seconds, record["cpu_seconds"], record["max_rss_mb"])
             record["status"] = "ran"
             record["last_run_seconds"] = record["seconds"]
             record["last_run_cpu_seconds"] = record["cpu_seconds"]
