@@ -101,7 +101,7 @@ STUDY_NUMBERS = {
                         "auc_b": (0.88, 0.95), "report": "83.95 / 76.57"},
     "simplenet-synthetic": {"label": "SimpleNet, synthetic_dataset", "val_acc": (48, 52),
                             "test_acc": (48, 52), "auc_b": (0.45, 0.55), "report": "50.12 / 49.95",
-                            "about": True},
+                            "about": True, "note": "a constant classifier"},
     "xception-synthetic": {"label": "XceptionBased (ImageNet init), synthetic_dataset",
                            "val_acc": (96, 99), "test_acc": (96, 99), "auc_b": (0.995, 1.0),
                            "report": "98.72 / 98.82"},
@@ -948,9 +948,9 @@ def build_report(settings: Settings, data: dict, counts: dict, params: dict, run
                      _fmt(n.get("grad_cam_faithfulness_gap"), 3)
                      + (f" (n={n['grad_cam_images']})" if n.get("grad_cam_images") else "")])
     blocks.append(("table", header, rows))
-    blocks.append(("p", "The study's report: SimpleNet on fakes_dataset best val 83.95 % / test 76.57 %; "
-                        "SimpleNet on synthetic_dataset 50.12 % / 49.95 % (a constant classifier); "
-                        "XceptionBased (ImageNet init) on synthetic_dataset 98.72 % / 98.82 %."))
+    reported = [f"{ref['label']} {ref['report']} %" + (f" ({ref['note']})" if ref.get("note") else "")
+                for ref in (STUDY_NUMBERS[run.tag] for run in RUNS)]
+    blocks.append(("p", f"The study's report (best val / test accuracy): {'; '.join(reported)}."))
     for run in RUNS:
         blocks.append(("p", f"{run.model} on {run.dataset}: {runs[run.tag]['verdict']}"))
 
