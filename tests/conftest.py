@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import pickletools
+import shutil
 import sys
 import zipfile
 
@@ -62,6 +63,22 @@ def make_tree(root: str, counts=None, seed: int = 0) -> str:
         for s, (split, (n_real, n_fake)) in enumerate(counts.items()):
             make_split(os.path.join(root, dataset, split), n_real, n_fake, seed * 100 + d * 10 + s)
     return root
+
+
+@pytest.fixture(scope="module")
+def module_tmp(tmp_path_factory):
+    """``module_tmp(name)`` makes a fresh folder for a module-scoped fixture; every folder it made
+    is removed when the module's tests are done. Checkpoints are large (SimpleNet's is 66 MB with
+    its optimizer state, XceptionBased's 270 MB), so keeping them to the session's end would fill
+    a small disk (pytest.ini removes each passing test's own tmp_path the same way)."""
+    made = []
+
+    def mktemp(name: str):
+        made.append(tmp_path_factory.mktemp(name))
+        return made[-1]
+    yield mktemp
+    for folder in made:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

@@ -33,9 +33,9 @@ def flush_denormals():
 
 
 @pytest.fixture(scope="module")
-def checkpoints(tmp_path_factory):
+def checkpoints(module_tmp):
     """Random-init checkpoints of both models (as train_main.py writes them)."""
-    folder = tmp_path_factory.mktemp("ckpt")
+    folder = module_tmp("ckpt")
     paths = {}
     for seed, name in enumerate(("SimpleNet", "XceptionBased")):
         torch.manual_seed(seed)

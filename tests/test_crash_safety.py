@@ -31,9 +31,9 @@ EPOCHS = 2
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory) -> str:
+def data(module_tmp) -> str:
     # 4 training images in batches of 2: 2 steps per epoch
-    return make_tree(str(tmp_path_factory.mktemp("crash_data")),
+    return make_tree(str(module_tmp("crash_data")),
                      {"train": (2, 2), "val": (1, 1), "test": (1, 1)}, seed=5)
 
 
@@ -65,9 +65,9 @@ def _load(path):
 
 
 @pytest.fixture(scope="module")
-def reference(tmp_path_factory, data):
+def reference(module_tmp, data):
     """An uninterrupted run (in this process)."""
-    work = tmp_path_factory.mktemp("reference")
+    work = module_tmp("reference")
     _train_here(work, data)
     runs = _runs(work)
     assert len(runs) == 1 and runs[0]["completed"] is True and len(runs[0]["train_loss"]) == EPOCHS
@@ -162,10 +162,10 @@ def test_sigkill_while_writing_checkpoint_then_resume(tmp_path, data, reference)
 
 
 @pytest.fixture(scope="module")
-def second_run(tmp_path_factory, data, reference):
+def second_run(module_tmp, data, reference):
     """A second full run of the same seed, in a folder holding the reference's best checkpoint."""
     ref_work, _ = reference
-    work = tmp_path_factory.mktemp("second")
+    work = module_tmp("second")
     (work / "ck").mkdir()
     earlier = (ref_work / "ck" / f"{STEM}.pt").read_bytes()
     (work / "ck" / f"{STEM}.pt").write_bytes(earlier)

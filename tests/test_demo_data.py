@@ -37,9 +37,9 @@ def identities(name: str, dataset: str, label: str) -> set[int]:
 
 
 @pytest.fixture(scope="module")
-def generated(tmp_path_factory):
+def generated(module_tmp):
     """Both datasets at a tiny scale, made with 2 worker processes; (root, returned counts)."""
-    root = tmp_path_factory.mktemp("demo") / "data"
+    root = module_tmp("demo") / "data"
     counts = demo.generate(root, seed=0, scale=SCALE, workers=2, progress=False)
     return root, counts
 

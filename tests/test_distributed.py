@@ -57,8 +57,8 @@ def _close(a, b, what: str) -> None:
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("distributed")
+def runs(module_tmp):
+    tmp = module_tmp("distributed")
     data = make_tree(str(tmp / "data"), {"train": (2, 2), "val": (2, 1), "test": (1, 2)}, seed=4)
     single, multi = tmp / "single", tmp / "multi"
     # epoch 1 in this process (world size 1), then the same state is continued both ways

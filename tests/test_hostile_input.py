@@ -31,8 +31,8 @@ STEM = "fakes_dataset_SimpleNet_SGD"
 
 # ----------------------------------------------------------------------------- helpers
 @pytest.fixture(scope="module")
-def clean_tree(tmp_path_factory) -> str:
-    return make_tree(str(tmp_path_factory.mktemp("hostile_clean")),
+def clean_tree(module_tmp) -> str:
+    return make_tree(str(module_tmp("hostile_clean")),
                      {"train": (2, 2), "val": (1, 1), "test": (1, 1)}, seed=9)
 
 
@@ -144,10 +144,10 @@ def test_empty_dataset(tree, tmp_path, capsys):
 
 
 @pytest.fixture(scope="module")
-def survivor_run(clean_tree, tmp_path_factory):
+def survivor_run(clean_tree, module_tmp):
     """One real training run over a tree with a wrong-size image, into an out folder whose metrics
     JSON is corrupt (not even UTF-8)."""
-    tmp = tmp_path_factory.mktemp("survivor")
+    tmp = module_tmp("survivor")
     data = shutil.copytree(clean_tree, tmp / "data")
     odd = data / "fakes_dataset" / "val" / "real" / "img000.png"
     make_image(np.random.default_rng(1), fake=False, size=256).resize((300, 200)).save(odd)
@@ -196,9 +196,9 @@ class _Payload:
 
 
 @pytest.fixture(scope="module")
-def checkpoints(tmp_path_factory):
+def checkpoints(module_tmp):
     """A SimpleNet best checkpoint, a truncated copy, and one whose pickle would run code."""
-    tmp = tmp_path_factory.mktemp("checkpoints")
+    tmp = module_tmp("checkpoints")
     torch.manual_seed(0)
     good = tmp / "simplenet.pt"
     torch.save({"model": SimpleNet().state_dict(), "val_acc": 50.0, "test_acc": 50.0, "epoch": 1,

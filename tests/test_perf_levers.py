@@ -38,9 +38,9 @@ def _train(tiny_root, tmp_path, name, *extra):
 
 
 @pytest.fixture(scope="module")
-def baseline(tiny_root, tmp_path_factory):
+def baseline(tiny_root, module_tmp):
     """Default levers: cache auto (all cached), in-process cached batches, channels_last auto."""
-    return _train(tiny_root, tmp_path_factory.mktemp("levers"), "base")
+    return _train(tiny_root, module_tmp("levers"), "base")
 
 
 @pytest.mark.parametrize("extra", [

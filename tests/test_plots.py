@@ -14,9 +14,9 @@ from conftest import make_tree
 
 
 @pytest.fixture(scope="module")
-def two_to_one_root(tmp_path_factory):
+def two_to_one_root(module_tmp):
     """Train splits of 2 real : 1 fake, where a 'second half' pick would often be real."""
-    return make_tree(str(tmp_path_factory.mktemp("two_to_one")),
+    return make_tree(str(module_tmp("two_to_one")),
                      counts={"train": (6, 3), "val": (2, 1), "test": (2, 1)})
 
 

@@ -23,17 +23,17 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
+def checkpoint(module_tmp):
     torch.manual_seed(3)
-    path = tmp_path_factory.mktemp("ckpt") / "SimpleNet.pt"
+    path = module_tmp("ckpt") / "SimpleNet.pt"
     torch.save({"model": SimpleNet().state_dict(), "epoch": 1}, path)
     return str(path)
 
 
 @pytest.fixture(scope="module")
-def images(tmp_path_factory):
+def images(module_tmp):
     """A folder with grayscale, RGBA, odd-size, plain RGB and corrupt files, plus a non-image."""
-    folder = tmp_path_factory.mktemp("images")
+    folder = module_tmp("images")
     rng = np.random.default_rng(0)
     Image.fromarray(rng.integers(0, 256, (256, 256), dtype=np.uint8), "L").save(folder / "a_gray.png")
     Image.fromarray(rng.integers(0, 256, (256, 256, 4), dtype=np.uint8), "RGBA").save(folder / "b_rgba.png")

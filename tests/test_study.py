@@ -77,8 +77,8 @@ def read(path) -> str:
 
 
 @pytest.fixture(scope="module")
-def study(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("study")
+def study(module_tmp):
+    tmp = module_tmp("study")
     data = make_tree(str(tmp / "data"), COUNTS, seed=3)
     work = str(tmp / "work")
     args = ["--data_root", data, "--workdir", work, "--epochs", "1", "-b", "4", "--no_pretrained",

@@ -30,8 +30,8 @@ def _stable(run: dict) -> dict:
 
 
 @pytest.fixture(scope="module")
-def two_runs(tmp_path_factory, tiny_root):
-    tmp = tmp_path_factory.mktemp("two_runs")
+def two_runs(module_tmp, tiny_root):
+    tmp = module_tmp("two_runs")
     path = _train(tmp, tiny_root, "-e", "2")
     first = json.load(open(path))
     _train(tmp, tiny_root, "-e", "2")
