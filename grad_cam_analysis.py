@@ -92,8 +92,11 @@ def main(argv=None) -> int:
     def cams(x, y):
         return analysis.grad_cam_maps(model, layer, x, y)
 
-    def subset(n):
+    def subset(n):  # n test images chosen with the seed; None: all of them
         return analysis.pick_mixed_indices(labels, n, args.seed) if 0 < n < len(labels) else None
+
+    def members(chosen) -> set[int]:
+        return set(range(len(labels)) if chosen is None else chosen.tolist())
 
     mean_subset = subset(args.max_images)
     faith_subset = subset(args.faithfulness_images) if args.faithfulness_images else mean_subset
@@ -103,12 +106,11 @@ def main(argv=None) -> int:
     means, counts = analysis.mean_maps_per_class(
         dataset, cams, args.batch_size, device, indices=mean_subset, progress=not args.no_progress,
         desc="Grad-CAM", on_batch=faithfulness)
-    if faith_subset is not None and mean_subset is not None:
-        rest = sorted(set(int(i) for i in faith_subset) - set(int(i) for i in mean_subset))
-        if rest:
-            analysis.mean_maps_per_class(dataset, cams, args.batch_size, device, indices=rest,
-                                         progress=not args.no_progress, desc="faithfulness",
-                                         on_batch=faithfulness)
+    rest = sorted(members(faith_subset) - members(mean_subset))
+    if rest:
+        analysis.mean_maps_per_class(dataset, cams, args.batch_size, device, indices=rest,
+                                     progress=not args.no_progress, desc="faithfulness",
+                                     on_batch=faithfulness)
     if counts[0] + counts[1] == 0:
         raise UserError("no test images to analyse")
     mean_path = figure_path(args.figures_dir, args.dataset, args.model, "mean_grad_cam")

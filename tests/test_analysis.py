@@ -338,6 +338,7 @@ def test_grad_cam_script_figures_and_json(model, checkpoints, tiny_root, tmp_pat
     (0, 3, 6, 3),   # the study's setting: all images for the mean maps, a subset for the test
     (2, 4, 2, 4),   # the test needs images the mean maps do not use
     (4, 0, 4, 4),   # 0: the test uses the mean maps' images
+    (2, 50, 2, 6),  # more than the split: the test uses every image, the mean maps only 2
 ])
 def test_grad_cam_faithfulness_subset_in_one_pass(max_images, faithfulness_images, n_mean, n_faith,
                                                   checkpoints, tiny_root, tmp_path, monkeypatch):
