@@ -140,6 +140,15 @@ class _AugmentedBatchSampler:
             yield [[i, *params[i]] for i in batch]
 
 
+def _consecutive(rows) -> slice | None:
+    """The slice of a batch of plain indices ``i, i+1, ..., j``; ``None`` for any other batch
+    (augmentation rows, or indices out of order)."""
+    if not rows or isinstance(rows[0], (list, tuple)):
+        return None
+    first = rows[0]
+    return slice(first, first + len(rows)) if list(rows) == list(range(first, first + len(rows))) else None
+
+
 class _CachedBatches:
     """Batches straight from a dataset's decoded uint8 cache, on the training device.
 
@@ -160,9 +169,9 @@ class _CachedBatches:
 
     def __iter__(self):
         for rows in self.batches:
-            if rows and not isinstance(rows[0], (list, tuple)) and rows[-1] - rows[0] == len(rows) - 1 \
-                    and list(rows) == list(range(rows[0], rows[-1] + 1)):
-                yield self.images[rows[0]:rows[-1] + 1], self.labels[rows[0]:rows[-1] + 1]  # a view
+            run = _consecutive(rows)
+            if run is not None:  # eval in dataset order: a view of the cache, no copy
+                yield self.images[run], self.labels[run]
                 continue
             rows = _as_rows(rows)
             if self.device.type == "cuda":  # pinned + non_blocking: no wait for the queued steps

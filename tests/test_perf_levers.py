@@ -19,7 +19,7 @@ from torch import nn
 
 import train_main
 import utils
-from trainer import COURSE_KEYS, EXTRA_SPLIT_KEYS, Trainer, _CachedBatches
+from trainer import COURSE_KEYS, EXTRA_SPLIT_KEYS, Trainer, _CachedBatches, _consecutive
 from utils import _augment_gather, resolve_channels_last
 
 METRIC_KEYS = COURSE_KEYS + tuple(f"{s}_{k}" for s in ("val", "test") for k in EXTRA_SPLIT_KEYS) + (
@@ -181,3 +181,15 @@ def test_rss_reading_is_plausible():
     if not os.path.exists("/proc/self/status"):
         pytest.skip("no /proc here")
     assert 50 * 1024**2 < rss < 64 * 1024**3
+
+
+@pytest.mark.parametrize("rows, expected", [
+    ([4, 5, 6], slice(4, 7)),            # eval in order: a view of the cache
+    ([0], slice(0, 1)),
+    ([4, 6, 7], None),                   # a gap
+    ([5, 4, 6], None),                   # out of order
+    ([[4, 0, 0, 1], [5, 8, 8, 0]], None),  # augmentation rows are gathered, never sliced
+    ([], None),
+])
+def test_consecutive_batches_are_sliced(rows, expected):
+    assert _consecutive(rows) == expected
