@@ -808,7 +808,9 @@ def write_image(task: ImageTask) -> None:
 
 
 # ============================================================================ writing the folders
-def _is_non_empty(path: Path) -> bool:
+def is_non_empty(path) -> bool:
+    """``path`` exists and is a file or a folder with something in it."""
+    path = Path(path)
     return path.exists() and (not path.is_dir() or any(path.iterdir()))
 
 
@@ -861,7 +863,7 @@ def generate(out, seed: int = 0, scale: float = 1.0, full_size: bool = False, fo
     out = Path(out)
     if not force:
         for dataset in datasets:
-            if _is_non_empty(out / dataset):
+            if is_non_empty(out / dataset):
                 raise TargetExistsError(f"{out / dataset} already exists and is not empty; "
                                         f"pass --force to replace it")
     counts = plan_counts(scale, full_size, datasets)

@@ -639,8 +639,15 @@ def choose_data(args, console: Console, logs_dir: str) -> dict:
                     f"{args.demo_scale}, seed {args.demo_seed}) ...")
         argv = [sys.executable, os.path.join(HERE, "make_demo_datasets.py"), "--out", demo_dir,
                 "--scale", repr(args.demo_scale), "--seed", str(args.demo_seed)]
-        if args.remake_demo or have or os.path.isdir(demo_dir):
-            argv.append("--force")  # only the generated dataset folders are replaced
+        if args.remake_demo or stamp is not None:
+            argv.append("--force")  # ours (or asked for): only the dataset folders are replaced
+        else:
+            from make_demo_datasets import is_non_empty
+            foreign = [d for d in DATASET_NAMES if is_non_empty(os.path.join(demo_dir, d))]
+            if foreign:
+                raise UserError(f"{os.path.join(demo_dir, foreign[0])}: exists but is not complete demo "
+                                f"data made by run_study.py (no {DEMO_STAMP} in {demo_dir}); pass "
+                                "--remake_demo to replace it with demo data, or choose another --demo_dir")
         log = os.path.join(logs_dir, "demo-data.log")
         code, seconds, tail, _ = run_command("demo-data", argv, log, console)
         if code != 0:

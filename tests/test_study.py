@@ -386,6 +386,21 @@ def test_demo_data_made_once_when_no_datasets_are_found(tmp_path, monkeypatch):
     assert code == 2 and "--remake_demo" in output
 
 
+def test_demo_dir_with_other_data_is_never_replaced(tmp_path, monkeypatch):
+    """An incomplete --demo_dir that run_study.py did not make (no stamp) is refused, not replaced."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("FACES_DATA_ROOT", raising=False)
+    mine = tmp_path / "mine" / "fakes_dataset" / "train" / "real"
+    mine.mkdir(parents=True)
+    (mine / "keep.png").write_bytes(b"not generated")
+    code, output = call(["--workdir", "w", "--demo_dir", "mine", "--demo_scale", "0.02",
+                         "--steps", "samples", "--no_progress"])
+    assert code == 2, output
+    assert os.path.join("mine", "fakes_dataset") in output and "--remake_demo" in output
+    assert (mine / "keep.png").read_bytes() == b"not generated"
+    assert not os.path.exists(tmp_path / "mine" / "synthetic_dataset")
+
+
 # ----------------------------------------------------------------------------- shell set-up
 @pytest.mark.skipif(shutil.which("bash") is None, reason="needs bash")
 def test_setup_env_installs_only_when_requirements_change(tmp_path):
