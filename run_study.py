@@ -65,7 +65,7 @@ from trainer import LoggingParameters, output_stem
 from utils import (DATA_ROOT_ENV, DATASET_NAMES, DATASET_TITLES, DEFAULT_DATA_ROOT, FIGURE_SUFFIXES,
                    SAMPLES_FIGURE, SPLITS, ArgumentParser, UserError, add_activation_checkpointing_flag,
                    add_debug_flag, atomic_write_json, atomic_write_text, ensure_dir, figure_path,
-                   non_negative_int, positive_float, positive_int, read_runs, run_cli)
+                   non_negative_int, positive_float, positive_int, read_runs, ru_maxrss_mb, run_cli)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 OPTIMIZER = "Adam"
@@ -562,9 +562,8 @@ def _wait_with_usage(proc: subprocess.Popen) -> tuple[int, dict]:
         return proc.wait(), {}
     _, status, rusage = os.wait4(proc.pid, 0)
     proc.returncode = os.waitstatus_to_exitcode(status)
-    per_mb = 1024 * 1024 if sys.platform == "darwin" else 1024  # ru_maxrss: bytes on macOS, else KiB
     return proc.returncode, {"cpu_seconds": rusage.ru_utime + rusage.ru_stime,
-                             "max_rss_mb": rusage.ru_maxrss / per_mb}
+                             "max_rss_mb": ru_maxrss_mb(rusage)}
 
 
 class StepFailed(UserError):

@@ -526,6 +526,12 @@ def proc_bytes(path: str, key: str) -> int | None:
     return None
 
 
+def ru_maxrss_mb(usage) -> float:
+    """The peak resident set size of a ``resource.getrusage``/``os.wait4`` result, in MiB
+    (``ru_maxrss`` is in bytes on macOS, in KiB elsewhere)."""
+    return usage.ru_maxrss / (1024 * 1024 if sys.platform == "darwin" else 1024)
+
+
 def current_rss_bytes() -> int:
     """Resident set size of this process now (Linux /proc; 0 where unknown)."""
     return proc_bytes("/proc/self/status", "VmRSS") or 0

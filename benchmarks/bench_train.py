@@ -57,7 +57,7 @@ from trainer import Trainer  # noqa: E402
 from utils import (DATASET_NAMES, MODEL_NAMES, NORMALIZE_MEAN, NORMALIZE_STD, ArgumentParser,  # noqa: E402
                    UserError, add_debug_flag, apply_image_cache, atomic_write_json, current_rss_bytes,
                    get_device, get_transforms, load_dataset, load_model, non_negative_int,
-                   positive_float, positive_int, proc_bytes, run_cli, set_seed)
+                   positive_float, positive_int, proc_bytes, ru_maxrss_mb, run_cli, set_seed)
 
 REQUIRED_KEYS = ("model_only_train_ips", "end_to_end_train_ips", "naive_train_ips",
                  "model_only_eval_ips", "end_to_end_eval_ips", "naive_eval_ips",
@@ -69,7 +69,7 @@ def peak_rss_mb() -> float:
     """This process's peak resident set size since the last ``reset_peak_rss`` (MiB)."""
     peak = proc_bytes("/proc/self/status", "VmHWM")
     if peak is None:
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux: KiB
+        return ru_maxrss_mb(resource.getrusage(resource.RUSAGE_SELF))
     return peak / 1024**2
 
 
@@ -627,7 +627,7 @@ def full_size_rss(name: str, args, device: torch.device) -> dict:
     worker_uss = sum(private_mb(pid) for pid in child_pids())
     del trainer
     gc.collect()
-    worker_peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024.0
+    worker_peak = ru_maxrss_mb(resource.getrusage(resource.RUSAGE_CHILDREN))
     return {"rss_at_start_mb": rss_start, "rss_with_model_mb": rss_model, "peak_rss_train_mb": peak_train,
             "worker_private_mb": worker_uss, "model": name, "dataset": args.dataset,
             "activation_checkpointing": checkpointing,
