@@ -265,10 +265,9 @@ class Stamps:
                 "data": {p: folder_signature(p) for p in step.data},
                 "code": code_signature(step.script)}
 
-    def stale_reason(self, step: Step, now: dict | None = None) -> str | None:
-        """None when the step is up to date, else why it must run (``now``: ``current(step)``
-        when the caller has it already)."""
-        stamp = self.read(step)
+    def stale_reason(self, step: Step, stamp: dict | None, now: dict | None = None) -> str | None:
+        """None when the step is up to date, else why it must run. ``stamp``: ``read(step)``;
+        ``now``: ``current(step)`` when the caller has it already."""
         if stamp is None:
             return "not run yet"
         now = now or self.current(step)
@@ -445,7 +444,7 @@ ANSI = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]")
 
 def clean_line(text: str) -> str:
     """What a terminal would show of a line: the part after its last carriage return."""
-    return ANSI.sub("", text.split("\r")[-1] if "\r" in text.rstrip("\r") else text).rstrip()
+    return ANSI.sub("", text.rstrip("\r").split("\r")[-1]).rstrip()
 
 
 class Console:
@@ -721,7 +720,8 @@ def choose_xception_weights(args, console: Console, dry_run: bool) -> dict:
     if not result.get("found"):
         reason = str(result.get("error", "not found"))
         if explicit or args.require_pretrained:
-            raise UserError(f"XceptionBased ImageNet weights: {reason}")
+            asked = "--xception_weights/$XCEPTION_WEIGHTS" if explicit else "--require_pretrained"
+            raise UserError(f"XceptionBased ImageNet weights ({asked}): {reason}")
         console.say(LOUD)
         console.say("WARNING: NO IMAGENET WEIGHTS FOUND FOR XceptionBased.")
         console.say("XceptionBased WILL TRAIN FROM RANDOM INITIALISATION (--no_pretrained).")
@@ -763,11 +763,12 @@ def run_numbers(settings: Settings, run: RunSpec) -> dict:
     """The report's numbers of one run: last training run, 'numerical' and 'grad_cam' sections."""
     numbers = {"model": run.model, "dataset": run.dataset, "json": runs_json_path(settings, run),
                "metrics_json": metrics_json_path(settings, run)}
-    try:
-        runs = read_runs(runs_json_path(settings, run))
-    except UserError as exc:
-        numbers["problem"] = str(exc)
-        runs = []
+    runs = []
+    if os.path.exists(numbers["json"]):  # absent: not trained yet
+        try:
+            runs = read_runs(numbers["json"])
+        except UserError as exc:  # names the file and says what to do
+            numbers["problem"] = str(exc)
     last = runs[-1] if runs else {}
     best = last.get("best_epoch")
     val_acc = last.get("val_acc") or []
@@ -780,8 +781,11 @@ def run_numbers(settings: Settings, run: RunSpec) -> dict:
         "pretrained": last.get("pretrained") if run.model == "XceptionBased" else None,
         "n_params_trained": last.get("n_params"),
         "best_val_epoch": best,
-        "best_val_acc": _finite(val_acc[best - 1]) if best and len(val_acc) >= best else None,
-        "test_acc_at_best": _finite(test_acc[best - 1]) if best and len(test_acc) >= best else None,
+        # the Trainer records both; older runs without them: the epoch's entries
+        "best_val_acc": _finite(last.get("best_val_acc",
+                                         val_acc[best - 1] if best and len(val_acc) >= best else None)),
+        "test_acc_at_best": _finite(last.get("test_acc_at_best",
+                                             test_acc[best - 1] if best and len(test_acc) >= best else None)),
         "epoch_seconds": _mean(last.get("epoch_seconds")),
         "train_images_per_sec": _mean(last.get("train_images_per_sec")),
         "eval_images_per_sec": _mean(last.get("eval_images_per_sec")),
@@ -832,6 +836,8 @@ def verdict(run: RunSpec, numbers: dict, demo: bool) -> str:
     ref = study_reference(run, numbers.get("pretrained"))
     val, test, auc = numbers.get("best_val_acc"), numbers.get("test_acc_at_best"), numbers.get("auc_b")
     if val is None:
+        if numbers.get("problem"):
+            return f"Its training results cannot be read: {numbers['problem']}."
         return "Not trained yet (no run in its metrics JSON): nothing to compare."
     got = [f"val {val:.1f} %"] + ([f"test {test:.1f} %"] if test is not None else []) + \
         ([f"AUC(B) {auc:.2f}"] if auc is not None else [])
@@ -891,8 +897,8 @@ def build_report(settings: Settings, data: dict, counts: dict, params: dict, run
     blocks.append(("p", f"Generated {time.strftime('%Y-%m-%d %H:%M:%S')} by run_study.py; "
                         f"{status['text']}"))
     if status.get("failed"):
-        blocks.append(("warn", f"The study stopped: step {status['failed']} failed; see its log "
-                               f"{status['log']}. The numbers below are what earlier steps left."))
+        blocks.append(("warn", f"The study stopped: {status['message']}. The numbers below are what "
+                               "earlier steps left."))
     xception_random = [tag for tag, n in runs.items() if n.get("pretrained") is False]
     if xception_random or (weights and not weights["pretrained"]):
         reason = weights["reason"] if weights and not weights["pretrained"] else \
@@ -901,6 +907,9 @@ def build_report(settings: Settings, data: dict, counts: dict, params: dict, run
                                f"weights ({reason}). The study's 96-99 % needs ImageNet weights; "
                                "from random initialisation the study saw 50-60 %. Pass "
                                "--xception_weights PATH (or set XCEPTION_WEIGHTS) to use them."))
+    for run in RUNS:
+        if runs[run.tag].get("problem"):
+            blocks.append(("warn", f"{run.model} on {run.dataset}: {runs[run.tag]['problem']}"))
     if data["demo"]:
         demo = data.get("demo_settings") or {}
         blocks.append(("warn", f"DEMO DATA: no course datasets were found, so this study ran on the "
@@ -971,7 +980,7 @@ def build_report(settings: Settings, data: dict, counts: dict, params: dict, run
 
     blocks.append(("h2", "Steps"))
     blocks.append(("p", f"Total time of this invocation: {total_seconds:.1f} s. Logs: "
-                        f"{os.path.join(settings.out_dir, 'logs')}/<step>.log."))
+                        f"{os.path.join(settings.out_dir, 'logs')}/STEP.log, one per step."))
     blocks.append(("p", "Wall seconds of this invocation; wall seconds, CPU seconds (user + system, "
                         "all threads) and peak memory of the step's last successful run."))
     blocks.append(("table", ["step", "status", "wall s (this time)", "wall s (last run)",
@@ -1116,7 +1125,7 @@ def build_parser() -> ArgumentParser:
                            "None: <workdir>/data/demo")
     data.add_argument("--demo_scale", default=1.0, type=positive_float,
                       help="size of generated demo data (1.0: about 1,300 images; see make_demo_datasets.py)")
-    data.add_argument("--demo_seed", default=0, type=int, help="seed of generated demo data")
+    data.add_argument("--demo_seed", default=0, type=non_negative_int, help="seed of generated demo data")
     data.add_argument("--remake_demo", action="store_true",
                       help="regenerate the demo data even when it exists")
 
@@ -1238,7 +1247,7 @@ def main(argv: list[str] | None = None) -> int:
             if step not in selected:
                 state = "not selected"
             else:
-                reason = "--force" if args.force else stamps.stale_reason(step)
+                reason = "--force" if args.force else stamps.stale_reason(step, stamps.read(step))
                 state = f"would run ({reason})" if reason else "up to date, would skip"
             console.say(f"[{index:2d}] {step.name:30s} {state}")
             console.say(f"     {shlex.join([os.path.basename(sys.executable)] + step.command)}")
@@ -1246,9 +1255,10 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     console = Console(len(selected), not args.no_progress, args.quiet)
-    records = []
+    records, stamp_of = [], {}
     for step in plan:
-        last = stamps.read(step) or {}
+        stamp_of[step.name] = stamps.read(step)
+        last = stamp_of[step.name] or {}
         records.append({"name": step.name, "status": "not selected", "seconds": 0.0,
                         "last_run_seconds": last.get("seconds"),
                         "last_run_cpu_seconds": last.get("cpu_seconds"),
@@ -1266,7 +1276,7 @@ def main(argv: list[str] | None = None) -> int:
             record = by_name[step.name]
             head = f"[{position}/{len(selected)}] {step.name}"
             now = stamps.current(step)  # what the step runs on: checked now, recorded when done
-            reason = "--force" if args.force else stamps.stale_reason(step, now)
+            reason = "--force" if args.force else stamps.stale_reason(step, stamp_of[step.name], now)
             if reason is None:
                 record["status"] = "skipped (up to date)"
                 console.say(f"{head}: up to date, skipped")
@@ -1275,7 +1285,7 @@ def main(argv: list[str] | None = None) -> int:
             missing = [p for p in step.inputs if not os.path.exists(p)]
             if missing:
                 maker = step.needs.get(missing[0], "an earlier step")
-                record["status"] = "failed"
+                record["status"] = "not run (missing input)"
                 raise StepFailed(step.name, f"step {step.name} needs {missing[0]}, which step {maker} "
                                             f"makes; run that step first (it was not selected or has "
                                             f"not run)")
@@ -1320,7 +1330,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             write_report(settings, data, weights, records, status, total, console)
         except Exception as exc:  # the report must never hide the real outcome
-            if "--debug" in (argv or sys.argv[1:]):
+            if args.debug:
                 raise
             print(f"run_study.py: warning: the report could not be written ({type(exc).__name__}: "
                   f"{exc}); rerun with --debug", file=sys.stderr)

@@ -57,9 +57,13 @@ def call(argv) -> tuple[int, str]:
     return code, buffer.getvalue()
 
 
-def summary_of(work) -> dict:
-    with open(os.path.join(work, "out", "study_summary.json")) as handle:
+def load_json(path):
+    with open(path) as handle:
         return json.load(handle)
+
+
+def summary_of(work) -> dict:
+    return load_json(os.path.join(work, "out", "study_summary.json"))
 
 
 def statuses(work) -> dict:
@@ -119,7 +123,7 @@ def test_summary_numbers_are_finite_and_match_their_sources(study):
             assert isinstance(numbers[key], float) and math.isfinite(numbers[key]), (tag, key)
         assert numbers["best_val_epoch"] == 1
         # The training JSON (last run) is the source of the accuracies ...
-        run = json.load(open(os.path.join(study.out, f"{dataset}_{model}_Adam.json")))[-1]
+        run = load_json(os.path.join(study.out, f"{dataset}_{model}_Adam.json"))[-1]
         assert numbers["best_val_acc"] == pytest.approx(run["val_acc"][0])
         assert numbers["test_acc_at_best"] == pytest.approx(run["test_acc"][0])
         # ... 4 test images, 2 per class: an accuracy is a multiple of 25 %.
@@ -140,6 +144,27 @@ def test_verdict_names_activation_checkpointing():
     sentence = run_study.verdict(run, dict(numbers, activation_checkpointing=True), demo=False)
     assert sentence.endswith("Trained with activation checkpointing to fit the memory: the same numbers, "
                              "about 0.8x the speed.")
+
+
+def test_unreadable_training_json_is_named_not_called_untrained(tmp_path):
+    settings = run_study.make_settings(
+        run_study.build_parser().parse_args(["--workdir", str(tmp_path)]), "root", [])
+    run = run_study.RUNS[0]
+    assert run_study.verdict(run, run_study.run_numbers(settings, run), demo=False).startswith(
+        "Not trained yet")  # no JSON yet
+    path = run_study.runs_json_path(settings, run)
+    os.makedirs(os.path.dirname(path))
+    with open(path, "w") as handle:
+        handle.write("[{not json")
+    numbers = run_study.run_numbers(settings, run)
+    sentence = run_study.verdict(run, numbers, demo=False)
+    assert sentence.startswith("Its training results cannot be read:") and path in sentence
+    blocks = run_study.build_report(settings, {"demo": False, "root": "root", "origin": "--data_root"},
+                                    {}, {}, {r.tag: {"verdict": "-"} for r in run_study.RUNS}
+                                    | {run.tag: dict(numbers, verdict=sentence)},
+                                    None, [], {"text": "done."}, 0.0)
+    assert ("warn", f"{run.model} on {run.dataset}: {numbers['problem']}") in blocks
+    assert os.path.exists(path)  # the report only reads: the file is left for the user
 
 
 def test_auc_agrees_with_an_independent_evaluation(study):
@@ -186,25 +211,25 @@ def test_report_is_one_self_contained_page(study):
 def test_rerun_skips_finished_steps(study):
     logs = {name: read(os.path.join(study.out, "logs", f"{name}.log")) for name in STEPS}
     json_path = os.path.join(study.out, "fakes_dataset_SimpleNet_Adam.json")
-    before = json.load(open(json_path))
+    before = load_json(json_path)
     code, output = call(study.args)
     assert code == 0, output
     assert statuses(study.work) == {name: "skipped (up to date)" for name in STEPS}
     assert output.count("up to date, skipped") == len(STEPS)
-    assert json.load(open(json_path)) == before  # no training ran: no run appended
+    assert load_json(json_path) == before  # no training ran: no run appended
     for name in STEPS:
         assert read(os.path.join(study.out, "logs", f"{name}.log")) == logs[name]
 
 
 def test_force_redoes_a_step_and_downstream_steps_become_stale(study):
     json_path = os.path.join(study.out, "fakes_dataset_SimpleNet_Adam.json")
-    before = json.load(open(json_path))
+    before = load_json(json_path)
     code, output = call(study.args + ["--force", "--steps", "train-simplenet-fakes"])
     assert code == 0, output
     status = statuses(study.work)
     assert status["train-simplenet-fakes"] == "ran"
     assert all(s == "not selected" for n, s in status.items() if n != "train-simplenet-fakes")
-    after = json.load(open(json_path))
+    after = load_json(json_path)
     assert len(after) == len(before) + 1 and after[:-1] == before  # appended, earlier run kept
     log = read(os.path.join(study.out, "logs", "train-simplenet-fakes.log"))
     assert log.count("===== exit code 0") == 2  # the log is appended to, not replaced
@@ -249,17 +274,17 @@ def test_failing_step_stops_the_study_and_names_step_and_log(study, tmp_path):
     with open(figure, "rb") as handle:
         figure_bytes = handle.read()
     json_path = os.path.join(study.out, "fakes_dataset_SimpleNet_Adam.json")
-    runs_before = json.load(open(json_path))
+    runs_before = load_json(json_path)
     args = [a if a != study.data else broken for a in study.args]
     code, output = call(args + ["--steps", "samples", "train-simplenet-fakes"])
     assert code == 1
     log = os.path.join(study.out, "logs", "samples.log")
-    assert f"step samples failed (exit code" in output and f"see its log {log}" in output
+    assert "step samples failed (exit code" in output and f"see its log {log}" in output
     assert re.search(r"===== exit code [1-9]\d* after [\d.]+ s \(CPU [\d.]+ s, peak memory \d+ MB\)\n$",
                      read(log))
     status = statuses(study.work)
     assert status["samples"] == "failed" and status["train-simplenet-fakes"] == "not reached"
-    assert json.load(open(json_path)) == runs_before  # the study stopped before training
+    assert load_json(json_path) == runs_before  # the study stopped before training
     with open(figure, "rb") as handle:
         assert handle.read() == figure_bytes  # earlier outputs are kept
     summary = summary_of(study.work)
@@ -272,6 +297,9 @@ def test_missing_prerequisite_names_the_step_that_makes_it(tiny_root, tmp_path):
                          "--steps", "numerical-simplenet-fakes"])
     assert code == 1
     assert "step numerical-simplenet-fakes needs" in output and "train-simplenet-fakes" in output
+    assert statuses(str(tmp_path))["numerical-simplenet-fakes"] == "not run (missing input)"
+    report = read(os.path.join(str(tmp_path), "out", "study_report.md"))
+    assert "The study stopped: step numerical-simplenet-fakes needs" in report and "see its log" not in report
 
 
 # ----------------------------------------------------------------------------- selection
@@ -328,6 +356,7 @@ def test_clean_line_keeps_what_a_terminal_shows():
     assert run_study.clean_line("epoch 1:  10%|#\repoch 1: 100%|##########| 3/3") == \
         "epoch 1: 100%|##########| 3/3"
     assert run_study.clean_line("\x1b[Adone  \r") == "done"
+    assert run_study.clean_line("10%\r100%\r") == "100%"  # a trailing return after an earlier one
     assert run_study.clean_line("plain") == "plain"
 
 
