@@ -7,4 +7,4 @@ HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 source "$HERE/scripts/setup_env.sh"
 setup_env "$HERE/requirements-dev.txt"
 cd "$HERE"
-exec "$VENV_PYTHON" -m pytest -q tests "$@"
+exec "$VENV_PYTHON" -m pytest -q "$@"  # pytest.ini: testpaths = tests

@@ -36,8 +36,8 @@ _requirement_files() {
 # A checksum of a requirements file and the files it includes.
 _requirements_sum() {
     local f
-    for f in $(_requirement_files "$1"); do
-        printf '%s\n' "$(basename "$f")"
+    _requirement_files "$1" | while IFS= read -r f; do  # one path a line: spaces are kept
+        printf '%s\n' "${f##*/}"
         cat "$f"
     done | cksum | cut -d' ' -f1,2
 }
@@ -46,13 +46,15 @@ setup_env() {
     local requirements="$1" python="${PYTHON:-python3}" stamp want
     [ -f "$requirements" ] || requirements="$REPO_DIR/$requirements"
     [ -f "$requirements" ] || _setup_env_fail "$1: no such requirements file" || return 1
-    if [ ! -x "$VENV_PYTHON" ]; then
+    # (Re)create unless .venv has a working pip: a venv made without pip (Debian without
+    # python3-venv) would otherwise fail on every later run.
+    if ! "$VENV_PYTHON" -m pip --version >/dev/null 2>&1; then
         command -v "$python" >/dev/null 2>&1 ||
             _setup_env_fail "$python not found; install Python 3.10 or newer, or set PYTHON=/path/to/python3" || return 1
         "$python" -c 'import sys; sys.exit(sys.version_info < (3, 10))' ||
             _setup_env_fail "$python is Python $("$python" -c 'import platform; print(platform.python_version())'); Python 3.10 or newer is needed (set PYTHON=...)" || return 1
         echo "setup: creating the virtual environment $VENV (one time) ..." >&2
-        "$python" -m venv "$VENV" ||
+        "$python" -m venv --clear "$VENV" ||
             _setup_env_fail "'$python -m venv $VENV' failed; on Debian/Ubuntu install python3-venv (apt-get install python3-venv), then run again" || return 1
     fi
     stamp="$VENV/.installed-$(basename "$requirements" .txt)"

@@ -13,6 +13,7 @@ import json
 import math
 import os
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -433,11 +434,14 @@ def test_demo_dir_with_other_data_is_never_replaced(tmp_path, monkeypatch):
 # ----------------------------------------------------------------------------- shell set-up
 @pytest.mark.skipif(shutil.which("bash") is None, reason="needs bash")
 def test_setup_env_installs_only_when_requirements_change(tmp_path):
-    """scripts/setup_env.sh: a new venv, then pip only when the requirements file changed."""
+    """scripts/setup_env.sh: a new venv, then pip only when the requirements file changed (also
+    under a path with a space); a venv without pip is made again."""
+    tmp_path = tmp_path / "with space"
+    tmp_path.mkdir()
     (tmp_path / "base.txt").write_text("# nothing to install\n")
     (tmp_path / "dev.txt").write_text("-r base.txt\n")
-    script = (f"set -euo pipefail; source {ROOT}/scripts/setup_env.sh; "
-              f"setup_env {tmp_path}/dev.txt; echo \"python=$VENV_PYTHON\"")
+    script = (f"set -euo pipefail; source {shlex.quote(ROOT)}/scripts/setup_env.sh; "
+              f"setup_env {shlex.quote(str(tmp_path / 'dev.txt'))}; echo \"python=$VENV_PYTHON\"")
     env = {**os.environ, "VENV": str(tmp_path / "venv"), "PYTHON": sys.executable,
            "PIP_NO_INDEX": "1"}
 
@@ -457,15 +461,20 @@ def test_setup_env_installs_only_when_requirements_change(tmp_path):
     bad = subprocess.run(["bash", "-c", script], capture_output=True, text=True, timeout=60,
                          env={**env, "VENV": str(tmp_path / "venv2"), "PYTHON": "no-such-python"})
     assert bad.returncode != 0 and "no-such-python not found" in bad.stderr
+    subprocess.run([sys.executable, "-m", "venv", "--clear", "--without-pip", str(tmp_path / "venv")],
+                   check=True)
+    repaired = setup()  # e.g. made where python3-venv was missing: no pip in it
+    assert "creating the virtual environment" in repaired and "installing dev.txt" in repaired
 
 
 def test_run_scripts_share_the_setup_and_call_their_commands():
     for name, command in (("run_me.sh", 'exec "$VENV_PYTHON" "$HERE/run_study.py" "$@"'),
-                          ("run_tests.sh", 'exec "$VENV_PYTHON" -m pytest -q tests "$@"')):
+                          ("run_tests.sh", 'exec "$VENV_PYTHON" -m pytest -q "$@"')):
         path = os.path.join(ROOT, name)
         assert os.access(path, os.X_OK), f"{name} is not executable"
         text = read(path)
         assert 'source "$HERE/scripts/setup_env.sh"' in text and command in text
     assert "setup_env \"$HERE/requirements-dev.txt\"" in read(os.path.join(ROOT, "run_tests.sh"))
+    assert "testpaths = tests" in read(os.path.join(ROOT, "pytest.ini"))
     assert read(os.path.join(ROOT, "requirements-dev.txt")).splitlines()[1:3] == [
         "-r requirements.txt", "pytest>=8.0"]
