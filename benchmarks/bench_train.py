@@ -16,8 +16,10 @@ It prints images/s of each, b/a (pipeline efficiency) and b/c (speed-up over the
 epoch figure is train + val + test of the whole data), and peak RSS, and writes them to
 ``--out`` (default ``out/bench_train.json``: one object per model, merged into the file).
 
-Measurement: the three loops alternate in ``--repeats`` rounds and each figure is the best round
-(other processes only ever slow a round down); the median is kept in the JSON too. SimpleNet runs
+Measurement: each loop is warmed up first ((a) one step at each batch size, (b) its loaders built,
+their workers started and a first batch taken, (c) one step and one eval batch at its batch size;
+not in ``--smoke``). The three loops alternate in ``--repeats`` rounds and each figure is the best
+round (other processes only ever slow a round down); the median is kept in the JSON too. SimpleNet runs
 whole splits. XceptionBased trains at a few images/s on a 2-core CPU, so it runs a fixed number of
 images (``--xception_train_images``/``--xception_eval_images``, class ratio kept) and its epoch
 figure is computed from the measured images/s and the full split sizes.
@@ -31,6 +33,7 @@ Usage::
 """
 from __future__ import annotations
 
+import functools
 import gc
 import json
 import math
@@ -56,7 +59,7 @@ from train_main import make_optimizer  # noqa: E402  (the optimizer train_main.p
 from trainer import Trainer  # noqa: E402
 from utils import (DATASET_NAMES, MODEL_NAMES, NORMALIZE_MEAN, NORMALIZE_STD, ArgumentParser,  # noqa: E402
                    UserError, add_debug_flag, apply_image_cache, atomic_write_json, current_rss_bytes,
-                   get_device, get_transforms, load_dataset, load_model, non_negative_int,
+                   get_device, get_transforms, load_dataset, load_model, move_aside, non_negative_int,
                    positive_float, positive_int, proc_bytes, ru_maxrss_mb, run_cli, set_seed)
 
 REQUIRED_KEYS = ("model_only_train_ips", "end_to_end_train_ips", "naive_train_ips",
@@ -167,7 +170,7 @@ def make_trainer(name: str, args, splits: dict, device: torch.device, out_dir: s
     builds, with the benchmark's flags; ``overrides`` replace Trainer keyword arguments."""
     set_seed(args.seed)
     model = load_model(name, pretrained=False)
-    if getattr(args, "activation_checkpointing", False) and hasattr(model, "set_activation_checkpointing"):
+    if args.activation_checkpointing and hasattr(model, "set_activation_checkpointing"):
         model.set_activation_checkpointing(True)
     options = dict(device=device, num_workers=args.num_workers, eval_batch_size=args.eval_batch_size,
                    seed=args.seed, amp=args.amp, channels_last=args.channels_last, compile=args.compile,
@@ -306,13 +309,32 @@ class NaiveLoop:
         return time.perf_counter() - start
 
     def warm_up(self) -> None:
+        """One training step (Adam's state included) and one eval batch at the loop's real batch
+        sizes, on the first batch of each of its loaders."""
         self.model.train()
-        x = torch.randn(2, 3, 256, 256, device=self.device)
-        self.criterion(self.model(x), torch.zeros(2, dtype=torch.long, device=self.device)).backward()
+        images, labels = (t.to(self.device) for t in next(iter(self.train_loader)))
         self.optimizer.zero_grad()
+        self.criterion(self.model(images), labels).backward()
+        self.optimizer.step()
         self.model.eval()
         with torch.no_grad():
-            self.model(x)
+            self.model(next(iter(self.eval_loaders[0]))[0].to(self.device))
+        _sync(self.device)
+
+
+def warm_up_loaders(trainer: Trainer, data: dict) -> None:
+    """(b)'s warm-up (its model is the one (a) warms): build the trainer's train, val and test
+    loaders, which starts their persistent workers (on CUDA the cache moves to the GPU), and take
+    the first batch of each to the device."""
+    for split in ("train", "val", "test"):
+        trainer._to_device(*next(iter(trainer._loader(data[split], train=split == "train"))))
+    _sync(trainer.device)
+
+
+def end_to_end_eval(trainer: Trainer, data: dict) -> None:
+    """(b)'s eval: the trainer's own evaluation of the val and the test split."""
+    trainer.evaluate_model_on_dataloader(data["val"])
+    trainer.evaluate_model_on_dataloader(data["test"])
 
 
 # ----------------------------------------------------------------------------- one model
@@ -350,16 +372,17 @@ def bench_model(name: str, args, root: str, device: torch.device, workdir: str) 
     warm_start = time.perf_counter()
     if not args.smoke:
         model_only.warm_up()
+        warm_up_loaders(trainer, data)
         if naive:
             naive.warm_up()
     warm_up_seconds = time.perf_counter() - warm_start
 
     times = {k: [] for k in ("a_train", "b_train", "c_train", "a_eval", "b_eval", "c_eval")}
-    steps = [("a_train", model_only.train), ("b_train", lambda: timed(trainer.train_one_epoch, device)),
+    steps = [("a_train", model_only.train),
+             ("b_train", functools.partial(timed, trainer.train_one_epoch, device)),
              ("c_train", naive.train if naive else None),
              ("a_eval", model_only.eval),
-             ("b_eval", lambda: timed(lambda: (trainer.evaluate_model_on_dataloader(data["val"]),
-                                                trainer.evaluate_model_on_dataloader(data["test"])), device)),
+             ("b_eval", functools.partial(timed, functools.partial(end_to_end_eval, trainer, data), device)),
              ("c_eval", naive.eval if naive else None)]
     bar = tqdm(total=args.repeats * sum(1 for _, f in steps if f), desc=f"{name} rounds", unit="pass",
                disable=args.no_progress, file=sys.stderr, leave=False)
@@ -542,12 +565,12 @@ class SyntheticFaces(Dataset):
     """A stand-in for a full-size split (no files): uint8 images made on the fly, cacheable like
     ``FacesDataset`` (same attributes the trainer and ``apply_image_cache`` use)."""
 
-    def __init__(self, n_real: int, n_fake: int, train: bool, name: str, cache: torch.Tensor | None = None):
+    def __init__(self, n_real: int, n_fake: int, train: bool, name: str):
         self.real_image_names = [f"r{i}" for i in range(n_real)]
         self.fake_image_names = [f"f{i}" for i in range(n_fake)]
         self.transform = get_transforms("train" if train else "val")
         self.root_path = f"<synthetic {name}>"
-        self._cache = cache
+        self._cache = None
         self._image = torch.randint(0, 256, (3, 256, 256), dtype=torch.uint8,
                                     generator=torch.Generator().manual_seed(len(name)))
 
@@ -582,13 +605,13 @@ class SyntheticFaces(Dataset):
         return self._cache
 
     def head(self, n: int) -> "SyntheticFaces":
-        """The first n images (2:1 kept), sharing this split's cache (so it stays resident)."""
+        """The first n images (2:1 kept), with a copy of their cached images when this split is
+        cached (the split itself, and so its whole cache, stays alive in ``full_size_rss``)."""
         n_real = round(n * len(self.real_image_names) / len(self))
         sub = SyntheticFaces(n_real, n - n_real, self.transform.train, self.root_path)
         if self._cache is not None:
             sub._cache = torch.cat([self._cache[:n_real], self._cache[len(self.real_image_names):
                                                                       len(self.real_image_names) + n - n_real]])
-            sub._full_cache = self._cache  # keep the whole split resident
         return sub
 
     def __getitem__(self, index):
@@ -598,7 +621,14 @@ class SyntheticFaces(Dataset):
 def full_size_rss(name: str, args, device: torch.device) -> dict:
     """Peak RSS of training with the image cache on full-size splits (synthetic images): the 'auto'
     cache decision on the real split sizes, then ``--rss_batches`` training batches and one eval
-    batch per split with the trainer's defaults (uncached splits through DataLoader workers)."""
+    batch per split with the trainer's defaults (uncached splits through DataLoader workers).
+
+    ``total_peak_rss_mb`` is this process's peak RSS plus the peak of its child processes' private
+    memory (the DataLoader workers; with ``--compile`` also torch.compile's compile workers). A
+    forked worker's RSS also counts every page it shares with this process, so only its private
+    memory is added; it has no kernel-kept peak, so it is sampled after every training batch and
+    after each eval, and the largest sample is kept (``worker_private_peak_mb``).
+    """
     gc.collect()
     reset_peak_rss()
     rss_start = current_rss_mb()
@@ -606,6 +636,7 @@ def full_size_rss(name: str, args, device: torch.device) -> dict:
     sizes = make_demo_datasets.plan_counts(full_size=True, datasets=[args.dataset])[args.dataset]
     splits = {s: SyntheticFaces(sizes[s]["real"], sizes[s]["fake"], train=s == "train", name=s)
               for s in ("train", "val", "test")}
+    rss_before_cache = current_rss_mb()  # what the 'auto' rule weighs the cache against
     start = time.perf_counter()
     cached = apply_image_cache(list(splits.values()), "auto", progress=False)
     cache_seconds = time.perf_counter() - start
@@ -617,45 +648,41 @@ def full_size_rss(name: str, args, device: torch.device) -> dict:
     trainer = make_trainer(name, args, {"train": train, "val": val, "test": test}, device, "-", "-",
                            batch_size=bs)
     rss_model = current_rss_mb()
+    worker_samples = [0.0]
+
+    def sample_workers(*_) -> None:
+        worker_samples.append(sum(private_mb(pid) for pid in child_pids()))
+
+    hook = trainer.optimizer.register_step_post_hook(sample_workers)  # after every training batch
     trainer.train_one_epoch()
+    hook.remove()
     peak_train = peak_rss_mb()
-    trainer.evaluate(val)
-    trainer.evaluate(test)
-    workers = trainer.num_workers
-    checkpointing = bool(getattr(trainer.model, "activation_checkpointing", False))
+    for split in (val, test):
+        trainer.evaluate(split)
+        sample_workers()
     main_peak = peak_rss_mb()
-    worker_uss = sum(private_mb(pid) for pid in child_pids())
-    del trainer
-    gc.collect()
-    worker_peak = ru_maxrss_mb(resource.getrusage(resource.RUSAGE_CHILDREN))
+    worker_peak = max(worker_samples)
     return {"rss_at_start_mb": rss_start, "rss_with_model_mb": rss_model, "peak_rss_train_mb": peak_train,
-            "worker_private_mb": worker_uss, "model": name, "dataset": args.dataset,
-            "activation_checkpointing": checkpointing,
-            "split_sizes": {s: len(d) for s, d in splits.items()},
+            "model": name, "dataset": args.dataset,
+            "activation_checkpointing": bool(getattr(trainer.model, "activation_checkpointing", False)),
+            "split_sizes": {s: len(d) for s, d in splits.items()}, "rss_before_cache_mb": rss_before_cache,
             "cached_splits": cached, "cache_gb": sum(len(d) for d, c in zip(splits.values(), cached) if c)
             * 3 * 256 * 256 / 1024**3, "cache_seconds": cache_seconds, "batch_size": bs,
-            "train_batches": math.ceil(len(train) / bs), "num_workers": workers,
-            "rss_after_cache_mb": after_cache, "main_peak_rss_mb": main_peak,
-            "worker_peak_rss_mb": worker_peak if workers else 0.0,
-            "total_peak_rss_mb": main_peak + worker_uss}
+            "train_batches": math.ceil(len(train) / bs), "num_workers": trainer.num_workers,
+            "worker_samples": len(worker_samples) - 1, "rss_after_cache_mb": after_cache,
+            "main_peak_rss_mb": main_peak, "worker_private_peak_mb": worker_peak,
+            "total_peak_rss_mb": main_peak + worker_peak}
 
 
-def run_full_size_rss(name: str, args) -> dict:
-    """``full_size_rss`` in a fresh subprocess (a clean peak RSS)."""
-    cmd = [sys.executable, os.path.abspath(__file__), "--rss_only", name, "--dataset", args.dataset,
-           "--batch_size", str(args.batch_size), "--rss_batches", str(args.rss_batches),
-           "--device", args.device, "--seed", str(args.seed), "--no_progress"]
-    if args.rss_batch_size:
-        cmd += ["--rss_batch_size", str(args.rss_batch_size)]
-    if args.eval_batch_size:
-        cmd += ["--eval_batch_size", str(args.eval_batch_size)]
-    if args.amp:
-        cmd.append("--amp")
-    if args.activation_checkpointing:
-        cmd.append("--activation_checkpointing")
+def run_full_size_rss(name: str, argv: list[str]) -> dict:
+    """``full_size_rss`` in a fresh subprocess (a clean peak RSS), with this run's own arguments
+    (``argv``; argparse keeps the last value of a flag given twice)."""
+    cmd = [sys.executable, os.path.abspath(__file__), *argv, "--rss_only", name, "--no_progress"]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
-        raise UserError(f"full-size RSS check of {name} failed: {proc.stderr.strip().splitlines()[-1:]}")
+        lines = proc.stderr.strip().splitlines()
+        raise UserError(f"full-size RSS check of {name} failed: "
+                        f"{lines[-1] if lines else f'exit code {proc.returncode}'}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
@@ -680,15 +707,17 @@ def print_table(results: dict) -> None:
 
 
 def write_results(path: str, results: dict) -> None:
-    """Merge into ``path`` (a dict keyed by model name), atomically."""
+    """Merge into ``path`` (a dict keyed by model name), atomically. A file that is not such a
+    JSON object is moved aside (``utils.move_aside``: kept, never deleted) and a new one started."""
     existing = {}
     if os.path.exists(path):
         try:
             with open(path) as handle:
                 existing = json.load(handle)
-        except ValueError:
-            existing = {}
-        if not isinstance(existing, dict):
+            if not isinstance(existing, dict):
+                raise ValueError("expected a JSON object, one entry per model")
+        except (ValueError, UnicodeDecodeError) as exc:
+            move_aside(path, f"corrupt results JSON ({exc}), a new one is written")  # warns
             existing = {}
     existing.update(results)
     atomic_write_json(path, existing)
@@ -730,7 +759,7 @@ def build_parser() -> ArgumentParser:
     parser.add_argument("--eval_batch_size", default=None, type=positive_int,
                         help="eval batch size of (a) and (b) (default: the trainer's: --batch_size, at "
                              "most 16 on the CPU); (c) evaluates with --batch_size")
-    parser.add_argument("--lr", default=0.001, type=float, help="Adam learning rate")
+    parser.add_argument("--lr", default=0.001, type=positive_float, help="Adam learning rate")
     parser.add_argument("--repeats", default=3, type=positive_int,
                         help="rounds of the three loops; figures are the best round")
     parser.add_argument("--simplenet_train_images", default=0, type=non_negative_int,
@@ -773,6 +802,7 @@ def build_parser() -> ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)  # also the full-size RSS subprocess's
     args = build_parser().parse_args(argv)
     device = get_device(args.device)
     if args.rss_only:
@@ -792,7 +822,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"measuring {name} ...", file=sys.stderr)
             results[name] = bench_model(name, args, root, device, workdir)
             if not args.no_full_size_rss:
-                rss = run_full_size_rss(name, args)
+                rss = run_full_size_rss(name, argv)
                 results[name]["full_size_peak_rss_mb"] = rss["total_peak_rss_mb"]
                 results[name]["full_size_rss"] = rss
             write_results(args.out, {name: results[name]})
