@@ -55,6 +55,7 @@ written into a hidden temporary folder next to it and renamed into place when co
 from __future__ import annotations
 
 import argparse
+import contextlib
 import io
 import math
 import multiprocessing
@@ -86,10 +87,19 @@ FULL_COUNTS = {"fakes_dataset": {"train": 10800, "val": 2100, "test": 2100},
 FULL_SYNTHETIC_REAL = {"train": 4721, "val": 586, "test": 551}
 # About how many real images show one identity (frames of a video; photos of a celebrity).
 IMAGES_PER_IDENTITY = {"fakes_dataset": 8, "synthetic_dataset": 3}
+# The most images one call may make (about 80 GB of PNG, 37x the course datasets): a larger
+# --scale is a typo, not a request.
+MAX_IMAGES = 1_000_000
 
 
 class TargetExistsError(FileExistsError):
     """A dataset folder to write already exists and is not empty, and ``force`` was not given."""
+
+
+class DemoRequestError(ValueError):
+    """``generate`` cannot do what it was asked (unknown dataset, scale or seed out of range, an
+    output folder that cannot be made); raised before any image is written. The message names the
+    command-line flag."""
 
 
 # ============================================================================ counts and plan
@@ -597,18 +607,6 @@ def laplacian_variance(image: np.ndarray) -> float:
     return float(ndimage.laplace(grey(image)).var())
 
 
-def global_stats(image: np.ndarray) -> np.ndarray:
-    """The 7 global features a trivial detector would use: 3 channel means, 3 channel standard
-    deviations and the variance of the Laplacian of the grey image."""
-    pixels = image.reshape(-1, 3).astype(np.float32)
-    return np.concatenate([pixels.mean(0), pixels.std(0), [laplacian_variance(image)]])
-
-
-# Variance of the Laplacian added by unit Gaussian noise per channel: 20 (the 4-neighbour kernel's
-# squared weights) times the squared luma weights.
-_LAPLACE_NOISE_GAIN = 20 * (0.299 ** 2 + 0.587 ** 2 + 0.114 ** 2)
-
-
 def _channel_stats(image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Per-channel mean and standard deviation (as matrix products: much faster than ``std``)."""
     pixels = image.reshape(-1, image.shape[-1]).astype(np.float32, copy=False)
@@ -616,6 +614,19 @@ def _channel_stats(image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     mean = weights @ pixels
     centred = pixels - mean
     return mean, np.sqrt(weights @ (centred * centred))
+
+
+def global_stats(image: np.ndarray) -> np.ndarray:
+    """The 7 global features a trivial detector would use (and ``match_global_stats`` matches):
+    3 channel means, 3 channel standard deviations and the variance of the Laplacian of the grey
+    image."""
+    mean, std = _channel_stats(image[..., :3])
+    return np.concatenate([mean, std, [laplacian_variance(image)]])
+
+
+# Variance of the Laplacian added by unit Gaussian noise per channel: 20 (the 4-neighbour kernel's
+# squared weights) times the squared luma weights.
+_LAPLACE_NOISE_GAIN = 20 * (0.299 ** 2 + 0.587 ** 2 + 0.114 ** 2)
 
 
 def _match_channels(image: np.ndarray, target_stats: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
@@ -814,13 +825,6 @@ def is_non_empty(path) -> bool:
     return path.exists() and (not path.is_dir() or any(path.iterdir()))
 
 
-def _remove(path: Path) -> None:
-    if path.is_dir() and not path.is_symlink():
-        shutil.rmtree(path)
-    else:
-        path.unlink()
-
-
 def _replace(new: Path, target: Path) -> None:
     """Move the finished folder ``new`` to ``target``, removing what was there only afterwards."""
     if not (target.exists() or target.is_symlink()):
@@ -829,37 +833,41 @@ def _replace(new: Path, target: Path) -> None:
     trash = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
     os.rename(target, trash / target.name)
     os.rename(new, target)
-    _remove(trash)
+    shutil.rmtree(trash)
 
 
 def _run(tasks: list[ImageTask], workers: int, progress: bool) -> None:
-    with tqdm(total=len(tasks), disable=not progress, unit="img", desc="demo images") as bar:
-        if workers == 1:
-            for task in tasks:
-                write_image(task)
-                bar.update()
-            return
-        with multiprocessing.Pool(workers) as pool:
-            for _ in pool.imap_unordered(write_image, tasks, chunksize=4):
-                bar.update()
+    """Write every task's image, in this process (``workers`` 1) or in a pool. The order does not
+    matter: each image has its own random generator."""
+    pool = multiprocessing.Pool(workers) if workers > 1 else contextlib.nullcontext()
+    with pool, tqdm(total=len(tasks), disable=not progress, unit="img", desc="demo images") as bar:
+        done = pool.imap_unordered(write_image, tasks, chunksize=4) if workers > 1 else map(write_image, tasks)
+        for _ in done:
+            bar.update()
 
 
 def generate(out, seed: int = 0, scale: float = 1.0, full_size: bool = False, force: bool = False,
              workers: int | None = None, datasets=None, progress: bool = True) -> dict:
     """Write the demo datasets under ``out``; returns ``{dataset: {split: {"real": n, "fake": n}}}``.
 
-    Raises ``TargetExistsError`` (before writing anything) when a dataset folder to write exists and
-    is not empty and ``force`` is false; with ``force`` only the generated dataset folders are
-    replaced. ``workers`` defaults to the number of CPUs.
+    Raises ``DemoRequestError`` for bad arguments and ``TargetExistsError`` when a dataset folder
+    to write exists and is not empty and ``force`` is false, both before writing anything; with
+    ``force`` only the generated dataset folders are replaced. A dataset named twice is made
+    once. ``workers`` defaults to the number of CPUs.
     """
-    datasets = tuple(datasets or DATASETS)
+    datasets = tuple(dict.fromkeys(datasets or DATASETS))
     unknown = [d for d in datasets if d not in DATASETS]
     if unknown:
-        raise ValueError(f"unknown dataset(s) {', '.join(unknown)}; choose from {', '.join(DATASETS)}")
+        raise DemoRequestError(f"--datasets: unknown dataset(s) {', '.join(unknown)}; "
+                               f"choose from {', '.join(DATASETS)}")
     if not scale > 0:
-        raise ValueError(f"scale must be positive, got {scale}")
+        raise DemoRequestError(f"--scale must be greater than 0, got {scale}")
     if seed < 0:
-        raise ValueError(f"seed must be 0 or more, got {seed}")
+        raise DemoRequestError(f"--seed must be 0 or more, got {seed}")
+    base = plan_counts(1.0, full_size, datasets)
+    if scale * sum(n for splits in base.values() for c in splits.values() for n in c.values()) > MAX_IMAGES:
+        raise DemoRequestError(f"--scale {scale:g} asks for more than {MAX_IMAGES:,} images; "
+                               f"choose a smaller --scale")
     out = Path(out)
     if not force:
         for dataset in datasets:
@@ -867,7 +875,11 @@ def generate(out, seed: int = 0, scale: float = 1.0, full_size: bool = False, fo
                 raise TargetExistsError(f"{out / dataset} already exists and is not empty; "
                                         f"pass --force to replace it")
     counts = plan_counts(scale, full_size, datasets)
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        raise DemoRequestError(f"--out {out}: cannot create the folder, a file is in the way; "
+                               f"choose another folder") from None
     staging = {}
     try:
         tasks = []
@@ -888,8 +900,9 @@ def generate(out, seed: int = 0, scale: float = 1.0, full_size: bool = False, fo
 
 # ============================================================================ command line
 def build_parser() -> argparse.ArgumentParser:
-    # Imported here, not at the top: worker processes need only the drawing code above.
-    from utils import ArgumentParser, non_negative_int, positive_float, positive_int
+    # Imported here, not at the top: worker processes need only the drawing code above (utils
+    # imports torch).
+    from utils import ArgumentParser, add_debug_flag, non_negative_int, positive_float, positive_int
     default = ", ".join(f"{d} {'/'.join(str(n) for n in DEFAULT_COUNTS[d].values())}" for d in DATASETS)
     full = ", ".join(f"{d} {'/'.join(str(n) for n in FULL_COUNTS[d].values())}" for d in DATASETS)
     parser = ArgumentParser(
@@ -897,35 +910,38 @@ def build_parser() -> argparse.ArgumentParser:
                     "synthetic_dataset: generator images, about 1:1) in the study's folder layout "
                     "OUT/<dataset>/{train,val,test}/{real,fake}/*.png, 256x256 RGB.",
         epilog=f"Images per split (train/val/test): default {default}; --full-size {full}.")
-    parser.add_argument("--out", required=True, metavar="DIR",
+    # Required: SUPPRESS keeps "(default: None)" out of --help.
+    parser.add_argument("--out", required=True, default=argparse.SUPPRESS, metavar="DIR",
                         help="folder to write into (created if missing); give it to the study scripts "
                              "as their data root (--data_root or $FACES_DATA_ROOT)")
     parser.add_argument("--seed", type=non_negative_int, default=0,
-                        help="random seed; the same seed, scale and size give byte-identical files "
-                             "(default 0)")
+                        help="random seed; the same seed, scale and size give byte-identical files")
     parser.add_argument("--scale", type=positive_float, default=1.0,
-                        help="multiply the number of images (at least 1 per class and split; default 1.0)")
+                        help=f"multiply the number of images (at least 1 per class and split; at most "
+                             f"{MAX_IMAGES:,} images in all)")
     parser.add_argument("--full-size", action="store_true",
                         help="use the course datasets' sizes (about 26,700 images) instead of the small demo")
     parser.add_argument("--force", action="store_true",
                         help="replace dataset folders that already exist and are not empty "
                              "(only those generated)")
     parser.add_argument("--workers", type=positive_int, default=None,
-                        help=f"worker processes (default: the number of CPUs, here {os.cpu_count()})")
+                        help=f"worker processes; None: one per CPU (here {os.cpu_count()})")
     parser.add_argument("--datasets", nargs="+", choices=DATASETS, default=list(DATASETS), metavar="NAME",
-                        help=f"which datasets to make: {' '.join(DATASETS)} (default: both)")
+                        help=f"which datasets to make, any of: {' '.join(DATASETS)}")
+    add_debug_flag(parser)
     return parser
 
 
 def main(argv=None) -> int:
+    """The command line; bad input raises ``utils.UserError`` (run it through ``utils.run_cli``)."""
+    from utils import UserError
     args = build_parser().parse_args(argv)
     start = time.perf_counter()
     try:
         counts = generate(args.out, seed=args.seed, scale=args.scale, full_size=args.full_size,
                           force=args.force, workers=args.workers, datasets=args.datasets)
-    except TargetExistsError as error:
-        print(f"make_demo_datasets.py: error: {error}", file=sys.stderr)
-        return 2
+    except (DemoRequestError, TargetExistsError) as error:
+        raise UserError(str(error)) from error
     seconds = time.perf_counter() - start
     for dataset, splits in counts.items():
         summary = ", ".join(f"{split} {c['real']} real / {c['fake']} fake" for split, c in splits.items())
@@ -936,4 +952,5 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from utils import run_cli
+    sys.exit(run_cli(main))

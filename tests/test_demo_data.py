@@ -1,18 +1,23 @@
-"""make_demo_datasets.py: layout, counts, identities, determinism, refusal and --force, the CLI."""
+"""make_demo_datasets.py: layout, counts, identities, determinism, refusal and --force, the
+statistics matching, the CLI; and a smoke run of benchmarks/check_demo_difficulty.py."""
 from __future__ import annotations
 
+import importlib.util
 import os
 import re
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 from PIL import Image
+from scipy import ndimage
 
 import make_demo_datasets as demo
 
 SCRIPT = Path(demo.__file__)
+DIFFICULTY_SCRIPT = SCRIPT.parent / "benchmarks" / "check_demo_difficulty.py"
 SCALE = 0.02
 REAL_NAME = re.compile(r"id(\d{5})_\d{3}\.png")
 SWAP_NAME = re.compile(r"id(\d{5})_from_id(\d{5})_\d{3}\.png")
@@ -123,12 +128,53 @@ def test_other_seed_gives_other_images(generated, tmp_path):
     assert all(first[name] != second[name] for name in first)
 
 
-def test_fakes_differ_from_their_real_frames(generated):
-    """A face swap changes the picture: no fake is a byte copy of a real image."""
-    root, _ = generated
-    split = root / "fakes_dataset" / "train"
-    real = {p.read_bytes() for p in (split / "real").iterdir()}
-    assert not real & {p.read_bytes() for p in (split / "fake").iterdir()}
+def _scene(seed: int, noise: float, blur: float, gain: float, offset: float) -> np.ndarray:
+    """A 256x256 float test picture: gradients and a pattern, detail blurred by ``blur`` pixels,
+    contrast ``gain``, brightness ``offset`` and sensor noise ``noise``."""
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:256, 0:256].astype(np.float32)
+    base = np.stack([80 + 0.3 * x, 100 + 0.25 * y, 90 + 30 * np.sin(x / 9) * np.cos(y / 13)], -1)
+    base = ndimage.gaussian_filter(base + rng.normal(0, 12, base.shape), (blur, blur, 0))
+    image = offset + gain * (base - 128) + 128 + rng.normal(0, noise, base.shape)
+    return np.clip(image, 0, 255).astype(np.float32)
+
+
+_Y, _X = np.mgrid[0:256, 0:256].astype(np.float32)
+OUTSIDE_A_FACE = np.clip((np.hypot(_X - 128, _Y - 128) - 60) / 20, 0, 1)  # 0 inside a disc, 1 outside
+
+
+@pytest.mark.parametrize("image, noise_where", [
+    (_scene(2, noise=1.0, blur=1.3, gain=0.8, offset=-15), None),              # smoother: noise added
+    (_scene(2, noise=1.0, blur=1.3, gain=0.8, offset=-15), OUTSIDE_A_FACE),    # ... only outside the face
+    (_scene(3, noise=4.0, blur=1.0, gain=1.2, offset=12), None),               # sharper: blurred
+], ids=["sharpen", "sharpen-outside-face", "blur"])
+def test_match_global_stats_gives_the_references_statistics(image, noise_where):
+    """Channel means and stds within 0.01 (exact up to float rounding and clipping), Laplacian
+    variance within 5 % (at most 3.5 % measured; a no-op misses by 15 grey levels and 50-90 %)."""
+    reference = _scene(1, noise=3.0, blur=1.0, gain=1.0, offset=0)
+    target = demo.global_stats(reference)
+    before = demo.global_stats(image)
+    assert np.abs(before[:6] - target[:6]).max() > 10 and abs(before[6] / target[6] - 1) > 0.5  # a real task
+    for seed in range(3):
+        out = demo.match_global_stats(image, reference, np.random.default_rng(seed), noise_where)
+        assert out.shape == image.shape and out.min() >= 0 and out.max() <= 255
+        stats = demo.global_stats(out)
+        np.testing.assert_allclose(stats[:6], target[:6], atol=0.01)
+        assert stats[6] == pytest.approx(target[6], rel=0.05)
+        if noise_where is not None:  # where the weight is 0 only the affine colour change happened
+            inside = noise_where == 0
+            for c in range(3):
+                slope, intercept = np.polyfit(image[inside][:, c], out[inside][:, c], 1)
+                residual = out[inside][:, c] - (slope * image[inside][:, c] + intercept)
+                assert np.abs(residual).max() < 0.01
+
+
+def test_global_stats_are_channel_means_stds_and_laplacian_variance():
+    image = np.asarray(_scene(4, noise=2.0, blur=0.5, gain=1.0, offset=0)).round().astype(np.uint8)
+    pixels = image.reshape(-1, 3).astype(np.float64)
+    expected = np.concatenate([pixels.mean(0), pixels.std(0),
+                               [ndimage.laplace(image.astype(np.float64) @ [0.299, 0.587, 0.114]).var()]])
+    np.testing.assert_allclose(demo.global_stats(image), expected, rtol=1e-4)
 
 
 def test_non_empty_target_is_refused_and_kept(tmp_path):
@@ -154,6 +200,38 @@ def test_cli_refusal_is_one_line_with_exit_code_2(tmp_path):
     assert str(tmp_path / "synthetic_dataset") in lines[0] and "--force" in lines[0]
     assert keep.read_bytes() == b"x"
     assert not (tmp_path / "fakes_dataset").exists()
+
+
+@pytest.mark.parametrize("argv, names", [
+    (["--out", "{file}"], ["--out", "{file}", "a file is in the way"]),
+    (["--out", "{file}/sub"], ["--out", "{file}/sub", "a file is in the way"]),
+    (["--out", "{dir}", "--scale", "1e308"], ["--scale", "1e+308", "1,000,000"]),
+], ids=["out-is-a-file", "out-under-a-file", "absurd-scale"])
+def test_cli_bad_input_is_one_line_with_exit_code_2(tmp_path, argv, names, capsys, monkeypatch):
+    """In this process, as ``__main__`` runs it (the refusal test above runs the script itself)."""
+    from utils import run_cli
+    file = tmp_path / "a_file"
+    file.write_text("mine")
+    fill = {"file": str(file), "dir": str(tmp_path / "data")}
+    monkeypatch.setattr(sys, "argv", [str(SCRIPT)])  # run_cli names the script from argv[0]
+    assert run_cli(demo.main, [a.format(**fill) for a in argv]) == 2
+    stderr = capsys.readouterr().err
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1, stderr
+    assert lines[0].startswith("make_demo_datasets.py: error: ")
+    for name in names:
+        assert name.format(**fill) in lines[0]
+    assert file.read_text() == "mine"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a_file"]  # nothing written
+
+
+def test_a_dataset_named_twice_is_made_once(tmp_path):
+    counts = demo.generate(tmp_path, scale=SCALE, workers=1, progress=False,
+                           datasets=["fakes_dataset", "fakes_dataset"])
+    assert list(counts) == ["fakes_dataset"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["fakes_dataset"]  # no .partial-* folder left
+    assert len(list((tmp_path / "fakes_dataset").rglob("*.png"))) == \
+        sum(n for split in counts["fakes_dataset"].values() for n in split.values())
 
 
 def test_force_replaces_only_the_generated_datasets(tmp_path):
@@ -203,8 +281,61 @@ def test_bad_arguments_are_rejected(tmp_path):
 
 def test_cli_help_explains_every_flag():
     result = subprocess.run([sys.executable, str(SCRIPT), "--help"], capture_output=True, text=True,
-                            timeout=60)
+                            timeout=60, env={**os.environ, "COLUMNS": "100"})
     assert result.returncode == 0
+    options = result.stdout.split("options:", 1)[1].split("\n\n", 1)[0]  # up to the epilog
+    helps = {block.split()[0].rstrip(","): " ".join(block.split())
+             for block in re.split(r"\n(?=  -)", options) if block.strip()}
     for flag in ("--out", "--seed", "--scale", "--full-size", "--force", "--workers", "--datasets"):
-        assert flag in result.stdout
+        assert flag in helps
+        # utils.ArgumentParser appends "(default: ...)": a help text must not say it again
+        assert len(re.findall(r"\bdefault\b", helps[flag], re.I)) <= 1, helps[flag]
+    assert "(default" not in helps["--out"]  # required: no default
+    assert "(default: 0)" in helps["--seed"] and "(default: 1.0)" in helps["--scale"]
+    assert "CPU" in helps["--workers"]  # what its default None means
     assert "fakes_dataset" in result.stdout and "synthetic_dataset" in result.stdout
+
+
+def _load_difficulty_script():
+    spec = importlib.util.spec_from_file_location("check_demo_difficulty", DIFFICULTY_SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture
+def keep_torch_threads():
+    """check_demo_difficulty.main sets torch's thread count; restore it for the other tests."""
+    import torch
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_check_demo_difficulty_skip_cnn_reuses_the_data_and_reports(generated, capsys, keep_torch_threads):
+    root, _ = generated
+    before = tree(root)
+    script = _load_difficulty_script()
+    assert script.main(["--data_root", str(root), "--skip_cnn"]) == 0
+    out = capsys.readouterr().out
+    assert f"reusing existing demo data in {root}" in out
+    assert "generated" not in out and "SimpleNet" not in out
+    for dataset in demo.DATASETS:
+        reported = re.search(rf"^{dataset}: logistic regression on global stats, balanced test accuracy "
+                             rf"([\d.]+) %$", out, re.M)
+        summary = re.search(rf"^{dataset} +global-stats LR balanced acc +([\d.]+) %$", out, re.M)
+        assert reported and summary, out
+        assert 0 <= float(reported[1]) <= 100 and float(summary[1]) == round(float(reported[1]), 1)
+    assert tree(root) == before  # reused, not regenerated
+
+
+def test_check_demo_difficulty_trains_with_trainer_run(generated, capsys, keep_torch_threads):
+    root, _ = generated
+    script = _load_difficulty_script()
+    assert script.main(["--data_root", str(root), "--epochs", "1"]) == 0
+    out = capsys.readouterr().out
+    for dataset in demo.DATASETS:
+        line = re.search(rf"^{dataset} +global-stats LR .* \| SimpleNet test acc +([\d.]+) % at best-val "
+                         rf"epoch 1 \(val ([\d.]+) %\)$", out, re.M)
+        assert line, out
+        assert 0 <= float(line[1]) <= 100 and 0 <= float(line[2]) <= 100
