@@ -158,8 +158,11 @@ def prepare_data(args, workdir: str) -> str:
     import make_demo_datasets
     root = os.path.join(workdir, "data")
     print(f"generating demo {args.dataset} at scale {args.scale} in {root} ...", file=sys.stderr)
-    make_demo_datasets.generate(root, seed=args.seed, scale=args.scale, datasets=[args.dataset],
-                                progress=not args.no_progress)
+    try:
+        make_demo_datasets.generate(root, seed=args.seed, scale=args.scale, datasets=[args.dataset],
+                                    progress=not args.no_progress)
+    except make_demo_datasets.DemoRequestError as error:  # names the flag (--scale, --seed)
+        raise UserError(str(error)) from None
     return root
 
 

@@ -15,11 +15,11 @@ Usage::
     python benchmarks/check_demo_difficulty.py --data_root data/demo --skip_cnn
 
 With ``--data_root`` the datasets found there are reused and missing ones are generated there.
-Results repeat for a seed (data generation and torch are seeded).
+Results repeat for a seed (data generation and torch are seeded). SimpleNet is trained by
+``Trainer.run``, whose metrics JSON and checkpoints go to a temporary folder.
 """
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 import tempfile
@@ -38,8 +38,9 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import make_demo_datasets as demo  # noqa: E402
 from faces_dataset import list_images  # noqa: E402
 from models import SimpleNet  # noqa: E402
-from trainer import Trainer  # noqa: E402
-from utils import load_dataset, set_seed  # noqa: E402
+from trainer import LoggingParameters, Trainer, json_safe_optimizer_params  # noqa: E402
+from utils import (ArgumentParser, add_debug_flag, ensure_dir, load_dataset, non_negative_int,  # noqa: E402
+                   positive_int, run_cli, set_seed)
 
 
 def global_features(split_dir: str) -> tuple[np.ndarray, np.ndarray]:
@@ -63,30 +64,31 @@ def global_stats_accuracy(dataset_dir: str) -> float:
     return 100.0 * balanced_accuracy_score(y_test, classifier.predict(x_test))
 
 
-def simplenet_accuracy(data_root: str, dataset: str, epochs: int, seed: int) -> dict:
-    """Study protocol on the CPU; returns the best-validation epoch with its val and test accuracy."""
+def simplenet_accuracy(data_root: str, dataset: str, epochs: int, seed: int, scratch: str) -> dict:
+    """Study protocol on the CPU (``Trainer.run``, its JSON and checkpoints under ``scratch``);
+    returns the best-validation epoch with its val and test accuracy."""
     set_seed(seed)
     splits = [load_dataset(dataset, part, data_root) for part in demo.SPLITS]
     for split in splits:
         split.cache_images(progress=False)
     model = SimpleNet()
-    trainer = Trainer(model, torch.optim.Adam(model.parameters(), lr=1e-3), torch.nn.CrossEntropyLoss(),
-                      32, *splits, device="cpu", num_workers=0, seed=seed, progress=False)
-    best = {"epoch": 0, "val_acc": -1.0, "test_acc": 0.0}
-    for epoch in range(1, epochs + 1):
-        trainer.train_one_epoch()
-        _, val_acc = trainer.validate()
-        _, test_acc = trainer.test()
-        print(f"  {dataset} epoch {epoch}: val {val_acc:.2f} %, test {test_acc:.2f} %", flush=True)
-        if val_acc > best["val_acc"]:
-            best = {"epoch": epoch, "val_acc": val_acc, "test_acc": test_acc}
-    return best
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    trainer = Trainer(model, optimizer, torch.nn.CrossEntropyLoss(), 32, *splits, device="cpu",
+                      num_workers=0, seed=seed, progress=False, out_dir=os.path.join(scratch, "out"),
+                      checkpoint_dir=os.path.join(scratch, "checkpoints"))
+    print(f"{dataset}: training SimpleNet for {epochs} epoch(s) ...", flush=True)
+    run = trainer.run(epochs, LoggingParameters("SimpleNet", dataset, "Adam",
+                                                json_safe_optimizer_params(optimizer.param_groups[0])))
+    return {"epoch": run["best_epoch"], "val_acc": run["best_val_acc"], "test_acc": run["test_acc_at_best"]}
 
 
 def ensure_data(data_root: str, seed: int) -> None:
     """Generate the datasets missing (or empty) under ``data_root``; keep the others."""
-    missing = [d for d in demo.DATASETS
-               if not (os.path.isdir(os.path.join(data_root, d)) and os.listdir(os.path.join(data_root, d)))]
+    ensure_dir(data_root)
+    present = [d for d in demo.DATASETS if demo.is_non_empty(os.path.join(data_root, d))]
+    if present:
+        print(f"reusing existing demo data in {data_root}: {', '.join(present)}", flush=True)
+    missing = [d for d in demo.DATASETS if d not in present]
     if missing:
         start = time.perf_counter()
         demo.generate(data_root, seed=seed, datasets=missing, force=True)
@@ -94,16 +96,21 @@ def ensure_data(data_root: str, seed: int) -> None:
               f"{time.perf_counter() - start:.1f} s", flush=True)
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def build_parser() -> ArgumentParser:
+    parser = ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data_root", default=None,
-                        help="folder holding (or to receive) the demo datasets; default: a temporary folder")
-    parser.add_argument("--seed", type=int, default=0,
-                        help="seed of the data generation and of torch (default 0)")
-    parser.add_argument("--epochs", type=int, default=5, help="SimpleNet epochs (default 5, the study's)")
+                        help="folder holding (or to receive) the demo datasets; None: a temporary folder")
+    parser.add_argument("--seed", type=non_negative_int, default=0,
+                        help="seed of the data generation and of torch")
+    parser.add_argument("--epochs", type=positive_int, default=5, help="SimpleNet epochs (5: the study's)")
     parser.add_argument("--skip_cnn", action="store_true",
                         help="only the logistic regression (seconds, not minutes)")
-    args = parser.parse_args(argv)
+    add_debug_flag(parser)
+    return parser
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
     torch.set_num_threads(os.cpu_count() or 1)
     with tempfile.TemporaryDirectory(prefix="demo_difficulty_") as scratch:
         data_root = args.data_root or scratch
@@ -114,7 +121,8 @@ def main(argv=None) -> int:
             print(f"{dataset}: logistic regression on global stats, balanced test accuracy {lr_acc:.1f} %",
                   flush=True)
             results[dataset] = (lr_acc, None if args.skip_cnn else
-                                simplenet_accuracy(data_root, dataset, args.epochs, args.seed))
+                                simplenet_accuracy(data_root, dataset, args.epochs, args.seed,
+                                                   os.path.join(scratch, "training")))
     print("\nsummary (seed %d)" % args.seed)
     for dataset, (lr_acc, cnn) in results.items():
         line = f"{dataset:18s} global-stats LR balanced acc {lr_acc:5.1f} %"
@@ -126,4 +134,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_cli(main))
