@@ -81,6 +81,13 @@ def make_optimizer(name: str, params, lr: float, momentum: float) -> torch.optim
     return torch.optim.Adam(params, lr=lr, fused=True)
 
 
+def trainer_options(args, device: torch.device) -> dict:
+    """The Trainer keyword arguments that come from the data-path and speed flags (also what
+    benchmarks/bench_train.py trains with)."""
+    return dict(device=device, num_workers=args.num_workers, eval_batch_size=args.eval_batch_size,
+                seed=args.seed, amp=args.amp, channels_last=args.channels_last, compile=args.compile)
+
+
 def init_distributed(device_flag: str) -> torch.device:
     """Join the torchrun process group when launched by torchrun (gloo on CPU, nccl on CUDA)."""
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
@@ -140,9 +147,7 @@ def _train(args, device: torch.device) -> int:
         optimizer_params=json_safe_optimizer_params(optimizer.param_groups[0]))
     run_args = {k: v for k, v in vars(args).items() if k != "debug"}
     trainer = Trainer(model, optimizer, nn.CrossEntropyLoss(), args.batch_size, *datasets,
-                      device=device, num_workers=args.num_workers, eval_batch_size=args.eval_batch_size,
-                      seed=args.seed, amp=args.amp, channels_last=args.channels_last,
-                      compile=args.compile,
+                      **trainer_options(args, device),
                       progress=not args.no_progress, out_dir=args.out_dir,
                       checkpoint_dir=args.checkpoint_dir,
                       run_info={"args": run_args, "argv": sys.argv,

@@ -55,7 +55,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from faces_dataset import FacesDataset, read_rgb_image  # noqa: E402
-from train_main import make_optimizer  # noqa: E402  (the optimizer train_main.py builds)
+from train_main import make_optimizer, trainer_options  # noqa: E402  (as train_main.py trains)
 from trainer import Trainer  # noqa: E402
 from utils import (DATASET_NAMES, MODEL_NAMES, NORMALIZE_MEAN, NORMALIZE_STD, ArgumentParser,  # noqa: E402
                    UserError, add_debug_flag, apply_image_cache, atomic_write_json, current_rss_bytes,
@@ -175,9 +175,8 @@ def make_trainer(name: str, args, splits: dict, device: torch.device, out_dir: s
     model = load_model(name, pretrained=False)
     if args.activation_checkpointing and hasattr(model, "set_activation_checkpointing"):
         model.set_activation_checkpointing(True)
-    options = dict(device=device, num_workers=args.num_workers, eval_batch_size=args.eval_batch_size,
-                   seed=args.seed, amp=args.amp, channels_last=args.channels_last, compile=args.compile,
-                   progress=False, out_dir=out_dir, checkpoint_dir=checkpoint_dir)
+    options = dict(trainer_options(args, device), progress=False, out_dir=out_dir,
+                   checkpoint_dir=checkpoint_dir)
     options.update(overrides)
     return Trainer(model, make_optimizer("Adam", model.parameters(), args.lr, 0.9), nn.CrossEntropyLoss(),
                    batch_size or args.batch_size, splits["train"], splits["val"], splits["test"], **options)
@@ -743,7 +742,7 @@ def add_shared_flags(parser: ArgumentParser, out_name: str, split_help: str, sca
     parser.add_argument("--device", default="auto", help="auto (CUDA when available), cpu or cuda")
     parser.add_argument("--smoke", action="store_true",
                         help=f"tiny and fast (seconds; for the tests): {smoke_help}; the figures mean nothing")
-    parser.add_argument("--seed", default=0, type=int, help="seed for the data and the models")
+    parser.add_argument("--seed", default=0, type=non_negative_int, help="seed for the data and the models")
     parser.add_argument("--out", default=os.path.join("out", out_name),
                         help="JSON written (merged: one object per model)")
     parser.add_argument("--no_progress", action="store_true", help="no progress bars")
