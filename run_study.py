@@ -148,7 +148,6 @@ class Step:
     outputs: list[str]
     inputs: list[str] = field(default_factory=list)       # files made by earlier steps
     data: list[str] = field(default_factory=list)         # split folders read
-    needs: dict[str, str] = field(default_factory=dict)   # input path -> step that makes it
     json_keys: dict[str, str] = field(default_factory=dict)  # output JSON -> section it must hold
 
     @property
@@ -374,32 +373,30 @@ def build_plan(s: Settings) -> list[Step]:
         steps.append(Step(f"curves-{run.tag}", "curves", run, "plot_accuracy_and_loss.py",
                           ["-m", run.model, "-j", runs_json, "-d", run.dataset,
                            "--figures_dir", s.figures_dir],
-                          outputs=figures["curves"], inputs=[runs_json],
-                          needs={runs_json: f"train-{run.tag}"}))
+                          outputs=figures["curves"], inputs=[runs_json]))
         metrics = metrics_json_path(s, run)
         steps.append(Step(f"numerical-{run.tag}", "numerical", run, "numerical_analysis.py",
                           analysis_args + ["--out_dir", s.out_dir],
                           outputs=figures["numerical"] + [metrics], inputs=[ckpt], data=test_data,
-                          needs={ckpt: f"train-{run.tag}"}, json_keys={metrics: "numerical"}))
+                          json_keys={metrics: "numerical"}))
         gradcam_args = ["--seed", str(s.seed), "--out_dir", s.out_dir]
         if s.gradcam_max_images:
             gradcam_args += ["--faithfulness_images", str(s.gradcam_max_images)]
         steps.append(Step(f"gradcam-{run.tag}", "gradcam", run, "grad_cam_analysis.py",
                           analysis_args + gradcam_args,
                           outputs=figures["gradcam"] + [metrics], inputs=[ckpt], data=test_data,
-                          needs={ckpt: f"train-{run.tag}"}, json_keys={metrics: "grad_cam"}))
+                          json_keys={metrics: "grad_cam"}))
         if run.saliency:
             saliency_steps.append(Step(f"saliency-{run.tag}", "saliency", run, "saliency_map.py",
                                        analysis_args + ["--seed", str(s.seed)],
-                                       outputs=figures["saliency"], inputs=[ckpt], data=test_data,
-                                       needs={ckpt: f"train-{run.tag}"}))
+                                       outputs=figures["saliency"], inputs=[ckpt], data=test_data))
     return steps + saliency_steps
 
 
 def step_names_help() -> str:
+    """Every step name, in the plan's order, then 'report'."""
     names = ["samples"] + [f"train-{r.tag}" for r in RUNS]
-    for kind in ("curves", "numerical", "gradcam"):
-        names += [f"{kind}-{r.tag}" for r in RUNS]
+    names += [f"{kind}-{r.tag}" for r in RUNS for kind in ("curves", "numerical", "gradcam")]
     names += [f"saliency-{r.tag}" for r in RUNS if r.saliency] + ["report"]
     return ", ".join(names)
 
@@ -612,11 +609,11 @@ def choose_data(args, console: Console, logs_dir: str) -> dict:
         root = resolve_data_root(args.data_root)
         origin = ("--data_root" if args.data_root else f"${DATA_ROOT_ENV}" if explicit
                   else "the default location")
-        demo = read_demo_stamp(root) is not None or \
-            os.path.abspath(root) == os.path.abspath(args.demo_dir)
+        stamp = read_demo_stamp(root)
+        demo = stamp is not None or os.path.abspath(root) == os.path.abspath(args.demo_dir)
         console.say(f"data: {root} (from {origin})" + (" - demo data made by make_demo_datasets.py"
                                                       if demo else ""))
-        return {"root": root, "origin": origin, "demo": demo, "demo_settings": read_demo_stamp(root)}
+        return {"root": root, "origin": origin, "demo": demo, "demo_settings": stamp}
 
     demo_dir = args.demo_dir
     wanted = {"scale": args.demo_scale, "seed": args.demo_seed}
@@ -1292,7 +1289,7 @@ def main(argv: list[str] | None = None) -> int:
                 continue
             missing = [p for p in step.inputs if not os.path.exists(p)]
             if missing:
-                maker = step.needs.get(missing[0], "an earlier step")
+                maker = next((s.name for s in plan if missing[0] in s.outputs), "an earlier step")
                 record["status"] = "not run (missing input)"
                 raise StepFailed(step.name, f"step {step.name} needs {missing[0]}, which step {maker} "
                                             f"makes; run that step first (it was not selected or has "
