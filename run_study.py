@@ -730,10 +730,13 @@ def choose_xception_weights(args, console: Console, dry_run: bool) -> dict:
                     "put the file in the torch hub cache; details:")
         for line in reason.splitlines():
             console.say(f"  {line}")
+        if dry_run:
+            console.say("(--dry_run: no download was tried; a real run tries it first)")
         console.say(LOUD)
         return {"pretrained": False, "args": ["--no_pretrained"],
                 "reason": "no ImageNet weights were found: none given (--xception_weights, "
-                          "$XCEPTION_WEIGHTS), none in the torch hub cache, no download possible",
+                          "$XCEPTION_WEIGHTS), none in the torch hub cache, " +
+                          ("no download tried (--dry_run)" if dry_run else "no download possible"),
                 "details": reason}
     source = os.path.abspath(result["source"])
     console.say(f"XceptionBased: ImageNet weights {source} (found via {result.get('origin')})")

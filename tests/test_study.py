@@ -377,6 +377,7 @@ def test_no_weights_falls_back_to_random_init_loudly(tiny_root, tmp_path, monkey
     assert code == 0, plan
     assert "NO IMAGENET WEIGHTS FOUND" in plan and "RANDOM INITIALISATION" in plan
     assert _train_xception_line(plan).endswith("--no_pretrained")
+    assert "--dry_run: no download was tried" in plan
     code, output = call(base + ["--require_pretrained"])
     assert code == 2 and "No ImageNet weights found" in output
     code, output = call(base + ["--xception_weights", str(tmp_path / "missing.pth")])
