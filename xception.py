@@ -283,7 +283,13 @@ class KeepBatchNormStats:
 
 def _checkpointed(function, x: torch.Tensor, *modules: nn.Module) -> torch.Tensor:
     """``function(x)`` as a non-reentrant checkpoint whose recomputation keeps the BatchNorm
-    statistics of ``modules`` (the ones ``function`` runs; :class:`KeepBatchNormStats`)."""
+    statistics of ``modules`` (the ones ``function`` runs; :class:`KeepBatchNormStats`).
+
+    Under ``torch.compile`` (``--compile``) a plain checkpoint: the compiled graph updates the
+    statistics once, recomputation or not, and TorchDynamo takes no ``context_fn`` of this kind.
+    """
+    if torch.compiler.is_compiling():
+        return torch.utils.checkpoint.checkpoint(function, x, use_reentrant=False)
     return torch.utils.checkpoint.checkpoint(
         function, x, use_reentrant=False,
         context_fn=lambda: (contextlib.nullcontext(), KeepBatchNormStats(*modules)))

@@ -160,6 +160,25 @@ def test_activation_checkpointing_gives_the_same_training():
     assert int(got["block1.rep.1.num_batches_tracked"]) == 2 == int(got["bn1.num_batches_tracked"])
 
 
+@pytest.mark.parametrize("compiled", [False, True], ids=["eager", "torch.compile"])
+def test_checkpointed_segment_counts_batchnorm_once(compiled):
+    """xception._checkpointed in eager mode and under torch.compile (--compile with activation
+    checkpointing): the same gradients and running statistics as the plain segment, updated once."""
+    def segment():
+        torch.manual_seed(0)
+        return torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.ReLU()).train()
+    x = torch.randn(4, 3, 8, 8)
+    plain, checkpointed = segment(), segment()
+    plain(x).square().sum().backward()
+    run = (torch.compile(lambda v: xception._checkpointed(checkpointed, v, checkpointed), backend="aot_eager")
+           if compiled else lambda v: xception._checkpointed(checkpointed, v, checkpointed))
+    run(x.clone().requires_grad_()).square().sum().backward()
+    torch.testing.assert_close(checkpointed[0].weight.grad, plain[0].weight.grad)
+    for key, value in plain[1].state_dict().items():
+        torch.testing.assert_close(checkpointed[1].state_dict()[key], value, msg=key)
+    assert int(checkpointed[1].num_batches_tracked) == 1
+
+
 def _saved_bytes(model, x):
     """Bytes of the distinct activations (tensors other than the parameters) that autograd keeps
     for the backward pass of ``model(x)``."""
