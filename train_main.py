@@ -135,8 +135,13 @@ def _train(args, device: torch.device) -> int:
     # Each process trains batch / world size images; on the CPU the processes of a node share its RAM.
     per_process_batch = max(1, args.batch_size // int(os.environ.get("WORLD_SIZE", "1")))
     processes = int(os.environ.get("LOCAL_WORLD_SIZE", "1")) if device.type == "cpu" else 1
+    # On CUDA the Trainer copies the cached splits to the GPU after this decision (on the CPU the
+    # cache is already in RAM, so no longer in the available memory).
+    gpu_cache = sum(d.cache_images(progress=False).nbytes for d in datasets if d.cached) \
+        if device.type == "cuda" else 0
     checkpointing, note = resolve_activation_checkpointing(args.activation_checkpointing, args.model, device,
-                                                           per_process_batch, processes=processes)
+                                                           per_process_batch, processes=processes,
+                                                           extra_bytes=gpu_cache)
     if note and is_main:
         print(f"note: {note}", file=sys.stderr)
     if checkpointing:

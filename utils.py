@@ -569,14 +569,16 @@ def add_activation_checkpointing_flag(parser) -> None:
 
 
 def resolve_activation_checkpointing(setting: str, model_name: str, device: torch.device, batch_size: int,
-                                     available: int | None = None, processes: int = 1
-                                     ) -> tuple[bool, str | None]:
+                                     available: int | None = None, processes: int = 1,
+                                     extra_bytes: int = 0) -> tuple[bool, str | None]:
     """Whether to train with activation checkpointing, and a note saying why when 'auto' turns it on.
 
     'on'/'off' as given; 'auto' turns it on only for XceptionBased when its training needs more
     memory (``batch_size`` x ``XCEPTION_TRAIN_BYTES_PER_IMAGE`` + 1 GiB headroom, times
-    ``processes`` sharing the memory) than is ``available`` (default: ``available_memory_bytes``).
-    Checkpointing gives the same results, so 'auto' only trades speed (about 0.8x) for memory.
+    ``processes`` sharing the memory, plus ``extra_bytes`` that will be allocated there later,
+    such as the image cache the Trainer copies to the GPU) than is ``available`` (default:
+    ``available_memory_bytes``). Checkpointing gives the same results, so 'auto' only trades
+    speed (about 0.8x) for memory.
     """
     check_name("activation checkpointing setting", setting, ACTIVATION_CHECKPOINTING_SETTINGS)
     if setting != "auto":
@@ -584,7 +586,7 @@ def resolve_activation_checkpointing(setting: str, model_name: str, device: torc
     if model_name != "XceptionBased":
         return False, None
     available = available_memory_bytes(device) if available is None else available
-    need = processes * (batch_size * XCEPTION_TRAIN_BYTES_PER_IMAGE + 1024**3)
+    need = processes * (batch_size * XCEPTION_TRAIN_BYTES_PER_IMAGE + 1024**3) + extra_bytes
     if available is None or need <= available:
         return False, None
     return True, (f"XceptionBased at batch {batch_size} needs about {need / 1e9:.1f} GB for training, "

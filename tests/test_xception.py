@@ -702,3 +702,14 @@ def test_available_memory_is_read_on_the_cpu():
     free = utils.available_memory_bytes(torch.device("cpu"))
     if os.path.exists("/proc/meminfo"):
         assert 0 < free < 2**50
+
+
+def test_resolve_activation_checkpointing_counts_memory_allocated_later():
+    """On CUDA the image cache goes to the GPU after the decision: 7.25 GiB fits in 8, not with
+    a 2 GiB cache on top."""
+    import utils
+    decide = functools.partial(utils.resolve_activation_checkpointing, "auto", "XceptionBased",
+                               torch.device("cpu"), 32, available=8 * GIB)
+    assert decide()[0] is False
+    enabled, note = decide(extra_bytes=2 * GIB)
+    assert enabled is True and "9.9 GB" in note
