@@ -10,7 +10,7 @@ model's device, so the same code runs on the CPU and on CUDA:
   logit, maximum over the colour channels) and ``mean_maps_per_class``;
 - Grad-CAM (pytorch-grad-cam): ``resolve_layer``, ``grad_cam_maps``, ``grad_cam_overlay`` and the
   ``deletion_faithfulness`` figure of merit;
-- files: ``figure_path``, ``metrics_json_path`` and ``update_metrics_json`` (read-modify-write of
+- files: ``metrics_json_path`` and ``update_metrics_json`` (read-modify-write of
   ``out/<D>_<M>_metrics.json``, one section per script, other sections kept).
 """
 from __future__ import annotations
@@ -529,7 +529,9 @@ class FaithfulnessAccumulator:
         self.n = 0
 
     def __call__(self, images: torch.Tensor, labels: torch.Tensor, maps, indices=None) -> None:
-        if self.only is not None and indices is not None:
+        if self.only is not None:
+            if indices is None:
+                raise ValueError("FaithfulnessAccumulator(only=...) needs each batch's dataset indices")
             keep = torch.isin(torch.as_tensor(indices), self.only)
             if not bool(keep.any()):
                 return

@@ -308,6 +308,20 @@ def test_deletion_faithfulness_exact_on_a_known_model():
     assert result["random_drop"][0, 0] < result["map_drop"][0, 0]
 
 
+def test_faithfulness_accumulator_tests_only_its_images():
+    model = nn.Sequential(nn.Flatten(), nn.Linear(3 * 8 * 8, 2)).eval()
+    images, labels, maps = torch.randn(4, 3, 8, 8), torch.tensor([0, 1, 0, 1]), torch.rand(4, 8, 8)
+    subset = analysis.FaithfulnessAccumulator(model, [0.5], only=[1, 6])
+    subset(images, labels, maps, indices=[4, 5, 6, 7])   # dataset indices 4..7: only 6 is tested
+    subset(images, labels, maps, indices=[0, 1, 2, 3])   # only 1
+    alone = analysis.FaithfulnessAccumulator(model, [0.5])
+    alone(images[[2, 1]], labels[[2, 1]], maps[[2, 1]])  # the same two images, nothing filtered
+    assert subset.summary()["n_images"] == 2
+    assert subset.summary()["mean_confidence"] == pytest.approx(alone.summary()["mean_confidence"])
+    with pytest.raises(ValueError, match="indices"):
+        subset(images, labels, maps)  # a filter without indices would silently test every image
+
+
 @pytest.mark.parametrize("model", ["SimpleNet", "XceptionBased"])
 def test_grad_cam_script_figures_and_json(model, checkpoints, tiny_root, tmp_path, capsys):
     out_dir = tmp_path / "out"
