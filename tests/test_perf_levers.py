@@ -174,6 +174,10 @@ def test_auto_cache_respects_the_rss_ceiling(monkeypatch):
                                    rss_limit_gb=None) == [False, True, False]
     assert utils.apply_image_cache([_FakeSplit(n) for n in sizes], "on", progress=False) == [True] * 3
     assert utils.apply_image_cache([_FakeSplit(n) for n in sizes], "off", progress=False) == [False] * 3
+    # no /proc (current RSS unknown: 0): the peak so far stands in, never 0
+    monkeypatch.setattr(utils, "current_rss_bytes", lambda: 0)
+    monkeypatch.setattr(utils, "_peak_rss_bytes", lambda: int(1.3 * gib))
+    assert utils.apply_image_cache([_FakeSplit(n) for n in sizes], "auto", progress=False) == [False, True, True]
 
 
 def test_rss_reading_is_plausible():
