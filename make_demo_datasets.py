@@ -1,10 +1,10 @@
-"""Make procedural demo data in the study's layout (SPEC section 1), so every script runs without the
-course datasets.
+"""Make procedural demo data in the study's layout (docs/design.md#dataset-layout), so every script
+runs without the course datasets.
 
 Usage::
 
     python make_demo_datasets.py --out data/demo                 # default demo (about 1,300 images)
-    python make_demo_datasets.py --out data/demo --full-size     # the real datasets' sizes
+    python make_demo_datasets.py --out data/demo --full_size     # the real datasets' sizes
     python make_demo_datasets.py --out /tmp/tiny --scale 0.05 --force
 
 What it writes (256x256 RGB PNG)::
@@ -78,7 +78,8 @@ SPLITS = ("train", "val", "test")
 CLASSES = ("real", "fake")
 IMAGE_SIZE = 256
 
-# Images per split (real + fake) of the default demo and of the course datasets (SPEC section 1).
+# Images per split (real + fake) of the default demo and of the course datasets
+# (docs/design.md#dataset-layout).
 DEFAULT_COUNTS = {"fakes_dataset": {"train": 600, "val": 150, "test": 150},
                   "synthetic_dataset": {"train": 240, "val": 60, "test": 60}}
 FULL_COUNTS = {"fakes_dataset": {"train": 10800, "val": 2100, "test": 2100},
@@ -909,7 +910,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Draw procedural demo face datasets (fakes_dataset: face swaps, 2 real : 1 fake; "
                     "synthetic_dataset: generator images, about 1:1) in the study's folder layout "
                     "OUT/<dataset>/{train,val,test}/{real,fake}/*.png, 256x256 RGB.",
-        epilog=f"Images per split (train/val/test): default {default}; --full-size {full}.")
+        epilog=f"Images per split (train/val/test): default {default}; --full_size {full}.")
     # Required: SUPPRESS keeps "(default: None)" out of --help.
     parser.add_argument("--out", required=True, default=argparse.SUPPRESS, metavar="DIR",
                         help="folder to write into (created if missing); give it to the study scripts "
@@ -919,8 +920,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--scale", type=positive_float, default=1.0,
                         help=f"multiply the number of images (at least 1 per class and split; at most "
                              f"{MAX_IMAGES:,} images in all)")
-    parser.add_argument("--full-size", action="store_true",
+    parser.add_argument("--full_size", action="store_true",
                         help="use the course datasets' sizes (about 26,700 images) instead of the small demo")
+    # The old spelling keeps working, hidden from --help: every other flag is snake_case.
+    parser.add_argument("--full-size", dest="full_size", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--force", action="store_true",
                         help="replace dataset folders that already exist and are not empty "
                              "(only those generated)")

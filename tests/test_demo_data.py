@@ -286,7 +286,7 @@ def test_cli_help_explains_every_flag():
     options = result.stdout.split("options:", 1)[1].split("\n\n", 1)[0]  # up to the epilog
     helps = {block.split()[0].rstrip(","): " ".join(block.split())
              for block in re.split(r"\n(?=  -)", options) if block.strip()}
-    for flag in ("--out", "--seed", "--scale", "--full-size", "--force", "--workers", "--datasets"):
+    for flag in ("--out", "--seed", "--scale", "--full_size", "--force", "--workers", "--datasets"):
         assert flag in helps
         # utils.ArgumentParser appends "(default: ...)": a help text must not say it again
         assert len(re.findall(r"\bdefault\b", helps[flag], re.I)) <= 1, helps[flag]
@@ -294,6 +294,17 @@ def test_cli_help_explains_every_flag():
     assert "(default: 0)" in helps["--seed"] and "(default: 1.0)" in helps["--scale"]
     assert "CPU" in helps["--workers"]  # what its default None means
     assert "fakes_dataset" in result.stdout and "synthetic_dataset" in result.stdout
+    assert "--full-size" not in result.stdout  # the old spelling works but is not advertised
+
+
+@pytest.mark.parametrize("argv, full_size", [([], False), (["--full_size"], True), (["--full-size"], True)],
+                         ids=["default", "full_size", "old spelling full-size"])
+def test_full_size_flag_in_both_spellings(argv, full_size, tmp_path, monkeypatch, capsys):
+    """--full_size, and its old spelling --full-size, reach generate() as full_size=True."""
+    calls = []
+    monkeypatch.setattr(demo, "generate", lambda out, **kwargs: calls.append(kwargs) or {})
+    assert demo.main(["--out", str(tmp_path), *argv]) == 0
+    assert [call["full_size"] for call in calls] == [full_size]
 
 
 def _load_difficulty_script():
