@@ -18,7 +18,7 @@ from torch.nn import functional as F
 from torchvision.transforms import v2
 
 from faces_dataset import DEMO_HINT, DataError, FacesDataset
-from xception import XceptionWeightsError
+from xception_weights import XceptionWeightsError
 
 DATASET_NAMES = ("fakes_dataset", "synthetic_dataset")
 SPLITS = ("train", "val", "test")
