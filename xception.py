@@ -41,8 +41,8 @@ __all__ = [
     "KNOWN_WEIGHT_FILES",
     "WEIGHTS_MIRRORS",
     "Block",
-    "SeparableConv2d",
     "KeepBatchNormStats",
+    "SeparableConv2d",
     "WeightsInfo",
     "WeightsMirror",
     "Xception",
@@ -75,8 +75,14 @@ class SeparableConv2d(nn.Module):
     ) -> None:
         super().__init__()
         self.conv1 = nn.Conv2d(
-            in_channels, in_channels, kernel_size, stride, padding, dilation,
-            groups=in_channels, bias=bias,
+            in_channels,
+            in_channels,
+            kernel_size,
+            stride,
+            padding,
+            dilation,
+            groups=in_channels,
+            bias=bias,
         )
         self.pointwise = nn.Conv2d(in_channels, out_channels, 1, 1, 0, 1, 1, bias=bias)
 
@@ -229,7 +235,7 @@ class Xception(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.logits(self.features(x))
 
-    def set_activation_checkpointing(self, enabled: bool = True) -> "Xception":
+    def set_activation_checkpointing(self, enabled: bool = True) -> Xception:
         """Trade compute for memory in training: keep only the inputs of the stem and of the 12
         blocks for the backward pass, and recompute each segment there.
 
@@ -256,13 +262,19 @@ class KeepBatchNormStats:
     """
 
     def __init__(self, *modules: nn.Module) -> None:
-        self.layers = [m for module in modules for m in module.modules()
-                       if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+        self.layers = [
+            m
+            for module in modules
+            for m in module.modules()
+            if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats
+        ]
         self.saved: list[tuple[torch.Tensor, ...]] = []
 
-    def __enter__(self) -> "KeepBatchNormStats":
-        self.saved = [(m.running_mean.clone(), m.running_var.clone(), m.num_batches_tracked.clone())
-                      for m in self.layers]
+    def __enter__(self) -> KeepBatchNormStats:
+        self.saved = [
+            (m.running_mean.clone(), m.running_var.clone(), m.num_batches_tracked.clone())
+            for m in self.layers
+        ]
         return self
 
     def __exit__(self, *exc_info) -> bool:
@@ -285,8 +297,11 @@ def _checkpointed(function, x: torch.Tensor, *modules: nn.Module) -> torch.Tenso
     if torch.compiler.is_compiling():
         return torch.utils.checkpoint.checkpoint(function, x, use_reentrant=False)
     return torch.utils.checkpoint.checkpoint(
-        function, x, use_reentrant=False,
-        context_fn=lambda: (contextlib.nullcontext(), KeepBatchNormStats(*modules)))
+        function,
+        x,
+        use_reentrant=False,
+        context_fn=lambda: (contextlib.nullcontext(), KeepBatchNormStats(*modules)),
+    )
 
 
 def build_xception_backbone(

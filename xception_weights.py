@@ -24,9 +24,10 @@ import threading
 import time
 import urllib.parse
 import urllib.request
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Mapping
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -131,7 +132,7 @@ def _normalise(
         stripped = {}
         for k, v in state_dict.items():
             while k.startswith("module."):
-                k = k[len("module."):]
+                k = k[len("module.") :]
             stripped[k] = v
         state_dict = stripped
         adaptations.append("stripped the 'module.' prefix")
@@ -139,7 +140,7 @@ def _normalise(
     # pretrainedmodels names the classifier last_linear.
     if any(k.startswith("last_linear.") for k in state_dict):
         state_dict = {
-            ("fc." + k[len("last_linear."):] if k.startswith("last_linear.") else k): v
+            ("fc." + k[len("last_linear.") :] if k.startswith("last_linear.") else k): v
             for k, v in state_dict.items()
         }
         adaptations.append("renamed last_linear.* to fc.*")
@@ -190,8 +191,7 @@ def _check_fit(
         problems.append(f"unexpected keys: {_describe(unexpected)}")
     if mismatched:
         shown = [
-            f"{k} {tuple(state_dict[k].shape)} vs {tuple(expected[k].shape)}"
-            for k in sorted(mismatched)[:5]
+            f"{k} {tuple(state_dict[k].shape)} vs {tuple(expected[k].shape)}" for k in sorted(mismatched)[:5]
         ]
         problems.append(f"shape mismatches (file vs model): {', '.join(shown)}")
     if problems:
@@ -235,9 +235,7 @@ def load_xception_weights(
     classifier_keys = {k for k in expected if k.startswith(_CLASSIFIER_PREFIX)}
     missing = set(expected) - set(state_dict)
     unexpected = set(state_dict) - set(expected)
-    mismatched = {
-        k for k in set(expected) & set(state_dict) if state_dict[k].shape != expected[k].shape
-    }
+    mismatched = {k for k in set(expected) & set(state_dict) if state_dict[k].shape != expected[k].shape}
 
     classifier_loaded = True
     file_classifier = {k for k in state_dict if k.startswith(_CLASSIFIER_PREFIX)}
@@ -359,15 +357,13 @@ def _probe(urls: Iterable[str]) -> dict[str, str | None]:
         except OSError as exc:
             results[target] = f"cannot connect to {target[0]}:{target[1]} ({_short_reason(exc)})"
 
-    threads = [
-        threading.Thread(target=probe, args=(t,), daemon=True) for t in set(targets.values())
-    ]
+    threads = [threading.Thread(target=probe, args=(t,), daemon=True) for t in set(targets.values())]
     for thread in threads:
         thread.start()
     deadline = time.monotonic() + PROBE_DEADLINE_S
     for thread in threads:
         thread.join(max(0.0, deadline - time.monotonic()))
-    timeout_reason = "no answer within {:g} s (no network?)".format(PROBE_DEADLINE_S)
+    timeout_reason = f"no answer within {PROBE_DEADLINE_S:g} s (no network?)"
     return {url: results.get(t, timeout_reason) for url, t in targets.items()}
 
 
@@ -477,9 +473,7 @@ def load_imagenet_weights(
 
     failures: list[str] = []
     if _downloads_disabled():
-        failures.extend(
-            f"{m.url}: not tried ({NO_DOWNLOAD_ENV_VAR}=1 is set)" for m in WEIGHTS_MIRRORS
-        )
+        failures.extend(f"{m.url}: not tried ({NO_DOWNLOAD_ENV_VAR}=1 is set)" for m in WEIGHTS_MIRRORS)
     else:
         info = _download_and_load(model, cache_dir, allow_missing_classifier, failures)
         if info is not None:

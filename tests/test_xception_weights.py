@@ -21,9 +21,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import xception_weights  # noqa: E402
-from xception import Xception, build_xception_backbone  # noqa: E402
-from xception_weights import (  # noqa: E402
+import xception_weights
+from xception import Xception, build_xception_backbone
+from xception_weights import (
     WeightsMirror,
     XceptionWeightsError,
     load_xception_weights,
@@ -207,7 +207,7 @@ def test_file_classifier_ignored_when_model_has_another_head(source_model, image
         model.fc = torch.nn.Sequential(torch.nn.Linear(2048, 64), torch.nn.ReLU(), torch.nn.Linear(64, 2))
         return model
 
-    with pytest.raises(XceptionWeightsError, match="fc.0.weight"):
+    with pytest.raises(XceptionWeightsError, match=r"fc\.0\.weight"):
         load_xception_weights(with_mlp_head(), path)
     model = with_mlp_head()
     info = load_xception_weights(model, path, allow_missing_classifier=True)
@@ -307,7 +307,9 @@ def test_not_pretrained_looks_nothing_up(monkeypatch, tmp_path):
     assert model.weights_info is None
 
 
-def test_explicit_path_beats_env_and_cache(weights_file, source_model, image, monkeypatch, tmp_path, isolated_env):
+def test_explicit_path_beats_env_and_cache(
+    weights_file, source_model, image, monkeypatch, tmp_path, isolated_env
+):
     arg = _link(weights_file, tmp_path / "arg.pth")
     env = _link(weights_file, tmp_path / "env.pth")
     _link(weights_file, isolated_env / KNOWN_FILES[0])
