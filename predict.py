@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 import sys
 
 import numpy as np
@@ -80,7 +81,11 @@ def collect_paths(paths: list[str], recursive: bool) -> tuple[list[str], list[di
                 errors.append({"path": path, "error": f"{path}: no image files in this folder{hint}"})
             files += found
         elif os.path.exists(path):
-            files.append(path)
+            if stat.S_ISREG(os.stat(path).st_mode):
+                files.append(path)
+            else:  # reading a FIFO or a device would block or never end
+                errors.append({"path": path, "error": f"{path}: not a regular file (a FIFO, device "
+                                                      "or socket); give image files or folders"})
         else:
             errors.append({"path": path, "error": f"{path}: no such file or folder"})
     return files, errors
@@ -229,5 +234,18 @@ def main(argv=None) -> int:
     return 1 if errors else 0
 
 
+def run_quiet_on_closed_pipe() -> int:
+    """``run_cli(main)``; when the reader of stdout quits early (``| head -1``), stop quietly with
+    exit code 1 instead of a BrokenPipeError traceback."""
+    try:
+        code = run_cli(main)
+        sys.stdout.flush()  # a closed pipe shows here rather than in the interpreter's exit
+        return code
+    except BrokenPipeError:
+        # Python flushes stdout again at exit: point it at devnull so that flush cannot fail
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
+
+
 if __name__ == "__main__":
-    sys.exit(run_cli(main))
+    sys.exit(run_quiet_on_closed_pipe())

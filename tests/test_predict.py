@@ -128,3 +128,37 @@ def test_wrong_model_names_both(simplenet_checkpoint, images):
     assert "SimpleNet" in result.stderr and "XceptionBased" in result.stderr
     assert "Traceback" not in result.stderr and result.stdout == ""
 
+
+def test_a_fifo_is_refused_not_read(simplenet_checkpoint, images, tmp_path):
+    """Reading a FIFO (as an explicit path) would block forever; in a folder it is not an image."""
+    fifo = tmp_path / "pipe.png"
+    os.mkfifo(fifo)
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    os.mkfifo(folder / "in_folder.png")
+    Image.open(images / "d_rgb.jpg").save(folder / "good.png")
+    result = subprocess.run([sys.executable, "predict.py", "-m", "SimpleNet",
+                             "-cpp", simplenet_checkpoint, str(fifo), str(folder), "--no_progress"],
+                            cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1  # the FIFO failed, the rest ran
+    assert result.stderr.strip() == (f"predict.py: error: {fifo}: not a regular file (a FIFO, "
+                                     "device or socket); give image files or folders")
+    assert [line.split("\t")[0] for line in result.stdout.splitlines()] == [str(folder / "good.png")]
+
+
+def test_a_reader_that_quits_early_gets_no_traceback(simplenet_checkpoint, images):
+    """`predict.py ... | head -1`, and a JSON reader that closed the pipe before anything came."""
+    command = [sys.executable, "predict.py", "-m", "SimpleNet", "-cpp", simplenet_checkpoint,
+               "-b", "1", "--no_progress", str(images / "a_gray.png"), str(images / "b_rgba.png"),
+               str(images / "d_rgb.jpg")]
+    result = subprocess.run(["bash", "-c", '"$@" | head -1; echo "status ${PIPESTATUS[0]}"',
+                             "bash"] + command, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    first, status = result.stdout.splitlines()
+    assert first.startswith(str(images / "a_gray.png") + "\tP(fake)=")
+    assert status in ("status 0", "status 1")  # 1 when the closed pipe was hit
+    assert result.stderr == ""
+    with subprocess.Popen(command + ["--json"], cwd=ROOT, stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, text=True) as process:
+        process.stdout.close()  # the reader is gone before the document is written
+        _, err = process.communicate(timeout=120)
+    assert process.returncode == 1 and err == ""
