@@ -71,7 +71,7 @@ class FaceDetector:
         found = self._cascade.detectMultiScale(gray, scaleFactor=SCALE_FACTOR,
                                                minNeighbors=MIN_NEIGHBORS,
                                                minSize=(MIN_FACE_PX, MIN_FACE_PX))
-        boxes = [tuple(int(round(v / scale)) for v in box) for box in np.reshape(found, (-1, 4))]
+        boxes = [tuple(round(float(v) / scale) for v in box) for box in np.reshape(found, (-1, 4))]
         return sorted(boxes)
 
 

@@ -126,6 +126,7 @@ def load_inputs(path: str, detector: face_crops.FaceDetector | None
 
 
 def overlay_name(path: str, used: set[str], face: int | None = None) -> str:
+    """The overlay file name of ``path`` (of its face ``face``), unique among ``used``."""
     stem = os.path.splitext(os.path.basename(path))[0] or "image"
     if face is not None:
         stem = f"{stem}_face{face}"
