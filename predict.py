@@ -1,17 +1,21 @@
 """Classify image files as real or fake with a trained checkpoint.
 
     python predict.py -m SimpleNet -cpp checkpoints/fakes_dataset_SimpleNet_Adam.pt face.png photos/
+    python predict.py -m SimpleNet -cpp checkpoints/fakes_dataset_SimpleNet_Adam.pt --crop_faces group.jpg
 
 Prints, for each image, its path, P(fake) (softmax of the model's two outputs) and the predicted
 label (fake when P(fake) > 0.5). Folders are searched for image files (sorted; --recursive for
 sub-folders). Preprocessing is the evaluation one: RGB, 256x256 (other sizes are resized, with a
-notice), the study's normalisation. An unreadable file is reported on stderr and the others still
-run; the exit code is 1 if any path failed, 2 for a usage error (bad checkpoint, wrong -m).
+notice), the study's normalisation. With --crop_faces, the faces of each photo are found and each
+is cropped (face_crops.py) and scored on its own; a photo without a face is reported, not an error.
+An unreadable file is reported on stderr and the others still run; the exit code is 1 if any path
+failed, 2 for a usage error (bad checkpoint, wrong -m).
 """
 from __future__ import annotations
 
 import json
 import os
+import stat
 import sys
 
 import numpy as np
@@ -20,6 +24,7 @@ from PIL import Image
 from tqdm import tqdm
 
 import analysis
+import face_crops
 from faces_dataset import IMAGE_SIZE, DataError, is_image_file, pil_to_uint8_tensor, read_rgb_image
 from utils import (MODEL_NAMES, ArgumentParser, UserError, atomic_write, add_debug_flag,
                    get_device, load_model_from_checkpoint, normalize_batch, positive_int, run_cli)
@@ -40,9 +45,15 @@ def build_parser() -> ArgumentParser:
     parser.add_argument("--batch_size", "-b", default=32, type=positive_int,
                         help="images per forward pass")
     parser.add_argument("--device", default="auto", help="auto (CUDA when available), cpu or cuda")
+    parser.add_argument("--crop_faces", action="store_true",
+                        help="find the faces in each image (OpenCV's Haar cascade), crop each "
+                             f"with a margin ({face_crops.MARGIN}x the face box), resize it to "
+                             f"{IMAGE_SIZE}x{IMAGE_SIZE} and score every face; for whole photos. "
+                             f"Needs OpenCV: {face_crops.OPENCV_INSTALL}")
     parser.add_argument("--grad_cam", metavar="DIR", default=None,
                         help="write a Grad-CAM overlay PNG per image into DIR "
-                             "(<name>_grad_cam.png, for the predicted class)")
+                             "(<name>_grad_cam.png, for the predicted class; with --crop_faces "
+                             "one per face, drawn on the crop: <name>_face<k>_grad_cam.png)")
     parser.add_argument("--target_layer", default=analysis.DEFAULT_TARGET_LAYER,
                         help="Grad-CAM layer (dotted module path) for --grad_cam")
     parser.add_argument("--json", action="store_true",
@@ -70,7 +81,11 @@ def collect_paths(paths: list[str], recursive: bool) -> tuple[list[str], list[di
                 errors.append({"path": path, "error": f"{path}: no image files in this folder{hint}"})
             files += found
         elif os.path.exists(path):
-            files.append(path)
+            if stat.S_ISREG(os.stat(path).st_mode):
+                files.append(path)
+            else:  # reading a FIFO or a device would block or never end
+                errors.append({"path": path, "error": f"{path}: not a regular file (a FIFO, device "
+                                                      "or socket); give image files or folders"})
         else:
             errors.append({"path": path, "error": f"{path}: no such file or folder"})
     return files, errors
@@ -87,8 +102,34 @@ def load_for_model(path: str) -> tuple[torch.Tensor, tuple[int, int] | None]:
     return pil_to_uint8_tensor(image), original
 
 
-def overlay_name(path: str, used: set[str]) -> str:
+def load_inputs(path: str, detector: face_crops.FaceDetector | None
+                ) -> list[tuple[dict, torch.Tensor | None]]:
+    """The model inputs of one file as (record fields, 3 x 256 x 256 uint8): the whole image, or
+    with a detector one per face, left to right; a photo without a face gives one entry whose
+    image is None."""
+    if detector is None:
+        image, original = load_for_model(path)
+        if original is not None:
+            print(f"predict.py: note: {path}: image is {original[0]}x{original[1]}, resized to "
+                  f"{IMAGE_SIZE}x{IMAGE_SIZE}", file=sys.stderr)
+        fields = {"resized_from": list(original) if original else None}
+        return [({"face": None, "box": None, "crop": None, **fields}, image)]
+    photo = read_rgb_image(path)
+    inputs = []
+    for k, box in enumerate(detector.detect(photo), start=1):
+        crop, square = face_crops.crop_face(photo, box)
+        side = square[2]
+        inputs.append(({"face": k, "box": list(box), "crop": list(square),
+                        "resized_from": [side, side] if side != IMAGE_SIZE else None},
+                       pil_to_uint8_tensor(crop)))
+    return inputs or [({"face": None, "box": None}, None)]
+
+
+def overlay_name(path: str, used: set[str], face: int | None = None) -> str:
+    """The overlay file name of ``path`` (of its face ``face``), unique among ``used``."""
     stem = os.path.splitext(os.path.basename(path))[0] or "image"
+    if face is not None:
+        stem = f"{stem}_face{face}"
     name, k = f"{stem}_grad_cam.png", 1
     while name in used:
         name, k = f"{stem}_{k}_grad_cam.png", k + 1
@@ -96,10 +137,63 @@ def overlay_name(path: str, used: set[str]) -> str:
     return name
 
 
+def score_batch(model, layer, entries: list, args, used_names: set[str]) -> list[dict]:
+    """Result records of a batch of (path, fields, uint8 image) entries that have an image:
+    P(fake), label, logits and, with --grad_cam, the overlay written for each."""
+    batch = torch.stack([image for _, _, image in entries])
+    logits = analysis.predict_logits(model, batch, args.batch_size)
+    probs = analysis.soft_scores(logits.numpy())
+    predicted = (probs[:, 1] > 0.5).astype(np.int64)  # ties go to real, like argmax
+    overlays = [None] * len(entries)
+    if layer is not None:
+        device = analysis.model_device(model)
+        cams = analysis.grad_cam_maps(model, layer, normalize_batch(batch.to(device)), predicted)
+        for i, (image, cam) in enumerate(zip(analysis.uint8_to_rgb_float(batch), cams)):
+            path, fields, _ = entries[i]
+            out = os.path.join(args.grad_cam, overlay_name(path, used_names, fields["face"]))
+            picture = Image.fromarray(analysis.grad_cam_overlay(image, cam))
+            atomic_write(out, lambda tmp, p=picture: p.save(tmp, format="PNG"))
+            overlays[i] = out
+    return [{"path": path, **{k: fields[k] for k in ("face", "box", "crop")},
+             "p_fake": float(probs[i, 1]), "p_real": float(probs[i, 0]),
+             "label": analysis.CLASS_NAMES[predicted[i]].lower(),
+             "logits": [float(v) for v in logits[i]], "resized_from": fields["resized_from"],
+             "grad_cam": overlays[i]} for i, (path, fields, _) in enumerate(entries)]
+
+
+def text_line(record: dict) -> str:
+    """One line of the text output: path, P(fake), label, then the face and the overlay if any."""
+    line = f"{record['path']}\tP(fake)={record['p_fake']:.4f}\t{record['label']}"
+    if record["box"] is not None:
+        line += f"\tface {record['face']} box={','.join(str(v) for v in record['box'])}"
+    return line + (f"\t{record['grad_cam']}" if record["grad_cam"] else "")
+
+
+def batches_of_inputs(files: list[str], batch_size: int, detector, fail, bar):
+    """Lists of (path, fields, image) entries in file order, each with about ``batch_size`` images
+    (all the faces of one photo stay in one list); unreadable files go to ``fail``."""
+    pending, count = [], 0
+    for path in files:
+        try:
+            inputs = load_inputs(path, detector)
+        except DataError as exc:  # the dataset's hint about --skip_corrupt does not apply here
+            fail({"path": path, "error": str(exc).replace(", or pass --skip_corrupt", "")})
+            inputs = []
+        pending += [(path, fields, image) for fields, image in inputs]
+        count += sum(image is not None for _, image in inputs)
+        bar.update(1)
+        if count >= batch_size:
+            yield pending
+            pending, count = [], 0
+    if pending:
+        yield pending
+
+
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     if args.grad_cam and os.path.exists(args.grad_cam) and not os.path.isdir(args.grad_cam):
         raise UserError(f"--grad_cam {args.grad_cam}: exists and is not a folder")
+    detector = face_crops.FaceDetector() if args.crop_faces else None  # before the model: fail fast
     device = get_device(args.device)
     model = load_model_from_checkpoint(args.model, args.checkpoint_path, device)
     layer = analysis.resolve_layer(model, args.target_layer) if args.grad_cam else None
@@ -114,56 +208,45 @@ def main(argv=None) -> int:
     for record in path_errors:
         fail(record)
     results: list[dict] = []
+    no_face: list[str] = []
     used_names: set[str] = set()
     bar = tqdm(total=len(files), desc="predict", unit="img", leave=False,
                disable=True if args.no_progress else None)
-    for start in range(0, len(files), args.batch_size):
-        batch_paths, images, resized = [], [], []
-        for path in files[start:start + args.batch_size]:
-            try:
-                image, original = load_for_model(path)
-            except DataError as exc:  # the dataset's hint about --skip_corrupt does not apply here
-                fail({"path": path, "error": str(exc).replace(", or pass --skip_corrupt", "")})
+    for entries in batches_of_inputs(files, args.batch_size, detector, fail, bar):
+        scored = [entry for entry in entries if entry[2] is not None]
+        records = iter(score_batch(model, layer, scored, args, used_names) if scored else [])
+        for path, _, image in entries:
+            if image is None:  # a photo without a face: said, not an error
+                no_face.append(path)
+                if not args.json:
+                    print(f"{path}\tno face found", flush=True)
                 continue
-            if original is not None:
-                print(f"predict.py: note: {path}: image is {original[0]}x{original[1]}, resized to "
-                      f"{IMAGE_SIZE}x{IMAGE_SIZE}", file=sys.stderr)
-            batch_paths.append(path)
-            images.append(image)
-            resized.append(original)
-        bar.update(min(args.batch_size, len(files) - start))
-        if not images:
-            continue
-        batch = torch.stack(images)
-        logits = analysis.predict_logits(model, batch, args.batch_size)
-        probs = analysis.soft_scores(logits.numpy())
-        predicted = (probs[:, 1] > 0.5).astype(np.int64)  # ties go to real, like argmax
-        overlays = [None] * len(batch_paths)
-        if layer is not None:
-            cams = analysis.grad_cam_maps(model, layer, normalize_batch(batch.to(device)), predicted)
-            for i, (image, cam) in enumerate(zip(analysis.uint8_to_rgb_float(batch), cams)):
-                out = os.path.join(args.grad_cam, overlay_name(batch_paths[i], used_names))
-                picture = Image.fromarray(analysis.grad_cam_overlay(image, cam))
-                atomic_write(out, lambda tmp, p=picture: p.save(tmp, format="PNG"))
-                overlays[i] = out
-        for i, path in enumerate(batch_paths):
-            record = {"path": path, "p_fake": float(probs[i, 1]), "p_real": float(probs[i, 0]),
-                      "label": analysis.CLASS_NAMES[predicted[i]].lower(),
-                      "logits": [float(v) for v in logits[i]],
-                      "resized_from": list(resized[i]) if resized[i] else None,
-                      "grad_cam": overlays[i]}
+            record = next(records)
             results.append(record)
             if not args.json:
-                extra = f"\t{overlays[i]}" if overlays[i] else ""
-                print(f"{path}\tP(fake)={record['p_fake']:.4f}\t{record['label']}{extra}", flush=True)
+                print(text_line(record), flush=True)
     bar.close()
     if args.json:
         document = {"model": args.model, "checkpoint": args.checkpoint_path, "threshold": 0.5,
-                    "results": results, "errors": errors}
+                    "crop_faces": args.crop_faces, "results": results, "no_face": no_face,
+                    "errors": errors}
         json.dump(document, sys.stdout, indent=2)
         sys.stdout.write("\n")
     return 1 if errors else 0
 
 
+def run_quiet_on_closed_pipe() -> int:
+    """``run_cli(main)``; when the reader of stdout quits early (``| head -1``), stop quietly with
+    exit code 1 instead of a BrokenPipeError traceback."""
+    try:
+        code = run_cli(main)
+        sys.stdout.flush()  # a closed pipe shows here rather than in the interpreter's exit
+        return code
+    except BrokenPipeError:
+        # Python flushes stdout again at exit: point it at devnull so that flush cannot fail
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
+
+
 if __name__ == "__main__":
-    sys.exit(run_cli(main))
+    sys.exit(run_quiet_on_closed_pipe())
