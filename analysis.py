@@ -26,7 +26,7 @@ from torch import nn
 from torch.utils.data import BatchSampler, DataLoader, Dataset
 from tqdm import tqdm
 
-from utils import (DATASET_TITLES, UserError, atomic_write_json, binary_metrics, move_aside,
+from utils import (DATASET_TITLES, UserError, atomic_write_json, binary_metrics, file_lock, move_aside,
                    normalize_batch)
 
 CLASS_NAMES = ("Real", "Fake")  # label 0, label 1
@@ -57,28 +57,8 @@ def update_metrics_json(path: str, section: str, data: dict) -> dict:
     Read-modify-write, written atomically. A corrupt file (bad JSON, or not a JSON object) is moved
     aside with a warning (``<path>.corrupt-<time>``), never overwritten. Returns the new content.
     """
-    with _file_lock(path):
+    with file_lock(path):
         return _update_metrics_json(path, section, data)
-
-
-@contextlib.contextmanager
-def _file_lock(path: str):
-    """An exclusive lock (POSIX flock on the file's folder, so no lock file is left behind) that
-    keeps two scripts writing sections of the same JSON at once from losing one; a no-op where
-    flock is unavailable."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    try:
-        import fcntl
-        fd = os.open(folder, os.O_RDONLY)
-    except (ImportError, OSError):  # Windows, or a folder that cannot be opened
-        yield
-        return
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)  # releases the lock
 
 
 def _update_metrics_json(path: str, section: str, data: dict) -> dict:

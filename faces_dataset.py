@@ -11,7 +11,7 @@ import warnings
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 from torch.utils.data import Dataset
 from tqdm import tqdm
 
@@ -27,9 +27,17 @@ class DataError(ValueError):
     """A data problem the user must fix; the message names the file or folder."""
 
 
+# Raster photo formats only: PIL also "reads" .pdf, .eps, .ps, .h5, .mpg, .emf ..., which are
+# documents, containers or vector files, not face images.
+RASTER_EXTENSIONS = (".png", ".apng", ".jpg", ".jpeg", ".jpe", ".jfif", ".bmp", ".dib", ".gif", ".tif",
+                     ".tiff", ".webp", ".ppm", ".pgm", ".pbm", ".pnm", ".tga", ".jp2", ".j2k", ".jpx",
+                     ".avif", ".qoi", ".pcx", ".sgi")
+
+
 def _image_extensions() -> frozenset[str]:
+    """The raster extensions that this PIL build can read."""
     Image.init()
-    return frozenset(ext.lower() for ext in Image.registered_extensions())
+    return frozenset(RASTER_EXTENSIONS) & frozenset(ext.lower() for ext in Image.registered_extensions())
 
 
 IMAGE_EXTENSIONS = _image_extensions()
@@ -37,11 +45,17 @@ DEMO_HINT = "make demo data with: python make_demo_datasets.py --out data/demo"
 
 
 def is_image_file(path: str) -> bool:
-    """True for a regular, non-hidden file whose extension PIL can read."""
+    """True for a regular, non-hidden file (or a broken symbolic link, so that reading it reports
+    it instead of dropping it unseen) with a raster image extension."""
     name = os.path.basename(path)
-    if name.startswith(".") or not os.path.isfile(path):
+    if name.startswith(".") or not (os.path.isfile(path) or is_broken_link(path)):
         return False
     return os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
+
+
+def is_broken_link(path: str) -> bool:
+    """True for a symbolic link whose target does not exist."""
+    return os.path.islink(path) and not os.path.exists(path)
 
 
 def list_images(folder: str) -> list[str]:
@@ -53,9 +67,9 @@ def _to_rgb(image: Image.Image) -> Image.Image:
     """Convert any PIL mode to 8-bit RGB (grayscale, RGBA, palette, CMYK, 16-bit, float)."""
     if image.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
         array = np.asarray(image, dtype=np.float64)
-        peak = 255.0 if array.max(initial=0) <= 255 else (65535.0 if array.max() <= 65535 else array.max())
-        if image.mode == "F" and array.max(initial=0) <= 1.0:
-            peak = 1.0
+        peak = 65535.0  # integer grey is 16-bit: scale by the bit depth, not the file's own maximum
+        if image.mode == "F":  # float grey has no bit depth: [0, 1], [0, 255] or 16-bit values
+            peak = 1.0 if array.max(initial=0) <= 1.0 else (255.0 if array.max() <= 255 else 65535.0)
         array = np.clip(np.rint(array * (255.0 / peak)), 0, 255).astype(np.uint8)
         image = Image.fromarray(array, mode="L")
     if image.mode == "P" and "transparency" in image.info:
@@ -63,20 +77,24 @@ def _to_rgb(image: Image.Image) -> Image.Image:
     return image if image.mode == "RGB" else image.convert("RGB")
 
 
-def read_rgb_image(path: str) -> Image.Image:
-    """Open ``path`` as an RGB PIL image; any failure raises ``DataError`` naming the file."""
+CORRUPT_HINT = "replace or delete the file, or pass --skip_corrupt"
+
+
+def read_rgb_image(path: str, hint: str = CORRUPT_HINT) -> Image.Image:
+    """Open ``path`` as an RGB PIL image, turned upright by its EXIF orientation (as phone photos
+    need); any failure raises ``DataError`` naming the file, ending with ``hint`` when given."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(path) as image:
                 image.load()
-                return _to_rgb(image)
+                return _to_rgb(ImageOps.exif_transpose(image))
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise DataError(f"{path}: refused, declared image size is too large "
                         f"(possible decompression bomb): {exc}") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-        raise DataError(f"{path}: cannot read image ({type(exc).__name__}: {exc}); "
-                        "replace or delete the file, or pass --skip_corrupt") from None
+        raise DataError(f"{path}: cannot read image ({type(exc).__name__}: {exc})"
+                        + (f"; {hint}" if hint else "")) from None
 
 
 def pil_to_uint8_tensor(image: Image.Image) -> torch.Tensor:
@@ -122,17 +140,37 @@ class FacesDataset(Dataset):
         if skip_corrupt:
             self.real_image_names = self._drop_unreadable("real", self.real_image_names)
             self.fake_image_names = self._drop_unreadable("fake", self.fake_image_names)
+        else:
+            self._refuse_broken_links()
         if len(self) == 0:
             raise DataError(f"{root_path}: no images in real/ or fake/; {DEMO_HINT}")
         self._cache: torch.Tensor | None = None
         if cache_images:
             self.cache_images()
 
+    def _refuse_broken_links(self) -> None:
+        """A broken symbolic link is an image that cannot be read: like a corrupt file it stops the
+        run (here, before any work) unless --skip_corrupt skips it with a warning."""
+        for class_dir, names in (("real", self.real_image_names), ("fake", self.fake_image_names)):
+            broken = [n for n in names if is_broken_link(os.path.join(self.root_path, class_dir, n))]
+            if broken:
+                first = os.path.join(self.root_path, class_dir, broken[0])
+                more = f" (and {len(broken) - 1} more in that folder)" if len(broken) > 1 else ""
+                raise DataError(f"{first}: broken symbolic link to {os.readlink(first)}{more}; "
+                                "fix or delete the link, or pass --skip_corrupt")
+
+    def require_both_classes(self) -> None:
+        """Raise ``DataError`` naming the class folder (real/ or fake/) that holds no image."""
+        for class_dir, names in (("real", self.real_image_names), ("fake", self.fake_image_names)):
+            if not names:
+                raise DataError(f"{os.path.join(self.root_path, class_dir)}: no images; this split "
+                                "needs both real and fake images")
+
     def _drop_unreadable(self, class_dir: str, names: list[str]) -> list[str]:
         kept = []
         for name in names:
             try:
-                read_rgb_image(os.path.join(self.root_path, class_dir, name))
+                read_rgb_image(os.path.join(self.root_path, class_dir, name), hint="")
                 kept.append(name)
             except DataError as exc:
                 warnings.warn(f"skipped: {exc}", stacklevel=3)

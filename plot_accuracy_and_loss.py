@@ -51,13 +51,30 @@ def plot_metric(run: dict, metric: str, ylabel: str, title: str, path: str) -> s
     return save_figure(fig, path, dpi=100)
 
 
-def plot_run(run: dict, model: str, dataset: str, figures_dir: str) -> list[str]:
+def check_run(run: dict, model: str, dataset: str, path: str) -> str:
+    """Refuse a run of another model or dataset than ``-m``/``-d`` (its figures would carry wrong
+    names); returns the title suffix: empty, or an unfinished-run notice (also on stderr)."""
+    found = (run.get("model", model), run.get("dataset", dataset))
+    if found != (model, dataset):
+        raise UserError(f"{path}: the run holds {found[0]} on {found[1]}, but -m {model} -d {dataset} "
+                        f"was given; pass -m {found[0]} -d {found[1]} (or another --json)")
+    if run.get("completed") is False:
+        why = f", {run['diverged']}" if run.get("diverged") else ""
+        n_epochs = len(run.get("train_loss") or [])
+        print(f"WARNING: {path}: the plotted run is UNFINISHED (completed: false, {n_epochs} epoch(s)"
+              f"{why})", file=sys.stderr)
+        return f"\nUNFINISHED run: {n_epochs} epoch(s)"
+    return ""
+
+
+def plot_run(run: dict, model: str, dataset: str, figures_dir: str, note: str = "") -> list[str]:
     losses, accuracies = (figure_path(figures_dir, dataset, model, suffix)
                           for suffix in FIGURE_SUFFIXES["curves"])
     return [
-        plot_metric(run, "loss", "loss", f"loss vs epoch for {model} model on {dataset} dataset", losses),
-        plot_metric(run, "acc", "accuracy [%]", f"accuracy vs epoch for {model} model on {dataset} dataset",
-                    accuracies),
+        plot_metric(run, "loss", "loss", f"loss vs epoch for {model} model on {dataset} dataset{note}",
+                    losses),
+        plot_metric(run, "acc", "accuracy [%]",
+                    f"accuracy vs epoch for {model} model on {dataset} dataset{note}", accuracies),
     ]
 
 
@@ -79,7 +96,8 @@ def build_parser() -> ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     run = select_run(read_runs(args.json, missing_ok=False), args.run, args.json)
-    for path in plot_run(run, args.model, args.dataset, args.figures_dir):
+    note = check_run(run, args.model, args.dataset, args.json)
+    for path in plot_run(run, args.model, args.dataset, args.figures_dir, note):
         print(f"wrote {path}")
     return 0
 

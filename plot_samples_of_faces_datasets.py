@@ -36,6 +36,7 @@ def sample_images(data_root: str | None, seed: int) -> list[tuple[str, np.ndarra
     samples = []
     for dataset_name in DATASET_NAMES:
         dataset = load_dataset(dataset_name, "train", data_root)
+        dataset.require_both_classes()
         labels = dataset.labels.numpy()
         for label, kind in ((REAL_LABEL, "real"), (FAKE_LABEL, "fake")):
             index = pick_index(labels, label, rng)

@@ -14,18 +14,18 @@ import sys
 import torch
 from torch import nn
 
-from trainer import LoggingParameters, Trainer, json_safe_optimizer_params
+from trainer import LoggingParameters, Trainer, check_output_paths, json_safe_optimizer_params, run_paths
 from utils import (DATASET_NAMES, MODEL_NAMES, OPTIMIZER_NAMES, ArgumentParser, UserError,
                    add_activation_checkpointing_flag, add_data_root_flag, add_debug_flag,
                    apply_image_cache, get_device, get_nof_params, load_dataset, load_model,
-                   non_negative_int, positive_float, positive_int, resolve_activation_checkpointing,
-                   run_cli, set_seed)
+                   non_negative_float, non_negative_int, positive_float, positive_int,
+                   resolve_activation_checkpointing, resolve_data_root, run_cli, seed_int, set_seed)
 
 
 def build_parser() -> ArgumentParser:
     parser = ArgumentParser(description="Train a real-vs-fake face classifier and log every epoch.")
     parser.add_argument("--lr", default=0.001, type=positive_float, help="learning rate")
-    parser.add_argument("--momentum", default=0.9, type=float, help="momentum (SGD only)")
+    parser.add_argument("--momentum", default=0.9, type=non_negative_float, help="momentum (SGD only)")
     parser.add_argument("--batch_size", "-b", default=128, type=positive_int,
                         help="training batch size (global: split across torchrun processes)")
     parser.add_argument("--epochs", "-e", default=2, type=positive_int, help="number of epochs")
@@ -35,7 +35,7 @@ def build_parser() -> ArgumentParser:
     parser.add_argument("--dataset", "-d", default="fakes_dataset", choices=DATASET_NAMES,
                         help="dataset to train on")
     add_data_root_flag(parser)
-    parser.add_argument("--seed", default=0, type=int,
+    parser.add_argument("--seed", default=0, type=seed_int,
                         help="seed for weights, data order and augmentation; a CPU run repeats exactly")
     parser.add_argument("--num_workers", default=None, type=non_negative_int,
                         help="DataLoader worker processes (default: 0 when images are cached in RAM, "
@@ -112,8 +112,6 @@ def init_distributed(device_flag: str) -> torch.device:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.momentum < 0:
-        raise UserError(f"--momentum must be 0 or more, got {args.momentum}")
     if args.activation_checkpointing == "on" and args.model != "XceptionBased":
         raise UserError(f"--activation_checkpointing: only XceptionBased supports it, not {args.model} "
                         "(whose activations are small); drop the flag")
@@ -127,9 +125,14 @@ def main(argv: list[str] | None = None) -> int:
 
 def _train(args, device: torch.device) -> int:
     is_main = not torch.distributed.is_initialized() or torch.distributed.get_rank() == 0
+    if is_main:  # a bad output path stops the run now, before the data is read
+        check_output_paths(run_paths(args.out_dir, args.checkpoint_dir,
+                                     LoggingParameters(args.model, args.dataset, args.optimizer)),
+                           create=False)
     set_seed(args.seed)
     datasets = [load_dataset(args.dataset, part, args.data_root, skip_corrupt=args.skip_corrupt)
                 for part in ("train", "val", "test")]
+    datasets[0].require_both_classes()  # a one-class training would learn nothing worth a word
     apply_image_cache(datasets, args.cache_images, args.cache_limit_gb,
                       progress=is_main and not args.no_progress)
     set_seed(args.seed)  # the same initial weights whatever was read above
@@ -160,7 +163,8 @@ def _train(args, device: torch.device) -> int:
                       **trainer_options(args, device),
                       progress=not args.no_progress, out_dir=args.out_dir,
                       checkpoint_dir=args.checkpoint_dir, precise_bn=args.precise_bn,
-                      run_info={"args": run_args, "argv": sys.argv, "precise_bn": args.precise_bn,
+                      run_info={"args": run_args, "argv": sys.argv, "protocol": protocol(args),
+                                "precise_bn": args.precise_bn,
                                 "pretrained": args.model == "XceptionBased" and not args.no_pretrained,
                                 "n_params": get_nof_params(model),
                                 "activation_checkpointing": checkpointing})
@@ -173,6 +177,15 @@ def _train(args, device: torch.device) -> int:
               f"{run['test_acc_at_best']:.2f}%, test AUC(fake) {_fmt(auc)}; "
               f"json {paths['json']}; checkpoint {paths['best']}")
     return 0
+
+
+def protocol(args) -> dict:
+    """The flags that define a run (flag name -> value): --resume must give the same ones. The data
+    root is resolved to a real path; momentum counts for SGD only."""
+    return {"model": args.model, "dataset": args.dataset, "optimizer": args.optimizer, "lr": args.lr,
+            "momentum": args.momentum if args.optimizer == "SGD" else None, "batch_size": args.batch_size,
+            "seed": args.seed, "precise_bn": args.precise_bn,
+            "data_root": os.path.realpath(resolve_data_root(args.data_root))}
 
 
 def _fmt(value) -> str:

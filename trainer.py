@@ -16,6 +16,7 @@ import copy
 import math
 import os
 import random
+import socket
 import sys
 import time
 import uuid
@@ -29,9 +30,10 @@ from torch.utils.data import BatchSampler, DataLoader, Dataset, DistributedSampl
 from tqdm import tqdm
 
 from precise_bn import batchnorm_layers, recompute_bn_statistics
-from utils import (StudyTransform, atomic_torch_save, atomic_write_json, augment_uint8, binary_metrics,
-                   draw_augmentation, ensure_dir, load_checkpoint, normalize_batch, read_runs,
-                   resolve_channels_last, UserError)
+from utils import (LockHeldError, StudyTransform, atomic_torch_save, atomic_write_json, augment_uint8,
+                   binary_metrics, check_creatable_dir, draw_augmentation, ensure_dir, exclusive_lock,
+                   file_lock, load_checkpoint, normalize_batch, read_runs, remove_unfinished_writes,
+                   resolve_channels_last, state_dict_mismatch, UserError)
 
 COURSE_KEYS = ("model", "dataset", "optimizer", "train_loss", "train_acc", "val_loss", "val_acc",
                "test_loss", "test_acc")
@@ -52,6 +54,34 @@ class LoggingParameters:
 def output_stem(logging_parameters: LoggingParameters) -> str:
     lp = logging_parameters
     return f"{lp.dataset_name}_{lp.model_name}_{lp.optimizer_name}"
+
+
+class TrainingDiverged(UserError):
+    """The training loss became NaN or inf; the message names the epoch and the batch."""
+
+    def __init__(self, epoch: int, batch: int):
+        super().__init__(f"training diverged (loss is NaN/inf) at epoch {epoch}, batch {batch}; lower --lr")
+
+
+def run_paths(out_dir: str, checkpoint_dir: str, logging_parameters: LoggingParameters) -> dict:
+    """The files of a run: its runs JSON, best checkpoint, full-state ``_last`` checkpoint and the
+    lock that keeps a second live run off them."""
+    stem = output_stem(logging_parameters)
+    return {"json": os.path.join(out_dir, f"{stem}.json"),
+            "best": os.path.join(checkpoint_dir, f"{stem}.pt"),
+            "last": os.path.join(checkpoint_dir, f"{stem}_last.pt"),
+            "lock": os.path.join(checkpoint_dir, f".{stem}.lock")}
+
+
+def check_output_paths(paths: dict, create: bool = True) -> None:
+    """Create the output folders (or, with ``create`` False, only check that they could be made)
+    and refuse a folder standing where a file of the run goes, so that a bad output path stops
+    the run before its first epoch, not after it."""
+    for key, flag in (("json", "--out_dir"), ("best", "--checkpoint_dir"), ("last", "--checkpoint_dir")):
+        (ensure_dir if create else check_creatable_dir)(os.path.dirname(paths[key]))
+        if os.path.isdir(paths[key]):
+            raise UserError(f"{paths[key]}: is a folder, but this run writes a file there; move it "
+                            f"away or choose another {flag}")
 
 
 def json_safe_optimizer_params(param_group: dict) -> dict:
@@ -139,7 +169,8 @@ class _AugmentedBatchSampler:
         return math.ceil(len(self.sampler) / self.batch_size)
 
     def __iter__(self):
-        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.sampler.epoch + 1)
+        # modulo 2**64, the range manual_seed takes (the same seed for every --seed below 2**44)
+        generator = torch.Generator().manual_seed((self.seed * 1_000_003 + self.sampler.epoch + 1) % 2**64)
         params = draw_augmentation(self.n, generator).tolist()
         for batch in BatchSampler(self.sampler, self.batch_size, drop_last=False):
             yield [[i, *params[i]] for i in batch]
@@ -251,6 +282,8 @@ class Trainer:
         self._workers_asked = num_workers is not None
         self.precise_bn = precise_bn
         self.epoch = 0  # epochs finished; train_one_epoch trains epoch self.epoch + 1
+        self._last_batch = 0  # batches in the last epoch trained
+        self.current_run: dict | None = None  # the run dict of run(), recorded when training diverges
         self._loaders: dict = {}
         self._device_caches: dict = {}
         self.last_eval: EvalResult | None = None  # the latest evaluate_model_on_dataloader pass
@@ -331,7 +364,11 @@ class Trainer:
         loader.epoch_sampler.set_epoch(self.epoch)
         loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
         correct = torch.zeros((), dtype=torch.long, device=self.device)
-        seen = 0
+        seen = batch_number = 0
+        bad_batch = torch.zeros((), dtype=torch.long, device=self.device)  # first NaN/inf loss; 0: none
+        # Reading the flag waits for the queued GPU steps, so on CUDA it is read every 50 batches
+        # (and at the end); on the CPU the steps are already done and it is read every batch.
+        check_every = 1 if self.device.type == "cpu" else 50
         start = last_update = time.monotonic()
         bar = self._bar(loader, f"train epoch {self.epoch + 1}")
         for batch_number, (images, labels) in enumerate(bar, 1):
@@ -345,6 +382,10 @@ class Trainer:
             loss_sum += loss.detach().double() * labels.shape[0]
             correct += (outputs.detach().argmax(1) == labels).sum()
             seen += labels.shape[0]
+            bad_batch = torch.where((bad_batch == 0) & ~torch.isfinite(loss.detach()), batch_number,
+                                    bad_batch)
+            if batch_number % check_every == 0 and bad_batch.item():
+                raise TrainingDiverged(self.epoch + 1, int(bad_batch.item()))
             if self._pause_at:
                 _test_pause_hook(self._pause_at, self.epoch + 1, batch_number)
             if self.progress and time.monotonic() - last_update > 0.5:  # syncs only for display
@@ -352,6 +393,11 @@ class Trainer:
                 bar.set_postfix(loss=f"{loss_sum.item() / seen:.4f}", acc=f"{100.0 * correct.item() / seen:.2f}",
                                 ips=f"{seen * self.world_size / (last_update - start):.1f}")
         bar.close()
+        if bad_batch.item():
+            raise TrainingDiverged(self.epoch + 1, int(bad_batch.item()))
+        if not torch.stack([p.detach().isfinite().all() for p in self.model.parameters()]).all():
+            raise TrainingDiverged(self.epoch + 1, batch_number)  # the last step made weights NaN/inf
+        self._last_batch = batch_number
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)  # the steps were queued: time them finished
         self.last_train_seconds = time.monotonic() - start
@@ -393,6 +439,8 @@ class Trainer:
         n = labels_t.shape[0]
         if n == 0:
             raise UserError(f"{getattr(dataset, 'root_path', 'dataset')}: no samples to evaluate")
+        if not torch.isfinite(logits_t).all():  # finite weights, yet outputs overflow: diverged too
+            raise TrainingDiverged(self.epoch, self._last_batch)
         accuracy = 100.0 * (logits_t.argmax(1) == labels_t).sum().item() / n
         return EvalResult(loss=loss_sum.item() / n, accuracy=accuracy,
                           labels=labels_t.cpu().numpy(), logits=logits_t.cpu().numpy(),
@@ -477,10 +525,7 @@ class Trainer:
 
     # ------------------------------------------------------------------ run
     def paths(self, logging_parameters: LoggingParameters) -> dict:
-        stem = output_stem(logging_parameters)
-        return {"json": os.path.join(self.out_dir, f"{stem}.json"),
-                "best": os.path.join(self.checkpoint_dir, f"{stem}.pt"),
-                "last": os.path.join(self.checkpoint_dir, f"{stem}_last.pt")}
+        return run_paths(self.out_dir, self.checkpoint_dir, logging_parameters)
 
     def _new_run(self, logging_parameters: LoggingParameters) -> dict:
         lp = logging_parameters
@@ -501,15 +546,17 @@ class Trainer:
         return run
 
     def _write_json(self, path: str, run: dict) -> None:
-        """Replace this run's entry (by run_id) or append it; earlier runs are kept."""
-        runs = read_runs(path, repair=True)
-        for i, old in enumerate(runs):
-            if old.get("run_id") == run["run_id"]:
-                runs[i] = run
-                break
-        else:
-            runs.append(run)
-        atomic_write_json(path, runs)
+        """Replace this run's entry (by run_id) or append it; earlier runs are kept. Locked, so that
+        runs writing the same JSON at once never lose each other's writes."""
+        with file_lock(path):
+            runs = read_runs(path, repair=True)
+            for i, old in enumerate(runs):
+                if old.get("run_id") == run["run_id"]:
+                    runs[i] = run
+                    break
+            else:
+                runs.append(run)
+            atomic_write_json(path, runs)
 
     def _rng_state(self) -> dict:
         state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(),
@@ -544,6 +591,10 @@ class Trainer:
         if model_name and found and found != model_name:
             raise UserError(f"{path}: holds a {found} run, not {model_name}; move the file away or "
                             "start without --resume")
+        mismatch = state_dict_mismatch(self.model, checkpoint["model"])
+        if mismatch:
+            raise UserError(f"{path}: does not fit this model ({mismatch}); start without --resume")
+        self._refuse_other_protocol(path, checkpoint["run"])
         try:
             self.model.load_state_dict(checkpoint["model"])
             self.optimizer.load_state_dict(checkpoint["optimizer"])
@@ -556,14 +607,61 @@ class Trainer:
                             "start without --resume") from None
         return checkpoint["run"], (-math.inf if best is None else float(best))
 
+    def _refuse_other_protocol(self, path: str, saved_run) -> None:
+        """Refuse to resume a run whose protocol differs from this one's (``run_info['protocol']``,
+        the flags that define a run: model, data, optimizer, lr, batch size, seed ...), naming
+        each difference: a resumed run must be the run its JSON describes."""
+        mine = self.run_info.get("protocol") or {}
+        theirs = (saved_run.get("protocol") if isinstance(saved_run, dict) else None) or {}
+        differences = [f"--{key} {mine[key]} differs from the run's {theirs[key]}"
+                       for key in mine if key in theirs and mine[key] != theirs[key]]
+        if differences:
+            raise UserError(f"--resume {path}: {'; '.join(differences)}; resume with the run's flags "
+                            "(a larger -e is fine), or start a new run without --resume")
+
     def run(self, epochs: int, logging_parameters: LoggingParameters, resume: bool = False) -> dict:
-        """Train for ``epochs`` epochs (in total, counting resumed ones); returns the run dict."""
+        """Train for ``epochs`` epochs (in total, counting resumed ones); returns the run dict.
+
+        The main process holds ``<checkpoint_dir>/.<stem>.lock`` meanwhile, so a second live run
+        on the same checkpoints is refused (``UserError``) instead of mixing its files with this
+        one's. A loss that becomes NaN/inf raises ``TrainingDiverged`` after the JSON of the
+        finished epochs is written, marked not completed.
+        """
         if epochs < 1:
             raise UserError(f"--epochs must be at least 1, got {epochs}")
         paths = self.paths(logging_parameters)
-        if self.is_main:
-            ensure_dir(self.out_dir)
-            ensure_dir(self.checkpoint_dir)
+        if not self.is_main:
+            return self._run_epochs(epochs, logging_parameters, paths, resume)
+        check_output_paths(paths)
+        note = (f"pid {os.getpid()} on {socket.gethostname()}, started {time.strftime('%Y-%m-%d %H:%M:%S')}: "
+                f"{' '.join(self.run_info.get('argv') or sys.argv)}")
+        try:
+            with exclusive_lock(paths["lock"], note):
+                return self._run_locked(epochs, logging_parameters, paths, resume)
+        except LockHeldError as exc:
+            raise UserError(f"{paths['best']} and {paths['last']} are in use by another training "
+                            f"({exc}); wait for it to finish, or give this run another --checkpoint_dir "
+                            "(it may share --out_dir)") from None
+
+    def _run_locked(self, epochs: int, logging_parameters: LoggingParameters, paths: dict,
+                    resume: bool) -> dict:
+        """``run`` in the main process while it holds the lock: clear what a killed run's saves
+        left, train, and on divergence keep the finished epochs in the JSON."""
+        removed = remove_unfinished_writes(paths["best"]) + remove_unfinished_writes(paths["last"])
+        if removed:
+            print(f"removed unfinished checkpoint writes of a killed run: {', '.join(removed)}",
+                  file=sys.stderr)
+        try:
+            return self._run_epochs(epochs, logging_parameters, paths, resume)
+        except TrainingDiverged as exc:
+            if self.current_run is not None:  # the finished epochs, marked not completed
+                self.current_run.update(completed=False, diverged=str(exc))
+                self._write_json(paths["json"], self.current_run)
+            raise
+
+    def _run_epochs(self, epochs: int, logging_parameters: LoggingParameters, paths: dict,
+                    resume: bool) -> dict:
+        """``run`` once its output files are checked and locked: the epoch loop."""
         run, best_val = self._new_run(logging_parameters), -math.inf
         if resume:
             if not os.path.exists(paths["last"]):
@@ -572,6 +670,7 @@ class Trainer:
             run["completed"] = self.epoch >= epochs
             if self.is_main:
                 print(f"resuming {paths['last']} after epoch {self.epoch}", file=sys.stderr)
+        self.current_run = run
         other_runs_best_kept = False
         for _ in range(self.epoch, epochs):
             train_loss, train_acc = self.train_one_epoch()

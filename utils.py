@@ -3,6 +3,8 @@ file writes and the command-line error handling used by every script."""
 from __future__ import annotations
 
 import argparse
+import contextlib
+import glob
 import json
 import os
 import random
@@ -67,13 +69,37 @@ def non_negative_int(text: str) -> int:
     return value
 
 
-def positive_float(text: str) -> float:
-    """argparse type: a finite float > 0."""
+def seed_int(text: str) -> int:
+    """argparse type: a seed from 0 to 2**63 - 1 (the range every RNG of the project takes)."""
+    value = non_negative_int(text)
+    if value > 2**63 - 1:
+        raise argparse.ArgumentTypeError(f"must be at most 2**63 - 1 = {2**63 - 1}, got {value}")
+    return value
+
+
+def _finite_float(text: str) -> float:
+    """``text`` as a finite float; else an argparse error."""
     try:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not np.isfinite(value) or value <= 0:
+    if not np.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be a finite number, got {text}")
+    return value
+
+
+def non_negative_float(text: str) -> float:
+    """argparse type: a finite float >= 0."""
+    value = _finite_float(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {text}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    """argparse type: a finite float > 0."""
+    value = _finite_float(text)
+    if value <= 0:
         raise argparse.ArgumentTypeError(f"must be greater than 0, got {text}")
     return value
 
@@ -250,16 +276,23 @@ def get_nof_params(model: torch.nn.Module) -> int:
 
 
 def get_device(name: str = "auto") -> torch.device:
-    """'auto' picks CUDA when available, else the CPU; 'cuda' without a GPU is an error."""
+    """'auto' picks CUDA when available, else the CPU; 'cuda' without a GPU is an error, and so is
+    any other device (mps, meta, ...): the code paths are made and tested for CPU and CUDA only."""
     name = name or "auto"
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise UserError(f"--device {name}: CUDA is not available on this machine; use --device cpu")
     try:
-        return torch.device(name)
+        device = torch.device(name)
     except RuntimeError:
-        raise UserError(f"--device {name}: not a device; use auto, cpu or cuda") from None
+        device = None
+    if device is None or device.type not in ("cpu", "cuda") or (device.type == "cpu" and device.index):
+        raise UserError(f"--device {name}: not supported; use auto, cpu or cuda (cuda:N for GPU N)")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"--device {name}: CUDA is not available on this machine; use --device cpu")
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise UserError(f"--device {name}: this machine has {torch.cuda.device_count()} GPU(s); "
+                        "use cuda:0 to cuda:N-1")
+    return device
 
 
 def set_seed(seed: int) -> None:
@@ -281,6 +314,83 @@ def ensure_dir(path: str) -> str:
         if not os.access(path, os.W_OK | os.X_OK):  # fail now, not after the first epoch
             raise UserError(f"{path}: folder is not writable; choose another folder")
     return path
+
+
+def check_creatable_dir(path: str) -> None:
+    """Raise ``UserError`` (as ``ensure_dir`` would) when folder ``path`` could not be made or
+    written, without creating anything."""
+    existing = os.path.abspath(path)
+    while not os.path.exists(existing) and os.path.dirname(existing) != existing:
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        raise UserError(f"{path}: cannot create output folder ({existing} is not a folder); "
+                        "choose another folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise UserError(f"{path}: folder is not writable; choose another folder")
+
+
+@contextlib.contextmanager
+def file_lock(path: str):
+    """An exclusive lock (POSIX flock on the file's folder, so no lock file is left behind) that
+    keeps two processes doing a read-modify-write of the same JSON at once from losing one's
+    write; a no-op where flock is unavailable."""
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    try:
+        import fcntl
+        fd = os.open(folder, os.O_RDONLY)
+    except (ImportError, OSError):  # Windows, or a folder that cannot be opened
+        yield
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+class LockHeldError(UserError):
+    """``exclusive_lock`` found the lock held by another process; the message is the holder's note."""
+
+
+@contextlib.contextmanager
+def exclusive_lock(lock_path: str, note: str):
+    """Hold an advisory lock (POSIX flock) on ``lock_path`` for the block, without waiting.
+
+    ``note`` (who holds it) is written into the file. The OS releases the lock when the process
+    ends, however it ends; a normal exit also removes the file. Raises ``LockHeldError`` holding
+    the other process's note when it holds the lock. A no-op where flock is unavailable.
+    """
+    try:
+        import fcntl
+    except ImportError:
+        yield
+        return
+    while True:
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o666 & ~_UMASK)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 4096).decode("utf-8", "replace").strip()
+            os.close(fd)
+            raise LockHeldError(holder or "another process") from None
+        except OSError:  # a file system without flock: run unlocked, as before
+            os.close(fd)
+            yield
+            return
+        try:  # the holder may have removed the file between our open and flock: lock the new one
+            if os.stat(lock_path).st_ino == os.fstat(fd).st_ino:
+                break
+        except FileNotFoundError:
+            pass
+        os.close(fd)
+    try:
+        os.ftruncate(fd, 0)
+        os.write(fd, note.encode("utf-8"))
+        yield
+    finally:
+        os.unlink(lock_path)  # still locked here, so no other process holds this file
+        os.close(fd)
 
 
 _KILL_IN_SAVE_ENV = "FACES_TEST_KILL_IN_SAVE"  # test hook, see _test_kill_hook
@@ -320,6 +430,7 @@ def atomic_write(path: str, write: Callable[[str], None]) -> None:
     folder = os.path.dirname(os.path.abspath(path))
     ensure_dir(folder)
     try:
+        # remove_unfinished_writes knows this name pattern
         fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
     except PermissionError:
         raise UserError(f"{folder}: folder is not writable; choose another output folder") from None
@@ -353,7 +464,24 @@ def atomic_write_text(path: str, text: str) -> None:
 
 
 def atomic_torch_save(obj, path: str) -> None:
-    atomic_write(path, lambda tmp: torch.save(obj, tmp))
+    """``torch.save`` through ``atomic_write``; a failed write (disk full: torch's zip writer
+    raises RuntimeError, the file system OSError) is a one-line ``UserError`` naming ``path``."""
+    try:
+        atomic_write(path, lambda tmp: torch.save(obj, tmp))
+    except (RuntimeError, OSError) as exc:
+        raise UserError(f"{path}: cannot write the checkpoint ({one_line_message(exc)[:200]}); "
+                        "free disk space or choose another folder") from None
+
+
+def remove_unfinished_writes(path: str) -> list[str]:
+    """Delete the temp files (``.<name>.<random>.tmp``) that an ``atomic_write`` of ``path``
+    killed before its rename left beside it; returns their paths. Only call it while no other
+    process can be writing ``path``."""
+    folder, name = os.path.split(os.path.abspath(path))
+    removed = glob.glob(os.path.join(glob.escape(folder), f".{glob.escape(name)}.*.tmp"))
+    for tmp in removed:
+        os.unlink(tmp)
+    return removed
 
 
 def save_figure(fig, path: str, **kwargs) -> str:
@@ -417,7 +545,40 @@ def load_checkpoint(path: str, device: torch.device | str = "cpu") -> dict:
         checkpoint = {"model": checkpoint}  # a bare state dict
     if not isinstance(checkpoint, dict) or "model" not in checkpoint:
         raise UserError(f"{path}: not a training checkpoint (no 'model' entry)")
+    bad = non_finite_tensor(checkpoint["model"])
+    if bad:
+        raise UserError(f"{path}: holds non-finite weights (NaN/inf in {bad}), so every score would be "
+                        "NaN; its training diverged: train again with a lower --lr")
     return checkpoint
+
+
+def non_finite_tensor(state_dict) -> str | None:
+    """The first key of ``state_dict`` whose floating-point tensor holds a NaN or an inf; ``None``
+    when every one is finite."""
+    for key, value in (state_dict.items() if isinstance(state_dict, dict) else ()):
+        if isinstance(value, torch.Tensor) and value.is_floating_point() and not torch.isfinite(value).all():
+            return str(key)
+    return None
+
+
+def state_dict_mismatch(model: torch.nn.Module, state_dict) -> str | None:
+    """How ``state_dict`` does not fit ``model``, naming the first missing, unexpected or wrongly
+    shaped key (torch's own message lists every key and is cut off before the first); ``None``
+    when it fits."""
+    if not isinstance(state_dict, dict):
+        return f"its 'model' entry is a {type(state_dict).__name__}, not a state dict"
+    expected = model.state_dict()
+    parts = []
+    for what, keys in (("missing key", [k for k in expected if k not in state_dict]),
+                       ("unexpected key", [k for k in state_dict if k not in expected])):
+        if keys:
+            parts.append(f"{what} {keys[0]}" + (f" and {len(keys) - 1} more" if len(keys) > 1 else ""))
+    for key, value in expected.items():
+        found = state_dict.get(key)
+        if not parts and isinstance(found, torch.Tensor) and found.shape != value.shape:
+            parts.append(f"{key} has shape {list(found.shape)} in the checkpoint, "
+                         f"{list(value.shape)} in the model")
+    return "; ".join(parts) or None
 
 
 def model_name_of_state_dict(state_dict: dict) -> str | None:
@@ -445,6 +606,10 @@ def load_model_from_checkpoint(model_name: str, checkpoint_path: str,
         raise UserError(f"{checkpoint_path}: holds a {found} model, but -m {model_name} was given; "
                         f"pass -m {found} (models: {', '.join(MODEL_NAMES)})")
     model = load_model(model_name, pretrained=False)
+    mismatch = state_dict_mismatch(model, state_dict)
+    if mismatch:
+        raise UserError(f"{checkpoint_path}: does not fit a {model_name} model ({mismatch}); "
+                        f"models: {', '.join(MODEL_NAMES)}")
     try:
         model.load_state_dict(state_dict)
     except RuntimeError as exc:

@@ -1,0 +1,442 @@
+"""Reliability: concurrent runs on the same files, a diverging run, non-finite checkpoints, --resume
+with changed flags, and the smaller ways a careful user could lose data or get a wrong result
+without a word (empty class folders, bad output paths, disk full, odd seeds and devices, image
+formats, mislabelled plots, cut-off errors)."""
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+import resource
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torch import nn
+
+import grad_cam_analysis
+import plot_accuracy_and_loss
+import plot_samples_of_faces_datasets
+import saliency_map
+import train_main
+import utils
+from conftest import ROOT, make_image, make_tree
+from faces_dataset import DataError, FacesDataset, list_images, read_rgb_image
+from models import SimpleNet
+from test_hostile_input import _one_line_error
+from trainer import Trainer
+
+STEM = "fakes_dataset_SimpleNet_SGD"
+
+
+@pytest.fixture(scope="module")
+def data(module_tmp) -> str:
+    """4 training images (2 batches of 2), 2 val, 2 test per dataset."""
+    return make_tree(str(module_tmp("reliability_data")),
+                     {"train": (2, 2), "val": (1, 1), "test": (1, 1)}, seed=3)
+
+
+@pytest.fixture
+def tree(data, tmp_path):
+    """A private copy of the data to change."""
+    return str(shutil.copytree(data, tmp_path / "data"))
+
+
+def _argv(data, work, *extra) -> list[str]:
+    return ["--data_root", str(data), "-e", "1", "-b", "2", "--lr", "0.02", "--num_workers", "0",
+            "--no_progress", "--out_dir", str(work / "out"), "--checkpoint_dir", str(work / "ck"), *extra]
+
+
+def _runs(work) -> list:
+    return json.loads((work / "out" / f"{STEM}.json").read_text())
+
+
+def _env(**hooks) -> dict:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FACES_TEST_")}
+    env.update(hooks)
+    return env
+
+
+# ----------------------------------------------------------------------------- 1. concurrent runs
+def _hammer(path: str, tag: str, n: int, go) -> None:
+    """One writer process: append ``n`` runs to the runs JSON through the Trainer's writer."""
+    go.wait()
+    for i in range(n):
+        Trainer._write_json(None, path, {"run_id": f"{tag}-{i}", "writer": tag, "epoch": i})
+
+
+def test_two_processes_writing_the_runs_json_lose_no_write(tmp_path):
+    """Two processes append 60 runs each to one runs JSON at the same time: all 120 survive (an
+    unlocked read-modify-write lets one process overwrite the other's runs)."""
+    path, n = str(tmp_path / "runs.json"), 60
+    context = multiprocessing.get_context("fork")  # forked: no second import of torch
+    go = context.Event()
+    procs = [context.Process(target=_hammer, args=(path, tag, n, go)) for tag in "ab"]
+    for proc in procs:
+        proc.start()
+    go.set()  # both start writing together
+    for proc in procs:
+        proc.join(timeout=300)
+    assert [proc.exitcode for proc in procs] == [0, 0]
+    runs = json.loads(open(path).read())
+    assert sorted(r["run_id"] for r in runs) == sorted(f"{t}-{i}" for t in "ab" for i in range(n))
+    for tag in "ab":  # and each process's runs are in the order it wrote them
+        assert [r["epoch"] for r in runs if r["writer"] == tag] == list(range(n))
+
+
+def _wait_for_pause(proc) -> None:
+    deadline, seen = time.monotonic() + 180, []
+    while time.monotonic() < deadline:
+        line = proc.stderr.readline()
+        if not line:
+            pytest.fail("training ended before its pause:\n" + "".join(seen))
+        seen.append(line)
+        if line.startswith("FACES_TEST_PAUSED"):
+            return
+    pytest.fail("no pause marker:\n" + "".join(seen))
+
+
+def test_second_live_run_on_the_same_files_is_refused(data, tmp_path, capsys):
+    """A run paused in its first epoch holds the files: a second run with the same model, dataset,
+    optimizer and checkpoint folder is refused with one line naming the running one's pid, and
+    writes nothing. Once the first is killed, a new run trains, and its done line names the
+    checkpoint that holds its own weights."""
+    argv = _argv(data, tmp_path)
+    proc = subprocess.Popen([sys.executable, os.path.join(ROOT, "train_main.py"), *argv],
+                            env=_env(FACES_TEST_PAUSE_AT="1:1"), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        _wait_for_pause(proc)
+        line = _one_line_error(capsys, train_main.main, argv, "in use by another training",
+                               f"pid {proc.pid}", "--checkpoint_dir")
+        assert str(tmp_path / "ck" / f"{STEM}.pt") in line
+        assert not (tmp_path / "out").exists() or not os.listdir(tmp_path / "out")
+        # a run on its own checkpoint folder is not blocked, and shares the runs JSON
+        assert train_main.main(_argv(data, tmp_path, "--checkpoint_dir", str(tmp_path / "ck2"))) == 0
+    finally:
+        proc.kill()
+        proc.wait()
+    capsys.readouterr()
+    assert train_main.main(argv) == 0  # the OS released the killed run's lock
+    done = capsys.readouterr().out.strip().splitlines()[-1]
+    assert done.startswith("done:") and done.endswith(f"checkpoint {tmp_path / 'ck' / STEM}.pt")
+    runs = _runs(tmp_path)
+    assert len(runs) == 2 and all(r["completed"] for r in runs)
+    assert torch.load(tmp_path / "ck" / f"{STEM}.pt", weights_only=True)["run_id"] == runs[-1]["run_id"]
+    assert sorted(os.listdir(tmp_path / "ck")) == [f"{STEM}.pt", f"{STEM}_last.pt"]  # lock removed
+
+
+# ----------------------------------------------------------------------------- 2. divergence
+class _PoisonedLoss(nn.CrossEntropyLoss):
+    """Cross-entropy whose ``poison``-th training call (with gradients) returns NaN."""
+    poison = 4
+
+    def __init__(self):
+        super().__init__()
+        self.calls = 0
+
+    def forward(self, outputs, labels):
+        loss = super().forward(outputs, labels)
+        if torch.is_grad_enabled():
+            self.calls += 1
+            if self.calls == self.poison:
+                return loss * float("nan")
+        return loss
+
+
+def _error_after_epochs(capsys, argv, *needles) -> None:
+    """train_main exits 2; its last stderr line (after the finished epochs' lines) is the error."""
+    code = utils.run_cli(train_main.main, argv)
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert code == 2 and "Traceback" not in err, err
+    assert all(line.startswith("epoch ") for line in lines[:-1]), err
+    for needle in needles:
+        assert needle in lines[-1], (needle, lines[-1])
+
+
+def test_diverging_run_stops_with_one_line_and_keeps_finished_epochs(data, tmp_path, capsys, monkeypatch):
+    """Training call 4 = epoch 2, batch 2 (2 batches an epoch) gives a NaN loss: the run stops with
+    the one-line message naming that epoch and batch, the JSON keeps epoch 1, not completed."""
+    monkeypatch.setattr(train_main.nn, "CrossEntropyLoss", _PoisonedLoss)
+    _error_after_epochs(capsys, _argv(data, tmp_path, "-e", "3"),
+                        ": error: training diverged (loss is NaN/inf) at epoch 2, batch 2; lower --lr")
+    runs = _runs(tmp_path)
+    assert len(runs) == 1 and runs[0]["completed"] is False
+    assert runs[0]["diverged"].startswith("training diverged") and runs[0]["best_epoch"] == 1
+    assert len(runs[0]["train_loss"]) == 1 and np.isfinite(runs[0]["train_loss"] + runs[0]["val_loss"]).all()
+    assert torch.load(tmp_path / "ck" / f"{STEM}_last.pt", weights_only=True)["epoch"] == 1
+
+
+def test_huge_learning_rate_diverges_with_one_line(data, tmp_path, capsys):
+    """The issue's example, unpatched: SGD with a learning rate far too large."""
+    _error_after_epochs(capsys, _argv(data, tmp_path, "--lr", "1e12", "-e", "2"),
+                        ": error: training diverged (loss is NaN/inf) at epoch ", "; lower --lr")
+    assert _runs(tmp_path)[-1]["completed"] is False
+
+
+@pytest.mark.parametrize("flags", [["--momentum", "nan"], ["--momentum", "inf"], ["--momentum=-inf"],
+                                   ["--lr", "inf"]])
+def test_non_finite_momentum_or_lr_is_an_argparse_error(flags, capsys):
+    with pytest.raises(SystemExit) as exc:
+        train_main.build_parser().parse_args(flags)
+    assert exc.value.code == 2
+    assert f"argument {flags[0].split('=')[0]}" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------- 3. non-finite checkpoint
+@pytest.fixture
+def nan_checkpoint(tmp_path):
+    state = SimpleNet().state_dict()
+    state["fc3.bias"][1] = float("nan")
+    path = tmp_path / "nan.pt"
+    torch.save({"model": state, "epoch": 1}, path)
+    return path
+
+
+def test_predict_refuses_a_non_finite_checkpoint(nan_checkpoint, tmp_path):
+    image = tmp_path / "face.png"
+    make_image(np.random.default_rng(0), fake=False).save(image)
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, "predict.py"), "-m", "SimpleNet", "-cpp",
+                           str(nan_checkpoint), str(image), "--device", "cpu", "--no_progress", "--json"],
+                          capture_output=True, text=True, timeout=300)
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and proc.stdout == "", proc.stderr
+    assert len(lines) == 1 and str(nan_checkpoint) in lines[0] and "fc3.bias" in lines[0], lines
+    assert "non-finite" in lines[0]
+
+
+@pytest.mark.parametrize("script", [saliency_map, grad_cam_analysis])
+def test_analysis_scripts_refuse_a_non_finite_checkpoint(script, nan_checkpoint, data, tmp_path, capsys):
+    argv = ["-m", "SimpleNet", "-cpp", str(nan_checkpoint), "--data_root", data, "--device", "cpu",
+            "--figures_dir", str(tmp_path / "fig"), "--no_progress"]
+    _one_line_error(capsys, script.main, argv, nan_checkpoint, "non-finite weights")
+    assert not (tmp_path / "fig").exists()
+
+
+# ----------------------------------------------------------------------------- 4. resume protocol
+def test_resume_with_changed_protocol_is_refused_naming_each_difference(tree, tmp_path, capsys):
+    other = shutil.copytree(tree, tmp_path / "other")
+    assert train_main.main(_argv(tree, tmp_path)) == 0
+    capsys.readouterr()
+    changed = _argv(other, tmp_path, "--resume", "-e", "2", "--lr", "0.5", "-b", "4", "--seed", "7",
+                    "--momentum", "0.5")
+    _one_line_error(capsys, train_main.main, changed, "--lr 0.5 differs from the run's 0.02",
+                    "--batch_size 4 differs from the run's 2", "--seed 7 differs from the run's 0",
+                    "--momentum 0.5 differs from the run's 0.9",
+                    f"--data_root {os.path.realpath(other)} differs from the run's {os.path.realpath(tree)}",
+                    "a larger -e is fine")
+    runs = _runs(tmp_path)
+    assert len(runs) == 1 and len(runs[0]["train_loss"]) == 1  # nothing trained, nothing recorded
+    assert train_main.main(_argv(tree, tmp_path, "--resume", "-e", "2")) == 0  # a larger -e continues
+    runs = _runs(tmp_path)
+    assert len(runs) == 1 and len(runs[0]["train_loss"]) == 2 and runs[0]["completed"] is True
+
+
+# ----------------------------------------------------------------------------- smaller ones
+@pytest.mark.parametrize("empty", ["real", "fake"])
+def test_empty_class_folder_in_the_train_split(empty, tree, tmp_path, capsys):
+    folder = os.path.join(tree, "fakes_dataset", "train", empty)
+    shutil.rmtree(folder)
+    os.mkdir(folder)
+    _one_line_error(capsys, train_main.main, _argv(tree, tmp_path), folder, "no images")
+    assert not (tmp_path / "ck").exists() or not os.listdir(tmp_path / "ck")
+    _one_line_error(capsys, plot_samples_of_faces_datasets.main,
+                    ["--data_root", tree, "--figures_dir", str(tmp_path / "fig")], folder, "no images")
+
+
+def _no_data_reading(*args, **kwargs):
+    raise AssertionError("the data was read before the output paths were checked")
+
+
+def test_out_dir_that_is_a_file_stops_before_any_work(data, tmp_path, capsys, monkeypatch):
+    blocker = tmp_path / "notes.txt"
+    blocker.write_text("my notes\n")
+    argv = _argv(data, tmp_path)
+    argv[argv.index("--out_dir") + 1] = str(blocker)
+    monkeypatch.setattr(train_main, "load_dataset", _no_data_reading)
+    _one_line_error(capsys, train_main.main, argv, blocker, "cannot create output folder")
+    assert blocker.read_text() == "my notes\n"
+    assert not (tmp_path / "ck").exists() or not os.listdir(tmp_path / "ck")
+
+
+@pytest.mark.parametrize("where", ["out", "ck"])
+def test_output_file_that_is_a_folder_stops_before_any_work(where, data, tmp_path, capsys, monkeypatch):
+    name = f"{STEM}.json" if where == "out" else f"{STEM}.pt"
+    (tmp_path / where / name).mkdir(parents=True)
+    monkeypatch.setattr(train_main, "load_dataset", _no_data_reading)
+    _one_line_error(capsys, train_main.main, _argv(data, tmp_path), tmp_path / where / name, "is a folder")
+    assert not (tmp_path / "ck" / f"{STEM}_last.pt").exists()
+    assert not (tmp_path / "out" / f"{STEM}.json").is_file()
+
+
+def _limit_file_size():
+    """In the child: files may grow to 2 MB only (EFBIG instead of SIGXFSZ), like a full disk."""
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (2 * 1024**2, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))
+
+
+def test_checkpoint_write_failure_is_one_line(data, tmp_path):
+    """SimpleNet's checkpoint (66 MB) cannot be written where files may not pass 2 MB: one line
+    naming the file, no traceback, and no temp file left behind."""
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, "train_main.py"), *_argv(data, tmp_path)],
+                          env=_env(), capture_output=True, text=True, timeout=300,
+                          preexec_fn=_limit_file_size)
+    lines = [line for line in proc.stderr.splitlines() if ": error: " in line]
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    assert len(lines) == 1 and f"{tmp_path / 'ck' / STEM}.pt: cannot write the checkpoint" in lines[0]
+    assert "free disk space" in lines[0]
+    assert os.listdir(tmp_path / "ck") == []
+
+
+def test_orphan_temp_files_of_a_killed_save_are_removed(data, tmp_path, capsys):
+    """Only this run's own temp names, only in its checkpoint folder."""
+    ck = tmp_path / "ck"
+    ck.mkdir()
+    orphans = [ck / f".{STEM}.pt.ab12cd34.tmp", ck / f".{STEM}_last.pt.x_9y8z7w.tmp"]
+    others = [ck / ".synthetic_dataset_SimpleNet_SGD.pt.ab12cd34.tmp", ck / "my.tmp",
+              ck / f"{STEM}.pt.notes.tmp"]
+    for path in orphans + others:
+        path.write_bytes(b"partial")
+    assert train_main.main(_argv(data, tmp_path)) == 0
+    assert not any(p.exists() for p in orphans) and all(p.exists() for p in others)
+    assert "removed unfinished checkpoint writes" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("seed", ["-1", str(2**63), "1e3"])
+def test_seed_out_of_range_is_an_argparse_error(seed, capsys):
+    with pytest.raises(SystemExit) as exc:
+        train_main.build_parser().parse_args(["--seed", seed])
+    assert exc.value.code == 2 and "argument --seed" in capsys.readouterr().err
+
+
+def test_largest_seed_trains(data, tmp_path):
+    """2**63 - 1, and the issue's 2**50, overflowed the augmentation's generator seed."""
+    for seed in (2**50, 2**63 - 1):
+        assert train_main.main(_argv(data, tmp_path, "--seed", str(seed))) == 0
+    assert [r["seed"] for r in _runs(tmp_path)] == [2**50, 2**63 - 1]
+
+
+@pytest.mark.parametrize("device", ["mps", "meta", "garbage", "cpu:1"])
+def test_unsupported_device_is_one_line(device, data, tmp_path, capsys):
+    with pytest.raises(utils.UserError, match=f"--device {device}: "):
+        utils.get_device(device)
+    _one_line_error(capsys, train_main.main, _argv(data, tmp_path, "--device", device), f"--device {device}")
+
+
+@pytest.mark.parametrize("peak", [200, 256, 65535])
+def test_16_bit_grey_is_scaled_by_the_bit_depth(peak, tmp_path):
+    values = np.linspace(0, peak, 64 * 64).reshape(64, 64).astype(np.uint16)
+    path = tmp_path / "grey16.png"
+    Image.fromarray(values).save(path)
+    with Image.open(path) as check:
+        assert check.mode.startswith("I")  # really read as 16-bit
+    expected = np.rint(values / 65535.0 * 255.0).astype(np.uint8)
+    got = np.asarray(read_rgb_image(str(path)))
+    assert np.array_equal(got, np.repeat(expected[..., None], 3, axis=2))
+
+
+def test_exif_orientation_is_applied(tmp_path):
+    """Orientation 6 says: turn the stored pixels 90 degrees clockwise to view them."""
+    stored = np.random.default_rng(1).integers(0, 256, (30, 40, 3), dtype=np.uint8)
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    path = tmp_path / "phone.png"
+    Image.fromarray(stored).save(path, exif=exif)
+    assert np.array_equal(np.asarray(read_rgb_image(str(path))), np.rot90(stored, k=-1))
+
+
+def test_broken_symlink_is_an_error_or_a_skip_warning(tree):
+    root = os.path.join(tree, "fakes_dataset", "train")
+    link = os.path.join(root, "real", "moved_away.png")
+    os.symlink(os.path.join(tree, "nowhere.png"), link)
+    with pytest.raises(DataError, match="moved_away.png: broken symbolic link"):
+        FacesDataset(root)
+    with pytest.warns(UserWarning, match="moved_away.png") as caught:
+        dataset = FacesDataset(root, skip_corrupt=True)
+    assert "moved_away.png" not in dataset.real_image_names and len(dataset) == 4
+    assert not any("--skip_corrupt" in str(w.message) for w in caught)
+
+
+def test_only_raster_images_count(tmp_path):
+    rgb = make_image(np.random.default_rng(2), fake=False, size=32)
+    raster = ["a.png", "b.jpg", "c.jpeg", "d.bmp", "e.gif", "f.tif", "g.tiff", "h.webp", "i.ppm", "j.tga"]
+    for name in raster:
+        rgb.save(tmp_path / name)
+    rgb.save(tmp_path / "consent_form.pdf")
+    for name in ("scan.ps", "logo.eps", "weights.h5", "clip.mpg", "chart.emf", "notes.txt"):
+        (tmp_path / name).write_bytes(b"not a raster image")
+    assert list_images(str(tmp_path)) == raster
+    for name in raster:
+        assert read_rgb_image(str(tmp_path / name)).size == (32, 32)
+
+
+def test_skip_corrupt_warnings_do_not_suggest_skip_corrupt(tree):
+    root = os.path.join(tree, "fakes_dataset", "train")
+    with open(os.path.join(root, "fake", "img000.png"), "wb") as handle:
+        handle.write(b"\x89PNG truncated")
+    with pytest.raises(DataError, match="or pass --skip_corrupt"):  # without the flag: the hint
+        read_rgb_image(os.path.join(root, "fake", "img000.png"))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        FacesDataset(root, skip_corrupt=True)
+    messages = [str(w.message) for w in caught]
+    assert any("img000.png" in m for m in messages) and not any("--skip_corrupt" in m for m in messages)
+
+
+def _runs_json(tmp_path, **run) -> str:
+    base = {"model": "SimpleNet", "dataset": "fakes_dataset", "optimizer": {"name": "Adam", "params": {}},
+            "train_loss": [1.0, 0.5], "train_acc": [50, 60], "val_loss": [1.0, 0.6], "val_acc": [50, 55],
+            "test_loss": [1.0, 0.7], "test_acc": [50, 52], "completed": True}
+    base.update(run)
+    path = tmp_path / "runs.json"
+    path.write_text(json.dumps([base]))
+    return str(path)
+
+
+@pytest.mark.parametrize("flags", [["-m", "XceptionBased"], ["-d", "synthetic_dataset"]])
+def test_plot_refuses_a_run_of_another_model_or_dataset(flags, tmp_path, capsys):
+    argv = ["-j", _runs_json(tmp_path), "--figures_dir", str(tmp_path / "fig"), *flags]
+    _one_line_error(capsys, plot_accuracy_and_loss.main, argv, "SimpleNet on fakes_dataset", flags[1])
+    assert not (tmp_path / "fig").exists()
+
+
+def test_plot_of_an_unfinished_run_says_so(tmp_path, capsys, monkeypatch):
+    titles = []
+    real_save = plot_accuracy_and_loss.save_figure
+
+    def save_figure(fig, path, **kwargs):
+        titles.append(fig.axes[0].get_title())
+        return real_save(fig, path, **kwargs)
+    monkeypatch.setattr(plot_accuracy_and_loss, "save_figure", save_figure)
+    argv = ["-j", _runs_json(tmp_path, completed=False), "--figures_dir", str(tmp_path / "fig")]
+    assert plot_accuracy_and_loss.main(argv) == 0
+    assert "UNFINISHED" in capsys.readouterr().err
+    assert len(titles) == 2 and all("UNFINISHED run: 2 epoch(s)" in t for t in titles)
+    titles.clear()
+    assert plot_accuracy_and_loss.main(["-j", _runs_json(tmp_path), "--figures_dir", str(tmp_path)]) == 0
+    assert titles == ["loss vs epoch for SimpleNet model on fakes_dataset dataset",
+                      "accuracy vs epoch for SimpleNet model on fakes_dataset dataset"]
+
+
+@pytest.mark.parametrize("change, needle", [
+    (lambda sd: sd.pop("fc3.bias"), "missing key fc3.bias"),
+    (lambda sd: sd.update({"head.weight": torch.zeros(2)}), "unexpected key head.weight"),
+    (lambda sd: sd.update({"fc3.weight": torch.zeros(3, 256)}),
+     "fc3.weight has shape [3, 256] in the checkpoint, [2, 256] in the model"),
+])
+def test_state_dict_mismatch_names_the_first_key(change, needle, tmp_path):
+    state = SimpleNet().state_dict()
+    change(state)
+    path = tmp_path / "odd.pt"
+    torch.save({"model": state}, path)
+    with pytest.raises(utils.UserError, match=r"odd\.pt: does not fit a SimpleNet model") as exc:
+        utils.load_model_from_checkpoint("SimpleNet", str(path))
+    assert needle in str(exc.value)
