@@ -23,11 +23,12 @@ from typing import Callable, Iterator
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import BatchSampler, DataLoader, Dataset
-from tqdm import tqdm
 
-from utils import (DATASET_TITLES, UserError, atomic_write_json, binary_metrics, file_lock, move_aside,
-                   normalize_batch)
+from batching import iter_batches, normalize_batch
+from cli import UserError
+from fileio import atomic_write_json, file_lock, move_aside
+from metrics import binary_metrics
+from utils import DATASET_TITLES
 
 CLASS_NAMES = ("Real", "Fake")  # label 0, label 1
 DEFAULT_TARGET_LAYER = "conv3"  # the study's Grad-CAM layer, for both models
@@ -85,41 +86,6 @@ def model_device(model: nn.Module) -> torch.device:
         return torch.device("cpu")
 
 
-class _BatchesOf(Dataset):
-    """Indexed by a list of dataset indices: returns (uint8 images, labels, indices) of the batch."""
-
-    def __init__(self, dataset):
-        self.dataset = dataset
-        self.labels = dataset.labels
-
-    def __len__(self):
-        return len(self.dataset)
-
-    def __getitem__(self, indices):
-        indices = torch.as_tensor(indices, dtype=torch.long)
-        return self.dataset.load_uint8_batch(indices), self.labels[indices], indices
-
-
-def iter_batches(dataset, batch_size: int, indices=None, num_workers: int = 0,
-                 progress: bool = False, desc: str = "batches"
-                 ) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
-    """Yield ``(uint8 N x 3 x 256 x 256, labels, dataset indices)`` batches of a ``FacesDataset``.
-
-    ``indices`` (default: all, in order) selects and orders the images; ``num_workers`` decodes
-    batches in worker processes.
-    """
-    if batch_size < 1:
-        raise UserError(f"--batch_size must be at least 1, got {batch_size}")
-    order = list(range(len(dataset))) if indices is None else [int(i) for i in indices]
-    batches = BatchSampler(order, batch_size, drop_last=False)
-    loader = DataLoader(_BatchesOf(dataset), sampler=batches, batch_size=None,
-                        num_workers=num_workers, persistent_workers=False)
-    with tqdm(total=len(order), desc=desc, unit="img", disable=not progress, leave=False) as bar:
-        for images, labels, idx in loader:
-            yield images, labels, idx
-            bar.update(len(idx))
-
-
 # ----------------------------------------------------------------------------- scores
 @torch.inference_mode()
 def predict_logits(model: nn.Module, images_uint8: torch.Tensor, batch_size: int = 64
@@ -162,7 +128,7 @@ def soft_scores(logits) -> np.ndarray:
 
 def roc_det_metrics(labels, logits) -> dict:
     """AUC of score A and score B (the raw output columns 0 and 1, as in the course) with positive
-    label 1, plus ``utils.binary_metrics`` of P(fake): AUC, EER and its threshold, AP, accuracy at
+    label 1, plus ``metrics.binary_metrics`` of P(fake): AUC, EER and its threshold, AP, accuracy at
     0.5, balanced accuracy, confusion matrix (rows true real/fake, columns predicted), samples per
     class. ``score_of`` says which score each number uses."""
     from sklearn.metrics import roc_auc_score

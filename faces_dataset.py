@@ -15,6 +15,8 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from torch.utils.data import Dataset
 from tqdm import tqdm
 
+from cli import UserError
+
 IMAGE_SIZE = 256
 REAL_LABEL, FAKE_LABEL = 0, 1
 CLASS_DIRS = ("real", "fake")
@@ -23,7 +25,7 @@ CLASS_DIRS = ("real", "fake")
 Image.MAX_IMAGE_PIXELS = 8192 * 8192
 
 
-class DataError(ValueError):
+class DataError(UserError, ValueError):
     """A data problem the user must fix; the message names the file or folder."""
 
 

@@ -15,9 +15,10 @@ import sys
 import torch
 
 import analysis
-from utils import (FIGURE_SUFFIXES, ArgumentParser, UserError, add_analysis_flags, figure_path,
-                   load_analysis_inputs, non_negative_int, normalize_batch, positive_int, run_cli,
-                   save_figure)
+from batching import normalize_batch
+from cli import ArgumentParser, UserError, non_negative_int, positive_int, run_cli
+from fileio import save_figure
+from utils import FIGURE_SUFFIXES, add_analysis_flags, figure_path, load_analysis_inputs
 
 
 def fraction(text: str) -> float:

@@ -73,6 +73,16 @@ from PIL import Image
 from scipy import ndimage
 from tqdm import tqdm
 
+from cli import (
+    ArgumentParser,
+    UserError,
+    add_debug_flag,
+    non_negative_int,
+    positive_float,
+    positive_int,
+    run_cli,
+)
+
 DATASETS = ("fakes_dataset", "synthetic_dataset")
 SPLITS = ("train", "val", "test")
 CLASSES = ("real", "fake")
@@ -901,9 +911,6 @@ def generate(out, seed: int = 0, scale: float = 1.0, full_size: bool = False, fo
 
 # ============================================================================ command line
 def build_parser() -> argparse.ArgumentParser:
-    # Imported here, not at the top: worker processes need only the drawing code above (utils
-    # imports torch).
-    from utils import ArgumentParser, add_debug_flag, non_negative_int, positive_float, positive_int
     default = ", ".join(f"{d} {'/'.join(str(n) for n in DEFAULT_COUNTS[d].values())}" for d in DATASETS)
     full = ", ".join(f"{d} {'/'.join(str(n) for n in FULL_COUNTS[d].values())}" for d in DATASETS)
     parser = ArgumentParser(
@@ -936,8 +943,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
-    """The command line; bad input raises ``utils.UserError`` (run it through ``utils.run_cli``)."""
-    from utils import UserError
+    """The command line; bad input raises ``cli.UserError`` (run it through ``cli.run_cli``)."""
     args = build_parser().parse_args(argv)
     start = time.perf_counter()
     try:
@@ -955,5 +961,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    from utils import run_cli
     sys.exit(run_cli(main))

@@ -14,8 +14,9 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from utils import (DATASET_NAMES, FIGURE_SUFFIXES, MODEL_NAMES, ArgumentParser, UserError,  # noqa: E402
-                   add_debug_flag, figure_path, read_runs, run_cli, save_figure)
+from cli import ArgumentParser, UserError, add_debug_flag, run_cli
+from fileio import read_runs, save_figure
+from utils import DATASET_NAMES, FIGURE_SUFFIXES, MODEL_NAMES, figure_path
 
 SPLITS = ("train", "val", "test")
 

@@ -17,9 +17,10 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from cli import ArgumentParser, add_debug_flag, run_cli
 from faces_dataset import FAKE_LABEL, REAL_LABEL  # noqa: E402
-from utils import (DATASET_NAMES, DATASET_TITLES, SAMPLES_FIGURE, ArgumentParser,  # noqa: E402
-                   add_data_root_flag, add_debug_flag, load_dataset, run_cli, save_figure)
+from fileio import save_figure
+from utils import DATASET_NAMES, DATASET_TITLES, SAMPLES_FIGURE, add_data_root_flag, load_dataset
 
 
 def pick_index(labels: np.ndarray, label: int, rng: np.random.Generator) -> int:

@@ -25,9 +25,11 @@ from tqdm import tqdm
 
 import analysis
 import face_crops
+from batching import normalize_batch
+from cli import ArgumentParser, UserError, add_debug_flag, positive_int, run_cli
 from faces_dataset import IMAGE_SIZE, DataError, is_image_file, pil_to_uint8_tensor, read_rgb_image
-from utils import (MODEL_NAMES, ArgumentParser, UserError, atomic_write, add_debug_flag,
-                   get_device, load_model_from_checkpoint, normalize_batch, positive_int, run_cli)
+from fileio import atomic_write
+from utils import MODEL_NAMES, get_device, load_model_from_checkpoint
 
 
 def build_parser() -> ArgumentParser:

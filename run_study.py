@@ -60,12 +60,29 @@ from collections import deque
 from dataclasses import dataclass, field
 
 from analysis import metrics_json_path as analysis_metrics_json_path
+from cli import (
+    ArgumentParser,
+    UserError,
+    add_debug_flag,
+    non_negative_int,
+    positive_float,
+    positive_int,
+    run_cli,
+)
 from faces_dataset import CLASS_DIRS, list_images
+from fileio import atomic_write_json, atomic_write_text, ensure_dir, read_runs
+from memory import add_activation_checkpointing_flag, ru_maxrss_mb
 from trainer import LoggingParameters, output_stem
-from utils import (DATA_ROOT_ENV, DATASET_NAMES, DATASET_TITLES, DEFAULT_DATA_ROOT, FIGURE_SUFFIXES,
-                   SAMPLES_FIGURE, SPLITS, ArgumentParser, UserError, add_activation_checkpointing_flag,
-                   add_debug_flag, atomic_write_json, atomic_write_text, ensure_dir, figure_path,
-                   non_negative_int, positive_float, positive_int, read_runs, ru_maxrss_mb, run_cli)
+from utils import (
+    DATA_ROOT_ENV,
+    DATASET_NAMES,
+    DATASET_TITLES,
+    DEFAULT_DATA_ROOT,
+    FIGURE_SUFFIXES,
+    SAMPLES_FIGURE,
+    SPLITS,
+    figure_path,
+)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 OPTIMIZER = "Adam"

@@ -11,8 +11,9 @@ from __future__ import annotations
 import sys
 
 import analysis
-from utils import (FIGURE_SUFFIXES, ArgumentParser, add_analysis_flags, figure_path, load_analysis_inputs,
-                   positive_int, run_cli, save_figure)
+from cli import ArgumentParser, positive_int, run_cli
+from fileio import save_figure
+from utils import FIGURE_SUFFIXES, add_analysis_flags, figure_path, load_analysis_inputs
 
 N_PAIRS = 36
 

@@ -14,12 +14,31 @@ import sys
 import torch
 from torch import nn
 
+from cli import (
+    ArgumentParser,
+    UserError,
+    add_debug_flag,
+    non_negative_float,
+    non_negative_int,
+    positive_float,
+    positive_int,
+    run_cli,
+    seed_int,
+)
+from memory import add_activation_checkpointing_flag, apply_image_cache, resolve_activation_checkpointing
 from trainer import LoggingParameters, Trainer, check_output_paths, json_safe_optimizer_params, run_paths
-from utils import (DATASET_NAMES, MODEL_NAMES, OPTIMIZER_NAMES, ArgumentParser, UserError,
-                   add_activation_checkpointing_flag, add_data_root_flag, add_debug_flag,
-                   apply_image_cache, get_device, get_nof_params, load_dataset, load_model,
-                   non_negative_float, non_negative_int, positive_float, positive_int,
-                   resolve_activation_checkpointing, resolve_data_root, run_cli, seed_int, set_seed)
+from utils import (
+    DATASET_NAMES,
+    MODEL_NAMES,
+    OPTIMIZER_NAMES,
+    add_data_root_flag,
+    get_device,
+    get_nof_params,
+    load_dataset,
+    load_model,
+    resolve_data_root,
+    set_seed,
+)
 
 
 def build_parser() -> ArgumentParser:

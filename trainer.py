@@ -26,14 +26,25 @@ import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
-from torch.utils.data import BatchSampler, DataLoader, Dataset, DistributedSampler
+from torch.utils.data import BatchSampler, DataLoader, DistributedSampler
 from tqdm import tqdm
 
+from batching import AugmentedBatchSampler, CachedBatches, EvalShard, UInt8Batches, normalize_batch
+from cli import UserError
+from fileio import (
+    LockHeldError,
+    atomic_torch_save,
+    atomic_write_json,
+    check_creatable_dir,
+    ensure_dir,
+    exclusive_lock,
+    file_lock,
+    read_runs,
+    remove_unfinished_writes,
+)
+from metrics import binary_metrics
 from precise_bn import batchnorm_layers, recompute_bn_statistics
-from utils import (LockHeldError, StudyTransform, atomic_torch_save, atomic_write_json, augment_uint8,
-                   binary_metrics, check_creatable_dir, draw_augmentation, ensure_dir, exclusive_lock,
-                   file_lock, load_checkpoint, normalize_batch, read_runs, remove_unfinished_writes,
-                   resolve_channels_last, state_dict_mismatch, UserError)
+from utils import StudyTransform, load_checkpoint, resolve_channels_last, state_dict_mismatch
 
 COURSE_KEYS = ("model", "dataset", "optimizer", "train_loss", "train_acc", "val_loss", "val_acc",
                "test_loss", "test_acc")
@@ -118,98 +129,10 @@ class EvalResult:
         return torch.softmax(torch.from_numpy(self.logits).double(), dim=1)[:, 1].numpy()
 
     def metrics(self) -> dict:
-        """``utils.binary_metrics`` of P(fake); all None when the pass kept no scores."""
+        """``metrics.binary_metrics`` of P(fake); all None when the pass kept no scores."""
         if len(self.labels) == 0:
             return dict.fromkeys(EXTRA_SPLIT_KEYS)
         return binary_metrics(self.labels, self.fake_scores)
-
-
-class _UInt8Batches(Dataset):
-    """Loads a batch of a ``FacesDataset`` as one uint8 tensor, augmented when asked.
-
-    Indexed by a list of ``(index, top, left, flip)`` rows (or plain indices for no augmentation)
-    so that every worker, and every rank, applies the parameters the main process drew.
-    """
-
-    def __init__(self, dataset):
-        self.dataset = dataset
-        self.labels = dataset.labels
-
-    def __len__(self):
-        return len(self.dataset)
-
-    def __getitem__(self, rows):
-        return _batch_of_rows(self.dataset.load_uint8_batch, self.labels, _as_rows(rows))
-
-
-def _as_rows(rows) -> torch.Tensor:
-    """A batch sampler's list of ``(index, top, left, flip)`` rows or plain indices, as an
-    N x 4 (or N x 1) long tensor."""
-    return torch.as_tensor(rows, dtype=torch.long).reshape(len(rows), -1)
-
-
-def _batch_of_rows(load, labels: torch.Tensor, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(uint8 images, labels) of one batch: ``load(indices)`` gives the images, which are cropped
-    and flipped with the rows' parameters when the rows carry them (``utils.augment_uint8``)."""
-    indices = rows[:, 0]
-    images = load(indices)
-    if rows.shape[1] == 4:
-        images = augment_uint8(images, rows[:, 1:])
-    return images, labels[indices]
-
-
-class _AugmentedBatchSampler:
-    """Batches of (index, top, left, flip) rows: a DistributedSampler's order plus per-index
-    augmentation drawn from (seed, epoch), so results do not depend on workers or world size."""
-
-    def __init__(self, sampler: DistributedSampler, batch_size: int, n: int, seed: int):
-        self.sampler, self.batch_size, self.n, self.seed = sampler, batch_size, n, seed
-
-    def __len__(self):
-        return math.ceil(len(self.sampler) / self.batch_size)
-
-    def __iter__(self):
-        # modulo 2**64, the range manual_seed takes (the same seed for every --seed below 2**44)
-        generator = torch.Generator().manual_seed((self.seed * 1_000_003 + self.sampler.epoch + 1) % 2**64)
-        params = draw_augmentation(self.n, generator).tolist()
-        for batch in BatchSampler(self.sampler, self.batch_size, drop_last=False):
-            yield [[i, *params[i]] for i in batch]
-
-
-def _consecutive(rows) -> slice | None:
-    """The slice of a batch of plain indices ``i, i+1, ..., j``; ``None`` for any other batch
-    (augmentation rows, or indices out of order)."""
-    if not rows or isinstance(rows[0], (list, tuple)):
-        return None
-    first = rows[0]
-    return slice(first, first + len(rows)) if list(rows) == list(range(first, first + len(rows))) else None
-
-
-class _CachedBatches:
-    """Batches straight from a dataset's decoded uint8 cache, on the training device.
-
-    The same batches as the ``DataLoader`` path (same sampler, same augmentation rows), without a
-    loader: gather, augment (``utils.augment_uint8``) and return uint8; the trainer normalises. On
-    CUDA the cache and the labels are copied to the GPU once, so an epoch moves no image data
-    between host and device. On the CPU the cache tensor is used as it is.
-    """
-
-    def __init__(self, images: torch.Tensor, labels: torch.Tensor, batches, device: torch.device):
-        self.images, self.labels, self.batches, self.device = images, labels, batches, device
-
-    def __len__(self):
-        return len(self.batches)
-
-    def __iter__(self):
-        for rows in self.batches:
-            run = _consecutive(rows)
-            if run is not None:  # eval in dataset order: a view of the cache, no copy
-                yield self.images[run], self.labels[run]
-                continue
-            rows = _as_rows(rows)
-            if self.device.type == "cuda":  # pinned + non_blocking: no wait for the queued steps
-                rows = rows.pin_memory().to(self.device, non_blocking=True)
-            yield _batch_of_rows(self.images.__getitem__, self.labels, rows)
 
 
 class Trainer:
@@ -305,9 +228,9 @@ class Trainer:
         sampler = DistributedSampler(dataset, num_replicas=self.world_size, rank=self.rank,
                                      shuffle=train, seed=self.seed, drop_last=False)
         if not train and self.distributed:
-            sampler = _EvalShard(len(dataset), self.rank, self.world_size)
+            sampler = EvalShard(len(dataset), self.rank, self.world_size)
         if self._batched_path(dataset) and train and dataset.transform.train:
-            batches = _AugmentedBatchSampler(sampler, per_rank, len(dataset), self.seed)
+            batches = AugmentedBatchSampler(sampler, per_rank, len(dataset), self.seed)
         else:
             batches = BatchSampler(sampler, per_rank, drop_last=False)
         loader = self._batch_loader(dataset, batches, persistent=True)
@@ -325,8 +248,8 @@ class Trainer:
         direct = getattr(dataset, "cached", False) and (
             self.device.type == "cuda" or self.num_workers == 0 or not self._workers_asked)
         if direct:
-            return _CachedBatches(*self._device_cache(dataset), batches, self.device)
-        return DataLoader(_UInt8Batches(dataset), sampler=batches, batch_size=None, **workers)
+            return CachedBatches(*self._device_cache(dataset), batches, self.device)
+        return DataLoader(UInt8Batches(dataset), sampler=batches, batch_size=None, **workers)
 
     def _device_cache(self, dataset) -> tuple[torch.Tensor, torch.Tensor]:
         """A cached split's uint8 images and labels on the training device, copied there once."""
@@ -745,22 +668,6 @@ def _test_pause_hook(pause_at: str, epoch: int, batch: int) -> None:
     if pause_at == f"{epoch}:{batch}":
         print(f"FACES_TEST_PAUSED epoch {epoch} batch {batch}", file=sys.stderr, flush=True)
         time.sleep(600)
-
-
-class _EvalShard(torch.utils.data.Sampler):
-    """Rank r of W evaluates indices r, r+W, ...: every sample exactly once, no padding."""
-
-    def __init__(self, n: int, rank: int, world_size: int):
-        self.n, self.rank, self.world_size, self.epoch = n, rank, world_size, 0
-
-    def __iter__(self):
-        return iter(range(self.rank, self.n, self.world_size))
-
-    def __len__(self):
-        return len(range(self.rank, self.n, self.world_size))
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
 
 
 def _rng_to_safe(state: dict) -> dict:

@@ -32,6 +32,8 @@ from typing import Any
 import torch
 import torch.nn as nn
 
+from cli import UserError
+
 __all__ = [
     "KNOWN_WEIGHT_FILES",
     "WEIGHTS_MIRRORS",
@@ -48,7 +50,7 @@ __all__ = [
 # --------------------------------------------------------------------------------------------
 
 
-class XceptionWeightsError(RuntimeError):
+class XceptionWeightsError(UserError, RuntimeError):
     """The Xception ImageNet weights could not be found, read or matched to the model."""
 
 

@@ -40,8 +40,9 @@ sys.path.insert(0, os.path.dirname(HERE))
 sys.path.insert(0, HERE)
 
 import bench_train  # noqa: E402  (shared helpers: data, batches, RSS, JSON merge)
-from utils import (ArgumentParser, atomic_torch_save, get_device, load_dataset, load_model,  # noqa: E402
-                   load_model_from_checkpoint, non_negative_int, positive_int, run_cli, set_seed)
+from cli import ArgumentParser, non_negative_int, positive_int, run_cli
+from fileio import atomic_torch_save
+from utils import get_device, load_dataset, load_model, load_model_from_checkpoint, set_seed
 
 REQUIRED_KEYS = ("reference_fwd_bwd_ips", "saliency_ips", "mean_grad_cam_ips", "saliency_ratio",
                  "mean_grad_cam_ratio", "saliency_maps_only_ips", "grad_cam_maps_only_ips")

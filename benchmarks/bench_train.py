@@ -6,7 +6,7 @@ speed), on the same data (demo data generated into a temp folder, or ``--data_ro
 (a) model only: training steps and eval forward passes on random tensors already in memory, with
     the trainer's own settings (memory format, autocast, compile): the practical compute ceiling;
 (b) end to end: ``Trainer.train_one_epoch`` and ``Trainer.evaluate_model_on_dataloader`` with the
-    defaults train_main.py uses (``utils.apply_image_cache(datasets, "auto")``, default
+    defaults train_main.py uses (``memory.apply_image_cache(datasets, "auto")``, default
     ``num_workers``, default ``channels_last``, the trainer's default eval batch);
 (c) the naive course loop: ``DataLoader`` with default arguments (num_workers=0), PIL decoding every
     epoch with the SPEC v1 ``torchvision.transforms`` on PIL images, float32 NCHW, a per-batch
@@ -54,13 +54,22 @@ from tqdm import tqdm
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
+from batching import NORMALIZE_MEAN, NORMALIZE_STD
+from cli import (
+    ArgumentParser,
+    UserError,
+    add_debug_flag,
+    non_negative_int,
+    positive_float,
+    positive_int,
+    run_cli,
+)
 from faces_dataset import FacesDataset, read_rgb_image  # noqa: E402
+from fileio import atomic_write_json, move_aside
+from memory import apply_image_cache, current_rss_bytes, proc_bytes, ru_maxrss_mb
 from train_main import make_optimizer, trainer_options  # noqa: E402  (as train_main.py trains)
 from trainer import Trainer  # noqa: E402
-from utils import (DATASET_NAMES, MODEL_NAMES, NORMALIZE_MEAN, NORMALIZE_STD, ArgumentParser,  # noqa: E402
-                   UserError, add_debug_flag, apply_image_cache, atomic_write_json, current_rss_bytes,
-                   get_device, get_transforms, load_dataset, load_model, move_aside, non_negative_int,
-                   positive_float, positive_int, proc_bytes, ru_maxrss_mb, run_cli, set_seed)
+from utils import DATASET_NAMES, MODEL_NAMES, get_device, get_transforms, load_dataset, load_model, set_seed
 
 REQUIRED_KEYS = ("model_only_train_ips", "end_to_end_train_ips", "naive_train_ips",
                  "model_only_eval_ips", "end_to_end_eval_ips", "naive_eval_ips",
@@ -532,7 +541,7 @@ def data_costs(train: FacesDataset, batch_size: int) -> dict:
     """Milliseconds per image of each way of producing a normalised training batch: the course
     path (PIL decode + v1 transforms), decoding to uint8, and the cached path's gather, augment and
     normalise-to-channels-last (best of 5)."""
-    from utils import augment_uint8, draw_augmentation, normalize_batch
+    from batching import augment_uint8, draw_augmentation, normalize_batch
     n = min(len(train), batch_size)
     course = CourseFacesDataset(train, train=True)
     start = time.perf_counter()
@@ -710,7 +719,7 @@ def print_table(results: dict) -> None:
 
 def write_results(path: str, results: dict) -> None:
     """Merge into ``path`` (a dict keyed by model name), atomically. A file that is not such a
-    JSON object is moved aside (``utils.move_aside``: kept, never deleted) and a new one started."""
+    JSON object is moved aside (``fileio.move_aside``: kept, never deleted) and a new one started."""
     existing = {}
     if os.path.exists(path):
         try:

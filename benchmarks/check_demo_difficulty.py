@@ -36,11 +36,12 @@ from sklearn.preprocessing import StandardScaler
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import make_demo_datasets as demo  # noqa: E402
+from cli import ArgumentParser, add_debug_flag, non_negative_int, positive_int, run_cli
 from faces_dataset import list_images  # noqa: E402
+from fileio import ensure_dir
 from models import SimpleNet  # noqa: E402
 from trainer import LoggingParameters, Trainer, json_safe_optimizer_params  # noqa: E402
-from utils import (ArgumentParser, add_debug_flag, ensure_dir, load_dataset, non_negative_int,  # noqa: E402
-                   positive_int, run_cli, set_seed)
+from utils import load_dataset, set_seed
 
 
 def global_features(split_dir: str) -> tuple[np.ndarray, np.ndarray]:

@@ -91,6 +91,7 @@ def tiny_root(tmp_path_factory) -> str:
 def simplenet_checkpoint(module_tmp) -> str:
     """A random-init SimpleNet checkpoint (seed 3) in train_main.py's format (a 'model' entry)."""
     import torch
+
     from models import SimpleNet
     torch.manual_seed(3)
     path = module_tmp("ckpt") / "SimpleNet.pt"

@@ -18,8 +18,10 @@ import analysis
 import grad_cam_analysis
 import numerical_analysis
 import saliency_map
+from batching import NORMALIZE_MEAN, NORMALIZE_STD
+from cli import UserError, run_cli
 from models import SimpleNet
-from utils import NORMALIZE_MEAN, NORMALIZE_STD, UserError, load_dataset, load_model, run_cli
+from utils import load_dataset, load_model
 
 
 @pytest.fixture(autouse=True, scope="module")

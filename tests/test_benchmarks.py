@@ -14,6 +14,8 @@ import sys
 
 import pytest
 
+import memory
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -85,7 +87,6 @@ def test_bench_train_smoke_levers_without_the_naive_loop(tiny_root, tmp_path):
 def test_bench_train_full_size_rss_check_runs(monkeypatch):
     """The synthetic full-size cache check (a subprocess of the main run): the 'auto' cache decision
     on the full split sizes, the cache resident, RSS figures in order."""
-    import utils
     proc = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "bench_train.py"),
                            "--rss_only", "SimpleNet", "--batch_size", "2", "--rss_batches", "1",
                            "--no_progress"], capture_output=True, text=True, timeout=600)
@@ -107,9 +108,9 @@ def test_bench_train_full_size_rss_check_runs(monkeypatch):
         def cache_images(self, progress=True):
             pass
 
-    # the 'auto' rule of utils.apply_image_cache at the RSS the check had just before caching
-    monkeypatch.setattr(utils, "current_rss_bytes", lambda: int(r["rss_before_cache_mb"] * 1024**2))
-    assert r["cached_splits"] == utils.apply_image_cache([Split(n) for n in sizes.values()], "auto",
+    # the 'auto' rule of memory.apply_image_cache at the RSS the check had just before caching
+    monkeypatch.setattr(memory, "current_rss_bytes", lambda: int(r["rss_before_cache_mb"] * 1024**2))
+    assert r["cached_splits"] == memory.apply_image_cache([Split(n) for n in sizes.values()], "auto",
                                                          progress=False)
     n_cached = sum(n for n, cached in zip(sizes.values(), r["cached_splits"]) if cached)
     assert n_cached > 0 and r["cache_gb"] * 1024**3 == pytest.approx(n_cached * 196608)
@@ -167,7 +168,7 @@ def test_bench_train_rss_subprocess_gets_the_runs_own_arguments(tiny_root, tmp_p
 @pytest.mark.parametrize("content", ["{not json", "[1, 2]"])
 def test_bench_results_json_not_an_object_is_moved_aside(tmp_path, content):
     """write_results (both benchmarks) never drops a results file it cannot merge into: it is kept
-    beside as <name>.corrupt-<time> with a warning (utils.move_aside), and a new file is written."""
+    beside as <name>.corrupt-<time> with a warning (fileio.move_aside), and a new file is written."""
     bench = _load("bench_train")
     out = tmp_path / "bench_train.json"
     out.write_text(content)

@@ -9,6 +9,8 @@ import torch
 from PIL import Image
 from torchvision import transforms as T
 
+import batching
+import cli
 import utils
 from faces_dataset import DataError, FacesDataset, list_images, read_rgb_image
 
@@ -119,8 +121,8 @@ def test_cache_gives_identical_items(tiny_root):
 
 # ----------------------------------------------------------------------------- transforms
 COURSE_TRAIN = T.Compose([T.RandomCrop(256, padding=4), T.RandomHorizontalFlip(), T.ToTensor(),
-                          T.Normalize(utils.NORMALIZE_MEAN, utils.NORMALIZE_STD)])
-COURSE_TEST = T.Compose([T.ToTensor(), T.Normalize(utils.NORMALIZE_MEAN, utils.NORMALIZE_STD)])
+                          T.Normalize(batching.NORMALIZE_MEAN, batching.NORMALIZE_STD)])
+COURSE_TEST = T.Compose([T.ToTensor(), T.Normalize(batching.NORMALIZE_MEAN, batching.NORMALIZE_STD)])
 
 
 def _pil(seed=0):
@@ -133,8 +135,8 @@ def test_test_transform_equals_course_transform():
     ours = utils.get_transforms("test")(torch.from_numpy(np.array(image)).permute(2, 0, 1))
     assert ours.dtype == torch.float32 and ours.shape == (3, 256, 256)
     torch.testing.assert_close(ours, COURSE_TEST(image), rtol=0, atol=1e-6)
-    mean = torch.tensor(utils.NORMALIZE_MEAN).view(3, 1, 1)
-    std = torch.tensor(utils.NORMALIZE_STD).view(3, 1, 1)
+    mean = torch.tensor(batching.NORMALIZE_MEAN).view(3, 1, 1)
+    std = torch.tensor(batching.NORMALIZE_STD).view(3, 1, 1)
     torch.testing.assert_close(ours * std + mean, T.ToTensor()(image), rtol=0, atol=1e-6)
 
 
@@ -146,7 +148,7 @@ def test_train_transform_is_a_padded_crop_and_flip_of_the_course_one():
     crops = torch.stack([padded[:, top:top + 256, left:left + 256] for top in range(9) for left in range(9)])
     candidates = torch.cat([crops, crops.flip(-1)])  # 162 uint8 candidates
     # normalize_batch equals the course test transform (test_normalize_batch_equals_test_transform)
-    normalized = utils.normalize_batch(candidates)
+    normalized = batching.normalize_batch(candidates)
     torch.manual_seed(0)
     seen = set()
     for _ in range(8):
@@ -162,7 +164,7 @@ def test_train_transform_is_a_padded_crop_and_flip_of_the_course_one():
 def test_augment_uint8_matches_pad_crop_flip():
     images = torch.randint(0, 256, (6, 3, 256, 256), dtype=torch.uint8)
     params = torch.tensor([[0, 0, 0], [8, 8, 1], [4, 4, 0], [0, 8, 1], [8, 0, 0], [3, 5, 1]])
-    out = utils.augment_uint8(images, params)
+    out = batching.augment_uint8(images, params)
     for k, (top, left, flip) in enumerate(params.tolist()):
         padded = torch.nn.functional.pad(images[k], (4, 4, 4, 4))
         expect = padded[:, top:top + 256, left:left + 256]
@@ -174,8 +176,8 @@ def test_normalize_batch_equals_test_transform():
     images = torch.randint(0, 256, (3, 3, 256, 256), dtype=torch.uint8)
     transform = utils.get_transforms("val")
     expect = torch.stack([transform(image) for image in images])
-    torch.testing.assert_close(utils.normalize_batch(images), expect, rtol=0, atol=1e-6)
-    torch.testing.assert_close(utils.denormalize(utils.normalize_batch(images)), images / 255.0,
+    torch.testing.assert_close(batching.normalize_batch(images), expect, rtol=0, atol=1e-6)
+    torch.testing.assert_close(batching.denormalize(batching.normalize_batch(images)), images / 255.0,
                                rtol=0, atol=1e-6)
 
 
@@ -189,7 +191,7 @@ def test_data_root_resolution_order(tmp_path, monkeypatch):
     assert utils.resolve_data_root(str(flag)) == str(flag)
     assert utils.resolve_data_root() == str(env)
     monkeypatch.delenv(utils.DATA_ROOT_ENV)
-    with pytest.raises(utils.UserError, match="tried --data_root"):
+    with pytest.raises(cli.UserError, match="tried --data_root"):
         utils.resolve_data_root()
     course = tmp_path.parent / "Assignment4_datasets"
     course.mkdir(exist_ok=True)
@@ -197,7 +199,7 @@ def test_data_root_resolution_order(tmp_path, monkeypatch):
         assert utils.resolve_data_root() == utils.DEFAULT_DATA_ROOT
     finally:
         course.rmdir()
-    with pytest.raises(utils.UserError, match="missing_dir"):
+    with pytest.raises(cli.UserError, match="missing_dir"):
         utils.resolve_data_root(str(tmp_path / "missing_dir"))
 
 
@@ -207,7 +209,7 @@ def test_data_root_resolution_order(tmp_path, monkeypatch):
     (lambda root: utils.load_model("ResNet"), "SimpleNet, XceptionBased"),
 ])
 def test_unknown_names_list_valid_ones(tiny_root, call, valid):
-    with pytest.raises(utils.UserError, match=valid):
+    with pytest.raises(cli.UserError, match=valid):
         call(tiny_root)
 
 
@@ -242,7 +244,7 @@ def test_get_device():
     assert utils.get_device("cpu").type == "cpu"
     assert utils.get_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
     if not torch.cuda.is_available():
-        with pytest.raises(utils.UserError, match="--device cuda"):
+        with pytest.raises(cli.UserError, match="--device cuda"):
             utils.get_device("cuda")
 
 

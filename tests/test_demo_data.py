@@ -209,7 +209,7 @@ def test_cli_refusal_is_one_line_with_exit_code_2(tmp_path):
 ], ids=["out-is-a-file", "out-under-a-file", "absurd-scale"])
 def test_cli_bad_input_is_one_line_with_exit_code_2(tmp_path, argv, names, capsys, monkeypatch):
     """In this process, as ``__main__`` runs it (the refusal test above runs the script itself)."""
-    from utils import run_cli
+    from cli import run_cli
     file = tmp_path / "a_file"
     file.write_text("mine")
     fill = {"file": str(file), "dir": str(tmp_path / "data")}
@@ -288,7 +288,7 @@ def test_cli_help_explains_every_flag():
              for block in re.split(r"\n(?=  -)", options) if block.strip()}
     for flag in ("--out", "--seed", "--scale", "--full_size", "--force", "--workers", "--datasets"):
         assert flag in helps
-        # utils.ArgumentParser appends "(default: ...)": a help text must not say it again
+        # cli.ArgumentParser appends "(default: ...)": a help text must not say it again
         assert len(re.findall(r"\bdefault\b", helps[flag], re.I)) <= 1, helps[flag]
     assert "(default" not in helps["--out"]  # required: no default
     assert "(default: 0)" in helps["--seed"] and "(default: 1.0)" in helps["--scale"]

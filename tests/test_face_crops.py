@@ -17,8 +17,9 @@ from torchvision import transforms as T
 
 import face_crops
 import predict
+from batching import NORMALIZE_MEAN, NORMALIZE_STD
+from cli import run_cli
 from models import SimpleNet
-from utils import NORMALIZE_MEAN, NORMALIZE_STD, run_cli
 
 INSTALL = "pip install 'opencv-python-headless<5'"
 

@@ -1,7 +1,7 @@
 """Hostile and bad input through the command line: every case ends with one clear line that names
 the file or flag, a non-zero exit, no traceback (unless --debug), and nothing the user had is lost.
 
-Most cases run ``utils.run_cli(main, argv)`` in this process (what ``python train_main.py`` runs,
+Most cases run ``cli.run_cli(main, argv)`` in this process (what ``python train_main.py`` runs,
 without paying for a new interpreter); the DataLoader-worker case runs a real subprocess.
 """
 from __future__ import annotations
@@ -20,6 +20,7 @@ import pytest
 import torch
 from PIL import Image
 
+import cli
 import train_main
 import utils
 from conftest import ROOT, make_image, make_tree, pickled_calls
@@ -49,7 +50,7 @@ def _argv(data, tmp_path, *extra) -> list[str]:
 
 def _one_line_error(capsys, main, argv, *needles) -> str:
     """Run the CLI entry in-process; expect exit 2 and exactly one stderr line holding ``needles``."""
-    code = utils.run_cli(main, argv)
+    code = cli.run_cli(main, argv)
     err = capsys.readouterr().err
     lines = [line for line in err.splitlines() if line.strip()]
     assert code == 2, err
@@ -118,7 +119,7 @@ def test_debug_shows_the_traceback(tree, tmp_path):
     path = tree / "fakes_dataset" / "val" / "real" / "img000.png"
     path.write_bytes(b"")
     with pytest.raises(DataError, match="img000.png"):
-        utils.run_cli(train_main.main, _argv(tree, tmp_path, "--debug"))
+        cli.run_cli(train_main.main, _argv(tree, tmp_path, "--debug"))
 
 
 def test_missing_split_folder(tree, tmp_path, capsys):
@@ -156,7 +157,7 @@ def survivor_run(clean_tree, module_tmp):
     (tmp / "out" / f"{STEM}.json").write_bytes(corrupt)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        code = utils.run_cli(train_main.main, _argv(data, tmp))
+        code = cli.run_cli(train_main.main, _argv(data, tmp))
     return tmp, code, [str(w.message) for w in caught], odd, corrupt
 
 
@@ -213,7 +214,7 @@ def checkpoints(module_tmp):
 
 
 def test_checkpoint_of_the_other_model(checkpoints):
-    with pytest.raises(utils.UserError, match=r"simplenet\.pt: holds a SimpleNet model.*-m SimpleNet"):
+    with pytest.raises(cli.UserError, match=r"simplenet\.pt: holds a SimpleNet model.*-m SimpleNet"):
         utils.load_model_from_checkpoint("XceptionBased", str(checkpoints["good"]))
 
 
@@ -221,18 +222,18 @@ def test_bare_state_dict_of_the_other_model(tmp_path):
     """No model_name in the file: the keys tell which model it is."""
     path = tmp_path / "bare.pt"
     torch.save(utils.load_model("XceptionBased", pretrained=False).state_dict(), path)
-    with pytest.raises(utils.UserError, match=r"bare\.pt: holds a XceptionBased model"):
+    with pytest.raises(cli.UserError, match=r"bare\.pt: holds a XceptionBased model"):
         utils.load_model_from_checkpoint("SimpleNet", str(path))
 
 
 def test_truncated_checkpoint(checkpoints):
-    with pytest.raises(utils.UserError, match=r"truncated\.pt: not a readable checkpoint"):
+    with pytest.raises(cli.UserError, match=r"truncated\.pt: not a readable checkpoint"):
         utils.load_model_from_checkpoint("SimpleNet", str(checkpoints["truncated"]))
 
 
 def test_code_in_checkpoint_is_refused_and_never_run(checkpoints):
     marker = checkpoints["marker"]
-    with pytest.raises(utils.UserError, match=r"evil\.pt: not a readable checkpoint.*refused"):
+    with pytest.raises(cli.UserError, match=r"evil\.pt: not a readable checkpoint.*refused"):
         utils.load_model_from_checkpoint("SimpleNet", str(checkpoints["evil"]))
     assert not marker.exists()
 
@@ -295,7 +296,7 @@ def test_analysis_script_refuses_bad_checkpoints(checkpoints, clean_tree, tmp_pa
 ])
 def test_bad_flag_one_line_naming_it(flags, needle, tmp_path, capsys):
     try:
-        code = utils.run_cli(train_main.main, _argv(tmp_path / "nowhere", tmp_path, *flags))
+        code = cli.run_cli(train_main.main, _argv(tmp_path / "nowhere", tmp_path, *flags))
     except SystemExit as exc:  # argparse exits itself; --momentum is checked after parsing
         code = exc.code
     assert code == 2

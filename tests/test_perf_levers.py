@@ -3,7 +3,7 @@
 Levers that do not change the arithmetic (the image cache, DataLoader workers, the cached batch path,
 progress bars) must give exactly equal values; levers that change the order of floating-point
 operations (channels-last layout, a larger eval batch) must agree closely. Also checked against
-independent references: the batched GPU-style augmentation against ``utils.augment_uint8``, the
+independent references: the batched GPU-style augmentation against ``batching.augment_uint8``, the
 channels-last normalisation against ToTensor + Normalize arithmetic, the cached batches against
 the DataLoader batches, and the RSS rule of ``apply_image_cache``.
 """
@@ -17,10 +17,13 @@ import pytest
 import torch
 from torch import nn
 
+import batching
+import memory
 import train_main
 import utils
-from trainer import COURSE_KEYS, EXTRA_SPLIT_KEYS, Trainer, _CachedBatches, _consecutive
-from utils import _augment_gather, resolve_channels_last
+from batching import CachedBatches, _augment_gather, consecutive
+from trainer import COURSE_KEYS, EXTRA_SPLIT_KEYS, Trainer
+from utils import resolve_channels_last
 
 METRIC_KEYS = COURSE_KEYS + tuple(f"{s}_{k}" for s in ("val", "test") for k in EXTRA_SPLIT_KEYS) + (
     "best_epoch", "best_val_acc", "test_acc_at_best")
@@ -89,12 +92,12 @@ def test_channels_last_auto_resolution():
 def test_batched_augmentation_equals_reference():
     generator = torch.Generator().manual_seed(3)
     images = torch.randint(0, 256, (12, 3, 256, 256), dtype=torch.uint8, generator=generator)
-    params = utils.draw_augmentation(12, generator)
+    params = batching.draw_augmentation(12, generator)
     params[0] = torch.tensor([0, 0, 0])  # extreme offsets, with and without a flip
     params[1] = torch.tensor([8, 8, 1])
     params[2] = torch.tensor([0, 8, 1])
     params[3] = torch.tensor([4, 4, 0])  # no shift at all: the identity
-    expected = utils.augment_uint8(images, params)
+    expected = batching.augment_uint8(images, params)
     assert torch.equal(_augment_gather(images, params), expected)  # the CUDA kernel choice, on CPU
     assert torch.equal(expected[3], images[3])
     # an independent reference for one image: pad with zeros, crop, flip
@@ -104,15 +107,15 @@ def test_batched_augmentation_equals_reference():
 
 def test_normalize_channels_last_is_bitwise_equal():
     images = torch.randint(0, 256, (3, 3, 256, 256), dtype=torch.uint8)
-    mean = torch.tensor(utils.NORMALIZE_MEAN).view(1, 3, 1, 1)
-    std = torch.tensor(utils.NORMALIZE_STD).view(1, 3, 1, 1)
+    mean = torch.tensor(batching.NORMALIZE_MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(batching.NORMALIZE_STD).view(1, 3, 1, 1)
     reference = (images.float() / 255.0 - mean) / std  # ToTensor then Normalize
-    plain = utils.normalize_batch(images)
-    last = utils.normalize_batch(images, torch.channels_last)
+    plain = batching.normalize_batch(images)
+    last = batching.normalize_batch(images, torch.channels_last)
     assert torch.equal(plain, reference) and torch.equal(last, reference)
     assert last.is_contiguous(memory_format=torch.channels_last)
     as_float = images.float()
-    utils.normalize_batch(as_float)
+    batching.normalize_batch(as_float)
     assert torch.equal(as_float, images.float())  # the input is never modified
 
 
@@ -131,8 +134,8 @@ def test_cached_batches_equal_dataloader_batches(tiny_root):
     for dataset, train in ((datasets[0], True), (datasets[1], False)):
         fast_loader, slow_loader = fast._loader(dataset, train), slow._loader(slow.train_dataset if train
                                                                                else slow.validation_dataset, train)
-        assert isinstance(fast_loader, _CachedBatches)
-        assert not isinstance(slow_loader, _CachedBatches)
+        assert isinstance(fast_loader, CachedBatches)
+        assert not isinstance(slow_loader, CachedBatches)
         for epoch in (0, 1):
             fast_loader.epoch_sampler.set_epoch(epoch)
             slow_loader.epoch_sampler.set_epoch(epoch)
@@ -143,7 +146,7 @@ def test_cached_batches_equal_dataloader_batches(tiny_root):
                 assert torch.equal(torch.as_tensor(labels_a), torch.as_tensor(labels_b))
     # explicitly asked workers keep the DataLoader, even for cached data
     with_workers, datasets = _tiny_trainer(tiny_root, cache=True, num_workers=1)
-    assert not isinstance(with_workers._loader(datasets[0], True), _CachedBatches)
+    assert not isinstance(with_workers._loader(datasets[0], True), CachedBatches)
 
 
 class _FakeSplit:
@@ -161,27 +164,27 @@ def test_auto_cache_respects_the_rss_ceiling(monkeypatch):
     gib = 1024**3
     image = 3 * 256 * 256
     sizes = [int(1.0 * gib / image), int(0.3 * gib / image), int(0.3 * gib / image)]
-    monkeypatch.setattr(utils, "current_rss_bytes", lambda: int(0.7 * gib))
+    monkeypatch.setattr(memory, "current_rss_bytes", lambda: int(0.7 * gib))
     splits = [_FakeSplit(n) for n in sizes]
     # 3.0 - 0.7 (now) - 0.75 (reserve) = 1.55 GiB: train (1.0) and val (0.3) fit, test (1.6) not
-    assert utils.apply_image_cache(splits, "auto", progress=False) == [True, True, False]
+    assert memory.apply_image_cache(splits, "auto", progress=False) == [True, True, False]
     assert [s.cached for s in splits] == [True, True, False]
-    monkeypatch.setattr(utils, "current_rss_bytes", lambda: int(1.3 * gib))
+    monkeypatch.setattr(memory, "current_rss_bytes", lambda: int(1.3 * gib))
     # 0.95 GiB left: train does not fit, the two small splits do (0.6)
-    assert utils.apply_image_cache([_FakeSplit(n) for n in sizes], "auto", progress=False) == [False, True, True]
+    assert memory.apply_image_cache([_FakeSplit(n) for n in sizes], "auto", progress=False) == [False, True, True]
     # the plain limit still applies, and 'on'/'off' ignore both rules
-    assert utils.apply_image_cache([_FakeSplit(n) for n in sizes], "auto", limit_gb=0.5, progress=False,
+    assert memory.apply_image_cache([_FakeSplit(n) for n in sizes], "auto", limit_gb=0.5, progress=False,
                                    rss_limit_gb=None) == [False, True, False]
-    assert utils.apply_image_cache([_FakeSplit(n) for n in sizes], "on", progress=False) == [True] * 3
-    assert utils.apply_image_cache([_FakeSplit(n) for n in sizes], "off", progress=False) == [False] * 3
+    assert memory.apply_image_cache([_FakeSplit(n) for n in sizes], "on", progress=False) == [True] * 3
+    assert memory.apply_image_cache([_FakeSplit(n) for n in sizes], "off", progress=False) == [False] * 3
     # no /proc (current RSS unknown: 0): the peak so far stands in, never 0
-    monkeypatch.setattr(utils, "current_rss_bytes", lambda: 0)
-    monkeypatch.setattr(utils, "_peak_rss_bytes", lambda: int(1.3 * gib))
-    assert utils.apply_image_cache([_FakeSplit(n) for n in sizes], "auto", progress=False) == [False, True, True]
+    monkeypatch.setattr(memory, "current_rss_bytes", lambda: 0)
+    monkeypatch.setattr(memory, "_peak_rss_bytes", lambda: int(1.3 * gib))
+    assert memory.apply_image_cache([_FakeSplit(n) for n in sizes], "auto", progress=False) == [False, True, True]
 
 
 def test_rss_reading_is_plausible():
-    rss = utils.current_rss_bytes()
+    rss = memory.current_rss_bytes()
     if not os.path.exists("/proc/self/status"):
         pytest.skip("no /proc here")
     assert 50 * 1024**2 < rss < 64 * 1024**3
@@ -196,4 +199,4 @@ def test_rss_reading_is_plausible():
     ([], None),
 ])
 def test_consecutive_batches_are_sliced(rows, expected):
-    assert _consecutive(rows) == expected
+    assert consecutive(rows) == expected

@@ -13,10 +13,11 @@ import torch.nn.functional as F
 from torch import nn
 
 import train_main
+from batching import normalize_batch
 from faces_dataset import FacesDataset
 from precise_bn import recompute_bn_statistics
 from trainer import Trainer
-from utils import get_transforms, normalize_batch
+from utils import get_transforms
 
 
 def _net() -> nn.Sequential:

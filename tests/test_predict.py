@@ -16,8 +16,9 @@ from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 from torchvision import transforms as T
 
 import predict
+from batching import NORMALIZE_MEAN, NORMALIZE_STD
+from cli import run_cli
 from models import SimpleNet
-from utils import NORMALIZE_MEAN, NORMALIZE_STD, run_cli
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

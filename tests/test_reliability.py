@@ -21,6 +21,7 @@ import torch
 from PIL import Image
 from torch import nn
 
+import cli
 import grad_cam_analysis
 import plot_accuracy_and_loss
 import plot_samples_of_faces_datasets
@@ -153,7 +154,7 @@ class _PoisonedLoss(nn.CrossEntropyLoss):
 
 def _error_after_epochs(capsys, argv, *needles) -> None:
     """train_main exits 2; its last stderr line (after the finished epochs' lines) is the error."""
-    code = utils.run_cli(train_main.main, argv)
+    code = cli.run_cli(train_main.main, argv)
     err = capsys.readouterr().err
     lines = [line for line in err.splitlines() if line.strip()]
     assert code == 2 and "Traceback" not in err, err
@@ -326,7 +327,7 @@ def test_largest_seed_trains(data, tmp_path):
 
 @pytest.mark.parametrize("device", ["mps", "meta", "garbage", "cpu:1"])
 def test_unsupported_device_is_one_line(device, data, tmp_path, capsys):
-    with pytest.raises(utils.UserError, match=f"--device {device}: "):
+    with pytest.raises(cli.UserError, match=f"--device {device}: "):
         utils.get_device(device)
     _one_line_error(capsys, train_main.main, _argv(data, tmp_path, "--device", device), f"--device {device}")
 
@@ -437,6 +438,6 @@ def test_state_dict_mismatch_names_the_first_key(change, needle, tmp_path):
     change(state)
     path = tmp_path / "odd.pt"
     torch.save({"model": state}, path)
-    with pytest.raises(utils.UserError, match=r"odd\.pt: does not fit a SimpleNet model") as exc:
+    with pytest.raises(cli.UserError, match=r"odd\.pt: does not fit a SimpleNet model") as exc:
         utils.load_model_from_checkpoint("SimpleNet", str(path))
     assert needle in str(exc.value)

@@ -15,6 +15,8 @@ from pathlib import Path
 import pytest
 import torch
 
+import memory
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import xception  # noqa: E402
@@ -171,9 +173,8 @@ def test_grad_cam_runs_on_the_model():
 def test_train_main_activation_checkpointing_same_metrics(tmp_path, monkeypatch, capsys):
     """Through the CLI: 'on', and 'auto' when memory is short, reach the model; 'off', and 'auto'
     with enough memory, do not; the logged metrics are the same in every case."""
-    from conftest import make_tree
     import train_main
-    import utils
+    from conftest import make_tree
     calls = []
     original = Xception.set_activation_checkpointing
 
@@ -188,7 +189,7 @@ def test_train_main_activation_checkpointing_same_metrics(tmp_path, monkeypatch,
              ("auto_enough", [], 10**12),
              ("auto_short", [], 10**9))
     for name, extra, available in cases:
-        monkeypatch.setattr(utils, "available_memory_bytes", lambda device, free=available: free)
+        monkeypatch.setattr(memory, "available_memory_bytes", lambda device, free=available: free)
         out = tmp_path / name
         argv = ["--data_root", data, "-m", "XceptionBased", "--no_pretrained", "-o", "Adam", "-e", "1",
                 "-b", "3", "--num_workers", "0", "--no_progress", "--out_dir", str(out / "out"),
@@ -223,8 +224,7 @@ GIB = 1024**3
     ("auto", "XceptionBased", 16, 8 * GIB, 2, True),        # two processes share the RAM: 8.25 GiB
 ])
 def test_resolve_activation_checkpointing(setting, model, batch, available, processes, expected):
-    import utils
-    enabled, note = utils.resolve_activation_checkpointing(setting, model, torch.device("cpu"), batch,
+    enabled, note = memory.resolve_activation_checkpointing(setting, model, torch.device("cpu"), batch,
                                                            available=available, processes=processes)
     assert enabled is expected
     assert (note is not None) == (expected and setting == "auto")
@@ -233,8 +233,7 @@ def test_resolve_activation_checkpointing(setting, model, batch, available, proc
 
 
 def test_available_memory_is_read_on_the_cpu():
-    import utils
-    free = utils.available_memory_bytes(torch.device("cpu"))
+    free = memory.available_memory_bytes(torch.device("cpu"))
     if os.path.exists("/proc/meminfo"):
         assert 0 < free < 2**50
 
@@ -242,8 +241,7 @@ def test_available_memory_is_read_on_the_cpu():
 def test_resolve_activation_checkpointing_counts_memory_allocated_later():
     """On CUDA the image cache goes to the GPU after the decision: 7.25 GiB fits in 8, not with
     a 2 GiB cache on top."""
-    import utils
-    decide = functools.partial(utils.resolve_activation_checkpointing, "auto", "XceptionBased",
+    decide = functools.partial(memory.resolve_activation_checkpointing, "auto", "XceptionBased",
                                torch.device("cpu"), 32, available=8 * GIB)
     assert decide()[0] is False
     enabled, note = decide(extra_bytes=2 * GIB)

@@ -1,0 +1,234 @@
+"""The uint8 batch paths shared by the Trainer and the analysis scripts.
+
+A ``FacesDataset`` hands out decoded 3x256x256 uint8 images. Instead of transforming one image at a
+time, these helpers load whole batches as one uint8 tensor, crop and flip them there when training
+(``augment_uint8`` with per-image parameters drawn up front, so workers and processes agree), and
+normalise on the device (``normalize_batch``). The arithmetic equals the study's transforms
+(docs/design.md#transforms). Batches come from a ``DataLoader`` over ``UInt8Batches`` or, for a
+split cached in RAM, straight from the cache (``CachedBatches``).
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+
+import numpy as np
+import torch
+from torch.nn import functional as F
+from torch.utils.data import BatchSampler, DataLoader, Dataset, DistributedSampler
+from tqdm import tqdm
+
+from cli import UserError
+
+CROP_PADDING = 4
+NORMALIZE_MEAN = (0.4914, 0.4822, 0.4465)
+NORMALIZE_STD = (0.2023, 0.1994, 0.2010)
+
+
+def draw_augmentation(n: int, generator: torch.Generator) -> torch.Tensor:
+    """Per-image RandomCrop/flip parameters for ``n`` images: an n x 3 tensor (top, left, flip)."""
+    offsets = torch.randint(0, 2 * CROP_PADDING + 1, (n, 2), generator=generator)
+    flips = (torch.rand(n, generator=generator) < 0.5).long().unsqueeze(1)
+    return torch.cat([offsets, flips], dim=1)
+
+
+def augment_uint8(images: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
+    """RandomCrop(size, padding=4) then horizontal flip on a uint8 N x 3 x H x W batch.
+
+    ``params`` rows are (top, left, flip) in the padded frame, as ``draw_augmentation`` gives.
+    Equal, pixel for pixel, to padding with zeros, cropping at (top, left) and flipping, on any
+    device.
+
+    On the CPU each image is one NumPy copy (the flip fused in as a reversed view): NumPy copies
+    run on one thread, whereas a torch copy per image starts a parallel region each time, which
+    stalls for milliseconds whenever another process holds a core (measured: 10 ms an image on a
+    busy 2-core machine, a third of the training time; benchmarks/README.md). On other devices
+    (CUDA) it is ``_augment_gather``: a few kernels for the whole batch.
+    """
+    if images.device.type != "cpu":
+        return _augment_gather(images, params)
+    _, _, height, width = images.shape
+    pad = CROP_PADDING
+    src_all = images.numpy()
+    out_np = np.zeros(src_all.shape, dtype=src_all.dtype)
+    for k, (top, left, flip) in enumerate(params.tolist()):
+        dy, dx = top - pad, left - pad  # shift of the crop window relative to the image
+        src = src_all[k, :, max(dy, 0):height + min(dy, 0), max(dx, 0):width + min(dx, 0)]
+        row, col = max(-dy, 0), max(-dx, 0)  # where the window's image part lands in the crop
+        if flip:  # the crop mirrored: its column j is column width-1-j of the unflipped crop
+            col = width - col - src.shape[2]
+            src = src[:, :, ::-1]
+        out_np[k, :, row:row + src.shape[1], col:col + src.shape[2]] = src
+    return torch.from_numpy(out_np)
+
+
+def _augment_gather(images: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
+    """RandomCrop(padding=4) + flip of a uint8 N x C x H x W batch with (top, left, flip) rows, as
+    one zero-pad and two gathers (rows, then columns; a flipped image reads its columns reversed)."""
+    n, c, height, width = images.shape
+    pad = CROP_PADDING
+    params = params.to(images.device, dtype=torch.long)
+    padded = F.pad(images, (pad, pad, pad, pad))
+    rows = params[:, 0:1] + torch.arange(height, device=images.device)
+    cols = params[:, 1:2] + torch.arange(width, device=images.device)
+    cols = torch.where(params[:, 2:3].bool(), cols.flip(1), cols)
+    out = padded.gather(2, rows.view(n, 1, height, 1).expand(n, c, height, width + 2 * pad))
+    return out.gather(3, cols.view(n, 1, 1, width).expand(n, c, height, width))
+
+
+_NORMALIZE_CONSTANTS: dict = {}  # device -> (mean, std) tensors
+
+
+def _normalize_constants(device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean and std as 1x3x1x1 float32 tensors on ``device``, made once per device (creating them
+    per batch on CUDA would be a host-to-device copy that waits for the GPU every batch)."""
+    if device not in _NORMALIZE_CONSTANTS:
+        _NORMALIZE_CONSTANTS[device] = (torch.tensor(NORMALIZE_MEAN, device=device).view(1, 3, 1, 1),
+                                        torch.tensor(NORMALIZE_STD, device=device).view(1, 3, 1, 1))
+    return _NORMALIZE_CONSTANTS[device]
+
+
+def normalize_batch(images_uint8: torch.Tensor,
+                    memory_format: torch.memory_format = torch.contiguous_format) -> torch.Tensor:
+    """uint8 N x 3 x H x W -> normalised float32 (the test transform, batched, on any device).
+
+    ``(x / 255 - mean) / std`` in float32, the arithmetic of ToTensor + Normalize, in three passes
+    over one new tensor allocated in ``memory_format`` (the input is never modified; no extra
+    layout copy). Same numbers, bit for bit, whatever the layout.
+    """
+    mean, std = _normalize_constants(images_uint8.device)
+    out = torch.empty(images_uint8.shape, dtype=torch.float32, device=images_uint8.device,
+                      memory_format=memory_format)
+    return torch.div(images_uint8, 255.0, out=out).sub_(mean).div_(std)
+
+
+def denormalize(images: torch.Tensor) -> torch.Tensor:
+    """Normalised float images -> float RGB in [0, 1] (for display)."""
+    mean = torch.tensor(NORMALIZE_MEAN, device=images.device).view(-1, 3, 1, 1)
+    std = torch.tensor(NORMALIZE_STD, device=images.device).view(-1, 3, 1, 1)
+    out = images.reshape(-1, *images.shape[-3:]) * std + mean
+    return out.reshape(images.shape).clamp(0.0, 1.0)
+
+
+class UInt8Batches(Dataset):
+    """Loads a batch of a ``FacesDataset`` as one uint8 tensor, augmented when asked.
+
+    Indexed by a list of ``(index, top, left, flip)`` rows (or plain indices for no augmentation)
+    so that every worker, and every rank, applies the parameters the main process drew.
+    """
+
+    def __init__(self, dataset):
+        self.dataset = dataset
+        self.labels = dataset.labels
+
+    def __len__(self):
+        return len(self.dataset)
+
+    def __getitem__(self, rows):
+        return batch_of_rows(self.dataset.load_uint8_batch, self.labels, as_rows(rows))
+
+
+def as_rows(rows) -> torch.Tensor:
+    """A batch sampler's list of ``(index, top, left, flip)`` rows or plain indices, as an
+    N x 4 (or N x 1) long tensor."""
+    return torch.as_tensor(rows, dtype=torch.long).reshape(len(rows), -1)
+
+
+def batch_of_rows(load, labels: torch.Tensor, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(uint8 images, labels) of one batch: ``load(indices)`` gives the images, which are cropped
+    and flipped with the rows' parameters when the rows carry them (``batching.augment_uint8``)."""
+    indices = rows[:, 0]
+    images = load(indices)
+    if rows.shape[1] == 4:
+        images = augment_uint8(images, rows[:, 1:])
+    return images, labels[indices]
+
+
+class AugmentedBatchSampler:
+    """Batches of (index, top, left, flip) rows: a DistributedSampler's order plus per-index
+    augmentation drawn from (seed, epoch), so results do not depend on workers or world size."""
+
+    def __init__(self, sampler: DistributedSampler, batch_size: int, n: int, seed: int):
+        self.sampler, self.batch_size, self.n, self.seed = sampler, batch_size, n, seed
+
+    def __len__(self):
+        return math.ceil(len(self.sampler) / self.batch_size)
+
+    def __iter__(self):
+        # modulo 2**64, the range manual_seed takes (the same seed for every --seed below 2**44)
+        generator = torch.Generator().manual_seed((self.seed * 1_000_003 + self.sampler.epoch + 1) % 2**64)
+        params = draw_augmentation(self.n, generator).tolist()
+        for batch in BatchSampler(self.sampler, self.batch_size, drop_last=False):
+            yield [[i, *params[i]] for i in batch]
+
+
+def consecutive(rows) -> slice | None:
+    """The slice of a batch of plain indices ``i, i+1, ..., j``; ``None`` for any other batch
+    (augmentation rows, or indices out of order)."""
+    if not rows or isinstance(rows[0], (list, tuple)):
+        return None
+    first = rows[0]
+    return slice(first, first + len(rows)) if list(rows) == list(range(first, first + len(rows))) else None
+
+
+class CachedBatches:
+    """Batches straight from a dataset's decoded uint8 cache, on the training device.
+
+    The same batches as the ``DataLoader`` path (same sampler, same augmentation rows), without a
+    loader: gather, augment (``batching.augment_uint8``) and return uint8; the trainer normalises. On
+    CUDA the cache and the labels are copied to the GPU once, so an epoch moves no image data
+    between host and device. On the CPU the cache tensor is used as it is.
+    """
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, batches, device: torch.device):
+        self.images, self.labels, self.batches, self.device = images, labels, batches, device
+
+    def __len__(self):
+        return len(self.batches)
+
+    def __iter__(self):
+        for rows in self.batches:
+            run = consecutive(rows)
+            if run is not None:  # eval in dataset order: a view of the cache, no copy
+                yield self.images[run], self.labels[run]
+                continue
+            rows = as_rows(rows)
+            if self.device.type == "cuda":  # pinned + non_blocking: no wait for the queued steps
+                rows = rows.pin_memory().to(self.device, non_blocking=True)
+            yield batch_of_rows(self.images.__getitem__, self.labels, rows)
+
+
+class EvalShard(torch.utils.data.Sampler):
+    """Rank r of W evaluates indices r, r+W, ...: every sample exactly once, no padding."""
+
+    def __init__(self, n: int, rank: int, world_size: int):
+        self.n, self.rank, self.world_size, self.epoch = n, rank, world_size, 0
+
+    def __iter__(self):
+        return iter(range(self.rank, self.n, self.world_size))
+
+    def __len__(self):
+        return len(range(self.rank, self.n, self.world_size))
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+
+def iter_batches(dataset, batch_size: int, indices=None, num_workers: int = 0,
+                 progress: bool = False, desc: str = "batches"
+                 ) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """Yield ``(uint8 N x 3 x 256 x 256, labels, dataset indices)`` batches of a ``FacesDataset``.
+
+    ``indices`` (default: all, in order) selects and orders the images; ``num_workers`` decodes
+    batches in worker processes.
+    """
+    if batch_size < 1:
+        raise UserError(f"--batch_size must be at least 1, got {batch_size}")
+    order = list(range(len(dataset))) if indices is None else [int(i) for i in indices]
+    batches = BatchSampler(order, batch_size, drop_last=False)
+    loader = DataLoader(UInt8Batches(dataset), sampler=batches, batch_size=None,
+                        num_workers=num_workers, persistent_workers=False)
+    with tqdm(total=len(order), desc=desc, unit="img", disable=not progress, leave=False) as bar:
+        for rows, (images, labels) in zip(batches, loader):  # the loader keeps the sampler's order
+            yield images, labels, torch.as_tensor(rows, dtype=torch.long)
+            bar.update(len(rows))

@@ -1,0 +1,128 @@
+"""Command-line plumbing shared by every script, without torch: ``UserError``, the argparse
+types, an ``ArgumentParser`` whose errors are one line, and ``run_cli``, which turns a user error
+into one line on stderr and exit code 2 (``--debug`` shows the traceback instead)."""
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import sys
+from collections.abc import Callable
+
+
+class UserError(Exception):
+    """A problem the user can fix (bad flag, missing file): printed as one line, no traceback."""
+
+
+def check_name(kind: str, name: str, valid) -> str:
+    if name not in valid:
+        raise UserError(f"unknown {kind} {name!r}; valid {kind}s: {', '.join(valid)}")
+    return name
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    """argparse type: an integer >= 0."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
+    return value
+
+
+def seed_int(text: str) -> int:
+    """argparse type: a seed from 0 to 2**63 - 1 (the range every RNG of the project takes)."""
+    value = non_negative_int(text)
+    if value > 2**63 - 1:
+        raise argparse.ArgumentTypeError(f"must be at most 2**63 - 1 = {2**63 - 1}, got {value}")
+    return value
+
+
+def _finite_float(text: str) -> float:
+    """``text`` as a finite float; else an argparse error."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be a finite number, got {text}")
+    return value
+
+
+def non_negative_float(text: str) -> float:
+    """argparse type: a finite float >= 0."""
+    value = _finite_float(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {text}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    """argparse type: a finite float > 0."""
+    value = _finite_float(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be greater than 0, got {text}")
+    return value
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse with one-line errors: ``<prog>: error: <message> (see --help)``."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("formatter_class", argparse.ArgumentDefaultsHelpFormatter)
+        super().__init__(*args, **kwargs)
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def add_debug_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--debug", action="store_true",
+                        help="show full Python tracebacks instead of one-line errors")
+
+
+def run_cli(main: Callable[[list[str] | None], object], argv: list[str] | None = None) -> int:
+    """Run ``main(argv)``; user errors print one line ``<script>: error: ...`` and exit 2.
+
+    With ``--debug`` in argv the traceback is shown instead.
+    """
+    argv = sys.argv[1:] if argv is None else argv
+    prog = os.path.basename(sys.argv[0]) or "script"
+    try:
+        result = main(argv)
+        return int(result) if isinstance(result, int) else 0
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted", file=sys.stderr)
+        return 130
+    except (UserError, FileNotFoundError, PermissionError) as exc:  # data and weights errors are UserErrors
+        if "--debug" in argv:
+            raise
+        print(f"{prog}: error: {one_line_message(exc)}", file=sys.stderr)
+        return 2
+
+
+def one_line_message(exc: BaseException) -> str:
+    """The message of ``exc`` on one line. An error raised in a DataLoader worker arrives wrapped
+    ("Caught DataError in DataLoader worker process 0. Original Traceback ..."): keep only the
+    original message, which names the file, not the worker's traceback."""
+    lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
+    if any(line.startswith("Original Traceback") for line in lines):
+        name = type(exc).__name__
+        for i in range(len(lines) - 1, -1, -1):
+            head, sep, rest = lines[i].partition(": ")
+            if sep and head.rsplit(".", 1)[-1] == name:
+                lines = [rest] + lines[i + 1:]
+                break
+    return " ".join(lines) or type(exc).__name__

@@ -1,0 +1,47 @@
+"""Detection metrics of P(fake) scores, computed with scikit-learn: AUC, EER, AP, accuracy,
+balanced accuracy, per-class accuracy and the confusion matrix (docs/design.md#roc-and-det-scores)."""
+from __future__ import annotations
+
+import numpy as np
+
+
+def equal_error_rate(labels, fake_scores) -> tuple[float, float]:
+    """(EER, threshold at the EER) from sklearn's ROC: the point where FPR and FNR cross."""
+    from sklearn.metrics import roc_curve
+    fpr, tpr, thresholds = roc_curve(labels, fake_scores, pos_label=1)
+    fnr = 1.0 - tpr
+    i = int(np.nanargmin(np.abs(fnr - fpr)))
+    return float((fpr[i] + fnr[i]) / 2.0), float(thresholds[i])
+
+
+def binary_metrics(labels, fake_scores, threshold: float = 0.5) -> dict:
+    """Detection metrics of P(fake) scores against labels (1 = fake), computed with sklearn.
+
+    AUC, EER and AP are ``None`` when the labels hold a single class (they are undefined).
+    """
+    from sklearn.metrics import (
+        average_precision_score,
+        balanced_accuracy_score,
+        confusion_matrix,
+        roc_auc_score,
+    )
+    labels = np.asarray(labels, dtype=np.int64)
+    fake_scores = np.asarray(fake_scores, dtype=np.float64)
+    predictions = (fake_scores > threshold).astype(np.int64)  # ties go to real, like argmax
+    matrix = confusion_matrix(labels, predictions, labels=[0, 1])
+    per_class = [float(100.0 * matrix[c, c] / matrix[c].sum()) if matrix[c].sum() else None
+                 for c in (0, 1)]
+    both = len(np.unique(labels)) == 2
+    eer, eer_threshold = equal_error_rate(labels, fake_scores) if both else (None, None)
+    return {
+        "auc": float(roc_auc_score(labels, fake_scores)) if both else None,
+        "eer": eer,
+        "eer_threshold": eer_threshold,
+        "ap": float(average_precision_score(labels, fake_scores)) if both else None,
+        "accuracy": float(100.0 * (predictions == labels).mean()) if len(labels) else None,
+        "balanced_acc": float(100.0 * balanced_accuracy_score(labels, predictions)) if both else None,
+        "per_class_acc": per_class,
+        "confusion_matrix": matrix.tolist(),
+        "n_real": int((labels == 0).sum()),
+        "n_fake": int((labels == 1).sum()),
+    }
