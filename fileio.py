@@ -103,25 +103,6 @@ def exclusive_lock(lock_path: str, note: str):
     finally:
         os.unlink(lock_path)  # still locked here, so no other process holds this file
         os.close(fd)
-_KILL_IN_SAVE_ENV = "FACES_TEST_KILL_IN_SAVE"  # test hook, see _test_kill_hook
-_save_counts: dict[str, int] = {}
-
-
-def _test_kill_hook(path: str) -> None:
-    """Test-only: with ``FACES_TEST_KILL_IN_SAVE=<file name>:<n>`` this process SIGKILLs itself
-    during the n-th atomic write of a file of that name, after the temp file is complete and
-    before the rename (tests/test_crash_safety.py). Unset (always, outside tests): does nothing."""
-    spec = os.environ.get(_KILL_IN_SAVE_ENV)
-    if not spec:
-        return
-    name, _, count = spec.rpartition(":")
-    if os.path.basename(path) == name:
-        _save_counts[name] = _save_counts.get(name, 0) + 1
-        if _save_counts[name] == int(count):
-            import signal
-            os.kill(os.getpid(), signal.SIGKILL)
-
-
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
@@ -148,7 +129,6 @@ def atomic_write(path: str, write: Callable[[str], None]) -> None:
         os.chmod(tmp, 0o666 & ~_UMASK)
         with open(tmp, "rb") as handle:
             os.fsync(handle.fileno())
-        _test_kill_hook(path)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

@@ -198,7 +198,6 @@ class Trainer:
         self.progress = progress and self.is_main
         self.out_dir, self.checkpoint_dir = out_dir, checkpoint_dir
         self.run_info = dict(run_info or {})
-        self._pause_at = os.environ.get("FACES_TEST_PAUSE_AT")  # tests only (_test_pause_hook)
         cached = all(getattr(d, "cached", False) for d in (train_dataset, validation_dataset, test_dataset))
         self.num_workers = (0 if cached else min(4, max(1, (os.cpu_count() or 2) - 1))) \
             if num_workers is None else num_workers
@@ -309,8 +308,6 @@ class Trainer:
                                     bad_batch)
             if batch_number % check_every == 0 and bad_batch.item():
                 raise TrainingDiverged(self.epoch + 1, int(bad_batch.item()))
-            if self._pause_at:
-                _test_pause_hook(self._pause_at, self.epoch + 1, batch_number)
             if self.progress and time.monotonic() - last_update > 0.5:  # syncs only for display
                 last_update = time.monotonic()
                 bar.set_postfix(loss=f"{loss_sum.item() / seen:.4f}", acc=f"{100.0 * correct.item() / seen:.2f}",
@@ -658,16 +655,6 @@ def _keep_other_runs_best(path: str, run_id: str) -> None:
         aside, n = f"{stem}.run-{tag}-{n}{ext}", n + 1
     os.replace(path, aside)
     print(f"kept the earlier run's best checkpoint as {aside}", file=sys.stderr)
-
-
-def _test_pause_hook(pause_at: str, epoch: int, batch: int) -> None:
-    """Test-only: with ``FACES_TEST_PAUSE_AT=<epoch>:<batch>`` (1-based; read when the Trainer is
-    made) training prints ``FACES_TEST_PAUSED`` to stderr after that batch's step and sleeps, so a
-    test can SIGKILL it in the middle of an epoch (tests/test_crash_safety.py). Unset (always,
-    outside tests): never called."""
-    if pause_at == f"{epoch}:{batch}":
-        print(f"FACES_TEST_PAUSED epoch {epoch} batch {batch}", file=sys.stderr, flush=True)
-        time.sleep(600)
 
 
 def _rng_to_safe(state: dict) -> dict:

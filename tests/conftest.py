@@ -12,6 +12,7 @@ import pytest
 from PIL import Image
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+HOOKED = os.path.join(ROOT, "tests", "hooked_train_main.py")  # train_main.py with the crash tests' hooks
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 

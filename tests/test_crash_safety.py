@@ -3,10 +3,11 @@ checkpoint, loses nothing from finished epochs, leaves only loadable files, and 
 with the same JSON as an uninterrupted run of the same seed. Also: determinism, and a new run keeps
 an earlier run's best checkpoint.
 
-Two test-only hooks make the kills land deterministically (both do nothing unless set):
-``FACES_TEST_PAUSE_AT=<epoch>:<batch>`` (trainer.py) prints FACES_TEST_PAUSED after that batch and
-sleeps, and the test sends SIGKILL; ``FACES_TEST_KILL_IN_SAVE=<file name>:<n>`` (utils.py) SIGKILLs
-the process in its n-th atomic write of that file, after the temp file is complete, before the rename.
+The kills land deterministically through tests/hooked_train_main.py, which runs train_main.py with
+two hooks installed from the test side: ``FACES_TEST_PAUSE_AT=<epoch>:<batch>`` prints
+FACES_TEST_PAUSED after that batch and sleeps, and the test sends SIGKILL;
+``FACES_TEST_KILL_IN_SAVE=<file name>:<n>`` SIGKILLs the process in its n-th atomic write of that
+file, after the temp file is complete, before the rename.
 """
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ import pytest
 import torch
 
 import train_main
-from conftest import ROOT, make_tree
+from conftest import HOOKED, make_tree
 
 STEM = "fakes_dataset_SimpleNet_SGD"
 VOLATILE = {"epoch_seconds", "train_images_per_sec", "eval_images_per_sec", "started", "argv", "run_id"}
@@ -81,7 +82,7 @@ def _env(**hooks) -> dict:
 
 
 def _start(work, data, **hooks) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, os.path.join(ROOT, "train_main.py"), *_argv(data)],
+    return subprocess.Popen([sys.executable, HOOKED, *_argv(data)],
                             cwd=str(work), env=_env(**hooks), stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
 

@@ -28,7 +28,7 @@ import plot_samples_of_faces_datasets
 import saliency_map
 import train_main
 import utils
-from conftest import ROOT, make_image, make_tree
+from conftest import HOOKED, ROOT, make_image, make_tree
 from faces_dataset import DataError, FacesDataset, list_images, read_rgb_image
 from models import SimpleNet
 from test_hostile_input import _one_line_error
@@ -110,7 +110,7 @@ def test_second_live_run_on_the_same_files_is_refused(data, tmp_path, capsys):
     writes nothing. Once the first is killed, a new run trains, and its done line names the
     checkpoint that holds its own weights."""
     argv = _argv(data, tmp_path)
-    proc = subprocess.Popen([sys.executable, os.path.join(ROOT, "train_main.py"), *argv],
+    proc = subprocess.Popen([sys.executable, HOOKED, *argv],
                             env=_env(FACES_TEST_PAUSE_AT="1:1"), stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
     try:
