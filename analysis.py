@@ -16,7 +16,6 @@ model's device, so the same code runs on the CPU and on CUDA:
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 from typing import Callable, Iterator
 
@@ -26,8 +25,8 @@ from torch import nn
 
 from batching import iter_batches, normalize_batch
 from cli import UserError
-from fileio import atomic_write_json, file_lock, move_aside
-from metrics import binary_metrics
+from fileio import atomic_write_json, file_lock, read_json_object
+from metrics import binary_metrics, fmt
 from utils import DATASET_TITLES
 
 CLASS_NAMES = ("Real", "Fake")  # label 0, label 1
@@ -63,16 +62,7 @@ def update_metrics_json(path: str, section: str, data: dict) -> dict:
 
 
 def _update_metrics_json(path: str, section: str, data: dict) -> dict:
-    content: dict = {}
-    if os.path.exists(path):
-        try:
-            with open(path) as handle:
-                content = json.load(handle)
-            if not isinstance(content, dict):
-                raise ValueError("expected a JSON object")
-        except (ValueError, UnicodeDecodeError) as exc:
-            move_aside(path, f"corrupt metrics JSON ({exc})")
-            content = {}
+    content = read_json_object(path, "metrics JSON")
     content[section] = data
     atomic_write_json(path, content)
     return content
@@ -145,22 +135,18 @@ def roc_det_metrics(labels, logits) -> dict:
     return metrics
 
 
-def _fmt(value, digits: int = 4, suffix: str = "") -> str:
-    return "n/a" if value is None else f"{value:.{digits}f}{suffix}"
-
-
 def metrics_table(metrics: dict) -> str:
     """The numbers of ``roc_det_metrics`` as a small two-column text table."""
     cm = metrics.get("confusion_matrix") or [[0, 0], [0, 0]]
     rows = [
-        ("AUC score A (column 0, real)", _fmt(metrics.get("auc_a"))),
-        ("AUC score B (column 1, fake)", _fmt(metrics.get("auc_b"))),
-        ("AUC of P(fake)", _fmt(metrics.get("auc"))),
-        ("EER", _fmt(metrics.get("eer"))),
-        ("threshold at EER (P(fake))", _fmt(metrics.get("eer_threshold"))),
-        ("average precision (fake)", _fmt(metrics.get("ap"))),
-        ("accuracy at 0.5", _fmt(metrics.get("accuracy"), 2, " %")),
-        ("balanced accuracy", _fmt(metrics.get("balanced_acc"), 2, " %")),
+        ("AUC score A (column 0, real)", fmt(metrics.get("auc_a"))),
+        ("AUC score B (column 1, fake)", fmt(metrics.get("auc_b"))),
+        ("AUC of P(fake)", fmt(metrics.get("auc"))),
+        ("EER", fmt(metrics.get("eer"))),
+        ("threshold at EER (P(fake))", fmt(metrics.get("eer_threshold"))),
+        ("average precision (fake)", fmt(metrics.get("ap"))),
+        ("accuracy at 0.5", fmt(metrics.get("accuracy"), 2, " %")),
+        ("balanced accuracy", fmt(metrics.get("balanced_acc"), 2, " %")),
         ("confusion: true real -> real/fake", f"{cm[0][0]} / {cm[0][1]}"),
         ("confusion: true fake -> real/fake", f"{cm[1][0]} / {cm[1][1]}"),
         ("samples real / fake", f"{metrics.get('n_real')} / {metrics.get('n_fake')}"),

@@ -113,6 +113,15 @@ def run_cli(main: Callable[[list[str] | None], object], argv: list[str] | None =
         return 2
 
 
+def first_line(exc: BaseException | str, limit: int = 200) -> str:
+    """The first non-blank line of an exception's message (its type name when it has none) or of
+    a text, cut to ``limit`` characters: for error messages that quote a library's long,
+    multi-line exception."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    line = lines[0] if lines else (exc if isinstance(exc, str) else type(exc).__name__)
+    return line if len(line) <= limit else line[: limit - 3] + "..."
+
+
 def one_line_message(exc: BaseException) -> str:
     """The message of ``exc`` on one line. An error raised in a DataLoader worker arrives wrapped
     ("Caught DataError in DataLoader worker process 0. Original Traceback ..."): keep only the

@@ -193,6 +193,23 @@ def move_aside(path: str, reason: str) -> str:
     return aside
 
 
+def read_json_object(path: str, what: str) -> dict:
+    """The JSON object at ``path``; ``{}`` when the file is missing. A file that is not a JSON
+    object (corrupt, truncated, a list) is moved aside with a warning naming ``what``, never
+    overwritten, and ``{}`` is returned, so the caller starts a new one."""
+    if not os.path.exists(path):
+        return {}
+    try:
+        with open(path) as handle:
+            content = json.load(handle)
+        if not isinstance(content, dict):
+            raise ValueError("expected a JSON object")
+        return content
+    except (ValueError, UnicodeDecodeError) as exc:
+        move_aside(path, f"corrupt {what} ({exc})")
+        return {}
+
+
 def read_runs(path: str, missing_ok: bool = True, repair: bool = False) -> list:
     """Read a metrics JSON (a list of runs).
 

@@ -5,6 +5,11 @@ from __future__ import annotations
 import numpy as np
 
 
+def fmt(value, digits: int = 4, suffix: str = "") -> str:
+    """A number for text output with ``digits`` decimals and ``suffix``; "n/a" for None."""
+    return "n/a" if value is None else f"{value:.{digits}f}{suffix}"
+
+
 def equal_error_rate(labels, fake_scores) -> tuple[float, float]:
     """(EER, threshold at the EER) from sklearn's ROC: the point where FPR and FNR cross."""
     from sklearn.metrics import roc_curve

@@ -26,6 +26,7 @@ from cli import (
     seed_int,
 )
 from memory import add_activation_checkpointing_flag, apply_image_cache, resolve_activation_checkpointing
+from metrics import fmt
 from trainer import LoggingParameters, Trainer, check_output_paths, json_safe_optimizer_params, run_paths
 from utils import (
     DATASET_NAMES,
@@ -193,7 +194,7 @@ def _train(args, device: torch.device) -> int:
         best = run["best_epoch"]
         auc = run["test_auc"][best - 1] if best else None
         print(f"done: best val epoch {best}, val acc {run['best_val_acc']:.2f}%, test acc at that epoch "
-              f"{run['test_acc_at_best']:.2f}%, test AUC(fake) {_fmt(auc)}; "
+              f"{run['test_acc_at_best']:.2f}%, test AUC(fake) {fmt(auc)}; "
               f"json {paths['json']}; checkpoint {paths['best']}")
     return 0
 
@@ -205,10 +206,6 @@ def protocol(args) -> dict:
             "momentum": args.momentum if args.optimizer == "SGD" else None, "batch_size": args.batch_size,
             "seed": args.seed, "precise_bn": args.precise_bn,
             "data_root": os.path.realpath(resolve_data_root(args.data_root))}
-
-
-def _fmt(value) -> str:
-    return "n/a" if value is None else f"{value:.4f}"
 
 
 if __name__ == "__main__":

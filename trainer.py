@@ -30,7 +30,7 @@ from torch.utils.data import BatchSampler, DataLoader, DistributedSampler
 from tqdm import tqdm
 
 from batching import AugmentedBatchSampler, CachedBatches, EvalShard, UInt8Batches, normalize_batch
-from cli import UserError
+from cli import UserError, first_line
 from fileio import (
     LockHeldError,
     atomic_torch_save,
@@ -522,7 +522,7 @@ class Trainer:
             self._set_rng_state(_rng_from_safe(checkpoint["rng"]))
             best = checkpoint["best_val_acc"]
         except (RuntimeError, ValueError, KeyError, TypeError, AttributeError) as exc:
-            message = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+            message = first_line(exc)
             raise UserError(f"{path}: does not fit this model/optimizer ({message}); "
                             "start without --resume") from None
         return checkpoint["run"], (-math.inf if best is None else float(best))

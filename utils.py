@@ -11,7 +11,7 @@ import torch
 from torchvision.transforms import v2
 
 from batching import CROP_PADDING, NORMALIZE_MEAN, NORMALIZE_STD
-from cli import UserError, add_debug_flag, check_name
+from cli import UserError, add_debug_flag, check_name, first_line
 from faces_dataset import DEMO_HINT, DataError, FacesDataset
 
 DATASET_NAMES = ("fakes_dataset", "synthetic_dataset")
@@ -155,8 +155,7 @@ def load_checkpoint(path: str, device: torch.device | str = "cpu") -> dict:
     try:
         checkpoint = torch.load(path, map_location=device, weights_only=True)
     except Exception as exc:  # truncated zip, foreign pickle, unsafe global ...
-        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise UserError(f"{path}: not a readable checkpoint ({first_line[:200]}); it may be truncated, "
+        raise UserError(f"{path}: not a readable checkpoint ({first_line(exc)}); it may be truncated, "
                         "corrupt, or hold code (refused: only weights are loaded)") from None
     if isinstance(checkpoint, dict) and "model" not in checkpoint and \
             all(isinstance(v, torch.Tensor) for v in checkpoint.values()):

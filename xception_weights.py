@@ -32,7 +32,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from cli import UserError
+from cli import UserError, first_line
 
 __all__ = [
     "KNOWN_WEIGHT_FILES",
@@ -80,13 +80,10 @@ def _describe(keys: Iterable[str], limit: int = 5) -> str:
 
 def _short_reason(exc: BaseException, limit: int = 300) -> str:
     """One line out of an exception (torch's weights_only errors are long and multi-line)."""
-    text = str(exc).strip() or type(exc).__name__
     marker = "WeightsUnpickler error:"
-    if marker in text:
-        text = text.split(marker, 1)[1].strip()
-        text = text.split(" Please use", 1)[0]
-    line = text.splitlines()[0].strip() if text else type(exc).__name__
-    return line if len(line) <= limit else line[: limit - 3] + "..."
+    if marker in str(exc):  # keep torch's reason, not its advice
+        return first_line(str(exc).split(marker, 1)[1].strip().split(" Please use", 1)[0], limit)
+    return first_line(exc, limit)
 
 
 def _read_checkpoint(path: Path) -> Any:

@@ -65,7 +65,7 @@ from cli import (
     run_cli,
 )
 from faces_dataset import FacesDataset, read_rgb_image  # noqa: E402
-from fileio import atomic_write_json, move_aside
+from fileio import atomic_write_json, read_json_object
 from memory import apply_image_cache, current_rss_bytes, proc_bytes, ru_maxrss_mb
 from train_main import make_optimizer, trainer_options  # noqa: E402  (as train_main.py trains)
 from trainer import Trainer  # noqa: E402
@@ -720,16 +720,7 @@ def print_table(results: dict) -> None:
 def write_results(path: str, results: dict) -> None:
     """Merge into ``path`` (a dict keyed by model name), atomically. A file that is not such a
     JSON object is moved aside (``fileio.move_aside``: kept, never deleted) and a new one started."""
-    existing = {}
-    if os.path.exists(path):
-        try:
-            with open(path) as handle:
-                existing = json.load(handle)
-            if not isinstance(existing, dict):
-                raise ValueError("expected a JSON object, one entry per model")
-        except (ValueError, UnicodeDecodeError) as exc:
-            move_aside(path, f"corrupt results JSON ({exc}), a new one is written")  # warns
-            existing = {}
+    existing = read_json_object(path, "results JSON, a new one is written")
     existing.update(results)
     atomic_write_json(path, existing)
 
