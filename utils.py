@@ -470,11 +470,13 @@ SAMPLES_FIGURE = "datasets_samples.png"
 
 FIGURE_SUFFIXES = {
     "curves": ("losses_plot", "accuracies_plot"),                          # plot_accuracy_and_loss.py
-    "numerical": ("roc_curve", "det_curve"),                               # numerical_analysis.py
+    "numerical": ("roc_curve", "det_curve", "reliability_diagram"),        # numerical_analysis.py
     "gradcam": ("Real_Image_grad_cam", "Fake_Image_grad_cam"),             # grad_cam_analysis.py (label 0, 1)
     "saliency": ("saliency_maps_and_images_pairs", "mean_saliency_maps"),  # saliency_map.py
+    "robustness": ("robustness",),                                         # robustness_analysis.py
 }
-"""The SPEC section 4 figures of one run, ``<D>_<M>_<suffix>.png``, by the script that writes them."""
+"""The figures of one run, ``<D>_<M>_<suffix>.png``, by the script that writes them: the SPEC
+section 4 figures, the reliability diagram of P(fake) and the robustness curves."""
 
 
 def figure_path(figures_dir: str, dataset_name: str, model_name: str, suffix: str) -> str:
@@ -686,7 +688,11 @@ def one_line_message(exc: BaseException) -> str:
 def equal_error_rate(labels, fake_scores) -> tuple[float, float]:
     """(EER, threshold at the EER) from sklearn's ROC: the point where FPR and FNR cross."""
     from sklearn.metrics import roc_curve
-    fpr, tpr, thresholds = roc_curve(labels, fake_scores, pos_label=1)
+    return eer_of_roc(*roc_curve(labels, fake_scores, pos_label=1))
+
+
+def eer_of_roc(fpr, tpr, thresholds) -> tuple[float, float]:
+    """(EER, threshold at the EER) of an ROC curve as sklearn's ``roc_curve`` returns it."""
     fnr = 1.0 - tpr
     i = int(np.nanargmin(np.abs(fnr - fpr)))
     return float((fpr[i] + fnr[i]) / 2.0), float(thresholds[i])
