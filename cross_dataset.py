@@ -22,7 +22,8 @@ from utils import (DATASET_NAMES, DATASET_TITLES, MODEL_NAMES, OPTIMIZER_NAMES, 
 MATRIX_METRICS = (("auc", "AUC of P(fake)", (0.0, 1.0), "viridis", ".3f"),
                   ("accuracy", "accuracy at 0.5 (%)", (0.0, 100.0), "viridis", ".1f"),
                   ("eer", "EER", (0.0, 0.5), "viridis_r", ".3f"))
-_NAME = re.compile(rf"^({'|'.join(DATASET_NAMES)})_({'|'.join(MODEL_NAMES)})_({'|'.join(OPTIMIZER_NAMES)})\.pt$")
+_NAME = re.compile(rf"^({'|'.join(DATASET_NAMES)})_({'|'.join(MODEL_NAMES)})_"
+                   rf"({'|'.join(OPTIMIZER_NAMES)})\.pt$")
 
 
 @dataclass(frozen=True)

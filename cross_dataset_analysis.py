@@ -15,8 +15,7 @@ import sys
 
 import analysis
 import cross_dataset
-from utils import (DATASET_NAMES, ArgumentParser, add_data_root_flag, add_debug_flag, get_device,
-                   positive_int, run_cli, save_figure)
+from utils import ArgumentParser, add_multi_dataset_flags, get_device, run_cli, save_figure
 
 SCORES = "P(fake) = softmax column 1; accuracy at P(fake) > 0.5"
 
@@ -32,19 +31,9 @@ def build_parser() -> ArgumentParser:
                              "<dataset>_<model>_<optimizer>.pt in --checkpoint_dir")
     parser.add_argument("--checkpoint_dir", default="checkpoints",
                         help="where to find the checkpoints when --checkpoints is not given")
-    parser.add_argument("--datasets", nargs="+", default=list(DATASET_NAMES), choices=DATASET_NAMES,
-                        metavar="NAME",
-                        help=f"test splits to evaluate on, any of: {' '.join(DATASET_NAMES)}")
-    add_data_root_flag(parser)
-    parser.add_argument("--device", default="auto", help="auto (CUDA when available), cpu or cuda")
-    parser.add_argument("--batch_size", "-b", default=64, type=positive_int,
-                        help="images per forward pass")
-    parser.add_argument("--figures_dir", default="figures", help="where the figure is written")
-    parser.add_argument("--out_dir", default="out",
-                        help="folder of cross_dataset.json and <D>_<M>_metrics.json (their "
-                             "'cross_dataset' section is replaced, other sections kept)")
-    parser.add_argument("--no_progress", action="store_true", help="no progress bar")
-    add_debug_flag(parser)
+    add_multi_dataset_flags(parser, "test splits to evaluate on",
+                            "folder of cross_dataset.json and <D>_<M>_metrics.json (their "
+                            "'cross_dataset' section is replaced, other sections kept)")
     return parser
 
 

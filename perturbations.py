@@ -1,7 +1,7 @@
 """Robustness to perturbations: the image perturbations, scoring under them, their figures.
 
-The perturbations work on uint8 N x 3 x H x W batches on the CPU. Each takes the uint8 test images before the evaluation transform and returns uint8 images of the
-same shape:
+The perturbations work on uint8 N x 3 x H x W batches on the CPU: each takes the uint8 test images
+before the evaluation transform and returns uint8 images of the same shape:
 
 - ``jpeg``: a JPEG round trip through PIL at a quality (PIL's default 4:2:0 chroma subsampling);
 - ``blur``: Gaussian blur with a standard deviation in pixels (scipy; kernel radius ceil(3 sigma),

@@ -63,9 +63,9 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     _, model, dataset = load_analysis_inputs(args)
     labels = dataset.labels.numpy()
-    whole = args.max_images == 0 or args.max_images >= len(labels)
-    indices = list(range(len(labels))) if whole else \
-        analysis.pick_mixed_indices(labels, args.max_images, args.seed).tolist()
+    subset = analysis.subset_indices(labels, args.max_images, args.seed)
+    whole = subset is None
+    indices = list(range(len(labels))) if whole else subset.tolist()
     chosen = perturbations.conditions(dict.fromkeys(args.perturbations))
     logits, labels = perturbations.score_perturbed(model, dataset, chosen, indices, args.batch_size,
                                                    args.seed, progress=not args.no_progress)

@@ -15,8 +15,8 @@ import sys
 
 import analysis
 import spectrum
-from utils import (DATASET_NAMES, DATASET_TITLES, ArgumentParser, add_data_root_flag, add_debug_flag,
-                   get_device, load_dataset, non_negative_int, positive_int, run_cli, save_figure)
+from utils import (DATASET_TITLES, ArgumentParser, add_multi_dataset_flags, get_device, load_dataset,
+                   non_negative_int, run_cli, save_figure)
 
 
 def build_parser() -> ArgumentParser:
@@ -24,23 +24,13 @@ def build_parser() -> ArgumentParser:
         description="Mean Fourier spectra of the real and the fake test images of each dataset (grey, "
                     "mean removed): 2-D log-magnitude maps and azimuthally averaged 1-D power "
                     "spectra, where generators leave upsampling traces. Needs no model.")
-    parser.add_argument("--datasets", "-d", nargs="+", default=list(DATASET_NAMES),
-                        choices=DATASET_NAMES, metavar="NAME",
-                        help=f"datasets whose test split is analysed, any of: {' '.join(DATASET_NAMES)}")
-    add_data_root_flag(parser)
+    add_multi_dataset_flags(parser, "datasets whose test split is analysed",
+                            "folder of <D>_spectrum.json (its 'spectrum' section is replaced, other "
+                            "sections kept)")
     parser.add_argument("--max_images", default=0, type=non_negative_int,
                         help="test images per dataset: a random subset, half real and half fake where "
                              "possible, drawn with --seed (0: the whole test split)")
     parser.add_argument("--seed", default=0, type=int, help="seed of the subset")
-    parser.add_argument("--batch_size", "-b", default=64, type=positive_int,
-                        help="images per FFT batch")
-    parser.add_argument("--device", default="auto", help="auto (CUDA when available), cpu or cuda")
-    parser.add_argument("--figures_dir", default="figures", help="where figures are written")
-    parser.add_argument("--out_dir", default="out",
-                        help="folder of <D>_spectrum.json (its 'spectrum' section is replaced, other "
-                             "sections kept)")
-    parser.add_argument("--no_progress", action="store_true", help="no progress bar")
-    add_debug_flag(parser)
     return parser
 
 
@@ -48,14 +38,13 @@ def dataset_spectra(args, name: str, device) -> tuple[spectrum.SpectrumAccumulat
     """The accumulated spectra of one dataset's test split (or its subset) and the JSON section."""
     dataset = load_dataset(name, "test", args.data_root)
     labels = dataset.labels.numpy()
-    whole = args.max_images == 0 or args.max_images >= len(labels)
-    indices = None if whole else analysis.pick_mixed_indices(labels, args.max_images, args.seed)
+    indices = analysis.subset_indices(labels, args.max_images, args.seed)
     acc = spectrum.SpectrumAccumulator()
     for images, batch_labels, _ in analysis.iter_batches(dataset, args.batch_size, indices,
                                                          progress=not args.no_progress,
                                                          desc=f"spectra {name}"):
         acc.add(images.to(device), batch_labels.to(device))
-    section = {"dataset": name, "split": "test", "subset": None if whole else
+    section = {"dataset": name, "split": "test", "subset": None if indices is None else
                f"random, half real and half fake where possible, seed {args.seed}",
                **acc.summary(images.shape[-1])}
     return acc, section

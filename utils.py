@@ -516,6 +516,23 @@ def add_analysis_flags(parser: argparse.ArgumentParser) -> None:
     add_debug_flag(parser)
 
 
+def add_multi_dataset_flags(parser: argparse.ArgumentParser, what: str, out_help: str) -> None:
+    """The flags of the analysis scripts that work on several datasets' test splits
+    (``--datasets``, all by default; ``what`` says what is done to them), and write figures and
+    JSON sections (``out_help`` says which)."""
+    parser.add_argument("--datasets", "-d", nargs="+", default=list(DATASET_NAMES),
+                        choices=DATASET_NAMES, metavar="NAME",
+                        help=f"{what}, any of: {' '.join(DATASET_NAMES)}")
+    add_data_root_flag(parser)
+    parser.add_argument("--device", default="auto", help="auto (CUDA when available), cpu or cuda")
+    parser.add_argument("--batch_size", "-b", default=64, type=positive_int,
+                        help="images per batch")
+    parser.add_argument("--figures_dir", default="figures", help="where figures are written")
+    parser.add_argument("--out_dir", default="out", help=out_help)
+    parser.add_argument("--no_progress", action="store_true", help="no progress bar")
+    add_debug_flag(parser)
+
+
 def proc_bytes(path: str, key: str) -> int | None:
     """The ``key:`` line of a Linux /proc file given in kB, in bytes; ``None`` where unknown."""
     try:

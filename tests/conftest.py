@@ -85,3 +85,14 @@ def module_tmp(tmp_path_factory):
 def tiny_root(tmp_path_factory) -> str:
     """A read-only-by-convention tiny tree: train 8/4, val 4/2, test 4/2 per dataset."""
     return make_tree(str(tmp_path_factory.mktemp("tiny_data")))
+
+
+@pytest.fixture(scope="module")
+def simplenet_checkpoint(module_tmp) -> str:
+    """A random-init SimpleNet checkpoint (seed 0), as train_main.py saves its ``model`` entry."""
+    import torch
+    from models import SimpleNet
+    torch.manual_seed(0)
+    path = module_tmp("ckpt") / "SimpleNet.pt"
+    torch.save({"model": SimpleNet().state_dict()}, path)
+    return str(path)

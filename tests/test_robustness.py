@@ -15,7 +15,6 @@ from torchvision.transforms.v2 import functional as TF
 import numerical_analysis
 import perturbations
 import robustness_analysis
-from models import SimpleNet
 from utils import run_cli
 
 
@@ -81,22 +80,14 @@ def test_noise_has_its_sigma_and_depends_only_on_seed_and_index():
 
 
 # ----------------------------------------------------------------------------- the script
-@pytest.fixture(scope="module")
-def checkpoint(module_tmp):
-    torch.manual_seed(3)
-    path = module_tmp("ckpt") / "SimpleNet.pt"
-    torch.save({"model": SimpleNet().state_dict()}, path)
-    return str(path)
-
-
-def common(checkpoint, tiny_root, tmp_path):
-    return ["-m", "SimpleNet", "-cpp", checkpoint, "-d", "synthetic_dataset", "--data_root",
+def common(simplenet_checkpoint, tiny_root, tmp_path):
+    return ["-m", "SimpleNet", "-cpp", simplenet_checkpoint, "-d", "synthetic_dataset", "--data_root",
             tiny_root, "--figures_dir", str(tmp_path / "fig"), "--out_dir", str(tmp_path / "out"),
             "--device", "cpu", "--no_progress", "-b", "4"]
 
 
-def test_clean_figures_equal_numerical_analysis(checkpoint, tiny_root, tmp_path):
-    args = common(checkpoint, tiny_root, tmp_path)
+def test_clean_figures_equal_numerical_analysis(simplenet_checkpoint, tiny_root, tmp_path):
+    args = common(simplenet_checkpoint, tiny_root, tmp_path)
     assert run_cli(numerical_analysis.main, args + ["--bootstrap", "10"]) == 0
     assert run_cli(robustness_analysis.main, args + ["--max_images", "0", "--perturbations",
                                                      "resize", "jpeg"]) == 0
@@ -114,9 +105,9 @@ def test_clean_figures_equal_numerical_analysis(checkpoint, tiny_root, tmp_path)
     assert (tmp_path / "fig" / "synthetic_dataset_SimpleNet_robustness.png").is_file()
 
 
-def test_subset_and_seed_are_repeatable(checkpoint, tiny_root, tmp_path):
+def test_subset_and_seed_are_repeatable(simplenet_checkpoint, tiny_root, tmp_path):
     def run(seed):
-        args = common(checkpoint, tiny_root, tmp_path) + ["--max_images", "4", "--seed", str(seed),
+        args = common(simplenet_checkpoint, tiny_root, tmp_path) + ["--max_images", "4", "--seed", str(seed),
                                                           "--perturbations", "noise"]
         assert run_cli(robustness_analysis.main, args) == 0
         path = tmp_path / "out" / "synthetic_dataset_SimpleNet_metrics.json"

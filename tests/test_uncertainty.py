@@ -124,14 +124,6 @@ def test_one_class_gives_no_interval():
 
 
 # ----------------------------------------------------------------------------- the script
-@pytest.fixture(scope="module")
-def simplenet_checkpoint(module_tmp):
-    torch.manual_seed(0)
-    path = module_tmp("ckpt") / "fakes_dataset_SimpleNet_Adam.pt"
-    torch.save({"model": SimpleNet().state_dict()}, path)
-    return str(path)
-
-
 def test_numerical_analysis_writes_uncertainty(simplenet_checkpoint, tiny_root, tmp_path, capsys):
     out = tmp_path / "out"
     args = ["-m", "SimpleNet", "-cpp", simplenet_checkpoint, "-d", "fakes_dataset", "--data_root",
