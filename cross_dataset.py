@@ -17,7 +17,8 @@ import numpy as np
 
 import analysis
 from utils import (DATASET_NAMES, DATASET_TITLES, MODEL_NAMES, OPTIMIZER_NAMES, UserError,
-                   binary_metrics, load_dataset, load_model_from_checkpoint)
+                   binary_metrics, load_checkpoint, load_dataset, load_model_from_checkpoint,
+                   model_name_of_state_dict)
 
 MATRIX_METRICS = (("auc", "AUC of P(fake)", (0.0, 1.0), "viridis", ".3f"),
                   ("accuracy", "accuracy at 0.5 (%)", (0.0, 100.0), "viridis", ".1f"),
@@ -64,10 +65,22 @@ def discover_checkpoints(folder: str) -> list[CheckpointSpec]:
     return found
 
 
+def check_checkpoint(spec: CheckpointSpec) -> None:
+    """Refuse, before any image is decoded, a checkpoint that cannot be read or holds another
+    model than its spec says (``UserError`` naming the file and the spec to give instead)."""
+    checkpoint = load_checkpoint(spec.path)
+    found = checkpoint.get("model_name") or model_name_of_state_dict(checkpoint["model"])
+    if found and found != spec.model:
+        raise UserError(f"{spec.path}: holds a {found} model, not {spec.model}; give it as "
+                        f"{spec.dataset}:{found}:{spec.path}")
+
+
 def evaluate_matrix(specs, test_datasets, data_root, device, batch_size: int = 64,
                     progress: bool = False) -> list[dict]:
     """One row per checkpoint: its spec and, per test dataset, AUC, accuracy (%), EER, AP of P(fake),
     the class counts and whether it is in-distribution (the dataset it was trained on)."""
+    for spec in specs:
+        check_checkpoint(spec)
     datasets = {}
     for name in test_datasets:
         datasets[name] = load_dataset(name, "test", data_root)

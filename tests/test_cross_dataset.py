@@ -43,6 +43,15 @@ def test_discovery_takes_only_best_checkpoints(tmp_path):
         cross_dataset.discover_checkpoints(str(tmp_path / "missing"))
 
 
+def test_a_checkpoint_of_another_model_is_refused_before_decoding(tmp_path, monkeypatch):
+    path = tmp_path / "fakes_dataset_SimpleNet_Adam.pt"
+    torch.save({"model": SimpleNet().state_dict()}, path)
+    spec = cross_dataset.parse_checkpoint_spec(f"fakes_dataset:XceptionBased:{path}")
+    monkeypatch.setattr(cross_dataset, "load_dataset", lambda *a: pytest.fail("decoded images"))
+    with pytest.raises(UserError, match=f"give it as fakes_dataset:SimpleNet:{path}"):
+        cross_dataset.evaluate_matrix([spec], ["fakes_dataset"], None, "cpu")
+
+
 def independent_scores(state_dict, folder):
     """P(fake) and labels of a test split: PIL -> torchvision v1 transforms -> one image at a time."""
     model = SimpleNet()
