@@ -36,7 +36,8 @@ def build_parser() -> ArgumentParser:
                         help="bootstrap resamples for the 95 %% confidence intervals")
     parser.add_argument("--ece_bins", default=uncertainty.DEFAULT_BINS, type=positive_int,
                         help="equal-width bins of P(fake) for the ECE and the reliability diagram")
-    parser.add_argument("--seed", default=0, type=int, help="seed of the bootstrap resamples")
+    parser.add_argument("--seed", default=0, type=non_negative_int,
+                        help="seed of the bootstrap resamples")
     parser.add_argument("--no_progress", action="store_true", help="no progress bar")
     return parser
 

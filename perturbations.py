@@ -24,6 +24,7 @@ import math
 import numpy as np
 import torch
 from PIL import Image
+from scipy.ndimage import gaussian_filter
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms.v2 import functional as TF
 from tqdm import tqdm
@@ -31,7 +32,7 @@ from tqdm import tqdm
 import analysis
 from utils import binary_metrics
 
-PERTURBATIONS = {  # name: severities, mildest first (the study's grades)
+PERTURBATIONS = {  # name: severities, mildest first
     "jpeg": (90, 70, 50, 30),
     "blur": (0.5, 1.0, 2.0, 3.0),
     "resize": (0.75, 0.5, 0.25),
@@ -55,9 +56,7 @@ def jpeg(images: torch.Tensor, quality: int) -> torch.Tensor:
 
 def blur(images: torch.Tensor, sigma: float) -> torch.Tensor:
     """Gaussian blur with standard deviation ``sigma`` pixels, kernel 2 ceil(3 sigma) + 1 wide,
-    borders reflected, rounded back to uint8 (scipy's separable filter: a few times faster than a
-    2-D convolution at sigma 3)."""
-    from scipy.ndimage import gaussian_filter
+    borders reflected (scipy's separable filter), rounded back to uint8."""
     radius = math.ceil(3 * sigma)
     blurred = gaussian_filter(images.numpy().astype(np.float32), sigma=(0, 0, sigma, sigma),
                               mode="mirror", truncate=radius / sigma)

@@ -33,7 +33,7 @@ def build_parser() -> ArgumentParser:
                         help="test images to perturb: a random subset, half real and half fake where "
                              "possible, drawn with --seed (0: the whole test split); each is "
                              "forwarded once clean and once per severity (15 times for all)")
-    parser.add_argument("--seed", default=0, type=int,
+    parser.add_argument("--seed", default=0, type=non_negative_int,
                         help="seed of the subset and of the Gaussian noise")
     parser.add_argument("--batch_size", "-b", default=64, type=positive_int,
                         help="images per forward pass")

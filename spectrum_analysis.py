@@ -30,7 +30,7 @@ def build_parser() -> ArgumentParser:
     parser.add_argument("--max_images", default=0, type=non_negative_int,
                         help="test images per dataset: a random subset, half real and half fake where "
                              "possible, drawn with --seed (0: the whole test split)")
-    parser.add_argument("--seed", default=0, type=int, help="seed of the subset")
+    parser.add_argument("--seed", default=0, type=non_negative_int, help="seed of the subset")
     return parser
 
 
