@@ -230,6 +230,14 @@ def pick_mixed_indices(labels, n: int, seed: int) -> np.ndarray:
     return np.sort(chosen).astype(np.int64)
 
 
+def subset_indices(labels, max_images: int, seed: int) -> np.ndarray | None:
+    """``pick_mixed_indices`` of ``max_images`` images, or ``None`` (every image) when
+    ``max_images`` is 0 or covers the whole set (a ``--max_images`` flag)."""
+    if max_images == 0 or max_images >= len(labels):
+        return None
+    return pick_mixed_indices(labels, max_images, seed)
+
+
 def pick_one_per_class(labels, seed: int) -> dict[int, int | None]:
     """One dataset index per label (0 real, 1 fake) drawn with ``seed``; ``None`` if a class is absent."""
     labels = np.asarray(labels)

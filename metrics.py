@@ -13,7 +13,11 @@ def fmt(value, digits: int = 4, suffix: str = "") -> str:
 def equal_error_rate(labels, fake_scores) -> tuple[float, float]:
     """(EER, threshold at the EER) from sklearn's ROC: the point where FPR and FNR cross."""
     from sklearn.metrics import roc_curve
-    fpr, tpr, thresholds = roc_curve(labels, fake_scores, pos_label=1)
+    return eer_of_roc(*roc_curve(labels, fake_scores, pos_label=1))
+
+
+def eer_of_roc(fpr, tpr, thresholds) -> tuple[float, float]:
+    """(EER, threshold at the EER) of an ROC curve as sklearn's ``roc_curve`` returns it."""
     fnr = 1.0 - tpr
     i = int(np.nanargmin(np.abs(fnr - fpr)))
     return float((fpr[i] + fnr[i]) / 2.0), float(thresholds[i])

@@ -4,12 +4,16 @@
 
 Writes figures/<D>_<M>_roc_curve.png, figures/<D>_<M>_det_curve.png and the "numerical" section of
 out/<D>_<M>_metrics.json (other sections, such as "grad_cam", are kept), and prints the numbers.
+How sure they are goes to the "uncertainty" section: 95 % stratified-bootstrap intervals of
+accuracy, AUC, EER and AP (--bootstrap resamples, --seed), and the expected calibration error of
+P(fake) with its reliability diagram, figures/<D>_<M>_reliability_diagram.png (--ece_bins).
 """
 from __future__ import annotations
 
 import sys
 
 import analysis
+import uncertainty
 from cli import ArgumentParser, non_negative_int, positive_int, run_cli
 from fileio import save_figure
 from utils import FIGURE_SUFFIXES, add_analysis_flags, figure_path, load_analysis_inputs
@@ -30,6 +34,12 @@ def build_parser() -> ArgumentParser:
     parser.add_argument("--out_dir", default="out",
                         help="folder of <D>_<M>_metrics.json (its 'numerical' section is replaced, "
                              "other sections kept)")
+    parser.add_argument("--bootstrap", default=uncertainty.DEFAULT_RESAMPLES, type=positive_int,
+                        help="bootstrap resamples for the 95 %% confidence intervals")
+    parser.add_argument("--ece_bins", default=uncertainty.DEFAULT_BINS, type=positive_int,
+                        help="equal-width bins of P(fake) for the ECE and the reliability diagram")
+    parser.add_argument("--seed", default=0, type=non_negative_int,
+                        help="seed of the bootstrap resamples")
     parser.add_argument("--no_progress", action="store_true", help="no progress bar")
     return parser
 
@@ -42,22 +52,39 @@ def main(argv=None) -> int:
                                              num_workers=args.num_workers)
     metrics = analysis.roc_det_metrics(labels, logits)
 
-    roc_path, det_path = (figure_path(args.figures_dir, args.dataset, args.model, suffix)
-                          for suffix in FIGURE_SUFFIXES["numerical"])
+    roc_path, det_path, reliability_path = (figure_path(args.figures_dir, args.dataset, args.model,
+                                                        suffix)
+                                            for suffix in FIGURE_SUFFIXES["numerical"])
     save_figure(analysis.plot_roc(labels, logits, args.model, args.dataset), roc_path)
     save_figure(analysis.plot_det(labels, logits, args.model, args.dataset), det_path)
+    sure = uncertainty_section(args, labels, analysis.soft_scores(logits)[:, 1])
+    save_figure(uncertainty.plot_reliability(
+        sure["calibration"], f"Reliability of P(fake), {analysis.describe(args.dataset, args.model)}"),
+        reliability_path)
 
     json_path = analysis.metrics_json_path(args.out_dir, args.dataset, args.model)
     section = {"model": args.model, "dataset": args.dataset, "split": "test",
                "checkpoint": args.checkpoint_path, "score_definition": analysis.SCORE_DESCRIPTION,
                **metrics}
     analysis.update_metrics_json(json_path, "numerical", section)
+    analysis.update_metrics_json(json_path, "uncertainty", sure)
 
     print(f"{analysis.describe(args.dataset, args.model)}, test split, {len(labels)} images "
           f"({args.checkpoint_path})")
     print(analysis.metrics_table(metrics))
-    print(f"wrote {roc_path}\nwrote {det_path}\nwrote {json_path} (section 'numerical')")
+    print(uncertainty.summary_table(sure["bootstrap"], sure["calibration"]))
+    print(f"wrote {roc_path}\nwrote {det_path}\nwrote {reliability_path}\n"
+          f"wrote {json_path} (sections 'numerical' and 'uncertainty')")
     return 0
+
+
+def uncertainty_section(args, labels, fake_scores) -> dict:
+    """The 'uncertainty' JSON section: bootstrap intervals and calibration of P(fake)."""
+    return {"model": args.model, "dataset": args.dataset, "split": "test",
+            "checkpoint": args.checkpoint_path, "scores": "P(fake) = softmax column 1",
+            "bootstrap": uncertainty.bootstrap_intervals(labels, fake_scores, args.bootstrap,
+                                                         args.seed, progress=not args.no_progress),
+            "calibration": uncertainty.calibration(labels, fake_scores, args.ece_bins)}
 
 
 if __name__ == "__main__":

@@ -11,7 +11,7 @@ import torch
 from torchvision.transforms import v2
 
 from batching import CROP_PADDING, NORMALIZE_MEAN, NORMALIZE_STD
-from cli import UserError, add_debug_flag, check_name, first_line
+from cli import UserError, add_debug_flag, check_name, first_line, positive_int
 from faces_dataset import DEMO_HINT, DataError, FacesDataset
 
 DATASET_NAMES = ("fakes_dataset", "synthetic_dataset")
@@ -253,11 +253,13 @@ SAMPLES_FIGURE = "datasets_samples.png"
 
 FIGURE_SUFFIXES = {
     "curves": ("losses_plot", "accuracies_plot"),                          # plot_accuracy_and_loss.py
-    "numerical": ("roc_curve", "det_curve"),                               # numerical_analysis.py
+    "numerical": ("roc_curve", "det_curve", "reliability_diagram"),        # numerical_analysis.py
     "gradcam": ("Real_Image_grad_cam", "Fake_Image_grad_cam"),             # grad_cam_analysis.py (label 0, 1)
     "saliency": ("saliency_maps_and_images_pairs", "mean_saliency_maps"),  # saliency_map.py
+    "robustness": ("robustness",),                                         # robustness_analysis.py
 }
-"""The SPEC section 4 figures of one run, ``<D>_<M>_<suffix>.png``, by the script that writes them."""
+"""The figures of one run, ``<D>_<M>_<suffix>.png``, by the script that writes them: the SPEC
+section 4 figures, the reliability diagram of P(fake) and the robustness curves."""
 
 
 def figure_path(figures_dir: str, dataset_name: str, model_name: str, suffix: str) -> str:
@@ -288,14 +290,26 @@ def add_analysis_flags(parser: argparse.ArgumentParser) -> None:
     add_debug_flag(parser)
 
 
+def add_multi_dataset_flags(parser: argparse.ArgumentParser, what: str, out_help: str) -> None:
+    """The flags of the analysis scripts that work on several datasets' test splits
+    (``--datasets``, all by default; ``what`` says what is done to them), and write figures and
+    JSON sections (``out_help`` says which)."""
+    parser.add_argument("--datasets", "-d", nargs="+", default=list(DATASET_NAMES),
+                        choices=DATASET_NAMES, metavar="NAME",
+                        help=f"{what}, any of: {' '.join(DATASET_NAMES)}")
+    add_data_root_flag(parser)
+    parser.add_argument("--device", default="auto", help="auto (CUDA when available), cpu or cuda")
+    parser.add_argument("--batch_size", "-b", default=64, type=positive_int,
+                        help="images per batch")
+    parser.add_argument("--figures_dir", default="figures", help="where figures are written")
+    parser.add_argument("--out_dir", default="out", help=out_help)
+    parser.add_argument("--no_progress", action="store_true", help="no progress bar")
+    add_debug_flag(parser)
+
+
 def load_analysis_inputs(args) -> tuple[torch.device, torch.nn.Module, FacesDataset]:
     """What every analysis script starts from, given the flags of ``add_analysis_flags``: the device,
     the checkpoint's model (built without ImageNet weights, eval mode) and the test split."""
     device = get_device(args.device)
     model = load_model_from_checkpoint(args.model, args.checkpoint_path, device)
     return device, model, load_dataset(args.dataset, "test", args.data_root)
-
-
-# ----------------------------------------------------------------------------- metrics
-
-

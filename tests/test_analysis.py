@@ -119,7 +119,9 @@ def test_numerical_analysis_figure_names(model, checkpoints, tiny_root, tmp_path
     args[args.index("fakes_dataset")] = "synthetic_dataset"
     assert run_cli(numerical_analysis.main, args) == 0
     names = sorted(os.listdir(tmp_path / "figures"))
-    assert names == [f"synthetic_dataset_{model}_det_curve.png", f"synthetic_dataset_{model}_roc_curve.png"]
+    assert names == [f"synthetic_dataset_{model}_det_curve.png",
+                     f"synthetic_dataset_{model}_reliability_diagram.png",
+                     f"synthetic_dataset_{model}_roc_curve.png"]
     assert os.listdir(tmp_path / "out") == [f"synthetic_dataset_{model}_metrics.json"]
 
 

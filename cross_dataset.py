@@ -1,0 +1,163 @@
+"""Cross-dataset generalisation: every trained checkpoint on the test split of every dataset.
+
+- ``CheckpointSpec``, ``parse_checkpoint_spec`` and ``discover_checkpoints``: which checkpoints
+  (``D:M:PATH``, or the ``<D>_<M>_<O>.pt`` files train_main.py writes);
+- ``evaluate_matrix``: AUC, accuracy, EER and AP of P(fake) for each (checkpoint, test dataset);
+  each test split is decoded once and shared by all checkpoints;
+- ``plot_matrix`` and ``matrix_table``: the heat maps (train dataset x test dataset, the
+  in-distribution cells labelled) and a text table.
+"""
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+
+import numpy as np
+
+import analysis
+from cli import UserError
+from metrics import binary_metrics
+from utils import (
+    DATASET_NAMES,
+    DATASET_TITLES,
+    MODEL_NAMES,
+    OPTIMIZER_NAMES,
+    load_checkpoint,
+    load_dataset,
+    load_model_from_checkpoint,
+    model_name_of_state_dict,
+)
+
+MATRIX_METRICS = (("auc", "AUC of P(fake)", (0.0, 1.0), "viridis", ".3f"),
+                  ("accuracy", "accuracy at 0.5 (%)", (0.0, 100.0), "viridis", ".1f"),
+                  ("eer", "EER", (0.0, 0.5), "viridis_r", ".3f"))
+_NAME = re.compile(rf"^({'|'.join(DATASET_NAMES)})_({'|'.join(MODEL_NAMES)})_"
+                   rf"({'|'.join(OPTIMIZER_NAMES)})\.pt$")
+
+
+@dataclass(frozen=True)
+class CheckpointSpec:
+    dataset: str    # the dataset it was trained on
+    model: str
+    path: str
+    optimizer: str | None = None
+
+    @property
+    def label(self) -> str:
+        opt = f", {self.optimizer}" if self.optimizer else ""
+        return f"{self.model}{opt}, trained on {self.dataset}"
+
+
+def parse_checkpoint_spec(text: str) -> CheckpointSpec:
+    """``D:M:PATH`` (train dataset, model, checkpoint), or a bare path named ``<D>_<M>_<O>.pt``."""
+    parts = text.split(":", 2)
+    if len(parts) == 3 and parts[0] in DATASET_NAMES and parts[1] in MODEL_NAMES:
+        match = _NAME.match(os.path.basename(parts[2]))
+        return CheckpointSpec(parts[0], parts[1], parts[2], match.group(3) if match else None)
+    match = _NAME.match(os.path.basename(text))
+    if match:
+        return CheckpointSpec(match.group(1), match.group(2), text, match.group(3))
+    raise UserError(f"--checkpoints {text!r}: expected DATASET:MODEL:PATH (datasets: "
+                    f"{', '.join(DATASET_NAMES)}; models: {', '.join(MODEL_NAMES)}) or a file named "
+                    "<dataset>_<model>_<optimizer>.pt")
+
+
+def discover_checkpoints(folder: str) -> list[CheckpointSpec]:
+    """The best-validation checkpoints train_main.py wrote into ``folder`` (``<D>_<M>_<O>.pt``;
+    not ``_last.pt`` nor ``.run-<id>.pt``), sorted by name. None found is a ``UserError``."""
+    names = sorted(os.listdir(folder)) if os.path.isdir(folder) else []
+    found = [parse_checkpoint_spec(os.path.join(folder, n)) for n in names if _NAME.match(n)]
+    if not found:
+        raise UserError(f"{folder}: no checkpoints named <dataset>_<model>_<optimizer>.pt; train with "
+                        "train_main.py, or pass --checkpoint_dir or --checkpoints DATASET:MODEL:PATH")
+    return found
+
+
+def check_checkpoint(spec: CheckpointSpec) -> None:
+    """Refuse, before any image is decoded, a checkpoint that cannot be read or holds another
+    model than its spec says (``UserError`` naming the file and the spec to give instead)."""
+    checkpoint = load_checkpoint(spec.path)
+    found = checkpoint.get("model_name") or model_name_of_state_dict(checkpoint["model"])
+    if found and found != spec.model:
+        raise UserError(f"{spec.path}: holds a {found} model, not {spec.model}; give it as "
+                        f"{spec.dataset}:{found}:{spec.path}")
+
+
+def evaluate_matrix(specs, test_datasets, data_root, device, batch_size: int = 64,
+                    progress: bool = False) -> list[dict]:
+    """One row per checkpoint: its spec and, per test dataset, AUC, accuracy (%), EER, AP of P(fake),
+    the class counts and whether it is in-distribution (the dataset it was trained on)."""
+    for spec in specs:
+        check_checkpoint(spec)
+    datasets = {}
+    for name in test_datasets:
+        datasets[name] = load_dataset(name, "test", data_root)
+        datasets[name].cache_images(progress=progress)  # decoded once for every checkpoint
+    rows = []
+    for spec in specs:
+        model = load_model_from_checkpoint(spec.model, spec.path, device)
+        results = {}
+        for name, dataset in datasets.items():
+            logits, labels = analysis.predict_scores(model, dataset, batch_size, progress=progress)
+            metrics = binary_metrics(labels, analysis.soft_scores(logits)[:, 1])
+            results[name] = {key: metrics[key] for key in ("auc", "accuracy", "eer", "ap", "n_real",
+                                                           "n_fake")}
+            results[name]["in_distribution"] = name == spec.dataset
+        rows.append({"label": spec.label, "train_dataset": spec.dataset, "model": spec.model,
+                     "optimizer": spec.optimizer, "checkpoint": spec.path, "results": results})
+        del model
+    return rows
+
+
+def matrix_table(rows, test_datasets) -> str:
+    """Text table: one line per checkpoint, AUC / accuracy / EER per test dataset, '*' on the
+    in-distribution cells."""
+    width = max(len(row["label"]) for row in rows)
+    head = f"{'checkpoint':<{width}}" + "".join(f"  {name:>22}" for name in test_datasets)
+    lines = [head, f"{'':<{width}}" + "".join(f"  {'AUC / acc % / EER':>22}" for _ in test_datasets)]
+    for row in rows:
+        cells = []
+        for name in test_datasets:
+            r = row["results"][name]
+            auc = "n/a" if r["auc"] is None else f"{r['auc']:.3f}"
+            eer = "n/a" if r["eer"] is None else f"{r['eer']:.3f}"
+            mark = "*" if r["in_distribution"] else " "
+            cells.append(f"  {mark + auc + ' / ' + format(r['accuracy'], '.1f') + ' / ' + eer:>22}")
+        lines.append(f"{row['label']:<{width}}" + "".join(cells))
+    lines.append("* in-distribution (the checkpoint's own dataset)")
+    return "\n".join(lines)
+
+
+def plot_matrix(rows, test_datasets):
+    """Three heat maps (AUC, accuracy, EER): rows are checkpoints, columns test datasets; each cell
+    shows its value, and the cells of a checkpoint's own dataset are framed and labelled
+    'in-distribution'."""
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import Rectangle
+    n_rows, n_cols = len(rows), len(test_datasets)
+    fig, axes = plt.subplots(1, len(MATRIX_METRICS), figsize=(5.2 * len(MATRIX_METRICS) + 1.5,
+                                                              1.2 * n_rows + 2.2))
+    for ax, (key, title, (low, high), cmap, digits) in zip(np.atleast_1d(axes), MATRIX_METRICS):
+        values = np.array([[np.nan if row["results"][d][key] is None else row["results"][d][key]
+                            for d in test_datasets] for row in rows], dtype=float)
+        shown = ax.imshow(values, cmap=cmap, vmin=low, vmax=high, aspect="auto")
+        fig.colorbar(shown, ax=ax, fraction=0.046, pad=0.04)
+        for i, row in enumerate(rows):
+            for j, name in enumerate(test_datasets):
+                inside = row["results"][name]["in_distribution"]
+                text = "n/a" if np.isnan(values[i, j]) else format(values[i, j], digits)
+                ax.text(j, i, text + ("\nin-distribution" if inside else ""), ha="center",
+                        va="center", fontsize=9, color="white", fontweight="bold" if inside else None,
+                        bbox={"facecolor": "black", "alpha": 0.35, "linewidth": 0})
+                if inside:
+                    ax.add_patch(Rectangle((j - 0.44, i - 0.44), 0.88, 0.88, fill=False,
+                                           linewidth=2.5, edgecolor="red"))
+        ax.set_xticks(range(n_cols), [DATASET_TITLES.get(d, d) for d in test_datasets], fontsize=9)
+        ax.set_yticks(range(n_rows), [row["label"].replace(", trained on ", "\ntrained on ")
+                                      for row in rows], fontsize=8)
+        ax.set_xlabel("test split of")
+        ax.set_title(title)
+    fig.suptitle("Cross-dataset evaluation (framed: in-distribution)")
+    fig.tight_layout()
+    return fig
