@@ -33,8 +33,13 @@ CLASS_NAMES = ("Real", "Fake")  # label 0, label 1
 DEFAULT_TARGET_LAYER = "conv3"  # the study's Grad-CAM layer, for both models
 DEFAULT_FRACTIONS = (0.05, 0.1, 0.2, 0.4)
 DET_TICKS = (0.001, 0.01, 0.05, 0.2, 0.5, 0.8, 0.95, 0.99, 0.999)
-SCORE_DESCRIPTION = ("soft scores: softmax probabilities of the two output columns; score A = "
-                     "column 0 (how real), score B = column 1 (how fake, P(fake)); positive label 1")
+SCORE_DESCRIPTION = ("ROC/DET soft scores, as in the course: score A = raw output column 0 (how real), "
+                     "score B = raw output column 1 (how fake), positive label 1; auc_a and auc_b use "
+                     "them. P(fake) = softmax of the two columns, column 1, is the score of auc, eer, "
+                     "eer_threshold, ap and the accuracies (fake when P(fake) > 0.5)")
+SCORE_KEYS = {"auc_a": "raw output column 0", "auc_b": "raw output column 1",
+              **dict.fromkeys(("auc", "eer", "eer_threshold", "ap", "accuracy", "balanced_acc"),
+                              "P(fake), softmax column 1")}
 
 
 # ----------------------------------------------------------------------------- names and files
@@ -176,19 +181,20 @@ def soft_scores(logits) -> np.ndarray:
 
 
 def roc_det_metrics(labels, logits) -> dict:
-    """AUC of score A (column 0) and score B (column 1) with positive label 1, plus
-    ``utils.binary_metrics`` of P(fake): EER and its threshold, AP, accuracy at 0.5, balanced
-    accuracy, confusion matrix (rows true real/fake, columns predicted), samples per class."""
+    """AUC of score A and score B (the raw output columns 0 and 1, as in the course) with positive
+    label 1, plus ``utils.binary_metrics`` of P(fake): AUC, EER and its threshold, AP, accuracy at
+    0.5, balanced accuracy, confusion matrix (rows true real/fake, columns predicted), samples per
+    class. ``score_of`` says which score each number uses."""
     from sklearn.metrics import roc_auc_score
     labels = np.asarray(labels, dtype=np.int64)
-    probs = soft_scores(logits)
+    logits = np.asarray(logits, dtype=np.float64)
     both = len(np.unique(labels)) == 2
     metrics = {
-        "scores": "softmax",
-        "auc_a": float(roc_auc_score(labels, probs[:, 0])) if both else None,
-        "auc_b": float(roc_auc_score(labels, probs[:, 1])) if both else None,
+        "score_of": SCORE_KEYS,
+        "auc_a": float(roc_auc_score(labels, logits[:, 0])) if both else None,
+        "auc_b": float(roc_auc_score(labels, logits[:, 1])) if both else None,
     }
-    metrics.update(binary_metrics(labels, probs[:, 1]))
+    metrics.update(binary_metrics(labels, soft_scores(logits)[:, 1]))
     metrics["n_samples"] = int(len(labels))
     return metrics
 
@@ -203,6 +209,7 @@ def metrics_table(metrics: dict) -> str:
     rows = [
         ("AUC score A (column 0, real)", _fmt(metrics.get("auc_a"))),
         ("AUC score B (column 1, fake)", _fmt(metrics.get("auc_b"))),
+        ("AUC of P(fake)", _fmt(metrics.get("auc"))),
         ("EER", _fmt(metrics.get("eer"))),
         ("threshold at EER (P(fake))", _fmt(metrics.get("eer_threshold"))),
         ("average precision (fake)", _fmt(metrics.get("ap"))),
@@ -225,17 +232,18 @@ def _require_both_classes(labels, what: str) -> None:
 
 
 def plot_roc(labels, logits, model_name: str, dataset_name: str):
-    """ROC curves of score A and score B (positive label 1) with both AUCs in the title."""
+    """ROC curves of score A and score B (raw output columns 0 and 1, positive label 1) with both
+    AUCs in the title."""
     import matplotlib.pyplot as plt
     from sklearn.metrics import RocCurveDisplay, roc_auc_score
     _require_both_classes(labels, "a ROC curve")
-    probs = soft_scores(logits)
-    auc_a = roc_auc_score(labels, probs[:, 0])
-    auc_b = roc_auc_score(labels, probs[:, 1])
+    scores = np.asarray(logits, dtype=np.float64)
+    auc_a = roc_auc_score(labels, scores[:, 0])
+    auc_b = roc_auc_score(labels, scores[:, 1])
     fig, ax = plt.subplots(figsize=(6.4, 6.0))
-    RocCurveDisplay.from_predictions(labels, probs[:, 0], pos_label=1, ax=ax,
+    RocCurveDisplay.from_predictions(labels, scores[:, 0], pos_label=1, ax=ax,
                                      name="score A (column 0, real)")
-    RocCurveDisplay.from_predictions(labels, probs[:, 1], pos_label=1, ax=ax,
+    RocCurveDisplay.from_predictions(labels, scores[:, 1], pos_label=1, ax=ax,
                                      name="score B (column 1, fake)")
     ax.plot([0, 1], [0, 1], linestyle=":", color="gray", label="chance")
     ax.set_xlabel("false positive rate (real called fake)")
@@ -248,15 +256,16 @@ def plot_roc(labels, logits, model_name: str, dataset_name: str):
 
 
 def plot_det(labels, logits, model_name: str, dataset_name: str):
-    """DET curves of score A and score B on normal-deviate axes (ticks 0.1 % .. 99.9 %)."""
+    """DET curves of score A and score B (raw output columns 0 and 1) on normal-deviate axes
+    (ticks 0.1 % .. 99.9 %)."""
     import matplotlib.pyplot as plt
     from scipy.stats import norm
     from sklearn.metrics import DetCurveDisplay
     _require_both_classes(labels, "a DET curve")
-    probs = soft_scores(logits)
+    scores = np.asarray(logits, dtype=np.float64)
     fig, ax = plt.subplots(figsize=(6.4, 6.0))
     for column, name in ((0, "score A (column 0, real)"), (1, "score B (column 1, fake)")):
-        DetCurveDisplay.from_predictions(labels, probs[:, column], pos_label=1, ax=ax, name=name)
+        DetCurveDisplay.from_predictions(labels, scores[:, column], pos_label=1, ax=ax, name=name)
     # Normal-deviate axes with ticks from 0.1 % to 99.9 %, all visible.
     locations = norm.ppf(DET_TICKS)
     names = [f"{100 * t:g}%" for t in DET_TICKS]

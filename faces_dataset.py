@@ -99,8 +99,10 @@ class FacesDataset(Dataset):
 
     Args:
         root_path: a split folder holding ``real/`` and ``fake/``.
-        transform: applied to each image, given as a 3x256x256 uint8 tensor (torchvision v2
-            transforms accept it; see ``utils.get_transforms``). ``None`` returns the uint8 tensor.
+        transform: applied to each image. The project's own transform (``utils.get_transforms``,
+            marked ``takes_uint8_tensor``) gets the 3x256x256 uint8 tensor; any other callable
+            gets an RGB 256x256 PIL image, as classic torchvision transforms expect. ``None``
+            returns the uint8 tensor.
         cache_images: decode every image once and keep the uint8 tensors in RAM (192 KiB each).
         skip_corrupt: check every file up front and drop unreadable ones with a warning instead of
             raising ``DataError`` when they are first read.
@@ -183,8 +185,12 @@ class FacesDataset(Dataset):
         return self._cache is not None
 
     def __getitem__(self, index: int):
+        """``(image, label)``: the transform's output; ``transform=None`` gives the uint8 tensor."""
         _, label = self.path_and_label(index)
         image = self.load_uint8(index)
-        if self.transform is not None:
-            image = self.transform(image)
-        return image, label
+        if self.transform is None:
+            return image, label
+        if not getattr(self.transform, "takes_uint8_tensor", False):
+            # a classic torchvision transform (ToTensor, ...) expects a PIL image, as in the course
+            image = Image.fromarray(image.permute(1, 2, 0).numpy())
+        return self.transform(image), label

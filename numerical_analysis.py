@@ -17,9 +17,10 @@ from utils import (FIGURE_SUFFIXES, ArgumentParser, add_analysis_flags, figure_p
 def build_parser() -> ArgumentParser:
     parser = ArgumentParser(
         description="ROC and DET curves, AUC, EER, AP, accuracy and confusion matrix of a checkpoint "
-                    "on the test split. Soft scores are the softmax probabilities of the model's two "
-                    "output columns: score A = column 0 (how real), score B = column 1 (how fake, "
-                    "P(fake)); the positive label is 1 (fake). Accuracy uses P(fake) > 0.5.")
+                    "on the test split. As in the course, the ROC/DET soft scores are the model's raw "
+                    "outputs: score A = column 0 (how real), score B = column 1 (how fake); the "
+                    "positive label is 1 (fake). EER, AP and accuracy use P(fake), the softmax "
+                    "probability of column 1 (fake when P(fake) > 0.5).")
     add_analysis_flags(parser)
     parser.add_argument("--batch_size", "-b", default=64, type=positive_int,
                         help="images per forward pass")

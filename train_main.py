@@ -54,6 +54,11 @@ def build_parser() -> ArgumentParser:
                              "for both models, benchmarks/README.md); a bare --channels_last means on")
     parser.add_argument("--compile", action="store_true",
                         help="torch.compile the model (slow first batches; did not pay off on 2 CPU cores)")
+    parser.add_argument("--precise_bn", default=0, type=non_negative_int, metavar="N",
+                        help="before each evaluation, recompute every BatchNorm layer's statistics "
+                             "over N training batches without augmentation (PreciseBN); 0 (the "
+                             "course's behaviour) keeps the running averages of training. Matters "
+                             "for XceptionBased on small datasets; SimpleNet has no BatchNorm")
     add_activation_checkpointing_flag(parser)
     parser.add_argument("--cache_images", default="auto", choices=("auto", "on", "off"),
                         help="keep decoded uint8 images in RAM; auto caches splits while they fit "
@@ -154,8 +159,8 @@ def _train(args, device: torch.device) -> int:
     trainer = Trainer(model, optimizer, nn.CrossEntropyLoss(), args.batch_size, *datasets,
                       **trainer_options(args, device),
                       progress=not args.no_progress, out_dir=args.out_dir,
-                      checkpoint_dir=args.checkpoint_dir,
-                      run_info={"args": run_args, "argv": sys.argv,
+                      checkpoint_dir=args.checkpoint_dir, precise_bn=args.precise_bn,
+                      run_info={"args": run_args, "argv": sys.argv, "precise_bn": args.precise_bn,
                                 "pretrained": args.model == "XceptionBased" and not args.no_pretrained,
                                 "n_params": get_nof_params(model),
                                 "activation_checkpointing": checkpointing})

@@ -12,6 +12,7 @@ augmentation on uint8, normalisation on the device), AMP/channels-last on CUDA a
 """
 from __future__ import annotations
 
+import copy
 import math
 import os
 import random
@@ -27,6 +28,7 @@ from torch import nn
 from torch.utils.data import BatchSampler, DataLoader, Dataset, DistributedSampler
 from tqdm import tqdm
 
+from precise_bn import batchnorm_layers, recompute_bn_statistics
 from utils import (StudyTransform, atomic_torch_save, atomic_write_json, augment_uint8, binary_metrics,
                    draw_augmentation, ensure_dir, load_checkpoint, normalize_batch, read_runs,
                    resolve_channels_last, UserError)
@@ -86,6 +88,9 @@ class EvalResult:
         return torch.softmax(torch.from_numpy(self.logits).double(), dim=1)[:, 1].numpy()
 
     def metrics(self) -> dict:
+        """``utils.binary_metrics`` of P(fake); all None when the pass kept no scores."""
+        if len(self.labels) == 0:
+            return dict.fromkeys(EXTRA_SPLIT_KEYS)
         return binary_metrics(self.labels, self.fake_scores)
 
 
@@ -158,11 +163,8 @@ class _CachedBatches:
     between host and device. On the CPU the cache tensor is used as it is.
     """
 
-    def __init__(self, dataset, batches, device: torch.device):
-        self.batches = batches
-        self.images = dataset.cache_images(progress=False).to(device)
-        self.labels = dataset.labels.to(device)
-        self.device = device
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, batches, device: torch.device):
+        self.images, self.labels, self.batches, self.device = images, labels, batches, device
 
     def __len__(self):
         return len(self.batches)
@@ -188,8 +190,10 @@ class Trainer:
     (data order and augmentation), ``amp`` (bf16 autocast on CUDA), ``channels_last`` ('auto': on
     for CPU and CUDA, see ``resolve_channels_last``), ``compile`` (``torch.compile`` the model for
     the steps; off by default: on 2 CPU cores its compile time did not pay off), ``progress``
-    (tqdm bars), ``out_dir``/``checkpoint_dir`` and ``run_info`` (extra keys for the JSON run, such
-    as the command-line arguments).
+    (tqdm bars), ``out_dir``/``checkpoint_dir``, ``run_info`` (extra keys for the JSON run, such
+    as the command-line arguments) and ``precise_bn`` (before each evaluation, recompute the
+    BatchNorm statistics over that many training batches; 0, the course's behaviour, keeps the
+    running averages of training; see ``recompute_bn_statistics``).
 
     A split whose images are cached (``FacesDataset.cache_images``) is batched straight from the
     cache, without a DataLoader, when the device is CUDA (the cache moves to the GPU once; crop,
@@ -202,7 +206,7 @@ class Trainer:
                  eval_batch_size: int | None = None, seed: int = 0, amp: bool = False,
                  channels_last: bool | str = "auto", progress: bool = True, out_dir: str = "out",
                  checkpoint_dir: str = "checkpoints", run_info: dict | None = None,
-                 compile: bool = False):
+                 compile: bool = False, precise_bn: int = 0):
         if batch_size < 1:
             raise UserError(f"--batch_size must be at least 1, got {batch_size}")
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -245,8 +249,11 @@ class Trainer:
         self.num_workers = (0 if cached else min(4, max(1, (os.cpu_count() or 2) - 1))) \
             if num_workers is None else num_workers
         self._workers_asked = num_workers is not None
+        self.precise_bn = precise_bn
         self.epoch = 0  # epochs finished; train_one_epoch trains epoch self.epoch + 1
         self._loaders: dict = {}
+        self._device_caches: dict = {}
+        self.last_eval: EvalResult | None = None  # the latest evaluate_model_on_dataloader pass
 
     # ------------------------------------------------------------------ data
     @staticmethod
@@ -256,6 +263,7 @@ class Trainer:
                                                               StudyTransform)
 
     def _loader(self, dataset, train: bool) -> DataLoader:
+        """The (kept) training or evaluation loader of ``dataset`` for this process."""
         key = (id(dataset), train)
         if key in self._loaders:
             return self._loaders[key]
@@ -265,25 +273,35 @@ class Trainer:
                                      shuffle=train, seed=self.seed, drop_last=False)
         if not train and self.distributed:
             sampler = _EvalShard(len(dataset), self.rank, self.world_size)
-        workers = dict(num_workers=self.num_workers, pin_memory=self.device.type == "cuda",
-                       persistent_workers=self.num_workers > 0)
-        if self._batched_path(dataset):
-            source = _UInt8Batches(dataset)
-            if train and dataset.transform.train:
-                batches = _AugmentedBatchSampler(sampler, per_rank, len(dataset), self.seed)
-            else:
-                batches = BatchSampler(sampler, per_rank, drop_last=False)
-            direct = getattr(dataset, "cached", False) and (
-                self.device.type == "cuda" or self.num_workers == 0 or not self._workers_asked)
-            if direct:
-                loader = _CachedBatches(dataset, batches, self.device)
-            else:
-                loader = DataLoader(source, sampler=batches, batch_size=None, **workers)
+        if self._batched_path(dataset) and train and dataset.transform.train:
+            batches = _AugmentedBatchSampler(sampler, per_rank, len(dataset), self.seed)
         else:
-            loader = DataLoader(dataset, batch_size=per_rank, sampler=sampler, **workers)
+            batches = BatchSampler(sampler, per_rank, drop_last=False)
+        loader = self._batch_loader(dataset, batches, persistent=True)
         loader.epoch_sampler = sampler
         self._loaders[key] = loader
         return loader
+
+    def _batch_loader(self, dataset, batches, persistent: bool):
+        """Batches of ``dataset`` given as lists of indices (or augmentation rows): from the
+        uint8 cache, through the batched uint8 loader, or through a plain DataLoader."""
+        workers = dict(num_workers=self.num_workers, pin_memory=self.device.type == "cuda",
+                       persistent_workers=persistent and self.num_workers > 0)
+        if not self._batched_path(dataset):
+            return DataLoader(dataset, batch_sampler=batches, **workers)
+        direct = getattr(dataset, "cached", False) and (
+            self.device.type == "cuda" or self.num_workers == 0 or not self._workers_asked)
+        if direct:
+            return _CachedBatches(*self._device_cache(dataset), batches, self.device)
+        return DataLoader(_UInt8Batches(dataset), sampler=batches, batch_size=None, **workers)
+
+    def _device_cache(self, dataset) -> tuple[torch.Tensor, torch.Tensor]:
+        """A cached split's uint8 images and labels on the training device, copied there once."""
+        key = id(dataset)
+        if key not in self._device_caches:
+            self._device_caches[key] = (dataset.cache_images(progress=False).to(self.device),
+                                        dataset.labels.to(self.device))
+        return self._device_caches[key]
 
     def _to_device(self, images: torch.Tensor, labels) -> tuple[torch.Tensor, torch.Tensor]:
         images = images.to(self.device, non_blocking=True)
@@ -400,16 +418,62 @@ class Trainer:
                     order_labels.append(all_labels[rank][position])
         return torch.stack(order_logits), torch.stack(order_labels)
 
+    def recompute_bn_statistics(self) -> None:
+        """PreciseBN before an evaluation: the BatchNorm running statistics become the exact
+        statistics over ``precise_bn`` training batches, taken without augmentation (the
+        evaluation transform), in an order drawn from (seed, epoch) so that it repeats on resume,
+        and summed over all torchrun processes. Nothing happens for a model without BatchNorm."""
+        if not self.precise_bn or not batchnorm_layers(self.model):
+            return
+        dataset = self._eval_view(self.train_dataset)
+        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        order = torch.randperm(len(dataset), generator=generator)[:self.precise_bn * self.batch_size]
+        mine = order[self.rank::self.world_size].tolist()  # each process forwards its share
+        per_rank = self.batch_size // self.world_size
+        batches = [mine[i:i + per_rank] for i in range(0, len(mine), per_rank)]
+        loader = self._batch_loader(dataset, batches, persistent=False)
+        inputs = (self._to_device(images, labels)[0]
+                  for images, labels in self._bar(loader, f"precise BN epoch {self.epoch}"))
+        with self._autocast():
+            recompute_bn_statistics(self.model, inputs, self._all_reduce if self.distributed else None)
+
+    def _eval_view(self, dataset):
+        """``dataset`` as the evaluation transform sees it: the batched uint8 path has no
+        augmentation when batches are plain indices; another dataset gets the validation
+        set's transform (a shallow copy: the images and any cache are shared)."""
+        if self._batched_path(dataset) or not hasattr(dataset, "transform"):
+            return dataset
+        view = copy.copy(dataset)
+        view.transform = getattr(self.validation_dataset, "transform", None)
+        return view
+
     def evaluate_model_on_dataloader(self, dataset) -> tuple[float, float]:
-        """(mean loss per sample, accuracy %) on ``dataset``, no gradients, no shuffling."""
-        result = self.evaluate(dataset)
-        return result.loss, result.accuracy
+        """(mean loss per sample, accuracy %) on ``dataset``, no gradients, no shuffling. The
+        whole result (logits, labels, time) stays in ``self.last_eval`` for the extra metrics."""
+        split = "val" if dataset is self.validation_dataset else "test" if dataset is self.test_dataset \
+            else "eval"
+        self.last_eval = self.evaluate(dataset, f"{split} epoch {self.epoch}")
+        return self.last_eval.loss, self.last_eval.accuracy
 
     def validate(self) -> tuple[float, float]:
+        """(mean loss, accuracy %) on the validation set."""
         return self.evaluate_model_on_dataloader(self.validation_dataset)
 
     def test(self) -> tuple[float, float]:
+        """(mean loss, accuracy %) on the test set."""
         return self.evaluate_model_on_dataloader(self.test_dataset)
+
+    def _through(self, split_method) -> EvalResult:
+        """Call ``validate`` or ``test`` (so a subclass that overrides them is honoured) and return
+        the full result of that pass; when the override did not evaluate through
+        ``evaluate_model_on_dataloader``, only its (loss, accuracy) are kept, without extra metrics."""
+        self.last_eval = None
+        loss, accuracy = split_method()
+        result = self.last_eval
+        if result is None or (result.loss, result.accuracy) != (loss, accuracy):
+            result = EvalResult(loss=loss, accuracy=accuracy, labels=np.zeros(0, np.int64),
+                                logits=np.zeros((0, 2), np.float32), seconds=0.0)
+        return result
 
     # ------------------------------------------------------------------ run
     def paths(self, logging_parameters: LoggingParameters) -> dict:
@@ -512,8 +576,8 @@ class Trainer:
         for _ in range(self.epoch, epochs):
             train_loss, train_acc = self.train_one_epoch()
             train_seconds = self.last_train_seconds
-            val = self.evaluate(self.validation_dataset, f"val epoch {self.epoch}")
-            test = self.evaluate(self.test_dataset, f"test epoch {self.epoch}")
+            self.recompute_bn_statistics()
+            val, test = self._through(self.validate), self._through(self.test)
             self._log_epoch(run, train_loss, train_acc, val, test, train_seconds)
             if self.is_main:
                 if val.accuracy > best_val:  # strictly better validation accuracy; never test

@@ -85,6 +85,7 @@ class StudyTransform(v2.Compose):
     The Trainer recognises it and runs the same arithmetic batched (``augment_uint8`` then
     ``normalize_batch``), so a dataset built by ``load_dataset`` trains identically either way.
     """
+    takes_uint8_tensor = True  # FacesDataset hands it the uint8 tensor, not a PIL image
 
     def __init__(self, train: bool):
         steps = [v2.ToImage()]

@@ -85,13 +85,16 @@ def test_numerical_analysis_matches_sklearn_on_independent_forward(checkpoints, 
     content = json.loads(json_path.read_text())
     assert content["grad_cam"] == {"kept": 1}
     numbers = content["numerical"]
-    assert numbers["auc_a"] == pytest.approx(roc_auc_score(labels, probs[:, 0]), abs=1e-9)
-    assert numbers["auc_b"] == pytest.approx(roc_auc_score(labels, probs[:, 1]), abs=1e-9)
+    # score A and B are the raw columns (the course's soft scores); P(fake) is the softmax
+    assert numbers["auc_a"] == pytest.approx(roc_auc_score(labels, logits[:, 0]), abs=1e-9)
+    assert numbers["auc_b"] == pytest.approx(roc_auc_score(labels, logits[:, 1]), abs=1e-9)
+    assert numbers["auc"] == pytest.approx(roc_auc_score(labels, probs[:, 1]), abs=1e-9)
+    assert numbers["score_of"]["auc_b"] == "raw output column 1"
+    assert numbers["score_of"]["eer"] == numbers["score_of"]["ap"] == "P(fake), softmax column 1"
     assert numbers["ap"] == pytest.approx(average_precision_score(labels, probs[:, 1]), abs=1e-9)
     assert numbers["accuracy"] == pytest.approx(100 * np.mean(probs.argmax(1) == labels))
     assert (numbers["n_real"], numbers["n_fake"], numbers["n_samples"]) == (4, 2, 6)
     assert np.sum(numbers["confusion_matrix"]) == 6
-    assert numbers["auc_a"] + numbers["auc_b"] == pytest.approx(1.0)
 
     printed = capsys.readouterr().out
     assert f"{numbers['auc_b']:.4f}" in printed and "EER" in printed
@@ -116,6 +119,18 @@ def test_numerical_analysis_figure_names(model, checkpoints, tiny_root, tmp_path
     names = sorted(os.listdir(tmp_path / "figures"))
     assert names == [f"synthetic_dataset_{model}_det_curve.png", f"synthetic_dataset_{model}_roc_curve.png"]
     assert os.listdir(tmp_path / "out") == [f"synthetic_dataset_{model}_metrics.json"]
+
+
+def test_scores_a_and_b_are_the_raw_columns_not_complementary():
+    # hand computation: positives (label 1) score A 0 and 3 against negatives 2 and 1 -> 2 of 4
+    # pairs ranked right; score B 2 and 4 against 0 and 1 -> 4 of 4. With softmax A would be 1 - B.
+    labels = np.array([0, 0, 1, 1])
+    logits = np.array([[2.0, 0.0], [1.0, 1.0], [0.0, 2.0], [3.0, 4.0]])
+    numbers = analysis.roc_det_metrics(labels, logits)
+    assert (numbers["auc_a"], numbers["auc_b"]) == (0.5, 1.0)
+    p_fake = torch.softmax(torch.from_numpy(logits), 1)[:, 1].numpy()  # 0.12, 0.5, 0.88, 0.73
+    assert numbers["auc"] == pytest.approx(roc_auc_score(labels, p_fake))
+    assert numbers["accuracy"] == 100.0  # P(fake) > 0.5 for the two fakes only; the tie goes to real
 
 
 def test_roc_title_and_det_axes():
