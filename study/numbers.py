@@ -10,7 +10,8 @@ from study.plan import OPTIMIZER, RunSpec, Settings, metrics_json_path, runs_jso
 from study.stamps import read_json_object
 from utils import UserError, read_runs
 
-STUDY_SOURCE = "the study's results table (best val acc, test acc at that epoch, AUC of score B)"
+STUDY_SOURCE = ("the study's results (docs/design.md, Reference results: best val acc, test acc at "
+                "that epoch, AUC of score B)")
 
 
 @dataclass(frozen=True)
@@ -35,7 +36,8 @@ STUDY_NUMBERS = {
     "simplenet-fakes": Reference("SimpleNet, fakes_dataset", (84, 91), (81, 88), (0.88, 0.95),
                                  report="83.95 / 76.57"),
     "simplenet-synthetic": Reference("SimpleNet, synthetic_dataset", None, None, None,
-                                     note="a constant classifier", about=50, about_auc=0.5),
+                                     report="50.12 / 49.95", note="a constant classifier", about=50,
+                                     about_auc=0.5),
     "xception-synthetic": Reference("XceptionBased (ImageNet init), synthetic_dataset", (96, 99),
                                     (96, 99), (0.995, 1.0), report="98.72 / 98.82"),
     "xception-synthetic-random": Reference("XceptionBased from random init, synthetic_dataset",
@@ -87,12 +89,13 @@ class Protocol:
         return (f"{self.optimizer or '?'}, lr {_g(self.lr)}, batch {self.batch_size or '?'}, "
                 f"{self.epochs or '?'} epochs, {bn}")
 
-    def differences(self) -> list[str]:
-        """How it differs from the study's protocol."""
+    def differences(self, has_batchnorm: bool) -> list[str]:
+        """How it differs from the study's protocol (precise BatchNorm only changes a model that
+        has BatchNorm layers)."""
         out = [f"{key.replace('_size', '')} {_g(getattr(self, key))} instead of {_g(value)}"
                for key, value in STUDY_PROTOCOL.items()
                if getattr(self, key) is not None and getattr(self, key) != value]
-        if self.precise_bn:
+        if self.precise_bn and has_batchnorm:
             out.append(f"precise BatchNorm statistics ({self.precise_bn} batches), which the study "
                        "did not use")
         return out
@@ -126,9 +129,10 @@ class RunNumbers:
     run_id: str | None = None
     protocol: Protocol | None = None
     auc: float | None = None       # of P(fake)
-    auc_a: float | None = None     # of score A (column 0; raw or softmax: ``scores``)
+    auc_a: float | None = None     # of score A (column 0; what it is: ``score_of``)
     auc_b: float | None = None
-    scores: str | None = None
+    scores: str | None = None      # older metrics JSONs: "softmax" when A and B were probabilities
+    score_of: dict | None = None   # metric -> the score it uses, as the metrics JSON says
     eer: float | None = None
     ap: float | None = None
     test_accuracy_analysis: float | None = None
@@ -175,7 +179,7 @@ def run_numbers(settings: Settings, run: RunSpec) -> RunNumbers:
     numerical, grad_cam = metrics.get("numerical") or {}, metrics.get("grad_cam") or {}
     n.auc_a, n.auc_b = finite(numerical.get("auc_a")), finite(numerical.get("auc_b"))
     n.auc = finite(numerical.get("auc", numerical.get("auc_b")))
-    n.scores = numerical.get("scores")
+    n.scores, n.score_of = numerical.get("scores"), numerical.get("score_of")
     n.eer, n.ap = finite(numerical.get("eer")), finite(numerical.get("ap"))
     n.test_accuracy_analysis, n.n_test = finite(numerical.get("accuracy")), numerical.get("n_samples")
     n.grad_cam_faithfulness_gap = finite(grad_cam.get("faithfulness_gap"))
@@ -236,7 +240,7 @@ def _why(run: RunSpec, n: RunNumbers, demo: bool) -> list[str]:
                    f"{range_text(STUDY_NUMBERS['xception-synthetic'], 'val_acc')} needs them)")
     if n.epochs and n.epochs != run.default_epochs:
         why.append(f"{n.epochs} epoch{'s' if n.epochs != 1 else ''} instead of {run.default_epochs}")
-    return why + (n.protocol.differences() if n.protocol else [])
+    return why + (n.protocol.differences(run.model == "XceptionBased") if n.protocol else [])
 
 
 def verdict(run: RunSpec, n: RunNumbers, demo: bool) -> str:

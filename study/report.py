@@ -46,9 +46,14 @@ def _fmt(value, digits=2) -> str:
 
 
 def score_label(runs: dict[str, RunNumbers], column: int) -> str:
-    """'raw column N' or 'softmax column N', as the metrics JSONs say their scores A/B are."""
-    kinds = {n.scores for n in runs.values() if n.scores}
-    return f"{'softmax' if kinds == {'softmax'} else 'raw'} column {column}"
+    """What score A (column 0) or B (column 1) is, as the metrics JSONs say ('raw output column 1')."""
+    key = ("auc_a", "auc_b")[column]
+    said = {n.score_of.get(key) for n in runs.values() if isinstance(n.score_of, dict) and n.score_of.get(key)}
+    if len(said) == 1:
+        return said.pop()
+    if {n.scores for n in runs.values() if n.scores} == {"softmax"}:  # metrics JSONs of older versions
+        return f"softmax column {column}"
+    return f"column {column}"
 
 
 # ----------------------------------------------------------------------------- blocks
@@ -128,7 +133,8 @@ def results(runs: dict[str, RunNumbers]) -> list[tuple]:
     sources = [[ref.label, ref.source()] for ref in {
         study_reference(run, runs[run.tag].pretrained): None for run in RUNS}]
     blocks = [("h2", "Results"),
-              ("p", f"Protocol of each run, from its own JSON entry: {protocols}."),
+              ("p", f"Protocol of each run, from its own JSON entry: {protocols}. SimpleNet has no "
+                    "BatchNorm layers: precise BatchNorm statistics do not change it."),
               ("p", "Accuracies in %, at the epoch of the best validation accuracy (val) and the test "
                     "accuracy at that epoch. AUC(fake), EER and AP: of P(fake) (softmax) on the test "
                     f"split; AUC A and B: of score A ({col_a}) and score B ({col_b}), as the metrics "

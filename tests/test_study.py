@@ -93,7 +93,7 @@ def study(module_tmp):
     work = str(tmp / "work")
     args = ["--data_root", data, "--workdir", work, "--epochs", "1", "-b", "4", "--no_pretrained",
             "--device", "cpu", "--num_workers", "0", "--gradcam_max_images", "2", "--no_progress",
-            "--precise_bn", "0"]
+            "--precise_bn", "2"]
     code, output = call(args)
     assert code == 0, output
     return SimpleNamespace(tmp=tmp, data=data, work=work, args=args, output=output,
@@ -140,7 +140,8 @@ def test_summary_numbers_are_finite_and_match_their_sources(study):
         for key in ("auc", "auc_a", "auc_b", "eer", "ap"):
             assert numbers[key] == numerical[key], key
         assert numbers["protocol"] == {"optimizer": "Adam", "lr": 0.001, "batch_size": 4, "epochs": 1,
-                                       "precise_bn": run.get("precise_bn")}
+                                       "precise_bn": 2}
+        assert run["precise_bn"] == 2  # passed on to train_main.py, recorded in the run's JSON
         assert 0 <= numbers["eer"] <= 1 and 0 < numbers["ap"] <= 1
     assert summary["runs"]["xception-synthetic"]["pretrained"] is False
     # auto: a batch of 4 fits in memory, so no activation checkpointing, and the JSON says so
@@ -209,10 +210,11 @@ def test_report_is_one_self_contained_page(study):
                           ("Q24: MLP head parameters", "2,321,834")):
         assert f"| {label} | {number} | {number} |" in md, label
     assert "Protocol of each run, from its own JSON entry: SimpleNet on fakes_dataset: Adam, lr 0.001, " \
-           "batch 4, 1 epochs" in md
+           "batch 4, 1 epochs, precise BatchNorm over 2 training batches" in md
     # offline: the findings this run could not check, and the command that checks them
     assert "Not checked by this run: the study's finding for XceptionBased (ImageNet init)" in md
     assert "./run_me.sh --xception_weights PATH" in md
+    assert "AUC A (raw output column 0)" in md and "AUC B (raw output column 1)" in md
     # Markdown links resolve to the figures; the HTML embeds each one, byte for byte.
     links = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", md)
     for name in SPEC_FIGURES:
@@ -338,7 +340,8 @@ def test_a_hand_run_into_the_workdir_is_not_up_to_date(study):
     md = read(os.path.join(study.out, "study_report.md"))
     assert "SimpleNet on fakes_dataset: Adam, lr 0.01, batch 8, 1 epochs" in md
     assert "SimpleNet on fakes_dataset: val " in md and "lr 0.01 instead of 0.001; batch 8 instead of 32" in md
-    assert "SimpleNet on synthetic_dataset: Adam, lr 0.001, batch 4, 1 epochs" in md
+    assert "SimpleNet on synthetic_dataset: Adam, lr 0.001, batch 4, 1 epochs, precise BatchNorm over 2" in md
+    assert "SimpleNet on fakes_dataset: Adam, lr 0.01, batch 8, 1 epochs, precise BatchNorm off" in md
 
 
 def test_interrupted_training_is_resumed_not_restarted(tiny_root, tmp_path, monkeypatch):

@@ -50,20 +50,25 @@ def test_protocol_comes_from_the_run_and_names_differences():
            "optimizer": {"name": "SGD", "params": {"lr": 0.01}}, "precise_bn": 64}
     protocol = Protocol.of_run(run)
     assert protocol.text() == "SGD, lr 0.01, batch 8, 3 epochs, precise BatchNorm over 64 training batches"
-    assert protocol.differences() == [
+    assert protocol.differences(has_batchnorm=False) == [
+        "optimizer SGD instead of Adam", "lr 0.01 instead of 0.001", "batch 8 instead of 32"]
+    assert protocol.differences(has_batchnorm=True) == [
         "optimizer SGD instead of Adam", "lr 0.01 instead of 0.001", "batch 8 instead of 32",
         "precise BatchNorm statistics (64 batches), which the study did not use"]
     course = Protocol.of_run({"args": {"optimizer": "Adam", "lr": 0.001, "batch_size": 32, "epochs": 5,
                                        "precise_bn": 0}})
-    assert course.text().endswith("precise BatchNorm off") and course.differences() == []
+    assert course.text().endswith("precise BatchNorm off") and course.differences(True) == []
     assert Protocol.of_run({"optimizer": {"name": "Adam", "params": {"lr": 0.001}}}).text() == \
         "Adam, lr 0.001, batch ?, ? epochs, precise BatchNorm statistics not recorded"
 
 
 def test_score_columns_are_labelled_as_the_metrics_json_says():
     run = RUN["simplenet-fakes"]
-    assert score_label({"a": _numbers(run, scores="raw logits")}, 1) == "raw column 1"
+    said = {"auc_a": "raw output column 0", "auc_b": "raw output column 1"}
+    assert score_label({"a": _numbers(run, score_of=said), "b": _numbers(run)}, 1) == "raw output column 1"
     assert score_label({"a": _numbers(run, scores="softmax")}, 0) == "softmax column 0"
+    assert score_label({"a": _numbers(run, score_of=said),
+                        "b": _numbers(run, score_of={"auc_a": "softmax column 0"})}, 0) == "column 0"
 
 
 def test_renderers_escape_and_embed(tmp_path):
