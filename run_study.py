@@ -8,9 +8,10 @@
 Steps, in order (each one a subprocess of this Python, its output in out/logs/<step>.log):
 
     samples                          plot_samples_of_faces_datasets.py
-    train-simplenet-fakes            train_main.py, SimpleNet on fakes_dataset      (Adam, lr 0.001, batch 32, 5 epochs)
-    train-simplenet-synthetic        train_main.py, SimpleNet on synthetic_dataset  (Adam, lr 0.001, batch 32, 5 epochs)
-    train-xception-synthetic         train_main.py, XceptionBased on synthetic_dataset (Adam, lr 0.001, batch 32, 2 epochs)
+    train-simplenet-fakes            train_main.py, SimpleNet on fakes_dataset        (5 epochs)
+    train-simplenet-synthetic        train_main.py, SimpleNet on synthetic_dataset    (5 epochs)
+    train-xception-synthetic         train_main.py, XceptionBased on synthetic_dataset (2 epochs)
+                                     (all three: Adam, lr 0.001, batch 32)
     curves-<run>                     plot_accuracy_and_loss.py  (for each of the three runs)
     numerical-<run>                  numerical_analysis.py      (for each of the three runs)
     gradcam-<run>                    grad_cam_analysis.py       (for each of the three runs)
@@ -43,6 +44,7 @@ study/ package (its __init__ lists one module per concern).
 Time: the report's step table (and out/study_summary.json) gives the wall and CPU seconds of every
 step. XceptionBased dominates on a CPU; --gradcam_max_images bounds the Grad-CAM faithfulness test.
 """
+
 from __future__ import annotations
 
 import time
@@ -50,66 +52,102 @@ import time
 _IMPORT_TIME = time.monotonic()  # the budget counts from the start of the command, imports included
 
 import os
-import shlex
 import sys
 
-from study.data import DataChoice, choose_data, data_counts
-from study.plan import RUNS, STEP_KINDS, Settings, Step, build_plan, select_steps, step_names
-from study.report import Status, write_report
-from study.runner import Console, StepRecord, new_records, run_steps
-from study.stamps import RULE, Stamps, stale_reason
-from study.weights import WeightsChoice, choose_xception_weights
-from utils import (DATA_ROOT_ENV, DEFAULT_DATA_ROOT, ArgumentParser, UserError,
-                   add_activation_checkpointing_flag, add_debug_flag, non_negative_int, positive_float,
-                   positive_int, run_cli)
+from study.data import choose_data, data_counts
+from study.plan import RUNS, STEP_KINDS, Settings, build_plan, select_steps, step_names
+from study.report import closing_notes, outcome_status, write_report
+from study.runner import Console, StepRecord, new_records, print_plan, run_steps
+from study.stamps import RULE, Stamps
+from study.weights import choose_xception_weights
+from utils import (
+    DATA_ROOT_ENV,
+    DEFAULT_DATA_ROOT,
+    ArgumentParser,
+    UserError,
+    add_activation_checkpointing_flag,
+    add_debug_flag,
+    non_negative_int,
+    positive_float,
+    positive_int,
+    run_cli,
+)
 
 
 # ============================================================================= command line
 def build_parser() -> ArgumentParser:
     parser = ArgumentParser(
         description="Run the whole study (samples figure; SimpleNet on both datasets and XceptionBased "
-                    "on synthetic_dataset; curves, ROC/DET, Grad-CAM, saliency) and write a one-page "
-                    "report (out/study_report.md/.html, out/study_summary.json). Skipping: "
-                    f"{RULE}.",
+        "on synthetic_dataset; curves, ROC/DET, Grad-CAM, saliency) and write a one-page "
+        "report (out/study_report.md/.html, out/study_summary.json). Skipping: "
+        f"{RULE}.",
         epilog=f"Steps: {', '.join(step_names())}. --steps/--skip also take a kind "
-               f"({', '.join(STEP_KINDS)}), a run ({', '.join(r.tag for r in RUNS)}) or a pattern "
-               "such as 'gradcam-*'.")
+        f"({', '.join(STEP_KINDS)}), a run ({', '.join(r.tag for r in RUNS)}) or a pattern "
+        "such as 'gradcam-*'.",
+    )
     data = parser.add_argument_group("data")
-    data.add_argument("--data_root", default=None,
-                      help=f"folder holding fakes_dataset/ and synthetic_dataset/; default: "
-                           f"${DATA_ROOT_ENV}, else {DEFAULT_DATA_ROOT}, else demo data (--demo_dir)")
-    data.add_argument("--demo_dir", default=None,
-                      help="where demo data is generated when no datasets are found; "
-                           "None: <workdir>/data/demo")
-    data.add_argument("--demo_scale", default=1.0, type=positive_float,
-                      help="size of generated demo data (1.0: about 1,300 images; see make_demo_datasets.py)")
+    data.add_argument(
+        "--data_root",
+        default=None,
+        help=f"folder holding fakes_dataset/ and synthetic_dataset/; default: "
+        f"${DATA_ROOT_ENV}, else {DEFAULT_DATA_ROOT}, else demo data (--demo_dir)",
+    )
+    data.add_argument(
+        "--demo_dir",
+        default=None,
+        help="where demo data is generated when no datasets are found; None: <workdir>/data/demo",
+    )
+    data.add_argument(
+        "--demo_scale",
+        default=1.0,
+        type=positive_float,
+        help="size of generated demo data (1.0: about 1,300 images; see make_demo_datasets.py)",
+    )
     data.add_argument("--demo_seed", default=0, type=non_negative_int, help="seed of generated demo data")
-    data.add_argument("--remake_demo", action="store_true",
-                      help="regenerate the demo data even when it exists")
+    data.add_argument(
+        "--remake_demo", action="store_true", help="regenerate the demo data even when it exists"
+    )
 
     add_training_flags(parser.add_argument_group("training (the study's protocol by default)"))
     where = parser.add_argument_group("outputs")
-    where.add_argument("--workdir", default=".",
-                       help="base folder of out/, figures/, checkpoints/ and data/demo/")
-    where.add_argument("--out_dir", default=None,
-                       help="metrics JSON, logs, stamps and the report; None: <workdir>/out")
+    where.add_argument(
+        "--workdir", default=".", help="base folder of out/, figures/, checkpoints/ and data/demo/"
+    )
+    where.add_argument(
+        "--out_dir", default=None, help="metrics JSON, logs, stamps and the report; None: <workdir>/out"
+    )
     where.add_argument("--figures_dir", default=None, help="figures; None: <workdir>/figures")
-    where.add_argument("--checkpoint_dir", default=None,
-                       help="checkpoints; None: <workdir>/checkpoints")
+    where.add_argument("--checkpoint_dir", default=None, help="checkpoints; None: <workdir>/checkpoints")
 
     control = parser.add_argument_group("which steps")
-    control.add_argument("--steps", nargs="+", default=None, metavar="STEP",
-                         help="run only these steps (names, kinds, runs or patterns; comma or space "
-                              "separated); None: all; an empty list is an error")
-    control.add_argument("--skip", nargs="+", default=None, metavar="STEP",
-                         help="leave these steps out ('report' leaves the report out)")
-    control.add_argument("--force", action="store_true",
-                         help="redo the selected steps even when their outputs are up to date")
-    control.add_argument("--dry_run", action="store_true",
-                         help="print the plan (each step, its command, whether and why it would run); "
-                              "run nothing")
-    control.add_argument("--quiet", action="store_true",
-                         help="do not echo the steps' output (it is always in out/logs/<step>.log)")
+    control.add_argument(
+        "--steps",
+        nargs="+",
+        default=None,
+        metavar="STEP",
+        help="run only these steps (names, kinds, runs or patterns; comma or space "
+        "separated); None: all; an empty list is an error",
+    )
+    control.add_argument(
+        "--skip",
+        nargs="+",
+        default=None,
+        metavar="STEP",
+        help="leave these steps out ('report' leaves the report out)",
+    )
+    control.add_argument(
+        "--force", action="store_true", help="redo the selected steps even when their outputs are up to date"
+    )
+    control.add_argument(
+        "--dry_run",
+        action="store_true",
+        help="print the plan (each step, its command, whether and why it would run); run nothing",
+    )
+    control.add_argument(
+        "--quiet",
+        action="store_true",
+        help="do not echo the steps' output (it is always in out/logs/<step>.log)",
+    )
     control.add_argument("--no_progress", action="store_true", help="no live progress bar")
     add_debug_flag(parser)
     return parser
@@ -117,42 +155,76 @@ def build_parser() -> ArgumentParser:
 
 def add_training_flags(training) -> None:
     """The protocol and the ImageNet-weights flags."""
-    training.add_argument("--epochs", "-e", default=None, type=positive_int,
-                          help="epochs of all three runs; None: the study's 5 for SimpleNet, 2 for "
-                               "XceptionBased")
-    training.add_argument("--simplenet_epochs", default=None, type=positive_int,
-                          help="epochs of the two SimpleNet runs (overrides --epochs)")
-    training.add_argument("--xception_epochs", default=None, type=positive_int,
-                          help="epochs of the XceptionBased run (overrides --epochs)")
+    training.add_argument(
+        "--epochs",
+        "-e",
+        default=None,
+        type=positive_int,
+        help="epochs of all three runs; None: the study's 5 for SimpleNet, 2 for XceptionBased",
+    )
+    training.add_argument(
+        "--simplenet_epochs",
+        default=None,
+        type=positive_int,
+        help="epochs of the two SimpleNet runs (overrides --epochs)",
+    )
+    training.add_argument(
+        "--xception_epochs",
+        default=None,
+        type=positive_int,
+        help="epochs of the XceptionBased run (overrides --epochs)",
+    )
     training.add_argument("--batch_size", "-b", default=32, type=positive_int, help="training batch size")
     training.add_argument("--lr", default=0.001, type=positive_float, help="Adam learning rate")
     training.add_argument("--seed", default=0, type=int, help="seed of every step")
-    training.add_argument("--device", default="auto",
-                          help="auto (CUDA when available), cpu or cuda, for training and analysis")
-    training.add_argument("--num_workers", default=None, type=non_negative_int,
-                          help="DataLoader workers for training; None: train_main.py's default")
-    training.add_argument("--gradcam_max_images", default=16, type=non_negative_int,
-                          help="test images (both classes, chosen with --seed) of Grad-CAM's "
-                               "faithfulness test, per run; 0: the whole test split (about 10 "
-                               "forward passes per image: XceptionBased on 2 CPU cores needs ~2 s an "
-                               "image). The study's two Grad-CAM figures and the mean maps always "
-                               "use the whole test split")
-    training.add_argument("--xception_weights", default=None,
-                          help="ImageNet weights file for XceptionBased (else $XCEPTION_WEIGHTS, the "
-                               "torch hub cache, a download; none found: random init, said loudly)")
-    training.add_argument("--no_pretrained", action="store_true",
-                          help="train XceptionBased from random initialisation (the study: near chance)")
-    training.add_argument("--precise_bn", default=64, type=non_negative_int, metavar="N",
-                          help="recompute BatchNorm statistics over N training batches before each "
-                               "evaluation (train_main.py --precise_bn); on by default because the "
-                               "demo splits are about 40x smaller than the course's, so the running "
-                               "statistics have not settled; 0: the course's behaviour. SimpleNet has "
-                               "no BatchNorm")
+    training.add_argument(
+        "--device", default="auto", help="auto (CUDA when available), cpu or cuda, for training and analysis"
+    )
+    training.add_argument(
+        "--num_workers",
+        default=None,
+        type=non_negative_int,
+        help="DataLoader workers for training; None: train_main.py's default",
+    )
+    training.add_argument(
+        "--gradcam_max_images",
+        default=16,
+        type=non_negative_int,
+        help="test images (both classes, chosen with --seed) of Grad-CAM's "
+        "faithfulness test, per run; 0: the whole test split (about 10 "
+        "forward passes per image: XceptionBased on 2 CPU cores needs ~2 s an "
+        "image). The study's two Grad-CAM figures and the mean maps always "
+        "use the whole test split",
+    )
+    training.add_argument(
+        "--xception_weights",
+        default=None,
+        help="ImageNet weights file for XceptionBased (else $XCEPTION_WEIGHTS, the "
+        "torch hub cache, a download; none found: random init, said loudly)",
+    )
+    training.add_argument(
+        "--no_pretrained",
+        action="store_true",
+        help="train XceptionBased from random initialisation (the study: near chance)",
+    )
+    training.add_argument(
+        "--precise_bn",
+        default=64,
+        type=non_negative_int,
+        metavar="N",
+        help="recompute BatchNorm statistics over N training batches before each "
+        "evaluation (train_main.py --precise_bn); on by default because the "
+        "demo splits are about 40x smaller than the course's, so the running "
+        "statistics have not settled; 0: the course's behaviour. SimpleNet has "
+        "no BatchNorm",
+    )
     add_activation_checkpointing_flag(training)  # passed on to train_main.py for XceptionBased
-    training.add_argument("--require_pretrained", action="store_true",
-                          help="stop with an error instead of falling back to random initialisation "
-                               "when no ImageNet weights are found")
-
+    training.add_argument(
+        "--require_pretrained",
+        action="store_true",
+        help="stop with an error instead of falling back to random initialisation "
+        "when no ImageNet weights are found",
+    )
 
 
 def resolve_dirs(args) -> None:
@@ -172,57 +244,32 @@ def make_settings(args, data_root: str, xception_args: list[str]) -> Settings:
         epochs[run.tag] = specific or args.epochs or run.default_epochs
     if args.activation_checkpointing != "auto":
         xception_args = xception_args + ["--activation_checkpointing", args.activation_checkpointing]
-    return Settings(data_root=data_root, out_dir=args.out_dir, figures_dir=args.figures_dir,
-                    checkpoint_dir=args.checkpoint_dir, seed=args.seed, device=args.device,
-                    batch_size=args.batch_size, lr=args.lr, epochs=epochs, num_workers=args.num_workers,
-                    xception_args=xception_args, gradcam_max_images=args.gradcam_max_images,
-                    precise_bn=args.precise_bn)
-
-
-def print_plan(plan: list[Step], selected: list[Step], stamps: Stamps, force: bool,
-               report: bool, console: Console) -> int:
-    """--dry_run: each step, whether and why it would run, and its command."""
-    for index, step in enumerate(plan, 1):
-        if step not in selected:
-            state = "not selected"
-        else:
-            reason = "--force" if force else stale_reason(step, stamps.read(step))
-            state = f"would run ({reason})" if reason else "up to date, would skip"
-        console.say(f"[{index:2d}] {step.name:30s} {state}")
-        console.say(f"     {shlex.join([os.path.basename(sys.executable)] + step.command)}")
-    console.say(f"report: {'would be written' if report else 'skipped'}")
-    return 0
-
-
-def outcome_status(failure, records: list[StepRecord], total: float) -> Status:
-    if failure is not None:
-        log = next((r.log for r in records if r.name == failure.step), None)
-        return Status(f"stopped: step {failure.step} failed after {total:.1f} s.", failure.step, log,
-                      str(failure))
-    ran = sum(r.status == "ran" for r in records)
-    skipped = sum(r.status.startswith("skipped") for r in records)
-    return Status(f"{ran} step(s) ran, {skipped} up to date, in {total:.1f} s.")
-
-
-def closing_notes(data: DataChoice, weights: WeightsChoice | None, status: Status,
-                  console: Console) -> None:
-    console.say(f"study done: {status.text}")
-    if weights and not weights.pretrained:
-        console.say(f"NOTE: XceptionBased was trained from RANDOM INITIALISATION, not ImageNet weights "
-                    f"({weights.reason[:160]}); the report says so.")
-    if data.demo:
-        console.say(f"NOTE: this study ran on DEMO data ({data.root}), not the course datasets.")
+    return Settings(
+        data_root=data_root,
+        out_dir=args.out_dir,
+        figures_dir=args.figures_dir,
+        checkpoint_dir=args.checkpoint_dir,
+        seed=args.seed,
+        device=args.device,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        epochs=epochs,
+        num_workers=args.num_workers,
+        xception_args=xception_args,
+        gradcam_max_images=args.gradcam_max_images,
+        precise_bn=args.precise_bn,
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.no_pretrained and (args.xception_weights or args.require_pretrained):
-        raise UserError("--no_pretrained contradicts --xception_weights / --require_pretrained; "
-                        "choose one")
+        raise UserError("--no_pretrained contradicts --xception_weights / --require_pretrained; choose one")
     start = _COMMAND_START or time.monotonic()
     # Which steps, before anything slow happens (a typo in --steps fails at once).
-    chosen = {s.name for s in select_steps(build_plan(make_settings(args, "<data>", [])),
-                                           args.steps, args.skip)[0]}
+    chosen = {
+        s.name for s in select_steps(build_plan(make_settings(args, "<data>", [])), args.steps, args.skip)[0]
+    }
     logs_dir = os.path.join(args.out_dir, "logs")
     console = Console(0, False, args.quiet)
 
@@ -243,12 +290,20 @@ def main(argv: list[str] | None = None) -> int:
     # 3. steps
     records = new_records(plan, stamps, logs_dir)
     if data.generated_seconds is not None:  # the one-time demo data, made by this call
-        records.insert(0, StepRecord("demo-data", ["make_demo_datasets.py", "--out", data.root],
-                                     os.path.join(logs_dir, "demo-data.log"), status="ran",
-                                     seconds=data.generated_seconds,
-                                     last_run_seconds=data.generated_seconds))
-    done = run_steps(plan, selected, stamps, records, args.force,
-                     Console(len(selected), not args.no_progress, args.quiet))
+        records.insert(
+            0,
+            StepRecord(
+                "demo-data",
+                ["make_demo_datasets.py", "--out", data.root],
+                os.path.join(logs_dir, "demo-data.log"),
+                status="ran",
+                seconds=data.generated_seconds,
+                last_run_seconds=data.generated_seconds,
+            ),
+        )
+    done = run_steps(
+        plan, selected, stamps, records, args.force, Console(len(selected), not args.no_progress, args.quiet)
+    )
     status = outcome_status(done.failure, records, time.monotonic() - start)
 
     # 4. report
@@ -258,8 +313,11 @@ def main(argv: list[str] | None = None) -> int:
         except Exception as exc:  # the report must never hide the real outcome
             if args.debug:
                 raise
-            print(f"run_study.py: warning: the report could not be written ({type(exc).__name__}: "
-                  f"{exc}); rerun with --debug", file=sys.stderr)
+            print(
+                f"run_study.py: warning: the report could not be written ({type(exc).__name__}: "
+                f"{exc}); rerun with --debug",
+                file=sys.stderr,
+            )
             if done.failure is None:
                 return 1
     if done.failure is not None:

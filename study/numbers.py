@@ -1,5 +1,6 @@
 """The report's numbers of each run (from its runs JSON and metrics JSON), the study's documented
 results they are compared with, and the one-sentence verdict."""
+
 from __future__ import annotations
 
 import math
@@ -10,19 +11,22 @@ from study.plan import OPTIMIZER, RunSpec, Settings, metrics_json_path, runs_jso
 from study.stamps import read_json_object
 from utils import UserError, read_runs
 
-STUDY_SOURCE = ("the study's results (docs/design.md, Reference results: best val acc, test acc at "
-                "that epoch, AUC of score B)")
+STUDY_SOURCE = (
+    "the study's results (docs/design.md, Reference results: best val acc, test acc at "
+    "that epoch, AUC of score B)"
+)
 
 
 @dataclass(frozen=True)
 class Reference:
     """What the study documents for one run. ``about``: the study gives only "about X %": the
     number is shown beside it, with no within/outside verdict."""
+
     label: str
     val_acc: tuple | None
     test_acc: tuple | None
     auc_b: tuple | None
-    report: str | None = None   # the study report's own best val / test accuracy
+    report: str | None = None  # the study report's own best val / test accuracy
     note: str | None = None
     about: float | None = None
     about_auc: float | None = None
@@ -33,20 +37,39 @@ class Reference:
 
 
 STUDY_NUMBERS = {
-    "simplenet-fakes": Reference("SimpleNet, fakes_dataset", (84, 91), (81, 88), (0.88, 0.95),
-                                 report="83.95 / 76.57"),
-    "simplenet-synthetic": Reference("SimpleNet, synthetic_dataset", None, None, None,
-                                     report="50.12 / 49.95", note="a constant classifier", about=50,
-                                     about_auc=0.5),
-    "xception-synthetic": Reference("XceptionBased (ImageNet init), synthetic_dataset", (96, 99),
-                                    (96, 99), (0.995, 1.0), report="98.72 / 98.82"),
-    "xception-synthetic-random": Reference("XceptionBased from random init, synthetic_dataset",
-                                           (50, 60), (50, 60), None),
+    "simplenet-fakes": Reference(
+        "SimpleNet, fakes_dataset", (84, 91), (81, 88), (0.88, 0.95), report="83.95 / 76.57"
+    ),
+    "simplenet-synthetic": Reference(
+        "SimpleNet, synthetic_dataset",
+        None,
+        None,
+        None,
+        report="50.12 / 49.95",
+        note="a constant classifier",
+        about=50,
+        about_auc=0.5,
+    ),
+    "xception-synthetic": Reference(
+        "XceptionBased (ImageNet init), synthetic_dataset",
+        (96, 99),
+        (96, 99),
+        (0.995, 1.0),
+        report="98.72 / 98.82",
+    ),
+    "xception-synthetic-random": Reference(
+        "XceptionBased from random init, synthetic_dataset", (50, 60), (50, 60), None
+    ),
 }
 STUDY_PROTOCOL = {"optimizer": OPTIMIZER, "lr": 0.001, "batch_size": 32}
 # The study's answers about the models (its questions Q21, Q22, Q24) and its parameter counts.
-STUDY_MODEL_FACTS = {"SimpleNet": 16_901_762, "XceptionBased": 23_128_786, "head_in_features": 2048,
-                     "backbone_params": 22_855_952, "head_params": 2_321_834}
+STUDY_MODEL_FACTS = {
+    "SimpleNet": 16_901_762,
+    "XceptionBased": 23_128_786,
+    "head_in_features": 2048,
+    "backbone_params": 22_855_952,
+    "head_params": 2_321_834,
+}
 
 
 def finite(value) -> float | None:
@@ -67,6 +90,7 @@ def _mean(values) -> float | None:
 @dataclass
 class Protocol:
     """How one run was trained, as its own JSON entry records it."""
+
     optimizer: str | None = None
     lr: float | None = None
     batch_size: int | None = None
@@ -78,26 +102,39 @@ class Protocol:
         args = run.get("args") if isinstance(run.get("args"), dict) else {}
         optimizer = run.get("optimizer") if isinstance(run.get("optimizer"), dict) else {}
         params = optimizer.get("params") if isinstance(optimizer.get("params"), dict) else {}
-        return cls(optimizer=args.get("optimizer", optimizer.get("name")),
-                   lr=args.get("lr", params.get("lr")), batch_size=args.get("batch_size"),
-                   epochs=args.get("epochs"), precise_bn=run.get("precise_bn", args.get("precise_bn")))
+        return cls(
+            optimizer=args.get("optimizer", optimizer.get("name")),
+            lr=args.get("lr", params.get("lr")),
+            batch_size=args.get("batch_size"),
+            epochs=args.get("epochs"),
+            precise_bn=run.get("precise_bn", args.get("precise_bn")),
+        )
 
     def text(self) -> str:
-        bn = ("precise BatchNorm statistics not recorded" if self.precise_bn is None else
-              "precise BatchNorm off" if not self.precise_bn else
-              f"precise BatchNorm over {self.precise_bn} training batches")
-        return (f"{self.optimizer or '?'}, lr {_g(self.lr)}, batch {self.batch_size or '?'}, "
-                f"{self.epochs or '?'} epochs, {bn}")
+        bn = (
+            "precise BatchNorm statistics not recorded"
+            if self.precise_bn is None
+            else "precise BatchNorm off"
+            if not self.precise_bn
+            else f"precise BatchNorm over {self.precise_bn} training batches"
+        )
+        return (
+            f"{self.optimizer or '?'}, lr {_g(self.lr)}, batch {self.batch_size or '?'}, "
+            f"{self.epochs or '?'} epochs, {bn}"
+        )
 
     def differences(self, has_batchnorm: bool) -> list[str]:
         """How it differs from the study's protocol (precise BatchNorm only changes a model that
         has BatchNorm layers)."""
-        out = [f"{key.replace('_size', '')} {_g(getattr(self, key))} instead of {_g(value)}"
-               for key, value in STUDY_PROTOCOL.items()
-               if getattr(self, key) is not None and getattr(self, key) != value]
+        out = [
+            f"{key.replace('_size', '')} {_g(getattr(self, key))} instead of {_g(value)}"
+            for key, value in STUDY_PROTOCOL.items()
+            if getattr(self, key) is not None and getattr(self, key) != value
+        ]
         if self.precise_bn and has_batchnorm:
-            out.append(f"precise BatchNorm statistics ({self.precise_bn} batches), which the study "
-                       "did not use")
+            out.append(
+                f"precise BatchNorm statistics ({self.precise_bn} batches), which the study did not use"
+            )
         return out
 
 
@@ -108,6 +145,7 @@ def _g(value) -> str:
 @dataclass
 class RunNumbers:
     """The report's numbers of one run: its last training run, and its analysis sections."""
+
     model: str
     dataset: str
     json: str
@@ -128,11 +166,11 @@ class RunNumbers:
     run_started: str | None = None
     run_id: str | None = None
     protocol: Protocol | None = None
-    auc: float | None = None       # of P(fake)
-    auc_a: float | None = None     # of score A (column 0; what it is: ``score_of``)
+    auc: float | None = None  # of P(fake)
+    auc_a: float | None = None  # of score A (column 0; what it is: ``score_of``)
     auc_b: float | None = None
-    scores: str | None = None      # older metrics JSONs: "softmax" when A and B were probabilities
-    score_of: dict | None = None   # metric -> the score it uses, as the metrics JSON says
+    scores: str | None = None  # older metrics JSONs: "softmax" when A and B were probabilities
+    score_of: dict | None = None  # metric -> the score it uses, as the metrics JSON says
     eer: float | None = None
     ap: float | None = None
     test_accuracy_analysis: float | None = None
@@ -164,7 +202,10 @@ def run_numbers(settings: Settings, run: RunSpec) -> RunNumbers:
     best = last.get("best_epoch")
     if best is None and val_acc:  # older runs without the key: first epoch of the best val acc
         best = 1 + max(range(len(val_acc)), key=lambda i: (val_acc[i], -i))
-    at_best = (lambda values: values[best - 1] if best and len(values) >= best else None)
+
+    def at_best(values: list):
+        return values[best - 1] if best and len(values) >= best else None
+
     n.epochs, n.best_val_epoch = len(val_acc), best
     n.pretrained = last.get("pretrained") if run.model == "XceptionBased" else None
     n.n_params_trained, n.device, n.run_id = last.get("n_params"), last.get("device"), last.get("run_id")
@@ -207,9 +248,11 @@ def range_text(ref: Reference, key: str) -> str:
 
 def imagenet_note() -> str:
     """What the study saw with and without ImageNet weights for XceptionBased."""
-    return (f"The study's {range_text(STUDY_NUMBERS['xception-synthetic'], 'val_acc')} needs "
-            "ImageNet weights; from random initialisation the study saw "
-            f"{range_text(STUDY_NUMBERS['xception-synthetic-random'], 'val_acc')}.")
+    return (
+        f"The study's {range_text(STUDY_NUMBERS['xception-synthetic'], 'val_acc')} needs "
+        "ImageNet weights; from random initialisation the study saw "
+        f"{range_text(STUDY_NUMBERS['xception-synthetic-random'], 'val_acc')}."
+    )
 
 
 def _compare(value, rng) -> str | None:
@@ -220,15 +263,27 @@ def _compare(value, rng) -> str | None:
 
 def _position(n: RunNumbers, ref: Reference, qualifier: str = "") -> str:
     """Where the run lies against the study's documented ranges; only a range gives a verdict."""
-    where = [w for w in (_compare(n.best_val_acc, ref.val_acc), _compare(n.test_acc_at_best, ref.test_acc),
-                         _compare(n.auc_b, ref.auc_b)) if w]
-    study = ", ".join(f"{label} {range_text(ref, key)}" for label, key in
-                      (("val", "val_acc"), ("test", "test_acc"), ("AUC(B)", "auc_b"))
-                      if range_text(ref, key) != "-")
+    where = [
+        w
+        for w in (
+            _compare(n.best_val_acc, ref.val_acc),
+            _compare(n.test_acc_at_best, ref.test_acc),
+            _compare(n.auc_b, ref.auc_b),
+        )
+        if w
+    ]
+    study = ", ".join(
+        f"{label} {range_text(ref, key)}"
+        for label, key in (("val", "val_acc"), ("test", "test_acc"), ("AUC(B)", "auc_b"))
+        if range_text(ref, key) != "-"
+    )
     if not where:  # "about X": shown beside, no verdict
         return f"beside the study's {qualifier}{study}" + (f" ({ref.note})" if ref.note else "")
-    position = f"{where[0]} the study's" if all(w == where[0] for w in where) else \
-        "partly within, partly outside the study's"
+    position = (
+        f"{where[0]} the study's"
+        if all(w == where[0] for w in where)
+        else "partly within, partly outside the study's"
+    )
     return f"{position} {qualifier}{study}"
 
 
@@ -236,8 +291,10 @@ def _why(run: RunSpec, n: RunNumbers, demo: bool) -> list[str]:
     """How this run differs from the study's, as far as its records tell."""
     why = ["demo data, not the course datasets"] if demo else []
     if run.model == "XceptionBased" and n.pretrained is False:
-        why.append("RANDOM initialisation, no ImageNet weights (the study's "
-                   f"{range_text(STUDY_NUMBERS['xception-synthetic'], 'val_acc')} needs them)")
+        why.append(
+            "RANDOM initialisation, no ImageNet weights (the study's "
+            f"{range_text(STUDY_NUMBERS['xception-synthetic'], 'val_acc')} needs them)"
+        )
     if n.epochs and n.epochs != run.default_epochs:
         why.append(f"{n.epochs} epoch{'s' if n.epochs != 1 else ''} instead of {run.default_epochs}")
     return why + (n.protocol.differences(run.model == "XceptionBased") if n.protocol else [])
@@ -250,16 +307,23 @@ def verdict(run: RunSpec, n: RunNumbers, demo: bool) -> str:
             return f"Its training results cannot be read: {n.problem}."
         return "Not trained yet (no run in its metrics JSON): nothing to compare."
     ref = study_reference(run, n.pretrained)
-    got = [f"val {n.best_val_acc:.1f} %"] + ([f"test {n.test_acc_at_best:.1f} %"]
-                                             if n.test_acc_at_best is not None else []) + \
-        ([f"AUC(B) {n.auc_b:.2f}"] if n.auc_b is not None else [])
+    got = (
+        [f"val {n.best_val_acc:.1f} %"]
+        + ([f"test {n.test_acc_at_best:.1f} %"] if n.test_acc_at_best is not None else [])
+        + ([f"AUC(B) {n.auc_b:.2f}"] if n.auc_b is not None else [])
+    )
     random_init = run.model == "XceptionBased" and n.pretrained is False
     why = _why(run, n, demo)
     speed = ""
     if n.activation_checkpointing:
-        rate = f": {n.train_images_per_sec:.1f} training images/s in this run" \
-            if n.train_images_per_sec else ""
+        rate = (
+            f": {n.train_images_per_sec:.1f} training images/s in this run" if n.train_images_per_sec else ""
+        )
         speed = f" Trained with activation checkpointing to fit the memory (the same numbers, slower{rate})."
     position = _position(n, ref, "random-init " if random_init else "")
-    return (f"{', '.join(got)}: {position}"
-            + (f"; differences from the study: {'; '.join(why)}" if why else "") + "." + speed)
+    return (
+        f"{', '.join(got)}: {position}"
+        + (f"; differences from the study: {'; '.join(why)}" if why else "")
+        + "."
+        + speed
+    )

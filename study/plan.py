@@ -3,13 +3,14 @@
 To add a step kind, write a builder ``(settings, run) -> Step | None`` and add it to ``STAGES``:
 the plan, ``--steps``/``--skip``, ``--help``, the skip rule and the report follow from there.
 """
+
 from __future__ import annotations
 
 import fnmatch
 import os
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 from analysis import metrics_json_path as analysis_metrics_json_path
 from trainer import LoggingParameters, output_stem
@@ -22,6 +23,7 @@ OPTIMIZER = "Adam"
 @dataclass(frozen=True)
 class RunSpec:
     """One of the study's three training runs."""
+
     tag: str
     model: str
     dataset: str
@@ -43,6 +45,7 @@ RUNS = (
 @dataclass
 class Settings:
     """Where the study reads and writes, and the protocol its steps are given."""
+
     data_root: str
     out_dir: str
     figures_dir: str
@@ -61,16 +64,17 @@ class Settings:
 @dataclass
 class Step:
     """One subprocess of the study: a script, its arguments, and the files it reads and writes."""
+
     name: str
     kind: str
     run: RunSpec | None
     script: str
     args: list[str]
     outputs: list[str]
-    inputs: list[str] = field(default_factory=list)         # files made by earlier steps
-    data: list[str] = field(default_factory=list)           # split folders read
+    inputs: list[str] = field(default_factory=list)  # files made by earlier steps
+    data: list[str] = field(default_factory=list)  # split folders read
     sections: dict[str, str] = field(default_factory=dict)  # output JSON -> the section it writes
-    resume_from: str | None = None                          # a training's full-state checkpoint
+    resume_from: str | None = None  # a training's full-state checkpoint
 
     @property
     def command(self) -> list[str]:
@@ -108,8 +112,11 @@ def samples_figure(figures_dir: str) -> str:
 
 def run_figures(run: RunSpec, figures_dir: str) -> dict[str, list[str]]:
     """The study's figures of one run, by the step kind that makes them (the scripts' names)."""
-    return {kind: [figure_path(figures_dir, run.dataset, run.model, suffix) for suffix in suffixes]
-            for kind, suffixes in FIGURE_SUFFIXES.items() if kind != "saliency" or run.saliency}
+    return {
+        kind: [figure_path(figures_dir, run.dataset, run.model, suffix) for suffix in suffixes]
+        for kind, suffixes in FIGURE_SUFFIXES.items()
+        if kind != "saliency" or run.saliency
+    }
 
 
 def extra_figures(run: RunSpec, figures_dir: str) -> list[str]:
@@ -119,43 +126,91 @@ def extra_figures(run: RunSpec, figures_dir: str) -> list[str]:
         names = sorted(os.listdir(figures_dir))
     except OSError:
         return []
-    return [os.path.join(figures_dir, name) for name in names
-            if name.startswith(run.stem + "_") and name.endswith(".png")
-            and os.path.join(figures_dir, name) not in known]
+    return [
+        os.path.join(figures_dir, name)
+        for name in names
+        if name.startswith(run.stem + "_")
+        and name.endswith(".png")
+        and os.path.join(figures_dir, name) not in known
+    ]
 
 
 # ----------------------------------------------------------------------------- step builders
 def samples_step(s: Settings, run: None) -> Step:
-    return Step("samples", "samples", None, "plot_samples_of_faces_datasets.py",
-                ["--data_root", s.data_root, "--seed", str(s.seed), "--figures_dir", s.figures_dir],
-                outputs=[samples_figure(s.figures_dir)],
-                data=[split_folder(s, d, "train") for d in DATASET_NAMES])
+    return Step(
+        "samples",
+        "samples",
+        None,
+        "plot_samples_of_faces_datasets.py",
+        ["--data_root", s.data_root, "--seed", str(s.seed), "--figures_dir", s.figures_dir],
+        outputs=[samples_figure(s.figures_dir)],
+        data=[split_folder(s, d, "train") for d in DATASET_NAMES],
+    )
 
 
 def train_step(s: Settings, run: RunSpec) -> Step:
-    args = ["-m", run.model, "-d", run.dataset, "-o", OPTIMIZER, "--lr", repr(s.lr),
-            "-b", str(s.batch_size), "-e", str(s.epochs[run.tag]), "--data_root", s.data_root,
-            "--seed", str(s.seed), "--device", s.device, "--out_dir", s.out_dir,
-            "--checkpoint_dir", s.checkpoint_dir]
+    args = [
+        "-m",
+        run.model,
+        "-d",
+        run.dataset,
+        "-o",
+        OPTIMIZER,
+        "--lr",
+        repr(s.lr),
+        "-b",
+        str(s.batch_size),
+        "-e",
+        str(s.epochs[run.tag]),
+        "--data_root",
+        s.data_root,
+        "--seed",
+        str(s.seed),
+        "--device",
+        s.device,
+        "--out_dir",
+        s.out_dir,
+        "--checkpoint_dir",
+        s.checkpoint_dir,
+    ]
     if s.num_workers is not None:
         args += ["--num_workers", str(s.num_workers)]
     if s.precise_bn:  # 0 is train_main.py's default: the command stays the course's
         args += ["--precise_bn", str(s.precise_bn)]
     if run.model == "XceptionBased":
         args += s.xception_args
-    return Step(f"train-{run.tag}", "train", run, "train_main.py", args,
-                outputs=[checkpoint_path(s, run), runs_json_path(s, run)],
-                data=[split_folder(s, run.dataset, split) for split in SPLITS],
-                resume_from=checkpoint_path(s, run, "_last"))
+    return Step(
+        f"train-{run.tag}",
+        "train",
+        run,
+        "train_main.py",
+        args,
+        outputs=[checkpoint_path(s, run), runs_json_path(s, run)],
+        data=[split_folder(s, run.dataset, split) for split in SPLITS],
+        resume_from=checkpoint_path(s, run, "_last"),
+    )
 
 
 def _analysis_args(s: Settings, run: RunSpec) -> list[str]:
-    return ["-m", run.model, "-cpp", checkpoint_path(s, run), "-d", run.dataset,
-            "--data_root", s.data_root, "--device", s.device, "--figures_dir", s.figures_dir]
+    return [
+        "-m",
+        run.model,
+        "-cpp",
+        checkpoint_path(s, run),
+        "-d",
+        run.dataset,
+        "--data_root",
+        s.data_root,
+        "--device",
+        s.device,
+        "--figures_dir",
+        s.figures_dir,
+    ]
 
 
-def _analysis_step(s: Settings, run: RunSpec, kind: str, script: str, extra: list[str],
-                   section: str | None = None) -> Step:
+def _analysis_step(
+    s: Settings, run: RunSpec, kind: str, script: str, extra: list[str], section: str | None = None
+) -> Step:
     """A step that reads the run's best checkpoint and test split and writes ``kind``'s figures
     (and, with ``section``, that section of the run's metrics JSON)."""
     outputs = list(run_figures(run, s.figures_dir)[kind])
@@ -163,21 +218,36 @@ def _analysis_step(s: Settings, run: RunSpec, kind: str, script: str, extra: lis
     if section:
         sections[metrics_json_path(s, run)] = section
         outputs.append(metrics_json_path(s, run))
-    return Step(f"{kind}-{run.tag}", kind, run, script, _analysis_args(s, run) + extra,
-                outputs=outputs, inputs=[checkpoint_path(s, run)],
-                data=[split_folder(s, run.dataset, "test")], sections=sections)
+    return Step(
+        f"{kind}-{run.tag}",
+        kind,
+        run,
+        script,
+        _analysis_args(s, run) + extra,
+        outputs=outputs,
+        inputs=[checkpoint_path(s, run)],
+        data=[split_folder(s, run.dataset, "test")],
+        sections=sections,
+    )
 
 
 def curves_step(s: Settings, run: RunSpec) -> Step:
     runs_json = runs_json_path(s, run)
-    return Step(f"curves-{run.tag}", "curves", run, "plot_accuracy_and_loss.py",
-                ["-m", run.model, "-j", runs_json, "-d", run.dataset, "--figures_dir", s.figures_dir],
-                outputs=run_figures(run, s.figures_dir)["curves"], inputs=[runs_json])
+    return Step(
+        f"curves-{run.tag}",
+        "curves",
+        run,
+        "plot_accuracy_and_loss.py",
+        ["-m", run.model, "-j", runs_json, "-d", run.dataset, "--figures_dir", s.figures_dir],
+        outputs=run_figures(run, s.figures_dir)["curves"],
+        inputs=[runs_json],
+    )
 
 
 def numerical_step(s: Settings, run: RunSpec) -> Step:
-    return _analysis_step(s, run, "numerical", "numerical_analysis.py", ["--out_dir", s.out_dir],
-                          section="numerical")
+    return _analysis_step(
+        s, run, "numerical", "numerical_analysis.py", ["--out_dir", s.out_dir], section="numerical"
+    )
 
 
 def gradcam_step(s: Settings, run: RunSpec) -> Step:
@@ -204,8 +274,11 @@ class StepKind:
 STAGES = (
     (StepKind("samples", samples_step, once=True),),
     (StepKind("train", train_step),),
-    (StepKind("curves", curves_step), StepKind("numerical", numerical_step),
-     StepKind("gradcam", gradcam_step)),
+    (
+        StepKind("curves", curves_step),
+        StepKind("numerical", numerical_step),
+        StepKind("gradcam", gradcam_step),
+    ),
     (StepKind("saliency", saliency_step),),
 )
 STEP_KINDS = tuple(kind.name for stage in STAGES for kind in stage) + ("report",)
@@ -215,15 +288,16 @@ def build_plan(s: Settings) -> list[Step]:
     """Every step of the study, in order."""
     steps = []
     for stage in STAGES:
-        for run in ((None,) if stage[0].once else RUNS):
+        for run in (None,) if stage[0].once else RUNS:
             steps += [step for kind in stage if (step := kind.build(s, run)) is not None]
     return steps
 
 
 def step_names() -> list[str]:
     """Every step name, in the plan's order, then 'report'."""
-    placeholder = Settings(data_root="data", out_dir="out", figures_dir="figures",
-                           checkpoint_dir="checkpoints")
+    placeholder = Settings(
+        data_root="data", out_dir="out", figures_dir="figures", checkpoint_dir="checkpoints"
+    )
     return [step.name for step in build_plan(placeholder)] + ["report"]
 
 
@@ -240,8 +314,9 @@ def _matches(entry: tuple[str, str, str | None], selector: str) -> bool:
     return selector in (name, kind, run_tag) or fnmatch.fnmatchcase(name, selector)
 
 
-def select_steps(plan: list[Step], steps: list[str] | None, skip: list[str] | None
-                 ) -> tuple[list[Step], bool]:
+def select_steps(
+    plan: list[Step], steps: list[str] | None, skip: list[str] | None
+) -> tuple[list[Step], bool]:
     """The steps chosen by --steps (default all) minus --skip; and whether the report is written.
 
     A selector is a step name, a kind (train, curves, ...), a run (simplenet-fakes, ...) or a
@@ -253,8 +328,10 @@ def select_steps(plan: list[Step], steps: list[str] | None, skip: list[str] | No
     for flag, selectors in (("--steps", wanted), ("--skip", unwanted)):
         for selector in selectors:
             if not any(_matches(entry, selector) for entry in entries):
-                raise UserError(f"{flag} {selector}: matches no step; steps: {', '.join(step_names())}; "
-                                f"kinds: {', '.join(STEP_KINDS)}; runs: {', '.join(r.tag for r in RUNS)}")
+                raise UserError(
+                    f"{flag} {selector}: matches no step; steps: {', '.join(step_names())}; "
+                    f"kinds: {', '.join(STEP_KINDS)}; runs: {', '.join(r.tag for r in RUNS)}"
+                )
 
     def chosen(entry) -> bool:
         # The report is written whenever it is not skipped explicitly.

@@ -1,5 +1,6 @@
 """Runs the study's steps: each one a subprocess whose output goes, line by line, to its log and
 the console; a step that fails stops the study with a message naming its log."""
+
 from __future__ import annotations
 
 import codecs
@@ -33,9 +34,16 @@ class Console:
         self._last_refresh = 0.0
         if progress and total:
             from tqdm import tqdm
-            self.bar = tqdm(total=total, desc="study", unit="step", dynamic_ncols=True,
-                            disable=None, leave=False,
-                            bar_format="{desc} {n_fmt}/{total_fmt} steps [{elapsed}]{postfix}")
+
+            self.bar = tqdm(
+                total=total,
+                desc="study",
+                unit="step",
+                dynamic_ncols=True,
+                disable=None,
+                leave=False,
+                bar_format="{desc} {n_fmt}/{total_fmt} steps [{elapsed}]{postfix}",
+            )
 
     def say(self, text: str = "") -> None:
         if self.bar is not None and not self.bar.disable:
@@ -77,6 +85,7 @@ class StepFailed(UserError):
 @dataclass
 class Outcome:
     """How a subprocess ended: exit code, wall seconds, its last lines, CPU seconds, peak memory."""
+
     code: int
     seconds: float
     tail: list[str]
@@ -129,8 +138,9 @@ def run_command(name: str, argv: list[str], log_path: str, console: Console) -> 
     with open(log_path, "a", encoding="utf-8") as log:
         log.write(f"===== {time.strftime('%Y-%m-%d %H:%M:%S')} step {name}: {shlex.join(argv)}\n")
         log.flush()
-        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL, env=child_env())
+        proc = subprocess.Popen(
+            argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=child_env()
+        )
         try:
             _stream(proc, name, log, console, tail)
             code, usage = _wait_with_usage(proc)
@@ -156,14 +166,17 @@ def _wait_with_usage(proc: subprocess.Popen) -> tuple[int, dict]:
         return proc.wait(), {}
     _, status, rusage = os.wait4(proc.pid, 0)
     proc.returncode = os.waitstatus_to_exitcode(status)
-    return proc.returncode, {"cpu_seconds": round(rusage.ru_utime + rusage.ru_stime, 2),
-                             "max_rss_mb": round(ru_maxrss_mb(rusage))}
+    return proc.returncode, {
+        "cpu_seconds": round(rusage.ru_utime + rusage.ru_stime, 2),
+        "max_rss_mb": round(ru_maxrss_mb(rusage)),
+    }
 
 
 # ----------------------------------------------------------------------------- the steps
 @dataclass
 class StepRecord:
     """One step's line in the report and the summary JSON."""
+
     name: str
     command: list[str]
     log: str
@@ -180,6 +193,7 @@ class StepRecord:
 @dataclass
 class StepRun:
     """What running the selected steps gave: one record per step, and the failure, if any."""
+
     records: list[StepRecord] = field(default_factory=list)
     failure: StepFailed | None = None
 
@@ -191,20 +205,40 @@ def new_records(plan: list[Step], stamps: Stamps, logs_dir: str) -> list[StepRec
     records = []
     for step in plan:
         last = stamps.read(step) or Stamp(command=[], started_ns=0)
-        records.append(StepRecord(step.name, step.command, os.path.join(logs_dir, f"{step.name}.log"),
-                                  last_run_seconds=last.seconds, last_run_cpu_seconds=last.cpu_seconds,
-                                  last_run_max_rss_mb=last.max_rss_mb))
+        records.append(
+            StepRecord(
+                step.name,
+                step.command,
+                os.path.join(logs_dir, f"{step.name}.log"),
+                last_run_seconds=last.seconds,
+                last_run_cpu_seconds=last.cpu_seconds,
+                last_run_max_rss_mb=last.max_rss_mb,
+            )
+        )
     return records
 
 
-def run_steps(plan: list[Step], selected: list[Step], stamps: Stamps, records: list[StepRecord],
-              force: bool, console: Console) -> StepRun:
+def run_steps(
+    plan: list[Step],
+    selected: list[Step],
+    stamps: Stamps,
+    records: list[StepRecord],
+    force: bool,
+    console: Console,
+) -> StepRun:
     """Run each selected step that is not up to date, in order; stop at the first failure."""
     result = StepRun(records)
     try:
         for position, step in enumerate(selected, 1):
-            run_one(step, f"[{position}/{len(selected)}] {step.name}", plan, stamps,
-                    result.record(step.name), force, console)
+            run_one(
+                step,
+                f"[{position}/{len(selected)}] {step.name}",
+                plan,
+                stamps,
+                result.record(step.name),
+                force,
+                console,
+            )
             console.advance()
     except StepFailed as exc:
         result.failure = exc
@@ -216,8 +250,9 @@ def run_steps(plan: list[Step], selected: list[Step], stamps: Stamps, records: l
     return result
 
 
-def run_one(step: Step, head: str, plan: list[Step], stamps: Stamps, record: StepRecord,
-            force: bool, console: Console) -> None:
+def run_one(
+    step: Step, head: str, plan: list[Step], stamps: Stamps, record: StepRecord, force: bool, console: Console
+) -> None:
     """Run one step unless it is up to date; raises StepFailed naming its log when it fails."""
     previous = stamps.read(step)
     reason = "--force" if force else stale_reason(step, previous)
@@ -229,8 +264,11 @@ def run_one(step: Step, head: str, plan: list[Step], stamps: Stamps, record: Ste
     if missing:
         maker = next((s.name for s in plan if missing[0] in s.outputs), "an earlier step")
         record.status = "not run (missing input)"
-        raise StepFailed(step.name, f"step {step.name} needs {missing[0]}, which step {maker} makes; "
-                                    "run that step first (it was not selected or has not run)")
+        raise StepFailed(
+            step.name,
+            f"step {step.name} needs {missing[0]}, which step {maker} makes; "
+            "run that step first (it was not selected or has not run)",
+        )
     record.resumed = resume_reason(step, previous)
     extra = ["--resume"] if record.resumed else []
     console.say(f"{head}: running ({record.resumed or reason}) - log {record.log}")
@@ -244,10 +282,29 @@ def run_one(step: Step, head: str, plan: list[Step], stamps: Stamps, record: Ste
         print(f"---- last lines of {record.log}:", file=sys.stderr)
         for line in outcome.tail[-15:]:
             print(f"    {line}", file=sys.stderr)
-        raise StepFailed(step.name, f"step {step.name} failed (exit code {outcome.code}) after "
-                                    f"{outcome.seconds:.1f} s; see its log {record.log}")
+        raise StepFailed(
+            step.name,
+            f"step {step.name} failed (exit code {outcome.code}) after "
+            f"{outcome.seconds:.1f} s; see its log {record.log}",
+        )
     stamps.finish(step, stamp, outcome.seconds, outcome.cpu_seconds, outcome.max_rss_mb)
     record.status = "ran"
     record.last_run_seconds, record.last_run_cpu_seconds = record.seconds, record.cpu_seconds
     record.last_run_max_rss_mb = record.max_rss_mb
     console.say(f"{head}: done in {outcome.seconds:.1f} s")
+
+
+def print_plan(
+    plan: list[Step], selected: list[Step], stamps: Stamps, force: bool, report: bool, console: Console
+) -> int:
+    """--dry_run: each step, whether and why it would run, and its command."""
+    for index, step in enumerate(plan, 1):
+        if step not in selected:
+            state = "not selected"
+        else:
+            reason = "--force" if force else stale_reason(step, stamps.read(step))
+            state = f"would run ({reason})" if reason else "up to date, would skip"
+        console.say(f"[{index:2d}] {step.name:30s} {state}")
+        console.say(f"     {shlex.join([os.path.basename(sys.executable)] + step.command)}")
+    console.say(f"report: {'would be written' if report else 'skipped'}")
+    return 0

@@ -5,6 +5,7 @@ still the ones it wrote, and none of its inputs (data, the files of earlier step
 since it started; --force runs it anyway. A training step that did not finish is resumed when its
 ``_last.pt`` holds an unfinished run of that same command.
 """
+
 from __future__ import annotations
 
 import ast
@@ -21,19 +22,22 @@ from study.plan import HERE, Step
 from utils import atomic_write_json
 
 STAMP_VERSION = 2
-RULE = ("a step is skipped when it last finished with the same command, its outputs are still the "
-        "ones it wrote, and its inputs (data, earlier steps' files, its code) are older than that "
-        "run; --force runs it anyway")
+RULE = (
+    "a step is skipped when it last finished with the same command, its outputs are still the "
+    "ones it wrote, and its inputs (data, earlier steps' files, its code) are older than that "
+    "run; --force runs it anyway"
+)
 
 
 @dataclass
 class Stamp:
     """What a step last ran: its command, when it started, whether it finished, what it wrote."""
+
     command: list[str]
     started_ns: int
     finished: bool = False
     outputs: dict[str, str | None] = field(default_factory=dict)  # path -> signature when done
-    seconds: float | None = None      # of the last run that finished
+    seconds: float | None = None  # of the last run that finished
     cpu_seconds: float | None = None
     max_rss_mb: float | None = None
     finished_at: str | None = None
@@ -111,8 +115,11 @@ def code_files(script: str) -> list[str]:
                 modules = [node.module]
             else:
                 continue
-            todo += [m.split(".")[0] + ".py" for m in modules
-                     if os.path.isfile(os.path.join(HERE, m.split(".")[0] + ".py"))]
+            todo += [
+                m.split(".")[0] + ".py"
+                for m in modules
+                if os.path.isfile(os.path.join(HERE, m.split(".")[0] + ".py"))
+            ]
     return sorted(seen)
 
 
@@ -152,8 +159,9 @@ class Stamps:
         atomic_write_json(self.path(step), asdict(stamp))
         return stamp
 
-    def finish(self, step: Step, stamp: Stamp, seconds: float, cpu_seconds: float | None,
-               max_rss_mb: float | None) -> None:
+    def finish(
+        self, step: Step, stamp: Stamp, seconds: float, cpu_seconds: float | None, max_rss_mb: float | None
+    ) -> None:
         """Record that the step finished, with the signatures of what it wrote."""
         stamp.finished = True
         stamp.outputs = {p: output_signature(p, step.sections.get(p)) for p in step.outputs}
@@ -189,8 +197,14 @@ def resume_reason(step: Step, stamp: Stamp | None) -> str | None:
     ``_last.pt`` holds an unfinished run of exactly that command (so resuming keeps the run's id:
     no other run's checkpoint is moved aside).
     """
-    if step.resume_from is None or stamp is None or stamp.finished or stamp.command != step.command \
-            or stamp.version != STAMP_VERSION or changed_since(step, stamp.started_ns):
+    if (
+        step.resume_from is None
+        or stamp is None
+        or stamp.finished
+        or stamp.command != step.command
+        or stamp.version != STAMP_VERSION
+        or changed_since(step, stamp.started_ns)
+    ):
         return None
     try:
         last = torch.load(step.resume_from, map_location="cpu", weights_only=True, mmap=True)

@@ -1,4 +1,5 @@
 """The study's skip rule and resume decision (study/stamps.py), on small files: no training."""
+
 from __future__ import annotations
 
 import json
@@ -20,10 +21,17 @@ def _step(tmp_path, **extra) -> Step:
     """A step that reads one input and writes a figure and the 'numerical' section of a JSON
     another step also writes."""
     _write(tmp_path / "input.json", "[]")
-    return Step("numerical-x", "numerical", None, "numerical_analysis.py", ["--flag", "1"],
-                outputs=[str(tmp_path / "fig.png"), str(tmp_path / "metrics.json")],
-                inputs=[str(tmp_path / "input.json")],
-                sections={str(tmp_path / "metrics.json"): "numerical"}, **extra)
+    return Step(
+        "numerical-x",
+        "numerical",
+        None,
+        "numerical_analysis.py",
+        ["--flag", "1"],
+        outputs=[str(tmp_path / "fig.png"), str(tmp_path / "metrics.json")],
+        inputs=[str(tmp_path / "input.json")],
+        sections={str(tmp_path / "metrics.json"): "numerical"},
+        **extra,
+    )
 
 
 def _run(step: Step, stamps: Stamps, tmp_path) -> None:
@@ -49,8 +57,10 @@ def test_up_to_date_only_with_its_own_outputs(tmp_path):
     assert stale_reason(step, stamps.read(step)) is None
     # another command rewrites its figure: no longer this step's output
     _write(tmp_path / "fig.png", "another png")
-    assert stale_reason(step, stamps.read(step)) == \
-        f"output {tmp_path / 'fig.png'} was changed since this step made it"
+    assert (
+        stale_reason(step, stamps.read(step))
+        == f"output {tmp_path / 'fig.png'} was changed since this step made it"
+    )
     _run(step, stamps, tmp_path)
     _write(tmp_path / "metrics.json", json.dumps({"numerical": {"auc": 0.9}}))
     assert stale_reason(step, stamps.read(step)).endswith("metrics.json was changed since this step made it")
