@@ -4,6 +4,7 @@ End to end on a tiny generated tree (1 epoch, batch 4, XceptionBased from random
 under tmp_path); then re-runs (skips), --force, a failing step, step selection, the ImageNet-weights
 decision, the demo-data fallback and the shell set-up.
 """
+
 from __future__ import annotations
 
 import base64
@@ -24,27 +25,61 @@ import torch
 
 import run_study
 from conftest import ROOT, make_tree
+from study import plan as study_plan
+from study.data import DataChoice
+from study.numbers import RunNumbers, run_numbers, verdict
+from study.report import Status, build_report
+from study.runner import Console, clean_line
 
 # Tiny splits: both classes everywhere (AUC, EER and Grad-CAM need them), few images (XceptionBased
 # is about 0.3 s per image forward on a 2-core CPU).
 COUNTS = {"train": (3, 2), "val": (1, 1), "test": (2, 2)}
-RUNS = (("SimpleNet", "fakes_dataset"), ("SimpleNet", "synthetic_dataset"),
-        ("XceptionBased", "synthetic_dataset"))
+RUNS = (
+    ("SimpleNet", "fakes_dataset"),
+    ("SimpleNet", "synthetic_dataset"),
+    ("XceptionBased", "synthetic_dataset"),
+)
 # SPEC section 4, written out here (not taken from run_study) so the test checks the runner.
 SPEC_FIGURES = ["datasets_samples.png"]
 for _model, _dataset in RUNS:
-    SPEC_FIGURES += [f"{_dataset}_{_model}_{suffix}.png" for suffix in (
-        "losses_plot", "accuracies_plot", "roc_curve", "det_curve", "Real_Image_grad_cam",
-        "Fake_Image_grad_cam")]
-SPEC_FIGURES += [f"{d}_{m}_{suffix}.png" for m, d in (RUNS[0], RUNS[2])
-                 for suffix in ("saliency_maps_and_images_pairs", "mean_saliency_maps")]
-STEPS = (["samples"] + [f"train-{t}" for t in ("simplenet-fakes", "simplenet-synthetic",
-                                               "xception-synthetic")]
-         + [f"{k}-{t}" for t in ("simplenet-fakes", "simplenet-synthetic", "xception-synthetic")
-            for k in ("curves", "numerical", "gradcam")]
-         + ["saliency-simplenet-fakes", "saliency-xception-synthetic"])
-NUMBER_KEYS = ("best_val_acc", "test_acc_at_best", "auc_a", "auc_b", "eer", "ap", "epoch_seconds",
-               "train_images_per_sec", "grad_cam_faithfulness_gap")
+    SPEC_FIGURES += [
+        f"{_dataset}_{_model}_{suffix}.png"
+        for suffix in (
+            "losses_plot",
+            "accuracies_plot",
+            "roc_curve",
+            "det_curve",
+            "Real_Image_grad_cam",
+            "Fake_Image_grad_cam",
+        )
+    ]
+SPEC_FIGURES += [
+    f"{d}_{m}_{suffix}.png"
+    for m, d in (RUNS[0], RUNS[2])
+    for suffix in ("saliency_maps_and_images_pairs", "mean_saliency_maps")
+]
+STEPS = (
+    ["samples"]
+    + [f"train-{t}" for t in ("simplenet-fakes", "simplenet-synthetic", "xception-synthetic")]
+    + [
+        f"{k}-{t}"
+        for t in ("simplenet-fakes", "simplenet-synthetic", "xception-synthetic")
+        for k in ("curves", "numerical", "gradcam")
+    ]
+    + ["saliency-simplenet-fakes", "saliency-xception-synthetic"]
+)
+NUMBER_KEYS = (
+    "best_val_acc",
+    "test_acc_at_best",
+    "auc",
+    "auc_a",
+    "auc_b",
+    "eer",
+    "ap",
+    "epoch_seconds",
+    "train_images_per_sec",
+    "grad_cam_faithfulness_gap",
+)
 
 
 def call(argv) -> tuple[int, str]:
@@ -86,12 +121,37 @@ def study(module_tmp):
     tmp = module_tmp("study")
     data = make_tree(str(tmp / "data"), COUNTS, seed=3)
     work = str(tmp / "work")
-    args = ["--data_root", data, "--workdir", work, "--epochs", "1", "-b", "4", "--no_pretrained",
-            "--device", "cpu", "--num_workers", "0", "--gradcam_max_images", "2", "--no_progress"]
+    args = [
+        "--data_root",
+        data,
+        "--workdir",
+        work,
+        "--epochs",
+        "1",
+        "-b",
+        "4",
+        "--no_pretrained",
+        "--device",
+        "cpu",
+        "--num_workers",
+        "0",
+        "--gradcam_max_images",
+        "2",
+        "--no_progress",
+        "--precise_bn",
+        "2",
+    ]
     code, output = call(args)
     assert code == 0, output
-    return SimpleNamespace(tmp=tmp, data=data, work=work, args=args, output=output,
-                           out=os.path.join(work, "out"), figures=os.path.join(work, "figures"))
+    return SimpleNamespace(
+        tmp=tmp,
+        data=data,
+        work=work,
+        args=args,
+        output=output,
+        out=os.path.join(work, "out"),
+        figures=os.path.join(work, "figures"),
+    )
 
 
 # ----------------------------------------------------------------------------- end to end
@@ -117,8 +177,7 @@ def test_summary_numbers_are_finite_and_match_their_sources(study):
     assert summary["data"]["demo"] is False
     for step in summary["steps"]:  # wall and CPU seconds, peak memory of every step
         assert step["seconds"] > 0 and step["cpu_seconds"] > 0 and step["max_rss_mb"] > 50, step
-    for (model, dataset), tag in zip(RUNS, ("simplenet-fakes", "simplenet-synthetic",
-                                            "xception-synthetic")):
+    for (model, dataset), tag in zip(RUNS, ("simplenet-fakes", "simplenet-synthetic", "xception-synthetic")):
         numbers = summary["runs"][tag]
         for key in NUMBER_KEYS:
             assert isinstance(numbers[key], float) and math.isfinite(numbers[key]), (tag, key)
@@ -129,42 +188,62 @@ def test_summary_numbers_are_finite_and_match_their_sources(study):
         assert numbers["test_acc_at_best"] == pytest.approx(run["test_acc"][0])
         # ... 4 test images, 2 per class: an accuracy is a multiple of 25 %.
         assert numbers["test_acc_at_best"] % 25 == pytest.approx(0)
-        # With softmax scores P(real) = 1 - P(fake): AUC A = 1 - AUC B.
-        assert numbers["auc_a"] + numbers["auc_b"] == pytest.approx(1.0)
+        # ... and the metrics JSON of the analysis steps the source of the detection numbers.
+        numerical = load_json(os.path.join(study.out, f"{dataset}_{model}_metrics.json"))["numerical"]
+        for key in ("auc", "auc_a", "auc_b", "eer", "ap"):
+            assert numbers[key] == numerical[key], key
+        assert numbers["protocol"] == {
+            "optimizer": "Adam",
+            "lr": 0.001,
+            "batch_size": 4,
+            "epochs": 1,
+            "precise_bn": 2,
+        }
+        assert run["precise_bn"] == 2  # passed on to train_main.py, recorded in the run's JSON
         assert 0 <= numbers["eer"] <= 1 and 0 < numbers["ap"] <= 1
     assert summary["runs"]["xception-synthetic"]["pretrained"] is False
     # auto: a batch of 4 fits in memory, so no activation checkpointing, and the JSON says so
     assert summary["runs"]["xception-synthetic"]["activation_checkpointing"] is False
 
 
-def test_verdict_names_activation_checkpointing():
-    run = next(r for r in run_study.RUNS if r.model == "XceptionBased")
-    numbers = {"pretrained": True, "best_val_acc": 97.0, "test_acc_at_best": 98.0, "auc_b": 0.99,
-               "epochs": run.default_epochs}
-    assert "activation checkpointing" not in run_study.verdict(run, numbers, demo=False)
-    sentence = run_study.verdict(run, dict(numbers, activation_checkpointing=True), demo=False)
-    assert sentence.endswith("Trained with activation checkpointing to fit the memory: the same numbers, "
-                             "about 0.8x the speed.")
+def test_verdict_names_activation_checkpointing_with_this_runs_speed():
+    run = next(r for r in study_plan.RUNS if r.model == "XceptionBased")
+    numbers = RunNumbers(
+        run.model,
+        run.dataset,
+        "j",
+        "m",
+        pretrained=True,
+        best_val_acc=97.0,
+        test_acc_at_best=98.0,
+        auc_b=0.99,
+        epochs=run.default_epochs,
+    )
+    assert "activation checkpointing" not in verdict(run, numbers, demo=False)
+    numbers.activation_checkpointing, numbers.train_images_per_sec = True, 3.25
+    assert verdict(run, numbers, demo=False).endswith(
+        "Trained with activation checkpointing to fit the memory (the same numbers, slower: 3.2 "
+        "training images/s in this run)."
+    )
 
 
 def test_unreadable_training_json_is_named_not_called_untrained(tmp_path):
     settings = run_study.make_settings(
-        run_study.build_parser().parse_args(["--workdir", str(tmp_path)]), "root", [])
-    run = run_study.RUNS[0]
-    assert run_study.verdict(run, run_study.run_numbers(settings, run), demo=False).startswith(
-        "Not trained yet")  # no JSON yet
-    path = run_study.runs_json_path(settings, run)
+        run_study.build_parser().parse_args(["--workdir", str(tmp_path)]), "root", []
+    )
+    run = study_plan.RUNS[0]
+    assert verdict(run, run_numbers(settings, run), demo=False).startswith("Not trained yet")
+    path = study_plan.runs_json_path(settings, run)
     os.makedirs(os.path.dirname(path))
     with open(path, "w") as handle:
         handle.write("[{not json")
-    numbers = run_study.run_numbers(settings, run)
-    sentence = run_study.verdict(run, numbers, demo=False)
-    assert sentence.startswith("Its training results cannot be read:") and path in sentence
-    blocks = run_study.build_report(settings, {"demo": False, "root": "root", "origin": "--data_root"},
-                                    {}, {}, {r.tag: {"verdict": "-"} for r in run_study.RUNS}
-                                    | {run.tag: dict(numbers, verdict=sentence)},
-                                    None, [], {"text": "done."}, 0.0)
-    assert ("warn", f"{run.model} on {run.dataset}: {numbers['problem']}") in blocks
+    numbers = run_numbers(settings, run)
+    numbers.verdict = verdict(run, numbers, demo=False)
+    assert numbers.verdict.startswith("Its training results cannot be read:") and path in numbers.verdict
+    runs = {r.tag: run_numbers(settings, r) for r in study_plan.RUNS} | {run.tag: numbers}
+    data = DataChoice("root", "--data_root", False)
+    blocks = build_report(settings, data, {}, runs, None, [], Status("done."), 0.0)
+    assert ("warn", f"{run.model} on {run.dataset}: {numbers.problem}") in blocks
     assert os.path.exists(path)  # the report only reads: the file is left for the user
 
 
@@ -173,15 +252,17 @@ def test_auc_agrees_with_an_independent_evaluation(study):
     from sklearn.metrics import average_precision_score, roc_auc_score
 
     import utils
+
     model = utils.load_model_from_checkpoint(
-        "SimpleNet", os.path.join(study.work, "checkpoints", "fakes_dataset_SimpleNet_Adam.pt"))
+        "SimpleNet", os.path.join(study.work, "checkpoints", "fakes_dataset_SimpleNet_Adam.pt")
+    )
     dataset = utils.load_dataset("fakes_dataset", "test", study.data)
     images = torch.stack([dataset[i][0] for i in range(len(dataset))])
     labels = [dataset[i][1] for i in range(len(dataset))]
     with torch.no_grad():
         p_fake = torch.softmax(model(images).double(), dim=1)[:, 1].numpy()
     numbers = summary_of(study.work)["runs"]["simplenet-fakes"]
-    assert numbers["auc_b"] == pytest.approx(roc_auc_score(labels, p_fake), abs=1e-6)
+    assert numbers["auc"] == pytest.approx(roc_auc_score(labels, p_fake), abs=1e-6)
     assert numbers["ap"] == pytest.approx(average_precision_score(labels, p_fake), abs=1e-6)
 
 
@@ -192,7 +273,23 @@ def test_report_is_one_self_contained_page(study):
     assert "RANDOM INITIALISATION" in md and "RANDOM INITIALISATION" in page
     for model, dataset in RUNS:
         assert f"| {model}, {dataset} |" in md
-    assert "16,901,762" in md and "23,128,786" in md
+    # the study's model questions, computed beside the study's answers
+    for label, number in (
+        ("SimpleNet: trainable parameters", "16,901,762"),
+        ("XceptionBased: trainable parameters", "23,128,786"),
+        ("Q21: input features of the MLP head", "2,048"),
+        ("Q22: Xception backbone parameters (with its 1000-class fc)", "22,855,952"),
+        ("Q24: MLP head parameters", "2,321,834"),
+    ):
+        assert f"| {label} | {number} | {number} |" in md, label
+    assert (
+        "Protocol of each run, from its own JSON entry: SimpleNet on fakes_dataset: Adam, lr 0.001, "
+        "batch 4, 1 epochs, precise BatchNorm over 2 training batches" in md
+    )
+    # offline: the findings this run could not check, and the command that checks them
+    assert "Not checked by this run: the study's finding for XceptionBased (ImageNet init)" in md
+    assert "./run_me.sh --xception_weights PATH" in md
+    assert "AUC A (raw output column 0)" in md and "AUC B (raw output column 1)" in md
     # Markdown links resolve to the figures; the HTML embeds each one, byte for byte.
     links = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", md)
     for name in SPEC_FIGURES:
@@ -241,28 +338,39 @@ def test_force_redoes_a_step_and_downstream_steps_become_stale(study):
     assert len(lines) == len(STEPS)
     for kind in ("curves", "numerical", "gradcam", "saliency"):
         assert "would run" in lines[f"{kind}-simplenet-fakes"], lines[f"{kind}-simplenet-fakes"]
-    for name in ("samples", "train-simplenet-fakes", "curves-simplenet-synthetic",
-                 "gradcam-xception-synthetic", "saliency-xception-synthetic"):
+    for name in (
+        "samples",
+        "train-simplenet-fakes",
+        "curves-simplenet-synthetic",
+        "gradcam-xception-synthetic",
+        "saliency-xception-synthetic",
+    ):
         assert "up to date" in lines[name], lines[name]
 
 
 def test_changed_data_makes_its_steps_stale(study):
     fake_dir = os.path.join(study.data, "synthetic_dataset", "test", "fake")
+    dir_times = os.stat(fake_dir)
     added = os.path.join(fake_dir, "img009.png")
-    shutil.copy(os.path.join(fake_dir, "img001.png"), added)
+    shutil.copy2(os.path.join(fake_dir, "img001.png"), added)  # an old mtime: the folder's counts
     try:
         code, plan = call(study.args + ["--dry_run"])
     finally:
         os.remove(added)
+        os.utime(fake_dir, ns=(dir_times.st_atime_ns, dir_times.st_mtime_ns))
     assert code == 0, plan
     lines = parse_plan(plan)
     test_split = os.path.join(study.data, "synthetic_dataset", "test")
-    for name in ("train-xception-synthetic", "numerical-xception-synthetic",
-                 "gradcam-simplenet-synthetic", "saliency-xception-synthetic"):
+    for name in (
+        "train-xception-synthetic",
+        "numerical-xception-synthetic",
+        "gradcam-simplenet-synthetic",
+        "saliency-xception-synthetic",
+    ):
         assert lines[name] == f"would run (data in {test_split} changed)", lines[name]
     for name in ("samples", "curves-xception-synthetic", "curves-simplenet-synthetic"):
         assert lines[name] == "up to date, would skip", lines[name]
-    code, plan = call(study.args + ["--dry_run"])  # the file is gone again: up to date again
+    code, plan = call(study.args + ["--dry_run"])  # the folder as it was: up to date again
     assert parse_plan(plan)["numerical-xception-synthetic"] == "up to date, would skip"
 
 
@@ -281,8 +389,9 @@ def test_failing_step_stops_the_study_and_names_step_and_log(study, tmp_path):
     assert code == 1
     log = os.path.join(study.out, "logs", "samples.log")
     assert "step samples failed (exit code" in output and f"see its log {log}" in output
-    assert re.search(r"===== exit code [1-9]\d* after [\d.]+ s \(CPU [\d.]+ s, peak memory \d+ MB\)\n$",
-                     read(log))
+    assert re.search(
+        r"===== exit code [1-9]\d* after [\d.]+ s \(CPU [\d.]+ s, peak memory \d+ MB\)\n$", read(log)
+    )
     status = statuses(study.work)
     assert status["samples"] == "failed" and status["train-simplenet-fakes"] == "not reached"
     assert load_json(json_path) == runs_before  # the study stopped before training
@@ -293,9 +402,127 @@ def test_failing_step_stops_the_study_and_names_step_and_log(study, tmp_path):
     assert "step samples failed" in read(os.path.join(study.out, "study_report.md"))
 
 
+def test_a_hand_run_into_the_workdir_is_not_up_to_date(study):
+    """A training run by hand into the study's folders (another lr and batch) makes the study's
+    training step stale, and the report gives that run's own protocol (run last: it changes the
+    study's folders)."""
+    hand = [
+        sys.executable,
+        os.path.join(ROOT, "train_main.py"),
+        "-m",
+        "SimpleNet",
+        "-d",
+        "fakes_dataset",
+        "-o",
+        "Adam",
+        "--lr",
+        "0.01",
+        "-b",
+        "8",
+        "-e",
+        "1",
+        "--data_root",
+        study.data,
+        "--device",
+        "cpu",
+        "--num_workers",
+        "0",
+        "--no_progress",
+        "--out_dir",
+        study.out,
+        "--checkpoint_dir",
+        os.path.join(study.work, "checkpoints"),
+    ]
+    done = subprocess.run(hand, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    code, plan = call(study.args + ["--dry_run"])
+    assert code == 0, plan
+    lines = parse_plan(plan)
+    json_path = os.path.join(study.out, "fakes_dataset_SimpleNet_Adam.json")
+    assert lines["train-simplenet-fakes"].startswith("would run (output ") and lines[
+        "train-simplenet-fakes"
+    ].endswith("was changed since this step made it)")
+    assert lines["curves-simplenet-fakes"] == f"would run (input {json_path} changed)"
+    assert lines["train-simplenet-synthetic"] == "up to date, would skip"
+    code, output = call(study.args + ["--steps", "report"])
+    assert code == 0, output
+    md = read(os.path.join(study.out, "study_report.md"))
+    assert "SimpleNet on fakes_dataset: Adam, lr 0.01, batch 8, 1 epochs" in md
+    assert "SimpleNet on fakes_dataset: val " in md
+    assert "lr 0.01 instead of 0.001; batch 8 instead of 32" in md
+    assert "SimpleNet on synthetic_dataset: Adam, lr 0.001, batch 4, 1 epochs, precise BatchNorm over 2" in md
+    assert "SimpleNet on fakes_dataset: Adam, lr 0.01, batch 8, 1 epochs, precise BatchNorm off" in md
+
+
+def test_interrupted_training_is_resumed_not_restarted(tiny_root, tmp_path, monkeypatch):
+    """Ctrl-C while the training step runs (after its first epoch is logged), then a re-run: the
+    study continues the same run from _last.pt, and leaves no other checkpoint behind."""
+    work = str(tmp_path / "w")
+    args = [
+        "--data_root",
+        tiny_root,
+        "--workdir",
+        work,
+        "--steps",
+        "train-simplenet-fakes",
+        "--simplenet_epochs",
+        "2",
+        "-b",
+        "4",
+        "--device",
+        "cpu",
+        "--num_workers",
+        "0",
+        "--no_progress",
+        "--precise_bn",
+        "0",
+    ]
+    shown = Console.output
+
+    def interrupt_after_epoch_1(self, line):
+        shown(self, line)
+        if line.startswith("epoch 1/2"):
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(Console, "output", interrupt_after_epoch_1)
+    code, output = call(args)
+    assert code == 130, output
+    json_path = os.path.join(work, "out", "fakes_dataset_SimpleNet_Adam.json")
+    [first] = load_json(json_path)
+    assert len(first["val_acc"]) == 1 and first["completed"] is False
+    monkeypatch.setattr(Console, "output", shown)
+    code, output = call(args)
+    assert code == 0, output
+    assert "running (resuming its interrupted training after epoch 1)" in output
+    [run] = load_json(json_path)  # the same run, continued: not a second one
+    assert run["run_id"] == first["run_id"] and len(run["val_acc"]) == 2 and run["completed"] is True
+    assert run["val_acc"][0] == first["val_acc"][0]
+    assert sorted(os.listdir(os.path.join(work, "checkpoints"))) == [
+        "fakes_dataset_SimpleNet_Adam.pt",
+        "fakes_dataset_SimpleNet_Adam_last.pt",
+    ]
+    assert (
+        torch.load(os.path.join(work, "checkpoints", "fakes_dataset_SimpleNet_Adam.pt"), weights_only=True)[
+            "run_id"
+        ]
+        == run["run_id"]
+    )
+    code, output = call(args)
+    assert code == 0 and statuses(work)["train-simplenet-fakes"] == "skipped (up to date)"
+
+
 def test_missing_prerequisite_names_the_step_that_makes_it(tiny_root, tmp_path):
-    code, output = call(["--data_root", tiny_root, "--workdir", str(tmp_path), "--no_progress",
-                         "--steps", "numerical-simplenet-fakes"])
+    code, output = call(
+        [
+            "--data_root",
+            tiny_root,
+            "--workdir",
+            str(tmp_path),
+            "--no_progress",
+            "--steps",
+            "numerical-simplenet-fakes",
+        ]
+    )
     assert code == 1
     assert "step numerical-simplenet-fakes needs" in output and "train-simplenet-fakes" in output
     assert statuses(str(tmp_path))["numerical-simplenet-fakes"] == "not run (missing input)"
@@ -310,57 +537,89 @@ def _names(selected):
 
 def test_step_selection_by_name_kind_run_and_pattern():
     settings = run_study.make_settings(run_study.build_parser().parse_args([]), "root", [])
-    plan = run_study.build_plan(settings)
-    assert _names(plan) == ["samples"] + STEPS[1:4] + [
-        f"{k}-{t}" for t in ("simplenet-fakes", "simplenet-synthetic", "xception-synthetic")
-        for k in ("curves", "numerical", "gradcam")] + STEPS[-2:]
+    plan = study_plan.build_plan(settings)
+    assert (
+        _names(plan)
+        == ["samples"]
+        + STEPS[1:4]
+        + [
+            f"{k}-{t}"
+            for t in ("simplenet-fakes", "simplenet-synthetic", "xception-synthetic")
+            for k in ("curves", "numerical", "gradcam")
+        ]
+        + STEPS[-2:]
+    )
     # what --help and the selection errors list is the plan itself
-    assert run_study.step_names_help().split(", ") == _names(plan) + ["report"]
-    assert set(run_study.STEP_KINDS) == {step.kind for step in plan} | {"report"}
-    selected, report = run_study.select_steps(plan, ["train"], None)
+    assert study_plan.step_names() == _names(plan) + ["report"]
+    assert set(study_plan.STEP_KINDS) == {step.kind for step in plan} | {"report"}
+    selected, report = study_plan.select_steps(plan, ["train"], None)
     assert _names(selected) == STEPS[1:4] and report
-    assert _names(run_study.select_steps(plan, ["gradcam-*"], None)[0]) == [
-        "gradcam-simplenet-fakes", "gradcam-simplenet-synthetic", "gradcam-xception-synthetic"]
-    assert _names(run_study.select_steps(plan, ["xception-synthetic"], None)[0]) == [
-        "train-xception-synthetic", "curves-xception-synthetic", "numerical-xception-synthetic",
-        "gradcam-xception-synthetic", "saliency-xception-synthetic"]
-    selected, report = run_study.select_steps(plan, None, ["saliency,report", "samples"])
+    assert _names(study_plan.select_steps(plan, ["gradcam-*"], None)[0]) == [
+        "gradcam-simplenet-fakes",
+        "gradcam-simplenet-synthetic",
+        "gradcam-xception-synthetic",
+    ]
+    assert _names(study_plan.select_steps(plan, ["xception-synthetic"], None)[0]) == [
+        "train-xception-synthetic",
+        "curves-xception-synthetic",
+        "numerical-xception-synthetic",
+        "gradcam-xception-synthetic",
+        "saliency-xception-synthetic",
+    ]
+    selected, report = study_plan.select_steps(plan, None, ["saliency,report", "samples"])
     assert len(selected) == len(STEPS) - 3 and not report
     with pytest.raises(run_study.UserError, match="--skip trian: matches no step"):
-        run_study.select_steps(plan, None, ["trian"])
+        study_plan.select_steps(plan, None, ["trian"])
+    for flag in ("--steps", "--skip"):  # an empty list is not 'every step'
+        code, output = call([flag, "", "--dry_run"])
+        lines = output.strip().splitlines()
+        assert (
+            code == 2
+            and len(lines) == 1
+            and lines[0].endswith(
+                f": error: {flag}: no step named; give at least one (see --help), or leave {flag} out"
+            )
+        ), output
 
 
 def test_study_protocol_and_flags_reach_the_commands():
     args = run_study.build_parser().parse_args([])
-    commands = {s.name: s.command for s in run_study.build_plan(
-        run_study.make_settings(args, "root", ["--no_pretrained"]))}
-    for tag, epochs in (("simplenet-fakes", "5"), ("simplenet-synthetic", "5"),
-                        ("xception-synthetic", "2")):
+    commands = {
+        s.name: s.command
+        for s in study_plan.build_plan(run_study.make_settings(args, "root", ["--no_pretrained"]))
+    }
+    for tag, epochs in (("simplenet-fakes", "5"), ("simplenet-synthetic", "5"), ("xception-synthetic", "2")):
         command = " ".join(commands[f"train-{tag}"])
         assert "-o Adam --lr 0.001 -b 32" in command and f"-e {epochs} " in command
     assert commands["train-xception-synthetic"][-1] == "--no_pretrained"
+    for tag in ("simplenet-fakes", "simplenet-synthetic", "xception-synthetic"):  # the default
+        assert " --precise_bn 64 " in " ".join(commands[f"train-{tag}"]) + " "
+    assert not any("--precise_bn" in c for name, c in commands.items() if not name.startswith("train"))
     assert "--no_pretrained" not in commands["train-simplenet-fakes"]
     assert " ".join(commands["gradcam-xception-synthetic"]).endswith("--faithfulness_images 16")
-    args = run_study.build_parser().parse_args(["--epochs", "3", "--xception_epochs", "1", "-b", "8",
-                                                "--device", "cuda"])
-    commands = {s.name: " ".join(s.command) for s in run_study.build_plan(
-        run_study.make_settings(args, "root", []))}
+    args = run_study.build_parser().parse_args(
+        ["--epochs", "3", "--xception_epochs", "1", "-b", "8", "--device", "cuda", "--precise_bn", "0"]
+    )
+    commands = {
+        s.name: " ".join(s.command) for s in study_plan.build_plan(run_study.make_settings(args, "root", []))
+    }
     assert "-b 8 -e 3 " in commands["train-simplenet-synthetic"]
     assert "-b 8 -e 1 " in commands["train-xception-synthetic"]
     assert "--device cuda" in commands["gradcam-xception-synthetic"]
     assert "--activation_checkpointing" not in " ".join(commands.values())
+    assert "--precise_bn" not in " ".join(commands.values())  # 0: train_main.py's own default
     args = run_study.build_parser().parse_args(["--activation_checkpointing"])
-    commands = {s.name: s.command for s in run_study.build_plan(run_study.make_settings(args, "root", []))}
-    assert [name for name, command in commands.items() if "--activation_checkpointing" in command] == \
-        ["train-xception-synthetic"]
+    commands = {s.name: s.command for s in study_plan.build_plan(run_study.make_settings(args, "root", []))}
+    assert [name for name, command in commands.items() if "--activation_checkpointing" in command] == [
+        "train-xception-synthetic"
+    ]
 
 
 def test_clean_line_keeps_what_a_terminal_shows():
-    assert run_study.clean_line("epoch 1:  10%|#\repoch 1: 100%|##########| 3/3") == \
-        "epoch 1: 100%|##########| 3/3"
-    assert run_study.clean_line("\x1b[Adone  \r") == "done"
-    assert run_study.clean_line("10%\r100%\r") == "100%"  # a trailing return after an earlier one
-    assert run_study.clean_line("plain") == "plain"
+    assert clean_line("epoch 1:  10%|#\repoch 1: 100%|##########| 3/3") == "epoch 1: 100%|##########| 3/3"
+    assert clean_line("\x1b[Adone  \r") == "done"
+    assert clean_line("10%\r100%\r") == "100%"  # a trailing return after an earlier one
+    assert clean_line("plain") == "plain"
 
 
 # ----------------------------------------------------------------------------- ImageNet weights
@@ -386,11 +645,21 @@ def test_no_weights_falls_back_to_random_init_loudly(tiny_root, tmp_path, monkey
 
 def test_found_weights_are_used_and_named(tiny_root, tmp_path, monkeypatch):
     import xception
+
     monkeypatch.delenv("XCEPTION_WEIGHTS", raising=False)
     weights = tmp_path / "xception-c0a72b38.pth.tar"
     torch.save(xception.Xception().state_dict(), weights)
-    code, plan = call(["--data_root", tiny_root, "--workdir", str(tmp_path / "w"), "--dry_run",
-                       "--xception_weights", str(weights)])
+    code, plan = call(
+        [
+            "--data_root",
+            tiny_root,
+            "--workdir",
+            str(tmp_path / "w"),
+            "--dry_run",
+            "--xception_weights",
+            str(weights),
+        ]
+    )
     assert code == 0, plan
     assert "RANDOM" not in plan and f"ImageNet weights {weights}" in plan
     assert _train_xception_line(plan).endswith(f"--xception_weights {weights}")
@@ -407,8 +676,12 @@ def test_demo_data_made_once_when_no_datasets_are_found(tmp_path, monkeypatch):
     assert "using DEMO data in w/data/demo" in output and "generating the demo datasets" in output
     counts = summary_of("w")["data"]["counts"]
     assert counts["fakes_dataset"]["train"]["real"] == 2 * counts["fakes_dataset"]["train"]["fake"] > 0
-    assert all(len(os.listdir(os.path.join("w", "data", "demo", d, s, c))) == counts[d][s][c]
-               for d in counts for s in counts[d] for c in ("real", "fake"))
+    assert all(
+        len(os.listdir(os.path.join("w", "data", "demo", d, s, c))) == counts[d][s][c]
+        for d in counts
+        for s in counts[d]
+        for c in ("real", "fake")
+    )
     assert summary_of("w")["data"]["demo"] is True
     assert "DEMO DATA" in read(os.path.join("w", "out", "study_report.md"))
     assert os.path.isfile(os.path.join("w", "figures", "datasets_samples.png"))
@@ -426,8 +699,19 @@ def test_demo_dir_with_other_data_is_never_replaced(tmp_path, monkeypatch):
     mine = tmp_path / "mine" / "fakes_dataset" / "train" / "real"
     mine.mkdir(parents=True)
     (mine / "keep.png").write_bytes(b"not generated")
-    code, output = call(["--workdir", "w", "--demo_dir", "mine", "--demo_scale", "0.02",
-                         "--steps", "samples", "--no_progress"])
+    code, output = call(
+        [
+            "--workdir",
+            "w",
+            "--demo_dir",
+            "mine",
+            "--demo_scale",
+            "0.02",
+            "--steps",
+            "samples",
+            "--no_progress",
+        ]
+    )
     assert code == 2, output
     assert os.path.join("mine", "fakes_dataset") in output and "--remake_demo" in output
     assert (mine / "keep.png").read_bytes() == b"not generated"
@@ -443,14 +727,14 @@ def test_setup_env_installs_only_when_requirements_change(tmp_path):
     tmp_path.mkdir()
     (tmp_path / "base.txt").write_text("# nothing to install\n")
     (tmp_path / "dev.txt").write_text("-r base.txt\n")
-    script = (f"set -euo pipefail; source {shlex.quote(ROOT)}/scripts/setup_env.sh; "
-              f"setup_env {shlex.quote(str(tmp_path / 'dev.txt'))}; echo \"python=$VENV_PYTHON\"")
-    env = {**os.environ, "VENV": str(tmp_path / "venv"), "PYTHON": sys.executable,
-           "PIP_NO_INDEX": "1"}
+    script = (
+        f"set -euo pipefail; source {shlex.quote(ROOT)}/scripts/setup_env.sh; "
+        f'setup_env {shlex.quote(str(tmp_path / "dev.txt"))}; echo "python=$VENV_PYTHON"'
+    )
+    env = {**os.environ, "VENV": str(tmp_path / "venv"), "PYTHON": sys.executable, "PIP_NO_INDEX": "1"}
 
     def setup() -> str:
-        done = subprocess.run(["bash", "-c", script], env=env, capture_output=True, text=True,
-                              timeout=300)
+        done = subprocess.run(["bash", "-c", script], env=env, capture_output=True, text=True, timeout=300)
         assert done.returncode == 0, done.stderr
         return done.stderr + done.stdout
 
@@ -461,23 +745,33 @@ def test_setup_env_installs_only_when_requirements_change(tmp_path):
     assert "creating" not in second and "installing" not in second
     (tmp_path / "base.txt").write_text("# nothing to install, changed\n")  # an included file
     assert "installing dev.txt" in setup()
-    bad = subprocess.run(["bash", "-c", script], capture_output=True, text=True, timeout=60,
-                         env={**env, "VENV": str(tmp_path / "venv2"), "PYTHON": "no-such-python"})
+    bad = subprocess.run(
+        ["bash", "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**env, "VENV": str(tmp_path / "venv2"), "PYTHON": "no-such-python"},
+    )
     assert bad.returncode != 0 and "no-such-python not found" in bad.stderr
-    subprocess.run([sys.executable, "-m", "venv", "--clear", "--without-pip", str(tmp_path / "venv")],
-                   check=True)
+    subprocess.run(
+        [sys.executable, "-m", "venv", "--clear", "--without-pip", str(tmp_path / "venv")], check=True
+    )
     repaired = setup()  # e.g. made where python3-venv was missing: no pip in it
     assert "creating the virtual environment" in repaired and "installing dev.txt" in repaired
 
 
 def test_run_scripts_share_the_setup_and_call_their_commands():
-    for name, command in (("run_me.sh", 'exec "$VENV_PYTHON" "$HERE/run_study.py" "$@"'),
-                          ("run_tests.sh", 'exec "$VENV_PYTHON" -m pytest -q "$@"')):
+    for name, command in (
+        ("run_me.sh", 'exec "$VENV_PYTHON" "$HERE/run_study.py" "$@"'),
+        ("run_tests.sh", 'exec "$VENV_PYTHON" -m pytest -q "$@"'),
+    ):
         path = os.path.join(ROOT, name)
         assert os.access(path, os.X_OK), f"{name} is not executable"
         text = read(path)
         assert 'source "$HERE/scripts/setup_env.sh"' in text and command in text
-    assert "setup_env \"$HERE/requirements-dev.txt\"" in read(os.path.join(ROOT, "run_tests.sh"))
+    assert 'setup_env "$HERE/requirements-dev.txt"' in read(os.path.join(ROOT, "run_tests.sh"))
     assert "testpaths = tests" in read(os.path.join(ROOT, "pytest.ini"))
     assert read(os.path.join(ROOT, "requirements-dev.txt")).splitlines()[1:3] == [
-        "-r requirements.txt", "pytest>=8.0"]
+        "-r requirements.txt",
+        "pytest>=8.0",
+    ]

@@ -1,0 +1,170 @@
+"""Which data the study uses: the datasets where they are found, else demo data made once."""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from dataclasses import dataclass
+
+from cli import UserError
+from faces_dataset import CLASS_DIRS, list_images
+from fileio import atomic_write_json
+from study.plan import HERE
+from study.runner import Console, StepFailed, run_command
+from study.stamps import read_json_object
+from utils import DATA_ROOT_ENV, DATASET_NAMES, DEFAULT_DATA_ROOT, SPLITS, resolve_data_root
+
+DEMO_STAMP = ".study_demo.json"
+
+
+@dataclass
+class DataChoice:
+    """The data root, where it came from, and whether it is demo data (with its settings)."""
+
+    root: str
+    origin: str
+    demo: bool
+    demo_settings: dict | None = None
+    missing: bool = False  # --dry_run: demo data not generated yet
+    generated_seconds: float | None = None  # made by this invocation, in this many seconds
+    counts: dict | None = None  # {dataset: {split: {"real": n, "fake": n}}}
+
+    def describe_counts(self) -> str:
+        total = sum(c for d in self.counts.values() for s in d.values() for c in s.values())
+        return (
+            f"{total} images; "
+            + "; ".join(
+                f"{d} " + ", ".join(f"{s} {c['real']}/{c['fake']}" for s, c in self.counts[d].items())
+                for d in DATASET_NAMES
+            )
+            + " (real/fake)"
+        )
+
+
+def data_counts(data_root: str) -> dict:
+    """{dataset: {split: {"real": n, "fake": n}}}; raises UserError naming a missing folder."""
+    counts = {}
+    for dataset in DATASET_NAMES:
+        counts[dataset] = {}
+        for split in SPLITS:
+            counts[dataset][split] = {}
+            for class_dir in CLASS_DIRS:
+                folder = os.path.join(data_root, dataset, split, class_dir)
+                if not os.path.isdir(folder):
+                    raise UserError(
+                        f"{folder}: missing; the data root {data_root} must hold "
+                        f"{{fakes_dataset,synthetic_dataset}}/{{train,val,test}}/"
+                        f"{{real,fake}}/ (or use the demo data: leave --data_root out)"
+                    )
+                counts[dataset][split][class_dir] = len(list_images(folder))
+    return counts
+
+
+def read_demo_stamp(demo_dir: str) -> dict | None:
+    return read_json_object(os.path.join(demo_dir, DEMO_STAMP)) or None
+
+
+def demo_complete(demo_dir: str) -> bool:
+    return all(
+        os.path.isdir(os.path.join(demo_dir, d, s, c))
+        for d in DATASET_NAMES
+        for s in SPLITS
+        for c in CLASS_DIRS
+    )
+
+
+def choose_data(args, console: Console, logs_dir: str) -> DataChoice:
+    """Resolve the data root like ``utils.resolve_data_root``; fall back to demo data (made once)."""
+    explicit = args.data_root or os.environ.get(DATA_ROOT_ENV)
+    if explicit or os.path.isdir(DEFAULT_DATA_ROOT):
+        root = resolve_data_root(args.data_root)
+        origin = (
+            "--data_root" if args.data_root else f"${DATA_ROOT_ENV}" if explicit else "the default location"
+        )
+        stamp = read_demo_stamp(root)
+        demo = stamp is not None or os.path.abspath(root) == os.path.abspath(args.demo_dir)
+        console.say(
+            f"data: {root} (from {origin})" + (" - demo data made by make_demo_datasets.py" if demo else "")
+        )
+        return DataChoice(root, origin, demo, stamp)
+    console.say(
+        f"data: no datasets found (--data_root not given, ${DATA_ROOT_ENV} not set, "
+        f"{os.path.abspath(DEFAULT_DATA_ROOT)} missing): using DEMO data in {args.demo_dir}"
+    )
+    return demo_data(args, console, logs_dir)
+
+
+def demo_data(args, console: Console, logs_dir: str) -> DataChoice:
+    """The demo data in --demo_dir: reused when it is there with the asked-for settings, else made
+    (only over a folder run_study.py made, or with --remake_demo)."""
+    demo_dir = args.demo_dir
+    wanted = {"scale": args.demo_scale, "seed": args.demo_seed}
+    stamp = read_demo_stamp(demo_dir)
+    if demo_complete(demo_dir) and not args.remake_demo:
+        if stamp is not None and {k: stamp.get(k) for k in wanted} != wanted:
+            raise UserError(
+                f"{demo_dir} holds demo data made with scale {stamp.get('scale')}, seed "
+                f"{stamp.get('seed')}, not the --demo_scale {args.demo_scale} / "
+                f"--demo_seed {args.demo_seed} asked for; pass --remake_demo to "
+                f"regenerate it, or choose another --demo_dir"
+            )
+        console.say(f"data: demo data already generated in {demo_dir}; reusing it")
+        return DataChoice(
+            demo_dir,
+            "demo",
+            True,
+            stamp or {"scale": None, "seed": None, "note": "made outside run_study.py; settings unknown"},
+        )
+    if args.dry_run:
+        console.say(f"data: would generate demo data into {demo_dir} (scale {args.demo_scale})")
+        return DataChoice(demo_dir, "demo", True, wanted, missing=True)
+    seconds = make_demo_data(args, stamp is not None, console, logs_dir)
+    atomic_write_json(
+        os.path.join(demo_dir, DEMO_STAMP),
+        {**wanted, "generated": time.strftime("%Y-%m-%dT%H:%M:%S"), "seconds": round(seconds, 1)},
+    )
+    console.say(f"data: demo data ready in {demo_dir} ({seconds:.0f} s)")
+    return DataChoice(
+        demo_dir, "demo", True, read_demo_stamp(demo_dir) or wanted, generated_seconds=round(seconds, 2)
+    )
+
+
+def make_demo_data(args, ours: bool, console: Console, logs_dir: str) -> float:
+    """Run make_demo_datasets.py into --demo_dir; its seconds. Never over other data."""
+    demo_dir = args.demo_dir
+    console.say(
+        f"data: generating the demo datasets into {demo_dir} (once; scale "
+        f"{args.demo_scale}, seed {args.demo_seed}) ..."
+    )
+    argv = [
+        sys.executable,
+        os.path.join(HERE, "make_demo_datasets.py"),
+        "--out",
+        demo_dir,
+        "--scale",
+        repr(args.demo_scale),
+        "--seed",
+        str(args.demo_seed),
+    ]
+    if args.remake_demo or ours:
+        argv.append("--force")  # ours (or asked for): only the dataset folders are replaced
+    else:
+        from make_demo_datasets import is_non_empty
+
+        foreign = [d for d in DATASET_NAMES if is_non_empty(os.path.join(demo_dir, d))]
+        if foreign:
+            raise UserError(
+                f"{os.path.join(demo_dir, foreign[0])}: exists but is not complete demo "
+                f"data made by run_study.py (no {DEMO_STAMP} in {demo_dir}); pass "
+                "--remake_demo to replace it with demo data, or choose another --demo_dir"
+            )
+    log = os.path.join(logs_dir, "demo-data.log")
+    outcome = run_command("demo-data", argv, log, console)
+    if outcome.code != 0:
+        for line in outcome.tail[-15:]:
+            print(f"    {line}", file=sys.stderr)
+        raise StepFailed(
+            "demo-data", f"generating the demo data failed (exit code {outcome.code}); see its log {log}"
+        )
+    return outcome.seconds

@@ -1,0 +1,330 @@
+"""The report's numbers of each run (from its runs JSON and metrics JSON), the study's documented
+results they are compared with, and the one-sentence verdict."""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass, field
+
+from cli import UserError
+from fileio import read_runs
+from study.plan import OPTIMIZER, RunSpec, Settings, metrics_json_path, runs_json_path
+from study.stamps import read_json_object
+
+STUDY_SOURCE = (
+    "the study's results (docs/design.md, Reference results: best val acc, test acc at "
+    "that epoch, AUC of score B)"
+)
+
+
+@dataclass(frozen=True)
+class Reference:
+    """What the study documents for one run. ``about``: the study gives only "about X %": the
+    number is shown beside it, with no within/outside verdict."""
+
+    label: str
+    val_acc: tuple | None
+    test_acc: tuple | None
+    auc_b: tuple | None
+    report: str | None = None  # the study report's own best val / test accuracy
+    note: str | None = None
+    about: float | None = None
+    about_auc: float | None = None
+
+    def source(self) -> str:
+        own = f"; its report: {self.report} %" if self.report else ""
+        return f"{STUDY_SOURCE}, {self.label}{own}"
+
+
+STUDY_NUMBERS = {
+    "simplenet-fakes": Reference(
+        "SimpleNet, fakes_dataset", (84, 91), (81, 88), (0.88, 0.95), report="83.95 / 76.57"
+    ),
+    "simplenet-synthetic": Reference(
+        "SimpleNet, synthetic_dataset",
+        None,
+        None,
+        None,
+        report="50.12 / 49.95",
+        note="a constant classifier",
+        about=50,
+        about_auc=0.5,
+    ),
+    "xception-synthetic": Reference(
+        "XceptionBased (ImageNet init), synthetic_dataset",
+        (96, 99),
+        (96, 99),
+        (0.995, 1.0),
+        report="98.72 / 98.82",
+    ),
+    "xception-synthetic-random": Reference(
+        "XceptionBased from random init, synthetic_dataset", (50, 60), (50, 60), None
+    ),
+}
+STUDY_PROTOCOL = {"optimizer": OPTIMIZER, "lr": 0.001, "batch_size": 32}
+# The study's answers about the models (its questions Q21, Q22, Q24) and its parameter counts.
+STUDY_MODEL_FACTS = {
+    "SimpleNet": 16_901_762,
+    "XceptionBased": 23_128_786,
+    "head_in_features": 2048,
+    "backbone_params": 22_855_952,
+    "head_params": 2_321_834,
+}
+
+
+def finite(value) -> float | None:
+    if isinstance(value, bool) or value is None:
+        return None
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        return None
+    return value if math.isfinite(value) else None
+
+
+def _mean(values) -> float | None:
+    values = [v for v in (finite(v) for v in values or []) if v is not None]
+    return sum(values) / len(values) if values else None
+
+
+@dataclass
+class Protocol:
+    """How one run was trained, as its own JSON entry records it."""
+
+    optimizer: str | None = None
+    lr: float | None = None
+    batch_size: int | None = None
+    epochs: int | None = None
+    precise_bn: int | None = None  # None: the run does not record it
+
+    @classmethod
+    def of_run(cls, run: dict) -> Protocol:
+        args = run.get("args") if isinstance(run.get("args"), dict) else {}
+        optimizer = run.get("optimizer") if isinstance(run.get("optimizer"), dict) else {}
+        params = optimizer.get("params") if isinstance(optimizer.get("params"), dict) else {}
+        return cls(
+            optimizer=args.get("optimizer", optimizer.get("name")),
+            lr=args.get("lr", params.get("lr")),
+            batch_size=args.get("batch_size"),
+            epochs=args.get("epochs"),
+            precise_bn=run.get("precise_bn", args.get("precise_bn")),
+        )
+
+    def text(self) -> str:
+        bn = (
+            "precise BatchNorm statistics not recorded"
+            if self.precise_bn is None
+            else "precise BatchNorm off"
+            if not self.precise_bn
+            else f"precise BatchNorm over {self.precise_bn} training batches"
+        )
+        return (
+            f"{self.optimizer or '?'}, lr {_g(self.lr)}, batch {self.batch_size or '?'}, "
+            f"{self.epochs or '?'} epochs, {bn}"
+        )
+
+    def differences(self, has_batchnorm: bool) -> list[str]:
+        """How it differs from the study's protocol (precise BatchNorm only changes a model that
+        has BatchNorm layers)."""
+        out = [
+            f"{key.replace('_size', '')} {_g(getattr(self, key))} instead of {_g(value)}"
+            for key, value in STUDY_PROTOCOL.items()
+            if getattr(self, key) is not None and getattr(self, key) != value
+        ]
+        if self.precise_bn and has_batchnorm:
+            out.append(
+                f"precise BatchNorm statistics ({self.precise_bn} batches), which the study did not use"
+            )
+        return out
+
+
+def _g(value) -> str:
+    return "?" if value is None else f"{value:g}" if isinstance(value, float) else str(value)
+
+
+@dataclass
+class RunNumbers:
+    """The report's numbers of one run: its last training run, and its analysis sections."""
+
+    model: str
+    dataset: str
+    json: str
+    metrics_json: str
+    problem: str | None = None
+    n_runs_in_json: int = 0
+    epochs: int = 0
+    pretrained: bool | None = None
+    n_params_trained: int | None = None
+    best_val_epoch: int | None = None
+    best_val_acc: float | None = None
+    test_acc_at_best: float | None = None
+    epoch_seconds: float | None = None
+    train_images_per_sec: float | None = None
+    eval_images_per_sec: float | None = None
+    device: str | None = None
+    activation_checkpointing: bool | None = None
+    run_started: str | None = None
+    run_id: str | None = None
+    protocol: Protocol | None = None
+    auc: float | None = None  # of P(fake)
+    auc_a: float | None = None  # of score A (column 0; what it is: ``score_of``)
+    auc_b: float | None = None
+    scores: str | None = None  # older metrics JSONs: "softmax" when A and B were probabilities
+    score_of: dict | None = None  # metric -> the score it uses, as the metrics JSON says
+    eer: float | None = None
+    ap: float | None = None
+    test_accuracy_analysis: float | None = None
+    n_test: int | None = None
+    grad_cam_faithfulness_gap: float | None = None
+    grad_cam_images: int | None = None
+    study: dict = field(default_factory=dict)
+    verdict: str = ""
+
+
+def _last_run(numbers: RunNumbers) -> dict:
+    """The JSON's last run ({} when absent or unreadable, the problem noted)."""
+    if not os.path.exists(numbers.json):  # absent: not trained yet
+        return {}
+    try:
+        runs = read_runs(numbers.json)
+    except UserError as exc:  # names the file and says what to do
+        numbers.problem = str(exc)
+        return {}
+    numbers.n_runs_in_json = len(runs)
+    return runs[-1] if runs else {}
+
+
+def run_numbers(settings: Settings, run: RunSpec) -> RunNumbers:
+    """The numbers of one run, each from the JSON entry or section that holds it."""
+    n = RunNumbers(run.model, run.dataset, runs_json_path(settings, run), metrics_json_path(settings, run))
+    last = _last_run(n)
+    val_acc, test_acc = last.get("val_acc") or [], last.get("test_acc") or []
+    best = last.get("best_epoch")
+    if best is None and val_acc:  # older runs without the key: first epoch of the best val acc
+        best = 1 + max(range(len(val_acc)), key=lambda i: (val_acc[i], -i))
+
+    def at_best(values: list):
+        return values[best - 1] if best and len(values) >= best else None
+
+    n.epochs, n.best_val_epoch = len(val_acc), best
+    n.pretrained = last.get("pretrained") if run.model == "XceptionBased" else None
+    n.n_params_trained, n.device, n.run_id = last.get("n_params"), last.get("device"), last.get("run_id")
+    n.best_val_acc = finite(last.get("best_val_acc", at_best(val_acc)))
+    n.test_acc_at_best = finite(last.get("test_acc_at_best", at_best(test_acc)))
+    n.epoch_seconds = _mean(last.get("epoch_seconds"))
+    n.train_images_per_sec = _mean(last.get("train_images_per_sec"))
+    n.eval_images_per_sec = _mean(last.get("eval_images_per_sec"))
+    n.activation_checkpointing, n.run_started = last.get("activation_checkpointing"), last.get("started")
+    n.protocol = Protocol.of_run(last) if last else None
+    metrics = read_json_object(n.metrics_json)
+    numerical, grad_cam = metrics.get("numerical") or {}, metrics.get("grad_cam") or {}
+    n.auc_a, n.auc_b = finite(numerical.get("auc_a")), finite(numerical.get("auc_b"))
+    n.auc = finite(numerical.get("auc", numerical.get("auc_b")))
+    n.scores, n.score_of = numerical.get("scores"), numerical.get("score_of")
+    n.eer, n.ap = finite(numerical.get("eer")), finite(numerical.get("ap"))
+    n.test_accuracy_analysis, n.n_test = finite(numerical.get("accuracy")), numerical.get("n_samples")
+    n.grad_cam_faithfulness_gap = finite(grad_cam.get("faithfulness_gap"))
+    n.grad_cam_images = grad_cam.get("n_images")
+    return n
+
+
+def study_reference(run: RunSpec, pretrained) -> Reference:
+    if run.model == "XceptionBased" and pretrained is False:
+        return STUDY_NUMBERS["xception-synthetic-random"]
+    return STUDY_NUMBERS[run.tag]
+
+
+def range_text(ref: Reference, key: str) -> str:
+    """The study's figure for ``key`` (val_acc, test_acc, auc_b) as it documents it."""
+    percent = key != "auc_b"
+    about = ref.about if percent else ref.about_auc
+    if about is not None:
+        return f"about {about:g}" + (" %" if percent else "")
+    rng = getattr(ref, key)
+    if rng is None:
+        return "-"
+    return f"{rng[0]}-{rng[1]} %" if percent else f"{rng[0]}-{rng[1]}"
+
+
+def imagenet_note() -> str:
+    """What the study saw with and without ImageNet weights for XceptionBased."""
+    return (
+        f"The study's {range_text(STUDY_NUMBERS['xception-synthetic'], 'val_acc')} needs "
+        "ImageNet weights; from random initialisation the study saw "
+        f"{range_text(STUDY_NUMBERS['xception-synthetic-random'], 'val_acc')}."
+    )
+
+
+def _compare(value, rng) -> str | None:
+    if value is None or rng is None:
+        return None
+    return "within" if rng[0] <= value <= rng[1] else ("below" if value < rng[0] else "above")
+
+
+def _position(n: RunNumbers, ref: Reference, qualifier: str = "") -> str:
+    """Where the run lies against the study's documented ranges; only a range gives a verdict."""
+    where = [
+        w
+        for w in (
+            _compare(n.best_val_acc, ref.val_acc),
+            _compare(n.test_acc_at_best, ref.test_acc),
+            _compare(n.auc_b, ref.auc_b),
+        )
+        if w
+    ]
+    study = ", ".join(
+        f"{label} {range_text(ref, key)}"
+        for label, key in (("val", "val_acc"), ("test", "test_acc"), ("AUC(B)", "auc_b"))
+        if range_text(ref, key) != "-"
+    )
+    if not where:  # "about X": shown beside, no verdict
+        return f"beside the study's {qualifier}{study}" + (f" ({ref.note})" if ref.note else "")
+    position = (
+        f"{where[0]} the study's"
+        if all(w == where[0] for w in where)
+        else "partly within, partly outside the study's"
+    )
+    return f"{position} {qualifier}{study}"
+
+
+def _why(run: RunSpec, n: RunNumbers, demo: bool) -> list[str]:
+    """How this run differs from the study's, as far as its records tell."""
+    why = ["demo data, not the course datasets"] if demo else []
+    if run.model == "XceptionBased" and n.pretrained is False:
+        why.append(
+            "RANDOM initialisation, no ImageNet weights (the study's "
+            f"{range_text(STUDY_NUMBERS['xception-synthetic'], 'val_acc')} needs them)"
+        )
+    if n.epochs and n.epochs != run.default_epochs:
+        why.append(f"{n.epochs} epoch{'s' if n.epochs != 1 else ''} instead of {run.default_epochs}")
+    return why + (n.protocol.differences(run.model == "XceptionBased") if n.protocol else [])
+
+
+def verdict(run: RunSpec, n: RunNumbers, demo: bool) -> str:
+    """One short, honest sentence: how this run compares with the study, and why where known."""
+    if n.best_val_acc is None:
+        if n.problem:
+            return f"Its training results cannot be read: {n.problem}."
+        return "Not trained yet (no run in its metrics JSON): nothing to compare."
+    ref = study_reference(run, n.pretrained)
+    got = (
+        [f"val {n.best_val_acc:.1f} %"]
+        + ([f"test {n.test_acc_at_best:.1f} %"] if n.test_acc_at_best is not None else [])
+        + ([f"AUC(B) {n.auc_b:.2f}"] if n.auc_b is not None else [])
+    )
+    random_init = run.model == "XceptionBased" and n.pretrained is False
+    why = _why(run, n, demo)
+    speed = ""
+    if n.activation_checkpointing:
+        rate = (
+            f": {n.train_images_per_sec:.1f} training images/s in this run" if n.train_images_per_sec else ""
+        )
+        speed = f" Trained with activation checkpointing to fit the memory (the same numbers, slower{rate})."
+    position = _position(n, ref, "random-init " if random_init else "")
+    return (
+        f"{', '.join(got)}: {position}"
+        + (f"; differences from the study: {'; '.join(why)}" if why else "")
+        + "."
+        + speed
+    )

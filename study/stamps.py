@@ -1,0 +1,217 @@
+"""When a step is up to date, and when an interrupted training is resumed.
+
+The rule: a step is skipped when its stamp says it finished with the same command, its outputs are
+still the ones it wrote, and none of its inputs (data, the files of earlier steps, its code) changed
+since it started; --force runs it anyway. A training step that did not finish is resumed when its
+``_last.pt`` holds an unfinished run of that same command.
+"""
+
+from __future__ import annotations
+
+import ast
+import hashlib
+import json
+import os
+import time
+from dataclasses import asdict, dataclass, field, fields
+
+import torch
+
+from faces_dataset import CLASS_DIRS, list_images
+from fileio import atomic_write_json
+from study.plan import HERE, Step
+
+STAMP_VERSION = 2
+RULE = (
+    "a step is skipped when it last finished with the same command, its outputs are still the "
+    "ones it wrote, and its inputs (data, earlier steps' files, its code) are older than that "
+    "run; --force runs it anyway"
+)
+
+
+@dataclass
+class Stamp:
+    """What a step last ran: its command, when it started, whether it finished, what it wrote."""
+
+    command: list[str]
+    started_ns: int
+    finished: bool = False
+    outputs: dict[str, str | None] = field(default_factory=dict)  # path -> signature when done
+    seconds: float | None = None  # of the last run that finished
+    cpu_seconds: float | None = None
+    max_rss_mb: float | None = None
+    finished_at: str | None = None
+    version: int = STAMP_VERSION
+
+    @classmethod
+    def from_json(cls, content) -> Stamp | None:
+        names = {f.name for f in fields(cls)}
+        if not isinstance(content, dict) or not {"command", "started_ns"} <= set(content):
+            return None
+        return cls(**{k: v for k, v in content.items() if k in names})
+
+
+# ----------------------------------------------------------------------------- signatures
+def read_json_object(path: str) -> dict:
+    try:
+        with open(path) as handle:
+            content = json.load(handle)
+        return content if isinstance(content, dict) else {}
+    except (OSError, ValueError):
+        return {}
+
+
+def output_signature(path: str, section: str | None = None) -> str | None:
+    """What an output is now: the file's size and modification time, or for a section of a shared
+    JSON (which other steps also write), a digest of that section. None: missing."""
+    if section is not None:
+        content = read_json_object(path).get(section)
+        if content is None:
+            return None
+        return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return f"{st.st_size}:{st.st_mtime_ns}"
+
+
+def _mtime(path: str) -> int | None:
+    try:
+        return os.stat(path).st_mtime_ns
+    except OSError:
+        return None
+
+
+def data_mtime(folder: str) -> int | None:
+    """The last change in a split folder: its images, and its class folders (an image added or
+    removed changes them)."""
+    times = [_mtime(folder)]
+    for class_dir in CLASS_DIRS:
+        path = os.path.join(folder, class_dir)
+        if os.path.isdir(path):
+            times.append(_mtime(path))
+            times += [_mtime(os.path.join(path, name)) for name in list_images(path)]
+    return None if times[0] is None else max(t for t in times if t is not None)
+
+
+def code_files(script: str) -> list[str]:
+    """The script and every module of this folder it imports, directly or not."""
+    seen, todo = [], [script]
+    while todo:
+        name = todo.pop()
+        if name in seen:
+            continue
+        seen.append(name)
+        try:
+            with open(os.path.join(HERE, name), encoding="utf-8") as handle:
+                tree = ast.parse(handle.read())
+        except (OSError, SyntaxError, ValueError):
+            continue
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                modules = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+                modules = [node.module]
+            else:
+                continue
+            todo += [
+                m.split(".")[0] + ".py"
+                for m in modules
+                if os.path.isfile(os.path.join(HERE, m.split(".")[0] + ".py"))
+            ]
+    return sorted(seen)
+
+
+def changed_since(step: Step, started_ns: int) -> str | None:
+    """Why the step's inputs are not older than ``started_ns`` (None: none changed since)."""
+    checks = [(f"input {p}", _mtime(p)) for p in step.inputs]
+    checks += [(f"data in {p}", data_mtime(p)) for p in step.data]
+    checks += [(f"code {name}", _mtime(os.path.join(HERE, name))) for name in code_files(step.script)]
+    for what, mtime in checks:
+        if mtime is None:
+            return f"{what} is missing"
+        if mtime > started_ns:
+            return f"{what} changed"
+    return None
+
+
+# ----------------------------------------------------------------------------- stamps
+class Stamps:
+    """One JSON per step under ``<out_dir>/.study_stamps``: what the step last ran."""
+
+    def __init__(self, out_dir: str):
+        self.folder = os.path.join(out_dir, ".study_stamps")
+
+    def path(self, step: Step) -> str:
+        return os.path.join(self.folder, f"{step.name}.json")
+
+    def read(self, step: Step) -> Stamp | None:
+        return Stamp.from_json(read_json_object(self.path(step)) or None)
+
+    def start(self, step: Step, previous: Stamp | None) -> Stamp:
+        """Record that the step starts now (unfinished until ``finish``); the last finished run's
+        usage is kept for the report."""
+        stamp = Stamp(command=step.command, started_ns=time.time_ns())
+        if previous is not None:
+            stamp.seconds, stamp.cpu_seconds = previous.seconds, previous.cpu_seconds
+            stamp.max_rss_mb = previous.max_rss_mb
+        atomic_write_json(self.path(step), asdict(stamp))
+        return stamp
+
+    def finish(
+        self, step: Step, stamp: Stamp, seconds: float, cpu_seconds: float | None, max_rss_mb: float | None
+    ) -> None:
+        """Record that the step finished, with the signatures of what it wrote."""
+        stamp.finished = True
+        stamp.outputs = {p: output_signature(p, step.sections.get(p)) for p in step.outputs}
+        stamp.seconds, stamp.cpu_seconds, stamp.max_rss_mb = round(seconds, 3), cpu_seconds, max_rss_mb
+        stamp.finished_at = time.strftime("%Y-%m-%dT%H:%M:%S")
+        atomic_write_json(self.path(step), asdict(stamp))
+
+
+def stale_reason(step: Step, stamp: Stamp | None) -> str | None:
+    """None when the step is up to date (see ``RULE``), else why it must run."""
+    if stamp is None:
+        return "not run yet"
+    if stamp.version != STAMP_VERSION:
+        return "its stamp is from an older run_study.py"
+    if stamp.command != step.command:
+        return "its command changed"
+    if not stamp.finished:
+        return "it did not finish last time"
+    for path in step.outputs:
+        section = step.sections.get(path)
+        signature = output_signature(path, section)
+        if signature is None:
+            return f"output {path} is missing" if section is None else f"{path} has no '{section}' section"
+        if signature != stamp.outputs.get(path):
+            return f"output {path} was changed since this step made it"
+    return changed_since(step, stamp.started_ns)
+
+
+def resume_reason(step: Step, stamp: Stamp | None) -> str | None:
+    """Why the step can continue its own interrupted training (None: it starts afresh).
+
+    It can when its last start had the same command, nothing it reads changed since, and its
+    ``_last.pt`` holds an unfinished run of exactly that command (so resuming keeps the run's id:
+    no other run's checkpoint is moved aside).
+    """
+    if (
+        step.resume_from is None
+        or stamp is None
+        or stamp.finished
+        or stamp.command != step.command
+        or stamp.version != STAMP_VERSION
+        or changed_since(step, stamp.started_ns)
+    ):
+        return None
+    try:
+        last = torch.load(step.resume_from, map_location="cpu", weights_only=True, mmap=True)
+        run, epoch = last["run"], int(last["epoch"])
+    except Exception:  # missing, unreadable or not a full-state checkpoint: start afresh
+        return None
+    argv = [a for a in (run.get("argv") or [])[1:] if a != "--resume"] if isinstance(run, dict) else []
+    if argv != step.args or run.get("completed"):
+        return None
+    return f"resuming its interrupted training after epoch {epoch}"
