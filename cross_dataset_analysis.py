@@ -27,7 +27,7 @@ def build_parser() -> ArgumentParser:
         description="Evaluate every trained checkpoint on the test split of every dataset: a "
                     "train-dataset x test-dataset matrix of AUC, accuracy and EER of P(fake), as a "
                     "table, heat maps and JSON.")
-    parser.add_argument("--checkpoints", nargs="+", default=None, metavar="SPEC",
+    parser.add_argument("--checkpoints", nargs="+", default=None, metavar="CKPT",
                         help="checkpoints as DATASET:MODEL:PATH (the dataset it was trained on), or "
                              "paths named <dataset>_<model>_<optimizer>.pt; default: every "
                              "<dataset>_<model>_<optimizer>.pt in --checkpoint_dir")

@@ -1,4 +1,4 @@
-"""Real-vs-fake faces dataset (SPEC section 1).
+"""Real-vs-fake faces dataset (docs/design.md#data-contract).
 
 A split folder (for example ``<data root>/fakes_dataset/train``) holds ``real/`` and ``fake/``.
 ``FacesDataset`` lists both (sorted file names, so runs repeat), indexes all real images first and

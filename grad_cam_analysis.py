@@ -1,4 +1,4 @@
-"""Grad-CAM (Selvaraju et al. 2017, through pytorch-grad-cam) of a trained model (SPEC section 4).
+"""Grad-CAM (Selvaraju et al. 2017, through pytorch-grad-cam) of a trained model (docs/design.md#grad-cam).
 
     python grad_cam_analysis.py -m SimpleNet -cpp checkpoints/fakes_dataset_SimpleNet_Adam.pt -d fakes_dataset
 

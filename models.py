@@ -1,4 +1,4 @@
-"""The study's two detectors (SPEC section 2): SimpleNet and the Xception-based model."""
+"""The study's two detectors (docs/design.md#models): SimpleNet and the Xception-based model."""
 from __future__ import annotations
 
 import torch

@@ -1,4 +1,4 @@
-"""ROC and DET curves and detection metrics of a trained model on a test split (SPEC section 4).
+"""ROC and DET curves and detection metrics of a trained model on a test split (docs/design.md#roc-and-det-scores).
 
     python numerical_analysis.py -m SimpleNet -cpp checkpoints/fakes_dataset_SimpleNet_Adam.pt -d fakes_dataset
 

@@ -1,4 +1,4 @@
-"""Plot train/val/test loss and accuracy over epochs from a metrics JSON (SPEC section 4).
+"""Plot train/val/test loss and accuracy over epochs from a metrics JSON (docs/design.md#output-names).
 
     python plot_accuracy_and_loss.py -m SimpleNet -j out/fakes_dataset_SimpleNet_Adam.json -d fakes_dataset
 

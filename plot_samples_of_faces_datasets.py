@@ -1,4 +1,4 @@
-"""Show one real and one fake training image of each dataset (SPEC section 4).
+"""Show one real and one fake training image of each dataset (docs/design.md#output-names).
 
     python plot_samples_of_faces_datasets.py [--data_root DIR] [--seed 0]
 

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The whole study in one command (SPEC section 4): set up .venv if needed, then run run_study.py.
+# The whole study in one command (docs/design.md#study-runner): set up .venv if needed, then run run_study.py.
 #
 #   ./run_me.sh                      # everything; steps already up to date are skipped
 #   ./run_me.sh --help               # all flags (data root, epochs, device, --steps/--skip, --force)

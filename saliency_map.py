@@ -1,4 +1,4 @@
-"""Saliency maps (Simonyan et al. 2014) of a trained model on a test split (SPEC section 4).
+"""Saliency maps (Simonyan et al. 2014) of a trained model on a test split (docs/design.md#saliency).
 
     python saliency_map.py -m SimpleNet -cpp checkpoints/fakes_dataset_SimpleNet_Adam.pt -d fakes_dataset
 

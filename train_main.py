@@ -1,4 +1,4 @@
-"""Train SimpleNet or XceptionBased on one dataset (SPEC section 3).
+"""Train SimpleNet or XceptionBased on one dataset (docs/design.md#training-protocol).
 
     python train_main.py -m SimpleNet -d fakes_dataset -o Adam --lr 0.001 -b 32 -e 5
 

@@ -1,4 +1,4 @@
-"""Training and evaluation engine (SPEC section 3).
+"""Training and evaluation engine (docs/design.md#trainer).
 
 The course contract is kept exactly: ``Trainer(model, optimizer, criterion, batch_size, train_dataset,
 validation_dataset, test_dataset)``, ``train_one_epoch() -> (avg_loss, accuracy %)``,

@@ -30,7 +30,7 @@ DEFAULT_DATA_ROOT = os.path.join("..", "Assignment4_datasets")
 
 # ----------------------------------------------------------------------------- transforms
 class StudyTransform(v2.Compose):
-    """The SPEC transform of one split; ``train`` says whether it augments.
+    """The study's transform of one split (docs/design.md#transforms); ``train`` says whether it augments.
 
     The Trainer recognises it and runs the same arithmetic batched (``augment_uint8`` then
     ``normalize_batch``), so a dataset built by ``load_dataset`` trains identically either way.
@@ -47,7 +47,7 @@ class StudyTransform(v2.Compose):
 
 
 def get_transforms(dataset_part: str) -> StudyTransform:
-    """SPEC transforms, applied to a uint8 3x256x256 tensor (or a PIL image).
+    """The study's transforms, applied to a uint8 3x256x256 tensor (or a PIL image).
 
     train: RandomCrop(256, padding=4), RandomHorizontalFlip, to float in [0, 1], Normalize.
     val/test: to float in [0, 1], Normalize. Cropping and flipping the uint8 image before the
@@ -258,12 +258,12 @@ FIGURE_SUFFIXES = {
     "saliency": ("saliency_maps_and_images_pairs", "mean_saliency_maps"),  # saliency_map.py
     "robustness": ("robustness",),                                         # robustness_analysis.py
 }
-"""The figures of one run, ``<D>_<M>_<suffix>.png``, by the script that writes them: the SPEC
-section 4 figures, the reliability diagram of P(fake) and the robustness curves."""
+"""The figures of one run, ``<D>_<M>_<suffix>.png``, by the script that writes them: the study's
+figures (docs/design.md#output-names), the reliability diagram of P(fake) and the robustness curves."""
 
 
 def figure_path(figures_dir: str, dataset_name: str, model_name: str, suffix: str) -> str:
-    """``<figures_dir>/<D>_<M>_<suffix>.png`` (the SPEC section 4 names)."""
+    """``<figures_dir>/<D>_<M>_<suffix>.png`` (docs/design.md#output-names)."""
     return os.path.join(figures_dir, f"{dataset_name}_{model_name}_{suffix}.png")
 
 
@@ -277,7 +277,7 @@ def add_data_root_flag(parser: argparse.ArgumentParser) -> None:
 
 
 def add_analysis_flags(parser: argparse.ArgumentParser) -> None:
-    """The flags every analysis script shares (SPEC section 4)."""
+    """The flags every analysis script shares (docs/design.md#analysis)."""
     parser.add_argument("--model", "-m", default="XceptionBased", choices=MODEL_NAMES,
                         help="which model the checkpoint holds")
     parser.add_argument("--checkpoint_path", "-cpp", default="checkpoints/XceptionBased.pt",

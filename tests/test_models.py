@@ -1,4 +1,4 @@
-"""Parameter counts and shapes of the study's models (SPEC section 2)."""
+"""Parameter counts and shapes of the study's models (docs/design.md#models)."""
 from __future__ import annotations
 
 import pytest

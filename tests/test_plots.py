@@ -1,4 +1,4 @@
-"""The samples figure picks by label; the curve plots follow SPEC names and titles."""
+"""The samples figure picks by label; the curve plots follow the contract's names and titles."""
 from __future__ import annotations
 
 import json

@@ -1,4 +1,4 @@
-"""The Trainer contract (SPEC section 3) and what the trainer issue adds."""
+"""The Trainer contract (docs/design.md#trainer) and what the trainer issue adds."""
 from __future__ import annotations
 
 import json
