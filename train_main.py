@@ -43,58 +43,76 @@ from utils import (
 
 
 def build_parser() -> ArgumentParser:
+    """The command line, in groups as --help shows them: the course's flags first."""
     parser = ArgumentParser(description="Train a real-vs-fake face classifier and log every epoch.")
-    parser.add_argument("--lr", default=0.001, type=positive_float, help="learning rate")
-    parser.add_argument("--momentum", default=0.9, type=non_negative_float, help="momentum (SGD only)")
-    parser.add_argument("--batch_size", "-b", default=128, type=positive_int,
+    course = parser.add_argument_group("the course's flags")
+    course.add_argument("--lr", default=0.001, type=positive_float, help="learning rate")
+    course.add_argument("--momentum", default=0.9, type=non_negative_float, help="momentum (SGD only)")
+    course.add_argument("--batch_size", "-b", default=128, type=positive_int,
                         help="training batch size (global: split across torchrun processes)")
-    parser.add_argument("--epochs", "-e", default=2, type=positive_int, help="number of epochs")
-    parser.add_argument("--model", "-m", default="SimpleNet", choices=MODEL_NAMES, help="model to train")
-    parser.add_argument("--optimizer", "-o", default="SGD", choices=OPTIMIZER_NAMES,
+    course.add_argument("--epochs", "-e", default=2, type=positive_int, help="number of epochs")
+    course.add_argument("--model", "-m", default="SimpleNet", choices=MODEL_NAMES, help="model to train")
+    course.add_argument("--optimizer", "-o", default="SGD", choices=OPTIMIZER_NAMES,
                         help="SGD (with --momentum) or Adam (lr only)")
-    parser.add_argument("--dataset", "-d", default="fakes_dataset", choices=DATASET_NAMES,
+    course.add_argument("--dataset", "-d", default="fakes_dataset", choices=DATASET_NAMES,
                         help="dataset to train on")
-    add_data_root_flag(parser)
-    parser.add_argument("--seed", default=0, type=seed_int,
-                        help="seed for weights, data order and augmentation; a CPU run repeats exactly")
-    parser.add_argument("--num_workers", default=None, type=non_negative_int,
-                        help="DataLoader worker processes (default: 0 when images are cached in RAM, "
-                             "else min(4, CPU cores - 1))")
-    parser.add_argument("--device", default="auto", help="auto (CUDA when available), cpu or cuda")
-    parser.add_argument("--xception_weights", default=None,
-                        help="ImageNet weights file for XceptionBased (else $XCEPTION_WEIGHTS, the torch "
-                             "hub cache, then a download)")
-    parser.add_argument("--no_pretrained", action="store_true",
-                        help="XceptionBased from random initialisation (the study: stays near chance)")
-    parser.add_argument("--resume", action="store_true",
-                        help="continue the interrupted run from checkpoints/<...>_last.pt")
-    parser.add_argument("--amp", action="store_true", help="bf16 mixed precision (CUDA only)")
-    parser.add_argument("--channels_last", nargs="?", const="on", default="auto", choices=("auto", "on", "off"),
-                        help="channels-last memory layout; auto: on for CPU and CUDA (measured faster "
-                             "for both models, benchmarks/README.md); a bare --channels_last means on")
-    parser.add_argument("--compile", action="store_true",
-                        help="torch.compile the model (slow first batches; did not pay off on 2 CPU cores)")
-    parser.add_argument("--precise_bn", default=0, type=non_negative_int, metavar="N",
-                        help="before each evaluation, recompute every BatchNorm layer's statistics "
-                             "over N training batches without augmentation (PreciseBN); 0 (the "
-                             "course's behaviour) keeps the running averages of training. Matters "
-                             "for XceptionBased on small datasets; SimpleNet has no BatchNorm")
-    add_activation_checkpointing_flag(parser)
-    parser.add_argument("--cache_images", default="auto", choices=("auto", "on", "off"),
-                        help="keep decoded uint8 images in RAM; auto caches splits while they fit "
-                             "in --cache_limit_gb")
-    parser.add_argument("--cache_limit_gb", default=2.2, type=positive_float,
-                        help="RAM budget of --cache_images auto")
-    parser.add_argument("--eval_batch_size", default=None, type=positive_int,
-                        help="batch size for validation and test (default: --batch_size, at most 16 on "
-                             "the CPU, where smaller eval batches measured faster)")
-    parser.add_argument("--skip_corrupt", action="store_true",
-                        help="skip unreadable images with a warning instead of stopping")
-    parser.add_argument("--out_dir", default="out", help="folder of the metrics JSON")
-    parser.add_argument("--checkpoint_dir", default="checkpoints", help="folder of the checkpoints")
-    parser.add_argument("--no_progress", action="store_true", help="no progress bars")
-    add_debug_flag(parser)
+    _add_protocol_flags(parser.add_argument_group("protocol"))
+    _add_data_flags(parser.add_argument_group("data"))
+    _add_speed_flags(parser.add_argument_group("speed and memory"))
+    output = parser.add_argument_group("output")
+    output.add_argument("--out_dir", default="out", help="folder of the metrics JSON")
+    output.add_argument("--checkpoint_dir", default="checkpoints", help="folder of the checkpoints")
+    output.add_argument("--no_progress", action="store_true", help="no progress bars")
+    add_debug_flag(output)
     return parser
+
+
+def _add_protocol_flags(group) -> None:
+    """Seed, weights, resume and precise BatchNorm: what else decides the numbers of a run."""
+    group.add_argument("--seed", default=0, type=seed_int,
+                       help="seed for weights, data order and augmentation; a CPU run repeats exactly")
+    group.add_argument("--xception_weights", default=None,
+                       help="ImageNet weights file for XceptionBased (else $XCEPTION_WEIGHTS, the torch "
+                            "hub cache, then a download)")
+    group.add_argument("--no_pretrained", action="store_true",
+                       help="XceptionBased from random initialisation (the study: stays near chance)")
+    group.add_argument("--resume", action="store_true",
+                       help="continue the interrupted run from checkpoints/<...>_last.pt")
+    group.add_argument("--precise_bn", default=0, type=non_negative_int, metavar="N",
+                       help="before each evaluation, recompute every BatchNorm layer's statistics "
+                            "over N training batches without augmentation (PreciseBN); 0 (the "
+                            "course's behaviour) keeps the running averages of training. Matters "
+                            "for XceptionBased on small datasets; SimpleNet has no BatchNorm")
+
+
+def _add_data_flags(group) -> None:
+    """Where the data is and how unreadable files are treated."""
+    add_data_root_flag(group)
+    group.add_argument("--skip_corrupt", action="store_true",
+                       help="skip unreadable images with a warning instead of stopping")
+
+
+def _add_speed_flags(group) -> None:
+    """Flags that change speed and memory, not the results (up to float rounding)."""
+    group.add_argument("--device", default="auto", help="auto (CUDA when available), cpu or cuda")
+    group.add_argument("--num_workers", default=None, type=non_negative_int,
+                       help="DataLoader worker processes (default: 0 when images are cached in RAM, "
+                            "else min(4, CPU cores - 1))")
+    group.add_argument("--amp", action="store_true", help="bf16 mixed precision (CUDA only)")
+    group.add_argument("--channels_last", nargs="?", const="on", default="auto", choices=("auto", "on", "off"),
+                       help="channels-last memory layout; auto: on for CPU and CUDA (measured faster "
+                            "for both models, benchmarks/README.md); a bare --channels_last means on")
+    group.add_argument("--compile", action="store_true",
+                       help="torch.compile the model (slow first batches; did not pay off on 2 CPU cores)")
+    add_activation_checkpointing_flag(group)
+    group.add_argument("--cache_images", default="auto", choices=("auto", "on", "off"),
+                       help="keep decoded uint8 images in RAM; auto caches splits while they fit "
+                            "in --cache_limit_gb")
+    group.add_argument("--cache_limit_gb", default=2.2, type=positive_float,
+                       help="RAM budget of --cache_images auto")
+    group.add_argument("--eval_batch_size", default=None, type=positive_int,
+                       help="batch size for validation and test (default: --batch_size, at most 16 on "
+                            "the CPU, where smaller eval batches measured faster)")
 
 
 def make_optimizer(name: str, params, lr: float, momentum: float) -> torch.optim.Optimizer:
