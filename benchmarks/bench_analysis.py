@@ -26,6 +26,7 @@ Usage::
 """
 from __future__ import annotations
 
+import functools
 import gc
 import os
 import sys
@@ -33,7 +34,6 @@ import tempfile
 import time
 
 import torch
-from tqdm import tqdm
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
@@ -49,16 +49,11 @@ REQUIRED_KEYS = ("reference_fwd_bwd_ips", "saliency_ips", "mean_grad_cam_ips", "
 TARGET_RATIO = 0.8
 
 
-def bench_model(name: str, args, root: str, device: torch.device, workdir: str) -> dict:
-    import analysis
-    gc.collect()
-    bench_train.reset_peak_rss()
-    n_images = args.xception_images if name == "XceptionBased" else args.simplenet_images
-    full = load_dataset(args.dataset, "test", root)
-    dataset = bench_train.head(full, n_images)
-    n = len(dataset)
+def analysis_model(name: str, args, device: torch.device, workdir: str) -> tuple[torch.nn.Module, bool]:
+    """A random-init model exactly as the analysis scripts get it (through a checkpoint file and
+    ``utils.load_model_from_checkpoint``), in ``--memory_format``; returns it and whether its
+    4-D parameters are channels-last."""
     set_seed(args.seed)
-    # the model exactly as the analysis scripts get it: through a checkpoint file
     checkpoint = os.path.join(workdir, f"{name}.pt")
     atomic_torch_save({"model": load_model(name, pretrained=False).state_dict(), "model_name": name},
                       checkpoint)
@@ -68,13 +63,29 @@ def bench_model(name: str, args, root: str, device: torch.device, workdir: str) 
                          else torch.contiguous_format)
     channels_last = all(p.is_contiguous(memory_format=torch.channels_last) for p in model.parameters()
                         if p.dim() == 4)
-    layer = analysis.resolve_layer(model, args.target_layer)
-    generator = torch.Generator().manual_seed(args.seed)
-    plan = bench_train.batch_sizes(n, args.batch_size)
+    return model, channels_last
+
+
+def random_batches(plan: list[int], seed: int, device: torch.device) -> dict:
+    """Random images (NCHW, as ``normalize_batch`` gives them) and labels on ``device``, one pair
+    per batch size of ``plan``; returns them keyed by batch size."""
+    generator = torch.Generator().manual_seed(seed)
     batches = {}
     for size in set(plan):
-        images = torch.randn((size, 3, 256, 256), generator=generator).to(device)  # NCHW, as normalize_batch gives
+        images = torch.randn((size, 3, 256, 256), generator=generator).to(device)
         batches[size] = (images, torch.randint(0, 2, (size,), generator=generator).to(device))
+    return batches
+
+
+def analysis_passes(model, dataset, args, device: torch.device) -> dict:
+    """The passes timed for one model, each over ``dataset`` (its images, or as many random
+    in-memory tensors): returns them keyed ``reference``, ``saliency``, ``mean_grad_cam``,
+    ``saliency_maps_only``, ``grad_cam_maps_only`` (and with --faithfulness
+    ``mean_grad_cam_with_faithfulness``), in the order each round runs them."""
+    import analysis
+    layer = analysis.resolve_layer(model, args.target_layer)
+    plan = bench_train.batch_sizes(len(dataset), args.batch_size)
+    batches = random_batches(plan, args.seed, device)
 
     def reference():
         for size in plan:
@@ -105,23 +116,16 @@ def bench_model(name: str, args, root: str, device: torch.device, workdir: str) 
         analysis.mean_maps_per_class(dataset, lambda x, y: analysis.grad_cam_maps(model, layer, x, y),
                                      args.batch_size, device, on_batch=accumulator)
 
-    steps = {"reference": reference, "saliency": saliency_e2e, "mean_grad_cam": grad_cam_e2e,
-             "saliency_maps_only": saliency_only, "grad_cam_maps_only": grad_cam_only}
+    passes = {"reference": reference, "saliency": saliency_e2e, "mean_grad_cam": grad_cam_e2e,
+              "saliency_maps_only": saliency_only, "grad_cam_maps_only": grad_cam_only}
     if args.faithfulness:
-        steps["mean_grad_cam_with_faithfulness"] = grad_cam_faithfulness
-    if not args.smoke:  # warm-up: kernels for both batch shapes, the hooks' first use
-        reference()
-        saliency_only()
-        grad_cam_only()
-    times = {k: [] for k in steps}
-    bar = tqdm(total=args.repeats * len(steps), desc=f"{name} rounds", unit="pass",
-               disable=args.no_progress, file=sys.stderr, leave=False)
-    for _ in range(args.repeats):
-        for key, fn in steps.items():
-            times[key].append(bench_train.timed(fn, device))
-            bar.update()
-    bar.close()
-    best = {k: n / max(min(v), 1e-9) for k, v in times.items()}
+        passes["mean_grad_cam_with_faithfulness"] = grad_cam_faithfulness
+    return passes
+
+
+def analysis_figures(best: dict) -> dict:
+    """The JSON figures from the best images/s of each pass: images/s and ratios to the
+    reference forward+backward; returns them."""
     ref = best["reference"]
     out = {"reference_fwd_bwd_ips": ref, "saliency_ips": best["saliency"],
            "mean_grad_cam_ips": best["mean_grad_cam"], "saliency_ratio": best["saliency"] / ref,
@@ -130,18 +134,44 @@ def bench_model(name: str, args, root: str, device: torch.device, workdir: str) 
            "grad_cam_maps_only_ips": best["grad_cam_maps_only"],
            "saliency_maps_only_ratio": best["saliency_maps_only"] / ref,
            "grad_cam_maps_only_ratio": best["grad_cam_maps_only"] / ref}
-    if args.faithfulness:
+    if "mean_grad_cam_with_faithfulness" in best:
         out["mean_grad_cam_with_faithfulness_ips"] = best["mean_grad_cam_with_faithfulness"]
         out["mean_grad_cam_with_faithfulness_ratio"] = best["mean_grad_cam_with_faithfulness"] / ref
+    return out
+
+
+def analysis_config(args, device: torch.device, split_size: int, measured: int, channels_last: bool) -> dict:
+    """The JSON ``config`` of one model's figures: data, batch, layer, layout, statistic and the
+    machine; returns it."""
+    return {"dataset": args.dataset, "split": "test", "test_split_size": split_size,
+            "measured_images": measured, "whole_split": measured == split_size, "batch_size": args.batch_size,
+            "target_layer": args.target_layer, "device": str(device),
+            "model_channels_last": channels_last, "memory_format": args.memory_format,
+            "repeats": args.repeats,
+            "statistic": "best of the repeats", "target_ratio": TARGET_RATIO,
+            "torch_threads": torch.get_num_threads(), "cpu_count": os.cpu_count(),
+            "torch": torch.__version__, "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
+
+
+def bench_model(name: str, args, root: str, device: torch.device, workdir: str) -> dict:
+    """Time the reference, the saliency and the mean Grad-CAM passes for one model on its test
+    images; returns its JSON object."""
+    gc.collect()
+    bench_train.reset_peak_rss()
+    n_images = args.xception_images if name == "XceptionBased" else args.simplenet_images
+    full = load_dataset(args.dataset, "test", root)
+    dataset = bench_train.head(full, n_images)
+    model, channels_last = analysis_model(name, args, device, workdir)
+    passes = analysis_passes(model, dataset, args, device)
+    if not args.smoke:  # warm-up: kernels for both batch shapes, the hooks' first use
+        for key in ("reference", "saliency_maps_only", "grad_cam_maps_only"):
+            passes[key]()
+    times = bench_train.run_rounds({k: functools.partial(bench_train.timed, fn, device)
+                                    for k, fn in passes.items()}, args.repeats, f"{name} rounds",
+                                   args.no_progress)
+    out = analysis_figures({k: len(dataset) / max(min(v), 1e-9) for k, v in times.items()})
     out["peak_rss_mb"] = bench_train.peak_rss_mb()
-    out["config"] = {"dataset": args.dataset, "split": "test", "test_split_size": len(full),
-                     "measured_images": n, "whole_split": n == len(full), "batch_size": args.batch_size,
-                     "target_layer": args.target_layer, "device": str(device),
-                     "model_channels_last": channels_last, "memory_format": args.memory_format,
-                     "repeats": args.repeats,
-                     "statistic": "best of the repeats", "target_ratio": TARGET_RATIO,
-                     "torch_threads": torch.get_num_threads(), "cpu_count": os.cpu_count(),
-                     "torch": torch.__version__, "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    out["config"] = analysis_config(args, device, len(full), len(dataset), channels_last)
     return out
 
 

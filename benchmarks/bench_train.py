@@ -9,7 +9,7 @@ speed), on the same data (demo data generated into a temp folder, or ``--data_ro
     defaults train_main.py uses (``memory.apply_image_cache(datasets, "auto")``, default
     ``num_workers``, default ``channels_last``, the trainer's default eval batch);
 (c) the naive course loop: ``DataLoader`` with default arguments (num_workers=0), PIL decoding every
-    epoch with the SPEC v1 ``torchvision.transforms`` on PIL images, float32 NCHW, a per-batch
+    epoch with the course's torchvision v1 transforms on PIL images, float32 NCHW, a per-batch
     ``.item()``, ``torch.no_grad`` for eval.
 
 It prints images/s of each, b/a (pipeline efficiency) and b/c (speed-up over the naive loop; the
@@ -128,8 +128,8 @@ def reset_peak_rss() -> bool:
 
 # ----------------------------------------------------------------------------- data
 class CourseFacesDataset(Dataset):
-    """The course's data path: decode the PNG with PIL at every access and apply the SPEC v1
-    ``torchvision.transforms`` to the PIL image (train: RandomCrop(256, padding=4),
+    """The course's data path: decode the PNG with PIL at every access and apply the course's
+    torchvision v1 transforms to the PIL image (train: RandomCrop(256, padding=4),
     RandomHorizontalFlip, ToTensor, Normalize; val/test: ToTensor, Normalize)."""
 
     def __init__(self, faces: FacesDataset, train: bool):
@@ -355,67 +355,81 @@ def _summary(times: list[float], n: int) -> tuple[float, float]:
     return max(rates), statistics.median(rates)
 
 
-def bench_model(name: str, args, root: str, device: torch.device, workdir: str) -> dict:
-    """Measure (a), (b), (c) for one model; returns its JSON object."""
-    gc.collect()
-    rss_reset = reset_peak_rss()
+def measured_splits(name: str, args, root: str) -> tuple[dict, dict]:
+    """The data one model is measured on: each split cut to the model's ``--*_images`` (class
+    ratio kept; eval images half val, half test). Returns (whole split sizes, measured datasets)."""
     is_xception = name == "XceptionBased"
     n_train = args.xception_train_images if is_xception else args.simplenet_train_images
     n_eval = args.xception_eval_images if is_xception else args.simplenet_eval_images
     full = {s: load_dataset(args.dataset, s, root) for s in ("train", "val", "test")}
-    split_sizes = {s: len(d) for s, d in full.items()}
     data = {"train": head(full["train"], n_train),
             "val": head(full["val"], (n_eval + 1) // 2 if n_eval else None),
             "test": head(full["test"], max(1, n_eval // 2) if n_eval else None)}
-    measured = {s: len(d) for s, d in data.items()}
-    n_eval_measured = measured["val"] + measured["test"]
+    return {s: len(d) for s, d in full.items()}, data
 
-    start = time.perf_counter()
-    cached = apply_image_cache(list(data.values()), args.cache_images, progress=False)
-    cache_seconds = time.perf_counter() - start
 
+def build_loops(name: str, args, data: dict, device: torch.device,
+                workdir: str) -> tuple[Trainer, ModelOnly, NaiveLoop | None]:
+    """The three loops of one model on ``data``: returns the trainer of (b), the model-only loop
+    (a) on that trainer, and the naive loop (c) on its own seeded model (None with --skip_naive)."""
     trainer = make_trainer(name, args, data, device, os.path.join(workdir, "out"),
                            os.path.join(workdir, "checkpoints"))
-    model_only = ModelOnly(trainer, measured["train"], [measured["val"], measured["test"]], args.seed)
+    model_only = ModelOnly(trainer, len(data["train"]), [len(data["val"]), len(data["test"])], args.seed)
     set_seed(args.seed)
     naive = None if args.skip_naive else NaiveLoop(load_model(name, pretrained=False), data,
                                                     args.batch_size, device, args.lr)
-    warm_start = time.perf_counter()
+    return trainer, model_only, naive
+
+
+def warm_up_loops(args, trainer: Trainer, model_only: ModelOnly, naive: NaiveLoop | None,
+                  data: dict) -> float:
+    """Warm up (a), (b) and (c) (nothing in --smoke); returns the seconds it took."""
+    start = time.perf_counter()
     if not args.smoke:
         model_only.warm_up()
         warm_up_loaders(trainer, data)
         if naive:
             naive.warm_up()
-    warm_up_seconds = time.perf_counter() - warm_start
+    return time.perf_counter() - start
 
-    times = {k: [] for k in ("a_train", "b_train", "c_train", "a_eval", "b_eval", "c_eval")}
-    steps = [("a_train", model_only.train),
-             ("b_train", functools.partial(timed, trainer.train_one_epoch, device)),
-             ("c_train", naive.train if naive else None),
-             ("a_eval", model_only.eval),
-             ("b_eval", functools.partial(timed, functools.partial(end_to_end_eval, trainer, data), device)),
-             ("c_eval", naive.eval if naive else None)]
-    bar = tqdm(total=args.repeats * sum(1 for _, f in steps if f), desc=f"{name} rounds", unit="pass",
-               disable=args.no_progress, file=sys.stderr, leave=False)
-    for _ in range(args.repeats):
-        for key, fn in steps:
-            if fn is None:
-                continue
-            times[key].append(fn())
-            bar.update()
-    bar.close()
 
-    n_tr = measured["train"]
-    res = {}
+def time_loops(name: str, args, trainer: Trainer, model_only: ModelOnly, naive: NaiveLoop | None,
+               data: dict, device: torch.device) -> dict:
+    """The three loops alternated in ``--repeats`` rounds; returns the seconds of each pass, per
+    loop and part (``a_train`` ... ``c_eval``; (c)'s lists stay empty without the naive loop)."""
+    steps = {"a_train": model_only.train,
+             "b_train": functools.partial(timed, trainer.train_one_epoch, device),
+             "c_train": naive.train if naive else None,
+             "a_eval": model_only.eval,
+             "b_eval": functools.partial(timed, functools.partial(end_to_end_eval, trainer, data), device),
+             "c_eval": naive.eval if naive else None}
+    times = {key: [] for key in steps}
+    times.update(run_rounds({k: fn for k, fn in steps.items() if fn}, args.repeats, f"{name} rounds",
+                            args.no_progress))
+    return times
+
+
+def loop_rates(times: dict, measured: dict) -> dict:
+    """(best, median) images/s of each loop and part that ran (``a_train`` ... ``c_eval``), from
+    the seconds of ``time_loops`` and the measured split sizes."""
+    n_eval = measured["val"] + measured["test"]
+    rates = {}
     for loop in ("a", "b", "c"):
         if not times[f"{loop}_train"]:
             continue
-        res[f"{loop}_train"] = _summary(times[f"{loop}_train"], n_tr)
-        res[f"{loop}_eval"] = _summary(times[f"{loop}_eval"], n_eval_measured)
-    out = {"model_only_train_ips": res["a_train"][0], "end_to_end_train_ips": res["b_train"][0],
-           "naive_train_ips": res["c_train"][0] if naive else None,
-           "model_only_eval_ips": res["a_eval"][0], "end_to_end_eval_ips": res["b_eval"][0],
-           "naive_eval_ips": res["c_eval"][0] if naive else None}
+        rates[f"{loop}_train"] = _summary(times[f"{loop}_train"], measured["train"])
+        rates[f"{loop}_eval"] = _summary(times[f"{loop}_eval"], n_eval)
+    return rates
+
+
+def headline_figures(rates: dict, split_sizes: dict) -> dict:
+    """The JSON figures from the best images/s of each loop: images/s, b/a efficiencies and the b/c
+    speed-ups (None without (c)); the epoch speed-up is over the whole splits' sizes."""
+    naive = "c_train" in rates
+    out = {"model_only_train_ips": rates["a_train"][0], "end_to_end_train_ips": rates["b_train"][0],
+           "naive_train_ips": rates["c_train"][0] if naive else None,
+           "model_only_eval_ips": rates["a_eval"][0], "end_to_end_eval_ips": rates["b_eval"][0],
+           "naive_eval_ips": rates["c_eval"][0] if naive else None}
     out["train_efficiency"] = out["end_to_end_train_ips"] / out["model_only_train_ips"]
     out["eval_efficiency"] = out["end_to_end_eval_ips"] / out["model_only_eval_ips"]
     n_eval_full = split_sizes["val"] + split_sizes["test"]
@@ -427,13 +441,22 @@ def bench_model(name: str, args, root: str, device: torch.device, workdir: str) 
                             if naive else None)
     out["train_speedup"] = out["end_to_end_train_ips"] / out["naive_train_ips"] if naive else None
     out["eval_speedup"] = out["end_to_end_eval_ips"] / out["naive_eval_ips"] if naive else None
-    out["peak_rss_mb"] = peak_rss_mb()
-    out["median_ips"] = {k: v[1] for k, v in res.items()}
-    out["paired_median_ratios"] = {  # b/a and b/c of the same round: robust to slow load drift
-        f"{num}/{den}_{part}": statistics.median(t_den / t_num for t_num, t_den in
-                                                 zip(times[f"{num}_{part}"], times[f"{den}_{part}"]))
-        for num, den in (("b", "a"), ("b", "c")) for part in ("train", "eval") if times[f"{den}_{part}"]}
-    out["config"] = {
+    return out
+
+
+def paired_median_ratios(times: dict) -> dict:
+    """b/a and b/c of the same round, median over the rounds (robust to slow load drift); returns
+    them keyed ``b/a_train`` ... (the b/c ones only where (c) ran)."""
+    return {f"{num}/{den}_{part}": statistics.median(t_den / t_num for t_num, t_den in
+                                                     zip(times[f"{num}_{part}"], times[f"{den}_{part}"]))
+            for num, den in (("b", "a"), ("b", "c")) for part in ("train", "eval") if times[f"{den}_{part}"]}
+
+
+def train_config(args, device: torch.device, trainer: Trainer, split_sizes: dict, measured: dict,
+                 cached: list[bool], seconds: dict, rss_reset: bool) -> dict:
+    """The JSON ``config`` of one model's figures: data, loop settings, the cache and warm-up
+    ``seconds``, the statistic and the machine; returns it."""
+    config = {
         "dataset": args.dataset, "split_sizes": split_sizes, "measured_images": measured,
         "whole_splits": measured == split_sizes,
         "epoch_speedup_from": "measured epochs" if measured == split_sizes else
@@ -443,7 +466,7 @@ def bench_model(name: str, args, root: str, device: torch.device, workdir: str) 
         "channels_last": trainer.channels_last, "compile": args.compile,
         "activation_checkpointing": bool(getattr(trainer.model, "activation_checkpointing", False)),
         "num_workers": trainer.num_workers, "cache_images": args.cache_images, "cached_splits": cached,
-        "cache_seconds": cache_seconds, "warm_up_seconds": warm_up_seconds, "repeats": args.repeats,
+        "cache_seconds": seconds["cache"], "warm_up_seconds": seconds["warm_up"], "repeats": args.repeats,
         "statistic": "best of the repeats (median_ips: the medians)",
         "torch_threads": torch.get_num_threads(), "cpu_count": os.cpu_count(),
         "peak_rss_scope": "this benchmark process during this model's section (all three loops' "
@@ -452,8 +475,29 @@ def bench_model(name: str, args, root: str, device: torch.device, workdir: str) 
         "torch": torch.__version__, "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }
     if device.type == "cuda":
-        out["config"]["cuda_device"] = torch.cuda.get_device_name(device)
-        out["config"]["cuda_max_memory_allocated_gb"] = torch.cuda.max_memory_allocated(device) / 1024**3
+        config["cuda_device"] = torch.cuda.get_device_name(device)
+        config["cuda_max_memory_allocated_gb"] = torch.cuda.max_memory_allocated(device) / 1024**3
+    return config
+
+
+def bench_model(name: str, args, root: str, device: torch.device, workdir: str) -> dict:
+    """Measure (a), (b), (c) for one model; returns its JSON object."""
+    gc.collect()
+    rss_reset = reset_peak_rss()
+    split_sizes, data = measured_splits(name, args, root)
+    measured = {s: len(d) for s, d in data.items()}
+    start = time.perf_counter()
+    cached = apply_image_cache(list(data.values()), args.cache_images, progress=False)
+    seconds = {"cache": time.perf_counter() - start}
+    trainer, model_only, naive = build_loops(name, args, data, device, workdir)
+    seconds["warm_up"] = warm_up_loops(args, trainer, model_only, naive, data)
+    times = time_loops(name, args, trainer, model_only, naive, data, device)
+    rates = loop_rates(times, measured)
+    out = headline_figures(rates, split_sizes)
+    out["peak_rss_mb"] = peak_rss_mb()
+    out["median_ips"] = {k: v[1] for k, v in rates.items()}
+    out["paired_median_ratios"] = paired_median_ratios(times)
+    out["config"] = train_config(args, device, trainer, split_sizes, measured, cached, seconds, rss_reset)
     if args.levers:
         out["levers"] = measure_levers(name, args, device, trainer, data)
     del trainer, model_only, naive
@@ -469,7 +513,34 @@ def timed(fn, device: torch.device) -> float:
     return time.perf_counter() - start
 
 
+def run_rounds(tasks: dict, repeats: int, desc: str, no_progress: bool) -> dict:
+    """Run ``tasks`` (each returns the seconds of one pass) in turn, ``repeats`` rounds, with a
+    progress bar; returns each task's seconds, one per round. Alternating rounds spread a
+    passing load over all tasks alike."""
+    times = {key: [] for key in tasks}
+    bar = tqdm(total=repeats * len(tasks), desc=desc, unit="pass", disable=no_progress, file=sys.stderr,
+               leave=False)
+    for _ in range(repeats):
+        for key, fn in tasks.items():
+            times[key].append(fn())
+            bar.update()
+    bar.close()
+    return times
+
+
 # ----------------------------------------------------------------------------- levers
+def with_threads(fn, threads: int):
+    """``fn`` run with ``threads`` torch threads (the old number restored); returns that wrapper."""
+    def run():
+        old = torch.get_num_threads()
+        torch.set_num_threads(threads)
+        try:
+            return fn()
+        finally:
+            torch.set_num_threads(old)
+    return run
+
+
 def measure_levers(name, args, device, trainer: Trainer, data) -> dict:
     """Model-only images/s with and without each lever, measured in alternating rounds (best of
     ``max(3, --repeats)``), and the per-image data costs.
@@ -478,7 +549,6 @@ def measure_levers(name, args, device, trainer: Trainer, data) -> dict:
     ``torch.inference_mode``, eval batch x2 and x4, one torch thread instead of all, and with
     ``--levers_compile`` torch.compile (its compile time reported apart).
     """
-    reps = max(3, args.repeats)
     n_train = len(data["train"])
     eval_splits = [len(data["val"]), len(data["test"])]
     n_eval = sum(eval_splits)
@@ -487,16 +557,6 @@ def measure_levers(name, args, device, trainer: Trainer, data) -> dict:
         t = make_trainer(name, args, data, device, trainer.out_dir, trainer.checkpoint_dir,
                          channels_last=channels_last, compile=compile_model)
         return ModelOnly(t, n_train, eval_splits, args.seed)
-
-    def with_threads(fn, threads):
-        def run():
-            old = torch.get_num_threads()
-            torch.set_num_threads(threads)
-            try:
-                return fn()
-            finally:
-                torch.set_num_threads(old)
-        return run
 
     nchw, last = build("off"), build("on")
     eval_bs = last.trainer.eval_batch_size
@@ -519,14 +579,7 @@ def measure_levers(name, args, device, trainer: Trainer, data) -> dict:
         m.warm_up()
     for factor in (2, 4):
         last.eval(eval_batch_size=eval_bs * factor)  # warm-up of the bigger batches
-    times = {key: [] for key in tasks}
-    bar = tqdm(total=reps * len(tasks), desc=f"{name} levers", unit="pass", disable=args.no_progress,
-               file=sys.stderr, leave=False)
-    for _ in range(reps):
-        for key, fn in tasks.items():
-            times[key].append(fn())
-            bar.update()
-    bar.close()
+    times = run_rounds(tasks, max(3, args.repeats), f"{name} levers", args.no_progress)
     levers: dict = {}
     for (variant, part), seconds in times.items():
         n = n_train if part == "train" else n_eval

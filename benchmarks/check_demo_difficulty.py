@@ -5,8 +5,8 @@
    train (classes weighted, so the 2:1 set cannot hide behind "always real") and scored on test as
    balanced accuracy. Near 50 %: brightness, contrast and sharpness alone do not tell fakes apart
    (the demo generator aims at <= 65 %).
-2. SimpleNet trained with the study's protocol (Adam, lr 1e-3, batch 32, cross-entropy, the SPEC
-   transforms, 5 epochs): test accuracy at the epoch with the best validation accuracy. On
+2. SimpleNet trained with the study's protocol (Adam, lr 1e-3, batch 32, cross-entropy, the course's
+   torchvision v1 transforms, 5 epochs): test accuracy at the epoch with the best validation accuracy. On
    fakes_dataset the demo aims at 75-95 % (chance, always "real", is 66.7 %).
 
 Usage::
