@@ -5,8 +5,8 @@
    train (classes weighted, so the 2:1 set cannot hide behind "always real") and scored on test as
    balanced accuracy. Near 50 %: brightness, contrast and sharpness alone do not tell fakes apart
    (the demo generator aims at <= 65 %).
-2. SimpleNet trained with the study's protocol (Adam, lr 1e-3, batch 32, cross-entropy, the SPEC
-   transforms, 5 epochs): test accuracy at the epoch with the best validation accuracy. On
+2. SimpleNet trained with the study's protocol (Adam, lr 1e-3, batch 32, cross-entropy, the course's
+   torchvision v1 transforms, 5 epochs): test accuracy at the epoch with the best validation accuracy. On
    fakes_dataset the demo aims at 75-95 % (chance, always "real", is 66.7 %).
 
 Usage::
@@ -18,6 +18,7 @@ With ``--data_root`` the datasets found there are reused and missing ones are ge
 Results repeat for a seed (data generation and torch are seeded). SimpleNet is trained by
 ``Trainer.run``, whose metrics JSON and checkpoints go to a temporary folder.
 """
+
 from __future__ import annotations
 
 import os
@@ -35,12 +36,12 @@ from sklearn.preprocessing import StandardScaler
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import make_demo_datasets as demo  # noqa: E402
+import make_demo_datasets as demo
 from cli import ArgumentParser, add_debug_flag, non_negative_int, positive_int, run_cli
-from faces_dataset import list_images  # noqa: E402
+from faces_dataset import list_images
 from fileio import ensure_dir
-from models import SimpleNet  # noqa: E402
-from trainer import LoggingParameters, Trainer, json_safe_optimizer_params  # noqa: E402
+from models import SimpleNet
+from trainer import LoggingParameters, Trainer, json_safe_optimizer_params
 from utils import load_dataset, set_seed
 
 
@@ -74,12 +75,26 @@ def simplenet_accuracy(data_root: str, dataset: str, epochs: int, seed: int, scr
         split.cache_images(progress=False)
     model = SimpleNet()
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
-    trainer = Trainer(model, optimizer, torch.nn.CrossEntropyLoss(), 32, *splits, device="cpu",
-                      num_workers=0, seed=seed, progress=False, out_dir=os.path.join(scratch, "out"),
-                      checkpoint_dir=os.path.join(scratch, "checkpoints"))
+    trainer = Trainer(
+        model,
+        optimizer,
+        torch.nn.CrossEntropyLoss(),
+        32,
+        *splits,
+        device="cpu",
+        num_workers=0,
+        seed=seed,
+        progress=False,
+        out_dir=os.path.join(scratch, "out"),
+        checkpoint_dir=os.path.join(scratch, "checkpoints"),
+    )
     print(f"{dataset}: training SimpleNet for {epochs} epoch(s) ...", flush=True)
-    run = trainer.run(epochs, LoggingParameters("SimpleNet", dataset, "Adam",
-                                                json_safe_optimizer_params(optimizer.param_groups[0])))
+    run = trainer.run(
+        epochs,
+        LoggingParameters(
+            "SimpleNet", dataset, "Adam", json_safe_optimizer_params(optimizer.param_groups[0])
+        ),
+    )
     return {"epoch": run["best_epoch"], "val_acc": run["best_val_acc"], "test_acc": run["test_acc_at_best"]}
 
 
@@ -93,19 +108,27 @@ def ensure_data(data_root: str, seed: int) -> None:
     if missing:
         start = time.perf_counter()
         demo.generate(data_root, seed=seed, datasets=missing, force=True)
-        print(f"generated {', '.join(missing)} in {data_root} (seed {seed}) in "
-              f"{time.perf_counter() - start:.1f} s", flush=True)
+        print(
+            f"generated {', '.join(missing)} in {data_root} (seed {seed}) in "
+            f"{time.perf_counter() - start:.1f} s",
+            flush=True,
+        )
 
 
 def build_parser() -> ArgumentParser:
     parser = ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data_root", default=None,
-                        help="folder holding (or to receive) the demo datasets; None: a temporary folder")
-    parser.add_argument("--seed", type=non_negative_int, default=0,
-                        help="seed of the data generation and of torch")
+    parser.add_argument(
+        "--data_root",
+        default=None,
+        help="folder holding (or to receive) the demo datasets; None: a temporary folder",
+    )
+    parser.add_argument(
+        "--seed", type=non_negative_int, default=0, help="seed of the data generation and of torch"
+    )
     parser.add_argument("--epochs", type=positive_int, default=5, help="SimpleNet epochs (5: the study's)")
-    parser.add_argument("--skip_cnn", action="store_true",
-                        help="only the logistic regression (seconds, not minutes)")
+    parser.add_argument(
+        "--skip_cnn", action="store_true", help="only the logistic regression (seconds, not minutes)"
+    )
     add_debug_flag(parser)
     return parser
 
@@ -119,17 +142,26 @@ def main(argv=None) -> int:
         results = {}
         for dataset in demo.DATASETS:
             lr_acc = global_stats_accuracy(os.path.join(data_root, dataset))
-            print(f"{dataset}: logistic regression on global stats, balanced test accuracy {lr_acc:.1f} %",
-                  flush=True)
-            results[dataset] = (lr_acc, None if args.skip_cnn else
-                                simplenet_accuracy(data_root, dataset, args.epochs, args.seed,
-                                                   os.path.join(scratch, "training")))
-    print("\nsummary (seed %d)" % args.seed)
+            print(
+                f"{dataset}: logistic regression on global stats, balanced test accuracy {lr_acc:.1f} %",
+                flush=True,
+            )
+            results[dataset] = (
+                lr_acc,
+                None
+                if args.skip_cnn
+                else simplenet_accuracy(
+                    data_root, dataset, args.epochs, args.seed, os.path.join(scratch, "training")
+                ),
+            )
+    print(f"\nsummary (seed {args.seed})")
     for dataset, (lr_acc, cnn) in results.items():
         line = f"{dataset:18s} global-stats LR balanced acc {lr_acc:5.1f} %"
         if cnn:
-            line += (f" | SimpleNet test acc {cnn['test_acc']:5.1f} % at best-val epoch {cnn['epoch']}"
-                     f" (val {cnn['val_acc']:.1f} %)")
+            line += (
+                f" | SimpleNet test acc {cnn['test_acc']:5.1f} % at best-val epoch {cnn['epoch']}"
+                f" (val {cnn['val_acc']:.1f} %)"
+            )
         print(line)
     return 0
 
