@@ -13,11 +13,12 @@ model's device, so the same code runs on the CPU and on CUDA:
 - files: ``metrics_json_path`` and ``update_metrics_json`` (read-modify-write of
   ``out/<D>_<M>_metrics.json``, one section per script, other sections kept).
 """
+
 from __future__ import annotations
 
 import contextlib
 import os
-from typing import Callable, Iterator
+from collections.abc import Callable, Iterator
 
 import numpy as np
 import torch
@@ -33,13 +34,19 @@ CLASS_NAMES = ("Real", "Fake")  # label 0, label 1
 DEFAULT_TARGET_LAYER = "conv3"  # the study's Grad-CAM layer, for both models
 DEFAULT_FRACTIONS = (0.05, 0.1, 0.2, 0.4)
 DET_TICKS = (0.001, 0.01, 0.05, 0.2, 0.5, 0.8, 0.95, 0.99, 0.999)
-SCORE_DESCRIPTION = ("ROC/DET soft scores, as in the course: score A = raw output column 0 (how real), "
-                     "score B = raw output column 1 (how fake), positive label 1; auc_a and auc_b use "
-                     "them. P(fake) = softmax of the two columns, column 1, is the score of auc, eer, "
-                     "eer_threshold, ap and the accuracies (fake when P(fake) > 0.5)")
-SCORE_KEYS = {"auc_a": "raw output column 0", "auc_b": "raw output column 1",
-              **dict.fromkeys(("auc", "eer", "eer_threshold", "ap", "accuracy", "balanced_acc"),
-                              "P(fake), softmax column 1")}
+SCORE_DESCRIPTION = (
+    "ROC/DET soft scores, as in the course: score A = raw output column 0 (how real), "
+    "score B = raw output column 1 (how fake), positive label 1; auc_a and auc_b use "
+    "them. P(fake) = softmax of the two columns, column 1, is the score of auc, eer, "
+    "eer_threshold, ap and the accuracies (fake when P(fake) > 0.5)"
+)
+SCORE_KEYS = {
+    "auc_a": "raw output column 0",
+    "auc_b": "raw output column 1",
+    **dict.fromkeys(
+        ("auc", "eer", "eer_threshold", "ap", "accuracy", "balanced_acc"), "P(fake), softmax column 1"
+    ),
+}
 
 
 # ----------------------------------------------------------------------------- names and files
@@ -78,21 +85,26 @@ def model_device(model: nn.Module) -> torch.device:
 
 # ----------------------------------------------------------------------------- scores
 @torch.inference_mode()
-def predict_logits(model: nn.Module, images_uint8: torch.Tensor, batch_size: int = 64
-                   ) -> torch.Tensor:
+def predict_logits(model: nn.Module, images_uint8: torch.Tensor, batch_size: int = 64) -> torch.Tensor:
     """Logits (float32, on the CPU) of uint8 N x 3 x H x W images, in batches of ``batch_size``."""
     device = model_device(model)
     out = []
     for start in range(0, len(images_uint8), batch_size):
-        chunk = images_uint8[start:start + batch_size].to(device, non_blocking=True)
+        chunk = images_uint8[start : start + batch_size].to(device, non_blocking=True)
         out.append(model(normalize_batch(chunk)).float().cpu())
     return torch.cat(out) if out else torch.empty((0, 2))
 
 
 @torch.inference_mode()
-def predict_scores(model: nn.Module, dataset, batch_size: int = 64, device=None,
-                   progress: bool = False, num_workers: int = 0, indices=None
-                   ) -> tuple[np.ndarray, np.ndarray]:
+def predict_scores(
+    model: nn.Module,
+    dataset,
+    batch_size: int = 64,
+    device=None,
+    progress: bool = False,
+    num_workers: int = 0,
+    indices=None,
+) -> tuple[np.ndarray, np.ndarray]:
     """Forward a ``FacesDataset`` (the test transform, batched): ``(logits N x 2 float32, labels)``.
 
     ``device`` moves the model there first (default: where the model is).
@@ -101,8 +113,9 @@ def predict_scores(model: nn.Module, dataset, batch_size: int = 64, device=None,
         model.to(device)
     device = model_device(model)
     logits, labels = [], []
-    for images, batch_labels, _ in iter_batches(dataset, batch_size, indices, num_workers, progress,
-                                                desc="scoring"):
+    for images, batch_labels, _ in iter_batches(
+        dataset, batch_size, indices, num_workers, progress, desc="scoring"
+    ):
         images = normalize_batch(images.to(device, non_blocking=True))
         logits.append(model(images).float().cpu())
         labels.append(batch_labels)
@@ -122,6 +135,7 @@ def roc_det_metrics(labels, logits) -> dict:
     0.5, balanced accuracy, confusion matrix (rows true real/fake, columns predicted), samples per
     class. ``score_of`` says which score each number uses."""
     from sklearn.metrics import roc_auc_score
+
     labels = np.asarray(labels, dtype=np.int64)
     logits = np.asarray(logits, dtype=np.float64)
     both = len(np.unique(labels)) == 2
@@ -131,7 +145,7 @@ def roc_det_metrics(labels, logits) -> dict:
         "auc_b": float(roc_auc_score(labels, logits[:, 1])) if both else None,
     }
     metrics.update(binary_metrics(labels, soft_scores(logits)[:, 1]))
-    metrics["n_samples"] = int(len(labels))
+    metrics["n_samples"] = len(labels)
     return metrics
 
 
@@ -159,8 +173,10 @@ def metrics_table(metrics: dict) -> str:
 
 def _require_both_classes(labels, what: str) -> None:
     if len(np.unique(np.asarray(labels))) != 2:
-        raise UserError(f"{what} needs both real and fake test images; the test split holds only "
-                        f"{CLASS_NAMES[int(np.asarray(labels)[0])] if len(labels) else 'no'} images")
+        raise UserError(
+            f"{what} needs both real and fake test images; the test split holds only "
+            f"{CLASS_NAMES[int(np.asarray(labels)[0])] if len(labels) else 'no'} images"
+        )
 
 
 def plot_roc(labels, logits, model_name: str, dataset_name: str):
@@ -168,20 +184,24 @@ def plot_roc(labels, logits, model_name: str, dataset_name: str):
     AUCs in the title."""
     import matplotlib.pyplot as plt
     from sklearn.metrics import RocCurveDisplay, roc_auc_score
+
     _require_both_classes(labels, "a ROC curve")
     scores = np.asarray(logits, dtype=np.float64)
     auc_a = roc_auc_score(labels, scores[:, 0])
     auc_b = roc_auc_score(labels, scores[:, 1])
     fig, ax = plt.subplots(figsize=(6.4, 6.0))
-    RocCurveDisplay.from_predictions(labels, scores[:, 0], pos_label=1, ax=ax,
-                                     name="score A (column 0, real)")
-    RocCurveDisplay.from_predictions(labels, scores[:, 1], pos_label=1, ax=ax,
-                                     name="score B (column 1, fake)")
+    RocCurveDisplay.from_predictions(
+        labels, scores[:, 0], pos_label=1, ax=ax, name="score A (column 0, real)"
+    )
+    RocCurveDisplay.from_predictions(
+        labels, scores[:, 1], pos_label=1, ax=ax, name="score B (column 1, fake)"
+    )
     ax.plot([0, 1], [0, 1], linestyle=":", color="gray", label="chance")
     ax.set_xlabel("false positive rate (real called fake)")
     ax.set_ylabel("true positive rate (fake called fake)")
-    ax.set_title(f"ROC of {describe(dataset_name, model_name)}\n"
-                 f"AUC score A = {auc_a:.4f}, AUC score B = {auc_b:.4f}")
+    ax.set_title(
+        f"ROC of {describe(dataset_name, model_name)}\nAUC score A = {auc_a:.4f}, AUC score B = {auc_b:.4f}"
+    )
     ax.legend(loc="lower right")
     fig.tight_layout()
     return fig
@@ -193,6 +213,7 @@ def plot_det(labels, logits, model_name: str, dataset_name: str):
     import matplotlib.pyplot as plt
     from scipy.stats import norm
     from sklearn.metrics import DetCurveDisplay
+
     _require_both_classes(labels, "a DET curve")
     scores = np.asarray(logits, dtype=np.float64)
     fig, ax = plt.subplots(figsize=(6.4, 6.0))
@@ -225,8 +246,9 @@ def pick_mixed_indices(labels, n: int, seed: int) -> np.ndarray:
     n = min(n, len(labels))
     n_fake = min(len(fake), max(n // 2, n - len(real)))
     n_real = n - n_fake
-    chosen = np.concatenate([rng.choice(real, n_real, replace=False),
-                             rng.choice(fake, n_fake, replace=False)])
+    chosen = np.concatenate(
+        [rng.choice(real, n_real, replace=False), rng.choice(fake, n_fake, replace=False)]
+    )
     return np.sort(chosen).astype(np.int64)
 
 
@@ -272,19 +294,22 @@ def normalize_maps(maps: torch.Tensor) -> torch.Tensor:
     flat = maps.reshape(len(maps), -1)
     low = flat.min(dim=1, keepdim=True).values
     span = flat.max(dim=1, keepdim=True).values - low
-    out = torch.where(span > 0, (flat - low) / span.clamp_min(torch.finfo(flat.dtype).tiny),
-                      torch.zeros_like(flat))
+    out = torch.where(
+        span > 0, (flat - low) / span.clamp_min(torch.finfo(flat.dtype).tiny), torch.zeros_like(flat)
+    )
     return out.reshape(maps.shape)
 
 
-def saliency_of_dataset(model: nn.Module, dataset, indices, batch_size: int = 16,
-                        progress: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def saliency_of_dataset(
+    model: nn.Module, dataset, indices, batch_size: int = 16, progress: bool = False
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Saliency maps of the images ``indices`` of a dataset: (maps N x H x W float32, uint8 images
     N x 3 x H x W, labels), batched."""
     device = model_device(model)
     maps, images, labels = [], [], []
-    for batch, batch_labels, _ in iter_batches(dataset, batch_size, indices, progress=progress,
-                                               desc="saliency"):
+    for batch, batch_labels, _ in iter_batches(
+        dataset, batch_size, indices, progress=progress, desc="saliency"
+    ):
         inputs = normalize_batch(batch.to(device, non_blocking=True))
         maps.append(saliency_maps(model, inputs, batch_labels.to(device)).float().cpu())
         images.append(batch)
@@ -292,10 +317,16 @@ def saliency_of_dataset(model: nn.Module, dataset, indices, batch_size: int = 16
     return torch.cat(maps).numpy(), torch.cat(images).numpy(), torch.cat(labels).numpy()
 
 
-def mean_maps_per_class(dataset, map_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
-                        batch_size: int, device, indices=None, progress: bool = False,
-                        desc: str = "maps", on_batch: Callable | None = None
-                        ) -> tuple[dict[int, np.ndarray | None], dict[int, int]]:
+def mean_maps_per_class(
+    dataset,
+    map_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    batch_size: int,
+    device,
+    indices=None,
+    progress: bool = False,
+    desc: str = "maps",
+    on_batch: Callable | None = None,
+) -> tuple[dict[int, np.ndarray | None], dict[int, int]]:
     """Mean map per class over a dataset: each map normalised to [0, 1], averaged per class,
     normalised again. ``map_fn(normalised images on device, labels on device)`` gives N x H x W
     maps (tensor or array). ``on_batch(images, labels, maps, indices)`` is called on every batch
@@ -304,8 +335,9 @@ def mean_maps_per_class(dataset, map_fn: Callable[[torch.Tensor, torch.Tensor], 
     device = torch.device(device)
     sums: dict[int, torch.Tensor | None] = {0: None, 1: None}
     counts = {0: 0, 1: 0}
-    for batch, labels, batch_indices in iter_batches(dataset, batch_size, indices, progress=progress,
-                                                     desc=desc):
+    for batch, labels, batch_indices in iter_batches(
+        dataset, batch_size, indices, progress=progress, desc=desc
+    ):
         images = normalize_batch(batch.to(device, non_blocking=True))
         labels = labels.to(device)
         maps = torch.as_tensor(map_fn(images, labels), device=device)
@@ -321,8 +353,9 @@ def mean_maps_per_class(dataset, map_fn: Callable[[torch.Tensor, torch.Tensor], 
     means: dict[int, np.ndarray | None] = {}
     for label in (0, 1):
         total = sums[label]
-        means[label] = None if total is None else \
-            normalize_maps((total / counts[label])[None])[0].float().cpu().numpy()
+        means[label] = (
+            None if total is None else normalize_maps((total / counts[label])[None])[0].float().cpu().numpy()
+        )
     return means, counts
 
 
@@ -348,8 +381,10 @@ def resolve_layer(model: nn.Module, name: str = DEFAULT_TARGET_LAYER) -> nn.Modu
     modules = dict(model.named_modules())
     if name and name in modules:
         return modules[name]
-    raise UserError(f"--target_layer {name!r}: no such layer in {type(model).__name__}; "
-                    f"convolution layers: {', '.join(conv_layer_names(model))}")
+    raise UserError(
+        f"--target_layer {name!r}: no such layer in {type(model).__name__}; "
+        f"convolution layers: {', '.join(conv_layer_names(model))}"
+    )
 
 
 @contextlib.contextmanager
@@ -376,8 +411,9 @@ def gradients_only_for(model: nn.Module, layer: nn.Module) -> Iterator[None]:
             p.requires_grad_(flag)
 
 
-def grad_cam_maps(model: nn.Module, target_layer: nn.Module | str, images: torch.Tensor,
-                  labels) -> np.ndarray:
+def grad_cam_maps(
+    model: nn.Module, target_layer: nn.Module | str, images: torch.Tensor, labels
+) -> np.ndarray:
     """Grad-CAM maps (pytorch-grad-cam's GradCAM) of a batch: N x H x W float32 in [0, 1].
 
     ``images`` are normalised model inputs; the target of image i is ``ClassifierOutputTarget(
@@ -387,21 +423,27 @@ def grad_cam_maps(model: nn.Module, target_layer: nn.Module | str, images: torch
     """
     from pytorch_grad_cam import GradCAM
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
     layer = resolve_layer(model, target_layer) if isinstance(target_layer, str) else target_layer
     targets = [ClassifierOutputTarget(int(label)) for label in torch.as_tensor(labels).tolist()]
     was_training = model.training
     cams = None
     try:
-        with torch.enable_grad(), gradients_only_for(model, layer), \
-                GradCAM(model=model, target_layers=[layer]) as cam:
+        with (
+            torch.enable_grad(),
+            gradients_only_for(model, layer),
+            GradCAM(model=model, target_layers=[layer]) as cam,
+        ):
             try:
                 cams = cam(input_tensor=images, targets=targets)
             except IndexError as exc:  # GradCAM.__exit__ would swallow it
                 raise RuntimeError(f"Grad-CAM failed: {exc}") from exc
             except (ValueError, TypeError, AttributeError) as exc:
-                raise UserError(f"Grad-CAM target layer {type(layer).__name__} does not give a "
-                                f"N x C x H x W feature map on the gradient path ({exc}); pick a "
-                                "convolution layer with --target_layer") from None
+                raise UserError(
+                    f"Grad-CAM target layer {type(layer).__name__} does not give a "
+                    f"N x C x H x W feature map on the gradient path ({exc}); pick a "
+                    "convolution layer with --target_layer"
+                ) from None
     finally:
         model.zero_grad(set_to_none=True)  # GradCAM back-propagates into the parameters
         model.train(was_training)
@@ -411,6 +453,7 @@ def grad_cam_maps(model: nn.Module, target_layer: nn.Module | str, images: torch
 def grad_cam_overlay(image_rgb: np.ndarray, cam: np.ndarray, image_weight: float = 0.5) -> np.ndarray:
     """``show_cam_on_image`` of a float RGB H x W x 3 image in [0, 1]: uint8 RGB overlay."""
     from pytorch_grad_cam.utils.image import show_cam_on_image
+
     image_rgb = np.clip(np.asarray(image_rgb, dtype=np.float32), 0.0, 1.0)
     return show_cam_on_image(image_rgb, cam, use_rgb=True, image_weight=image_weight)
 
@@ -426,9 +469,14 @@ def _target_confidence(model: nn.Module, images: torch.Tensor, labels: torch.Ten
     return torch.softmax(model(images).double(), dim=1).gather(1, labels.view(-1, 1))[:, 0]
 
 
-def deletion_faithfulness(model: nn.Module, images: torch.Tensor, labels, maps,
-                          fractions=DEFAULT_FRACTIONS, generator: torch.Generator | None = None
-                          ) -> dict[str, np.ndarray]:
+def deletion_faithfulness(
+    model: nn.Module,
+    images: torch.Tensor,
+    labels,
+    maps,
+    fractions=DEFAULT_FRACTIONS,
+    generator: torch.Generator | None = None,
+) -> dict[str, np.ndarray]:
     """Deletion test of relevance maps on a batch (normalised images on the model's device).
 
     For each fraction f, the f most relevant pixels of each image (by ``maps``, N x H x W) are
@@ -438,8 +486,9 @@ def deletion_faithfulness(model: nn.Module, images: torch.Tensor, labels, maps,
     (F x N) and ``base`` (N). Random pixels come from ``generator`` (CPU) for repeatability.
     """
     labels = torch.as_tensor(labels, device=images.device, dtype=torch.long)
-    maps = torch.as_tensor(np.asarray(maps) if not torch.is_tensor(maps) else maps,
-                           device=images.device, dtype=torch.float32)
+    maps = torch.as_tensor(
+        np.asarray(maps) if not torch.is_tensor(maps) else maps, device=images.device, dtype=torch.float32
+    )
     n, _, height, width = images.shape
     pixels = height * width
     base = _target_confidence(model, images, labels)
@@ -447,7 +496,7 @@ def deletion_faithfulness(model: nn.Module, images: torch.Tensor, labels, maps,
     noise = torch.rand((n, pixels), generator=generator).to(images.device)
     map_drop, random_drop = [], []
     for fraction in fractions:
-        k = max(1, int(round(float(fraction) * pixels)))
+        k = max(1, round(float(fraction) * pixels))
         drops = []
         for scores in (maps.reshape(n, -1), noise):
             mask = torch.zeros((n, pixels), dtype=torch.bool, device=images.device)
@@ -456,8 +505,7 @@ def deletion_faithfulness(model: nn.Module, images: torch.Tensor, labels, maps,
             drops.append((base - _target_confidence(model, perturbed, labels)).cpu().numpy())
         map_drop.append(drops[0])
         random_drop.append(drops[1])
-    return {"map_drop": np.stack(map_drop), "random_drop": np.stack(random_drop),
-            "base": base.cpu().numpy()}
+    return {"map_drop": np.stack(map_drop), "random_drop": np.stack(random_drop), "base": base.cpu().numpy()}
 
 
 class FaithfulnessAccumulator:
@@ -487,8 +535,7 @@ class FaithfulnessAccumulator:
             keep = keep.to(images.device)
             maps = torch.as_tensor(maps, device=images.device)
             images, labels, maps = images[keep], labels[keep], maps[keep]
-        result = deletion_faithfulness(self.model, images, labels, maps, self.fractions,
-                                       self.generator)
+        result = deletion_faithfulness(self.model, images, labels, maps, self.fractions, self.generator)
         self.map_drop += result["map_drop"].sum(axis=1)
         self.random_drop += result["random_drop"].sum(axis=1)
         self.base += float(result["base"].sum())
@@ -499,8 +546,8 @@ class FaithfulnessAccumulator:
         map_drop, random_drop = self.map_drop / n, self.random_drop / n
         return {
             "method": "deletion: the top fraction of pixels by Grad-CAM (or random pixels) replaced "
-                      "by the image's per-channel mean; drop in the softmax confidence of the true "
-                      "class, averaged over images",
+            "by the image's per-channel mean; drop in the softmax confidence of the true "
+            "class, averaged over images",
             "n_images": self.n,
             "fractions": self.fractions,
             "mean_confidence": self.base / n,
@@ -513,21 +560,27 @@ class FaithfulnessAccumulator:
 
 
 def faithfulness_table(summary: dict) -> str:
-    lines = ["pixels removed   drop (Grad-CAM top)   drop (random)",
-             "--------------   -------------------   -------------"]
+    lines = [
+        "pixels removed   drop (Grad-CAM top)   drop (random)",
+        "--------------   -------------------   -------------",
+    ]
     for f, m, r in zip(summary["fractions"], summary["map_drop"], summary["random_drop"]):
         lines.append(f"{100 * f:>13.1f}%   {m:>19.4f}   {r:>13.4f}")
-    lines.append(f"faithfulness gap (mean drop Grad-CAM - random) over {summary['n_images']} images: "
-                 f"{summary['faithfulness_gap']:+.4f}")
+    lines.append(
+        f"faithfulness gap (mean drop Grad-CAM - random) over {summary['n_images']} images: "
+        f"{summary['faithfulness_gap']:+.4f}"
+    )
     return "\n".join(lines)
 
 
 # ----------------------------------------------------------------------------- figures
-def plot_saliency_pairs(images_uint8: np.ndarray, maps: np.ndarray, labels, title: str,
-                        rows: int = 6, pairs_per_row: int = 6):
+def plot_saliency_pairs(
+    images_uint8: np.ndarray, maps: np.ndarray, labels, title: str, rows: int = 6, pairs_per_row: int = 6
+):
     """Each image beside its saliency map: ``rows`` x (2 * ``pairs_per_row``) axes, titled with
     the true label; unused cells (fewer images than cells) stay blank."""
     import matplotlib.pyplot as plt
+
     fig, axes = plt.subplots(rows, 2 * pairs_per_row, figsize=(2 * pairs_per_row * 1.9, rows * 2.1))
     axes = np.asarray(axes).reshape(rows, 2 * pairs_per_row)
     rgb = uint8_to_rgb_float(images_uint8)
@@ -547,6 +600,7 @@ def plot_saliency_pairs(images_uint8: np.ndarray, maps: np.ndarray, labels, titl
 def plot_mean_maps(means: dict, counts: dict, title: str, cmap: str, what: str):
     """Two panels: the mean map of the real and of the fake images (with the image counts)."""
     import matplotlib.pyplot as plt
+
     fig, axes = plt.subplots(1, 2, figsize=(10, 5.2))
     for ax, label in zip(axes, (0, 1)):
         ax.axis("off")
@@ -564,6 +618,7 @@ def plot_mean_maps(means: dict, counts: dict, title: str, cmap: str, what: str):
 def plot_overlay(overlay: np.ndarray, title: str):
     """One Grad-CAM overlay titled ``title`` (the study's ``Real Image`` / ``Fake Image``)."""
     import matplotlib.pyplot as plt
+
     fig, ax = plt.subplots(figsize=(5, 5.3))
     ax.imshow(overlay)
     ax.set_title(title)

@@ -7,6 +7,7 @@ normalise on the device (``normalize_batch``). The arithmetic equals the study's
 (docs/design.md#transforms). Batches come from a ``DataLoader`` over ``UInt8Batches`` or, for a
 split cached in RAM, straight from the cache (``CachedBatches``).
 """
+
 from __future__ import annotations
 
 import math
@@ -53,12 +54,12 @@ def augment_uint8(images: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
     out_np = np.zeros(src_all.shape, dtype=src_all.dtype)
     for k, (top, left, flip) in enumerate(params.tolist()):
         dy, dx = top - pad, left - pad  # shift of the crop window relative to the image
-        src = src_all[k, :, max(dy, 0):height + min(dy, 0), max(dx, 0):width + min(dx, 0)]
+        src = src_all[k, :, max(dy, 0) : height + min(dy, 0), max(dx, 0) : width + min(dx, 0)]
         row, col = max(-dy, 0), max(-dx, 0)  # where the window's image part lands in the crop
         if flip:  # the crop mirrored: its column j is column width-1-j of the unflipped crop
             col = width - col - src.shape[2]
             src = src[:, :, ::-1]
-        out_np[k, :, row:row + src.shape[1], col:col + src.shape[2]] = src
+        out_np[k, :, row : row + src.shape[1], col : col + src.shape[2]] = src
     return torch.from_numpy(out_np)
 
 
@@ -83,13 +84,16 @@ def _normalize_constants(device: torch.device) -> tuple[torch.Tensor, torch.Tens
     """Mean and std as 1x3x1x1 float32 tensors on ``device``, made once per device (creating them
     per batch on CUDA would be a host-to-device copy that waits for the GPU every batch)."""
     if device not in _NORMALIZE_CONSTANTS:
-        _NORMALIZE_CONSTANTS[device] = (torch.tensor(NORMALIZE_MEAN, device=device).view(1, 3, 1, 1),
-                                        torch.tensor(NORMALIZE_STD, device=device).view(1, 3, 1, 1))
+        _NORMALIZE_CONSTANTS[device] = (
+            torch.tensor(NORMALIZE_MEAN, device=device).view(1, 3, 1, 1),
+            torch.tensor(NORMALIZE_STD, device=device).view(1, 3, 1, 1),
+        )
     return _NORMALIZE_CONSTANTS[device]
 
 
-def normalize_batch(images_uint8: torch.Tensor,
-                    memory_format: torch.memory_format = torch.contiguous_format) -> torch.Tensor:
+def normalize_batch(
+    images_uint8: torch.Tensor, memory_format: torch.memory_format = torch.contiguous_format
+) -> torch.Tensor:
     """uint8 N x 3 x H x W -> normalised float32 (the test transform, batched, on any device).
 
     ``(x / 255 - mean) / std`` in float32, the arithmetic of ToTensor + Normalize, in three passes
@@ -97,8 +101,9 @@ def normalize_batch(images_uint8: torch.Tensor,
     layout copy). Same numbers, bit for bit, whatever the layout.
     """
     mean, std = _normalize_constants(images_uint8.device)
-    out = torch.empty(images_uint8.shape, dtype=torch.float32, device=images_uint8.device,
-                      memory_format=memory_format)
+    out = torch.empty(
+        images_uint8.shape, dtype=torch.float32, device=images_uint8.device, memory_format=memory_format
+    )
     return torch.div(images_uint8, 255.0, out=out).sub_(mean).div_(std)
 
 
@@ -214,9 +219,14 @@ class EvalShard(torch.utils.data.Sampler):
         self.epoch = epoch
 
 
-def iter_batches(dataset, batch_size: int, indices=None, num_workers: int = 0,
-                 progress: bool = False, desc: str = "batches"
-                 ) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+def iter_batches(
+    dataset,
+    batch_size: int,
+    indices=None,
+    num_workers: int = 0,
+    progress: bool = False,
+    desc: str = "batches",
+) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
     """Yield ``(uint8 N x 3 x 256 x 256, labels, dataset indices)`` batches of a ``FacesDataset``.
 
     ``indices`` (default: all, in order) selects and orders the images; ``num_workers`` decodes
@@ -226,8 +236,13 @@ def iter_batches(dataset, batch_size: int, indices=None, num_workers: int = 0,
         raise UserError(f"--batch_size must be at least 1, got {batch_size}")
     order = list(range(len(dataset))) if indices is None else [int(i) for i in indices]
     batches = BatchSampler(order, batch_size, drop_last=False)
-    loader = DataLoader(UInt8Batches(dataset), sampler=batches, batch_size=None,
-                        num_workers=num_workers, persistent_workers=False)
+    loader = DataLoader(
+        UInt8Batches(dataset),
+        sampler=batches,
+        batch_size=None,
+        num_workers=num_workers,
+        persistent_workers=False,
+    )
     with tqdm(total=len(order), desc=desc, unit="img", disable=not progress, leave=False) as bar:
         for rows, (images, labels) in zip(batches, loader):  # the loader keeps the sampler's order
             yield images, labels, torch.as_tensor(rows, dtype=torch.long)

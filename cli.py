@@ -1,6 +1,7 @@
 """Command-line plumbing shared by every script, without torch: ``UserError``, the argparse
 types, an ``ArgumentParser`` whose errors are one line, and ``run_cli``, which turns a user error
 into one line on stderr and exit code 2 (``--debug`` shows the traceback instead)."""
+
 from __future__ import annotations
 
 import argparse
@@ -89,8 +90,9 @@ class ArgumentParser(argparse.ArgumentParser):
 
 
 def add_debug_flag(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--debug", action="store_true",
-                        help="show full Python tracebacks instead of one-line errors")
+    parser.add_argument(
+        "--debug", action="store_true", help="show full Python tracebacks instead of one-line errors"
+    )
 
 
 def run_cli(main: Callable[[list[str] | None], object], argv: list[str] | None = None) -> int:
@@ -132,6 +134,6 @@ def one_line_message(exc: BaseException) -> str:
         for i in range(len(lines) - 1, -1, -1):
             head, sep, rest = lines[i].partition(": ")
             if sep and head.rsplit(".", 1)[-1] == name:
-                lines = [rest] + lines[i + 1:]
+                lines = [rest] + lines[i + 1 :]
                 break
     return " ".join(lines) or type(exc).__name__

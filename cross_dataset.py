@@ -7,6 +7,7 @@
 - ``plot_matrix`` and ``matrix_table``: the heat maps (train dataset x test dataset, the
   in-distribution cells labelled) and a text table.
 """
+
 from __future__ import annotations
 
 import os
@@ -29,16 +30,20 @@ from utils import (
     model_name_of_state_dict,
 )
 
-MATRIX_METRICS = (("auc", "AUC of P(fake)", (0.0, 1.0), "viridis", ".3f"),
-                  ("accuracy", "accuracy at 0.5 (%)", (0.0, 100.0), "viridis", ".1f"),
-                  ("eer", "EER", (0.0, 0.5), "viridis_r", ".3f"))
-_NAME = re.compile(rf"^({'|'.join(DATASET_NAMES)})_({'|'.join(MODEL_NAMES)})_"
-                   rf"({'|'.join(OPTIMIZER_NAMES)})\.pt$")
+MATRIX_METRICS = (
+    ("auc", "AUC of P(fake)", (0.0, 1.0), "viridis", ".3f"),
+    ("accuracy", "accuracy at 0.5 (%)", (0.0, 100.0), "viridis", ".1f"),
+    ("eer", "EER", (0.0, 0.5), "viridis_r", ".3f"),
+)
+_NAME = re.compile(
+    rf"^({'|'.join(DATASET_NAMES)})_({'|'.join(MODEL_NAMES)})_"
+    rf"({'|'.join(OPTIMIZER_NAMES)})\.pt$"
+)
 
 
 @dataclass(frozen=True)
 class CheckpointSpec:
-    dataset: str    # the dataset it was trained on
+    dataset: str  # the dataset it was trained on
     model: str
     path: str
     optimizer: str | None = None
@@ -58,9 +63,11 @@ def parse_checkpoint_spec(text: str) -> CheckpointSpec:
     match = _NAME.match(os.path.basename(text))
     if match:
         return CheckpointSpec(match.group(1), match.group(2), text, match.group(3))
-    raise UserError(f"--checkpoints {text!r}: expected DATASET:MODEL:PATH (datasets: "
-                    f"{', '.join(DATASET_NAMES)}; models: {', '.join(MODEL_NAMES)}) or a file named "
-                    "<dataset>_<model>_<optimizer>.pt")
+    raise UserError(
+        f"--checkpoints {text!r}: expected DATASET:MODEL:PATH (datasets: "
+        f"{', '.join(DATASET_NAMES)}; models: {', '.join(MODEL_NAMES)}) or a file named "
+        "<dataset>_<model>_<optimizer>.pt"
+    )
 
 
 def discover_checkpoints(folder: str) -> list[CheckpointSpec]:
@@ -69,8 +76,10 @@ def discover_checkpoints(folder: str) -> list[CheckpointSpec]:
     names = sorted(os.listdir(folder)) if os.path.isdir(folder) else []
     found = [parse_checkpoint_spec(os.path.join(folder, n)) for n in names if _NAME.match(n)]
     if not found:
-        raise UserError(f"{folder}: no checkpoints named <dataset>_<model>_<optimizer>.pt; train with "
-                        "train_main.py, or pass --checkpoint_dir or --checkpoints DATASET:MODEL:PATH")
+        raise UserError(
+            f"{folder}: no checkpoints named <dataset>_<model>_<optimizer>.pt; train with "
+            "train_main.py, or pass --checkpoint_dir or --checkpoints DATASET:MODEL:PATH"
+        )
     return found
 
 
@@ -80,12 +89,15 @@ def check_checkpoint(spec: CheckpointSpec) -> None:
     checkpoint = load_checkpoint(spec.path)
     found = checkpoint.get("model_name") or model_name_of_state_dict(checkpoint["model"])
     if found and found != spec.model:
-        raise UserError(f"{spec.path}: holds a {found} model, not {spec.model}; give it as "
-                        f"{spec.dataset}:{found}:{spec.path}")
+        raise UserError(
+            f"{spec.path}: holds a {found} model, not {spec.model}; give it as "
+            f"{spec.dataset}:{found}:{spec.path}"
+        )
 
 
-def evaluate_matrix(specs, test_datasets, data_root, device, batch_size: int = 64,
-                    progress: bool = False) -> list[dict]:
+def evaluate_matrix(
+    specs, test_datasets, data_root, device, batch_size: int = 64, progress: bool = False
+) -> list[dict]:
     """One row per checkpoint: its spec and, per test dataset, AUC, accuracy (%), EER, AP of P(fake),
     the class counts and whether it is in-distribution (the dataset it was trained on)."""
     for spec in specs:
@@ -101,11 +113,20 @@ def evaluate_matrix(specs, test_datasets, data_root, device, batch_size: int = 6
         for name, dataset in datasets.items():
             logits, labels = analysis.predict_scores(model, dataset, batch_size, progress=progress)
             metrics = binary_metrics(labels, analysis.soft_scores(logits)[:, 1])
-            results[name] = {key: metrics[key] for key in ("auc", "accuracy", "eer", "ap", "n_real",
-                                                           "n_fake")}
+            results[name] = {
+                key: metrics[key] for key in ("auc", "accuracy", "eer", "ap", "n_real", "n_fake")
+            }
             results[name]["in_distribution"] = name == spec.dataset
-        rows.append({"label": spec.label, "train_dataset": spec.dataset, "model": spec.model,
-                     "optimizer": spec.optimizer, "checkpoint": spec.path, "results": results})
+        rows.append(
+            {
+                "label": spec.label,
+                "train_dataset": spec.dataset,
+                "model": spec.model,
+                "optimizer": spec.optimizer,
+                "checkpoint": spec.path,
+                "results": results,
+            }
+        )
         del model
     return rows
 
@@ -135,27 +156,48 @@ def plot_matrix(rows, test_datasets):
     'in-distribution'."""
     import matplotlib.pyplot as plt
     from matplotlib.patches import Rectangle
+
     n_rows, n_cols = len(rows), len(test_datasets)
-    fig, axes = plt.subplots(1, len(MATRIX_METRICS), figsize=(5.2 * len(MATRIX_METRICS) + 1.5,
-                                                              1.2 * n_rows + 2.2))
+    fig, axes = plt.subplots(
+        1, len(MATRIX_METRICS), figsize=(5.2 * len(MATRIX_METRICS) + 1.5, 1.2 * n_rows + 2.2)
+    )
     for ax, (key, title, (low, high), cmap, digits) in zip(np.atleast_1d(axes), MATRIX_METRICS):
-        values = np.array([[np.nan if row["results"][d][key] is None else row["results"][d][key]
-                            for d in test_datasets] for row in rows], dtype=float)
+        values = np.array(
+            [
+                [np.nan if row["results"][d][key] is None else row["results"][d][key] for d in test_datasets]
+                for row in rows
+            ],
+            dtype=float,
+        )
         shown = ax.imshow(values, cmap=cmap, vmin=low, vmax=high, aspect="auto")
         fig.colorbar(shown, ax=ax, fraction=0.046, pad=0.04)
         for i, row in enumerate(rows):
             for j, name in enumerate(test_datasets):
                 inside = row["results"][name]["in_distribution"]
                 text = "n/a" if np.isnan(values[i, j]) else format(values[i, j], digits)
-                ax.text(j, i, text + ("\nin-distribution" if inside else ""), ha="center",
-                        va="center", fontsize=9, color="white", fontweight="bold" if inside else None,
-                        bbox={"facecolor": "black", "alpha": 0.35, "linewidth": 0})
+                ax.text(
+                    j,
+                    i,
+                    text + ("\nin-distribution" if inside else ""),
+                    ha="center",
+                    va="center",
+                    fontsize=9,
+                    color="white",
+                    fontweight="bold" if inside else None,
+                    bbox={"facecolor": "black", "alpha": 0.35, "linewidth": 0},
+                )
                 if inside:
-                    ax.add_patch(Rectangle((j - 0.44, i - 0.44), 0.88, 0.88, fill=False,
-                                           linewidth=2.5, edgecolor="red"))
+                    ax.add_patch(
+                        Rectangle(
+                            (j - 0.44, i - 0.44), 0.88, 0.88, fill=False, linewidth=2.5, edgecolor="red"
+                        )
+                    )
         ax.set_xticks(range(n_cols), [DATASET_TITLES.get(d, d) for d in test_datasets], fontsize=9)
-        ax.set_yticks(range(n_rows), [row["label"].replace(", trained on ", "\ntrained on ")
-                                      for row in rows], fontsize=8)
+        ax.set_yticks(
+            range(n_rows),
+            [row["label"].replace(", trained on ", "\ntrained on ") for row in rows],
+            fontsize=8,
+        )
         ax.set_xlabel("test split of")
         ax.set_title(title)
     fig.suptitle("Cross-dataset evaluation (framed: in-distribution)")

@@ -1,13 +1,15 @@
 """Cross-dataset generalisation: every trained checkpoint on the test split of every dataset.
 
     python cross_dataset_analysis.py --checkpoint_dir checkpoints
-    python cross_dataset_analysis.py --checkpoints fakes_dataset:SimpleNet:my.pt checkpoints/synthetic_dataset_SimpleNet_Adam.pt
+    python cross_dataset_analysis.py --checkpoints fakes_dataset:SimpleNet:my.pt \
+        checkpoints/synthetic_dataset_SimpleNet_Adam.pt
 
 Gives a train-dataset x test-dataset matrix of AUC, accuracy and EER (and AP) of P(fake). Writes
 figures/cross_dataset.png (heat maps, the in-distribution cells labelled), out/cross_dataset.json
 (section "cross_dataset": the whole matrix) and, for each checkpoint, the "cross_dataset" section
 of out/<D>_<M>_metrics.json (its row; other sections kept), and prints the table.
 """
+
 from __future__ import annotations
 
 import os
@@ -25,40 +27,67 @@ SCORES = "P(fake) = softmax column 1; accuracy at P(fake) > 0.5"
 def build_parser() -> ArgumentParser:
     parser = ArgumentParser(
         description="Evaluate every trained checkpoint on the test split of every dataset: a "
-                    "train-dataset x test-dataset matrix of AUC, accuracy and EER of P(fake), as a "
-                    "table, heat maps and JSON.")
-    parser.add_argument("--checkpoints", nargs="+", default=None, metavar="CKPT",
-                        help="checkpoints as DATASET:MODEL:PATH (the dataset it was trained on), or "
-                             "paths named <dataset>_<model>_<optimizer>.pt; default: every "
-                             "<dataset>_<model>_<optimizer>.pt in --checkpoint_dir")
-    parser.add_argument("--checkpoint_dir", default="checkpoints",
-                        help="where to find the checkpoints when --checkpoints is not given")
-    add_multi_dataset_flags(parser, "test splits to evaluate on",
-                            "folder of cross_dataset.json and <D>_<M>_metrics.json (their "
-                            "'cross_dataset' section is replaced, other sections kept)")
+        "train-dataset x test-dataset matrix of AUC, accuracy and EER of P(fake), as a "
+        "table, heat maps and JSON."
+    )
+    parser.add_argument(
+        "--checkpoints",
+        nargs="+",
+        default=None,
+        metavar="CKPT",
+        help="checkpoints as DATASET:MODEL:PATH (the dataset it was trained on), or "
+        "paths named <dataset>_<model>_<optimizer>.pt; default: every "
+        "<dataset>_<model>_<optimizer>.pt in --checkpoint_dir",
+    )
+    parser.add_argument(
+        "--checkpoint_dir",
+        default="checkpoints",
+        help="where to find the checkpoints when --checkpoints is not given",
+    )
+    add_multi_dataset_flags(
+        parser,
+        "test splits to evaluate on",
+        "folder of cross_dataset.json and <D>_<M>_metrics.json (their "
+        "'cross_dataset' section is replaced, other sections kept)",
+    )
     return parser
 
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     device = get_device(args.device)
-    specs = ([cross_dataset.parse_checkpoint_spec(text) for text in args.checkpoints]
-             if args.checkpoints else cross_dataset.discover_checkpoints(args.checkpoint_dir))
+    specs = (
+        [cross_dataset.parse_checkpoint_spec(text) for text in args.checkpoints]
+        if args.checkpoints
+        else cross_dataset.discover_checkpoints(args.checkpoint_dir)
+    )
     test_datasets = list(dict.fromkeys(args.datasets))
-    rows = cross_dataset.evaluate_matrix(specs, test_datasets, args.data_root, device,
-                                         args.batch_size, progress=not args.no_progress)
+    rows = cross_dataset.evaluate_matrix(
+        specs, test_datasets, args.data_root, device, args.batch_size, progress=not args.no_progress
+    )
 
-    path = save_figure(cross_dataset.plot_matrix(rows, test_datasets),
-                       os.path.join(args.figures_dir, "cross_dataset.png"))
+    path = save_figure(
+        cross_dataset.plot_matrix(rows, test_datasets), os.path.join(args.figures_dir, "cross_dataset.png")
+    )
     matrix_path = os.path.join(args.out_dir, "cross_dataset.json")
-    analysis.update_metrics_json(matrix_path, "cross_dataset", {
-        "scores": SCORES, "split": "test", "test_datasets": test_datasets, "rows": rows})
+    analysis.update_metrics_json(
+        matrix_path,
+        "cross_dataset",
+        {"scores": SCORES, "split": "test", "test_datasets": test_datasets, "rows": rows},
+    )
     written = [matrix_path]
     for dataset, model in dict.fromkeys((row["train_dataset"], row["model"]) for row in rows):
         run_path = analysis.metrics_json_path(args.out_dir, dataset, model)
-        analysis.update_metrics_json(run_path, "cross_dataset", {
-            "scores": SCORES, "split": "test", "test_datasets": test_datasets,
-            "rows": [row for row in rows if (row["train_dataset"], row["model"]) == (dataset, model)]})
+        analysis.update_metrics_json(
+            run_path,
+            "cross_dataset",
+            {
+                "scores": SCORES,
+                "split": "test",
+                "test_datasets": test_datasets,
+                "rows": [row for row in rows if (row["train_dataset"], row["model"]) == (dataset, model)],
+            },
+        )
         written.append(run_path)
 
     print(cross_dataset.matrix_table(rows, test_datasets))

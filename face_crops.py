@@ -13,6 +13,7 @@ its faces. It is centred on the box, then moved inside the photo where the photo
 Where the photo is shorter than the square, the square stays centred and the missing part is black.
 The crop is then resized to 256x256.
 """
+
 from __future__ import annotations
 
 import os
@@ -40,11 +41,14 @@ def import_cv2():
     try:
         import cv2
     except ImportError:
-        raise UserError(f"face detection (--crop_faces) needs OpenCV, which is not installed: "
-                        f"{OPENCV_INSTALL}") from None
+        raise UserError(
+            f"face detection (--crop_faces) needs OpenCV, which is not installed: {OPENCV_INSTALL}"
+        ) from None
     if not hasattr(cv2, "CascadeClassifier") or not hasattr(cv2, "data"):
-        raise UserError(f"face detection (--crop_faces) needs the Haar cascades of OpenCV 4, and "
-                        f"the installed OpenCV {cv2.__version__} has none: {OPENCV_INSTALL}")
+        raise UserError(
+            f"face detection (--crop_faces) needs the Haar cascades of OpenCV 4, and "
+            f"the installed OpenCV {cv2.__version__} has none: {OPENCV_INSTALL}"
+        )
     return cv2
 
 
@@ -56,8 +60,7 @@ class FaceDetector:
         path = os.path.join(self._cv2.data.haarcascades, CASCADE_FILE)
         self._cascade = self._cv2.CascadeClassifier(path)
         if self._cascade.empty():
-            raise UserError(f"cannot load OpenCV's face cascade {path}; reinstall OpenCV: "
-                            f"{OPENCV_INSTALL}")
+            raise UserError(f"cannot load OpenCV's face cascade {path}; reinstall OpenCV: {OPENCV_INSTALL}")
 
     def detect(self, image: Image.Image) -> list[Box]:
         """The face boxes (x, y, w, h) of a PIL image, in its pixels, sorted left to right (then
@@ -68,15 +71,14 @@ class FaceDetector:
         if scale < 1.0:
             size = (max(1, round(width * scale)), max(1, round(height * scale)))
             gray = self._cv2.resize(gray, size, interpolation=self._cv2.INTER_AREA)
-        found = self._cascade.detectMultiScale(gray, scaleFactor=SCALE_FACTOR,
-                                               minNeighbors=MIN_NEIGHBORS,
-                                               minSize=(MIN_FACE_PX, MIN_FACE_PX))
+        found = self._cascade.detectMultiScale(
+            gray, scaleFactor=SCALE_FACTOR, minNeighbors=MIN_NEIGHBORS, minSize=(MIN_FACE_PX, MIN_FACE_PX)
+        )
         boxes = [tuple(round(float(v) / scale) for v in box) for box in np.reshape(found, (-1, 4))]
         return sorted(boxes)
 
 
-def crop_square(box: Box, image_size: tuple[int, int], margin: float = MARGIN
-                ) -> tuple[int, int, int]:
+def crop_square(box: Box, image_size: tuple[int, int], margin: float = MARGIN) -> tuple[int, int, int]:
     """The crop of a face box in a photo of ``image_size`` (width, height): (left, top, side).
 
     The square's side is ``margin`` times the box's longer side. It is centred on the box and
@@ -89,11 +91,13 @@ def crop_square(box: Box, image_size: tuple[int, int], margin: float = MARGIN
     def place(centre: float, length: int) -> int:
         start = round(centre - side / 2)
         return min(max(start, 0), length - side) if side <= length else start
+
     return place(x + w / 2, image_size[0]), place(y + h / 2, image_size[1]), side
 
 
-def crop_face(image: Image.Image, box: Box, size: int = IMAGE_SIZE, margin: float = MARGIN
-              ) -> tuple[Image.Image, tuple[int, int, int]]:
+def crop_face(
+    image: Image.Image, box: Box, size: int = IMAGE_SIZE, margin: float = MARGIN
+) -> tuple[Image.Image, tuple[int, int, int]]:
     """The ``size`` x ``size`` crop of one face box of a PIL image, and its square (left, top,
     side) in the image; where the square overhangs the image, the crop is black there."""
     left, top, side = crop_square(box, image.size, margin)

@@ -4,6 +4,7 @@ A split folder (for example ``<data root>/fakes_dataset/train``) holds ``real/``
 ``FacesDataset`` lists both (sorted file names, so runs repeat), indexes all real images first and
 then all fakes, and returns ``(image, label)`` with label 0 = real and 1 = fake.
 """
+
 from __future__ import annotations
 
 import os
@@ -31,9 +32,32 @@ class DataError(UserError, ValueError):
 
 # Raster photo formats only: PIL also "reads" .pdf, .eps, .ps, .h5, .mpg, .emf ..., which are
 # documents, containers or vector files, not face images.
-RASTER_EXTENSIONS = (".png", ".apng", ".jpg", ".jpeg", ".jpe", ".jfif", ".bmp", ".dib", ".gif", ".tif",
-                     ".tiff", ".webp", ".ppm", ".pgm", ".pbm", ".pnm", ".tga", ".jp2", ".j2k", ".jpx",
-                     ".avif", ".qoi", ".pcx", ".sgi")
+RASTER_EXTENSIONS = (
+    ".png",
+    ".apng",
+    ".jpg",
+    ".jpeg",
+    ".jpe",
+    ".jfif",
+    ".bmp",
+    ".dib",
+    ".gif",
+    ".tif",
+    ".tiff",
+    ".webp",
+    ".ppm",
+    ".pgm",
+    ".pbm",
+    ".pnm",
+    ".tga",
+    ".jp2",
+    ".j2k",
+    ".jpx",
+    ".avif",
+    ".qoi",
+    ".pcx",
+    ".sgi",
+)
 
 
 def _image_extensions() -> frozenset[str]:
@@ -92,11 +116,13 @@ def read_rgb_image(path: str, hint: str = CORRUPT_HINT) -> Image.Image:
                 image.load()
                 return _to_rgb(ImageOps.exif_transpose(image))
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise DataError(f"{path}: refused, declared image size is too large "
-                        f"(possible decompression bomb): {exc}") from None
+        raise DataError(
+            f"{path}: refused, declared image size is too large (possible decompression bomb): {exc}"
+        ) from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-        raise DataError(f"{path}: cannot read image ({type(exc).__name__}: {exc})"
-                        + (f"; {hint}" if hint else "")) from None
+        raise DataError(
+            f"{path}: cannot read image ({type(exc).__name__}: {exc})" + (f"; {hint}" if hint else "")
+        ) from None
 
 
 def pil_to_uint8_tensor(image: Image.Image) -> torch.Tensor:
@@ -108,8 +134,9 @@ def load_image_tensor(path: str, size: int = IMAGE_SIZE) -> torch.Tensor:
     """Read ``path`` as a 3 x size x size uint8 tensor, resizing (with a warning) when needed."""
     image = read_rgb_image(path)
     if image.size != (size, size):
-        warnings.warn(f"{path}: image is {image.size[0]}x{image.size[1]}, resized to {size}x{size}",
-                      stacklevel=2)
+        warnings.warn(
+            f"{path}: image is {image.size[0]}x{image.size[1]}, resized to {size}x{size}", stacklevel=2
+        )
         image = image.resize((size, size), Image.BILINEAR)
     return pil_to_uint8_tensor(image)
 
@@ -128,15 +155,17 @@ class FacesDataset(Dataset):
             raising ``DataError`` when they are first read.
     """
 
-    def __init__(self, root_path: str, transform=None, cache_images: bool = False,
-                 skip_corrupt: bool = False):
+    def __init__(
+        self, root_path: str, transform=None, cache_images: bool = False, skip_corrupt: bool = False
+    ):
         self.root_path = root_path
         self.transform = transform
         missing = [d for d in CLASS_DIRS if not os.path.isdir(os.path.join(root_path, d))]
         if missing:
             raise DataError(
                 f"{root_path}: missing folder(s) {', '.join(missing)}; expected "
-                f"<data root>/<dataset>/<train|val|test>/{{real,fake}}/*.png; {DEMO_HINT}")
+                f"<data root>/<dataset>/<train|val|test>/{{real,fake}}/*.png; {DEMO_HINT}"
+            )
         self.real_image_names = list_images(os.path.join(root_path, "real"))
         self.fake_image_names = list_images(os.path.join(root_path, "fake"))
         if skip_corrupt:
@@ -158,15 +187,19 @@ class FacesDataset(Dataset):
             if broken:
                 first = os.path.join(self.root_path, class_dir, broken[0])
                 more = f" (and {len(broken) - 1} more in that folder)" if len(broken) > 1 else ""
-                raise DataError(f"{first}: broken symbolic link to {os.readlink(first)}{more}; "
-                                "fix or delete the link, or pass --skip_corrupt")
+                raise DataError(
+                    f"{first}: broken symbolic link to {os.readlink(first)}{more}; "
+                    "fix or delete the link, or pass --skip_corrupt"
+                )
 
     def require_both_classes(self) -> None:
         """Raise ``DataError`` naming the class folder (real/ or fake/) that holds no image."""
         for class_dir, names in (("real", self.real_image_names), ("fake", self.fake_image_names)):
             if not names:
-                raise DataError(f"{os.path.join(self.root_path, class_dir)}: no images; this split "
-                                "needs both real and fake images")
+                raise DataError(
+                    f"{os.path.join(self.root_path, class_dir)}: no images; this split "
+                    "needs both real and fake images"
+                )
 
     def _drop_unreadable(self, class_dir: str, names: list[str]) -> list[str]:
         kept = []
@@ -184,8 +217,12 @@ class FacesDataset(Dataset):
     @property
     def labels(self) -> torch.Tensor:
         """Labels of every index, without reading any image."""
-        return torch.cat([torch.zeros(len(self.real_image_names), dtype=torch.long),
-                          torch.ones(len(self.fake_image_names), dtype=torch.long)])
+        return torch.cat(
+            [
+                torch.zeros(len(self.real_image_names), dtype=torch.long),
+                torch.ones(len(self.fake_image_names), dtype=torch.long),
+            ]
+        )
 
     def path_and_label(self, index: int) -> tuple[str, int]:
         """The file path and label of ``index`` (real images first, then fakes)."""
@@ -214,8 +251,13 @@ class FacesDataset(Dataset):
         """Decode every image once into one N x 3 x 256 x 256 uint8 tensor kept in RAM."""
         if self._cache is None:
             cache = torch.empty((len(self), 3, IMAGE_SIZE, IMAGE_SIZE), dtype=torch.uint8)
-            for i in tqdm(range(len(self)), desc=f"caching {self.root_path}", unit="img",
-                          disable=not progress, leave=False):
+            for i in tqdm(
+                range(len(self)),
+                desc=f"caching {self.root_path}",
+                unit="img",
+                disable=not progress,
+                leave=False,
+            ):
                 cache[i] = load_image_tensor(self.path_and_label(i)[0])
             self._cache = cache
         return self._cache

@@ -1,6 +1,7 @@
 """Safe files: atomic writes (a crash leaves the old file or the new one, never half a file),
 advisory locks for files that several processes update, the runs JSON reader that repairs a
 damaged file by moving it aside, and the output-folder checks done before any work starts."""
+
 from __future__ import annotations
 
 import contextlib
@@ -21,8 +22,9 @@ def ensure_dir(path: str) -> str:
         try:
             os.makedirs(path, exist_ok=True)
         except OSError as exc:  # a regular file in the way, read-only parent, disk full ...
-            raise UserError(f"{path}: cannot create output folder ({exc.strerror or exc}); "
-                            "choose another folder") from None
+            raise UserError(
+                f"{path}: cannot create output folder ({exc.strerror or exc}); choose another folder"
+            ) from None
         if not os.access(path, os.W_OK | os.X_OK):  # fail now, not after the first epoch
             raise UserError(f"{path}: folder is not writable; choose another folder")
     return path
@@ -35,8 +37,9 @@ def check_creatable_dir(path: str) -> None:
     while not os.path.exists(existing) and os.path.dirname(existing) != existing:
         existing = os.path.dirname(existing)
     if not os.path.isdir(existing):
-        raise UserError(f"{path}: cannot create output folder ({existing} is not a folder); "
-                        "choose another folder")
+        raise UserError(
+            f"{path}: cannot create output folder ({existing} is not a folder); choose another folder"
+        )
     if not os.access(existing, os.W_OK | os.X_OK):
         raise UserError(f"{path}: folder is not writable; choose another folder")
 
@@ -50,6 +53,7 @@ def file_lock(path: str):
     os.makedirs(folder, exist_ok=True)
     try:
         import fcntl
+
         fd = os.open(folder, os.O_RDONLY)
     except (ImportError, OSError):  # Windows, or a folder that cannot be opened
         yield
@@ -103,10 +107,14 @@ def exclusive_lock(lock_path: str, note: str):
     finally:
         os.unlink(lock_path)  # still locked here, so no other process holds this file
         os.close(fd)
+
+
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
 _UMASK = _umask()
 
 
@@ -141,6 +149,7 @@ def atomic_write_json(path: str, data) -> None:
         with open(tmp, "w") as handle:
             json.dump(data, handle, indent=2)
             handle.write("\n")
+
     atomic_write(path, write)
 
 
@@ -148,6 +157,7 @@ def atomic_write_text(path: str, text: str) -> None:
     def write(tmp):
         with open(tmp, "w", encoding="utf-8") as handle:
             handle.write(text)
+
     atomic_write(path, write)
 
 
@@ -159,8 +169,10 @@ def atomic_torch_save(obj, path: str) -> None:
 
         atomic_write(path, lambda tmp: torch.save(obj, tmp))
     except (RuntimeError, OSError) as exc:
-        raise UserError(f"{path}: cannot write the checkpoint ({one_line_message(exc)[:200]}); "
-                        "free disk space or choose another folder") from None
+        raise UserError(
+            f"{path}: cannot write the checkpoint ({one_line_message(exc)[:200]}); "
+            "free disk space or choose another folder"
+        ) from None
 
 
 def remove_unfinished_writes(path: str) -> list[str]:
@@ -177,6 +189,7 @@ def remove_unfinished_writes(path: str) -> list[str]:
 def save_figure(fig, path: str, **kwargs) -> str:
     """Save a matplotlib figure atomically (format from the extension) and close it."""
     import matplotlib.pyplot as plt
+
     fmt = os.path.splitext(path)[1].lstrip(".") or "png"
     atomic_write(path, lambda tmp: fig.savefig(tmp, format=fmt, **kwargs))
     plt.close(fig)

@@ -7,6 +7,7 @@ and a fake test image with the heat map over it), figures/<D>_<M>_mean_grad_cam.
 class over the test split) and a faithfulness figure of merit in the "grad_cam" section of
 out/<D>_<M>_metrics.json (other sections kept).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -35,33 +36,60 @@ def fraction(text: str) -> float:
 def build_parser() -> ArgumentParser:
     parser = ArgumentParser(
         description="Grad-CAM heat maps of the true class (raw logit) at a target layer: one real "
-                    "and one fake test image (the study's figures), the mean map per class over "
-                    "the test split, and a deletion test of the maps' faithfulness: the drop in "
-                    "the true class's softmax confidence when the most relevant pixels are "
-                    "replaced by the image mean, against removing as many random pixels.")
+        "and one fake test image (the study's figures), the mean map per class over "
+        "the test split, and a deletion test of the maps' faithfulness: the drop in "
+        "the true class's softmax confidence when the most relevant pixels are "
+        "replaced by the image mean, against removing as many random pixels."
+    )
     add_analysis_flags(parser)
-    parser.add_argument("--target_layer", default=analysis.DEFAULT_TARGET_LAYER,
-                        help="dotted module path of the Grad-CAM layer (the study: conv3 for both "
-                             "models; e.g. block12.rep.4 for XceptionBased); a wrong name lists "
-                             "the convolution layers")
-    parser.add_argument("--seed", default=0, type=int,
-                        help="chooses the real and the fake image of the two figures, and the "
-                             "random pixels of the faithfulness baseline")
-    parser.add_argument("--batch_size", "-b", default=16, type=positive_int,
-                        help="images per forward/backward pass (lower it if memory runs short)")
-    parser.add_argument("--max_images", default=0, type=non_negative_int,
-                        help="use only this many test images (chosen with --seed, both classes) "
-                             "for the mean maps; 0: all")
-    parser.add_argument("--faithfulness_images", default=0, type=non_negative_int,
-                        help="test images (chosen with --seed, both classes) of the faithfulness "
-                             "test, which costs about 10 forward passes an image; 0: the same "
-                             "images as the mean maps")
-    parser.add_argument("--fractions", default=list(analysis.DEFAULT_FRACTIONS), nargs="+",
-                        type=fraction, metavar="F",
-                        help="fractions of pixels (between 0 and 1) removed by the faithfulness test")
-    parser.add_argument("--out_dir", default="out",
-                        help="folder of <D>_<M>_metrics.json (its 'grad_cam' section is replaced, "
-                             "other sections kept)")
+    parser.add_argument(
+        "--target_layer",
+        default=analysis.DEFAULT_TARGET_LAYER,
+        help="dotted module path of the Grad-CAM layer (the study: conv3 for both "
+        "models; e.g. block12.rep.4 for XceptionBased); a wrong name lists "
+        "the convolution layers",
+    )
+    parser.add_argument(
+        "--seed",
+        default=0,
+        type=int,
+        help="chooses the real and the fake image of the two figures, and the "
+        "random pixels of the faithfulness baseline",
+    )
+    parser.add_argument(
+        "--batch_size",
+        "-b",
+        default=16,
+        type=positive_int,
+        help="images per forward/backward pass (lower it if memory runs short)",
+    )
+    parser.add_argument(
+        "--max_images",
+        default=0,
+        type=non_negative_int,
+        help="use only this many test images (chosen with --seed, both classes) for the mean maps; 0: all",
+    )
+    parser.add_argument(
+        "--faithfulness_images",
+        default=0,
+        type=non_negative_int,
+        help="test images (chosen with --seed, both classes) of the faithfulness "
+        "test, which costs about 10 forward passes an image; 0: the same "
+        "images as the mean maps",
+    )
+    parser.add_argument(
+        "--fractions",
+        default=list(analysis.DEFAULT_FRACTIONS),
+        nargs="+",
+        type=fraction,
+        metavar="F",
+        help="fractions of pixels (between 0 and 1) removed by the faithfulness test",
+    )
+    parser.add_argument(
+        "--out_dir",
+        default="out",
+        help="folder of <D>_<M>_metrics.json (its 'grad_cam' section is replaced, other sections kept)",
+    )
     parser.add_argument("--no_progress", action="store_true", help="no progress bars")
     return parser
 
@@ -70,25 +98,71 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     device, model, dataset = load_analysis_inputs(args)
     layer = analysis.resolve_layer(model, args.target_layer)
-    labels = dataset.labels.numpy()
     title = analysis.describe(args.dataset, args.model)
+    written = one_image_per_class(args, model, layer, dataset, device)
+    means, counts, faithfulness = mean_maps_and_faithfulness(args, model, layer, dataset, device)
+    if counts[0] + counts[1] == 0:
+        raise UserError("no test images to analyse")
+    mean_path = figure_path(args.figures_dir, args.dataset, args.model, "mean_grad_cam")
+    figure = analysis.plot_mean_maps(
+        means, counts, f"Mean Grad-CAM ({args.target_layer}): {title}", "jet", "Grad-CAM"
+    )
+    written.append(save_figure(figure, mean_path))
 
-    written = []
-    picks = analysis.pick_one_per_class(labels, args.seed)
+    summary = {
+        "model": args.model,
+        "dataset": args.dataset,
+        "split": "test",
+        "checkpoint": args.checkpoint_path,
+        "target_layer": args.target_layer,
+        "target": "true class (raw logit)",
+        "seed": args.seed,
+        "n_real": counts[0],
+        "n_fake": counts[1],
+        **faithfulness.summary(),
+    }
+    json_path = analysis.metrics_json_path(args.out_dir, args.dataset, args.model)
+    analysis.update_metrics_json(json_path, "grad_cam", summary)
+
+    print(f"{title}: Grad-CAM at {args.target_layer} over {counts[0]} real and {counts[1]} fake test images")
+    print(analysis.faithfulness_table(summary))
+    for path in written:
+        print(f"wrote {path}")
+    print(f"wrote {json_path} (section 'grad_cam')")
+    return 0
+
+
+def one_image_per_class(args, model, layer, dataset, device) -> list[str]:
+    """The study's two figures: a real and a fake test image (drawn with the seed) with their
+    Grad-CAM overlay. Returns the paths written (a class without test images is skipped)."""
+    picks = analysis.pick_one_per_class(dataset.labels.numpy(), args.seed)
     chosen = [(label, index) for label, index in picks.items() if index is not None]
     for label, index in picks.items():
         if index is None:
-            print(f"note: no {analysis.CLASS_NAMES[label].lower()} image in the test split; "
-                  f"its Grad-CAM figure is not written", file=sys.stderr)
-    if chosen:
-        images = dataset.load_uint8_batch(torch.tensor([index for _, index in chosen]))
-        cams = analysis.grad_cam_maps(model, layer, normalize_batch(images.to(device)),
-                                      [label for label, _ in chosen])
-        for (label, _), image, cam in zip(chosen, analysis.uint8_to_rgb_float(images), cams):
-            name = f"{analysis.CLASS_NAMES[label]} Image"
-            path = figure_path(args.figures_dir, args.dataset, args.model, FIGURE_SUFFIXES["gradcam"][label])
-            save_figure(analysis.plot_overlay(analysis.grad_cam_overlay(image, cam), name), path)
-            written.append(path)
+            print(
+                f"note: no {analysis.CLASS_NAMES[label].lower()} image in the test split; "
+                f"its Grad-CAM figure is not written",
+                file=sys.stderr,
+            )
+    if not chosen:
+        return []
+    images = dataset.load_uint8_batch(torch.tensor([index for _, index in chosen]))
+    cams = analysis.grad_cam_maps(
+        model, layer, normalize_batch(images.to(device)), [label for label, _ in chosen]
+    )
+    written = []
+    for (label, _), image, cam in zip(chosen, analysis.uint8_to_rgb_float(images), cams):
+        name = f"{analysis.CLASS_NAMES[label]} Image"
+        path = figure_path(args.figures_dir, args.dataset, args.model, FIGURE_SUFFIXES["gradcam"][label])
+        written.append(save_figure(analysis.plot_overlay(analysis.grad_cam_overlay(image, cam), name), path))
+    return written
+
+
+def mean_maps_and_faithfulness(args, model, layer, dataset, device):
+    """The per-class mean Grad-CAM maps over ``--max_images`` test images and the deletion test
+    over ``--faithfulness_images``. Returns (means, counts per class, the faithfulness
+    accumulator)."""
+    labels = dataset.labels.numpy()
 
     def cams(x, y):
         return analysis.grad_cam_maps(model, layer, x, y)
@@ -104,36 +178,24 @@ def main(argv=None) -> int:
     # The faithfulness test rides on the mean-map pass (its maps, its decoded images); a second
     # pass only covers the faithfulness images the mean maps do not use.
     faithfulness = analysis.FaithfulnessAccumulator(model, args.fractions, args.seed, only=faith_subset)
-    means, counts = analysis.mean_maps_per_class(
-        dataset, cams, args.batch_size, device, indices=mean_subset, progress=not args.no_progress,
-        desc="Grad-CAM", on_batch=faithfulness)
+
+    def mean_maps(indices, desc):
+        return analysis.mean_maps_per_class(
+            dataset,
+            cams,
+            args.batch_size,
+            device,
+            indices=indices,
+            progress=not args.no_progress,
+            desc=desc,
+            on_batch=faithfulness,
+        )
+
+    means, counts = mean_maps(mean_subset, "Grad-CAM")
     rest = sorted(members(faith_subset) - members(mean_subset))
-    if rest:
-        analysis.mean_maps_per_class(dataset, cams, args.batch_size, device, indices=rest,
-                                     progress=not args.no_progress, desc="faithfulness",
-                                     on_batch=faithfulness)
-    if counts[0] + counts[1] == 0:
-        raise UserError("no test images to analyse")
-    mean_path = figure_path(args.figures_dir, args.dataset, args.model, "mean_grad_cam")
-    save_figure(analysis.plot_mean_maps(means, counts,
-                                        f"Mean Grad-CAM ({args.target_layer}): {title}", "jet",
-                                        "Grad-CAM"), mean_path)
-    written.append(mean_path)
-
-    summary = {"model": args.model, "dataset": args.dataset, "split": "test",
-               "checkpoint": args.checkpoint_path, "target_layer": args.target_layer,
-               "target": "true class (raw logit)", "seed": args.seed,
-               "n_real": counts[0], "n_fake": counts[1], **faithfulness.summary()}
-    json_path = analysis.metrics_json_path(args.out_dir, args.dataset, args.model)
-    analysis.update_metrics_json(json_path, "grad_cam", summary)
-
-    print(f"{title}: Grad-CAM at {args.target_layer} over {counts[0]} real and {counts[1]} fake "
-          f"test images")
-    print(analysis.faithfulness_table(summary))
-    for path in written:
-        print(f"wrote {path}")
-    print(f"wrote {json_path} (section 'grad_cam')")
-    return 0
+    if rest:  # these images' maps feed only the faithfulness test
+        mean_maps(rest, "faithfulness")
+    return means, counts, faithfulness
 
 
 if __name__ == "__main__":

@@ -52,6 +52,7 @@ workers: each image has its own random generator seeded from (seed, dataset, spl
 A target dataset folder that exists and is not empty is refused unless ``--force``; the data is
 written into a hidden temporary folder next to it and renamed into place when complete.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -90,10 +91,14 @@ IMAGE_SIZE = 256
 
 # Images per split (real + fake) of the default demo and of the course datasets
 # (docs/design.md#dataset-layout).
-DEFAULT_COUNTS = {"fakes_dataset": {"train": 600, "val": 150, "test": 150},
-                  "synthetic_dataset": {"train": 240, "val": 60, "test": 60}}
-FULL_COUNTS = {"fakes_dataset": {"train": 10800, "val": 2100, "test": 2100},
-               "synthetic_dataset": {"train": 9446, "val": 1171, "test": 1103}}
+DEFAULT_COUNTS = {
+    "fakes_dataset": {"train": 600, "val": 150, "test": 150},
+    "synthetic_dataset": {"train": 240, "val": 60, "test": 60},
+}
+FULL_COUNTS = {
+    "fakes_dataset": {"train": 10800, "val": 2100, "test": 2100},
+    "synthetic_dataset": {"train": 9446, "val": 1171, "test": 1103},
+}
 # Real images per split of the full synthetic set; the rest of each split is fake.
 FULL_SYNTHETIC_REAL = {"train": 4721, "val": 586, "test": 551}
 # About how many real images show one identity (frames of a video; photos of a celebrity).
@@ -142,6 +147,7 @@ def _rng(*keys) -> np.random.Generator:
 @dataclass(frozen=True)
 class ImageTask:
     """One image to make: everything a worker needs, nothing else (so it pickles cheaply)."""
+
     path: str
     dataset: str
     split: str
@@ -180,19 +186,35 @@ def plan_tasks(root: Path, dataset: str, split_counts: dict, seed: int) -> list[
                     name = f"id{identity:05d}_from_id{source:05d}_{frame:03d}.png"
                 else:
                     name = f"id{identity:05d}_{frame:03d}.png"
-                tasks.append(ImageTask(str(root / split / label / name), dataset, split, label,
-                                       index, seed, identity, source))
+                tasks.append(
+                    ImageTask(
+                        str(root / split / label / name), dataset, split, label, index, seed, identity, source
+                    )
+                )
     return tasks
 
 
 # ============================================================================ random appearance
-SKIN_TONES = np.array([(255, 222, 196), (236, 192, 160), (214, 164, 126), (176, 122, 88),
-                       (128, 84, 58), (88, 58, 42)], np.float32)
-HAIR_COLOURS = np.array([(24, 20, 18), (58, 40, 28), (102, 68, 44), (134, 70, 40), (196, 160, 108),
-                         (158, 154, 150), (222, 206, 176)], np.float32)
+SKIN_TONES = np.array(
+    [(255, 222, 196), (236, 192, 160), (214, 164, 126), (176, 122, 88), (128, 84, 58), (88, 58, 42)],
+    np.float32,
+)
+HAIR_COLOURS = np.array(
+    [
+        (24, 20, 18),
+        (58, 40, 28),
+        (102, 68, 44),
+        (134, 70, 40),
+        (196, 160, 108),
+        (158, 154, 150),
+        (222, 206, 176),
+    ],
+    np.float32,
+)
 HAIR_WEIGHTS = np.array([0.28, 0.24, 0.18, 0.07, 0.12, 0.07, 0.04])
-IRIS_COLOURS = np.array([(88, 56, 32), (44, 30, 22), (72, 108, 156), (82, 118, 80), (118, 98, 52),
-                         (108, 118, 128)], np.float32)
+IRIS_COLOURS = np.array(
+    [(88, 56, 32), (44, 30, 22), (72, 108, 156), (82, 118, 80), (118, 98, 52), (108, 118, 128)], np.float32
+)
 SHORT, MEDIUM, LONG, RECEDING = range(4)
 
 
@@ -200,6 +222,7 @@ SHORT, MEDIUM, LONG, RECEDING = range(4)
 class Identity:
     """What stays the same for a person (face geometry and colours, in face units: the face
     ellipse is 1 high from centre to chin)."""
+
     face_width: float
     jaw: float
     skin: np.ndarray
@@ -231,9 +254,10 @@ class Identity:
 @dataclass
 class Setting:
     """Where and how a person is filmed: background, light, white balance and exposure."""
+
     background_seed: int
     background_style: str
-    light: tuple               # direction (x, y) in the image plane
+    light: tuple  # direction (x, y) in the image plane
     light_strength: float
     light_colour: np.ndarray
     white_balance: np.ndarray
@@ -243,21 +267,23 @@ class Setting:
 @dataclass
 class Pose:
     """One frame: where the face is and how it looks at the camera."""
+
     cx: float
     cy: float
-    scale: float               # pixels per face unit
+    scale: float  # pixels per face unit
     roll: float
     yaw: float
     pitch: float
     mouth_open: float
     eye_open: float
     gaze: float
-    shake: tuple               # background offset in pixels (camera shake)
+    shake: tuple  # background offset in pixels (camera shake)
 
 
 @dataclass
 class Camera:
     """Per-image camera: exposure and white balance, optical blur, sensor noise, JPEG quality."""
+
     gains: np.ndarray
     gamma: float
     vignette: float
@@ -268,10 +294,26 @@ class Camera:
 
 # Per-dataset look: face crops of video frames shot in rooms versus centred studio portraits.
 STYLES = {
-    "fakes_dataset": dict(scale=(78, 96), centre=(10, 8), roll=0.20, yaw=0.45, blur=(0.5, 1.3),
-                          noise=(1.5, 6.0), jpeg=(55, 90), background="room"),
-    "synthetic_dataset": dict(scale=(70, 86), centre=(5, 5), roll=0.07, yaw=0.25, blur=(0.3, 0.9),
-                              noise=(0.8, 3.5), jpeg=(80, 97), background="studio"),
+    "fakes_dataset": dict(
+        scale=(78, 96),
+        centre=(10, 8),
+        roll=0.20,
+        yaw=0.45,
+        blur=(0.5, 1.3),
+        noise=(1.5, 6.0),
+        jpeg=(55, 90),
+        background="room",
+    ),
+    "synthetic_dataset": dict(
+        scale=(70, 86),
+        centre=(5, 5),
+        roll=0.07,
+        yaw=0.25,
+        blur=(0.3, 0.9),
+        noise=(0.8, 3.5),
+        jpeg=(80, 97),
+        background="studio",
+    ),
 }
 
 
@@ -286,16 +328,28 @@ def random_identity(rng: np.random.Generator) -> Identity:
     male = rng.random() < 0.5
     style = int(rng.choice(4, p=[0.45, 0.3, 0.05, 0.2] if male else [0.1, 0.3, 0.6, 0.0]))
     return Identity(
-        face_width=rng.uniform(0.70, 0.86), jaw=rng.uniform(0.10, 0.38), skin=skin,
-        eye_spacing=rng.uniform(0.36, 0.45), eye_height=rng.uniform(-0.22, -0.08),
-        eye_size=rng.uniform(0.85, 1.2), iris=IRIS_COLOURS[rng.integers(len(IRIS_COLOURS))],
-        brow_gap=rng.uniform(0.13, 0.2), brow_thickness=rng.uniform(0.035, 0.075) * (1.2 if male else 0.9),
-        brow_arch=rng.uniform(0.0, 0.06), brow_tilt=rng.uniform(-0.12, 0.12),
-        nose_length=rng.uniform(0.28, 0.40), nose_width=rng.uniform(0.12, 0.2),
-        mouth_gap=rng.uniform(0.16, 0.24), mouth_width=rng.uniform(0.2, 0.3),
-        lip_thickness=rng.uniform(0.035, 0.065) * (0.85 if male else 1.1), lips=lips.astype(np.float32),
-        smile=rng.uniform(-0.4, 1.0), hair=np.clip(hair, 0, 255).astype(np.float32), hair_style=style,
-        hairline=rng.uniform(-0.72, -0.5), hair_volume=rng.uniform(0.02, 0.2),
+        face_width=rng.uniform(0.70, 0.86),
+        jaw=rng.uniform(0.10, 0.38),
+        skin=skin,
+        eye_spacing=rng.uniform(0.36, 0.45),
+        eye_height=rng.uniform(-0.22, -0.08),
+        eye_size=rng.uniform(0.85, 1.2),
+        iris=IRIS_COLOURS[rng.integers(len(IRIS_COLOURS))],
+        brow_gap=rng.uniform(0.13, 0.2),
+        brow_thickness=rng.uniform(0.035, 0.075) * (1.2 if male else 0.9),
+        brow_arch=rng.uniform(0.0, 0.06),
+        brow_tilt=rng.uniform(-0.12, 0.12),
+        nose_length=rng.uniform(0.28, 0.40),
+        nose_width=rng.uniform(0.12, 0.2),
+        mouth_gap=rng.uniform(0.16, 0.24),
+        mouth_width=rng.uniform(0.2, 0.3),
+        lip_thickness=rng.uniform(0.035, 0.065) * (0.85 if male else 1.1),
+        lips=lips.astype(np.float32),
+        smile=rng.uniform(-0.4, 1.0),
+        hair=np.clip(hair, 0, 255).astype(np.float32),
+        hair_style=style,
+        hairline=rng.uniform(-0.72, -0.5),
+        hair_volume=rng.uniform(0.02, 0.2),
         glasses=(rng.uniform(10, 120, 3).astype(np.float32) if rng.random() < 0.25 else None),
         glasses_size=rng.uniform(1.4, 1.8),
         beard=(rng.uniform(0.4, 0.95) if male and rng.random() < 0.35 else 0.0),
@@ -307,7 +361,8 @@ def random_setting(rng: np.random.Generator, dataset: str) -> Setting:
     """Draw a place and a light."""
     angle, strength = rng.uniform(0, 2 * np.pi), rng.uniform(0.3, 1.0)
     return Setting(
-        background_seed=int(rng.integers(2**31)), background_style=STYLES[dataset]["background"],
+        background_seed=int(rng.integers(2**31)),
+        background_style=STYLES[dataset]["background"],
         light=(math.cos(angle) * strength, math.sin(angle) * strength),
         light_strength=rng.uniform(0.15, 0.45),
         light_colour=np.clip(1 + rng.normal(0, 0.05, 3), 0.85, 1.15).astype(np.float32),
@@ -323,9 +378,13 @@ def random_pose(rng: np.random.Generator, dataset: str) -> Pose:
     return Pose(
         cx=IMAGE_SIZE / 2 + rng.uniform(-1, 1) * style["centre"][0],
         cy=IMAGE_SIZE / 2 - 0.12 * scale + rng.uniform(-1, 1) * style["centre"][1],
-        scale=scale, roll=rng.uniform(-1, 1) * style["roll"], yaw=rng.uniform(-1, 1) * style["yaw"],
-        pitch=rng.uniform(-0.06, 0.06), mouth_open=max(0.0, rng.uniform(-0.6, 1.0)),
-        eye_open=1.0 if rng.random() > 0.08 else rng.uniform(0.1, 0.5), gaze=rng.uniform(-0.3, 0.3),
+        scale=scale,
+        roll=rng.uniform(-1, 1) * style["roll"],
+        yaw=rng.uniform(-1, 1) * style["yaw"],
+        pitch=rng.uniform(-0.06, 0.06),
+        mouth_open=max(0.0, rng.uniform(-0.6, 1.0)),
+        eye_open=1.0 if rng.random() > 0.08 else rng.uniform(0.1, 0.5),
+        gaze=rng.uniform(-0.3, 0.3),
         shake=tuple(int(x) for x in rng.integers(-6, 7, 2)),
     )
 
@@ -334,9 +393,14 @@ def random_camera(rng: np.random.Generator, dataset: str, setting: Setting) -> C
     """Draw this image's camera around the setting's white balance and exposure."""
     style = STYLES[dataset]
     gains = setting.white_balance * setting.exposure * np.clip(1 + rng.normal(0, 0.02, 3), 0.9, 1.1)
-    return Camera(gains=gains.astype(np.float32), gamma=rng.uniform(0.9, 1.1), vignette=rng.uniform(0, 0.25),
-                  blur=rng.uniform(*style["blur"]), noise=rng.uniform(*style["noise"]),
-                  jpeg_quality=int(rng.integers(style["jpeg"][0], style["jpeg"][1] + 1)))
+    return Camera(
+        gains=gains.astype(np.float32),
+        gamma=rng.uniform(0.9, 1.1),
+        vignette=rng.uniform(0, 0.25),
+        blur=rng.uniform(*style["blur"]),
+        noise=rng.uniform(*style["noise"]),
+        jpeg_quality=int(rng.integers(style["jpeg"][0], style["jpeg"][1] + 1)),
+    )
 
 
 # ============================================================================ drawing
@@ -391,13 +455,14 @@ def render_background(setting: Setting, shake=(0, 0)) -> np.ndarray:
         texture_amount = rng.uniform(3, 10)
     else:  # studio portrait: smooth, out-of-focus blobs
         for _ in range(int(rng.integers(2, 5))):
-            alpha = _cover(_ellipse(x, y, *rng.uniform(0, 1, 2), *rng.uniform(0.15, 0.45, 2)) * size,
-                           size * 0.15) * rng.uniform(0.3, 0.8)
+            alpha = _cover(
+                _ellipse(x, y, *rng.uniform(0, 1, 2), *rng.uniform(0.15, 0.45, 2)) * size, size * 0.15
+            ) * rng.uniform(0.3, 0.8)
             _paint(image, alpha, rng.uniform(20, 235, 3))
         texture_amount = rng.uniform(1, 4)
     image += texture_amount * _smooth_noise(rng, (24, 24), (size, size))[..., None]
     dy, dx = margin + shake[0], margin + shake[1]
-    return image[dy:dy + IMAGE_SIZE, dx:dx + IMAGE_SIZE].copy()
+    return image[dy : dy + IMAGE_SIZE, dx : dx + IMAGE_SIZE].copy()
 
 
 class _FaceFrame:
@@ -433,7 +498,7 @@ class _FaceFrame:
 def _eye_centre(ident: Identity, pose: Pose, side: int) -> tuple[float, float, float]:
     """(u, v, foreshortening) of one eye (side -1 left, +1 right): the far eye looks narrower."""
     fore = float(np.clip(1 - side * pose.yaw * 0.6, 0.55, 1.25))
-    cu = side * ident.eye_spacing * ident.face_width * 1.25 * fore ** 0.5 + pose.yaw * 0.22
+    cu = side * ident.eye_spacing * ident.face_width * 1.25 * fore**0.5 + pose.yaw * 0.22
     return cu, ident.eye_height + pose.pitch, fore
 
 
@@ -450,15 +515,20 @@ def _draw_eye_and_brow(image, f: _FaceFrame, ident: Identity, pose: Pose, side: 
     radius = 0.042 * ident.eye_size
     iris_u = cu + pose.gaze * ew * 0.45
     _paint(patch, np.minimum(f.cover(_ellipse(u, v, iris_u, cv, radius * fore, radius)), sclera), ident.iris)
-    _paint(patch, np.minimum(f.cover(_ellipse(u, v, iris_u, cv, radius * 0.45 * fore, radius * 0.45)),
-                             sclera),
-           np.array([14, 12, 12], np.float32))
-    _paint(patch, 0.8 * f.cover(_ellipse(u, v, iris_u + 0.012, cv - 0.012, 0.009, 0.009)),
-           np.array([250, 250, 250], np.float32))
+    _paint(
+        patch,
+        np.minimum(f.cover(_ellipse(u, v, iris_u, cv, radius * 0.45 * fore, radius * 0.45)), sclera),
+        np.array([14, 12, 12], np.float32),
+    )
+    _paint(
+        patch,
+        0.8 * f.cover(_ellipse(u, v, iris_u + 0.012, cv - 0.012, 0.009, 0.009)),
+        np.array([250, 250, 250], np.float32),
+    )
     lid = np.maximum(np.abs(_ellipse(u, v, cu, cv + 0.005, ew * 1.03, eh * 1.12)) - 0.007, v - cv)
     _paint(patch, 0.9 * f.cover(lid), ident.skin * 0.28)
     t = (u - cu) / (ew * 1.4)
-    arc = cv - ident.brow_gap - ident.brow_arch * (1 - t ** 2) + ident.brow_tilt * 0.06 * side * t
+    arc = cv - ident.brow_gap - ident.brow_arch * (1 - t**2) + ident.brow_tilt * 0.06 * side * t
     thickness = ident.brow_thickness * (1 - 0.25 * (side * t + 1))
     brow = np.maximum(np.abs(v - arc) - thickness / 2, (np.abs(t) - 1) * ew * 1.4)
     _paint(patch, 0.85 * f.cover(brow, 1.4), ident.hair * 0.8)
@@ -474,14 +544,18 @@ def _draw_nose_and_mouth(image, f: _FaceFrame, ident: Identity, pose: Pose, ligh
     u, v = f.uv(w)
     patch = image[w]
     shade_side = -1.0 if light_u > 0 else 1.0
-    bridge = np.maximum(np.abs(u - nu - shade_side * nw * 0.45) - 0.02,
-                        np.abs(v - (top + tip) / 2) - ident.nose_length / 2)
+    bridge = np.maximum(
+        np.abs(u - nu - shade_side * nw * 0.45) - 0.02, np.abs(v - (top + tip) / 2) - ident.nose_length / 2
+    )
     patch *= 1 - 0.16 * f.cover(bridge, 5)[..., None]
     patch *= 1 + 0.06 * f.cover(_ellipse(u, v, nu, tip - 0.03, nw * 0.45, 0.06), 5)[..., None]
     patch *= 1 - 0.2 * f.cover(_ellipse(u, v, nu, tip + 0.045, nw * 0.7, 0.028), 3)[..., None]
     for side in (-1, 1):
-        _paint(patch, f.cover(_ellipse(u, v, nu + side * nw * 0.33, tip + 0.035, 0.032, 0.016), 1.2),
-               ident.skin * 0.35)
+        _paint(
+            patch,
+            f.cover(_ellipse(u, v, nu + side * nw * 0.33, tip + 0.035, 0.032, 0.016), 1.2),
+            ident.skin * 0.35,
+        )
 
     mu, mv = pose.yaw * 0.26, tip + ident.mouth_gap
     mw = ident.mouth_width * (1 - abs(pose.yaw) * 0.3)
@@ -489,11 +563,12 @@ def _draw_nose_and_mouth(image, f: _FaceFrame, ident: Identity, pose: Pose, ligh
     u, v = f.uv(w)
     patch = image[w]
     t = (u - mu) / mw
-    vc = v - mv + ident.smile * 0.035 * t ** 2
-    lips = (np.sqrt(t ** 2 + (vc / ident.lip_thickness) ** 2) - 1) * ident.lip_thickness
+    vc = v - mv + ident.smile * 0.035 * t**2
+    lips = (np.sqrt(t**2 + (vc / ident.lip_thickness) ** 2) - 1) * ident.lip_thickness
     _paint(patch, f.cover(lips, 1.2), ident.lips)
-    opening = np.maximum(np.abs(vc) - 0.004 - pose.mouth_open * ident.lip_thickness * 0.6,
-                         (np.abs(t) - 0.9) * mw)
+    opening = np.maximum(
+        np.abs(vc) - 0.004 - pose.mouth_open * ident.lip_thickness * 0.6, (np.abs(t) - 0.9) * mw
+    )
     _paint(patch, f.cover(opening), np.array([60, 24, 26], np.float32))
 
 
@@ -517,8 +592,26 @@ def _draw_glasses(image, f: _FaceFrame, ident: Identity, pose: Pose) -> None:
     _paint(image[w], f.cover(bridge, 1.2), ident.glasses)
 
 
-def render_person(ident: Identity, pose: Pose, setting: Setting, rng: np.random.Generator,
-                  background: np.ndarray) -> np.ndarray:
+def _lit(
+    image: np.ndarray, f: _FaceFrame, ident: Identity, pose: Pose, setting: Setting, head: np.ndarray
+) -> np.ndarray:
+    """``image`` under the setting's light: an ellipsoid head (``head`` is its coverage) and a
+    gentle gradient across the rest of the picture. Returns the lit float image."""
+    u, v, ax, yaw, c, s = f.u, f.v, ident.face_width, pose.yaw, f.cos, f.sin
+    nx, ny = np.clip((u - yaw * 0.05) / (ax * 1.1), -1, 1), np.clip(v / 1.1, -1, 1)
+    nz = np.sqrt(np.clip(1 - nx**2 - ny**2, 0, 1))
+    lx, ly = setting.light
+    lz = math.sqrt(max(0.0, 1.5 - lx**2 - ly**2))
+    norm = math.sqrt(lx**2 + ly**2 + lz**2)
+    lambert = ((c * nx - s * ny) * lx + (s * nx + c * ny) * ly + nz * lz) / norm - lz / norm
+    flat = (lx * (_X - IMAGE_SIZE / 2) + ly * (_Y - IMAGE_SIZE / 2)) / IMAGE_SIZE
+    shade = 1 + setting.light_strength * (head * lambert + (1 - head) * 0.5 * flat)
+    return image * shade[..., None] * setting.light_colour
+
+
+def render_person(
+    ident: Identity, pose: Pose, setting: Setting, rng: np.random.Generator, background: np.ndarray
+) -> np.ndarray:
     """Draw a lit person over ``background`` (not modified); returns a float image in about [0, 255]."""
     image = background.copy()
     f = _FaceFrame(pose)
@@ -533,18 +626,31 @@ def render_person(ident: Identity, pose: Pose, setting: Setting, rng: np.random.
         np.maximum(head, alpha, out=head)
 
     if ident.hair_style == LONG:
-        back = np.minimum(_ellipse(u, v, yaw * 0.04, -0.05, ax * 1.2 + volume, 1.05 + volume),
-                          np.maximum(np.abs(u - yaw * 0.04) - ax * 1.12 - volume, np.abs(v - 0.7) - 0.8))
+        back = np.minimum(
+            _ellipse(u, v, yaw * 0.04, -0.05, ax * 1.2 + volume, 1.05 + volume),
+            np.maximum(np.abs(u - yaw * 0.04) - ax * 1.12 - volume, np.abs(v - 0.7) - 0.8),
+        )
         paint_head(f.cover(back, 1.5), hair)
     paint_head(f.cover(np.maximum(np.abs(u - yaw * 0.1) - ax * 0.45, 0.5 - v)), ident.skin * 0.72)
     clothes = f.cover(_ellipse(u, v, yaw * 0.1, 2.4, 1.9, 1.2))
     _paint(image, clothes, ident.clothes * (1 + 0.06 * _smooth_noise(rng, (6, 6)))[..., None])
     head *= 1 - clothes
     for side in (-1, 1):
-        paint_head(f.cover(_ellipse(u, v, side * ax * 0.96 + yaw * 0.05, -0.02 + pose.pitch,
-                                    0.1 * (1 + side * yaw * 0.6), 0.19)), ident.skin * 0.88)
+        paint_head(
+            f.cover(
+                _ellipse(
+                    u,
+                    v,
+                    side * ax * 0.96 + yaw * 0.05,
+                    -0.02 + pose.pitch,
+                    0.1 * (1 + side * yaw * 0.6),
+                    0.19,
+                )
+            ),
+            ident.skin * 0.88,
+        )
     width = ax * (1 - ident.jaw * np.clip(v, 0, 1) ** 2)
-    face_distance = (np.sqrt(((u - yaw * 0.05) / width) ** 2 + v ** 2) - 1) * ax
+    face_distance = (np.sqrt(((u - yaw * 0.05) / width) ** 2 + v**2) - 1) * ax
     skin = ident.skin * (1 + 0.03 * _smooth_noise(rng, (64, 64)))[..., None]
     paint_head(f.cover(face_distance, 1.2), skin)
 
@@ -554,9 +660,12 @@ def render_person(ident: Identity, pose: Pose, setting: Setting, rng: np.random.
         _draw_eye_and_brow(image, f, ident, pose, side)
     mouth_v = ident.eye_height + pose.pitch + ident.nose_length + ident.mouth_gap
     if ident.beard:
-        region = np.minimum(np.maximum(face_distance, mouth_v - 0.12 - v),
-                            np.maximum(face_distance, np.maximum(ax * 0.74 - np.abs(u - yaw * 0.05),
-                                                                 ident.eye_height + 0.12 - v)))
+        region = np.minimum(
+            np.maximum(face_distance, mouth_v - 0.12 - v),
+            np.maximum(
+                face_distance, np.maximum(ax * 0.74 - np.abs(u - yaw * 0.05), ident.eye_height + 0.12 - v)
+            ),
+        )
         texture = np.clip(0.6 + 0.4 * _smooth_noise(rng, (64, 64)), 0, 1)
         _paint(image, f.cover(region, 3) * ident.beard * texture, ident.hair * 0.9)
     _draw_nose_and_mouth(image, f, ident, pose, light_u)
@@ -571,16 +680,7 @@ def render_person(ident: Identity, pose: Pose, setting: Setting, rng: np.random.
     if ident.glasses is not None:
         _draw_glasses(image, f, ident, pose)
 
-    # Light: an ellipsoid head and a gentle gradient across the rest of the picture.
-    nx, ny = np.clip((u - yaw * 0.05) / (ax * 1.1), -1, 1), np.clip(v / 1.1, -1, 1)
-    nz = np.sqrt(np.clip(1 - nx ** 2 - ny ** 2, 0, 1))
-    lx, ly = setting.light
-    lz = math.sqrt(max(0.0, 1.5 - lx ** 2 - ly ** 2))
-    norm = math.sqrt(lx ** 2 + ly ** 2 + lz ** 2)
-    lambert = ((c * nx - s * ny) * lx + (s * nx + c * ny) * ly + nz * lz) / norm - lz / norm
-    flat = (lx * (_X - IMAGE_SIZE / 2) + ly * (_Y - IMAGE_SIZE / 2)) / IMAGE_SIZE
-    shade = 1 + setting.light_strength * (head * lambert + (1 - head) * 0.5 * flat)
-    return image * shade[..., None] * setting.light_colour
+    return _lit(image, f, ident, pose, setting, head)
 
 
 # ============================================================================ camera
@@ -593,8 +693,9 @@ def camera_optics(image: np.ndarray, cam: Camera) -> np.ndarray:
     return ndimage.gaussian_filter(out, (cam.blur, cam.blur, 0))
 
 
-def add_sensor_noise(image: np.ndarray, sigma: float, rng: np.random.Generator,
-                     where: np.ndarray | None = None) -> np.ndarray:
+def add_sensor_noise(
+    image: np.ndarray, sigma: float, rng: np.random.Generator, where: np.ndarray | None = None
+) -> np.ndarray:
     """Independent Gaussian noise per pixel and channel, scaled by ``where`` (H x W) when given."""
     noise = np.float32(sigma) * rng.standard_normal(image.shape, dtype=np.float32)
     return image + (noise if where is None else where[..., None] * noise)
@@ -637,7 +738,7 @@ def global_stats(image: np.ndarray) -> np.ndarray:
 
 # Variance of the Laplacian added by unit Gaussian noise per channel: 20 (the 4-neighbour kernel's
 # squared weights) times the squared luma weights.
-_LAPLACE_NOISE_GAIN = 20 * (0.299 ** 2 + 0.587 ** 2 + 0.114 ** 2)
+_LAPLACE_NOISE_GAIN = 20 * (0.299**2 + 0.587**2 + 0.114**2)
 
 
 def _match_channels(image: np.ndarray, target_stats: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
@@ -647,8 +748,9 @@ def _match_channels(image: np.ndarray, target_stats: tuple[np.ndarray, np.ndarra
     return (image - mean) * (target_std / (std + 1e-6)) + target_mean
 
 
-def match_global_stats(image: np.ndarray, reference: np.ndarray, rng: np.random.Generator,
-                       noise_where: np.ndarray | None = None) -> np.ndarray:
+def match_global_stats(
+    image: np.ndarray, reference: np.ndarray, rng: np.random.Generator, noise_where: np.ndarray | None = None
+) -> np.ndarray:
     """Give a fake the brightness, contrast and sharpness of a real ``reference`` image.
 
     Channel means and stds are matched exactly; the variance of the Laplacian is raised with
@@ -659,7 +761,7 @@ def match_global_stats(image: np.ndarray, reference: np.ndarray, rng: np.random.
     out = _match_channels(image, reference_stats)
     target, current = laplacian_variance(reference), laplacian_variance(out)
     if current < target:
-        coverage = 1.0 if noise_where is None else float(np.mean(noise_where ** 2))
+        coverage = 1.0 if noise_where is None else float(np.mean(noise_where**2))
         sigma = np.sqrt((target - current) / (_LAPLACE_NOISE_GAIN * coverage))
         out = add_sensor_noise(out, sigma, rng, where=noise_where)
     else:
@@ -719,24 +821,36 @@ def _bottleneck(image: np.ndarray, size: int) -> np.ndarray:
     return np.stack(channels, -1)
 
 
-def finish_fake(fake: np.ndarray, reference: np.ndarray, quality: int, rng: np.random.Generator,
-                noise_where: np.ndarray | None = None) -> np.ndarray:
+def finish_fake(
+    fake: np.ndarray,
+    reference: np.ndarray,
+    quality: int,
+    rng: np.random.Generator,
+    noise_where: np.ndarray | None = None,
+) -> np.ndarray:
     """The saved uint8 fake: matched to the real ``reference`` (see ``match_global_stats``), through
     the same JPEG round trip as a real image, then matched again to the reference's own round trip
     (JPEG removes more of the added noise than of real detail)."""
     fake = jpeg_round_trip(match_global_stats(fake, reference, rng, noise_where), quality)
-    matched = match_global_stats(fake.astype(np.float32), jpeg_round_trip(reference, quality), rng, noise_where)
+    matched = match_global_stats(
+        fake.astype(np.float32), jpeg_round_trip(reference, quality), rng, noise_where
+    )
     return np.rint(matched).astype(np.uint8)
 
 
-def face_swap(target: tuple[Identity, Setting], source: tuple[Identity, Setting], dataset: str,
-              rng: np.random.Generator) -> np.ndarray:
+def face_swap(
+    target: tuple[Identity, Setting], source: tuple[Identity, Setting], dataset: str, rng: np.random.Generator
+) -> np.ndarray:
     """A Deepfakes-style frame: the source's inner face pasted into a target frame."""
     (target_id, target_setting), (source_id, source_setting) = target, source
     frame, cam, pose, _ = photograph(target_id, target_setting, dataset, rng)
-    aligned = replace(pose, cx=pose.cx + rng.normal(0, SWAP_MISALIGN_PX),
-                      cy=pose.cy + rng.normal(0, SWAP_MISALIGN_PX), scale=pose.scale * rng.normal(1, 0.025),
-                      roll=pose.roll + rng.normal(0, 0.03))
+    aligned = replace(
+        pose,
+        cx=pose.cx + rng.normal(0, SWAP_MISALIGN_PX),
+        cy=pose.cy + rng.normal(0, SWAP_MISALIGN_PX),
+        scale=pose.scale * rng.normal(1, 0.025),
+        roll=pose.roll + rng.normal(0, 0.03),
+    )
     # The autoencoder learned the source from its own videos: its colours and white balance.
     source_cam = replace(cam, gains=cam.gains / target_setting.white_balance * source_setting.white_balance)
     face = camera_optics(render_person(source_id, aligned, target_setting, rng, frame), source_cam)
@@ -744,8 +858,12 @@ def face_swap(target: tuple[Identity, Setting], source: tuple[Identity, Setting]
     face = _bottleneck(face, max(8, round(IMAGE_SIZE * rng.uniform(*SWAP_RESOLUTION) / face_size)))
     f = _FaceFrame(pose)
     grow = rng.uniform(0.92, 1.08)
-    mask = f.cover(_ellipse(f.u, f.v, pose.yaw * 0.2, 0.15 + pose.pitch, target_id.face_width * 0.78 * grow,
-                            0.68 * grow), rng.uniform(*SWAP_FEATHER_PX))
+    mask = f.cover(
+        _ellipse(
+            f.u, f.v, pose.yaw * 0.2, 0.15 + pose.pitch, target_id.face_width * 0.78 * grow, 0.68 * grow
+        ),
+        rng.uniform(*SWAP_FEATHER_PX),
+    )
     inside = mask > 0.5
     face_mean = face[inside].mean(0)
     face = face_mean + rng.uniform(*SWAP_CONTRAST) * (face - face_mean)  # the decoder's washed-out look
@@ -780,8 +898,11 @@ def transposed_conv_up(image: np.ndarray, kernel: np.ndarray) -> np.ndarray:
     out = np.empty((2 * h, 2 * w, channels), np.float32)
     for p, row_taps in _PHASE_TAPS.items():
         for q, col_taps in _PHASE_TAPS.items():
-            out[p::2, q::2] = sum(kernel[kr, kc] * padded[1 + dr:1 + dr + h, 1 + dc:1 + dc + w]
-                                  for kr, dr in row_taps for kc, dc in col_taps)
+            out[p::2, q::2] = sum(
+                kernel[kr, kc] * padded[1 + dr : 1 + dr + h, 1 + dc : 1 + dc + w]
+                for kr, dr in row_taps
+                for kc, dc in col_taps
+            )
     return out
 
 
@@ -791,8 +912,9 @@ def _halve(image: np.ndarray) -> np.ndarray:
     return image.reshape(h // 2, 2, w // 2, 2, c).mean((1, 3))
 
 
-def generated_image(ident: Identity, setting: Setting, dataset: str, quirks,
-                    rng: np.random.Generator) -> np.ndarray:
+def generated_image(
+    ident: Identity, setting: Setting, dataset: str, quirks, rng: np.random.Generator
+) -> np.ndarray:
     """A whole generated face: rebuilt from 32x32 through the generator's transposed convolutions."""
     shadow_real, cam, _, scene = photograph(ident, setting, dataset, rng)
     kernels, saturation, tint = quirks
@@ -852,13 +974,23 @@ def _run(tasks: list[ImageTask], workers: int, progress: bool) -> None:
     matter: each image has its own random generator."""
     pool = multiprocessing.Pool(workers) if workers > 1 else contextlib.nullcontext()
     with pool, tqdm(total=len(tasks), disable=not progress, unit="img", desc="demo images") as bar:
-        done = pool.imap_unordered(write_image, tasks, chunksize=4) if workers > 1 else map(write_image, tasks)
+        done = (
+            pool.imap_unordered(write_image, tasks, chunksize=4) if workers > 1 else map(write_image, tasks)
+        )
         for _ in done:
             bar.update()
 
 
-def generate(out, seed: int = 0, scale: float = 1.0, full_size: bool = False, force: bool = False,
-             workers: int | None = None, datasets=None, progress: bool = True) -> dict:
+def generate(
+    out,
+    seed: int = 0,
+    scale: float = 1.0,
+    full_size: bool = False,
+    force: bool = False,
+    workers: int | None = None,
+    datasets=None,
+    progress: bool = True,
+) -> dict:
     """Write the demo datasets under ``out``; returns ``{dataset: {split: {"real": n, "fake": n}}}``.
 
     Raises ``DemoRequestError`` for bad arguments and ``TargetExistsError`` when a dataset folder
@@ -869,28 +1001,32 @@ def generate(out, seed: int = 0, scale: float = 1.0, full_size: bool = False, fo
     datasets = tuple(dict.fromkeys(datasets or DATASETS))
     unknown = [d for d in datasets if d not in DATASETS]
     if unknown:
-        raise DemoRequestError(f"--datasets: unknown dataset(s) {', '.join(unknown)}; "
-                               f"choose from {', '.join(DATASETS)}")
+        raise DemoRequestError(
+            f"--datasets: unknown dataset(s) {', '.join(unknown)}; choose from {', '.join(DATASETS)}"
+        )
     if not scale > 0:
         raise DemoRequestError(f"--scale must be greater than 0, got {scale}")
     if seed < 0:
         raise DemoRequestError(f"--seed must be 0 or more, got {seed}")
     base = plan_counts(1.0, full_size, datasets)
     if scale * sum(n for splits in base.values() for c in splits.values() for n in c.values()) > MAX_IMAGES:
-        raise DemoRequestError(f"--scale {scale:g} asks for more than {MAX_IMAGES:,} images; "
-                               f"choose a smaller --scale")
+        raise DemoRequestError(
+            f"--scale {scale:g} asks for more than {MAX_IMAGES:,} images; choose a smaller --scale"
+        )
     out = Path(out)
     if not force:
         for dataset in datasets:
             if is_non_empty(out / dataset):
-                raise TargetExistsError(f"{out / dataset} already exists and is not empty; "
-                                        f"pass --force to replace it")
+                raise TargetExistsError(
+                    f"{out / dataset} already exists and is not empty; pass --force to replace it"
+                )
     counts = plan_counts(scale, full_size, datasets)
     try:
         out.mkdir(parents=True, exist_ok=True)
     except (FileExistsError, NotADirectoryError):
-        raise DemoRequestError(f"--out {out}: cannot create the folder, a file is in the way; "
-                               f"choose another folder") from None
+        raise DemoRequestError(
+            f"--out {out}: cannot create the folder, a file is in the way; choose another folder"
+        ) from None
     staging = {}
     try:
         tasks = []
@@ -915,29 +1051,58 @@ def build_parser() -> argparse.ArgumentParser:
     full = ", ".join(f"{d} {'/'.join(str(n) for n in FULL_COUNTS[d].values())}" for d in DATASETS)
     parser = ArgumentParser(
         description="Draw procedural demo face datasets (fakes_dataset: face swaps, 2 real : 1 fake; "
-                    "synthetic_dataset: generator images, about 1:1) in the study's folder layout "
-                    "OUT/<dataset>/{train,val,test}/{real,fake}/*.png, 256x256 RGB.",
-        epilog=f"Images per split (train/val/test): default {default}; --full_size {full}.")
+        "synthetic_dataset: generator images, about 1:1) in the study's folder layout "
+        "OUT/<dataset>/{train,val,test}/{real,fake}/*.png, 256x256 RGB.",
+        epilog=f"Images per split (train/val/test): default {default}; --full_size {full}.",
+    )
     # Required: SUPPRESS keeps "(default: None)" out of --help.
-    parser.add_argument("--out", required=True, default=argparse.SUPPRESS, metavar="DIR",
-                        help="folder to write into (created if missing); give it to the study scripts "
-                             "as their data root (--data_root or $FACES_DATA_ROOT)")
-    parser.add_argument("--seed", type=non_negative_int, default=0,
-                        help="random seed; the same seed, scale and size give byte-identical files")
-    parser.add_argument("--scale", type=positive_float, default=1.0,
-                        help=f"multiply the number of images (at least 1 per class and split; at most "
-                             f"{MAX_IMAGES:,} images in all)")
-    parser.add_argument("--full_size", action="store_true",
-                        help="use the course datasets' sizes (about 26,700 images) instead of the small demo")
+    parser.add_argument(
+        "--out",
+        required=True,
+        default=argparse.SUPPRESS,
+        metavar="DIR",
+        help="folder to write into (created if missing); give it to the study scripts "
+        "as their data root (--data_root or $FACES_DATA_ROOT)",
+    )
+    parser.add_argument(
+        "--seed",
+        type=non_negative_int,
+        default=0,
+        help="random seed; the same seed, scale and size give byte-identical files",
+    )
+    parser.add_argument(
+        "--scale",
+        type=positive_float,
+        default=1.0,
+        help=f"multiply the number of images (at least 1 per class and split; at most "
+        f"{MAX_IMAGES:,} images in all)",
+    )
+    parser.add_argument(
+        "--full_size",
+        action="store_true",
+        help="use the course datasets' sizes (about 26,700 images) instead of the small demo",
+    )
     # The old spelling keeps working, hidden from --help: every other flag is snake_case.
     parser.add_argument("--full-size", dest="full_size", action="store_true", help=argparse.SUPPRESS)
-    parser.add_argument("--force", action="store_true",
-                        help="replace dataset folders that already exist and are not empty "
-                             "(only those generated)")
-    parser.add_argument("--workers", type=positive_int, default=None,
-                        help=f"worker processes; None: one per CPU (here {os.cpu_count()})")
-    parser.add_argument("--datasets", nargs="+", choices=DATASETS, default=list(DATASETS), metavar="NAME",
-                        help=f"which datasets to make, any of: {' '.join(DATASETS)}")
+    parser.add_argument(
+        "--force",
+        action="store_true",
+        help="replace dataset folders that already exist and are not empty (only those generated)",
+    )
+    parser.add_argument(
+        "--workers",
+        type=positive_int,
+        default=None,
+        help=f"worker processes; None: one per CPU (here {os.cpu_count()})",
+    )
+    parser.add_argument(
+        "--datasets",
+        nargs="+",
+        choices=DATASETS,
+        default=list(DATASETS),
+        metavar="NAME",
+        help=f"which datasets to make, any of: {' '.join(DATASETS)}",
+    )
     add_debug_flag(parser)
     return parser
 
@@ -947,8 +1112,15 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     start = time.perf_counter()
     try:
-        counts = generate(args.out, seed=args.seed, scale=args.scale, full_size=args.full_size,
-                          force=args.force, workers=args.workers, datasets=args.datasets)
+        counts = generate(
+            args.out,
+            seed=args.seed,
+            scale=args.scale,
+            full_size=args.full_size,
+            force=args.force,
+            workers=args.workers,
+            datasets=args.datasets,
+        )
     except (DemoRequestError, TargetExistsError) as error:
         raise UserError(str(error)) from error
     seconds = time.perf_counter() - start

@@ -1,6 +1,7 @@
 """Memory probes (/proc, getrusage, CUDA) and the policies built on them: whether XceptionBased
 trains with activation checkpointing (``--activation_checkpointing auto``) and which splits are
 decoded into RAM (``--cache_images auto``)."""
+
 from __future__ import annotations
 
 import sys
@@ -40,6 +41,8 @@ def _peak_rss_bytes() -> int:
 def current_rss_bytes() -> int:
     """Resident set size of this process now (Linux /proc; 0 where unknown)."""
     return proc_bytes("/proc/self/status", "VmRSS") or 0
+
+
 XCEPTION_TRAIN_BYTES_PER_IMAGE = 200 * 1024**2
 """Memory that XceptionBased training needs per image of a batch at 256 x 256 beyond the model:
 batch 32 keeps 5.6 GiB of activations for the backward pass, peak RSS rises by 6.4 GB
@@ -54,24 +57,37 @@ def available_memory_bytes(device: torch.device) -> int | None:
         free, _ = torch.cuda.mem_get_info(device)
         return int(free)
     return proc_bytes("/proc/meminfo", "MemAvailable")
+
+
 ACTIVATION_CHECKPOINTING_SETTINGS = ("auto", "on", "off")
 
 
 def add_activation_checkpointing_flag(parser) -> None:
     """``--activation_checkpointing auto|on|off`` (a bare flag means on), as train_main.py and
     run_study.py take it (see ``resolve_activation_checkpointing``)."""
-    parser.add_argument("--activation_checkpointing", nargs="?", const="on", default="auto",
-                        choices=ACTIVATION_CHECKPOINTING_SETTINGS,
-                        help="XceptionBased training: keep only block inputs for the backward pass and "
-                             "recompute the blocks there: the same results with about 40%% less peak "
-                             "training memory, at about 0.8x the speed (benchmarks/README.md). auto: on "
-                             "when the training would not fit the free memory (RAM, or GPU memory on "
-                             "CUDA); a bare --activation_checkpointing means on")
+    parser.add_argument(
+        "--activation_checkpointing",
+        nargs="?",
+        const="on",
+        default="auto",
+        choices=ACTIVATION_CHECKPOINTING_SETTINGS,
+        help="XceptionBased training: keep only block inputs for the backward pass and "
+        "recompute the blocks there: the same results with about 40%% less peak "
+        "training memory, at about 0.8x the speed (benchmarks/README.md). auto: on "
+        "when the training would not fit the free memory (RAM, or GPU memory on "
+        "CUDA); a bare --activation_checkpointing means on",
+    )
 
 
-def resolve_activation_checkpointing(setting: str, model_name: str, device: torch.device, batch_size: int,
-                                     available: int | None = None, processes: int = 1,
-                                     extra_bytes: int = 0) -> tuple[bool, str | None]:
+def resolve_activation_checkpointing(
+    setting: str,
+    model_name: str,
+    device: torch.device,
+    batch_size: int,
+    available: int | None = None,
+    processes: int = 1,
+    extra_bytes: int = 0,
+) -> tuple[bool, str | None]:
     """Whether to train with activation checkpointing, and a note saying why when 'auto' turns it on.
 
     'on'/'off' as given; 'auto' turns it on only for XceptionBased when its training needs more
@@ -90,15 +106,22 @@ def resolve_activation_checkpointing(setting: str, model_name: str, device: torc
     need = processes * (batch_size * XCEPTION_TRAIN_BYTES_PER_IMAGE + 1024**3) + extra_bytes
     if available is None or need <= available:
         return False, None
-    return True, (f"XceptionBased at batch {batch_size} needs about {need / 1e9:.1f} GB for training, "
-                  f"{available / 1e9:.1f} GB is available on {torch.device(device).type}: activation "
-                  "checkpointing is on (the same results, about 0.8x the speed; "
-                  "--activation_checkpointing off to override)")
+    return True, (
+        f"XceptionBased at batch {batch_size} needs about {need / 1e9:.1f} GB for training, "
+        f"{available / 1e9:.1f} GB is available on {torch.device(device).type}: activation "
+        "checkpointing is on (the same results, about 0.8x the speed; "
+        "--activation_checkpointing off to override)"
+    )
 
 
-def apply_image_cache(datasets, mode: str = "auto", limit_gb: float = 2.2,
-                      progress: bool = True, rss_limit_gb: float | None = 3.0,
-                      reserve_gb: float = 0.75) -> list[bool]:
+def apply_image_cache(
+    datasets,
+    mode: str = "auto",
+    limit_gb: float = 2.2,
+    progress: bool = True,
+    rss_limit_gb: float | None = 3.0,
+    reserve_gb: float = 0.75,
+) -> list[bool]:
     """Decode datasets into RAM (uint8, 192 KiB an image): 'on' all, 'off' none, 'auto' each split
     in order when the cache total stays within ``limit_gb`` GiB AND the process's RSS now plus the
     cache plus ``reserve_gb`` for training stays within ``rss_limit_gb`` GiB (``None``: no RSS rule).

@@ -1,5 +1,6 @@
 """Detection metrics of P(fake) scores, computed with scikit-learn: AUC, EER, AP, accuracy,
 balanced accuracy, per-class accuracy and the confusion matrix (docs/design.md#roc-and-det-scores)."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -13,6 +14,7 @@ def fmt(value, digits: int = 4, suffix: str = "") -> str:
 def equal_error_rate(labels, fake_scores) -> tuple[float, float]:
     """(EER, threshold at the EER) from sklearn's ROC: the point where FPR and FNR cross."""
     from sklearn.metrics import roc_curve
+
     return eer_of_roc(*roc_curve(labels, fake_scores, pos_label=1))
 
 
@@ -34,12 +36,12 @@ def binary_metrics(labels, fake_scores, threshold: float = 0.5) -> dict:
         confusion_matrix,
         roc_auc_score,
     )
+
     labels = np.asarray(labels, dtype=np.int64)
     fake_scores = np.asarray(fake_scores, dtype=np.float64)
     predictions = (fake_scores > threshold).astype(np.int64)  # ties go to real, like argmax
     matrix = confusion_matrix(labels, predictions, labels=[0, 1])
-    per_class = [float(100.0 * matrix[c, c] / matrix[c].sum()) if matrix[c].sum() else None
-                 for c in (0, 1)]
+    per_class = [float(100.0 * matrix[c, c] / matrix[c].sum()) if matrix[c].sum() else None for c in (0, 1)]
     both = len(np.unique(labels)) == 2
     eer, eer_threshold = equal_error_rate(labels, fake_scores) if both else (None, None)
     return {

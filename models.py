@@ -1,4 +1,5 @@
 """The study's two detectors (docs/design.md#models): SimpleNet and the Xception-based model."""
+
 from __future__ import annotations
 
 import torch
@@ -28,8 +29,10 @@ class SimpleNet(nn.Module):
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         if image.dim() != 4 or tuple(image.shape[1:]) != SIMPLENET_INPUT:
-            raise ValueError(f"SimpleNet needs input of shape N x 3 x 256 x 256 (256x256 RGB images), "
-                             f"got {tuple(image.shape)}; resize the images to 256x256")
+            raise ValueError(
+                f"SimpleNet needs input of shape N x 3 x 256 x 256 (256x256 RGB images), "
+                f"got {tuple(image.shape)}; resize the images to 256x256"
+            )
         x = self.pool(self.relu(self.conv1(image)))
         x = self.pool(self.relu(self.conv2(x)))
         x = self.pool(self.relu(self.conv3(x)))
@@ -42,9 +45,12 @@ class SimpleNet(nn.Module):
 def mlp_head() -> nn.Sequential:
     """The study's MLP head (2,321,834 parameters); state-dict keys fc.0, fc.2, fc.4, fc.6."""
     return nn.Sequential(
-        nn.Linear(2048, 1000), nn.ReLU(),
-        nn.Linear(1000, 256), nn.ReLU(),
-        nn.Linear(256, 64), nn.ReLU(),
+        nn.Linear(2048, 1000),
+        nn.ReLU(),
+        nn.Linear(1000, 256),
+        nn.ReLU(),
+        nn.Linear(256, 64),
+        nn.ReLU(),
         nn.Linear(64, 2),
     )
 
@@ -55,7 +61,8 @@ def get_xception_based_model(pretrained: bool = True, weights_path: str | None =
     Nothing is frozen: all 23,128,786 parameters train. ``pretrained=False`` never looks for
     weights (the analysis scripts load a checkpoint into it).
     """
-    model = build_xception_backbone(pretrained=pretrained, weights_path=weights_path,
-                                    allow_missing_classifier=True)
+    model = build_xception_backbone(
+        pretrained=pretrained, weights_path=weights_path, allow_missing_classifier=True
+    )
     model.fc = mlp_head()
     return model

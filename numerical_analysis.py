@@ -1,6 +1,8 @@
-"""ROC and DET curves and detection metrics of a trained model on a test split (docs/design.md#roc-and-det-scores).
+"""ROC and DET curves, detection metrics and their uncertainty for a trained model on a test split
+(docs/design.md#roc-and-det-scores).
 
-    python numerical_analysis.py -m SimpleNet -cpp checkpoints/fakes_dataset_SimpleNet_Adam.pt -d fakes_dataset
+    python numerical_analysis.py -m SimpleNet -d fakes_dataset \
+        -cpp checkpoints/fakes_dataset_SimpleNet_Adam.pt
 
 Writes figures/<D>_<M>_roc_curve.png, figures/<D>_<M>_det_curve.png and the "numerical" section of
 out/<D>_<M>_metrics.json (other sections, such as "grad_cam", are kept), and prints the numbers.
@@ -8,6 +10,7 @@ How sure they are goes to the "uncertainty" section: 95 % stratified-bootstrap i
 accuracy, AUC, EER and AP (--bootstrap resamples, --seed), and the expected calibration error of
 P(fake) with its reliability diagram, figures/<D>_<M>_reliability_diagram.png (--ece_bins).
 """
+
 from __future__ import annotations
 
 import sys
@@ -22,24 +25,37 @@ from utils import FIGURE_SUFFIXES, add_analysis_flags, figure_path, load_analysi
 def build_parser() -> ArgumentParser:
     parser = ArgumentParser(
         description="ROC and DET curves, AUC, EER, AP, accuracy and confusion matrix of a checkpoint "
-                    "on the test split. As in the course, the ROC/DET soft scores are the model's raw "
-                    "outputs: score A = column 0 (how real), score B = column 1 (how fake); the "
-                    "positive label is 1 (fake). EER, AP and accuracy use P(fake), the softmax "
-                    "probability of column 1 (fake when P(fake) > 0.5).")
+        "on the test split. As in the course, the ROC/DET soft scores are the model's raw "
+        "outputs: score A = column 0 (how real), score B = column 1 (how fake); the "
+        "positive label is 1 (fake). EER, AP and accuracy use P(fake), the softmax "
+        "probability of column 1 (fake when P(fake) > 0.5)."
+    )
     add_analysis_flags(parser)
-    parser.add_argument("--batch_size", "-b", default=64, type=positive_int,
-                        help="images per forward pass")
-    parser.add_argument("--num_workers", default=0, type=non_negative_int,
-                        help="worker processes decoding images (0: in the main process)")
-    parser.add_argument("--out_dir", default="out",
-                        help="folder of <D>_<M>_metrics.json (its 'numerical' section is replaced, "
-                             "other sections kept)")
-    parser.add_argument("--bootstrap", default=uncertainty.DEFAULT_RESAMPLES, type=positive_int,
-                        help="bootstrap resamples for the 95 %% confidence intervals")
-    parser.add_argument("--ece_bins", default=uncertainty.DEFAULT_BINS, type=positive_int,
-                        help="equal-width bins of P(fake) for the ECE and the reliability diagram")
-    parser.add_argument("--seed", default=0, type=non_negative_int,
-                        help="seed of the bootstrap resamples")
+    parser.add_argument("--batch_size", "-b", default=64, type=positive_int, help="images per forward pass")
+    parser.add_argument(
+        "--num_workers",
+        default=0,
+        type=non_negative_int,
+        help="worker processes decoding images (0: in the main process)",
+    )
+    parser.add_argument(
+        "--out_dir",
+        default="out",
+        help="folder of <D>_<M>_metrics.json (its 'numerical' section is replaced, other sections kept)",
+    )
+    parser.add_argument(
+        "--bootstrap",
+        default=uncertainty.DEFAULT_RESAMPLES,
+        type=positive_int,
+        help="bootstrap resamples for the 95 %% confidence intervals",
+    )
+    parser.add_argument(
+        "--ece_bins",
+        default=uncertainty.DEFAULT_BINS,
+        type=positive_int,
+        help="equal-width bins of P(fake) for the ECE and the reliability diagram",
+    )
+    parser.add_argument("--seed", default=0, type=non_negative_int, help="seed of the bootstrap resamples")
     parser.add_argument("--no_progress", action="store_true", help="no progress bar")
     return parser
 
@@ -47,44 +63,63 @@ def build_parser() -> ArgumentParser:
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     _, model, dataset = load_analysis_inputs(args)
-    logits, labels = analysis.predict_scores(model, dataset, args.batch_size,
-                                             progress=not args.no_progress,
-                                             num_workers=args.num_workers)
+    logits, labels = analysis.predict_scores(
+        model, dataset, args.batch_size, progress=not args.no_progress, num_workers=args.num_workers
+    )
     metrics = analysis.roc_det_metrics(labels, logits)
 
-    roc_path, det_path, reliability_path = (figure_path(args.figures_dir, args.dataset, args.model,
-                                                        suffix)
-                                            for suffix in FIGURE_SUFFIXES["numerical"])
+    roc_path, det_path, reliability_path = (
+        figure_path(args.figures_dir, args.dataset, args.model, suffix)
+        for suffix in FIGURE_SUFFIXES["numerical"]
+    )
     save_figure(analysis.plot_roc(labels, logits, args.model, args.dataset), roc_path)
     save_figure(analysis.plot_det(labels, logits, args.model, args.dataset), det_path)
     sure = uncertainty_section(args, labels, analysis.soft_scores(logits)[:, 1])
-    save_figure(uncertainty.plot_reliability(
-        sure["calibration"], f"Reliability of P(fake), {analysis.describe(args.dataset, args.model)}"),
-        reliability_path)
+    save_figure(
+        uncertainty.plot_reliability(
+            sure["calibration"], f"Reliability of P(fake), {analysis.describe(args.dataset, args.model)}"
+        ),
+        reliability_path,
+    )
 
     json_path = analysis.metrics_json_path(args.out_dir, args.dataset, args.model)
-    section = {"model": args.model, "dataset": args.dataset, "split": "test",
-               "checkpoint": args.checkpoint_path, "score_definition": analysis.SCORE_DESCRIPTION,
-               **metrics}
+    section = {
+        "model": args.model,
+        "dataset": args.dataset,
+        "split": "test",
+        "checkpoint": args.checkpoint_path,
+        "score_definition": analysis.SCORE_DESCRIPTION,
+        **metrics,
+    }
     analysis.update_metrics_json(json_path, "numerical", section)
     analysis.update_metrics_json(json_path, "uncertainty", sure)
 
-    print(f"{analysis.describe(args.dataset, args.model)}, test split, {len(labels)} images "
-          f"({args.checkpoint_path})")
+    print(
+        f"{analysis.describe(args.dataset, args.model)}, test split, {len(labels)} images "
+        f"({args.checkpoint_path})"
+    )
     print(analysis.metrics_table(metrics))
     print(uncertainty.summary_table(sure["bootstrap"], sure["calibration"]))
-    print(f"wrote {roc_path}\nwrote {det_path}\nwrote {reliability_path}\n"
-          f"wrote {json_path} (sections 'numerical' and 'uncertainty')")
+    print(
+        f"wrote {roc_path}\nwrote {det_path}\nwrote {reliability_path}\n"
+        f"wrote {json_path} (sections 'numerical' and 'uncertainty')"
+    )
     return 0
 
 
 def uncertainty_section(args, labels, fake_scores) -> dict:
     """The 'uncertainty' JSON section: bootstrap intervals and calibration of P(fake)."""
-    return {"model": args.model, "dataset": args.dataset, "split": "test",
-            "checkpoint": args.checkpoint_path, "scores": "P(fake) = softmax column 1",
-            "bootstrap": uncertainty.bootstrap_intervals(labels, fake_scores, args.bootstrap,
-                                                         args.seed, progress=not args.no_progress),
-            "calibration": uncertainty.calibration(labels, fake_scores, args.ece_bins)}
+    return {
+        "model": args.model,
+        "dataset": args.dataset,
+        "split": "test",
+        "checkpoint": args.checkpoint_path,
+        "scores": "P(fake) = softmax column 1",
+        "bootstrap": uncertainty.bootstrap_intervals(
+            labels, fake_scores, args.bootstrap, args.seed, progress=not args.no_progress
+        ),
+        "calibration": uncertainty.calibration(labels, fake_scores, args.ece_bins),
+    }
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ before the evaluation transform and returns uint8 images of the same shape:
 the logits into AUC, accuracy, EER and AP of P(fake), ``plot_robustness`` draws AUC against
 severity.
 """
+
 from __future__ import annotations
 
 import io
@@ -39,8 +40,12 @@ PERTURBATIONS = {  # name: severities, mildest first
     "resize": (0.75, 0.5, 0.25),
     "noise": (2.0, 5.0, 10.0),
 }
-SEVERITY_NAMES = {"jpeg": "JPEG quality", "blur": "Gaussian blur sigma (px)",
-                  "resize": "down-then-up scale factor", "noise": "Gaussian noise sigma (0-255)"}
+SEVERITY_NAMES = {
+    "jpeg": "JPEG quality",
+    "blur": "Gaussian blur sigma (px)",
+    "resize": "down-then-up scale factor",
+    "noise": "Gaussian noise sigma (0-255)",
+}
 
 
 def jpeg(images: torch.Tensor, quality: int) -> torch.Tensor:
@@ -59,8 +64,9 @@ def blur(images: torch.Tensor, sigma: float) -> torch.Tensor:
     """Gaussian blur with standard deviation ``sigma`` pixels, kernel 2 ceil(3 sigma) + 1 wide,
     borders reflected (scipy's separable filter), rounded back to uint8."""
     radius = math.ceil(3 * sigma)
-    blurred = gaussian_filter(images.numpy().astype(np.float32), sigma=(0, 0, sigma, sigma),
-                              mode="mirror", truncate=radius / sigma)
+    blurred = gaussian_filter(
+        images.numpy().astype(np.float32), sigma=(0, 0, sigma, sigma), mode="mirror", truncate=radius / sigma
+    )
     return torch.from_numpy(np.clip(np.rint(blurred), 0, 255).astype(np.uint8))
 
 
@@ -103,8 +109,9 @@ def conditions(names=None) -> list[tuple[str, float]]:
 
 
 # ----------------------------------------------------------------------------- evaluation
-def score_perturbed(model, dataset, chosen, indices, batch_size: int, seed: int,
-                    progress: bool = False) -> tuple[dict, np.ndarray]:
+def score_perturbed(
+    model, dataset, chosen, indices, batch_size: int, seed: int, progress: bool = False
+) -> tuple[dict, np.ndarray]:
     """Logits of the images ``indices`` of a ``FacesDataset``, clean and under each (name,
     severity) of ``chosen``: ``({"clean" or (name, severity): N x 2 float32}, labels)``.
 
@@ -115,16 +122,19 @@ def score_perturbed(model, dataset, chosen, indices, batch_size: int, seed: int,
     keys = ["clean"] + list(chosen)
     logits: dict = {key: [] for key in keys}
     labels = []
-    with tqdm(total=len(indices) * len(keys), desc="perturbed scoring", unit="img",
-              disable=not progress) as bar:
+    with tqdm(
+        total=len(indices) * len(keys), desc="perturbed scoring", unit="img", disable=not progress
+    ) as bar:
         for images, batch_labels, batch_indices in batching.iter_batches(dataset, batch_size, indices):
             for key in keys:
                 batch = images if key == "clean" else perturb(images, *key, batch_indices, seed)
                 logits[key].append(analysis.predict_logits(model, batch, batch_size))
                 bar.update(len(images))
             labels.append(batch_labels)
-    return ({key: torch.cat(parts).numpy() for key, parts in logits.items()},
-            torch.cat(labels).numpy().astype(np.int64))
+    return (
+        {key: torch.cat(parts).numpy() for key, parts in logits.items()},
+        torch.cat(labels).numpy().astype(np.int64),
+    )
 
 
 def robustness_metrics(labels, logits: dict) -> dict:
@@ -136,13 +146,15 @@ def robustness_metrics(labels, logits: dict) -> dict:
     def figures(key):
         metrics = binary_metrics(labels, analysis.soft_scores(logits[key])[:, 1])
         return {name: metrics[name] for name in keep}
+
     out = {"clean": figures("clean"), "perturbations": {}}
     for key in logits:
         if key == "clean":
             continue
         name, severity = key
         entry = out["perturbations"].setdefault(
-            name, {"severity": SEVERITY_NAMES[name], "severities": [], **{k: [] for k in keep}})
+            name, {"severity": SEVERITY_NAMES[name], "severities": [], **{k: [] for k in keep}}
+        )
         entry["severities"].append(severity)
         for metric, value in figures(key).items():
             entry[metric].append(value)
@@ -153,18 +165,24 @@ def plot_robustness(metrics: dict, title: str):
     """AUC against severity level (0 = clean, then each perturbation's grades, mildest first), one
     line per perturbation, the clean AUC as a dashed reference line."""
     import matplotlib.pyplot as plt
+
     fig, ax = plt.subplots(figsize=(7.2, 5.0))
     clean = metrics["clean"]["auc"]
     for name, entry in metrics["perturbations"].items():
         grades = ", ".join(f"{s:g}" for s in entry["severities"])
         aucs = [np.nan if a is None else a for a in entry["auc"]]
-        ax.plot(range(len(aucs) + 1), [np.nan if clean is None else clean] + aucs, marker="o",
-                label=f"{SEVERITY_NAMES[name]}: {grades}")
+        ax.plot(
+            range(len(aucs) + 1),
+            [np.nan if clean is None else clean] + aucs,
+            marker="o",
+            label=f"{SEVERITY_NAMES[name]}: {grades}",
+        )
     if clean is not None:
         ax.axhline(clean, linestyle="--", color="black", label=f"clean AUC = {clean:.4f}")
     ax.axhline(0.5, linestyle=":", color="gray", label="chance")
-    ax.set_xticks(range(max((len(e["severities"]) for e in metrics["perturbations"].values()),
-                            default=0) + 1))
+    ax.set_xticks(
+        range(max((len(e["severities"]) for e in metrics["perturbations"].values()), default=0) + 1)
+    )
     ax.set_xlabel("severity level (0 = clean; the grades in the legend, mildest first)")
     ax.set_ylabel("AUC of P(fake)")
     ax.set_ylim(0.0, 1.02)

@@ -5,6 +5,7 @@
 Writes figures/<D>_<M>_losses_plot.png and figures/<D>_<M>_accuracies_plot.png from the last run
 in the JSON (or --run N).
 """
+
 from __future__ import annotations
 
 import sys
@@ -12,7 +13,7 @@ import sys
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.pyplot as plt
 
 from cli import ArgumentParser, UserError, add_debug_flag, run_cli
 from fileio import read_runs, save_figure
@@ -57,38 +58,62 @@ def check_run(run: dict, model: str, dataset: str, path: str) -> str:
     names); returns the title suffix: empty, or an unfinished-run notice (also on stderr)."""
     found = (run.get("model", model), run.get("dataset", dataset))
     if found != (model, dataset):
-        raise UserError(f"{path}: the run holds {found[0]} on {found[1]}, but -m {model} -d {dataset} "
-                        f"was given; pass -m {found[0]} -d {found[1]} (or another --json)")
+        raise UserError(
+            f"{path}: the run holds {found[0]} on {found[1]}, but -m {model} -d {dataset} "
+            f"was given; pass -m {found[0]} -d {found[1]} (or another --json)"
+        )
     if run.get("completed") is False:
         why = f", {run['diverged']}" if run.get("diverged") else ""
         n_epochs = len(run.get("train_loss") or [])
-        print(f"WARNING: {path}: the plotted run is UNFINISHED (completed: false, {n_epochs} epoch(s)"
-              f"{why})", file=sys.stderr)
+        print(
+            f"WARNING: {path}: the plotted run is UNFINISHED (completed: false, {n_epochs} epoch(s){why})",
+            file=sys.stderr,
+        )
         return f"\nUNFINISHED run: {n_epochs} epoch(s)"
     return ""
 
 
 def plot_run(run: dict, model: str, dataset: str, figures_dir: str, note: str = "") -> list[str]:
-    losses, accuracies = (figure_path(figures_dir, dataset, model, suffix)
-                          for suffix in FIGURE_SUFFIXES["curves"])
+    losses, accuracies = (
+        figure_path(figures_dir, dataset, model, suffix) for suffix in FIGURE_SUFFIXES["curves"]
+    )
     return [
-        plot_metric(run, "loss", "loss", f"loss vs epoch for {model} model on {dataset} dataset{note}",
-                    losses),
-        plot_metric(run, "acc", "accuracy [%]",
-                    f"accuracy vs epoch for {model} model on {dataset} dataset{note}", accuracies),
+        plot_metric(
+            run, "loss", "loss", f"loss vs epoch for {model} model on {dataset} dataset{note}", losses
+        ),
+        plot_metric(
+            run,
+            "acc",
+            "accuracy [%]",
+            f"accuracy vs epoch for {model} model on {dataset} dataset{note}",
+            accuracies,
+        ),
     ]
 
 
 def build_parser() -> ArgumentParser:
     parser = ArgumentParser(description="Plot loss and accuracy curves of a training run.")
-    parser.add_argument("--model", "-m", default="SimpleNet", choices=MODEL_NAMES,
-                        help="model name (used in titles and file names)")
+    parser.add_argument(
+        "--model",
+        "-m",
+        default="SimpleNet",
+        choices=MODEL_NAMES,
+        help="model name (used in titles and file names)",
+    )
     parser.add_argument("--json", "-j", required=True, help="metrics JSON written by train_main.py")
-    parser.add_argument("--dataset", "-d", default="fakes_dataset", choices=DATASET_NAMES,
-                        help="dataset name (used in titles and file names)")
-    parser.add_argument("--run", type=int, default=None,
-                        help="which run of the JSON to plot, 1-based (negative: from the end); "
-                             "default: the last")
+    parser.add_argument(
+        "--dataset",
+        "-d",
+        default="fakes_dataset",
+        choices=DATASET_NAMES,
+        help="dataset name (used in titles and file names)",
+    )
+    parser.add_argument(
+        "--run",
+        type=int,
+        default=None,
+        help="which run of the JSON to plot, 1-based (negative: from the end); default: the last",
+    )
     parser.add_argument("--figures_dir", default="figures", help="where the figures are written")
     add_debug_flag(parser)
     return parser

@@ -6,6 +6,7 @@ Writes figures/datasets_samples.png. Images are picked by their label, never by 
 in the dataset (the course code took "fake" from the second half, which with the 2:1 Deepfakes
 set was often a real image).
 """
+
 from __future__ import annotations
 
 import os
@@ -14,11 +15,11 @@ import sys
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
 
 from cli import ArgumentParser, add_debug_flag, run_cli
-from faces_dataset import FAKE_LABEL, REAL_LABEL  # noqa: E402
+from faces_dataset import FAKE_LABEL, REAL_LABEL
 from fileio import save_figure
 from utils import DATASET_NAMES, DATASET_TITLES, SAMPLES_FIGURE, add_data_root_flag, load_dataset
 
@@ -70,7 +71,9 @@ def build_parser() -> ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    path = plot_samples(sample_images(args.data_root, args.seed), os.path.join(args.figures_dir, SAMPLES_FIGURE))
+    path = plot_samples(
+        sample_images(args.data_root, args.seed), os.path.join(args.figures_dir, SAMPLES_FIGURE)
+    )
     print(f"wrote {path}")
     return 0
 

@@ -10,6 +10,7 @@ exact per-channel mean and (unbiased) variance of that layer's inputs over a set
 batches, forwarded in training mode (so each layer sees what it sees in training) without gradients.
 See docs/design.md#precise-batchnorm-statistics.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
@@ -20,8 +21,9 @@ from torch import nn
 
 def batchnorm_layers(model: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
     """The BatchNorm layers of ``model`` that keep running statistics (empty for SimpleNet)."""
-    return [m for m in model.modules()
-            if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+    return [
+        m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats
+    ]
 
 
 class _ChannelMoments:
@@ -46,8 +48,11 @@ class _ChannelMoments:
 
 
 @torch.no_grad()
-def recompute_bn_statistics(model: nn.Module, batches: Iterable[torch.Tensor],
-                            all_reduce: Callable[[torch.Tensor], None] | None = None) -> int:
+def recompute_bn_statistics(
+    model: nn.Module,
+    batches: Iterable[torch.Tensor],
+    all_reduce: Callable[[torch.Tensor], None] | None = None,
+) -> int:
     """Set the running statistics of every BatchNorm layer of ``model`` to the exact statistics of
     its inputs over ``batches`` (input tensors, already normalised and on the model's device).
 

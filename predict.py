@@ -11,6 +11,7 @@ is cropped (face_crops.py) and scored on its own; a photo without a face is repo
 An unreadable file is reported on stderr and the others still run; the exit code is 1 if any path
 failed, 2 for a usage error (bad checkpoint, wrong -m).
 """
+
 from __future__ import annotations
 
 import json
@@ -35,31 +36,50 @@ from utils import MODEL_NAMES, get_device, load_model_from_checkpoint
 def build_parser() -> ArgumentParser:
     parser = ArgumentParser(
         description="Predict real or fake for image files. P(fake) is the softmax probability of "
-                    "the model's column 1; the label is fake when P(fake) > 0.5.")
-    parser.add_argument("paths", nargs="+", metavar="PATH",
-                        help="image files and/or folders of images")
-    parser.add_argument("--model", "-m", default="XceptionBased", choices=MODEL_NAMES,
-                        help="which model the checkpoint holds")
-    parser.add_argument("--checkpoint_path", "-cpp", default="checkpoints/XceptionBased.pt",
-                        help="checkpoint written by train_main.py (its 'model' entry is loaded)")
-    parser.add_argument("--recursive", "-r", action="store_true",
-                        help="also look for images in the sub-folders of a folder PATH")
-    parser.add_argument("--batch_size", "-b", default=32, type=positive_int,
-                        help="images per forward pass")
+        "the model's column 1; the label is fake when P(fake) > 0.5."
+    )
+    parser.add_argument("paths", nargs="+", metavar="PATH", help="image files and/or folders of images")
+    parser.add_argument(
+        "--model", "-m", default="XceptionBased", choices=MODEL_NAMES, help="which model the checkpoint holds"
+    )
+    parser.add_argument(
+        "--checkpoint_path",
+        "-cpp",
+        default="checkpoints/XceptionBased.pt",
+        help="checkpoint written by train_main.py (its 'model' entry is loaded)",
+    )
+    parser.add_argument(
+        "--recursive",
+        "-r",
+        action="store_true",
+        help="also look for images in the sub-folders of a folder PATH",
+    )
+    parser.add_argument("--batch_size", "-b", default=32, type=positive_int, help="images per forward pass")
     parser.add_argument("--device", default="auto", help="auto (CUDA when available), cpu or cuda")
-    parser.add_argument("--crop_faces", action="store_true",
-                        help="find the faces in each image (OpenCV's Haar cascade), crop each "
-                             f"with a margin ({face_crops.MARGIN}x the face box), resize it to "
-                             f"{IMAGE_SIZE}x{IMAGE_SIZE} and score every face; for whole photos. "
-                             f"Needs OpenCV: {face_crops.OPENCV_INSTALL}")
-    parser.add_argument("--grad_cam", metavar="DIR", default=None,
-                        help="write a Grad-CAM overlay PNG per image into DIR "
-                             "(<name>_grad_cam.png, for the predicted class; with --crop_faces "
-                             "one per face, drawn on the crop: <name>_face<k>_grad_cam.png)")
-    parser.add_argument("--target_layer", default=analysis.DEFAULT_TARGET_LAYER,
-                        help="Grad-CAM layer (dotted module path) for --grad_cam")
-    parser.add_argument("--json", action="store_true",
-                        help="print one JSON document on stdout instead of text lines")
+    parser.add_argument(
+        "--crop_faces",
+        action="store_true",
+        help="find the faces in each image (OpenCV's Haar cascade), crop each "
+        f"with a margin ({face_crops.MARGIN}x the face box), resize it to "
+        f"{IMAGE_SIZE}x{IMAGE_SIZE} and score every face; for whole photos. "
+        f"Needs OpenCV: {face_crops.OPENCV_INSTALL}",
+    )
+    parser.add_argument(
+        "--grad_cam",
+        metavar="DIR",
+        default=None,
+        help="write a Grad-CAM overlay PNG per image into DIR "
+        "(<name>_grad_cam.png, for the predicted class; with --crop_faces "
+        "one per face, drawn on the crop: <name>_face<k>_grad_cam.png)",
+    )
+    parser.add_argument(
+        "--target_layer",
+        default=analysis.DEFAULT_TARGET_LAYER,
+        help="Grad-CAM layer (dotted module path) for --grad_cam",
+    )
+    parser.add_argument(
+        "--json", action="store_true", help="print one JSON document on stdout instead of text lines"
+    )
     parser.add_argument("--no_progress", action="store_true", help="no progress bar")
     add_debug_flag(parser)
     return parser
@@ -86,8 +106,13 @@ def collect_paths(paths: list[str], recursive: bool) -> tuple[list[str], list[di
             if stat.S_ISREG(os.stat(path).st_mode):
                 files.append(path)
             else:  # reading a FIFO or a device would block or never end
-                errors.append({"path": path, "error": f"{path}: not a regular file (a FIFO, device "
-                                                      "or socket); give image files or folders"})
+                errors.append(
+                    {
+                        "path": path,
+                        "error": f"{path}: not a regular file (a FIFO, device "
+                        "or socket); give image files or folders",
+                    }
+                )
         else:
             errors.append({"path": path, "error": f"{path}: no such file or folder"})
     return files, errors
@@ -104,16 +129,20 @@ def load_for_model(path: str) -> tuple[torch.Tensor, tuple[int, int] | None]:
     return pil_to_uint8_tensor(image), original
 
 
-def load_inputs(path: str, detector: face_crops.FaceDetector | None
-                ) -> list[tuple[dict, torch.Tensor | None]]:
+def load_inputs(
+    path: str, detector: face_crops.FaceDetector | None
+) -> list[tuple[dict, torch.Tensor | None]]:
     """The model inputs of one file as (record fields, 3 x 256 x 256 uint8): the whole image, or
     with a detector one per face, left to right; a photo without a face gives one entry whose
     image is None."""
     if detector is None:
         image, original = load_for_model(path)
         if original is not None:
-            print(f"predict.py: note: {path}: image is {original[0]}x{original[1]}, resized to "
-                  f"{IMAGE_SIZE}x{IMAGE_SIZE}", file=sys.stderr)
+            print(
+                f"predict.py: note: {path}: image is {original[0]}x{original[1]}, resized to "
+                f"{IMAGE_SIZE}x{IMAGE_SIZE}",
+                file=sys.stderr,
+            )
         fields = {"resized_from": list(original) if original else None}
         return [({"face": None, "box": None, "crop": None, **fields}, image)]
     photo = read_rgb_image(path)
@@ -121,9 +150,17 @@ def load_inputs(path: str, detector: face_crops.FaceDetector | None
     for k, box in enumerate(detector.detect(photo), start=1):
         crop, square = face_crops.crop_face(photo, box)
         side = square[2]
-        inputs.append(({"face": k, "box": list(box), "crop": list(square),
-                        "resized_from": [side, side] if side != IMAGE_SIZE else None},
-                       pil_to_uint8_tensor(crop)))
+        inputs.append(
+            (
+                {
+                    "face": k,
+                    "box": list(box),
+                    "crop": list(square),
+                    "resized_from": [side, side] if side != IMAGE_SIZE else None,
+                },
+                pil_to_uint8_tensor(crop),
+            )
+        )
     return inputs or [({"face": None, "box": None}, None)]
 
 
@@ -156,11 +193,19 @@ def score_batch(model, layer, entries: list, args, used_names: set[str]) -> list
             picture = Image.fromarray(analysis.grad_cam_overlay(image, cam))
             atomic_write(out, lambda tmp, p=picture: p.save(tmp, format="PNG"))
             overlays[i] = out
-    return [{"path": path, **{k: fields[k] for k in ("face", "box", "crop")},
-             "p_fake": float(probs[i, 1]), "p_real": float(probs[i, 0]),
-             "label": analysis.CLASS_NAMES[predicted[i]].lower(),
-             "logits": [float(v) for v in logits[i]], "resized_from": fields["resized_from"],
-             "grad_cam": overlays[i]} for i, (path, fields, _) in enumerate(entries)]
+    return [
+        {
+            "path": path,
+            **{k: fields[k] for k in ("face", "box", "crop")},
+            "p_fake": float(probs[i, 1]),
+            "p_real": float(probs[i, 0]),
+            "label": analysis.CLASS_NAMES[predicted[i]].lower(),
+            "logits": [float(v) for v in logits[i]],
+            "resized_from": fields["resized_from"],
+            "grad_cam": overlays[i],
+        }
+        for i, (path, fields, _) in enumerate(entries)
+    ]
 
 
 def text_line(record: dict) -> str:
@@ -212,8 +257,9 @@ def main(argv=None) -> int:
     results: list[dict] = []
     no_face: list[str] = []
     used_names: set[str] = set()
-    bar = tqdm(total=len(files), desc="predict", unit="img", leave=False,
-               disable=True if args.no_progress else None)
+    bar = tqdm(
+        total=len(files), desc="predict", unit="img", leave=False, disable=True if args.no_progress else None
+    )
     for entries in batches_of_inputs(files, args.batch_size, detector, fail, bar):
         scored = [entry for entry in entries if entry[2] is not None]
         records = iter(score_batch(model, layer, scored, args, used_names) if scored else [])
@@ -229,9 +275,15 @@ def main(argv=None) -> int:
                 print(text_line(record), flush=True)
     bar.close()
     if args.json:
-        document = {"model": args.model, "checkpoint": args.checkpoint_path, "threshold": 0.5,
-                    "crop_faces": args.crop_faces, "results": results, "no_face": no_face,
-                    "errors": errors}
+        document = {
+            "model": args.model,
+            "checkpoint": args.checkpoint_path,
+            "threshold": 0.5,
+            "crop_faces": args.crop_faces,
+            "results": results,
+            "no_face": no_face,
+            "errors": errors,
+        }
         json.dump(document, sys.stdout, indent=2)
         sys.stdout.write("\n")
     return 1 if errors else 0

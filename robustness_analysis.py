@@ -1,6 +1,7 @@
 """Robustness of a trained model to JPEG compression, blur, resizing and noise on its test split.
 
-    python robustness_analysis.py -m SimpleNet -cpp checkpoints/fakes_dataset_SimpleNet_Adam.pt -d fakes_dataset
+    python robustness_analysis.py -m SimpleNet -d fakes_dataset \
+        -cpp checkpoints/fakes_dataset_SimpleNet_Adam.pt
 
 Each perturbation is applied to the uint8 test images before the evaluation transform, at graded
 severities: JPEG quality 90/70/50/30, Gaussian blur sigma 0.5/1/2/3 px, down-then-up scaling
@@ -8,6 +9,7 @@ severities: JPEG quality 90/70/50/30, Gaussian blur sigma 0.5/1/2/3 px, down-the
 against severity, the clean AUC as a reference line) and the "robustness" section of
 out/<D>_<M>_metrics.json (other sections kept), and prints the numbers.
 """
+
 from __future__ import annotations
 
 import sys
@@ -24,39 +26,56 @@ DEFAULT_MAX_IMAGES = 60
 def build_parser() -> ArgumentParser:
     parser = ArgumentParser(
         description="AUC, accuracy, EER and AP of P(fake) on the test split, clean and under JPEG "
-                    "compression, Gaussian blur, down-then-up scaling and Gaussian noise at graded "
-                    "severities, with a figure of AUC against severity.")
+        "compression, Gaussian blur, down-then-up scaling and Gaussian noise at graded "
+        "severities, with a figure of AUC against severity."
+    )
     add_analysis_flags(parser)
-    parser.add_argument("--perturbations", nargs="+", default=list(perturbations.PERTURBATIONS),
-                        choices=list(perturbations.PERTURBATIONS), metavar="NAME",
-                        help=f"which perturbations, any of: {' '.join(perturbations.PERTURBATIONS)}")
-    parser.add_argument("--max_images", default=DEFAULT_MAX_IMAGES, type=non_negative_int,
-                        help="test images to perturb: a random subset, half real and half fake where "
-                             "possible, drawn with --seed (0: the whole test split); each is "
-                             "forwarded once clean and once per severity (15 times for all)")
-    parser.add_argument("--seed", default=0, type=non_negative_int,
-                        help="seed of the subset and of the Gaussian noise")
-    parser.add_argument("--batch_size", "-b", default=64, type=positive_int,
-                        help="images per forward pass")
-    parser.add_argument("--out_dir", default="out",
-                        help="folder of <D>_<M>_metrics.json (its 'robustness' section is replaced, "
-                             "other sections kept)")
+    parser.add_argument(
+        "--perturbations",
+        nargs="+",
+        default=list(perturbations.PERTURBATIONS),
+        choices=list(perturbations.PERTURBATIONS),
+        metavar="NAME",
+        help=f"which perturbations, any of: {' '.join(perturbations.PERTURBATIONS)}",
+    )
+    parser.add_argument(
+        "--max_images",
+        default=DEFAULT_MAX_IMAGES,
+        type=non_negative_int,
+        help="test images to perturb: a random subset, half real and half fake where "
+        "possible, drawn with --seed (0: the whole test split); each is "
+        "forwarded once clean and once per severity (15 times for all)",
+    )
+    parser.add_argument(
+        "--seed", default=0, type=non_negative_int, help="seed of the subset and of the Gaussian noise"
+    )
+    parser.add_argument("--batch_size", "-b", default=64, type=positive_int, help="images per forward pass")
+    parser.add_argument(
+        "--out_dir",
+        default="out",
+        help="folder of <D>_<M>_metrics.json (its 'robustness' section is replaced, other sections kept)",
+    )
     parser.add_argument("--no_progress", action="store_true", help="no progress bar")
     return parser
 
 
 def robustness_table(metrics: dict) -> str:
     """One line per condition: AUC, accuracy, EER and AP."""
+
     def row(name, values):
         cells = [("n/a" if values[k] is None else f"{values[k]:.4f}") for k in ("auc", "eer", "ap")]
         acc = "n/a" if values["accuracy"] is None else f"{values['accuracy']:.2f} %"
         return f"{name:<18} {cells[0]:>7} {acc:>9} {cells[1]:>7} {cells[2]:>7}"
-    lines = [f"{'condition':<18} {'AUC':>7} {'accuracy':>9} {'EER':>7} {'AP':>7}",
-             row("clean", metrics["clean"])]
+
+    lines = [
+        f"{'condition':<18} {'AUC':>7} {'accuracy':>9} {'EER':>7} {'AP':>7}",
+        row("clean", metrics["clean"]),
+    ]
     for name, entry in metrics["perturbations"].items():
         for i, severity in enumerate(entry["severities"]):
-            lines.append(row(f"{name} {severity:g}", {k: entry[k][i] for k in ("auc", "accuracy",
-                                                                              "eer", "ap")}))
+            lines.append(
+                row(f"{name} {severity:g}", {k: entry[k][i] for k in ("auc", "accuracy", "eer", "ap")})
+            )
     return "\n".join(lines)
 
 
@@ -68,21 +87,36 @@ def main(argv=None) -> int:
     whole = subset is None
     indices = list(range(len(labels))) if whole else subset.tolist()
     chosen = perturbations.conditions(dict.fromkeys(args.perturbations))
-    logits, labels = perturbations.score_perturbed(model, dataset, chosen, indices, args.batch_size,
-                                                   args.seed, progress=not args.no_progress)
+    logits, labels = perturbations.score_perturbed(
+        model, dataset, chosen, indices, args.batch_size, args.seed, progress=not args.no_progress
+    )
     metrics = perturbations.robustness_metrics(labels, logits)
 
-    (path,) = (figure_path(args.figures_dir, args.dataset, args.model, suffix)
-               for suffix in FIGURE_SUFFIXES["robustness"])
+    (path,) = (
+        figure_path(args.figures_dir, args.dataset, args.model, suffix)
+        for suffix in FIGURE_SUFFIXES["robustness"]
+    )
     what = "whole test split" if whole else f"{len(indices)} test images (subset, seed {args.seed})"
-    save_figure(perturbations.plot_robustness(
-        metrics, f"Robustness of {analysis.describe(args.dataset, args.model)}\n{what}"), path)
+    save_figure(
+        perturbations.plot_robustness(
+            metrics, f"Robustness of {analysis.describe(args.dataset, args.model)}\n{what}"
+        ),
+        path,
+    )
     json_path = analysis.metrics_json_path(args.out_dir, args.dataset, args.model)
-    section = {"model": args.model, "dataset": args.dataset, "split": "test",
-               "checkpoint": args.checkpoint_path, "scores": "P(fake) = softmax column 1",
-               "n_images": len(indices), "n_real": int((labels == 0).sum()),
-               "n_fake": int((labels == 1).sum()), "subset": None if whole else "random, half real "
-               "and half fake where possible", "seed": args.seed, **metrics}
+    section = {
+        "model": args.model,
+        "dataset": args.dataset,
+        "split": "test",
+        "checkpoint": args.checkpoint_path,
+        "scores": "P(fake) = softmax column 1",
+        "n_images": len(indices),
+        "n_real": int((labels == 0).sum()),
+        "n_fake": int((labels == 1).sum()),
+        "subset": None if whole else "random, half real and half fake where possible",
+        "seed": args.seed,
+        **metrics,
+    }
     analysis.update_metrics_json(json_path, "robustness", section)
 
     print(f"{analysis.describe(args.dataset, args.model)}, {what} ({args.checkpoint_path})")

@@ -6,6 +6,7 @@ Writes figures/<D>_<M>_saliency_maps_and_images_pairs.png (36 test images, each 
 6 rows x 12 columns) and figures/<D>_<M>_mean_saliency_maps.png (mean map of the real and of the
 fake test images, over the whole test split).
 """
+
 from __future__ import annotations
 
 import sys
@@ -21,15 +22,25 @@ N_PAIRS = 36
 def build_parser() -> ArgumentParser:
     parser = ArgumentParser(
         description="Saliency maps: the absolute gradient of each image's raw logit for its TRUE "
-                    "class with respect to the input, maximum over the colour channels (one "
-                    "backward per batch). Pairs figure of 36 test images (half real, half fake "
-                    "where possible) and mean maps per class over the whole test split (each map "
-                    "scaled to [0, 1], averaged per class, scaled again).")
+        "class with respect to the input, maximum over the colour channels (one "
+        "backward per batch). Pairs figure of 36 test images (half real, half fake "
+        "where possible) and mean maps per class over the whole test split (each map "
+        "scaled to [0, 1], averaged per class, scaled again)."
+    )
     add_analysis_flags(parser)
-    parser.add_argument("--batch_size", "-b", default=16, type=positive_int,
-                        help="images per forward/backward pass (lower it if memory runs short)")
-    parser.add_argument("--seed", default=0, type=int,
-                        help="chooses the 36 images of the pairs figure (same seed, same images)")
+    parser.add_argument(
+        "--batch_size",
+        "-b",
+        default=16,
+        type=positive_int,
+        help="images per forward/backward pass (lower it if memory runs short)",
+    )
+    parser.add_argument(
+        "--seed",
+        default=0,
+        type=int,
+        help="chooses the 36 images of the pairs figure (same seed, same images)",
+    )
     parser.add_argument("--no_progress", action="store_true", help="no progress bars")
     return parser
 
@@ -41,20 +52,33 @@ def main(argv=None) -> int:
     title = analysis.describe(args.dataset, args.model)
 
     chosen = analysis.pick_mixed_indices(dataset.labels.numpy(), N_PAIRS, args.seed)
-    maps, images, labels = analysis.saliency_of_dataset(model, dataset, chosen, args.batch_size,
-                                                        progress=progress)
-    pairs_path, mean_path = (figure_path(args.figures_dir, args.dataset, args.model, suffix)
-                             for suffix in FIGURE_SUFFIXES["saliency"])
-    save_figure(analysis.plot_saliency_pairs(images, maps, labels,
-                                             f"Images and their saliency maps: {title}"), pairs_path)
+    maps, images, labels = analysis.saliency_of_dataset(
+        model, dataset, chosen, args.batch_size, progress=progress
+    )
+    pairs_path, mean_path = (
+        figure_path(args.figures_dir, args.dataset, args.model, suffix)
+        for suffix in FIGURE_SUFFIXES["saliency"]
+    )
+    save_figure(
+        analysis.plot_saliency_pairs(images, maps, labels, f"Images and their saliency maps: {title}"),
+        pairs_path,
+    )
 
     means, counts = analysis.mean_maps_per_class(
-        dataset, lambda x, y: analysis.saliency_maps(model, x, y), args.batch_size, device,
-        progress=progress, desc="mean saliency")
-    save_figure(analysis.plot_mean_maps(means, counts, f"Mean saliency maps: {title}", "hot",
-                                        "saliency"), mean_path)
-    print(f"{title}: saliency of {len(chosen)} chosen images (seed {args.seed}) and mean maps over "
-          f"{counts[0]} real and {counts[1]} fake test images")
+        dataset,
+        lambda x, y: analysis.saliency_maps(model, x, y),
+        args.batch_size,
+        device,
+        progress=progress,
+        desc="mean saliency",
+    )
+    save_figure(
+        analysis.plot_mean_maps(means, counts, f"Mean saliency maps: {title}", "hot", "saliency"), mean_path
+    )
+    print(
+        f"{title}: saliency of {len(chosen)} chosen images (seed {args.seed}) and mean maps over "
+        f"{counts[0]} real and {counts[1]} fake test images"
+    )
     print(f"wrote {pairs_path}\nwrote {mean_path}")
     return 0
 

@@ -15,6 +15,7 @@ its 2-D discrete Fourier transform F (``torch.fft.fft2``, on any device) gives
 ``SpectrumAccumulator`` sums over batches; ``summary`` gives the JSON-ready 1-D spectra in dB and
 their difference; ``plot_spectra`` draws them.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -98,9 +99,11 @@ class SpectrumAccumulator:
         n = int(radius_bins(size, size).max())
         return {
             "method": "grey, [0, 1], mean removed; power |F|^2 / (H W) of the 2-D DFT averaged per "
-                      "class, then over rings of equal rounded radius r (cycles per image); in dB "
-                      "(10 log10)",
-            "image_size": int(size), "n_real": self.counts[0], "n_fake": self.counts[1],
+            "class, then over rings of equal rounded radius r (cycles per image); in dB "
+            "(10 log10)",
+            "image_size": int(size),
+            "n_real": self.counts[0],
+            "n_fake": self.counts[1],
             "cycles_per_pixel": [r / size for r in range(1, n + 1)],
             "real_db": None if real is None else [float(v) for v in real],
             "fake_db": None if fake is None else [float(v) for v in fake],
@@ -112,13 +115,16 @@ def plot_spectra(acc: SpectrumAccumulator, summary: dict, title: str):
     """Top: the mean log-magnitude spectra of real and fake images and their difference; bottom:
     the 1-D power spectra of both classes, and fake - real."""
     import matplotlib.pyplot as plt
+
     fig = plt.figure(figsize=(13.5, 8.2))
     grid = fig.add_gridspec(2, 3, height_ratios=[1.0, 0.8])
     maps = {label: acc.mean_log_magnitude(label) for label in (0, 1)}
     both = all(m is not None for m in maps.values())
-    panels = [(maps[0], f"mean log |F|, real (n={acc.counts[0]})", "viridis"),
-              (maps[1], f"mean log |F|, fake (n={acc.counts[1]})", "viridis"),
-              (maps[1] - maps[0] if both else None, "fake - real (log |F|)", "coolwarm")]
+    panels = [
+        (maps[0], f"mean log |F|, real (n={acc.counts[0]})", "viridis"),
+        (maps[1], f"mean log |F|, fake (n={acc.counts[1]})", "viridis"),
+        (maps[1] - maps[0] if both else None, "fake - real (log |F|)", "coolwarm"),
+    ]
     for column, (image, name, cmap) in enumerate(panels):
         ax = fig.add_subplot(grid[0, column])
         ax.set_xticks([])

@@ -8,6 +8,7 @@ both classes and fake - real) and the "spectrum" section of out/<D>_spectrum.jso
 spectra as arrays; other sections kept). The file is per dataset, not per run: the spectra belong
 to the data, whatever model is trained on it.
 """
+
 from __future__ import annotations
 
 import os
@@ -24,14 +25,21 @@ from utils import DATASET_TITLES, add_multi_dataset_flags, get_device, load_data
 def build_parser() -> ArgumentParser:
     parser = ArgumentParser(
         description="Mean Fourier spectra of the real and the fake test images of each dataset (grey, "
-                    "mean removed): 2-D log-magnitude maps and azimuthally averaged 1-D power "
-                    "spectra, where generators leave upsampling traces. Needs no model.")
-    add_multi_dataset_flags(parser, "datasets whose test split is analysed",
-                            "folder of <D>_spectrum.json (its 'spectrum' section is replaced, other "
-                            "sections kept)")
-    parser.add_argument("--max_images", default=0, type=non_negative_int,
-                        help="test images per dataset: a random subset, half real and half fake where "
-                             "possible, drawn with --seed (0: the whole test split)")
+        "mean removed): 2-D log-magnitude maps and azimuthally averaged 1-D power "
+        "spectra, where generators leave upsampling traces. Needs no model."
+    )
+    add_multi_dataset_flags(
+        parser,
+        "datasets whose test split is analysed",
+        "folder of <D>_spectrum.json (its 'spectrum' section is replaced, other sections kept)",
+    )
+    parser.add_argument(
+        "--max_images",
+        default=0,
+        type=non_negative_int,
+        help="test images per dataset: a random subset, half real and half fake where "
+        "possible, drawn with --seed (0: the whole test split)",
+    )
     parser.add_argument("--seed", default=0, type=non_negative_int, help="seed of the subset")
     return parser
 
@@ -42,13 +50,18 @@ def dataset_spectra(args, name: str, device) -> tuple[spectrum.SpectrumAccumulat
     labels = dataset.labels.numpy()
     indices = analysis.subset_indices(labels, args.max_images, args.seed)
     acc = spectrum.SpectrumAccumulator()
-    for images, batch_labels, _ in batching.iter_batches(dataset, args.batch_size, indices,
-                                                         progress=not args.no_progress,
-                                                         desc=f"spectra {name}"):
+    for images, batch_labels, _ in batching.iter_batches(
+        dataset, args.batch_size, indices, progress=not args.no_progress, desc=f"spectra {name}"
+    ):
         acc.add(images.to(device), batch_labels.to(device))
-    section = {"dataset": name, "split": "test", "subset": None if indices is None else
-               f"random, half real and half fake where possible, seed {args.seed}",
-               **acc.summary(images.shape[-1])}
+    section = {
+        "dataset": name,
+        "split": "test",
+        "subset": None
+        if indices is None
+        else f"random, half real and half fake where possible, seed {args.seed}",
+        **acc.summary(images.shape[-1]),
+    }
     return acc, section
 
 
@@ -58,15 +71,19 @@ def main(argv=None) -> int:
     for name in dict.fromkeys(args.datasets):
         acc, section = dataset_spectra(args, name, device)
         path = os.path.join(args.figures_dir, f"{name}_spectrum.png")
-        save_figure(spectrum.plot_spectra(acc, section, f"Mean spectra of the test images, "
-                                                        f"{DATASET_TITLES[name]}"), path)
+        save_figure(
+            spectrum.plot_spectra(acc, section, f"Mean spectra of the test images, {DATASET_TITLES[name]}"),
+            path,
+        )
         json_path = os.path.join(args.out_dir, f"{name}_spectrum.json")
         analysis.update_metrics_json(json_path, "spectrum", section)
         diff = section["fake_minus_real_db"]
         if diff is not None:
             peak = max(range(len(diff)), key=lambda r: abs(diff[r]))
-            print(f"{name}: {section['n_real']} real, {section['n_fake']} fake; largest |fake - real| "
-                  f"{diff[peak]:+.2f} dB at {section['cycles_per_pixel'][peak]:.3f} cycles/pixel")
+            print(
+                f"{name}: {section['n_real']} real, {section['n_fake']} fake; largest |fake - real| "
+                f"{diff[peak]:+.2f} dB at {section['cycles_per_pixel'][peak]:.3f} cycles/pixel"
+            )
         print(f"wrote {path}\nwrote {json_path} (section 'spectrum')")
     return 0
 

@@ -6,6 +6,7 @@ Writes out/<dataset>_<model>_<optimizer>.json (runs appended), checkpoints/<...>
 validation accuracy) and checkpoints/<...>_last.pt (full state for --resume). Works under
 ``torchrun --nproc_per_node=N train_main.py ...`` with the same flags.
 """
+
 from __future__ import annotations
 
 import os
@@ -48,14 +49,25 @@ def build_parser() -> ArgumentParser:
     course = parser.add_argument_group("the course's flags")
     course.add_argument("--lr", default=0.001, type=positive_float, help="learning rate")
     course.add_argument("--momentum", default=0.9, type=non_negative_float, help="momentum (SGD only)")
-    course.add_argument("--batch_size", "-b", default=128, type=positive_int,
-                        help="training batch size (global: split across torchrun processes)")
+    course.add_argument(
+        "--batch_size",
+        "-b",
+        default=128,
+        type=positive_int,
+        help="training batch size (global: split across torchrun processes)",
+    )
     course.add_argument("--epochs", "-e", default=2, type=positive_int, help="number of epochs")
     course.add_argument("--model", "-m", default="SimpleNet", choices=MODEL_NAMES, help="model to train")
-    course.add_argument("--optimizer", "-o", default="SGD", choices=OPTIMIZER_NAMES,
-                        help="SGD (with --momentum) or Adam (lr only)")
-    course.add_argument("--dataset", "-d", default="fakes_dataset", choices=DATASET_NAMES,
-                        help="dataset to train on")
+    course.add_argument(
+        "--optimizer",
+        "-o",
+        default="SGD",
+        choices=OPTIMIZER_NAMES,
+        help="SGD (with --momentum) or Adam (lr only)",
+    )
+    course.add_argument(
+        "--dataset", "-d", default="fakes_dataset", choices=DATASET_NAMES, help="dataset to train on"
+    )
     _add_protocol_flags(parser.add_argument_group("protocol"))
     _add_data_flags(parser.add_argument_group("data"))
     _add_speed_flags(parser.add_argument_group("speed and memory"))
@@ -69,50 +81,90 @@ def build_parser() -> ArgumentParser:
 
 def _add_protocol_flags(group) -> None:
     """Seed, weights, resume and precise BatchNorm: what else decides the numbers of a run."""
-    group.add_argument("--seed", default=0, type=seed_int,
-                       help="seed for weights, data order and augmentation; a CPU run repeats exactly")
-    group.add_argument("--xception_weights", default=None,
-                       help="ImageNet weights file for XceptionBased (else $XCEPTION_WEIGHTS, the torch "
-                            "hub cache, then a download)")
-    group.add_argument("--no_pretrained", action="store_true",
-                       help="XceptionBased from random initialisation (the study: stays near chance)")
-    group.add_argument("--resume", action="store_true",
-                       help="continue the interrupted run from checkpoints/<...>_last.pt")
-    group.add_argument("--precise_bn", default=0, type=non_negative_int, metavar="N",
-                       help="before each evaluation, recompute every BatchNorm layer's statistics "
-                            "over N training batches without augmentation (PreciseBN); 0 (the "
-                            "course's behaviour) keeps the running averages of training. Matters "
-                            "for XceptionBased on small datasets; SimpleNet has no BatchNorm")
+    group.add_argument(
+        "--seed",
+        default=0,
+        type=seed_int,
+        help="seed for weights, data order and augmentation; a CPU run repeats exactly",
+    )
+    group.add_argument(
+        "--xception_weights",
+        default=None,
+        help="ImageNet weights file for XceptionBased (else $XCEPTION_WEIGHTS, the torch "
+        "hub cache, then a download)",
+    )
+    group.add_argument(
+        "--no_pretrained",
+        action="store_true",
+        help="XceptionBased from random initialisation (the study: stays near chance)",
+    )
+    group.add_argument(
+        "--resume", action="store_true", help="continue the interrupted run from checkpoints/<...>_last.pt"
+    )
+    group.add_argument(
+        "--precise_bn",
+        default=0,
+        type=non_negative_int,
+        metavar="N",
+        help="before each evaluation, recompute every BatchNorm layer's statistics "
+        "over N training batches without augmentation (PreciseBN); 0 (the "
+        "course's behaviour) keeps the running averages of training. Matters "
+        "for XceptionBased on small datasets; SimpleNet has no BatchNorm",
+    )
 
 
 def _add_data_flags(group) -> None:
     """Where the data is and how unreadable files are treated."""
     add_data_root_flag(group)
-    group.add_argument("--skip_corrupt", action="store_true",
-                       help="skip unreadable images with a warning instead of stopping")
+    group.add_argument(
+        "--skip_corrupt",
+        action="store_true",
+        help="skip unreadable images with a warning instead of stopping",
+    )
 
 
 def _add_speed_flags(group) -> None:
     """Flags that change speed and memory, not the results (up to float rounding)."""
     group.add_argument("--device", default="auto", help="auto (CUDA when available), cpu or cuda")
-    group.add_argument("--num_workers", default=None, type=non_negative_int,
-                       help="DataLoader worker processes (default: 0 when images are cached in RAM, "
-                            "else min(4, CPU cores - 1))")
+    group.add_argument(
+        "--num_workers",
+        default=None,
+        type=non_negative_int,
+        help="DataLoader worker processes (default: 0 when images are cached in RAM, "
+        "else min(4, CPU cores - 1))",
+    )
     group.add_argument("--amp", action="store_true", help="bf16 mixed precision (CUDA only)")
-    group.add_argument("--channels_last", nargs="?", const="on", default="auto", choices=("auto", "on", "off"),
-                       help="channels-last memory layout; auto: on for CPU and CUDA (measured faster "
-                            "for both models, benchmarks/README.md); a bare --channels_last means on")
-    group.add_argument("--compile", action="store_true",
-                       help="torch.compile the model (slow first batches; did not pay off on 2 CPU cores)")
+    group.add_argument(
+        "--channels_last",
+        nargs="?",
+        const="on",
+        default="auto",
+        choices=("auto", "on", "off"),
+        help="channels-last memory layout; auto: on for CPU and CUDA (measured faster "
+        "for both models, benchmarks/README.md); a bare --channels_last means on",
+    )
+    group.add_argument(
+        "--compile",
+        action="store_true",
+        help="torch.compile the model (slow first batches; did not pay off on 2 CPU cores)",
+    )
     add_activation_checkpointing_flag(group)
-    group.add_argument("--cache_images", default="auto", choices=("auto", "on", "off"),
-                       help="keep decoded uint8 images in RAM; auto caches splits while they fit "
-                            "in --cache_limit_gb")
-    group.add_argument("--cache_limit_gb", default=2.2, type=positive_float,
-                       help="RAM budget of --cache_images auto")
-    group.add_argument("--eval_batch_size", default=None, type=positive_int,
-                       help="batch size for validation and test (default: --batch_size, at most 16 on "
-                            "the CPU, where smaller eval batches measured faster)")
+    group.add_argument(
+        "--cache_images",
+        default="auto",
+        choices=("auto", "on", "off"),
+        help="keep decoded uint8 images in RAM; auto caches splits while they fit in --cache_limit_gb",
+    )
+    group.add_argument(
+        "--cache_limit_gb", default=2.2, type=positive_float, help="RAM budget of --cache_images auto"
+    )
+    group.add_argument(
+        "--eval_batch_size",
+        default=None,
+        type=positive_int,
+        help="batch size for validation and test (default: --batch_size, at most 16 on "
+        "the CPU, where smaller eval batches measured faster)",
+    )
 
 
 def make_optimizer(name: str, params, lr: float, momentum: float) -> torch.optim.Optimizer:
@@ -127,8 +179,15 @@ def make_optimizer(name: str, params, lr: float, momentum: float) -> torch.optim
 def trainer_options(args, device: torch.device) -> dict:
     """The Trainer keyword arguments that come from the data-path and speed flags (also what
     benchmarks/bench_train.py trains with)."""
-    return dict(device=device, num_workers=args.num_workers, eval_batch_size=args.eval_batch_size,
-                seed=args.seed, amp=args.amp, channels_last=args.channels_last, compile=args.compile)
+    return dict(
+        device=device,
+        num_workers=args.num_workers,
+        eval_batch_size=args.eval_batch_size,
+        seed=args.seed,
+        amp=args.amp,
+        channels_last=args.channels_last,
+        compile=args.compile,
+    )
 
 
 def init_distributed(device_flag: str) -> torch.device:
@@ -139,8 +198,10 @@ def init_distributed(device_flag: str) -> torch.device:
     if device.type == "cuda":
         local_rank = int(os.environ.get("LOCAL_RANK", "0"))
         if local_rank >= torch.cuda.device_count():
-            raise UserError(f"torchrun --nproc_per_node: local rank {local_rank} but only "
-                            f"{torch.cuda.device_count()} GPU(s) here; use at most one process per GPU")
+            raise UserError(
+                f"torchrun --nproc_per_node: local rank {local_rank} but only "
+                f"{torch.cuda.device_count()} GPU(s) here; use at most one process per GPU"
+            )
         device = torch.device("cuda", local_rank)
         torch.cuda.set_device(device)
     if not torch.distributed.is_initialized():
@@ -151,8 +212,10 @@ def init_distributed(device_flag: str) -> torch.device:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.activation_checkpointing == "on" and args.model != "XceptionBased":
-        raise UserError(f"--activation_checkpointing: only XceptionBased supports it, not {args.model} "
-                        "(whose activations are small); drop the flag")
+        raise UserError(
+            f"--activation_checkpointing: only XceptionBased supports it, not {args.model} "
+            "(whose activations are small); drop the flag"
+        )
     device = init_distributed(args.device)
     try:
         return _train(args, device)
@@ -164,66 +227,114 @@ def main(argv: list[str] | None = None) -> int:
 def _train(args, device: torch.device) -> int:
     is_main = not torch.distributed.is_initialized() or torch.distributed.get_rank() == 0
     if is_main:  # a bad output path stops the run now, before the data is read
-        check_output_paths(run_paths(args.out_dir, args.checkpoint_dir,
-                                     LoggingParameters(args.model, args.dataset, args.optimizer)),
-                           create=False)
+        check_output_paths(
+            run_paths(
+                args.out_dir, args.checkpoint_dir, LoggingParameters(args.model, args.dataset, args.optimizer)
+            ),
+            create=False,
+        )
     set_seed(args.seed)
-    datasets = [load_dataset(args.dataset, part, args.data_root, skip_corrupt=args.skip_corrupt)
-                for part in ("train", "val", "test")]
+    datasets = [
+        load_dataset(args.dataset, part, args.data_root, skip_corrupt=args.skip_corrupt)
+        for part in ("train", "val", "test")
+    ]
     datasets[0].require_both_classes()  # a one-class training would learn nothing worth a word
-    apply_image_cache(datasets, args.cache_images, args.cache_limit_gb,
-                      progress=is_main and not args.no_progress)
+    apply_image_cache(
+        datasets, args.cache_images, args.cache_limit_gb, progress=is_main and not args.no_progress
+    )
     set_seed(args.seed)  # the same initial weights whatever was read above
     model = load_model(args.model, pretrained=not args.no_pretrained, weights_path=args.xception_weights)
     if args.model == "XceptionBased" and args.no_pretrained and is_main:
-        print("WARNING: XceptionBased from random initialisation (--no_pretrained); "
-              "the study shows this stays near chance (50-60 %)", file=sys.stderr)
-    # Each process trains batch / world size images; on the CPU the processes of a node share its RAM.
-    per_process_batch = max(1, args.batch_size // int(os.environ.get("WORLD_SIZE", "1")))
-    processes = int(os.environ.get("LOCAL_WORLD_SIZE", "1")) if device.type == "cpu" else 1
-    # On CUDA the Trainer copies the cached splits to the GPU after this decision (on the CPU the
-    # cache is already in RAM, so no longer in the available memory).
-    gpu_cache = sum(d.cache_images(progress=False).nbytes for d in datasets if d.cached) \
-        if device.type == "cuda" else 0
-    checkpointing, note = resolve_activation_checkpointing(args.activation_checkpointing, args.model, device,
-                                                           per_process_batch, processes=processes,
-                                                           extra_bytes=gpu_cache)
-    if note and is_main:
-        print(f"note: {note}", file=sys.stderr)
+        print(
+            "WARNING: XceptionBased from random initialisation (--no_pretrained); "
+            "the study shows this stays near chance (50-60 %)",
+            file=sys.stderr,
+        )
+    checkpointing = _activation_checkpointing(args, device, datasets, is_main)
     if checkpointing:
         model.set_activation_checkpointing(True)
     optimizer = make_optimizer(args.optimizer, model.parameters(), args.lr, args.momentum)
     logging_parameters = LoggingParameters(
-        model_name=args.model, dataset_name=args.dataset, optimizer_name=args.optimizer,
-        optimizer_params=json_safe_optimizer_params(optimizer.param_groups[0]))
+        model_name=args.model,
+        dataset_name=args.dataset,
+        optimizer_name=args.optimizer,
+        optimizer_params=json_safe_optimizer_params(optimizer.param_groups[0]),
+    )
     run_args = {k: v for k, v in vars(args).items() if k != "debug"}
-    trainer = Trainer(model, optimizer, nn.CrossEntropyLoss(), args.batch_size, *datasets,
-                      **trainer_options(args, device),
-                      progress=not args.no_progress, out_dir=args.out_dir,
-                      checkpoint_dir=args.checkpoint_dir, precise_bn=args.precise_bn,
-                      run_info={"args": run_args, "argv": sys.argv, "protocol": protocol(args),
-                                "precise_bn": args.precise_bn,
-                                "pretrained": args.model == "XceptionBased" and not args.no_pretrained,
-                                "n_params": get_nof_params(model),
-                                "activation_checkpointing": checkpointing})
+    trainer = Trainer(
+        model,
+        optimizer,
+        nn.CrossEntropyLoss(),
+        args.batch_size,
+        *datasets,
+        **trainer_options(args, device),
+        progress=not args.no_progress,
+        out_dir=args.out_dir,
+        checkpoint_dir=args.checkpoint_dir,
+        precise_bn=args.precise_bn,
+        run_info={
+            "args": run_args,
+            "argv": sys.argv,
+            "protocol": protocol(args),
+            "precise_bn": args.precise_bn,
+            "pretrained": args.model == "XceptionBased" and not args.no_pretrained,
+            "n_params": get_nof_params(model),
+            "activation_checkpointing": checkpointing,
+        },
+    )
     run = trainer.run(args.epochs, logging_parameters, resume=args.resume)
     if is_main:
         paths = trainer.paths(logging_parameters)
         best = run["best_epoch"]
         auc = run["test_auc"][best - 1] if best else None
-        print(f"done: best val epoch {best}, val acc {run['best_val_acc']:.2f}%, test acc at that epoch "
-              f"{run['test_acc_at_best']:.2f}%, test AUC(fake) {fmt(auc)}; "
-              f"json {paths['json']}; checkpoint {paths['best']}")
+        print(
+            f"done: best val epoch {best}, val acc {run['best_val_acc']:.2f}%, test acc at that epoch "
+            f"{run['test_acc_at_best']:.2f}%, test AUC(fake) {fmt(auc)}; "
+            f"json {paths['json']}; checkpoint {paths['best']}"
+        )
     return 0
+
+
+def _activation_checkpointing(args, device: torch.device, datasets, is_main: bool) -> bool:
+    """Whether XceptionBased trains with activation checkpointing (--activation_checkpointing),
+    saying why when 'auto' turns it on."""
+    # Each process trains batch / world size images; on the CPU the processes of a node share its RAM.
+    per_process_batch = max(1, args.batch_size // int(os.environ.get("WORLD_SIZE", "1")))
+    processes = int(os.environ.get("LOCAL_WORLD_SIZE", "1")) if device.type == "cpu" else 1
+    # On CUDA the Trainer copies the cached splits to the GPU after this decision (on the CPU the
+    # cache is already in RAM, so no longer in the available memory).
+    gpu_cache = (
+        sum(d.cache_images(progress=False).nbytes for d in datasets if d.cached)
+        if device.type == "cuda"
+        else 0
+    )
+    checkpointing, note = resolve_activation_checkpointing(
+        args.activation_checkpointing,
+        args.model,
+        device,
+        per_process_batch,
+        processes=processes,
+        extra_bytes=gpu_cache,
+    )
+    if note and is_main:
+        print(f"note: {note}", file=sys.stderr)
+    return checkpointing
 
 
 def protocol(args) -> dict:
     """The flags that define a run (flag name -> value): --resume must give the same ones. The data
     root is resolved to a real path; momentum counts for SGD only."""
-    return {"model": args.model, "dataset": args.dataset, "optimizer": args.optimizer, "lr": args.lr,
-            "momentum": args.momentum if args.optimizer == "SGD" else None, "batch_size": args.batch_size,
-            "seed": args.seed, "precise_bn": args.precise_bn,
-            "data_root": os.path.realpath(resolve_data_root(args.data_root))}
+    return {
+        "model": args.model,
+        "dataset": args.dataset,
+        "optimizer": args.optimizer,
+        "lr": args.lr,
+        "momentum": args.momentum if args.optimizer == "SGD" else None,
+        "batch_size": args.batch_size,
+        "seed": args.seed,
+        "precise_bn": args.precise_bn,
+        "data_root": os.path.realpath(resolve_data_root(args.data_root)),
+    }
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ Beyond it: progress bars, the JSON written atomically after every epoch, extra p
 a full-state ``*_last.pt`` checkpoint for ``--resume``, a batched uint8 data path (optional RAM cache,
 augmentation on uint8, normalisation on the device), AMP/channels-last on CUDA and torch.distributed.
 """
+
 from __future__ import annotations
 
 import copy
@@ -46,8 +47,17 @@ from metrics import binary_metrics
 from precise_bn import batchnorm_layers, recompute_bn_statistics
 from utils import StudyTransform, load_checkpoint, resolve_channels_last, state_dict_mismatch
 
-COURSE_KEYS = ("model", "dataset", "optimizer", "train_loss", "train_acc", "val_loss", "val_acc",
-               "test_loss", "test_acc")
+COURSE_KEYS = (
+    "model",
+    "dataset",
+    "optimizer",
+    "train_loss",
+    "train_acc",
+    "val_loss",
+    "val_acc",
+    "test_loss",
+    "test_acc",
+)
 EXTRA_SPLIT_KEYS = ("auc", "eer", "ap", "balanced_acc", "per_class_acc")
 TIMING_KEYS = ("epoch_seconds", "train_images_per_sec", "eval_images_per_sec")
 CPU_EVAL_BATCH = 16  # default eval batch cap on the CPU (benchmarks/README.md)
@@ -56,6 +66,7 @@ CPU_EVAL_BATCH = 16  # default eval batch cap on the CPU (benchmarks/README.md)
 @dataclass
 class LoggingParameters:
     """What a run is: names for the output files and the optimizer settings for the JSON."""
+
     model_name: str
     dataset_name: str
     optimizer_name: str
@@ -78,10 +89,12 @@ def run_paths(out_dir: str, checkpoint_dir: str, logging_parameters: LoggingPara
     """The files of a run: its runs JSON, best checkpoint, full-state ``_last`` checkpoint and the
     lock that keeps a second live run off them."""
     stem = output_stem(logging_parameters)
-    return {"json": os.path.join(out_dir, f"{stem}.json"),
-            "best": os.path.join(checkpoint_dir, f"{stem}.pt"),
-            "last": os.path.join(checkpoint_dir, f"{stem}_last.pt"),
-            "lock": os.path.join(checkpoint_dir, f".{stem}.lock")}
+    return {
+        "json": os.path.join(out_dir, f"{stem}.json"),
+        "best": os.path.join(checkpoint_dir, f"{stem}.pt"),
+        "last": os.path.join(checkpoint_dir, f"{stem}_last.pt"),
+        "lock": os.path.join(checkpoint_dir, f".{stem}.lock"),
+    }
 
 
 def check_output_paths(paths: dict, create: bool = True) -> None:
@@ -91,8 +104,10 @@ def check_output_paths(paths: dict, create: bool = True) -> None:
     for key, flag in (("json", "--out_dir"), ("best", "--checkpoint_dir"), ("last", "--checkpoint_dir")):
         (ensure_dir if create else check_creatable_dir)(os.path.dirname(paths[key]))
         if os.path.isdir(paths[key]):
-            raise UserError(f"{paths[key]}: is a folder, but this run writes a file there; move it "
-                            f"away or choose another {flag}")
+            raise UserError(
+                f"{paths[key]}: is a folder, but this run writes a file there; move it "
+                f"away or choose another {flag}"
+            )
 
 
 def json_safe_optimizer_params(param_group: dict) -> dict:
@@ -113,6 +128,7 @@ def json_safe_optimizer_params(param_group: dict) -> dict:
 @dataclass
 class EvalResult:
     """Everything one pass over a split gives: course numbers plus scores for the extra metrics."""
+
     loss: float
     accuracy: float
     labels: np.ndarray
@@ -154,13 +170,29 @@ class Trainer:
     flip and normalisation run there) or when ``num_workers`` is 0 or left at its default.
     """
 
-    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, criterion: nn.Module,
-                 batch_size: int, train_dataset, validation_dataset, test_dataset, *,
-                 device: torch.device | str | None = None, num_workers: int | None = None,
-                 eval_batch_size: int | None = None, seed: int = 0, amp: bool = False,
-                 channels_last: bool | str = "auto", progress: bool = True, out_dir: str = "out",
-                 checkpoint_dir: str = "checkpoints", run_info: dict | None = None,
-                 compile: bool = False, precise_bn: int = 0):
+    def __init__(
+        self,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        criterion: nn.Module,
+        batch_size: int,
+        train_dataset,
+        validation_dataset,
+        test_dataset,
+        *,
+        device: torch.device | str | None = None,
+        num_workers: int | None = None,
+        eval_batch_size: int | None = None,
+        seed: int = 0,
+        amp: bool = False,
+        channels_last: bool | str = "auto",
+        progress: bool = True,
+        out_dir: str = "out",
+        checkpoint_dir: str = "checkpoints",
+        run_info: dict | None = None,
+        compile: bool = False,
+        precise_bn: int = 0,
+    ):
         if batch_size < 1:
             raise UserError(f"--batch_size must be at least 1, got {batch_size}")
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -169,8 +201,9 @@ class Trainer:
         self.world_size = dist.get_world_size() if self.distributed else 1
         self.is_main = self.rank == 0
         if batch_size % self.world_size:
-            raise UserError(f"--batch_size {batch_size} must be divisible by the number of "
-                            f"processes ({self.world_size})")
+            raise UserError(
+                f"--batch_size {batch_size} must be divisible by the number of processes ({self.world_size})"
+            )
         self.channels_last = resolve_channels_last(channels_last, self.device)
         self.memory_format = torch.channels_last if self.channels_last else torch.contiguous_format
         if self.device.type == "cuda":
@@ -179,7 +212,8 @@ class Trainer:
         self.ddp_model = self.model
         if self.distributed:
             self.ddp_model = nn.parallel.DistributedDataParallel(
-                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None
+            )
         self.train_forward = torch.compile(self.ddp_model) if compile else self.ddp_model
         self.eval_forward = torch.compile(self.model) if compile else self.model
         self.optimizer = optimizer
@@ -189,7 +223,8 @@ class Trainer:
         # keep the activations in cache (SimpleNet eval 1.3x faster at 16 than at 32; the metrics
         # are the same up to float rounding).
         self.eval_batch_size = eval_batch_size or (
-            min(batch_size, CPU_EVAL_BATCH) if self.device.type == "cpu" else batch_size)
+            min(batch_size, CPU_EVAL_BATCH) if self.device.type == "cpu" else batch_size
+        )
         self.train_dataset = train_dataset
         self.validation_dataset = validation_dataset
         self.test_dataset = test_dataset
@@ -199,8 +234,11 @@ class Trainer:
         self.out_dir, self.checkpoint_dir = out_dir, checkpoint_dir
         self.run_info = dict(run_info or {})
         cached = all(getattr(d, "cached", False) for d in (train_dataset, validation_dataset, test_dataset))
-        self.num_workers = (0 if cached else min(4, max(1, (os.cpu_count() or 2) - 1))) \
-            if num_workers is None else num_workers
+        self.num_workers = (
+            (0 if cached else min(4, max(1, (os.cpu_count() or 2) - 1)))
+            if num_workers is None
+            else num_workers
+        )
         self._workers_asked = num_workers is not None
         self.precise_bn = precise_bn
         self.epoch = 0  # epochs finished; train_one_epoch trains epoch self.epoch + 1
@@ -214,8 +252,9 @@ class Trainer:
     @staticmethod
     def _batched_path(dataset) -> bool:
         """FacesDataset with the study transform: use the batched uint8 path."""
-        return hasattr(dataset, "load_uint8") and isinstance(getattr(dataset, "transform", None),
-                                                              StudyTransform)
+        return hasattr(dataset, "load_uint8") and isinstance(
+            getattr(dataset, "transform", None), StudyTransform
+        )
 
     def _loader(self, dataset, train: bool) -> DataLoader:
         """The (kept) training or evaluation loader of ``dataset`` for this process."""
@@ -224,8 +263,14 @@ class Trainer:
             return self._loaders[key]
         batch_size = self.batch_size if train else self.eval_batch_size
         per_rank = batch_size // self.world_size if train else batch_size
-        sampler = DistributedSampler(dataset, num_replicas=self.world_size, rank=self.rank,
-                                     shuffle=train, seed=self.seed, drop_last=False)
+        sampler = DistributedSampler(
+            dataset,
+            num_replicas=self.world_size,
+            rank=self.rank,
+            shuffle=train,
+            seed=self.seed,
+            drop_last=False,
+        )
         if not train and self.distributed:
             sampler = EvalShard(len(dataset), self.rank, self.world_size)
         if self._batched_path(dataset) and train and dataset.transform.train:
@@ -240,12 +285,16 @@ class Trainer:
     def _batch_loader(self, dataset, batches, persistent: bool):
         """Batches of ``dataset`` given as lists of indices (or augmentation rows): from the
         uint8 cache, through the batched uint8 loader, or through a plain DataLoader."""
-        workers = dict(num_workers=self.num_workers, pin_memory=self.device.type == "cuda",
-                       persistent_workers=persistent and self.num_workers > 0)
+        workers = dict(
+            num_workers=self.num_workers,
+            pin_memory=self.device.type == "cuda",
+            persistent_workers=persistent and self.num_workers > 0,
+        )
         if not self._batched_path(dataset):
             return DataLoader(dataset, batch_sampler=batches, **workers)
         direct = getattr(dataset, "cached", False) and (
-            self.device.type == "cuda" or self.num_workers == 0 or not self._workers_asked)
+            self.device.type == "cuda" or self.num_workers == 0 or not self._workers_asked
+        )
         if direct:
             return CachedBatches(*self._device_cache(dataset), batches, self.device)
         return DataLoader(UInt8Batches(dataset), sampler=batches, batch_size=None, **workers)
@@ -254,8 +303,10 @@ class Trainer:
         """A cached split's uint8 images and labels on the training device, copied there once."""
         key = id(dataset)
         if key not in self._device_caches:
-            self._device_caches[key] = (dataset.cache_images(progress=False).to(self.device),
-                                        dataset.labels.to(self.device))
+            self._device_caches[key] = (
+                dataset.cache_images(progress=False).to(self.device),
+                dataset.labels.to(self.device),
+            )
         return self._device_caches[key]
 
     def _to_device(self, images: torch.Tensor, labels) -> tuple[torch.Tensor, torch.Tensor]:
@@ -267,8 +318,15 @@ class Trainer:
         return images, labels
 
     def _bar(self, loader, desc: str):
-        return tqdm(loader, desc=desc, unit="batch", leave=False, disable=not self.progress,
-                    dynamic_ncols=True, file=sys.stderr)
+        return tqdm(
+            loader,
+            desc=desc,
+            unit="batch",
+            leave=False,
+            disable=not self.progress,
+            dynamic_ncols=True,
+            file=sys.stderr,
+        )
 
     def _autocast(self):
         return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp)
@@ -304,14 +362,18 @@ class Trainer:
             loss_sum += loss.detach().double() * labels.shape[0]
             correct += (outputs.detach().argmax(1) == labels).sum()
             seen += labels.shape[0]
-            bad_batch = torch.where((bad_batch == 0) & ~torch.isfinite(loss.detach()), batch_number,
-                                    bad_batch)
+            bad_batch = torch.where(
+                (bad_batch == 0) & ~torch.isfinite(loss.detach()), batch_number, bad_batch
+            )
             if batch_number % check_every == 0 and bad_batch.item():
                 raise TrainingDiverged(self.epoch + 1, int(bad_batch.item()))
             if self.progress and time.monotonic() - last_update > 0.5:  # syncs only for display
                 last_update = time.monotonic()
-                bar.set_postfix(loss=f"{loss_sum.item() / seen:.4f}", acc=f"{100.0 * correct.item() / seen:.2f}",
-                                ips=f"{seen * self.world_size / (last_update - start):.1f}")
+                bar.set_postfix(
+                    loss=f"{loss_sum.item() / seen:.4f}",
+                    acc=f"{100.0 * correct.item() / seen:.2f}",
+                    ips=f"{seen * self.world_size / (last_update - start):.1f}",
+                )
         bar.close()
         if bad_batch.item():
             raise TrainingDiverged(self.epoch + 1, int(bad_batch.item()))
@@ -351,8 +413,9 @@ class Trainer:
             torch.cuda.synchronize(self.device)
         seconds = time.monotonic() - start
         logits_t = torch.cat(logits) if logits else torch.empty((0, 2), device=self.device)
-        labels_t = torch.cat(labels_all) if labels_all else torch.empty(0, dtype=torch.long,
-                                                                         device=self.device)
+        labels_t = (
+            torch.cat(labels_all) if labels_all else torch.empty(0, dtype=torch.long, device=self.device)
+        )
         if self.distributed:
             logits_t, labels_t = self._gather_eval(logits_t, labels_t)
             self._all_reduce(loss_sum)
@@ -362,9 +425,13 @@ class Trainer:
         if not torch.isfinite(logits_t).all():  # finite weights, yet outputs overflow: diverged too
             raise TrainingDiverged(self.epoch, self._last_batch)
         accuracy = 100.0 * (logits_t.argmax(1) == labels_t).sum().item() / n
-        return EvalResult(loss=loss_sum.item() / n, accuracy=accuracy,
-                          labels=labels_t.cpu().numpy(), logits=logits_t.cpu().numpy(),
-                          seconds=seconds)
+        return EvalResult(
+            loss=loss_sum.item() / n,
+            accuracy=accuracy,
+            labels=labels_t.cpu().numpy(),
+            logits=logits_t.cpu().numpy(),
+            seconds=seconds,
+        )
 
     def _gather_eval(self, logits: torch.Tensor, labels: torch.Tensor):
         """All ranks' eval shards, in dataset order (rank r holds indices r, r+W, ...)."""
@@ -395,13 +462,15 @@ class Trainer:
             return
         dataset = self._eval_view(self.train_dataset)
         generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
-        order = torch.randperm(len(dataset), generator=generator)[:self.precise_bn * self.batch_size]
-        mine = order[self.rank::self.world_size].tolist()  # each process forwards its share
+        order = torch.randperm(len(dataset), generator=generator)[: self.precise_bn * self.batch_size]
+        mine = order[self.rank :: self.world_size].tolist()  # each process forwards its share
         per_rank = self.batch_size // self.world_size
-        batches = [mine[i:i + per_rank] for i in range(0, len(mine), per_rank)]
+        batches = [mine[i : i + per_rank] for i in range(0, len(mine), per_rank)]
         loader = self._batch_loader(dataset, batches, persistent=False)
-        inputs = (self._to_device(images, labels)[0]
-                  for images, labels in self._bar(loader, f"precise BN epoch {self.epoch}"))
+        inputs = (
+            self._to_device(images, labels)[0]
+            for images, labels in self._bar(loader, f"precise BN epoch {self.epoch}")
+        )
         with self._autocast():
             recompute_bn_statistics(self.model, inputs, self._all_reduce if self.distributed else None)
 
@@ -418,8 +487,13 @@ class Trainer:
     def evaluate_model_on_dataloader(self, dataset) -> tuple[float, float]:
         """(mean loss per sample, accuracy %) on ``dataset``, no gradients, no shuffling. The
         whole result (logits, labels, time) stays in ``self.last_eval`` for the extra metrics."""
-        split = "val" if dataset is self.validation_dataset else "test" if dataset is self.test_dataset \
+        split = (
+            "val"
+            if dataset is self.validation_dataset
+            else "test"
+            if dataset is self.test_dataset
             else "eval"
+        )
         self.last_eval = self.evaluate(dataset, f"{split} epoch {self.epoch}")
         return self.last_eval.loss, self.last_eval.accuracy
 
@@ -439,8 +513,13 @@ class Trainer:
         loss, accuracy = split_method()
         result = self.last_eval
         if result is None or (result.loss, result.accuracy) != (loss, accuracy):
-            result = EvalResult(loss=loss, accuracy=accuracy, labels=np.zeros(0, np.int64),
-                                logits=np.zeros((0, 2), np.float32), seconds=0.0)
+            result = EvalResult(
+                loss=loss,
+                accuracy=accuracy,
+                labels=np.zeros(0, np.int64),
+                logits=np.zeros((0, 2), np.float32),
+                seconds=0.0,
+            )
         return result
 
     # ------------------------------------------------------------------ run
@@ -449,8 +528,11 @@ class Trainer:
 
     def _new_run(self, logging_parameters: LoggingParameters) -> dict:
         lp = logging_parameters
-        run = {"model": lp.model_name, "dataset": lp.dataset_name,
-               "optimizer": {"name": lp.optimizer_name, "params": dict(lp.optimizer_params)}}
+        run = {
+            "model": lp.model_name,
+            "dataset": lp.dataset_name,
+            "optimizer": {"name": lp.optimizer_name, "params": dict(lp.optimizer_params)},
+        }
         for key in COURSE_KEYS[3:]:
             run[key] = []
         for split in ("val", "test"):
@@ -458,10 +540,19 @@ class Trainer:
                 run[f"{split}_{key}"] = []
         for key in TIMING_KEYS:
             run[key] = []
-        run.update({"best_epoch": None, "best_val_acc": None, "test_acc_at_best": None,
-                    "seed": self.seed, "device": str(self.device), "world_size": self.world_size,
-                    "run_id": uuid.uuid4().hex, "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
-                    "completed": False})
+        run.update(
+            {
+                "best_epoch": None,
+                "best_val_acc": None,
+                "test_acc_at_best": None,
+                "seed": self.seed,
+                "device": str(self.device),
+                "world_size": self.world_size,
+                "run_id": uuid.uuid4().hex,
+                "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
+                "completed": False,
+            }
+        )
         run.update(self.run_info)
         return run
 
@@ -479,8 +570,7 @@ class Trainer:
             atomic_write_json(path, runs)
 
     def _rng_state(self) -> dict:
-        state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(),
-                 "python": random.getstate()}
+        state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
         if torch.cuda.is_available():
             state["cuda"] = torch.cuda.get_rng_state_all()
         return state
@@ -493,9 +583,18 @@ class Trainer:
             torch.cuda.set_rng_state_all(state["cuda"])
 
     def _save_last(self, path: str, run: dict, best_val: float) -> None:
-        atomic_torch_save({"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
-                           "epoch": self.epoch, "best_val_acc": best_val, "run": run,
-                           "rng": _rng_to_safe(self._rng_state()), "model_name": run["model"]}, path)
+        atomic_torch_save(
+            {
+                "model": self.model.state_dict(),
+                "optimizer": self.optimizer.state_dict(),
+                "epoch": self.epoch,
+                "best_val_acc": best_val,
+                "run": run,
+                "rng": _rng_to_safe(self._rng_state()),
+                "model_name": run["model"],
+            },
+            path,
+        )
 
     def resume_from(self, path: str, model_name: str | None = None) -> tuple[dict, float]:
         """Restore model, optimizer, epoch and RNG from a ``*_last.pt``; return (run, best val).
@@ -509,8 +608,9 @@ class Trainer:
             raise UserError(f"{path}: not a full-state checkpoint written by --resume-capable training")
         found = checkpoint.get("model_name")
         if model_name and found and found != model_name:
-            raise UserError(f"{path}: holds a {found} run, not {model_name}; move the file away or "
-                            "start without --resume")
+            raise UserError(
+                f"{path}: holds a {found} run, not {model_name}; move the file away or start without --resume"
+            )
         mismatch = state_dict_mismatch(self.model, checkpoint["model"])
         if mismatch:
             raise UserError(f"{path}: does not fit this model ({mismatch}); start without --resume")
@@ -523,8 +623,9 @@ class Trainer:
             best = checkpoint["best_val_acc"]
         except (RuntimeError, ValueError, KeyError, TypeError, AttributeError) as exc:
             message = first_line(exc)
-            raise UserError(f"{path}: does not fit this model/optimizer ({message}); "
-                            "start without --resume") from None
+            raise UserError(
+                f"{path}: does not fit this model/optimizer ({message}); start without --resume"
+            ) from None
         return checkpoint["run"], (-math.inf if best is None else float(best))
 
     def _refuse_other_protocol(self, path: str, saved_run) -> None:
@@ -533,11 +634,16 @@ class Trainer:
         each difference: a resumed run must be the run its JSON describes."""
         mine = self.run_info.get("protocol") or {}
         theirs = (saved_run.get("protocol") if isinstance(saved_run, dict) else None) or {}
-        differences = [f"--{key} {mine[key]} differs from the run's {theirs[key]}"
-                       for key in mine if key in theirs and mine[key] != theirs[key]]
+        differences = [
+            f"--{key} {mine[key]} differs from the run's {theirs[key]}"
+            for key in mine
+            if key in theirs and mine[key] != theirs[key]
+        ]
         if differences:
-            raise UserError(f"--resume {path}: {'; '.join(differences)}; resume with the run's flags "
-                            "(a larger -e is fine), or start a new run without --resume")
+            raise UserError(
+                f"--resume {path}: {'; '.join(differences)}; resume with the run's flags "
+                "(a larger -e is fine), or start a new run without --resume"
+            )
 
     def run(self, epochs: int, logging_parameters: LoggingParameters, resume: bool = False) -> dict:
         """Train for ``epochs`` epochs (in total, counting resumed ones); returns the run dict.
@@ -553,24 +659,30 @@ class Trainer:
         if not self.is_main:
             return self._run_epochs(epochs, logging_parameters, paths, resume)
         check_output_paths(paths)
-        note = (f"pid {os.getpid()} on {socket.gethostname()}, started {time.strftime('%Y-%m-%d %H:%M:%S')}: "
-                f"{' '.join(self.run_info.get('argv') or sys.argv)}")
+        note = (
+            f"pid {os.getpid()} on {socket.gethostname()}, started {time.strftime('%Y-%m-%d %H:%M:%S')}: "
+            f"{' '.join(self.run_info.get('argv') or sys.argv)}"
+        )
         try:
             with exclusive_lock(paths["lock"], note):
                 return self._run_locked(epochs, logging_parameters, paths, resume)
         except LockHeldError as exc:
-            raise UserError(f"{paths['best']} and {paths['last']} are in use by another training "
-                            f"({exc}); wait for it to finish, or give this run another --checkpoint_dir "
-                            "(it may share --out_dir)") from None
+            raise UserError(
+                f"{paths['best']} and {paths['last']} are in use by another training "
+                f"({exc}); wait for it to finish, or give this run another --checkpoint_dir "
+                "(it may share --out_dir)"
+            ) from None
 
-    def _run_locked(self, epochs: int, logging_parameters: LoggingParameters, paths: dict,
-                    resume: bool) -> dict:
+    def _run_locked(
+        self, epochs: int, logging_parameters: LoggingParameters, paths: dict, resume: bool
+    ) -> dict:
         """``run`` in the main process while it holds the lock: clear what a killed run's saves
         left, train, and on divergence keep the finished epochs in the JSON."""
         removed = remove_unfinished_writes(paths["best"]) + remove_unfinished_writes(paths["last"])
         if removed:
-            print(f"removed unfinished checkpoint writes of a killed run: {', '.join(removed)}",
-                  file=sys.stderr)
+            print(
+                f"removed unfinished checkpoint writes of a killed run: {', '.join(removed)}", file=sys.stderr
+            )
         try:
             return self._run_epochs(epochs, logging_parameters, paths, resume)
         except TrainingDiverged as exc:
@@ -579,8 +691,9 @@ class Trainer:
                 self._write_json(paths["json"], self.current_run)
             raise
 
-    def _run_epochs(self, epochs: int, logging_parameters: LoggingParameters, paths: dict,
-                    resume: bool) -> dict:
+    def _run_epochs(
+        self, epochs: int, logging_parameters: LoggingParameters, paths: dict, resume: bool
+    ) -> dict:
         """``run`` once its output files are checked and locked: the epoch loop."""
         run, best_val = self._new_run(logging_parameters), -math.inf
         if resume:
@@ -601,26 +714,39 @@ class Trainer:
             if self.is_main:
                 if val.accuracy > best_val:  # strictly better validation accuracy; never test
                     best_val = val.accuracy
-                    run.update(best_epoch=self.epoch, best_val_acc=val.accuracy,
-                               test_acc_at_best=test.accuracy)
+                    run.update(
+                        best_epoch=self.epoch, best_val_acc=val.accuracy, test_acc_at_best=test.accuracy
+                    )
                     if not other_runs_best_kept:  # checked once, right before the first write
                         _keep_other_runs_best(paths["best"], run["run_id"])
                         other_runs_best_kept = True
-                    atomic_torch_save({"model": self.model.state_dict(), "val_acc": val.accuracy,
-                                       "test_acc": test.accuracy, "epoch": self.epoch,
-                                       "model_name": run["model"], "dataset": run["dataset"],
-                                       "optimizer": run["optimizer"], "run_id": run["run_id"]},
-                                      paths["best"])
+                    atomic_torch_save(
+                        {
+                            "model": self.model.state_dict(),
+                            "val_acc": val.accuracy,
+                            "test_acc": test.accuracy,
+                            "epoch": self.epoch,
+                            "model_name": run["model"],
+                            "dataset": run["dataset"],
+                            "optimizer": run["optimizer"],
+                            "run_id": run["run_id"],
+                        },
+                        paths["best"],
+                    )
                 run["completed"] = self.epoch >= epochs
                 self._save_last(paths["last"], run, best_val)
                 self._write_json(paths["json"], run)
-                print(f"epoch {self.epoch}/{epochs}: train loss {train_loss:.4f} acc {train_acc:.2f}% | "
-                      f"val loss {val.loss:.4f} acc {val.accuracy:.2f}% | "
-                      f"test loss {test.loss:.4f} acc {test.accuracy:.2f}%", file=sys.stderr)
+                print(
+                    f"epoch {self.epoch}/{epochs}: train loss {train_loss:.4f} acc {train_acc:.2f}% | "
+                    f"val loss {val.loss:.4f} acc {val.accuracy:.2f}% | "
+                    f"test loss {test.loss:.4f} acc {test.accuracy:.2f}%",
+                    file=sys.stderr,
+                )
         return run
 
-    def _log_epoch(self, run: dict, train_loss, train_acc, val: EvalResult, test: EvalResult,
-                   train_seconds: float) -> None:
+    def _log_epoch(
+        self, run: dict, train_loss, train_acc, val: EvalResult, test: EvalResult, train_seconds: float
+    ) -> None:
         run["train_loss"].append(train_loss)
         run["train_acc"].append(train_acc)
         for split, result in (("val", val), ("test", test)):
@@ -647,8 +773,9 @@ def _keep_other_runs_best(path: str, run_id: str) -> None:
         old_id = None
     if old_id == run_id:
         return
-    tag = str(old_id)[:8] if old_id else time.strftime("%Y%m%d-%H%M%S",
-                                                       time.localtime(os.path.getmtime(path)))
+    tag = (
+        str(old_id)[:8] if old_id else time.strftime("%Y%m%d-%H%M%S", time.localtime(os.path.getmtime(path)))
+    )
     stem, ext = os.path.splitext(path)
     aside, n = f"{stem}.run-{tag}{ext}", 1
     while os.path.exists(aside):
@@ -661,10 +788,17 @@ def _rng_to_safe(state: dict) -> dict:
     """RNG states as tensors and plain lists, so ``weights_only=True`` can load them."""
     name, keys, pos, has_gauss, cached = state["numpy"]
     py_version, py_state, py_gauss = state["python"]
-    safe = {"torch": state["torch"],
-            "numpy": {"name": name, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
-                      "has_gauss": int(has_gauss), "cached": float(cached)},
-            "python": {"version": py_version, "state": list(py_state), "gauss": py_gauss}}
+    safe = {
+        "torch": state["torch"],
+        "numpy": {
+            "name": name,
+            "keys": torch.from_numpy(keys.astype(np.int64)),
+            "pos": int(pos),
+            "has_gauss": int(has_gauss),
+            "cached": float(cached),
+        },
+        "python": {"version": py_version, "state": list(py_state), "gauss": py_gauss},
+    }
     if "cuda" in state:
         safe["cuda"] = state["cuda"]
     return safe
@@ -672,9 +806,11 @@ def _rng_to_safe(state: dict) -> dict:
 
 def _rng_from_safe(safe: dict) -> dict:
     n = safe["numpy"]
-    state = {"torch": safe["torch"].cpu(),
-             "numpy": (n["name"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached"]),
-             "python": (safe["python"]["version"], tuple(safe["python"]["state"]), safe["python"]["gauss"])}
+    state = {
+        "torch": safe["torch"].cpu(),
+        "numpy": (n["name"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached"]),
+        "python": (safe["python"]["version"], tuple(safe["python"]["state"]), safe["python"]["gauss"]),
+    }
     if "cuda" in safe:
         state["cuda"] = [s.cpu() for s in safe["cuda"]]
     return state

@@ -10,6 +10,7 @@
 - ``calibration``: the expected calibration error (ECE) of P(fake) with equal-width bins, and the
   per-bin numbers of its reliability diagram (``plot_reliability``).
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -20,12 +21,16 @@ from metrics import binary_metrics, eer_of_roc
 BOOTSTRAP_METRICS = ("accuracy", "auc", "eer", "ap")
 DEFAULT_RESAMPLES = 1000
 DEFAULT_BINS = 10
-BOOTSTRAP_METHOD = ("stratified bootstrap: each resample draws the real images from the real ones "
-                    "and the fake images from the fake ones, with replacement (class counts kept); "
-                    "percentile intervals")
-ECE_METHOD = ("expected calibration error of P(fake): equal-width bins of P(fake) over [0, 1] "
-              "(the last bin includes 1); sum over bins of (images in bin / all images) x "
-              "|fraction of fakes in bin - mean P(fake) in bin|")
+BOOTSTRAP_METHOD = (
+    "stratified bootstrap: each resample draws the real images from the real ones "
+    "and the fake images from the fake ones, with replacement (class counts kept); "
+    "percentile intervals"
+)
+ECE_METHOD = (
+    "expected calibration error of P(fake): equal-width bins of P(fake) over [0, 1] "
+    "(the last bin includes 1); sum over bins of (images in bin / all images) x "
+    "|fraction of fakes in bin - mean P(fake) in bin|"
+)
 
 
 def stratified_resamples(labels, n_resamples: int, seed: int) -> np.ndarray:
@@ -41,24 +46,26 @@ def stratified_resamples(labels, n_resamples: int, seed: int) -> np.ndarray:
     return np.concatenate(parts, axis=1) if parts else np.zeros((n_resamples, 0), np.int64)
 
 
-def bootstrap_accuracy(labels, fake_scores, resamples: np.ndarray, threshold: float = 0.5
-                       ) -> np.ndarray:
+def bootstrap_accuracy(labels, fake_scores, resamples: np.ndarray, threshold: float = 0.5) -> np.ndarray:
     """Accuracy (%) at ``threshold`` of each row of ``resamples`` (B x n indices): (B,)."""
     labels = np.asarray(labels, dtype=np.int64)
     predictions = (np.asarray(fake_scores, dtype=np.float64) > threshold).astype(np.int64)
     return 100.0 * (predictions == labels).astype(np.float64)[resamples].mean(axis=1)
 
 
-def bootstrap_ranked(labels, fake_scores, resamples: np.ndarray, progress: bool = False
-                     ) -> dict[str, np.ndarray]:
+def bootstrap_ranked(
+    labels, fake_scores, resamples: np.ndarray, progress: bool = False
+) -> dict[str, np.ndarray]:
     """AUC, EER (``metrics.eer_of_roc``) and AP of P(fake) on each row of ``resamples`` (B x n
     indices), with sklearn: ``{metric: (B,)}``; NaN where a row holds a single class."""
     from sklearn.metrics import auc, average_precision_score, roc_curve
+
     labels = np.asarray(labels, dtype=np.int64)
     fake_scores = np.asarray(fake_scores, dtype=np.float64)
     out = {name: np.full(len(resamples), np.nan) for name in ("auc", "eer", "ap")}
-    for b, rows in enumerate(tqdm(resamples, desc="bootstrap", unit="resample",
-                                  disable=not progress, leave=False)):
+    for b, rows in enumerate(
+        tqdm(resamples, desc="bootstrap", unit="resample", disable=not progress, leave=False)
+    ):
         y, s = labels[rows], fake_scores[rows]
         if y.min() == y.max():
             continue
@@ -69,13 +76,16 @@ def bootstrap_ranked(labels, fake_scores, resamples: np.ndarray, progress: bool 
     return out
 
 
-def bootstrap_metrics(labels, fake_scores, n_resamples: int = DEFAULT_RESAMPLES, seed: int = 0,
-                      progress: bool = False) -> dict[str, np.ndarray]:
+def bootstrap_metrics(
+    labels, fake_scores, n_resamples: int = DEFAULT_RESAMPLES, seed: int = 0, progress: bool = False
+) -> dict[str, np.ndarray]:
     """Accuracy at 0.5 (%), AUC, EER and AP of P(fake) on each of ``n_resamples`` stratified
     resamples drawn with ``seed``: ``{metric: (n_resamples,)}``."""
     resamples = stratified_resamples(labels, n_resamples, seed)
-    return {"accuracy": bootstrap_accuracy(labels, fake_scores, resamples),
-            **bootstrap_ranked(labels, fake_scores, resamples, progress)}
+    return {
+        "accuracy": bootstrap_accuracy(labels, fake_scores, resamples),
+        **bootstrap_ranked(labels, fake_scores, resamples, progress),
+    }
 
 
 def percentile_interval(values, level: float = 0.95) -> list[float] | None:
@@ -88,14 +98,24 @@ def percentile_interval(values, level: float = 0.95) -> list[float] | None:
     return [float(low), float(high)]
 
 
-def bootstrap_intervals(labels, fake_scores, n_resamples: int = DEFAULT_RESAMPLES, seed: int = 0,
-                        level: float = 0.95, progress: bool = False) -> dict:
+def bootstrap_intervals(
+    labels,
+    fake_scores,
+    n_resamples: int = DEFAULT_RESAMPLES,
+    seed: int = 0,
+    level: float = 0.95,
+    progress: bool = False,
+) -> dict:
     """The JSON-ready summary: for accuracy (%), AUC, EER and AP, the value on the whole split and
     its bootstrap interval ``[low, high]`` (``None`` when undefined), plus the method."""
     values = binary_metrics(labels, fake_scores)
     samples = bootstrap_metrics(labels, fake_scores, n_resamples, seed, progress=progress)
-    summary = {"method": BOOTSTRAP_METHOD, "n_resamples": int(n_resamples), "seed": int(seed),
-               "level": float(level)}
+    summary = {
+        "method": BOOTSTRAP_METHOD,
+        "n_resamples": int(n_resamples),
+        "seed": int(seed),
+        "level": float(level),
+    }
     for name in BOOTSTRAP_METRICS:
         summary[name] = {"value": values[name], "ci": percentile_interval(samples[name], level)}
     return summary
@@ -119,16 +139,25 @@ def calibration(labels, fake_scores, n_bins: int = DEFAULT_BINS) -> dict:
 
     def per_bin(values):
         return [float(v) if f else None for v, f in zip(values, filled)]
-    return {"method": ECE_METHOD, "n_bins": int(n_bins), "ece": ece,
-            "bin_edges": [float(e) for e in edges], "counts": [int(c) for c in counts],
-            "mean_p_fake": per_bin(mean_score), "fraction_fake": per_bin(fraction_fake)}
+
+    return {
+        "method": ECE_METHOD,
+        "n_bins": int(n_bins),
+        "ece": ece,
+        "bin_edges": [float(e) for e in edges],
+        "counts": [int(c) for c in counts],
+        "mean_p_fake": per_bin(mean_score),
+        "fraction_fake": per_bin(fraction_fake),
+    }
 
 
 def summary_table(boot: dict, calib: dict) -> str:
     """Text lines: each metric of ``bootstrap_intervals`` as ``value [low, high]``, then the ECE
     of ``calibration``."""
-    lines = [f"{100 * boot['level']:g} % bootstrap intervals ({boot['n_resamples']} stratified "
-             f"resamples, seed {boot['seed']}):"]
+    lines = [
+        f"{100 * boot['level']:g} % bootstrap intervals ({boot['n_resamples']} stratified "
+        f"resamples, seed {boot['seed']}):"
+    ]
     for name, digits in (("accuracy", 1), ("auc", 4), ("eer", 4), ("ap", 4)):
         entry = boot[name]
         if entry["value"] is None or entry["ci"] is None:
@@ -145,24 +174,37 @@ def plot_reliability(calib: dict, title: str):
     """Reliability diagram: fraction of fakes against mean P(fake) per bin (bars at the bins, the
     diagonal is perfect calibration), with the image count per bin below; the ECE in the title."""
     import matplotlib.pyplot as plt
+
     edges = np.asarray(calib["bin_edges"])
     width = np.diff(edges)
     filled = [f is not None for f in calib["fraction_fake"]]
-    fig, (top, bottom) = plt.subplots(2, 1, figsize=(6.0, 6.6), sharex=True,
-                                      gridspec_kw={"height_ratios": [3, 1]})
+    fig, (top, bottom) = plt.subplots(
+        2, 1, figsize=(6.0, 6.6), sharex=True, gridspec_kw={"height_ratios": [3, 1]}
+    )
     fraction = [f if f is not None else 0.0 for f in calib["fraction_fake"]]
-    top.bar(edges[:-1], fraction, width=width, align="edge", edgecolor="black", alpha=0.7,
-            label="fraction of fakes in the bin")
+    top.bar(
+        edges[:-1],
+        fraction,
+        width=width,
+        align="edge",
+        edgecolor="black",
+        alpha=0.7,
+        label="fraction of fakes in the bin",
+    )
     means = [m for m, f in zip(calib["mean_p_fake"], filled) if f]
-    top.plot(means, [f for f, ok in zip(fraction, filled) if ok], "o", color="C3",
-             label="at the bin's mean P(fake)")
+    top.plot(
+        means,
+        [f for f, ok in zip(fraction, filled) if ok],
+        "o",
+        color="C3",
+        label="at the bin's mean P(fake)",
+    )
     top.plot([0, 1], [0, 1], linestyle=":", color="gray", label="perfect calibration")
     top.set_ylim(0, 1)
     top.set_ylabel("fraction of fakes")
     top.legend(loc="upper left")
     top.set_title(f"{title}\nECE = {calib['ece']:.4f} ({calib['n_bins']} equal-width bins)")
-    bottom.bar(edges[:-1], calib["counts"], width=width, align="edge", edgecolor="black",
-               color="C7")
+    bottom.bar(edges[:-1], calib["counts"], width=width, align="edge", edgecolor="black", color="C7")
     bottom.set_xlim(0, 1)
     bottom.set_xlabel("P(fake) (softmax of the model's two outputs)")
     bottom.set_ylabel("images")

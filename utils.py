@@ -1,5 +1,6 @@
 """Shared helpers: names, transforms, data-root resolution, model building, checkpoints, safe
 file writes and the command-line error handling used by every script."""
+
 from __future__ import annotations
 
 import argparse
@@ -35,6 +36,7 @@ class StudyTransform(v2.Compose):
     The Trainer recognises it and runs the same arithmetic batched (``augment_uint8`` then
     ``normalize_batch``), so a dataset built by ``load_dataset`` trains identically either way.
     """
+
     takes_uint8_tensor = True  # FacesDataset hands it the uint8 tensor, not a PIL image
 
     def __init__(self, train: bool):
@@ -55,8 +57,6 @@ def get_transforms(dataset_part: str) -> StudyTransform:
     """
     check_name("split", dataset_part, SPLITS)
     return StudyTransform(train=dataset_part == "train")
-
-
 
 
 # ----------------------------------------------------------------------------- data
@@ -80,7 +80,8 @@ def resolve_data_root(data_root: str | None = None) -> str:
     raise UserError(
         f"no datasets found: tried --data_root (not given), ${DATA_ROOT_ENV} (not set) and "
         f"{os.path.abspath(DEFAULT_DATA_ROOT)} (missing); point --data_root at a folder holding "
-        f"fakes_dataset/ and synthetic_dataset/, or {DEMO_HINT}")
+        f"fakes_dataset/ and synthetic_dataset/, or {DEMO_HINT}"
+    )
 
 
 def split_path(dataset_name: str, dataset_part: str, data_root: str | None = None) -> str:
@@ -89,23 +90,31 @@ def split_path(dataset_name: str, dataset_part: str, data_root: str | None = Non
     return os.path.join(resolve_data_root(data_root), dataset_name, dataset_part)
 
 
-def load_dataset(dataset_name: str, dataset_part: str, data_root: str | None = None,
-                 cache_images: bool = False, skip_corrupt: bool = False) -> FacesDataset:
+def load_dataset(
+    dataset_name: str,
+    dataset_part: str,
+    data_root: str | None = None,
+    cache_images: bool = False,
+    skip_corrupt: bool = False,
+) -> FacesDataset:
     """The ``FacesDataset`` of one split, with the train transform for train, else the test one."""
     path = split_path(dataset_name, dataset_part, data_root)
     if not os.path.isdir(path):
-        raise DataError(f"{path}: missing split folder; expected <data root>/{dataset_name}/"
-                        f"{{train,val,test}}/{{real,fake}}/; {DEMO_HINT}")
-    return FacesDataset(path, transform=get_transforms(dataset_part), cache_images=cache_images,
-                        skip_corrupt=skip_corrupt)
+        raise DataError(
+            f"{path}: missing split folder; expected <data root>/{dataset_name}/"
+            f"{{train,val,test}}/{{real,fake}}/; {DEMO_HINT}"
+        )
+    return FacesDataset(
+        path, transform=get_transforms(dataset_part), cache_images=cache_images, skip_corrupt=skip_corrupt
+    )
 
 
 # ----------------------------------------------------------------------------- models
-def load_model(model_name: str, pretrained: bool = True, weights_path: str | None = None
-               ) -> torch.nn.Module:
+def load_model(model_name: str, pretrained: bool = True, weights_path: str | None = None) -> torch.nn.Module:
     """Build only the model asked for. SimpleNet never touches Xception weights."""
     check_name("model", model_name, MODEL_NAMES)
     import models  # late import: keeps `utils` light for scripts that only read data
+
     if model_name == "SimpleNet":
         return models.SimpleNet()
     return models.get_xception_based_model(pretrained=pretrained, weights_path=weights_path)
@@ -131,8 +140,9 @@ def get_device(name: str = "auto") -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise UserError(f"--device {name}: CUDA is not available on this machine; use --device cpu")
     if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
-        raise UserError(f"--device {name}: this machine has {torch.cuda.device_count()} GPU(s); "
-                        "use cuda:0 to cuda:N-1")
+        raise UserError(
+            f"--device {name}: this machine has {torch.cuda.device_count()} GPU(s); use cuda:0 to cuda:N-1"
+        )
     return device
 
 
@@ -150,29 +160,37 @@ def set_seed(seed: int) -> None:
 def load_checkpoint(path: str, device: torch.device | str = "cpu") -> dict:
     """``torch.load`` a checkpoint safely (``weights_only=True``) onto ``device``."""
     if not os.path.isfile(path):
-        raise UserError(f"{path}: no such checkpoint; train first with train_main.py "
-                        "or pass --checkpoint_path")
+        raise UserError(
+            f"{path}: no such checkpoint; train first with train_main.py or pass --checkpoint_path"
+        )
     try:
         checkpoint = torch.load(path, map_location=device, weights_only=True)
     except Exception as exc:  # truncated zip, foreign pickle, unsafe global ...
-        raise UserError(f"{path}: not a readable checkpoint ({first_line(exc)}); it may be truncated, "
-                        "corrupt, or hold code (refused: only weights are loaded)") from None
-    if isinstance(checkpoint, dict) and "model" not in checkpoint and \
-            all(isinstance(v, torch.Tensor) for v in checkpoint.values()):
+        raise UserError(
+            f"{path}: not a readable checkpoint ({first_line(exc)}); it may be truncated, "
+            "corrupt, or hold code (refused: only weights are loaded)"
+        ) from None
+    if (
+        isinstance(checkpoint, dict)
+        and "model" not in checkpoint
+        and all(isinstance(v, torch.Tensor) for v in checkpoint.values())
+    ):
         checkpoint = {"model": checkpoint}  # a bare state dict
     if not isinstance(checkpoint, dict) or "model" not in checkpoint:
         raise UserError(f"{path}: not a training checkpoint (no 'model' entry)")
     bad = non_finite_tensor(checkpoint["model"])
     if bad:
-        raise UserError(f"{path}: holds non-finite weights (NaN/inf in {bad}), so every score would be "
-                        "NaN; its training diverged: train again with a lower --lr")
+        raise UserError(
+            f"{path}: holds non-finite weights (NaN/inf in {bad}), so every score would be "
+            "NaN; its training diverged: train again with a lower --lr"
+        )
     return checkpoint
 
 
 def non_finite_tensor(state_dict) -> str | None:
     """The first key of ``state_dict`` whose floating-point tensor holds a NaN or an inf; ``None``
     when every one is finite."""
-    for key, value in (state_dict.items() if isinstance(state_dict, dict) else ()):
+    for key, value in state_dict.items() if isinstance(state_dict, dict) else ():
         if isinstance(value, torch.Tensor) and value.is_floating_point() and not torch.isfinite(value).all():
             return str(key)
     return None
@@ -186,15 +204,18 @@ def state_dict_mismatch(model: torch.nn.Module, state_dict) -> str | None:
         return f"its 'model' entry is a {type(state_dict).__name__}, not a state dict"
     expected = model.state_dict()
     parts = []
-    for what, keys in (("missing key", [k for k in expected if k not in state_dict]),
-                       ("unexpected key", [k for k in state_dict if k not in expected])):
+    for what, keys in (
+        ("missing key", [k for k in expected if k not in state_dict]),
+        ("unexpected key", [k for k in state_dict if k not in expected]),
+    ):
         if keys:
             parts.append(f"{what} {keys[0]}" + (f" and {len(keys) - 1} more" if len(keys) > 1 else ""))
     for key, value in expected.items():
         found = state_dict.get(key)
         if not parts and isinstance(found, torch.Tensor) and found.shape != value.shape:
-            parts.append(f"{key} has shape {list(found.shape)} in the checkpoint, "
-                         f"{list(value.shape)} in the model")
+            parts.append(
+                f"{key} has shape {list(found.shape)} in the checkpoint, {list(value.shape)} in the model"
+            )
     return "; ".join(parts) or None
 
 
@@ -208,8 +229,9 @@ def model_name_of_state_dict(state_dict: dict) -> str | None:
     return None
 
 
-def load_model_from_checkpoint(model_name: str, checkpoint_path: str,
-                               device: torch.device | str = "cpu") -> torch.nn.Module:
+def load_model_from_checkpoint(
+    model_name: str, checkpoint_path: str, device: torch.device | str = "cpu"
+) -> torch.nn.Module:
     """Build ``model_name`` without pretrained weights, load the checkpoint's ``model``, eval mode.
 
     On the CPU and CUDA the model is channels-last (its inputs may stay NCHW): the analysis runs
@@ -220,18 +242,24 @@ def load_model_from_checkpoint(model_name: str, checkpoint_path: str,
     state_dict = checkpoint["model"]
     found = checkpoint.get("model_name") or model_name_of_state_dict(state_dict)
     if found and found != model_name:
-        raise UserError(f"{checkpoint_path}: holds a {found} model, but -m {model_name} was given; "
-                        f"pass -m {found} (models: {', '.join(MODEL_NAMES)})")
+        raise UserError(
+            f"{checkpoint_path}: holds a {found} model, but -m {model_name} was given; "
+            f"pass -m {found} (models: {', '.join(MODEL_NAMES)})"
+        )
     model = load_model(model_name, pretrained=False)
     mismatch = state_dict_mismatch(model, state_dict)
     if mismatch:
-        raise UserError(f"{checkpoint_path}: does not fit a {model_name} model ({mismatch}); "
-                        f"models: {', '.join(MODEL_NAMES)}")
+        raise UserError(
+            f"{checkpoint_path}: does not fit a {model_name} model ({mismatch}); "
+            f"models: {', '.join(MODEL_NAMES)}"
+        )
     try:
         model.load_state_dict(state_dict)
     except RuntimeError as exc:
-        raise UserError(f"{checkpoint_path}: does not fit a {model_name} model "
-                        f"({str(exc).splitlines()[0][:200]}); models: {', '.join(MODEL_NAMES)}") from None
+        raise UserError(
+            f"{checkpoint_path}: does not fit a {model_name} model "
+            f"({str(exc).splitlines()[0][:200]}); models: {', '.join(MODEL_NAMES)}"
+        ) from None
     fast = torch.channels_last if resolve_channels_last("auto", device) else torch.contiguous_format
     return model.to(device, memory_format=fast).eval()
 
@@ -252,11 +280,11 @@ SAMPLES_FIGURE = "datasets_samples.png"
 """The samples figure of plot_samples_of_faces_datasets.py (in the figures folder)."""
 
 FIGURE_SUFFIXES = {
-    "curves": ("losses_plot", "accuracies_plot"),                          # plot_accuracy_and_loss.py
-    "numerical": ("roc_curve", "det_curve", "reliability_diagram"),        # numerical_analysis.py
-    "gradcam": ("Real_Image_grad_cam", "Fake_Image_grad_cam"),             # grad_cam_analysis.py (label 0, 1)
+    "curves": ("losses_plot", "accuracies_plot"),  # plot_accuracy_and_loss.py
+    "numerical": ("roc_curve", "det_curve", "reliability_diagram"),  # numerical_analysis.py
+    "gradcam": ("Real_Image_grad_cam", "Fake_Image_grad_cam"),  # grad_cam_analysis.py (label 0, 1)
     "saliency": ("saliency_maps_and_images_pairs", "mean_saliency_maps"),  # saliency_map.py
-    "robustness": ("robustness",),                                         # robustness_analysis.py
+    "robustness": ("robustness",),  # robustness_analysis.py
 }
 """The figures of one run, ``<D>_<M>_<suffix>.png``, by the script that writes them: the study's
 figures (docs/design.md#output-names), the reliability diagram of P(fake) and the robustness curves."""
@@ -271,19 +299,32 @@ def figure_path(figures_dir: str, dataset_name: str, model_name: str, suffix: st
 
 
 def add_data_root_flag(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--data_root", default=None,
-                        help=f"folder holding fakes_dataset/ and synthetic_dataset/; default: "
-                             f"${DATA_ROOT_ENV}, else {DEFAULT_DATA_ROOT}")
+    parser.add_argument(
+        "--data_root",
+        default=None,
+        help=f"folder holding fakes_dataset/ and synthetic_dataset/; default: "
+        f"${DATA_ROOT_ENV}, else {DEFAULT_DATA_ROOT}",
+    )
 
 
 def add_analysis_flags(parser: argparse.ArgumentParser) -> None:
     """The flags every analysis script shares (docs/design.md#analysis)."""
-    parser.add_argument("--model", "-m", default="XceptionBased", choices=MODEL_NAMES,
-                        help="which model the checkpoint holds")
-    parser.add_argument("--checkpoint_path", "-cpp", default="checkpoints/XceptionBased.pt",
-                        help="checkpoint written by train_main.py (its 'model' entry is loaded)")
-    parser.add_argument("--dataset", "-d", default="fakes_dataset", choices=DATASET_NAMES,
-                        help="dataset whose test split is analysed")
+    parser.add_argument(
+        "--model", "-m", default="XceptionBased", choices=MODEL_NAMES, help="which model the checkpoint holds"
+    )
+    parser.add_argument(
+        "--checkpoint_path",
+        "-cpp",
+        default="checkpoints/XceptionBased.pt",
+        help="checkpoint written by train_main.py (its 'model' entry is loaded)",
+    )
+    parser.add_argument(
+        "--dataset",
+        "-d",
+        default="fakes_dataset",
+        choices=DATASET_NAMES,
+        help="dataset whose test split is analysed",
+    )
     add_data_root_flag(parser)
     parser.add_argument("--device", default="auto", help="auto (CUDA when available), cpu or cuda")
     parser.add_argument("--figures_dir", default="figures", help="where figures are written")
@@ -294,13 +335,18 @@ def add_multi_dataset_flags(parser: argparse.ArgumentParser, what: str, out_help
     """The flags of the analysis scripts that work on several datasets' test splits
     (``--datasets``, all by default; ``what`` says what is done to them), and write figures and
     JSON sections (``out_help`` says which)."""
-    parser.add_argument("--datasets", "-d", nargs="+", default=list(DATASET_NAMES),
-                        choices=DATASET_NAMES, metavar="NAME",
-                        help=f"{what}, any of: {' '.join(DATASET_NAMES)}")
+    parser.add_argument(
+        "--datasets",
+        "-d",
+        nargs="+",
+        default=list(DATASET_NAMES),
+        choices=DATASET_NAMES,
+        metavar="NAME",
+        help=f"{what}, any of: {' '.join(DATASET_NAMES)}",
+    )
     add_data_root_flag(parser)
     parser.add_argument("--device", default="auto", help="auto (CUDA when available), cpu or cuda")
-    parser.add_argument("--batch_size", "-b", default=64, type=positive_int,
-                        help="images per batch")
+    parser.add_argument("--batch_size", "-b", default=64, type=positive_int, help="images per batch")
     parser.add_argument("--figures_dir", default="figures", help="where figures are written")
     parser.add_argument("--out_dir", default="out", help=out_help)
     parser.add_argument("--no_progress", action="store_true", help="no progress bar")

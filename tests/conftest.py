@@ -1,4 +1,5 @@
 """Shared fixtures: tiny generated datasets (no real data, nothing downloaded)."""
+
 from __future__ import annotations
 
 import os
@@ -77,6 +78,7 @@ def module_tmp(tmp_path_factory):
     def mktemp(name: str):
         made.append(tmp_path_factory.mktemp(name))
         return made[-1]
+
     yield mktemp
     for folder in made:
         shutil.rmtree(folder, ignore_errors=True)
@@ -94,6 +96,7 @@ def simplenet_checkpoint(module_tmp) -> str:
     import torch
 
     from models import SimpleNet
+
     torch.manual_seed(3)
     path = module_tmp("ckpt") / "SimpleNet.pt"
     torch.save({"model": SimpleNet().state_dict(), "epoch": 1}, path)

@@ -6,6 +6,7 @@ The hooks make a kill land at a known moment, from the test side (production cod
 - ``FACES_TEST_KILL_IN_SAVE=<file name>:<n>``: SIGKILL this process in its n-th atomic write of
   a file of that name, after the temp file is complete and before the rename.
 """
+
 from __future__ import annotations
 
 import os
@@ -15,9 +16,9 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import train_main  # noqa: E402  (after the path: this file runs from tests/)
-from cli import run_cli  # noqa: E402
-from trainer import Trainer  # noqa: E402
+import train_main
+from cli import run_cli
+from trainer import Trainer
 
 
 def pause_after_step(epoch: int, batch: int) -> None:
@@ -40,6 +41,7 @@ def pause_after_step(epoch: int, batch: int) -> None:
                 print(f"FACES_TEST_PAUSED epoch {epoch} batch {batch}", file=sys.stderr, flush=True)
                 time.sleep(600)
             return result
+
         optimizer.step = paused_step
         return optimizer
 
@@ -57,6 +59,7 @@ def kill_in_save(name: str, count: int) -> None:
             if seen["n"] == count:
                 os.kill(os.getpid(), signal.SIGKILL)
         return replace(src, dst, *args, **kwargs)
+
     os.replace = killing_replace
 
 

@@ -1,4 +1,5 @@
 """analysis.py and the three analysis scripts, checked against independent computations."""
+
 from __future__ import annotations
 
 import json
@@ -43,14 +44,27 @@ def checkpoints(module_tmp):
         torch.manual_seed(seed)
         model = load_model(name, pretrained=False)
         paths[name] = str(folder / f"{name}.pt")
-        torch.save({"model": model.state_dict(), "val_acc": 50.0, "test_acc": 50.0, "epoch": 1},
-                   paths[name])
+        torch.save({"model": model.state_dict(), "val_acc": 50.0, "test_acc": 50.0, "epoch": 1}, paths[name])
     return paths
 
 
 def script_args(model, checkpoints, tiny_root, tmp_path, *extra):
-    return ["-m", model, "-cpp", checkpoints[model], "-d", "fakes_dataset", "--data_root", tiny_root,
-            "--figures_dir", str(tmp_path / "figures"), "--device", "cpu", "--no_progress", *extra]
+    return [
+        "-m",
+        model,
+        "-cpp",
+        checkpoints[model],
+        "-d",
+        "fakes_dataset",
+        "--data_root",
+        tiny_root,
+        "--figures_dir",
+        str(tmp_path / "figures"),
+        "--device",
+        "cpu",
+        "--no_progress",
+        *extra,
+    ]
 
 
 def independent_logits(checkpoint, tiny_root):
@@ -71,15 +85,13 @@ def independent_logits(checkpoint, tiny_root):
 
 
 # ----------------------------------------------------------------------------- numerical analysis
-def test_numerical_analysis_matches_sklearn_on_independent_forward(checkpoints, tiny_root, tmp_path,
-                                                                   capsys):
+def test_numerical_analysis_matches_sklearn_on_independent_forward(checkpoints, tiny_root, tmp_path, capsys):
     out_dir = tmp_path / "out"
     json_path = out_dir / "fakes_dataset_SimpleNet_metrics.json"
     out_dir.mkdir()
     json_path.write_text(json.dumps({"grad_cam": {"kept": 1}}))  # another script's section
 
-    args = script_args("SimpleNet", checkpoints, tiny_root, tmp_path, "--out_dir", str(out_dir),
-                       "-b", "4")
+    args = script_args("SimpleNet", checkpoints, tiny_root, tmp_path, "--out_dir", str(out_dir), "-b", "4")
     assert run_cli(numerical_analysis.main, args) == 0
 
     logits, labels = independent_logits(checkpoints["SimpleNet"], tiny_root)
@@ -104,8 +116,9 @@ def test_numerical_analysis_matches_sklearn_on_independent_forward(checkpoints, 
     # The batched scoring gives the same logits as the one-image-at-a-time reference.
     model = SimpleNet()
     model.load_state_dict(torch.load(checkpoints["SimpleNet"], weights_only=True)["model"])
-    ours, our_labels = analysis.predict_scores(model.eval(), load_dataset("fakes_dataset", "test",
-                                                                          tiny_root), batch_size=4)
+    ours, our_labels = analysis.predict_scores(
+        model.eval(), load_dataset("fakes_dataset", "test", tiny_root), batch_size=4
+    )
     np.testing.assert_array_equal(our_labels, labels)
     np.testing.assert_allclose(ours, logits, atol=1e-5)
     for name in ("roc_curve", "det_curve"):
@@ -119,9 +132,11 @@ def test_numerical_analysis_figure_names(model, checkpoints, tiny_root, tmp_path
     args[args.index("fakes_dataset")] = "synthetic_dataset"
     assert run_cli(numerical_analysis.main, args) == 0
     names = sorted(os.listdir(tmp_path / "figures"))
-    assert names == [f"synthetic_dataset_{model}_det_curve.png",
-                     f"synthetic_dataset_{model}_reliability_diagram.png",
-                     f"synthetic_dataset_{model}_roc_curve.png"]
+    assert names == [
+        f"synthetic_dataset_{model}_det_curve.png",
+        f"synthetic_dataset_{model}_reliability_diagram.png",
+        f"synthetic_dataset_{model}_roc_curve.png",
+    ]
     assert os.listdir(tmp_path / "out") == [f"synthetic_dataset_{model}_metrics.json"]
 
 
@@ -177,7 +192,7 @@ def test_saliency_matches_per_image_autograd():
     assert batched.shape == (3, 256, 256)
     assert all(p.grad is None for p in model.parameters())
     for i in range(3):
-        x = images[i:i + 1].clone().requires_grad_(True)
+        x = images[i : i + 1].clone().requires_grad_(True)
         model(x)[0, labels[i]].backward()
         expected = x.grad[0].abs().max(dim=0).values
         torch.testing.assert_close(batched[i], expected, rtol=1e-4, atol=1e-7)
@@ -187,8 +202,11 @@ def test_saliency_matches_per_image_autograd():
 
 def test_saliency_matches_central_finite_differences():
     torch.manual_seed(1)
-    model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.Tanh(), nn.Flatten(),
-                          nn.Linear(4 * 8 * 8, 2)).double().eval()
+    model = (
+        nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.Tanh(), nn.Flatten(), nn.Linear(4 * 8 * 8, 2))
+        .double()
+        .eval()
+    )
     images = torch.randn(2, 3, 8, 8, dtype=torch.float64)
     labels = torch.tensor([1, 0])
     maps = analysis.saliency_maps(model, images, labels)
@@ -204,12 +222,14 @@ def test_saliency_matches_central_finite_differences():
 
 def test_mean_maps_follow_the_recipe(checkpoints, tiny_root):
     from utils import load_dataset
+
     model = SimpleNet()
     model.load_state_dict(torch.load(checkpoints["SimpleNet"], weights_only=True)["model"])
     model.eval()
     dataset = load_dataset("fakes_dataset", "test", tiny_root)
     means, counts = analysis.mean_maps_per_class(
-        dataset, lambda x, y: analysis.saliency_maps(model, x, y), 4, "cpu")
+        dataset, lambda x, y: analysis.saliency_maps(model, x, y), 4, "cpu"
+    )
     assert counts == {0: 4, 1: 2}
     maps = []
     for i in range(len(dataset)):
@@ -239,7 +259,8 @@ def test_saliency_script_writes_both_figures(checkpoints, tiny_root, tmp_path, c
     assert run_cli(saliency_map.main, args) == 0
     assert sorted(os.listdir(tmp_path / "figures")) == [
         "fakes_dataset_SimpleNet_mean_saliency_maps.png",
-        "fakes_dataset_SimpleNet_saliency_maps_and_images_pairs.png"]
+        "fakes_dataset_SimpleNet_saliency_maps_and_images_pairs.png",
+    ]
     assert "4 real and 2 fake" in capsys.readouterr().out
 
 
@@ -264,7 +285,7 @@ def test_grad_cam_matches_pytorch_grad_cam(model_name, size):
     assert not model.conv3._forward_hooks  # the context manager removed its hooks
     for i, label in enumerate(labels):
         with GradCAM(model=model, target_layers=[model.conv3]) as cam:
-            expected = cam(input_tensor=images[i:i + 1], targets=[ClassifierOutputTarget(label)])[0]
+            expected = cam(input_tensor=images[i : i + 1], targets=[ClassifierOutputTarget(label)])[0]
         np.testing.assert_allclose(ours[i], expected, atol=1e-4)
     assert ours.max() == pytest.approx(1.0, abs=1e-5) and ours.min() >= 0.0
 
@@ -318,8 +339,9 @@ def test_deletion_faithfulness_exact_on_a_known_model():
     image[:, :, :4, :4] = 1.0
     relevance = torch.zeros(1, 8, 8)
     relevance[:, :4, :4] = 1.0
-    result = analysis.deletion_faithfulness(TopLeft(), image, [1], relevance, fractions=[0.25],
-                                            generator=torch.Generator().manual_seed(0))
+    result = analysis.deletion_faithfulness(
+        TopLeft(), image, [1], relevance, fractions=[0.25], generator=torch.Generator().manual_seed(0)
+    )
     sigmoid = lambda v: 1 / (1 + np.exp(-v))  # noqa: E731
     # The top-left block (16 = 25 % of the pixels) becomes the channel mean 0.25: logit 2.5.
     assert result["map_drop"][0, 0] == pytest.approx(sigmoid(10) - sigmoid(2.5))
@@ -330,8 +352,8 @@ def test_faithfulness_accumulator_tests_only_its_images():
     model = nn.Sequential(nn.Flatten(), nn.Linear(3 * 8 * 8, 2)).eval()
     images, labels, maps = torch.randn(4, 3, 8, 8), torch.tensor([0, 1, 0, 1]), torch.rand(4, 8, 8)
     subset = analysis.FaithfulnessAccumulator(model, [0.5], only=[1, 6])
-    subset(images, labels, maps, indices=[4, 5, 6, 7])   # dataset indices 4..7: only 6 is tested
-    subset(images, labels, maps, indices=[0, 1, 2, 3])   # only 1
+    subset(images, labels, maps, indices=[4, 5, 6, 7])  # dataset indices 4..7: only 6 is tested
+    subset(images, labels, maps, indices=[0, 1, 2, 3])  # only 1
     alone = analysis.FaithfulnessAccumulator(model, [0.5])
     alone(images[[2, 1]], labels[[2, 1]], maps[[2, 1]])  # the same two images, nothing filtered
     assert subset.summary()["n_images"] == 2
@@ -350,11 +372,11 @@ def test_grad_cam_script_figures_and_json(model, checkpoints, tiny_root, tmp_pat
     extra = ["--out_dir", str(out_dir), "--seed", "2", "--fractions", *fractions]
     if model == "XceptionBased":  # keep the CPU cost small: 2 images for the mean and the test
         extra += ["--max_images", "2"]
-    assert run_cli(grad_cam_analysis.main, script_args(model, checkpoints, tiny_root, tmp_path,
-                                                       *extra)) == 0
+    assert run_cli(grad_cam_analysis.main, script_args(model, checkpoints, tiny_root, tmp_path, *extra)) == 0
     assert sorted(os.listdir(tmp_path / "figures")) == sorted(
-        f"fakes_dataset_{model}_{n}.png" for n in ("Real_Image_grad_cam", "Fake_Image_grad_cam",
-                                                   "mean_grad_cam"))
+        f"fakes_dataset_{model}_{n}.png"
+        for n in ("Real_Image_grad_cam", "Fake_Image_grad_cam", "mean_grad_cam")
+    )
     content = json.loads(json_path.read_text())
     assert content["numerical"] == {"auc_b": 0.5}
     section = content["grad_cam"]
@@ -366,14 +388,18 @@ def test_grad_cam_script_figures_and_json(model, checkpoints, tiny_root, tmp_pat
     assert "faithfulness gap" in capsys.readouterr().out
 
 
-@pytest.mark.parametrize("max_images, faithfulness_images, n_mean, n_faith", [
-    (0, 3, 6, 3),   # the study's setting: all images for the mean maps, a subset for the test
-    (2, 4, 2, 4),   # the test needs images the mean maps do not use
-    (4, 0, 4, 4),   # 0: the test uses the mean maps' images
-    (2, 50, 2, 6),  # more than the split: the test uses every image, the mean maps only 2
-])
-def test_grad_cam_faithfulness_subset_in_one_pass(max_images, faithfulness_images, n_mean, n_faith,
-                                                  checkpoints, tiny_root, tmp_path, monkeypatch):
+@pytest.mark.parametrize(
+    "max_images, faithfulness_images, n_mean, n_faith",
+    [
+        (0, 3, 6, 3),  # the study's setting: all images for the mean maps, a subset for the test
+        (2, 4, 2, 4),  # the test needs images the mean maps do not use
+        (4, 0, 4, 4),  # 0: the test uses the mean maps' images
+        (2, 50, 2, 6),  # more than the split: the test uses every image, the mean maps only 2
+    ],
+)
+def test_grad_cam_faithfulness_subset_in_one_pass(
+    max_images, faithfulness_images, n_mean, n_faith, checkpoints, tiny_root, tmp_path, monkeypatch
+):
     seen, mapped = [], []
     original, original_maps = analysis.deletion_faithfulness, analysis.grad_cam_maps
 
@@ -384,17 +410,27 @@ def test_grad_cam_faithfulness_subset_in_one_pass(max_images, faithfulness_image
     def maps_spy(model, layer, images, labels):
         mapped.append(len(images))
         return original_maps(model, layer, images, labels)
+
     monkeypatch.setattr(analysis, "deletion_faithfulness", spy)
     monkeypatch.setattr(analysis, "grad_cam_maps", maps_spy)
     labels = load_dataset("fakes_dataset", "test", tiny_root).labels.numpy()
     mean_set = set(analysis.pick_mixed_indices(labels, max_images, 0)) if max_images else set(range(6))
-    faith_set = set(analysis.pick_mixed_indices(labels, faithfulness_images, 0)) \
-        if faithfulness_images else mean_set
+    faith_set = (
+        set(analysis.pick_mixed_indices(labels, faithfulness_images, 0)) if faithfulness_images else mean_set
+    )
     out_dir = tmp_path / "out"
-    extra = ["--out_dir", str(out_dir), "--max_images", str(max_images),
-             "--faithfulness_images", str(faithfulness_images)]
-    assert run_cli(grad_cam_analysis.main, script_args("SimpleNet", checkpoints, tiny_root, tmp_path,
-                                                       *extra)) == 0
+    extra = [
+        "--out_dir",
+        str(out_dir),
+        "--max_images",
+        str(max_images),
+        "--faithfulness_images",
+        str(faithfulness_images),
+    ]
+    assert (
+        run_cli(grad_cam_analysis.main, script_args("SimpleNet", checkpoints, tiny_root, tmp_path, *extra))
+        == 0
+    )
     section = json.loads((out_dir / "fakes_dataset_SimpleNet_metrics.json").read_text())["grad_cam"]
     assert section["n_real"] + section["n_fake"] == n_mean
     assert section["n_images"] == n_faith == sum(seen)

@@ -1,5 +1,6 @@
 """The course API as the course used it: classic torchvision transforms on FacesDataset, a Trainer
 subclass that overrides validate()/test(), the defaults graders type, and a GPU-saved checkpoint."""
+
 from __future__ import annotations
 
 import json
@@ -36,7 +37,9 @@ def _file_as_course_tensor(path: str) -> torch.Tensor:
 
 def test_classic_transform_receives_a_pil_image(tiny_root):
     seen = []
-    course = T.Compose([T.Lambda(lambda im: seen.append(type(im)) or im), T.ToTensor(), T.Normalize(MEAN, STD)])
+    course = T.Compose(
+        [T.Lambda(lambda im: seen.append(type(im)) or im), T.ToTensor(), T.Normalize(MEAN, STD)]
+    )
     dataset = FacesDataset(_split(tiny_root), transform=course)
     for index in (0, len(dataset) - 1):  # a real and a fake
         image, label = dataset[index]
@@ -59,12 +62,23 @@ def test_project_transform_and_none_get_the_uint8_tensor(tiny_root):
 
 def test_a_course_transform_dataset_trains_through_a_dataloader(tiny_root, tmp_path):
     course = T.Compose([T.ToTensor(), T.Normalize(MEAN, STD)])
-    splits = [FacesDataset(os.path.join(tiny_root, "fakes_dataset", p), course) for p in ("train", "val", "test")]
+    splits = [
+        FacesDataset(os.path.join(tiny_root, "fakes_dataset", p), course) for p in ("train", "val", "test")
+    ]
     torch.manual_seed(0)
     model = SimpleNet()
-    trainer = Trainer(model, torch.optim.SGD(model.parameters(), lr=0.01), nn.CrossEntropyLoss(), 4, *splits,
-                      device="cpu", num_workers=0, progress=False, out_dir=str(tmp_path / "o"),
-                      checkpoint_dir=str(tmp_path / "c"))
+    trainer = Trainer(
+        model,
+        torch.optim.SGD(model.parameters(), lr=0.01),
+        nn.CrossEntropyLoss(),
+        4,
+        *splits,
+        device="cpu",
+        num_workers=0,
+        progress=False,
+        out_dir=str(tmp_path / "o"),
+        checkpoint_dir=str(tmp_path / "c"),
+    )
     loss, accuracy = trainer.train_one_epoch()
     assert np.isfinite(loss) and 0 <= accuracy <= 100
 
@@ -87,9 +101,18 @@ def test_run_evaluates_through_validate_and_test(tiny_root, tmp_path):
     splits = [utils.load_dataset("fakes_dataset", p, tiny_root) for p in ("train", "val", "test")]
     torch.manual_seed(0)
     model = SimpleNet()
-    trainer = _CountingTrainer(model, torch.optim.Adam(model.parameters()), nn.CrossEntropyLoss(), 4, *splits,
-                               device="cpu", num_workers=0, progress=False, out_dir=str(tmp_path / "o"),
-                               checkpoint_dir=str(tmp_path / "c"))
+    trainer = _CountingTrainer(
+        model,
+        torch.optim.Adam(model.parameters()),
+        nn.CrossEntropyLoss(),
+        4,
+        *splits,
+        device="cpu",
+        num_workers=0,
+        progress=False,
+        out_dir=str(tmp_path / "o"),
+        checkpoint_dir=str(tmp_path / "c"),
+    )
     trainer.calls = []
     run = trainer.run(2, LoggingParameters("SimpleNet", "fakes_dataset", "Adam"))
     assert trainer.calls == ["validate", "test", "validate", "test"]
@@ -107,8 +130,11 @@ def test_train_main_defaults_graders_type():
 @pytest.mark.parametrize("script", [numerical_analysis, saliency_map, grad_cam_analysis])
 def test_analysis_defaults_graders_type(script):
     args = script.build_parser().parse_args([])
-    assert (args.model, args.checkpoint_path, args.dataset) == \
-        ("XceptionBased", "checkpoints/XceptionBased.pt", "fakes_dataset")
+    assert (args.model, args.checkpoint_path, args.dataset) == (
+        "XceptionBased",
+        "checkpoints/XceptionBased.pt",
+        "fakes_dataset",
+    )
 
 
 def test_a_gpu_saved_checkpoint_loads_on_the_cpu(tmp_path, monkeypatch):

@@ -9,6 +9,7 @@ FACES_TEST_PAUSED after that batch and sleeps, and the test sends SIGKILL;
 ``FACES_TEST_KILL_IN_SAVE=<file name>:<n>`` SIGKILLs the process in its n-th atomic write of that
 file, after the temp file is complete, before the rename.
 """
+
 from __future__ import annotations
 
 import json
@@ -34,14 +35,31 @@ EPOCHS = 2
 @pytest.fixture(scope="module")
 def data(module_tmp) -> str:
     # 4 training images in batches of 2: 2 steps per epoch
-    return make_tree(str(module_tmp("crash_data")),
-                     {"train": (2, 2), "val": (1, 1), "test": (1, 1)}, seed=5)
+    return make_tree(str(module_tmp("crash_data")), {"train": (2, 2), "val": (1, 1), "test": (1, 1)}, seed=5)
 
 
 def _argv(data: str, *extra: str) -> list[str]:
     """Relative output folders: run from the work folder, so every run records the same args."""
-    return ["--data_root", data, "-e", str(EPOCHS), "-b", "2", "--lr", "0.02", "--seed", "7",
-            "--num_workers", "0", "--no_progress", "--out_dir", "out", "--checkpoint_dir", "ck", *extra]
+    return [
+        "--data_root",
+        data,
+        "-e",
+        str(EPOCHS),
+        "-b",
+        "2",
+        "--lr",
+        "0.02",
+        "--seed",
+        "7",
+        "--num_workers",
+        "0",
+        "--no_progress",
+        "--out_dir",
+        "out",
+        "--checkpoint_dir",
+        "ck",
+        *extra,
+    ]
 
 
 def _train_here(work, data, *extra) -> None:
@@ -82,9 +100,14 @@ def _env(**hooks) -> dict:
 
 
 def _start(work, data, **hooks) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, HOOKED, *_argv(data)],
-                            cwd=str(work), env=_env(**hooks), stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [sys.executable, HOOKED, *_argv(data)],
+        cwd=str(work),
+        env=_env(**hooks),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def _check_files_on_disk(work, epochs_done: int, reference_run: dict, best_epoch_at_most: int) -> None:
@@ -195,6 +218,7 @@ def test_new_run_keeps_earlier_best_checkpoint(second_run, reference):
 
 def test_unreadable_best_checkpoint_is_kept_too(tmp_path):
     from trainer import _keep_other_runs_best
+
     path = tmp_path / f"{STEM}.pt"
     path.write_bytes(b"not a checkpoint")
     _keep_other_runs_best(str(path), "0123456789abcdef")

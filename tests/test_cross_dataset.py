@@ -1,5 +1,6 @@
 """cross_dataset.py and cross_dataset_analysis.py: checkpoint discovery, and every matrix cell
 against an independent forward pass and sklearn."""
+
 from __future__ import annotations
 
 import json
@@ -24,8 +25,12 @@ DATASETS = ("fakes_dataset", "synthetic_dataset")
 
 def test_checkpoint_specs_parse_and_refuse():
     spec = cross_dataset.parse_checkpoint_spec("fakes_dataset:SimpleNet:runs/a:b.pt")
-    assert (spec.dataset, spec.model, spec.path, spec.optimizer) == \
-        ("fakes_dataset", "SimpleNet", "runs/a:b.pt", None)
+    assert (spec.dataset, spec.model, spec.path, spec.optimizer) == (
+        "fakes_dataset",
+        "SimpleNet",
+        "runs/a:b.pt",
+        None,
+    )
     spec = cross_dataset.parse_checkpoint_spec("x/synthetic_dataset_XceptionBased_SGD.pt")
     assert (spec.dataset, spec.model, spec.optimizer) == ("synthetic_dataset", "XceptionBased", "SGD")
     for bad in ("model.pt", "faces:SimpleNet:x.pt", "fakes_dataset:Net:x.pt"):
@@ -34,13 +39,19 @@ def test_checkpoint_specs_parse_and_refuse():
 
 
 def test_discovery_takes_only_best_checkpoints(tmp_path):
-    for name in ("fakes_dataset_SimpleNet_Adam.pt", "fakes_dataset_SimpleNet_Adam_last.pt",
-                 "synthetic_dataset_SimpleNet_SGD.run-3.pt", "notes.txt",
-                 "synthetic_dataset_XceptionBased_Adam.pt"):
+    for name in (
+        "fakes_dataset_SimpleNet_Adam.pt",
+        "fakes_dataset_SimpleNet_Adam_last.pt",
+        "synthetic_dataset_SimpleNet_SGD.run-3.pt",
+        "notes.txt",
+        "synthetic_dataset_XceptionBased_Adam.pt",
+    ):
         (tmp_path / name).write_bytes(b"")
     found = cross_dataset.discover_checkpoints(str(tmp_path))
     assert [(s.dataset, s.model, s.optimizer) for s in found] == [
-        ("fakes_dataset", "SimpleNet", "Adam"), ("synthetic_dataset", "XceptionBased", "Adam")]
+        ("fakes_dataset", "SimpleNet", "Adam"),
+        ("synthetic_dataset", "XceptionBased", "Adam"),
+    ]
     with pytest.raises(UserError, match="no checkpoints"):
         cross_dataset.discover_checkpoints(str(tmp_path / "missing"))
 
@@ -81,16 +92,30 @@ def test_matrix_cells_match_an_independent_evaluation(tiny_root, tmp_path, capsy
     out = tmp_path / "out"
     out.mkdir()
     (out / "fakes_dataset_SimpleNet_metrics.json").write_text(json.dumps({"numerical": {"kept": 1}}))
-    args = ["--checkpoint_dir", str(folder), "--data_root", tiny_root, "--figures_dir",
-            str(tmp_path / "fig"), "--out_dir", str(out), "--device", "cpu", "--no_progress", "-b", "4"]
+    args = [
+        "--checkpoint_dir",
+        str(folder),
+        "--data_root",
+        tiny_root,
+        "--figures_dir",
+        str(tmp_path / "fig"),
+        "--out_dir",
+        str(out),
+        "--device",
+        "cpu",
+        "--no_progress",
+        "-b",
+        "4",
+    ]
     assert run_cli(cross_dataset_analysis.main, args) == 0
 
     matrix = json.loads((out / "cross_dataset.json").read_text())["cross_dataset"]
     assert matrix["test_datasets"] == list(DATASETS) and len(matrix["rows"]) == 2
     for row in matrix["rows"]:
         for test in DATASETS:
-            scores, labels = independent_scores(states[row["train_dataset"]],
-                                                os.path.join(tiny_root, test, "test"))
+            scores, labels = independent_scores(
+                states[row["train_dataset"]], os.path.join(tiny_root, test, "test")
+            )
             cell = row["results"][test]
             assert cell["auc"] == pytest.approx(roc_auc_score(labels, scores), abs=1e-9)
             assert cell["accuracy"] == pytest.approx(100 * np.mean((scores > 0.5) == labels))
@@ -107,12 +132,21 @@ def test_matrix_cells_match_an_independent_evaluation(tiny_root, tmp_path, capsy
 def test_heat_map_labels_exactly_the_in_distribution_cells():
     def cell(inside):
         return {"auc": 0.7, "accuracy": 60.0, "eer": 0.3, "in_distribution": inside}
-    rows = [{"label": "A, trained on fakes_dataset", "results": {"fakes_dataset": cell(True),
-                                                                "synthetic_dataset": cell(False)}},
-            {"label": "B, trained on synthetic_dataset",
-             "results": {"fakes_dataset": cell(False), "synthetic_dataset": cell(True)}},
-            {"label": "C, trained on synthetic_dataset",
-             "results": {"fakes_dataset": cell(False), "synthetic_dataset": cell(True)}}]
+
+    rows = [
+        {
+            "label": "A, trained on fakes_dataset",
+            "results": {"fakes_dataset": cell(True), "synthetic_dataset": cell(False)},
+        },
+        {
+            "label": "B, trained on synthetic_dataset",
+            "results": {"fakes_dataset": cell(False), "synthetic_dataset": cell(True)},
+        },
+        {
+            "label": "C, trained on synthetic_dataset",
+            "results": {"fakes_dataset": cell(False), "synthetic_dataset": cell(True)},
+        },
+    ]
     fig = cross_dataset.plot_matrix(rows, list(DATASETS))
     for ax in fig.axes[:3]:  # the heat maps (the colour bars come after them)
         labelled = [t.get_position() for t in ax.texts if "in-distribution" in t.get_text()]

@@ -1,4 +1,5 @@
 """FacesDataset indexing, labels, file handling; transforms; data-root resolution; load_model."""
+
 from __future__ import annotations
 
 import os
@@ -27,18 +28,24 @@ def _write_mixed_split(root: str) -> dict:
     rgba = np.dstack([rgb, np.full((256, 256), 128, np.uint8)])
     Image.fromarray(rgba, "RGBA").save(os.path.join(real, "c_rgba.png"))
     Image.fromarray(rgb, "RGB").convert("CMYK").save(os.path.join(fake, "a_cmyk.jpg"))
-    sixteen = (rgb[..., 1].astype(np.uint16) * 257)
+    sixteen = rgb[..., 1].astype(np.uint16) * 257
     Image.fromarray(sixteen).save(os.path.join(fake, "b_16bit.png"))
     Image.fromarray(rgb, "RGB").convert("P").save(os.path.join(fake, "c_palette.png"))
     with open(os.path.join(fake, "d_corrupt.png"), "wb") as handle:
         handle.write(b"\x89PNG\r\n\x1a\nthis is not really a png")
-    for clutter in (os.path.join(real, ".DS_Store"), os.path.join(fake, "Thumbs.db"),
-                    os.path.join(real, "notes.txt")):
+    for clutter in (
+        os.path.join(real, ".DS_Store"),
+        os.path.join(fake, "Thumbs.db"),
+        os.path.join(real, "notes.txt"),
+    ):
         with open(clutter, "wb") as handle:
             handle.write(b"junk")
     os.makedirs(os.path.join(real, "subfolder"))
-    return {"real": ["a_gray.png", "b_rgb.png", "c_rgba.png"],
-            "fake": ["a_cmyk.jpg", "b_16bit.png", "c_palette.png", "d_corrupt.png"], "rgb": rgb}
+    return {
+        "real": ["a_gray.png", "b_rgb.png", "c_rgba.png"],
+        "fake": ["a_cmyk.jpg", "b_16bit.png", "c_palette.png", "d_corrupt.png"],
+        "rgb": rgb,
+    }
 
 
 @pytest.fixture()
@@ -91,7 +98,7 @@ def test_mode_conversions_keep_content(mixed_split):
 
 def test_corrupt_image_error_names_file(mixed_split):
     root, _ = mixed_split
-    with pytest.raises(DataError, match="d_corrupt.png"):
+    with pytest.raises(DataError, match=r"d_corrupt\.png"):
         FacesDataset(root)[6]
 
 
@@ -120,8 +127,14 @@ def test_cache_gives_identical_items(tiny_root):
 
 
 # ----------------------------------------------------------------------------- transforms
-COURSE_TRAIN = T.Compose([T.RandomCrop(256, padding=4), T.RandomHorizontalFlip(), T.ToTensor(),
-                          T.Normalize(batching.NORMALIZE_MEAN, batching.NORMALIZE_STD)])
+COURSE_TRAIN = T.Compose(
+    [
+        T.RandomCrop(256, padding=4),
+        T.RandomHorizontalFlip(),
+        T.ToTensor(),
+        T.Normalize(batching.NORMALIZE_MEAN, batching.NORMALIZE_STD),
+    ]
+)
 COURSE_TEST = T.Compose([T.ToTensor(), T.Normalize(batching.NORMALIZE_MEAN, batching.NORMALIZE_STD)])
 
 
@@ -145,7 +158,9 @@ def test_train_transform_is_a_padded_crop_and_flip_of_the_course_one():
     image = _pil(1)
     tensor = torch.from_numpy(np.array(image)).permute(2, 0, 1)
     padded = torch.nn.functional.pad(tensor, (4, 4, 4, 4))
-    crops = torch.stack([padded[:, top:top + 256, left:left + 256] for top in range(9) for left in range(9)])
+    crops = torch.stack(
+        [padded[:, top : top + 256, left : left + 256] for top in range(9) for left in range(9)]
+    )
     candidates = torch.cat([crops, crops.flip(-1)])  # 162 uint8 candidates
     # normalize_batch equals the course test transform (test_normalize_batch_equals_test_transform)
     normalized = batching.normalize_batch(candidates)
@@ -167,7 +182,7 @@ def test_augment_uint8_matches_pad_crop_flip():
     out = batching.augment_uint8(images, params)
     for k, (top, left, flip) in enumerate(params.tolist()):
         padded = torch.nn.functional.pad(images[k], (4, 4, 4, 4))
-        expect = padded[:, top:top + 256, left:left + 256]
+        expect = padded[:, top : top + 256, left : left + 256]
         expect = expect.flip(-1) if flip else expect
         assert torch.equal(out[k], expect)
 
@@ -177,8 +192,9 @@ def test_normalize_batch_equals_test_transform():
     transform = utils.get_transforms("val")
     expect = torch.stack([transform(image) for image in images])
     torch.testing.assert_close(batching.normalize_batch(images), expect, rtol=0, atol=1e-6)
-    torch.testing.assert_close(batching.denormalize(batching.normalize_batch(images)), images / 255.0,
-                               rtol=0, atol=1e-6)
+    torch.testing.assert_close(
+        batching.denormalize(batching.normalize_batch(images)), images / 255.0, rtol=0, atol=1e-6
+    )
 
 
 # ----------------------------------------------------------------------------- data root, names
@@ -203,11 +219,14 @@ def test_data_root_resolution_order(tmp_path, monkeypatch):
         utils.resolve_data_root(str(tmp_path / "missing_dir"))
 
 
-@pytest.mark.parametrize("call, valid", [
-    (lambda root: utils.load_dataset("nope", "train", root), "fakes_dataset, synthetic_dataset"),
-    (lambda root: utils.load_dataset("fakes_dataset", "dev", root), "train, val, test"),
-    (lambda root: utils.load_model("ResNet"), "SimpleNet, XceptionBased"),
-])
+@pytest.mark.parametrize(
+    "call, valid",
+    [
+        (lambda root: utils.load_dataset("nope", "train", root), "fakes_dataset, synthetic_dataset"),
+        (lambda root: utils.load_dataset("fakes_dataset", "dev", root), "train, val, test"),
+        (lambda root: utils.load_model("ResNet"), "SimpleNet, XceptionBased"),
+    ],
+)
 def test_unknown_names_list_valid_ones(tiny_root, call, valid):
     with pytest.raises(cli.UserError, match=valid):
         call(tiny_root)
@@ -234,8 +253,10 @@ def test_simplenet_never_touches_xception(monkeypatch):
 
     def boom(*args, **kwargs):
         raise AssertionError("Xception was built for a SimpleNet run")
+
     monkeypatch.setattr(xception, "build_xception_backbone", boom)
     import models
+
     monkeypatch.setattr(models, "build_xception_backbone", boom)
     assert type(utils.load_model("SimpleNet")).__name__ == "SimpleNet"
 
@@ -259,5 +280,5 @@ def test_list_images_ignores_hidden_and_folders(tmp_path):
 def test_read_rgb_image_refuses_bomb(tmp_path):
     path = tmp_path / "bomb.png"
     Image.new("1", (20000, 20000)).save(path)  # 400 M pixels, tiny file
-    with pytest.raises(DataError, match="bomb.png.*too large"):
+    with pytest.raises(DataError, match=r"bomb\.png.*too large"):
         read_rgb_image(str(path))

@@ -1,5 +1,6 @@
 """make_demo_datasets.py: layout, counts, identities, determinism, refusal and --force, the
 statistics matching, the CLI; and a smoke run of benchmarks/check_demo_difficulty.py."""
+
 from __future__ import annotations
 
 import importlib.util
@@ -76,15 +77,20 @@ def test_class_counts_keep_ratios_at_any_scale(scale):
 
 
 def test_default_and_full_counts_are_the_documented_ones():
-    assert {s: sum(demo.class_counts(d, s).values()) for d in demo.DATASETS for s in demo.SPLITS} == \
-        {s: demo.DEFAULT_COUNTS[d][s] for d in demo.DATASETS for s in demo.SPLITS}
+    assert {s: sum(demo.class_counts(d, s).values()) for d in demo.DATASETS for s in demo.SPLITS} == {
+        s: demo.DEFAULT_COUNTS[d][s] for d in demo.DATASETS for s in demo.SPLITS
+    }
     full = demo.plan_counts(full_size=True)
-    assert full["fakes_dataset"] == {"train": {"real": 7200, "fake": 3600},
-                                     "val": {"real": 1400, "fake": 700},
-                                     "test": {"real": 1400, "fake": 700}}
-    assert full["synthetic_dataset"] == {"train": {"real": 4721, "fake": 4725},
-                                         "val": {"real": 586, "fake": 585},
-                                         "test": {"real": 551, "fake": 552}}
+    assert full["fakes_dataset"] == {
+        "train": {"real": 7200, "fake": 3600},
+        "val": {"real": 1400, "fake": 700},
+        "test": {"real": 1400, "fake": 700},
+    }
+    assert full["synthetic_dataset"] == {
+        "train": {"real": 4721, "fake": 4725},
+        "val": {"real": 586, "fake": 585},
+        "test": {"real": 551, "fake": 552},
+    }
 
 
 def test_images_are_256x256_rgb_png(generated):
@@ -143,11 +149,15 @@ _Y, _X = np.mgrid[0:256, 0:256].astype(np.float32)
 OUTSIDE_A_FACE = np.clip((np.hypot(_X - 128, _Y - 128) - 60) / 20, 0, 1)  # 0 inside a disc, 1 outside
 
 
-@pytest.mark.parametrize("image, noise_where", [
-    (_scene(2, noise=1.0, blur=1.3, gain=0.8, offset=-15), None),              # smoother: noise added
-    (_scene(2, noise=1.0, blur=1.3, gain=0.8, offset=-15), OUTSIDE_A_FACE),    # ... only outside the face
-    (_scene(3, noise=4.0, blur=1.0, gain=1.2, offset=12), None),               # sharper: blurred
-], ids=["sharpen", "sharpen-outside-face", "blur"])
+@pytest.mark.parametrize(
+    "image, noise_where",
+    [
+        (_scene(2, noise=1.0, blur=1.3, gain=0.8, offset=-15), None),  # smoother: noise added
+        (_scene(2, noise=1.0, blur=1.3, gain=0.8, offset=-15), OUTSIDE_A_FACE),  # ... only outside the face
+        (_scene(3, noise=4.0, blur=1.0, gain=1.2, offset=12), None),  # sharper: blurred
+    ],
+    ids=["sharpen", "sharpen-outside-face", "blur"],
+)
 def test_match_global_stats_gives_the_references_statistics(image, noise_where):
     """Channel means and stds within 0.01 (exact up to float rounding and clipping), Laplacian
     variance within 5 % (at most 3.5 % measured; a no-op misses by 15 grey levels and 50-90 %)."""
@@ -172,8 +182,13 @@ def test_match_global_stats_gives_the_references_statistics(image, noise_where):
 def test_global_stats_are_channel_means_stds_and_laplacian_variance():
     image = np.asarray(_scene(4, noise=2.0, blur=0.5, gain=1.0, offset=0)).round().astype(np.uint8)
     pixels = image.reshape(-1, 3).astype(np.float64)
-    expected = np.concatenate([pixels.mean(0), pixels.std(0),
-                               [ndimage.laplace(image.astype(np.float64) @ [0.299, 0.587, 0.114]).var()]])
+    expected = np.concatenate(
+        [
+            pixels.mean(0),
+            pixels.std(0),
+            [ndimage.laplace(image.astype(np.float64) @ [0.299, 0.587, 0.114]).var()],
+        ]
+    )
     np.testing.assert_allclose(demo.global_stats(image), expected, rtol=1e-4)
 
 
@@ -192,8 +207,12 @@ def test_cli_refusal_is_one_line_with_exit_code_2(tmp_path):
     keep = tmp_path / "synthetic_dataset" / "mine.png"
     keep.parent.mkdir()
     keep.write_bytes(b"x")
-    result = subprocess.run([sys.executable, str(SCRIPT), "--out", str(tmp_path), "--scale", str(SCALE)],
-                            capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [sys.executable, str(SCRIPT), "--out", str(tmp_path), "--scale", str(SCALE)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1, result.stderr
@@ -202,14 +221,19 @@ def test_cli_refusal_is_one_line_with_exit_code_2(tmp_path):
     assert not (tmp_path / "fakes_dataset").exists()
 
 
-@pytest.mark.parametrize("argv, names", [
-    (["--out", "{file}"], ["--out", "{file}", "a file is in the way"]),
-    (["--out", "{file}/sub"], ["--out", "{file}/sub", "a file is in the way"]),
-    (["--out", "{dir}", "--scale", "1e308"], ["--scale", "1e+308", "1,000,000"]),
-], ids=["out-is-a-file", "out-under-a-file", "absurd-scale"])
+@pytest.mark.parametrize(
+    "argv, names",
+    [
+        (["--out", "{file}"], ["--out", "{file}", "a file is in the way"]),
+        (["--out", "{file}/sub"], ["--out", "{file}/sub", "a file is in the way"]),
+        (["--out", "{dir}", "--scale", "1e308"], ["--scale", "1e+308", "1,000,000"]),
+    ],
+    ids=["out-is-a-file", "out-under-a-file", "absurd-scale"],
+)
 def test_cli_bad_input_is_one_line_with_exit_code_2(tmp_path, argv, names, capsys, monkeypatch):
     """In this process, as ``__main__`` runs it (the refusal test above runs the script itself)."""
     from cli import run_cli
+
     file = tmp_path / "a_file"
     file.write_text("mine")
     fill = {"file": str(file), "dir": str(tmp_path / "data")}
@@ -226,12 +250,14 @@ def test_cli_bad_input_is_one_line_with_exit_code_2(tmp_path, argv, names, capsy
 
 
 def test_a_dataset_named_twice_is_made_once(tmp_path):
-    counts = demo.generate(tmp_path, scale=SCALE, workers=1, progress=False,
-                           datasets=["fakes_dataset", "fakes_dataset"])
+    counts = demo.generate(
+        tmp_path, scale=SCALE, workers=1, progress=False, datasets=["fakes_dataset", "fakes_dataset"]
+    )
     assert list(counts) == ["fakes_dataset"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["fakes_dataset"]  # no .partial-* folder left
-    assert len(list((tmp_path / "fakes_dataset").rglob("*.png"))) == \
-        sum(n for split in counts["fakes_dataset"].values() for n in split.values())
+    assert len(list((tmp_path / "fakes_dataset").rglob("*.png"))) == sum(
+        n for split in counts["fakes_dataset"].values() for n in split.values()
+    )
 
 
 def test_force_replaces_only_the_generated_datasets(tmp_path):
@@ -241,13 +267,15 @@ def test_force_replaces_only_the_generated_datasets(tmp_path):
     other = tmp_path / "notes" / "keep.txt"
     other.parent.mkdir()
     other.write_text("mine")
-    counts = demo.generate(tmp_path, scale=SCALE, workers=1, progress=False, force=True,
-                           datasets=["fakes_dataset"])
+    counts = demo.generate(
+        tmp_path, scale=SCALE, workers=1, progress=False, force=True, datasets=["fakes_dataset"]
+    )
     assert not stale.exists()
     assert other.read_text() == "mine"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["fakes_dataset", "notes"]  # no temp folder left
-    assert len(list((tmp_path / "fakes_dataset").rglob("*.png"))) == \
-        sum(n for split in counts["fakes_dataset"].values() for n in split.values())
+    assert len(list((tmp_path / "fakes_dataset").rglob("*.png"))) == sum(
+        n for split in counts["fakes_dataset"].values() for n in split.values()
+    )
 
 
 def test_a_crash_leaves_the_old_data_and_no_partial_tree(tmp_path, monkeypatch):
@@ -280,12 +308,20 @@ def test_bad_arguments_are_rejected(tmp_path):
 
 
 def test_cli_help_explains_every_flag():
-    result = subprocess.run([sys.executable, str(SCRIPT), "--help"], capture_output=True, text=True,
-                            timeout=60, env={**os.environ, "COLUMNS": "100"})
+    result = subprocess.run(
+        [sys.executable, str(SCRIPT), "--help"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "COLUMNS": "100"},
+    )
     assert result.returncode == 0
     options = result.stdout.split("options:", 1)[1].split("\n\n", 1)[0]  # up to the epilog
-    helps = {block.split()[0].rstrip(","): " ".join(block.split())
-             for block in re.split(r"\n(?=  -)", options) if block.strip()}
+    helps = {
+        block.split()[0].rstrip(","): " ".join(block.split())
+        for block in re.split(r"\n(?=  -)", options)
+        if block.strip()
+    }
     for flag in ("--out", "--seed", "--scale", "--full_size", "--force", "--workers", "--datasets"):
         assert flag in helps
         # cli.ArgumentParser appends "(default: ...)": a help text must not say it again
@@ -297,8 +333,11 @@ def test_cli_help_explains_every_flag():
     assert "--full-size" not in result.stdout  # the old spelling works but is not advertised
 
 
-@pytest.mark.parametrize("argv, full_size", [([], False), (["--full_size"], True), (["--full-size"], True)],
-                         ids=["default", "full_size", "old spelling full-size"])
+@pytest.mark.parametrize(
+    "argv, full_size",
+    [([], False), (["--full_size"], True), (["--full-size"], True)],
+    ids=["default", "full_size", "old spelling full-size"],
+)
 def test_full_size_flag_in_both_spellings(argv, full_size, tmp_path, monkeypatch, capsys):
     """--full_size, and its old spelling --full-size, reach generate() as full_size=True."""
     calls = []
@@ -318,6 +357,7 @@ def _load_difficulty_script():
 def keep_torch_threads():
     """check_demo_difficulty.main sets torch's thread count; restore it for the other tests."""
     import torch
+
     threads = torch.get_num_threads()
     yield
     torch.set_num_threads(threads)
@@ -332,8 +372,12 @@ def test_check_demo_difficulty_skip_cnn_reuses_the_data_and_reports(generated, c
     assert f"reusing existing demo data in {root}" in out
     assert "generated" not in out and "SimpleNet" not in out
     for dataset in demo.DATASETS:
-        reported = re.search(rf"^{dataset}: logistic regression on global stats, balanced test accuracy "
-                             rf"([\d.]+) %$", out, re.M)
+        reported = re.search(
+            rf"^{dataset}: logistic regression on global stats, balanced test accuracy "
+            rf"([\d.]+) %$",
+            out,
+            re.M,
+        )
         summary = re.search(rf"^{dataset} +global-stats LR balanced acc +([\d.]+) %$", out, re.M)
         assert reported and summary, out
         assert 0 <= float(reported[1]) <= 100 and float(summary[1]) == round(float(reported[1]), 1)
@@ -346,7 +390,11 @@ def test_check_demo_difficulty_trains_with_trainer_run(generated, capsys, keep_t
     assert script.main(["--data_root", str(root), "--epochs", "1"]) == 0
     out = capsys.readouterr().out
     for dataset in demo.DATASETS:
-        line = re.search(rf"^{dataset} +global-stats LR .* \| SimpleNet test acc +([\d.]+) % at best-val "
-                         rf"epoch 1 \(val ([\d.]+) %\)$", out, re.M)
+        line = re.search(
+            rf"^{dataset} +global-stats LR .* \| SimpleNet test acc +([\d.]+) % at best-val "
+            rf"epoch 1 \(val ([\d.]+) %\)$",
+            out,
+            re.M,
+        )
         assert line, out
         assert 0 <= float(line[1]) <= 100 and 0 <= float(line[2]) <= 100

@@ -7,6 +7,7 @@ that did not would compute its gradients at other weights, and the averaged step
 The reference continues the same state in this process with 1 rank. Compared: all weights and the
 SGD momentum buffers after the epoch-2 steps (float tolerance), and every metric in the JSON.
 """
+
 from __future__ import annotations
 
 import json
@@ -26,10 +27,27 @@ from utils import set_seed
 
 STEM = "fakes_dataset_SimpleNet_SGD"
 SEED = 3
-METRIC_KEYS = ("train_loss", "train_acc", "val_loss", "val_acc", "test_loss", "test_acc", "val_auc",
-               "val_eer", "val_ap", "val_balanced_acc", "val_per_class_acc", "test_auc", "test_eer",
-               "test_ap", "test_balanced_acc", "test_per_class_acc", "best_epoch", "best_val_acc",
-               "test_acc_at_best")
+METRIC_KEYS = (
+    "train_loss",
+    "train_acc",
+    "val_loss",
+    "val_acc",
+    "test_loss",
+    "test_acc",
+    "val_auc",
+    "val_eer",
+    "val_ap",
+    "val_balanced_acc",
+    "val_per_class_acc",
+    "test_auc",
+    "test_eer",
+    "test_ap",
+    "test_balanced_acc",
+    "test_per_class_acc",
+    "best_epoch",
+    "best_val_acc",
+    "test_acc_at_best",
+)
 
 
 def _free_port() -> int:
@@ -40,9 +58,30 @@ def _free_port() -> int:
 
 def _argv(data: str, work, epochs: int, *extra: str) -> list[str]:
     # global batch 2 over 4 training images: 2 SGD steps per epoch; 1 image per rank under torchrun
-    return ["--data_root", data, "-m", "SimpleNet", "-o", "SGD", "--lr", "0.05", "-b", "2",
-            "-e", str(epochs), "--seed", str(SEED), "--num_workers", "0", "--no_progress",
-            "--out_dir", str(work / "out"), "--checkpoint_dir", str(work / "ck"), *extra]
+    return [
+        "--data_root",
+        data,
+        "-m",
+        "SimpleNet",
+        "-o",
+        "SGD",
+        "--lr",
+        "0.05",
+        "-b",
+        "2",
+        "-e",
+        str(epochs),
+        "--seed",
+        str(SEED),
+        "--num_workers",
+        "0",
+        "--no_progress",
+        "--out_dir",
+        str(work / "out"),
+        "--checkpoint_dir",
+        str(work / "ck"),
+        *extra,
+    ]
 
 
 def _close(a, b, what: str) -> None:
@@ -64,12 +103,22 @@ def runs(module_tmp):
     # epoch 1 in this process (world size 1), then the same state is continued both ways
     assert train_main.main(_argv(data, single, 1)) == 0
     shutil.copytree(single, multi)
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
+    }
     env["OMP_NUM_THREADS"] = "1"
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
-               "--master_addr=127.0.0.1", f"--master_port={_free_port()}",
-               os.path.join(ROOT, "train_main.py"), *_argv(data, multi, 2, "--resume")]
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node=2",
+        "--master_addr=127.0.0.1",
+        f"--master_port={_free_port()}",
+        os.path.join(ROOT, "train_main.py"),
+        *_argv(data, multi, 2, "--resume"),
+    ]
     proc = subprocess.run(command, cwd=str(tmp), env=env, capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert train_main.main(_argv(data, single, 2, "--resume")) == 0

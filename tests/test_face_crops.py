@@ -1,4 +1,5 @@
 """face_crops.py and predict.py --crop_faces on a real photograph: matplotlib's grace_hopper.jpg."""
+
 from __future__ import annotations
 
 import json
@@ -51,7 +52,7 @@ def iou(a, b) -> float:
     size = max(a[0] + a[2], b[0] + b[2]) + 1, max(a[1] + a[3], b[1] + b[3]) + 1
     masks = np.zeros((2,) + size, dtype=bool)
     for mask, (x, y, w, h) in zip(masks, (a, b)):
-        mask[x:x + w, y:y + h] = True
+        mask[x : x + w, y : y + h] = True
     return (masks[0] & masks[1]).sum() / (masks[0] | masks[1]).sum()
 
 
@@ -86,7 +87,7 @@ def test_crop_is_the_margin_square_resized_to_256(detector, canvas):
     # centred on the face box (it fits inside the canvas, so it is not moved)
     assert abs(left + side / 2 - (box[0] + box[2] / 2)) <= 0.5
     assert abs(top + side / 2 - (box[1] + box[3] / 2)) <= 0.5
-    region = Image.fromarray(np.asarray(canvas)[top:top + side, left:left + side])
+    region = Image.fromarray(np.asarray(canvas)[top : top + side, left : left + side])
     expected = np.asarray(region.resize((256, 256), Image.BILINEAR), dtype=int)
     assert np.abs(np.asarray(crop, dtype=int) - expected).max() <= 1
     # the face, found again in the crop, fills about 1/1.3 of it, in the middle
@@ -95,11 +96,14 @@ def test_crop_is_the_margin_square_resized_to_256(detector, canvas):
     assert abs(x + w / 2 - 128) < 20 and abs(y + h / 2 - 128) < 20
 
 
-@pytest.mark.parametrize("box, size, square", [
-    ((0, 0, 100, 100), (1000, 1000), (0, 0, 130)),  # at a corner: moved inside
-    ((950, 10, 50, 40), (1000, 500), (935, 0, 65)),  # at the right edge, longer side w
-    ((5, 300, 100, 100), (110, 1000), (-10, 285, 130)),  # narrower than the square: overhangs
-])
+@pytest.mark.parametrize(
+    "box, size, square",
+    [
+        ((0, 0, 100, 100), (1000, 1000), (0, 0, 130)),  # at a corner: moved inside
+        ((950, 10, 50, 40), (1000, 500), (935, 0, 65)),  # at the right edge, longer side w
+        ((5, 300, 100, 100), (110, 1000), (-10, 285, 130)),  # narrower than the square: overhangs
+    ],
+)
 def test_crop_square_at_the_borders(box, size, square):
     assert face_crops.crop_square(box, size) == square
 
@@ -117,7 +121,7 @@ def reference_crop_scores(model, photo, square):
     """P(fake), model input and RGB in [0, 1] of one crop, with numpy slicing, PIL and
     torchvision v1 transforms."""
     left, top, side = square
-    region = Image.fromarray(np.asarray(photo)[top:top + side, left:left + side])
+    region = Image.fromarray(np.asarray(photo)[top : top + side, left : left + side])
     region = region.resize((256, 256), Image.BILINEAR)
     x = T.Compose([T.ToTensor(), T.Normalize(NORMALIZE_MEAN, NORMALIZE_STD)])(region)[None]
     with torch.no_grad():
@@ -125,8 +129,9 @@ def reference_crop_scores(model, photo, square):
     return p_fake, x, np.asarray(region, np.float32) / 255
 
 
-def test_predict_scores_each_face_and_draws_grad_cam_on_the_crop(simplenet_checkpoint, canvas,
-                                                                 detector, tmp_path, capsys):
+def test_predict_scores_each_face_and_draws_grad_cam_on_the_crop(
+    simplenet_checkpoint, canvas, detector, tmp_path, capsys
+):
     path = tmp_path / "group.png"
     canvas.save(path)
     args = ["-m", "SimpleNet", "-cpp", simplenet_checkpoint, "--crop_faces", str(path)]
@@ -171,12 +176,16 @@ def test_a_photo_without_a_face_is_said_and_exits_0(simplenet_checkpoint, tmp_pa
     assert document["errors"] == []
 
 
-@pytest.mark.parametrize("cv2_module, says", [
-    (None, "OpenCV, which is not installed"),  # None in sys.modules makes the import fail
-    (types.SimpleNamespace(__version__="5.0.0"), "OpenCV 5.0.0 has none"),
-])
-def test_missing_opencv_is_one_line_naming_the_install(simplenet_checkpoint, tmp_path, monkeypatch,
-                                                      capsys, cv2_module, says):
+@pytest.mark.parametrize(
+    "cv2_module, says",
+    [
+        (None, "OpenCV, which is not installed"),  # None in sys.modules makes the import fail
+        (types.SimpleNamespace(__version__="5.0.0"), "OpenCV 5.0.0 has none"),
+    ],
+)
+def test_missing_opencv_is_one_line_naming_the_install(
+    simplenet_checkpoint, tmp_path, monkeypatch, capsys, cv2_module, says
+):
     image = tmp_path / "face.png"
     Image.new("RGB", (256, 256)).save(image)
     monkeypatch.setitem(sys.modules, "cv2", cv2_module)

@@ -4,6 +4,7 @@ the file or flag, a non-zero exit, no traceback (unless --debug), and nothing th
 Most cases run ``cli.run_cli(main, argv)`` in this process (what ``python train_main.py`` runs,
 without paying for a new interpreter); the DataLoader-worker case runs a real subprocess.
 """
+
 from __future__ import annotations
 
 import json
@@ -33,8 +34,9 @@ STEM = "fakes_dataset_SimpleNet_SGD"
 # ----------------------------------------------------------------------------- helpers
 @pytest.fixture(scope="module")
 def clean_tree(module_tmp) -> str:
-    return make_tree(str(module_tmp("hostile_clean")),
-                     {"train": (2, 2), "val": (1, 1), "test": (1, 1)}, seed=9)
+    return make_tree(
+        str(module_tmp("hostile_clean")), {"train": (2, 2), "val": (1, 1), "test": (1, 1)}, seed=9
+    )
 
 
 @pytest.fixture
@@ -44,8 +46,22 @@ def tree(clean_tree, tmp_path):
 
 
 def _argv(data, tmp_path, *extra) -> list[str]:
-    return ["--data_root", str(data), "-e", "1", "-b", "2", "--num_workers", "0", "--no_progress",
-            "--out_dir", str(tmp_path / "out"), "--checkpoint_dir", str(tmp_path / "ck"), *extra]
+    return [
+        "--data_root",
+        str(data),
+        "-e",
+        "1",
+        "-b",
+        "2",
+        "--num_workers",
+        "0",
+        "--no_progress",
+        "--out_dir",
+        str(tmp_path / "out"),
+        "--checkpoint_dir",
+        str(tmp_path / "ck"),
+        *extra,
+    ]
 
 
 def _one_line_error(capsys, main, argv, *needles) -> str:
@@ -68,8 +84,12 @@ def _png_chunk(kind: bytes, data: bytes) -> bytes:
 def _bomb_png() -> bytes:
     """A valid 120-byte PNG that declares 100000 x 100000 pixels (40 GB decoded)."""
     header = struct.pack(">IIBBBBB", 100_000, 100_000, 8, 2, 0, 0, 0)
-    return (b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", header)
-            + _png_chunk(b"IDAT", zlib.compress(b"\x00" * 64)) + _png_chunk(b"IEND", b""))
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + _png_chunk(b"IHDR", header)
+        + _png_chunk(b"IDAT", zlib.compress(b"\x00" * 64))
+        + _png_chunk(b"IEND", b"")
+    )
 
 
 # ----------------------------------------------------------------------------- data
@@ -104,8 +124,11 @@ def test_corrupt_image_in_dataloader_worker_subprocess(tree, tmp_path):
     """Images read by a worker process (no cache): the worker's traceback must not leak out."""
     path = tree / "fakes_dataset" / "train" / "fake" / "img000.png"
     path.write_bytes(path.read_bytes()[:500])
-    command = [sys.executable, os.path.join(ROOT, "train_main.py"),
-               *_argv(tree, tmp_path, "--cache_images", "off")]
+    command = [
+        sys.executable,
+        os.path.join(ROOT, "train_main.py"),
+        *_argv(tree, tmp_path, "--cache_images", "off"),
+    ]
     command[command.index("--num_workers") + 1] = "1"
     proc = subprocess.run(command, cwd=str(tmp_path), capture_output=True, text=True, timeout=180)
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
@@ -118,20 +141,20 @@ def test_corrupt_image_in_dataloader_worker_subprocess(tree, tmp_path):
 def test_debug_shows_the_traceback(tree, tmp_path):
     path = tree / "fakes_dataset" / "val" / "real" / "img000.png"
     path.write_bytes(b"")
-    with pytest.raises(DataError, match="img000.png"):
+    with pytest.raises(DataError, match=r"img000\.png"):
         cli.run_cli(train_main.main, _argv(tree, tmp_path, "--debug"))
 
 
 def test_missing_split_folder(tree, tmp_path, capsys):
     shutil.rmtree(tree / "fakes_dataset" / "val")
-    _one_line_error(capsys, train_main.main, _argv(tree, tmp_path), tree / "fakes_dataset" / "val",
-                    "missing split folder")
+    _one_line_error(
+        capsys, train_main.main, _argv(tree, tmp_path), tree / "fakes_dataset" / "val", "missing split folder"
+    )
 
 
 def test_missing_class_folder(tree, tmp_path, capsys):
     shutil.rmtree(tree / "fakes_dataset" / "test" / "fake")
-    _one_line_error(capsys, train_main.main, _argv(tree, tmp_path), tree / "fakes_dataset" / "test",
-                    "fake")
+    _one_line_error(capsys, train_main.main, _argv(tree, tmp_path), tree / "fakes_dataset" / "test", "fake")
 
 
 def test_empty_dataset(tree, tmp_path, capsys):
@@ -140,8 +163,9 @@ def test_empty_dataset(tree, tmp_path, capsys):
         shutil.rmtree(folder)
         folder.mkdir()
         (folder / "Thumbs.db").write_bytes(b"\x00" * 10)  # clutter is not an image
-    _one_line_error(capsys, train_main.main, _argv(tree, tmp_path), tree / "fakes_dataset" / "train",
-                    "no images")
+    _one_line_error(
+        capsys, train_main.main, _argv(tree, tmp_path), tree / "fakes_dataset" / "train", "no images"
+    )
 
 
 @pytest.fixture(scope="module")
@@ -153,7 +177,7 @@ def survivor_run(clean_tree, module_tmp):
     odd = data / "fakes_dataset" / "val" / "real" / "img000.png"
     make_image(np.random.default_rng(1), fake=False, size=256).resize((300, 200)).save(odd)
     (tmp / "out").mkdir()
-    corrupt = b"\xff\xfe[{\"model\": \"SimpleNet\", \x00 half a run"
+    corrupt = b'\xff\xfe[{"model": "SimpleNet", \x00 half a run'
     (tmp / "out" / f"{STEM}.json").write_bytes(corrupt)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -162,11 +186,12 @@ def survivor_run(clean_tree, module_tmp):
 
 
 def test_wrong_size_image_is_resized_with_warning(survivor_run):
-    tmp, code, messages, odd, _ = survivor_run
+    _, code, messages, odd, _ = survivor_run
     assert code == 0
     assert any(str(odd) in m and "300x200" in m and "resized to 256x256" in m for m in messages), messages
     # documented behaviour, against PIL directly: a bilinear resize to 256x256
     from faces_dataset import load_image_tensor
+
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         tensor = load_image_tensor(str(odd))
@@ -202,14 +227,30 @@ def checkpoints(module_tmp):
     tmp = module_tmp("checkpoints")
     torch.manual_seed(0)
     good = tmp / "simplenet.pt"
-    torch.save({"model": SimpleNet().state_dict(), "val_acc": 50.0, "test_acc": 50.0, "epoch": 1,
-                "model_name": "SimpleNet"}, good)
+    torch.save(
+        {
+            "model": SimpleNet().state_dict(),
+            "val_acc": 50.0,
+            "test_acc": 50.0,
+            "epoch": 1,
+            "model_name": "SimpleNet",
+        },
+        good,
+    )
     truncated = tmp / "truncated.pt"
     truncated.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
     marker = tmp / "payload_ran"
     evil = tmp / "evil.pt"
-    torch.save({"model": {"fc3.bias": torch.zeros(2)}, "epoch": 1, "optimizer": {}, "run": {},
-                "extra": _Payload(str(marker))}, evil)
+    torch.save(
+        {
+            "model": {"fc3.bias": torch.zeros(2)},
+            "epoch": 1,
+            "optimizer": {},
+            "run": {},
+            "extra": _Payload(str(marker)),
+        },
+        evil,
+    )
     return {"good": good, "truncated": truncated, "evil": evil, "marker": marker}
 
 
@@ -247,23 +288,45 @@ def test_payload_control_would_run_when_unpickled_unsafely(checkpoints, tmp_path
     assert (tmp_path / "marker").is_dir()
 
 
-@pytest.mark.parametrize("kind, needle", [("truncated", "not a readable checkpoint"),
-                                          ("evil", "refused"), ("other_model", "holds a XceptionBased run"),
-                                          ("wrong_shapes", "does not fit this model")])
+@pytest.mark.parametrize(
+    "kind, needle",
+    [
+        ("truncated", "not a readable checkpoint"),
+        ("evil", "refused"),
+        ("other_model", "holds a XceptionBased run"),
+        ("wrong_shapes", "does not fit this model"),
+    ],
+)
 def test_resume_from_planted_last_checkpoint(kind, needle, clean_tree, checkpoints, tmp_path, capsys):
     """``--resume`` loads checkpoints/<stem>_last.pt: bad ones stop with one line, and stay as they were."""
     (tmp_path / "ck").mkdir()
     planted = tmp_path / "ck" / f"{STEM}_last.pt"
     if kind == "other_model":  # an XceptionBased full-state checkpoint under the SimpleNet name
         state = utils.load_model("XceptionBased", pretrained=False).state_dict()
-        torch.save({"model": state, "optimizer": {"state": {}, "param_groups": []}, "epoch": 1,
-                    "best_val_acc": 50.0, "run": {"model": "XceptionBased"},
-                    "model_name": "XceptionBased"}, planted)
+        torch.save(
+            {
+                "model": state,
+                "optimizer": {"state": {}, "param_groups": []},
+                "epoch": 1,
+                "best_val_acc": 50.0,
+                "run": {"model": "XceptionBased"},
+                "model_name": "XceptionBased",
+            },
+            planted,
+        )
     elif kind == "wrong_shapes":  # no model name; a 3-class head
         state = SimpleNet().state_dict()
         state["fc3.weight"], state["fc3.bias"] = torch.zeros(3, 256), torch.zeros(3)
-        torch.save({"model": state, "optimizer": {"state": {}, "param_groups": []}, "epoch": 1,
-                    "best_val_acc": 50.0, "run": {"model": "SimpleNet"}}, planted)
+        torch.save(
+            {
+                "model": state,
+                "optimizer": {"state": {}, "param_groups": []},
+                "epoch": 1,
+                "best_val_acc": 50.0,
+                "run": {"model": "SimpleNet"},
+            },
+            planted,
+        )
     else:
         shutil.copy(checkpoints[kind], planted)
     before = planted.read_bytes()
@@ -275,25 +338,52 @@ def test_resume_from_planted_last_checkpoint(kind, needle, clean_tree, checkpoin
 
 def test_analysis_script_refuses_bad_checkpoints(checkpoints, clean_tree, tmp_path, capsys):
     numerical_analysis = pytest.importorskip("numerical_analysis")
-    for name, model, needle in (("good", "XceptionBased", "holds a SimpleNet model"),
-                                ("truncated", "SimpleNet", "not a readable checkpoint"),
-                                ("evil", "SimpleNet", "refused")):
-        argv = ["-m", model, "-cpp", str(checkpoints[name]), "-d", "fakes_dataset", "--data_root",
-                clean_tree, "--device", "cpu", "--figures_dir", str(tmp_path / "fig"),
-                "--out_dir", str(tmp_path / "out"), "--no_progress"]
+    for name, model, needle in (
+        ("good", "XceptionBased", "holds a SimpleNet model"),
+        ("truncated", "SimpleNet", "not a readable checkpoint"),
+        ("evil", "SimpleNet", "refused"),
+    ):
+        argv = [
+            "-m",
+            model,
+            "-cpp",
+            str(checkpoints[name]),
+            "-d",
+            "fakes_dataset",
+            "--data_root",
+            clean_tree,
+            "--device",
+            "cpu",
+            "--figures_dir",
+            str(tmp_path / "fig"),
+            "--out_dir",
+            str(tmp_path / "out"),
+            "--no_progress",
+        ]
         _one_line_error(capsys, numerical_analysis.main, argv, checkpoints[name], needle)
     assert not checkpoints["marker"].exists()
     assert not (tmp_path / "fig").exists()
 
 
 # ----------------------------------------------------------------------------- flags
-@pytest.mark.parametrize("flags, needle", [
-    (["-m", "ResNet50"], "--model"), (["-d", "celeba"], "--dataset"), (["-o", "RMSprop"], "--optimizer"),
-    (["-e", "0"], "--epochs"), (["-e", "-3"], "--epochs"), (["-b", "0"], "--batch_size"),
-    (["-b", "-8"], "--batch_size"), (["--lr", "0"], "--lr"), (["--lr", "-0.1"], "--lr"),
-    (["--lr", "nan"], "--lr"), (["--num_workers", "-1"], "--num_workers"),
-    (["--eval_batch_size", "0"], "--eval_batch_size"), (["--momentum", "-0.5"], "--momentum"),
-])
+@pytest.mark.parametrize(
+    "flags, needle",
+    [
+        (["-m", "ResNet50"], "--model"),
+        (["-d", "celeba"], "--dataset"),
+        (["-o", "RMSprop"], "--optimizer"),
+        (["-e", "0"], "--epochs"),
+        (["-e", "-3"], "--epochs"),
+        (["-b", "0"], "--batch_size"),
+        (["-b", "-8"], "--batch_size"),
+        (["--lr", "0"], "--lr"),
+        (["--lr", "-0.1"], "--lr"),
+        (["--lr", "nan"], "--lr"),
+        (["--num_workers", "-1"], "--num_workers"),
+        (["--eval_batch_size", "0"], "--eval_batch_size"),
+        (["--momentum", "-0.5"], "--momentum"),
+    ],
+)
 def test_bad_flag_one_line_naming_it(flags, needle, tmp_path, capsys):
     try:
         code = cli.run_cli(train_main.main, _argv(tmp_path / "nowhere", tmp_path, *flags))
@@ -337,9 +427,11 @@ def _chmod_blocks_writes(folder) -> bool:
 
 def test_read_only_output_folder(clean_tree, tmp_path, capsys):
     if not _chmod_blocks_writes(tmp_path):
-        pytest.skip("running as root: chmod does not stop root from writing, so a read-only folder "
-                    "cannot be simulated (test_output_folder_under_a_regular_file runs instead; as "
-                    "root without CAP_DAC_OVERRIDE, e.g. under setpriv, this test runs)")
+        pytest.skip(
+            "running as root: chmod does not stop root from writing, so a read-only folder "
+            "cannot be simulated (test_output_folder_under_a_regular_file runs instead; as "
+            "root without CAP_DAC_OVERRIDE, e.g. under setpriv, this test runs)"
+        )
     out = tmp_path / "out"
     out.mkdir()
     (out / f"{STEM}.json").write_text("[]\n")
@@ -353,6 +445,11 @@ def test_read_only_output_folder(clean_tree, tmp_path, capsys):
 
 
 def test_activation_checkpointing_is_for_xception_only(tree, tmp_path, capsys):
-    _one_line_error(capsys, train_main.main, _argv(tree, tmp_path, "--activation_checkpointing"),
-                    "--activation_checkpointing", "SimpleNet")
+    _one_line_error(
+        capsys,
+        train_main.main,
+        _argv(tree, tmp_path, "--activation_checkpointing"),
+        "--activation_checkpointing",
+        "SimpleNet",
+    )
     assert not (tmp_path / "out").exists(), "nothing is written before the error"

@@ -1,4 +1,5 @@
 """Parameter counts and shapes of the study's models (docs/design.md#models)."""
+
 from __future__ import annotations
 
 import pytest
@@ -54,8 +55,16 @@ def test_xception_based_counts(xception_based):
     assert sum(_layer_count(m) for m in head.modules()) == 2_321_834
     assert 23_128_786 - 22_855_952 == 272_834  # what the head adds over the 1000-class fc
     keys = [k for k in xception_based.state_dict() if k.startswith("fc.")]
-    assert keys == ["fc.0.weight", "fc.0.bias", "fc.2.weight", "fc.2.bias", "fc.4.weight", "fc.4.bias",
-                    "fc.6.weight", "fc.6.bias"]
+    assert keys == [
+        "fc.0.weight",
+        "fc.0.bias",
+        "fc.2.weight",
+        "fc.2.bias",
+        "fc.4.weight",
+        "fc.4.bias",
+        "fc.6.weight",
+        "fc.6.bias",
+    ]
 
 
 def test_xception_based_output(xception_based):
@@ -68,6 +77,7 @@ def test_xception_based_output(xception_based):
 def test_xception_based_loads_imagenet_backbone(tmp_path):
     """pretrained=True with an explicit file loads the backbone; the head stays new."""
     import xception
+
     source = xception.Xception()
     torch.nn.init.normal_(source.conv1.weight)
     path = tmp_path / "xception-c0a72b38.pth.tar"
@@ -80,6 +90,7 @@ def test_xception_based_loads_imagenet_backbone(tmp_path):
 
 def test_load_model_xception_without_weights_is_clear(monkeypatch, tmp_path):
     import xception
+
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
     monkeypatch.delenv("XCEPTION_WEIGHTS", raising=False)
     monkeypatch.setenv("XCEPTION_NO_DOWNLOAD", "1")

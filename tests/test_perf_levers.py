@@ -7,6 +7,7 @@ independent references: the batched GPU-style augmentation against ``batching.au
 channels-last normalisation against ToTensor + Normalize arithmetic, the cached batches against
 the DataLoader batches, and the RSS rule of ``apply_image_cache``.
 """
+
 from __future__ import annotations
 
 import json
@@ -25,14 +26,35 @@ from batching import CachedBatches, _augment_gather, consecutive
 from trainer import COURSE_KEYS, EXTRA_SPLIT_KEYS, Trainer
 from utils import resolve_channels_last
 
-METRIC_KEYS = COURSE_KEYS + tuple(f"{s}_{k}" for s in ("val", "test") for k in EXTRA_SPLIT_KEYS) + (
-    "best_epoch", "best_val_acc", "test_acc_at_best")
+METRIC_KEYS = (
+    COURSE_KEYS
+    + tuple(f"{s}_{k}" for s in ("val", "test") for k in EXTRA_SPLIT_KEYS)
+    + ("best_epoch", "best_val_acc", "test_acc_at_best")
+)
 
 
 def _train(tiny_root, tmp_path, name, *extra):
     out, ck = tmp_path / name / "out", tmp_path / name / "ck"
-    argv = ["--data_root", tiny_root, "-m", "SimpleNet", "-o", "Adam", "-b", "4", "-e", "2",
-            "--seed", "5", "--no_progress", "--out_dir", str(out), "--checkpoint_dir", str(ck), *extra]
+    argv = [
+        "--data_root",
+        tiny_root,
+        "-m",
+        "SimpleNet",
+        "-o",
+        "Adam",
+        "-b",
+        "4",
+        "-e",
+        "2",
+        "--seed",
+        "5",
+        "--no_progress",
+        "--out_dir",
+        str(out),
+        "--checkpoint_dir",
+        str(ck),
+        *extra,
+    ]
     assert train_main.main(argv) == 0
     with open(out / "fakes_dataset_SimpleNet_Adam.json") as handle:
         run = json.load(handle)[-1]
@@ -46,12 +68,16 @@ def baseline(tiny_root, module_tmp):
     return _train(tiny_root, module_tmp("levers"), "base")
 
 
-@pytest.mark.parametrize("extra", [
-    ("--cache_images", "off", "--num_workers", "0"),   # decode every epoch, in-process loader
-    ("--cache_images", "off", "--num_workers", "1"),   # decode in a worker process
-    # cached, but through a DataLoader worker; channels-last 'on' is what 'auto' means on the CPU
-    ("--cache_images", "on", "--num_workers", "1", "--channels_last", "on"),
-], ids=["no-cache", "no-cache-1-worker", "cache-1-worker-channels-last-on"])
+@pytest.mark.parametrize(
+    "extra",
+    [
+        ("--cache_images", "off", "--num_workers", "0"),  # decode every epoch, in-process loader
+        ("--cache_images", "off", "--num_workers", "1"),  # decode in a worker process
+        # cached, but through a DataLoader worker; channels-last 'on' is what 'auto' means on the CPU
+        ("--cache_images", "on", "--num_workers", "1", "--channels_last", "on"),
+    ],
+    ids=["no-cache", "no-cache-1-worker", "cache-1-worker-channels-last-on"],
+)
 def test_exact_levers_give_equal_metrics(tiny_root, tmp_path, baseline, extra):
     run0, state0 = baseline
     run, state = _train(tiny_root, tmp_path, "lever", *extra)
@@ -70,6 +96,7 @@ def test_reordering_levers_keep_metrics_within_noise(tiny_root, tmp_path, baseli
     def unfused(name, params, lr, momentum):
         assert name == "Adam"
         return torch.optim.Adam(params, lr=lr)
+
     monkeypatch.setattr(train_main, "make_optimizer", unfused)
     extra = ("--channels_last", "off", "--eval_batch_size", "5")
     run, _ = _train(tiny_root, tmp_path, "lever", *extra)
@@ -120,20 +147,34 @@ def test_normalize_channels_last_is_bitwise_equal():
 
 
 def _tiny_trainer(tiny_root, cache: bool, num_workers):
-    datasets = [utils.load_dataset("fakes_dataset", s, tiny_root, cache_images=cache)
-                for s in ("train", "val", "test")]
+    datasets = [
+        utils.load_dataset("fakes_dataset", s, tiny_root, cache_images=cache)
+        for s in ("train", "val", "test")
+    ]
     model = nn.Sequential(nn.Flatten(), nn.Linear(3 * 256 * 256, 2))
-    return Trainer(model, torch.optim.SGD(model.parameters(), lr=0.1), nn.CrossEntropyLoss(), 5,
-                   *datasets, device="cpu", num_workers=num_workers, seed=11, progress=False,
-                   out_dir="-", checkpoint_dir="-"), datasets
+    return Trainer(
+        model,
+        torch.optim.SGD(model.parameters(), lr=0.1),
+        nn.CrossEntropyLoss(),
+        5,
+        *datasets,
+        device="cpu",
+        num_workers=num_workers,
+        seed=11,
+        progress=False,
+        out_dir="-",
+        checkpoint_dir="-",
+    ), datasets
 
 
 def test_cached_batches_equal_dataloader_batches(tiny_root):
     fast, datasets = _tiny_trainer(tiny_root, cache=True, num_workers=None)
     slow, _ = _tiny_trainer(tiny_root, cache=False, num_workers=0)
     for dataset, train in ((datasets[0], True), (datasets[1], False)):
-        fast_loader, slow_loader = fast._loader(dataset, train), slow._loader(slow.train_dataset if train
-                                                                               else slow.validation_dataset, train)
+        fast_loader, slow_loader = (
+            fast._loader(dataset, train),
+            slow._loader(slow.train_dataset if train else slow.validation_dataset, train),
+        )
         assert isinstance(fast_loader, CachedBatches)
         assert not isinstance(slow_loader, CachedBatches)
         for epoch in (0, 1):
@@ -171,16 +212,25 @@ def test_auto_cache_respects_the_rss_ceiling(monkeypatch):
     assert [s.cached for s in splits] == [True, True, False]
     monkeypatch.setattr(memory, "current_rss_bytes", lambda: int(1.3 * gib))
     # 0.95 GiB left: train does not fit, the two small splits do (0.6)
-    assert memory.apply_image_cache([_FakeSplit(n) for n in sizes], "auto", progress=False) == [False, True, True]
+    assert memory.apply_image_cache([_FakeSplit(n) for n in sizes], "auto", progress=False) == [
+        False,
+        True,
+        True,
+    ]
     # the plain limit still applies, and 'on'/'off' ignore both rules
-    assert memory.apply_image_cache([_FakeSplit(n) for n in sizes], "auto", limit_gb=0.5, progress=False,
-                                   rss_limit_gb=None) == [False, True, False]
+    assert memory.apply_image_cache(
+        [_FakeSplit(n) for n in sizes], "auto", limit_gb=0.5, progress=False, rss_limit_gb=None
+    ) == [False, True, False]
     assert memory.apply_image_cache([_FakeSplit(n) for n in sizes], "on", progress=False) == [True] * 3
     assert memory.apply_image_cache([_FakeSplit(n) for n in sizes], "off", progress=False) == [False] * 3
     # no /proc (current RSS unknown: 0): the peak so far stands in, never 0
     monkeypatch.setattr(memory, "current_rss_bytes", lambda: 0)
     monkeypatch.setattr(memory, "_peak_rss_bytes", lambda: int(1.3 * gib))
-    assert memory.apply_image_cache([_FakeSplit(n) for n in sizes], "auto", progress=False) == [False, True, True]
+    assert memory.apply_image_cache([_FakeSplit(n) for n in sizes], "auto", progress=False) == [
+        False,
+        True,
+        True,
+    ]
 
 
 def test_rss_reading_is_plausible():
@@ -190,13 +240,16 @@ def test_rss_reading_is_plausible():
     assert 50 * 1024**2 < rss < 64 * 1024**3
 
 
-@pytest.mark.parametrize("rows, expected", [
-    ([4, 5, 6], slice(4, 7)),            # eval in order: a view of the cache
-    ([0], slice(0, 1)),
-    ([4, 6, 7], None),                   # a gap
-    ([5, 4, 6], None),                   # out of order
-    ([[4, 0, 0, 1], [5, 8, 8, 0]], None),  # augmentation rows are gathered, never sliced
-    ([], None),
-])
+@pytest.mark.parametrize(
+    "rows, expected",
+    [
+        ([4, 5, 6], slice(4, 7)),  # eval in order: a view of the cache
+        ([0], slice(0, 1)),
+        ([4, 6, 7], None),  # a gap
+        ([5, 4, 6], None),  # out of order
+        ([[4, 0, 0, 1], [5, 8, 8, 0]], None),  # augmentation rows are gathered, never sliced
+        ([], None),
+    ],
+)
 def test_consecutive_batches_are_sliced(rows, expected):
     assert consecutive(rows) == expected

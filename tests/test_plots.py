@@ -1,4 +1,5 @@
 """The samples figure picks by label; the curve plots follow the contract's names and titles."""
+
 from __future__ import annotations
 
 import json
@@ -16,16 +17,19 @@ from conftest import make_tree
 @pytest.fixture(scope="module")
 def two_to_one_root(module_tmp):
     """Train splits of 2 real : 1 fake, where a 'second half' pick would often be real."""
-    return make_tree(str(module_tmp("two_to_one")),
-                     counts={"train": (6, 3), "val": (2, 1), "test": (2, 1)})
+    return make_tree(str(module_tmp("two_to_one")), counts={"train": (6, 3), "val": (2, 1), "test": (2, 1)})
 
 
 @pytest.mark.parametrize("seed", range(4))
 def test_samples_are_picked_by_label(two_to_one_root, seed):
     picked = samples.sample_images(two_to_one_root, seed)
     titles = [title for title, *_ in picked]
-    assert titles == ["Deepfakes dataset real image", "Deepfakes dataset fake image",
-                      "Synthetic images dataset real image", "Synthetic images dataset fake image"]
+    assert titles == [
+        "Deepfakes dataset real image",
+        "Deepfakes dataset fake image",
+        "Synthetic images dataset real image",
+        "Synthetic images dataset fake image",
+    ]
     for title, image, label, path in picked:
         kind = "fake" if "fake image" in title else "real"
         assert label == (1 if kind == "fake" else 0)
@@ -55,13 +59,20 @@ def test_curve_plots_use_last_run_by_default(tmp_path, monkeypatch):
     path.write_text(json.dumps(_runs()))
     plotted = []
     real = plot_accuracy_and_loss.plot_metric
-    monkeypatch.setattr(plot_accuracy_and_loss, "plot_metric",
-                        lambda run, metric, ylabel, title, out: (plotted.append((len(run["train_loss"]), title)),
-                                                                 real(run, metric, ylabel, title, out))[1])
+    monkeypatch.setattr(
+        plot_accuracy_and_loss,
+        "plot_metric",
+        lambda run, metric, ylabel, title, out: (
+            plotted.append((len(run["train_loss"]), title)),
+            real(run, metric, ylabel, title, out),
+        )[1],
+    )
     argv = ["-m", "SimpleNet", "-j", str(path), "-d", "fakes_dataset", "--figures_dir", str(tmp_path)]
     assert plot_accuracy_and_loss.main(argv) == 0
-    assert plotted == [(4, "loss vs epoch for SimpleNet model on fakes_dataset dataset"),
-                       (4, "accuracy vs epoch for SimpleNet model on fakes_dataset dataset")]
+    assert plotted == [
+        (4, "loss vs epoch for SimpleNet model on fakes_dataset dataset"),
+        (4, "accuracy vs epoch for SimpleNet model on fakes_dataset dataset"),
+    ]
     assert (tmp_path / "fakes_dataset_SimpleNet_losses_plot.png").is_file()
     assert (tmp_path / "fakes_dataset_SimpleNet_accuracies_plot.png").is_file()
     plotted.clear()
@@ -69,10 +80,12 @@ def test_curve_plots_use_last_run_by_default(tmp_path, monkeypatch):
     assert [n for n, _ in plotted] == [3, 3]
 
 
-@pytest.mark.parametrize("content, needle", [(None, "no such metrics JSON"), ("{oops", "corrupt"),
-                                             ("[]", "holds no runs")])
+@pytest.mark.parametrize(
+    "content, needle", [(None, "no such metrics JSON"), ("{oops", "corrupt"), ("[]", "holds no runs")]
+)
 def test_curve_plot_bad_json_is_one_line_error(tmp_path, content, needle, capsys):
     from cli import run_cli
+
     path = tmp_path / "bad.json"
     if content is not None:
         path.write_text(content)

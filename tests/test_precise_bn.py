@@ -1,5 +1,6 @@
 """Precise BatchNorm statistics: against a direct computation of each layer's input moments, in the
 Trainer (evaluation transform, determinism, resume) and summed over torchrun-style processes."""
+
 from __future__ import annotations
 
 import os
@@ -22,9 +23,18 @@ from utils import get_transforms
 
 def _net() -> nn.Sequential:
     torch.manual_seed(0)
-    net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(),
-                        nn.Conv2d(4, 5, 3), nn.BatchNorm2d(5), nn.ReLU(),
-                        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(5, 8), nn.BatchNorm1d(8))
+    net = nn.Sequential(
+        nn.Conv2d(3, 4, 3),
+        nn.BatchNorm2d(4),
+        nn.ReLU(),
+        nn.Conv2d(4, 5, 3),
+        nn.BatchNorm2d(5),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(5, 8),
+        nn.BatchNorm1d(8),
+    )
     for bn in (net[1], net[4], net[9]):  # stale statistics, as after a few steps from ImageNet
         bn.running_mean.fill_(3.0)
         bn.running_var.fill_(7.0)
@@ -86,7 +96,9 @@ def _rank_main(rank: int, port: int, shards, queue) -> None:
     try:
         net = _net()
         recompute_bn_statistics(net, shards[rank], dist.all_reduce)
-        queue.put((rank, {k: v.tolist() for k, v in net.state_dict().items() if "running" in k}))  # plain data: outlives the process
+        queue.put(
+            (rank, {k: v.tolist() for k, v in net.state_dict().items() if "running" in k})
+        )  # plain data: outlives the process
     finally:
         dist.destroy_process_group()
 
@@ -124,10 +136,22 @@ class _BNNet(nn.Module):
 def _trainer(root: str, precise_bn: int, **kwargs) -> Trainer:
     torch.manual_seed(0)
     model = _BNNet()
-    splits = [FacesDataset(os.path.join(root, "fakes_dataset", part), get_transforms(part))
-              for part in ("train", "val", "test")]
-    return Trainer(model, torch.optim.SGD(model.parameters(), lr=0.0), nn.CrossEntropyLoss(), 4, *splits,
-                   device="cpu", num_workers=0, progress=False, precise_bn=precise_bn, **kwargs)
+    splits = [
+        FacesDataset(os.path.join(root, "fakes_dataset", part), get_transforms(part))
+        for part in ("train", "val", "test")
+    ]
+    return Trainer(
+        model,
+        torch.optim.SGD(model.parameters(), lr=0.0),
+        nn.CrossEntropyLoss(),
+        4,
+        *splits,
+        device="cpu",
+        num_workers=0,
+        progress=False,
+        precise_bn=precise_bn,
+        **kwargs,
+    )
 
 
 @pytest.mark.parametrize("cached", [False, True])
@@ -151,12 +175,14 @@ def test_trainer_subset_is_drawn_from_seed_and_epoch(tiny_root):
         trainer.epoch = epoch
         trainer.recompute_bn_statistics()
         return trainer.model.bn.running_mean.clone()
+
     assert torch.equal(stats(1, 0), stats(1, 0))  # repeats: a resumed run redraws the same batches
     assert not torch.equal(stats(1, 0), stats(2, 0))
 
 
 def test_course_transform_dataset_uses_the_validation_transform(tiny_root):
     import torchvision.transforms as T
+
     normalize = T.Normalize((0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010))
     augment = T.Compose([T.RandomHorizontalFlip(1.0), T.ToTensor(), normalize])  # always flips
     plain = T.Compose([T.ToTensor(), normalize])
@@ -164,8 +190,12 @@ def test_course_transform_dataset_uses_the_validation_transform(tiny_root):
     for dataset, transform in ((trainer.train_dataset, augment), (trainer.validation_dataset, plain)):
         dataset.transform = transform
     trainer.recompute_bn_statistics()
-    images = torch.stack([trainer.train_dataset.__class__(trainer.train_dataset.root_path, plain)[i][0]
-                          for i in range(len(trainer.train_dataset))])
+    images = torch.stack(
+        [
+            trainer.train_dataset.__class__(trainer.train_dataset.root_path, plain)[i][0]
+            for i in range(len(trainer.train_dataset))
+        ]
+    )
     with torch.no_grad():
         features = trainer.model.conv(images).double().transpose(0, 1).reshape(4, -1)
     torch.testing.assert_close(trainer.model.bn.running_mean, features.mean(1).float(), rtol=1e-5, atol=1e-6)
@@ -173,9 +203,26 @@ def test_course_transform_dataset_uses_the_validation_transform(tiny_root):
 
 def test_train_main_flag_is_recorded_and_off_by_default(tmp_path, tiny_root):
     import json
-    base = ["--data_root", tiny_root, "-m", "SimpleNet", "-o", "Adam", "-b", "4", "-e", "1",
-            "--no_progress", "--num_workers", "0", "--out_dir", str(tmp_path / "out"),
-            "--checkpoint_dir", str(tmp_path / "ck")]
+
+    base = [
+        "--data_root",
+        tiny_root,
+        "-m",
+        "SimpleNet",
+        "-o",
+        "Adam",
+        "-b",
+        "4",
+        "-e",
+        "1",
+        "--no_progress",
+        "--num_workers",
+        "0",
+        "--out_dir",
+        str(tmp_path / "out"),
+        "--checkpoint_dir",
+        str(tmp_path / "ck"),
+    ]
     assert train_main.build_parser().parse_args([]).precise_bn == 0
     assert train_main.main(base + ["--precise_bn", "8"]) == 0
     run = json.load(open(tmp_path / "out" / "fakes_dataset_SimpleNet_Adam.json"))[-1]

@@ -1,4 +1,5 @@
 """predict.py: odd inputs, per-file errors, --json, --grad_cam, wrong -m."""
+
 from __future__ import annotations
 
 import json
@@ -50,15 +51,28 @@ def reference_p_fake(simplenet_checkpoint, path):
 
 
 def test_text_output_odd_inputs_and_corrupt_file(simplenet_checkpoint, images, capsys):
-    code = run_cli(predict.main, ["-m", "SimpleNet", "-cpp", simplenet_checkpoint, str(images), "-b", "2",
-                                  "--device", "cpu", "--no_progress"])
+    code = run_cli(
+        predict.main,
+        [
+            "-m",
+            "SimpleNet",
+            "-cpp",
+            simplenet_checkpoint,
+            str(images),
+            "-b",
+            "2",
+            "--device",
+            "cpu",
+            "--no_progress",
+        ],
+    )
     assert code == 1  # the corrupt file failed
     captured = capsys.readouterr()
     lines = captured.out.strip().splitlines()
     names = ["a_gray.png", "b_rgba.png", "c_odd.png", "d_rgb.jpg"]
     assert [os.path.basename(line.split("\t")[0]) for line in lines] == names
     for line, name in zip(lines, names):
-        path, score, label = line.split("\t")
+        _, score, label = line.split("\t")
         p_fake = float(score.removeprefix("P(fake)="))
         expected, _ = reference_p_fake(simplenet_checkpoint, images / name)
         assert p_fake == pytest.approx(expected, abs=1e-4)
@@ -71,8 +85,21 @@ def test_text_output_odd_inputs_and_corrupt_file(simplenet_checkpoint, images, c
 
 def test_json_output_and_missing_path(simplenet_checkpoint, images, tmp_path, capsys):
     missing = str(tmp_path / "nope.png")
-    code = run_cli(predict.main, ["-m", "SimpleNet", "-cpp", simplenet_checkpoint, "--json", "--device", "cpu",
-                                  str(images / "b_rgba.png"), missing, str(images / "e_corrupt.png")])
+    code = run_cli(
+        predict.main,
+        [
+            "-m",
+            "SimpleNet",
+            "-cpp",
+            simplenet_checkpoint,
+            "--json",
+            "--device",
+            "cpu",
+            str(images / "b_rgba.png"),
+            missing,
+            str(images / "e_corrupt.png"),
+        ],
+    )
     assert code == 1
     captured = capsys.readouterr()
     document = json.loads(captured.out)  # stdout is exactly one JSON document
@@ -90,17 +117,33 @@ def test_all_good_exit_zero_and_recursive(simplenet_checkpoint, images, tmp_path
     nested = tmp_path / "top" / "sub"
     nested.mkdir(parents=True)
     Image.open(images / "d_rgb.jpg").save(nested / "x.png")
-    assert run_cli(predict.main, ["-m", "SimpleNet", "-cpp", simplenet_checkpoint, str(tmp_path / "top")]) == 1
+    assert (
+        run_cli(predict.main, ["-m", "SimpleNet", "-cpp", simplenet_checkpoint, str(tmp_path / "top")]) == 1
+    )
     assert "--recursive" in capsys.readouterr().err
-    assert run_cli(predict.main, ["-m", "SimpleNet", "-cpp", simplenet_checkpoint, "-r",
-                                  str(tmp_path / "top")]) == 0
+    assert (
+        run_cli(predict.main, ["-m", "SimpleNet", "-cpp", simplenet_checkpoint, "-r", str(tmp_path / "top")])
+        == 0
+    )
     assert capsys.readouterr().out.startswith(str(nested / "x.png"))
 
 
 def test_grad_cam_overlays_match_the_library(simplenet_checkpoint, images, tmp_path, capsys):
     out = tmp_path / "cams"
-    code = run_cli(predict.main, ["-m", "SimpleNet", "-cpp", simplenet_checkpoint, "--grad_cam", str(out),
-                                  "--json", str(images / "a_gray.png"), str(images / "c_odd.png")])
+    code = run_cli(
+        predict.main,
+        [
+            "-m",
+            "SimpleNet",
+            "-cpp",
+            simplenet_checkpoint,
+            "--grad_cam",
+            str(out),
+            "--json",
+            str(images / "a_gray.png"),
+            str(images / "c_odd.png"),
+        ],
+    )
     assert code == 0
     document = json.loads(capsys.readouterr().out)
     assert sorted(os.listdir(out)) == ["a_gray_grad_cam.png", "c_odd_grad_cam.png"]
@@ -115,16 +158,33 @@ def test_grad_cam_overlays_match_the_library(simplenet_checkpoint, images, tmp_p
     p_fake, x = reference_p_fake(simplenet_checkpoint, images / "c_odd.png")
     with GradCAM(model=model.eval(), target_layers=[model.conv3]) as cam:
         mask = cam(input_tensor=x, targets=[ClassifierOutputTarget(int(p_fake > 0.5))])[0]
-    rgb = np.asarray(Image.open(images / "c_odd.png").convert("RGB").resize((256, 256), Image.BILINEAR),
-                     dtype=np.float32) / 255
+    rgb = (
+        np.asarray(
+            Image.open(images / "c_odd.png").convert("RGB").resize((256, 256), Image.BILINEAR),
+            dtype=np.float32,
+        )
+        / 255
+    )
     expected = show_cam_on_image(rgb, mask, use_rgb=True)
     assert np.abs(overlay.astype(int) - expected.astype(int)).max() <= 2
 
 
 def test_wrong_model_names_both(simplenet_checkpoint, images):
-    result = subprocess.run([sys.executable, "predict.py", "-m", "XceptionBased", "-cpp", simplenet_checkpoint,
-                             str(images / "d_rgb.jpg")], cwd=ROOT, capture_output=True, text=True,
-                            timeout=300)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "predict.py",
+            "-m",
+            "XceptionBased",
+            "-cpp",
+            simplenet_checkpoint,
+            str(images / "d_rgb.jpg"),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 2
     assert "SimpleNet" in result.stderr and "XceptionBased" in result.stderr
     assert "Traceback" not in result.stderr and result.stdout == ""
@@ -138,28 +198,61 @@ def test_a_fifo_is_refused_not_read(simplenet_checkpoint, images, tmp_path):
     folder.mkdir()
     os.mkfifo(folder / "in_folder.png")
     Image.open(images / "d_rgb.jpg").save(folder / "good.png")
-    result = subprocess.run([sys.executable, "predict.py", "-m", "SimpleNet",
-                             "-cpp", simplenet_checkpoint, str(fifo), str(folder), "--no_progress"],
-                            cwd=ROOT, capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "predict.py",
+            "-m",
+            "SimpleNet",
+            "-cpp",
+            simplenet_checkpoint,
+            str(fifo),
+            str(folder),
+            "--no_progress",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 1  # the FIFO failed, the rest ran
-    assert result.stderr.strip() == (f"predict.py: error: {fifo}: not a regular file (a FIFO, "
-                                     "device or socket); give image files or folders")
+    assert result.stderr.strip() == (
+        f"predict.py: error: {fifo}: not a regular file (a FIFO, "
+        "device or socket); give image files or folders"
+    )
     assert [line.split("\t")[0] for line in result.stdout.splitlines()] == [str(folder / "good.png")]
 
 
 def test_a_reader_that_quits_early_gets_no_traceback(simplenet_checkpoint, images):
     """`predict.py ... | head -1`, and a JSON reader that closed the pipe before anything came."""
-    command = [sys.executable, "predict.py", "-m", "SimpleNet", "-cpp", simplenet_checkpoint,
-               "-b", "1", "--no_progress", str(images / "a_gray.png"), str(images / "b_rgba.png"),
-               str(images / "d_rgb.jpg")]
-    result = subprocess.run(["bash", "-c", '"$@" | head -1; echo "status ${PIPESTATUS[0]}"',
-                             "bash"] + command, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    command = [
+        sys.executable,
+        "predict.py",
+        "-m",
+        "SimpleNet",
+        "-cpp",
+        simplenet_checkpoint,
+        "-b",
+        "1",
+        "--no_progress",
+        str(images / "a_gray.png"),
+        str(images / "b_rgba.png"),
+        str(images / "d_rgb.jpg"),
+    ]
+    result = subprocess.run(
+        ["bash", "-c", '"$@" | head -1; echo "status ${PIPESTATUS[0]}"', "bash"] + command,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     first, status = result.stdout.splitlines()
     assert first.startswith(str(images / "a_gray.png") + "\tP(fake)=")
     assert status in ("status 0", "status 1")  # 1 when the closed pipe was hit
     assert result.stderr == ""
-    with subprocess.Popen(command + ["--json"], cwd=ROOT, stdout=subprocess.PIPE,
-                          stderr=subprocess.PIPE, text=True) as process:
+    with subprocess.Popen(
+        command + ["--json"], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    ) as process:
         process.stdout.close()  # the reader is gone before the document is written
         _, err = process.communicate(timeout=120)
     assert process.returncode == 1 and err == ""

@@ -1,5 +1,6 @@
 """perturbations.py and robustness_analysis.py: each perturbation against an independent
 implementation, and the clean figures against numerical_analysis.py's."""
+
 from __future__ import annotations
 
 import io
@@ -81,16 +82,34 @@ def test_noise_has_its_sigma_and_depends_only_on_seed_and_index():
 
 # ----------------------------------------------------------------------------- the script
 def common(simplenet_checkpoint, tiny_root, tmp_path):
-    return ["-m", "SimpleNet", "-cpp", simplenet_checkpoint, "-d", "synthetic_dataset", "--data_root",
-            tiny_root, "--figures_dir", str(tmp_path / "fig"), "--out_dir", str(tmp_path / "out"),
-            "--device", "cpu", "--no_progress", "-b", "4"]
+    return [
+        "-m",
+        "SimpleNet",
+        "-cpp",
+        simplenet_checkpoint,
+        "-d",
+        "synthetic_dataset",
+        "--data_root",
+        tiny_root,
+        "--figures_dir",
+        str(tmp_path / "fig"),
+        "--out_dir",
+        str(tmp_path / "out"),
+        "--device",
+        "cpu",
+        "--no_progress",
+        "-b",
+        "4",
+    ]
 
 
 def test_clean_figures_equal_numerical_analysis(simplenet_checkpoint, tiny_root, tmp_path):
     args = common(simplenet_checkpoint, tiny_root, tmp_path)
     assert run_cli(numerical_analysis.main, args + ["--bootstrap", "10"]) == 0
-    assert run_cli(robustness_analysis.main, args + ["--max_images", "0", "--perturbations",
-                                                     "resize", "jpeg"]) == 0
+    assert (
+        run_cli(robustness_analysis.main, args + ["--max_images", "0", "--perturbations", "resize", "jpeg"])
+        == 0
+    )
     content = json.loads((tmp_path / "out" / "synthetic_dataset_SimpleNet_metrics.json").read_text())
     robust, numerical = content["robustness"], content["numerical"]
     for name in ("auc", "accuracy", "eer", "ap"):
@@ -107,11 +126,18 @@ def test_clean_figures_equal_numerical_analysis(simplenet_checkpoint, tiny_root,
 
 def test_subset_and_seed_are_repeatable(simplenet_checkpoint, tiny_root, tmp_path):
     def run(seed):
-        args = common(simplenet_checkpoint, tiny_root, tmp_path) + ["--max_images", "4", "--seed", str(seed),
-                                                          "--perturbations", "noise"]
+        args = common(simplenet_checkpoint, tiny_root, tmp_path) + [
+            "--max_images",
+            "4",
+            "--seed",
+            str(seed),
+            "--perturbations",
+            "noise",
+        ]
         assert run_cli(robustness_analysis.main, args) == 0
         path = tmp_path / "out" / "synthetic_dataset_SimpleNet_metrics.json"
         return json.loads(path.read_text())["robustness"]
+
     first, again = run(0), run(0)
     assert first == again
     assert (first["n_images"], first["n_real"], first["n_fake"]) == (4, 2, 2)
@@ -120,15 +146,31 @@ def test_subset_and_seed_are_repeatable(simplenet_checkpoint, tiny_root, tmp_pat
 
 def test_the_study_grades():
     assert perturbations.conditions() == [
-        ("jpeg", 90), ("jpeg", 70), ("jpeg", 50), ("jpeg", 30), ("blur", 0.5), ("blur", 1.0),
-        ("blur", 2.0), ("blur", 3.0), ("resize", 0.75), ("resize", 0.5), ("resize", 0.25),
-        ("noise", 2.0), ("noise", 5.0), ("noise", 10.0)]
+        ("jpeg", 90),
+        ("jpeg", 70),
+        ("jpeg", 50),
+        ("jpeg", 30),
+        ("blur", 0.5),
+        ("blur", 1.0),
+        ("blur", 2.0),
+        ("blur", 3.0),
+        ("resize", 0.75),
+        ("resize", 0.5),
+        ("resize", 0.25),
+        ("noise", 2.0),
+        ("noise", 5.0),
+        ("noise", 10.0),
+    ]
 
 
 def test_plot_has_one_line_per_perturbation_and_the_clean_reference():
-    metrics = {"clean": {"auc": 0.8}, "perturbations": {
-        "jpeg": {"severities": [90, 30], "auc": [0.7, 0.6]},
-        "noise": {"severities": [2.0], "auc": [None]}}}
+    metrics = {
+        "clean": {"auc": 0.8},
+        "perturbations": {
+            "jpeg": {"severities": [90, 30], "auc": [0.7, 0.6]},
+            "noise": {"severities": [2.0], "auc": [None]},
+        },
+    }
     fig = perturbations.plot_robustness(metrics, "t")
     lines = {line.get_label(): line for line in fig.axes[0].get_lines()}
     assert list(lines["clean AUC = 0.8000"].get_ydata()) == [0.8, 0.8]

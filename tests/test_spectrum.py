@@ -1,4 +1,5 @@
 """spectrum.py and spectrum_analysis.py against numpy.fft and known frequencies."""
+
 from __future__ import annotations
 
 import json
@@ -49,19 +50,25 @@ def test_spectra_match_numpy_fft_and_peak_at_the_known_radius():
         power, log_magnitude = reference_spectra(images)
         # Compared as (geometric mean) magnitudes: the log of a rounding-level |F| is noise itself;
         # 1e-7 is 1e-10 of the largest |F| here.
-        np.testing.assert_allclose(np.exp(acc.mean_log_magnitude(label)),
-                                   np.exp(np.fft.fftshift(log_magnitude.mean(0))), rtol=1e-9, atol=1e-7)
+        np.testing.assert_allclose(
+            np.exp(acc.mean_log_magnitude(label)),
+            np.exp(np.fft.fftshift(log_magnitude.mean(0))),
+            rtol=1e-9,
+            atol=1e-7,
+        )
         mean_power = power.mean(0)
         expected = [brute_force_ring_mean(mean_power, r) for r in range(1, 46)]
-        np.testing.assert_allclose(acc.power_profile_db(label), 10 * np.log10(np.asarray(expected) + 1e-30),
-                                   atol=1e-6)
+        np.testing.assert_allclose(
+            acc.power_profile_db(label), 10 * np.log10(np.asarray(expected) + 1e-30), atol=1e-6
+        )
     summary = acc.summary(SIZE)
     freq = np.asarray(summary["cycles_per_pixel"])
     assert freq[0] == 1 / SIZE and len(freq) == len(summary["real_db"]) == 45  # r = 1 .. 64/sqrt 2
     assert freq[np.argmax(summary["real_db"])] == 20 / SIZE
     assert freq[np.argmax(summary["fake_db"])] == 16 / SIZE
-    np.testing.assert_allclose(summary["fake_minus_real_db"],
-                               np.subtract(summary["fake_db"], summary["real_db"]))
+    np.testing.assert_allclose(
+        summary["fake_minus_real_db"], np.subtract(summary["fake_db"], summary["real_db"])
+    )
     # Parseval: the mean power over all frequencies is the grey image's variance.
     grey = np.tensordot(LUMA, real[0].astype(np.float64) / 255.0, axes=(0, 0))
     assert reference_spectra(real[:1])[0].mean() == pytest.approx(grey.var())
@@ -76,8 +83,19 @@ def test_a_class_without_images_has_no_spectrum():
 
 
 def test_spectrum_analysis_writes_each_dataset(tiny_root, tmp_path, capsys):
-    args = ["--data_root", tiny_root, "--figures_dir", str(tmp_path / "fig"), "--out_dir",
-            str(tmp_path / "out"), "--device", "cpu", "--no_progress", "-b", "4"]
+    args = [
+        "--data_root",
+        tiny_root,
+        "--figures_dir",
+        str(tmp_path / "fig"),
+        "--out_dir",
+        str(tmp_path / "out"),
+        "--device",
+        "cpu",
+        "--no_progress",
+        "-b",
+        "4",
+    ]
     assert run_cli(spectrum_analysis.main, args) == 0
     for name in ("fakes_dataset", "synthetic_dataset"):
         assert (tmp_path / "fig" / f"{name}_spectrum.png").is_file()

@@ -1,4 +1,5 @@
 """The Trainer contract (docs/design.md#trainer) and what the trainer issue adds."""
+
 from __future__ import annotations
 
 import json
@@ -14,13 +15,26 @@ import utils
 from models import SimpleNet
 from trainer import COURSE_KEYS, EvalResult, LoggingParameters, Trainer
 
-TIMING = {"epoch_seconds", "train_images_per_sec", "eval_images_per_sec", "started", "argv", "run_id",
-          "args"}
+TIMING = {"epoch_seconds", "train_images_per_sec", "eval_images_per_sec", "started", "argv", "run_id", "args"}
 
 
 def _train(tmp_path, root, *extra):
-    argv = ["--data_root", root, "-o", "Adam", "-b", "5", "--out_dir", str(tmp_path / "out"),
-            "--checkpoint_dir", str(tmp_path / "ck"), "--no_progress", "--num_workers", "0", *extra]
+    argv = [
+        "--data_root",
+        root,
+        "-o",
+        "Adam",
+        "-b",
+        "5",
+        "--out_dir",
+        str(tmp_path / "out"),
+        "--checkpoint_dir",
+        str(tmp_path / "ck"),
+        "--no_progress",
+        "--num_workers",
+        "0",
+        *extra,
+    ]
     assert train_main.main(argv) == 0
     return str(tmp_path / "out" / "fakes_dataset_SimpleNet_Adam.json")
 
@@ -43,14 +57,24 @@ def test_json_keys_in_order_and_runs_appended(two_runs):
     assert len(first) == 1 and len(both) == 2
     assert both[0] == first[0]  # the earlier run is kept untouched
     for run in both:
-        assert tuple(run)[:len(COURSE_KEYS)] == COURSE_KEYS
+        assert tuple(run)[: len(COURSE_KEYS)] == COURSE_KEYS
         assert run["model"] == "SimpleNet" and run["dataset"] == "fakes_dataset"
         assert run["optimizer"]["name"] == "Adam" and run["optimizer"]["params"]["lr"] == 0.001
         assert "params" not in run["optimizer"]["params"]
         for key in COURSE_KEYS[3:]:
             assert len(run[key]) == 2
-        for key in ("val_auc", "val_eer", "val_ap", "val_balanced_acc", "val_per_class_acc", "test_auc",
-                    "epoch_seconds", "train_images_per_sec", "seed", "args"):
+        for key in (
+            "val_auc",
+            "val_eer",
+            "val_ap",
+            "val_balanced_acc",
+            "val_per_class_acc",
+            "test_auc",
+            "epoch_seconds",
+            "train_images_per_sec",
+            "seed",
+            "args",
+        ):
             assert key in run
         assert run["completed"] is True and run["seed"] == 0
 
@@ -69,8 +93,9 @@ def test_extra_metrics_match_sklearn_definitions(two_runs):
     _, first, _ = two_runs
     run = first[0]
     for split, n_real, n_fake in (("val", 4, 2), ("test", 4, 2)):
-        for acc, bal, (real_acc, fake_acc) in zip(run[f"{split}_acc"], run[f"{split}_balanced_acc"],
-                                                  run[f"{split}_per_class_acc"]):
+        for acc, bal, (real_acc, fake_acc) in zip(
+            run[f"{split}_acc"], run[f"{split}_balanced_acc"], run[f"{split}_per_class_acc"]
+        ):
             assert abs(acc - (real_acc * n_real + fake_acc * n_fake) / (n_real + n_fake)) < 1e-9
             assert abs(bal - (real_acc + fake_acc) / 2) < 1e-9
 
@@ -89,8 +114,9 @@ def test_checkpoint_contract(two_runs):
 
 def test_same_seed_same_metrics(two_runs):
     _, _, both = two_runs
-    assert _stable(both[0]) == _stable(both[1]) or \
-        {k: both[0][k] for k in COURSE_KEYS} == {k: both[1][k] for k in COURSE_KEYS}
+    assert _stable(both[0]) == _stable(both[1]) or {k: both[0][k] for k in COURSE_KEYS} == {
+        k: both[1][k] for k in COURSE_KEYS
+    }
 
 
 def test_resume_matches_uninterrupted_run(tmp_path, tiny_root, two_runs):
@@ -107,30 +133,63 @@ def test_resume_matches_uninterrupted_run(tmp_path, tiny_root, two_runs):
 
 def _eval_result(accuracy: float) -> EvalResult:
     labels = np.array([0, 0, 1, 1])
-    return EvalResult(loss=0.5, accuracy=accuracy, labels=labels,
-                      logits=np.array([[1.0, 0.0], [0.0, 1.0], [0.0, 1.0], [1.0, 0.0]]), seconds=0.1)
+    return EvalResult(
+        loss=0.5,
+        accuracy=accuracy,
+        labels=labels,
+        logits=np.array([[1.0, 0.0], [0.0, 1.0], [0.0, 1.0], [1.0, 0.0]]),
+        seconds=0.1,
+    )
 
 
 def test_checkpoint_only_on_strict_val_improvement(tmp_path, tiny_root, monkeypatch):
     import trainer as trainer_module
+
     datasets = [utils.load_dataset("fakes_dataset", p, tiny_root) for p in utils.SPLITS]
     model = SimpleNet()
-    t = Trainer(model, torch.optim.SGD(model.parameters(), lr=1e-3), nn.CrossEntropyLoss(), 6, *datasets,
-                device="cpu", progress=False, out_dir=str(tmp_path / "o"), checkpoint_dir=str(tmp_path / "c"),
-                num_workers=0)
+    t = Trainer(
+        model,
+        torch.optim.SGD(model.parameters(), lr=1e-3),
+        nn.CrossEntropyLoss(),
+        6,
+        *datasets,
+        device="cpu",
+        progress=False,
+        out_dir=str(tmp_path / "o"),
+        checkpoint_dir=str(tmp_path / "c"),
+        num_workers=0,
+    )
     val_sequence = iter([50.0, 60.0, 60.0, 55.0, 70.0])
     test_sequence = iter([10.0, 20.0, 99.0, 99.0, 30.0])  # test never drives the choice
-    monkeypatch.setattr(t, "train_one_epoch", lambda: (t.__setattr__("epoch", t.epoch + 1),
-                                                       t.__setattr__("last_train_seconds", 0.1),
-                                                       t.__setattr__("last_train_images_per_sec", 1.0))
-                        and (0.1, 50.0))
-    monkeypatch.setattr(t, "evaluate", lambda dataset, desc="": _eval_result(
-        next(val_sequence) if dataset is datasets[1] else next(test_sequence)))
+    monkeypatch.setattr(
+        t,
+        "train_one_epoch",
+        lambda: (
+            (
+                t.__setattr__("epoch", t.epoch + 1),
+                t.__setattr__("last_train_seconds", 0.1),
+                t.__setattr__("last_train_images_per_sec", 1.0),
+            )
+            and (0.1, 50.0)
+        ),
+    )
+    monkeypatch.setattr(
+        t,
+        "evaluate",
+        lambda dataset, desc="": _eval_result(
+            next(val_sequence) if dataset is datasets[1] else next(test_sequence)
+        ),
+    )
     saved = []
     real_save = trainer_module.atomic_torch_save
-    monkeypatch.setattr(trainer_module, "atomic_torch_save",
-                        lambda obj, path: (saved.append(obj["epoch"]) if not path.endswith("_last.pt") else None,
-                                           real_save(obj, path)))
+    monkeypatch.setattr(
+        trainer_module,
+        "atomic_torch_save",
+        lambda obj, path: (
+            saved.append(obj["epoch"]) if not path.endswith("_last.pt") else None,
+            real_save(obj, path),
+        ),
+    )
     run = t.run(5, LoggingParameters("SimpleNet", "fakes_dataset", "SGD", {"lr": 1e-3}))
     assert saved == [1, 2, 5]
     assert run["best_epoch"] == 5 and run["test_acc_at_best"] == 30.0
@@ -141,8 +200,18 @@ def test_loss_is_weighted_by_batch_size(tiny_root):
     torch.manual_seed(0)
     model = SimpleNet()
     test = utils.load_dataset("fakes_dataset", "test", tiny_root)
-    t = Trainer(model, torch.optim.SGD(model.parameters(), lr=1e-3), nn.CrossEntropyLoss(), 4, test, test,
-                test, device="cpu", progress=False, num_workers=0)
+    t = Trainer(
+        model,
+        torch.optim.SGD(model.parameters(), lr=1e-3),
+        nn.CrossEntropyLoss(),
+        4,
+        test,
+        test,
+        test,
+        device="cpu",
+        progress=False,
+        num_workers=0,
+    )
     loss, acc = t.evaluate_model_on_dataloader(test)
     images = torch.stack([test[i][0] for i in range(len(test))])
     labels = test.labels
@@ -157,8 +226,18 @@ def test_train_one_epoch_fewer_than_ten_batches(tiny_root):
     """12 images in batches of 5 (three batches, the last of 2): no division by zero."""
     model = SimpleNet()
     train = utils.load_dataset("fakes_dataset", "train", tiny_root)
-    t = Trainer(model, torch.optim.SGD(model.parameters(), lr=1e-3), nn.CrossEntropyLoss(), 5, train, train,
-                train, device="cpu", progress=True, num_workers=0)
+    t = Trainer(
+        model,
+        torch.optim.SGD(model.parameters(), lr=1e-3),
+        nn.CrossEntropyLoss(),
+        5,
+        train,
+        train,
+        train,
+        device="cpu",
+        progress=True,
+        num_workers=0,
+    )
     loss, acc = t.train_one_epoch()
     assert np.isfinite(loss) and abs(acc * 12 / 100 - round(acc * 12 / 100)) < 1e-9
     assert t.epoch == 1
@@ -176,11 +255,19 @@ def test_corrupt_json_is_moved_aside(tmp_path, tiny_root):
     assert len(aside) == 1 and (out / aside[0]).read_text() == "{not json"
 
 
-@pytest.mark.parametrize("flags, needle", [
-    (["--lr", "0"], "--lr"), (["--lr", "-1"], "--lr"), (["-e", "0"], "--epochs"), (["-b", "0"], "--batch_size"),
-    (["-m", "ResNet"], "--model"), (["-d", "celeba"], "--dataset"), (["-o", "RMSprop"], "--optimizer"),
-    (["--num_workers", "-1"], "--num_workers"),
-])
+@pytest.mark.parametrize(
+    "flags, needle",
+    [
+        (["--lr", "0"], "--lr"),
+        (["--lr", "-1"], "--lr"),
+        (["-e", "0"], "--epochs"),
+        (["-b", "0"], "--batch_size"),
+        (["-m", "ResNet"], "--model"),
+        (["-d", "celeba"], "--dataset"),
+        (["-o", "RMSprop"], "--optimizer"),
+        (["--num_workers", "-1"], "--num_workers"),
+    ],
+)
 def test_bad_flags_one_line_error(flags, needle, capsys):
     with pytest.raises(SystemExit) as info:
         train_main.main(flags)

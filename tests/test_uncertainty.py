@@ -1,5 +1,6 @@
 """uncertainty.py (bootstrap intervals, ECE) against closed forms, brute-force enumeration and a
 hand computation; the 'uncertainty' section of numerical_analysis.py."""
+
 from __future__ import annotations
 
 import itertools
@@ -59,6 +60,7 @@ def test_stratified_resamples_keep_class_counts_and_are_uniform():
     counts = np.bincount(codes, minlength=108)
     assert len(counts) == 108
     from scipy.stats import chisquare
+
     assert chisquare(counts).pvalue > 1e-3
 
 
@@ -128,9 +130,29 @@ def test_one_class_gives_no_interval():
 # ----------------------------------------------------------------------------- the script
 def test_numerical_analysis_writes_uncertainty(simplenet_checkpoint, tiny_root, tmp_path, capsys):
     out = tmp_path / "out"
-    args = ["-m", "SimpleNet", "-cpp", simplenet_checkpoint, "-d", "fakes_dataset", "--data_root",
-            tiny_root, "--figures_dir", str(tmp_path / "fig"), "--out_dir", str(out), "--device",
-            "cpu", "--no_progress", "--bootstrap", "300", "--seed", "5", "--ece_bins", "4"]
+    args = [
+        "-m",
+        "SimpleNet",
+        "-cpp",
+        simplenet_checkpoint,
+        "-d",
+        "fakes_dataset",
+        "--data_root",
+        tiny_root,
+        "--figures_dir",
+        str(tmp_path / "fig"),
+        "--out_dir",
+        str(out),
+        "--device",
+        "cpu",
+        "--no_progress",
+        "--bootstrap",
+        "300",
+        "--seed",
+        "5",
+        "--ece_bins",
+        "4",
+    ]
     assert run_cli(numerical_analysis.main, args) == 0
     content = json.loads((out / "fakes_dataset_SimpleNet_metrics.json").read_text())
     model = SimpleNet()

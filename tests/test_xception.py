@@ -19,8 +19,8 @@ import memory
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import xception  # noqa: E402
-from xception import Xception  # noqa: E402
+import xception
+from xception import Xception
 
 REFERENCE = json.loads((Path(__file__).parent / "xception_state_dict_keys.json").read_text())
 
@@ -104,14 +104,19 @@ def test_activation_checkpointing_gives_the_same_training():
 def test_checkpointed_segment_counts_batchnorm_once(compiled):
     """xception._checkpointed in eager mode and under torch.compile (--compile with activation
     checkpointing): the same gradients and running statistics as the plain segment, updated once."""
+
     def segment():
         torch.manual_seed(0)
         return torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.ReLU()).train()
+
     x = torch.randn(4, 3, 8, 8)
     plain, checkpointed = segment(), segment()
     plain(x).square().sum().backward()
-    run = (torch.compile(lambda v: xception._checkpointed(checkpointed, v, checkpointed), backend="aot_eager")
-           if compiled else lambda v: xception._checkpointed(checkpointed, v, checkpointed))
+    run = (
+        torch.compile(lambda v: xception._checkpointed(checkpointed, v, checkpointed), backend="aot_eager")
+        if compiled
+        else lambda v: xception._checkpointed(checkpointed, v, checkpointed)
+    )
     run(x.clone().requires_grad_()).square().sum().backward()
     torch.testing.assert_close(checkpointed[0].weight.grad, plain[0].weight.grad)
     for key, value in plain[1].state_dict().items():
@@ -129,6 +134,7 @@ def _saved_bytes(model, x):
         if tensor.untyped_storage().data_ptr() not in parameters:
             storages[tensor.untyped_storage().data_ptr()] = tensor.untyped_storage().nbytes()
         return tensor
+
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
         model(x).sum()
     return sum(storages.values())
@@ -175,25 +181,47 @@ def test_train_main_activation_checkpointing_same_metrics(tmp_path, monkeypatch,
     with enough memory, do not; the logged metrics are the same in every case."""
     import train_main
     from conftest import make_tree
+
     calls = []
     original = Xception.set_activation_checkpointing
 
     def spy(self, enabled=True):
         calls.append(enabled)
         return original(self, enabled)
+
     monkeypatch.setattr(Xception, "set_activation_checkpointing", spy)
     data = make_tree(str(tmp_path / "data"), {"train": (3, 3), "val": (1, 1), "test": (1, 1)}, seed=4)
     runs, notes = {}, {}
-    cases = (("off", ["--activation_checkpointing", "off"], 10**12),
-             ("on", ["--activation_checkpointing"], 10**12),
-             ("auto_enough", [], 10**12),
-             ("auto_short", [], 10**9))
+    cases = (
+        ("off", ["--activation_checkpointing", "off"], 10**12),
+        ("on", ["--activation_checkpointing"], 10**12),
+        ("auto_enough", [], 10**12),
+        ("auto_short", [], 10**9),
+    )
     for name, extra, available in cases:
         monkeypatch.setattr(memory, "available_memory_bytes", lambda device, free=available: free)
         out = tmp_path / name
-        argv = ["--data_root", data, "-m", "XceptionBased", "--no_pretrained", "-o", "Adam", "-e", "1",
-                "-b", "3", "--num_workers", "0", "--no_progress", "--out_dir", str(out / "out"),
-                "--checkpoint_dir", str(out / "ck"), *extra]
+        argv = [
+            "--data_root",
+            data,
+            "-m",
+            "XceptionBased",
+            "--no_pretrained",
+            "-o",
+            "Adam",
+            "-e",
+            "1",
+            "-b",
+            "3",
+            "--num_workers",
+            "0",
+            "--no_progress",
+            "--out_dir",
+            str(out / "out"),
+            "--checkpoint_dir",
+            str(out / "ck"),
+            *extra,
+        ]
         capsys.readouterr()
         assert train_main.main(argv) == 0
         notes[name] = "activation checkpointing is on" in capsys.readouterr().err
@@ -201,8 +229,12 @@ def test_train_main_activation_checkpointing_same_metrics(tmp_path, monkeypatch,
         runs[name] = run
         shutil.rmtree(out / "ck")  # 360 MB a run; only the logged metrics are compared
     assert calls == [True, True], "checkpointing must be turned on for 'on' and 'auto' when short"
-    assert {name: run["activation_checkpointing"] for name, run in runs.items()} == \
-        {"off": False, "on": True, "auto_enough": False, "auto_short": True}
+    assert {name: run["activation_checkpointing"] for name, run in runs.items()} == {
+        "off": False,
+        "on": True,
+        "auto_enough": False,
+        "auto_short": True,
+    }
     assert notes == {"off": False, "on": False, "auto_enough": False, "auto_short": True}
     assert runs["on"]["args"]["activation_checkpointing"] == "on"
     for name in ("on", "auto_enough", "auto_short"):
@@ -213,19 +245,23 @@ def test_train_main_activation_checkpointing_same_metrics(tmp_path, monkeypatch,
 GIB = 1024**3
 
 
-@pytest.mark.parametrize("setting, model, batch, available, processes, expected", [
-    ("on", "XceptionBased", 32, 100 * GIB, 1, True),
-    ("off", "XceptionBased", 32, 1 * GIB, 1, False),
-    ("auto", "SimpleNet", 32, 1 * GIB, 1, False),           # SimpleNet never checkpoints
-    ("auto", "XceptionBased", 32, 16 * GIB, 1, False),      # 32 x 200 MiB + 1 GiB = 7.25 GiB fits
-    ("auto", "XceptionBased", 32, 7 * GIB, 1, True),
-    ("auto", "XceptionBased", 8, 3 * GIB, 1, False),        # 2.56 GiB fits
-    ("auto", "XceptionBased", 16, 8 * GIB, 1, False),       # 4.125 GiB fits
-    ("auto", "XceptionBased", 16, 8 * GIB, 2, True),        # two processes share the RAM: 8.25 GiB
-])
+@pytest.mark.parametrize(
+    "setting, model, batch, available, processes, expected",
+    [
+        ("on", "XceptionBased", 32, 100 * GIB, 1, True),
+        ("off", "XceptionBased", 32, 1 * GIB, 1, False),
+        ("auto", "SimpleNet", 32, 1 * GIB, 1, False),  # SimpleNet never checkpoints
+        ("auto", "XceptionBased", 32, 16 * GIB, 1, False),  # 32 x 200 MiB + 1 GiB = 7.25 GiB fits
+        ("auto", "XceptionBased", 32, 7 * GIB, 1, True),
+        ("auto", "XceptionBased", 8, 3 * GIB, 1, False),  # 2.56 GiB fits
+        ("auto", "XceptionBased", 16, 8 * GIB, 1, False),  # 4.125 GiB fits
+        ("auto", "XceptionBased", 16, 8 * GIB, 2, True),  # two processes share the RAM: 8.25 GiB
+    ],
+)
 def test_resolve_activation_checkpointing(setting, model, batch, available, processes, expected):
-    enabled, note = memory.resolve_activation_checkpointing(setting, model, torch.device("cpu"), batch,
-                                                           available=available, processes=processes)
+    enabled, note = memory.resolve_activation_checkpointing(
+        setting, model, torch.device("cpu"), batch, available=available, processes=processes
+    )
     assert enabled is expected
     assert (note is not None) == (expected and setting == "auto")
     if note:
@@ -241,8 +277,14 @@ def test_available_memory_is_read_on_the_cpu():
 def test_resolve_activation_checkpointing_counts_memory_allocated_later():
     """On CUDA the image cache goes to the GPU after the decision: 7.25 GiB fits in 8, not with
     a 2 GiB cache on top."""
-    decide = functools.partial(memory.resolve_activation_checkpointing, "auto", "XceptionBased",
-                               torch.device("cpu"), 32, available=8 * GIB)
+    decide = functools.partial(
+        memory.resolve_activation_checkpointing,
+        "auto",
+        "XceptionBased",
+        torch.device("cpu"),
+        32,
+        available=8 * GIB,
+    )
     assert decide()[0] is False
     enabled, note = decide(extra_bytes=2 * GIB)
     assert enabled is True and "9.9 GB" in note

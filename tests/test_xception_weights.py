@@ -87,7 +87,6 @@ def fresh_model():
     return Xception()
 
 
-
 # ----------------------------------------------------------------------------------------------
 # Weight formats
 # ----------------------------------------------------------------------------------------------
@@ -181,9 +180,7 @@ def test_headless_file_accepted_only_when_allowed(source_model, image, tmp_path,
     assert not info.classifier_loaded
     assert torch.equal(model.fc.weight, fc_before)
     with torch.no_grad():
-        torch.testing.assert_close(
-            model.eval().features(image), source_model.features(image), rtol=0, atol=0
-        )
+        torch.testing.assert_close(model.eval().features(image), source_model.features(image), rtol=0, atol=0)
     note = capsys.readouterr().err
     assert "no usable classifier" in note and str(path) in note
 
@@ -213,9 +210,7 @@ def test_file_classifier_ignored_when_model_has_another_head(source_model, image
     info = load_xception_weights(model, path, allow_missing_classifier=True)
     assert not info.classifier_loaded
     with torch.no_grad():
-        torch.testing.assert_close(
-            model.eval().features(image), source_model.features(image), rtol=0, atol=0
-        )
+        torch.testing.assert_close(model.eval().features(image), source_model.features(image), rtol=0, atol=0)
 
 
 def test_mismatched_keys_are_listed(source_model, tmp_path):
@@ -266,6 +261,7 @@ def test_pickled_code_is_never_run(source_model, tmp_path):
     # The payload is live: the file's pickle calls open() (read statically, never unpickled),
     # and that call creates the marker.
     from conftest import pickled_calls
+
     assert (open.__module__, "open") in pickled_calls(path)
     function, args = _CreatesMarker(marker).__reduce__()
     function(*args).close()
@@ -424,6 +420,7 @@ def test_probe_has_a_deadline(monkeypatch):
     def hang(*args, **kwargs):
         release.wait(30)
         raise OSError("released by the test")  # the abandoned probe thread ends cleanly
+
     monkeypatch.setattr(xception_weights.socket, "create_connection", hang)
     start = time.monotonic()
     try:
@@ -476,11 +473,15 @@ def test_download_falls_through_mirrors_into_cache(
     root, base = http_dir
     (root / "garbage.html").write_text("<html>this link is dead</html>")
     shutil.copy(weights_file, root / "good.pth")
-    monkeypatch.setattr(xception_weights, "WEIGHTS_MIRRORS", [
-        WeightsMirror(f"{base}/missing.pth", KNOWN_FILES[0]),
-        WeightsMirror(f"{base}/garbage.html", KNOWN_FILES[0]),
-        WeightsMirror(f"{base}/good.pth", KNOWN_FILES[1]),
-    ])
+    monkeypatch.setattr(
+        xception_weights,
+        "WEIGHTS_MIRRORS",
+        [
+            WeightsMirror(f"{base}/missing.pth", KNOWN_FILES[0]),
+            WeightsMirror(f"{base}/garbage.html", KNOWN_FILES[0]),
+            WeightsMirror(f"{base}/good.pth", KNOWN_FILES[1]),
+        ],
+    )
 
     model = build_xception_backbone(pretrained=True)
 
