@@ -166,14 +166,8 @@ class Xception(nn.Module):
         self.block3 = Block(256, 728, 2, 2, start_with_relu=True, grow_first=True)
 
         # Middle flow.
-        self.block4 = Block(728, 728, 3, 1, start_with_relu=True, grow_first=True)
-        self.block5 = Block(728, 728, 3, 1, start_with_relu=True, grow_first=True)
-        self.block6 = Block(728, 728, 3, 1, start_with_relu=True, grow_first=True)
-        self.block7 = Block(728, 728, 3, 1, start_with_relu=True, grow_first=True)
-        self.block8 = Block(728, 728, 3, 1, start_with_relu=True, grow_first=True)
-        self.block9 = Block(728, 728, 3, 1, start_with_relu=True, grow_first=True)
-        self.block10 = Block(728, 728, 3, 1, start_with_relu=True, grow_first=True)
-        self.block11 = Block(728, 728, 3, 1, start_with_relu=True, grow_first=True)
+        for i in range(4, 12):  # eight identical blocks, block4 .. block11 (the weights' names)
+            setattr(self, f"block{i}", Block(728, 728, 3, 1, start_with_relu=True, grow_first=True))
 
         # Exit flow.
         self.block12 = Block(728, 1024, 2, 2, start_with_relu=True, grow_first=False)

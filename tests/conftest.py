@@ -58,6 +58,13 @@ def make_split(folder: str, n_real: int, n_fake: int, seed: int) -> None:
             make_image(rng, fake).save(os.path.join(folder, class_dir, f"img{i:03d}.png"))
 
 
+SMALL_COUNTS = {
+    "train": (2, 2),
+    "val": (1, 1),
+    "test": (1, 1),
+}  # split -> (n_real, n_fake), 4 training images
+
+
 def make_tree(root: str, counts=None, seed: int = 0) -> str:
     """Both datasets, all splits, under ``root``; ``counts`` maps split -> (n_real, n_fake)."""
     counts = counts or {"train": (8, 4), "val": (4, 2), "test": (4, 2)}
@@ -101,3 +108,52 @@ def simplenet_checkpoint(module_tmp) -> str:
     path = module_tmp("ckpt") / "SimpleNet.pt"
     torch.save({"model": SimpleNet().state_dict(), "epoch": 1}, path)
     return str(path)
+
+
+def train_argv(data, work, *extra: str) -> list[str]:
+    """train_main.py's flags for a quick in-process run on ``data``: no worker processes, no
+    progress bars, metrics under ``work/out`` and checkpoints under ``work/ck``; then ``extra``
+    (a later flag wins)."""
+    return [
+        "--data_root",
+        str(data),
+        "--num_workers",
+        "0",
+        "--no_progress",
+        "--out_dir",
+        str(work / "out"),
+        "--checkpoint_dir",
+        str(work / "ck"),
+        *extra,
+    ]
+
+
+def analysis_argv(data_root, work, *extra: str) -> list[str]:
+    """An analysis script's flags for a quick CPU run on ``data_root``: figures under ``work/fig``,
+    JSON under ``work/out``, no progress bars; then ``extra``."""
+    return [
+        "--data_root",
+        str(data_root),
+        "--figures_dir",
+        str(work / "fig"),
+        "--out_dir",
+        str(work / "out"),
+        "--device",
+        "cpu",
+        "--no_progress",
+        *extra,
+    ]
+
+
+def cpu_trainer(model, optimizer, splits, batch_size: int = 4, trainer_class=None, **kwargs):
+    """A ``Trainer`` (or ``trainer_class``) of ``model`` with cross-entropy loss on the CPU, over
+    the train, val and test datasets ``splits``, without worker processes or (unless
+    ``progress=True``) progress bars; ``kwargs`` go to the Trainer."""
+    from torch import nn
+
+    from trainer import Trainer
+
+    kwargs.setdefault("progress", False)
+    return (trainer_class or Trainer)(
+        model, optimizer, nn.CrossEntropyLoss(), batch_size, *splits, device="cpu", num_workers=0, **kwargs
+    )

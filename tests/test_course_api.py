@@ -11,13 +11,13 @@ import pytest
 import torch
 import torchvision.transforms as T
 from PIL import Image
-from torch import nn
 
 import grad_cam_analysis
 import numerical_analysis
 import saliency_map
 import train_main
 import utils
+from conftest import cpu_trainer
 from faces_dataset import FacesDataset
 from models import SimpleNet
 from trainer import LoggingParameters, Trainer
@@ -67,15 +67,10 @@ def test_a_course_transform_dataset_trains_through_a_dataloader(tiny_root, tmp_p
     ]
     torch.manual_seed(0)
     model = SimpleNet()
-    trainer = Trainer(
+    trainer = cpu_trainer(
         model,
         torch.optim.SGD(model.parameters(), lr=0.01),
-        nn.CrossEntropyLoss(),
-        4,
-        *splits,
-        device="cpu",
-        num_workers=0,
-        progress=False,
+        splits,
         out_dir=str(tmp_path / "o"),
         checkpoint_dir=str(tmp_path / "c"),
     )
@@ -101,15 +96,11 @@ def test_run_evaluates_through_validate_and_test(tiny_root, tmp_path):
     splits = [utils.load_dataset("fakes_dataset", p, tiny_root) for p in ("train", "val", "test")]
     torch.manual_seed(0)
     model = SimpleNet()
-    trainer = _CountingTrainer(
+    trainer = cpu_trainer(
         model,
         torch.optim.Adam(model.parameters()),
-        nn.CrossEntropyLoss(),
-        4,
-        *splits,
-        device="cpu",
-        num_workers=0,
-        progress=False,
+        splits,
+        trainer_class=_CountingTrainer,
         out_dir=str(tmp_path / "o"),
         checkpoint_dir=str(tmp_path / "c"),
     )

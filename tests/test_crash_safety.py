@@ -25,7 +25,7 @@ import pytest
 import torch
 
 import train_main
-from conftest import HOOKED, make_tree
+from conftest import HOOKED, SMALL_COUNTS, make_tree
 
 STEM = "fakes_dataset_SimpleNet_SGD"
 VOLATILE = {"epoch_seconds", "train_images_per_sec", "eval_images_per_sec", "started", "argv", "run_id"}
@@ -35,7 +35,7 @@ EPOCHS = 2
 @pytest.fixture(scope="module")
 def data(module_tmp) -> str:
     # 4 training images in batches of 2: 2 steps per epoch
-    return make_tree(str(module_tmp("crash_data")), {"train": (2, 2), "val": (1, 1), "test": (1, 1)}, seed=5)
+    return make_tree(str(module_tmp("crash_data")), SMALL_COUNTS, seed=5)
 
 
 def _argv(data: str, *extra: str) -> list[str]:

@@ -17,6 +17,7 @@ import cross_dataset
 import cross_dataset_analysis
 from batching import NORMALIZE_MEAN, NORMALIZE_STD
 from cli import UserError, run_cli
+from conftest import analysis_argv
 from metrics import equal_error_rate
 from models import SimpleNet
 
@@ -92,21 +93,7 @@ def test_matrix_cells_match_an_independent_evaluation(tiny_root, tmp_path, capsy
     out = tmp_path / "out"
     out.mkdir()
     (out / "fakes_dataset_SimpleNet_metrics.json").write_text(json.dumps({"numerical": {"kept": 1}}))
-    args = [
-        "--checkpoint_dir",
-        str(folder),
-        "--data_root",
-        tiny_root,
-        "--figures_dir",
-        str(tmp_path / "fig"),
-        "--out_dir",
-        str(out),
-        "--device",
-        "cpu",
-        "--no_progress",
-        "-b",
-        "4",
-    ]
+    args = ["--checkpoint_dir", str(folder), *analysis_argv(tiny_root, tmp_path, "-b", "4")]
     assert run_cli(cross_dataset_analysis.main, args) == 0
 
     matrix = json.loads((out / "cross_dataset.json").read_text())["cross_dataset"]

@@ -363,6 +363,11 @@ def keep_torch_threads():
     torch.set_num_threads(threads)
 
 
+def _whole_line(out: str, pattern: str) -> re.Match | None:
+    """The match of ``pattern`` against a whole line of ``out``; None when no line matches."""
+    return re.search(rf"^{pattern}$", out, re.M)
+
+
 def test_check_demo_difficulty_skip_cnn_reuses_the_data_and_reports(generated, capsys, keep_torch_threads):
     root, _ = generated
     before = tree(root)
@@ -372,13 +377,10 @@ def test_check_demo_difficulty_skip_cnn_reuses_the_data_and_reports(generated, c
     assert f"reusing existing demo data in {root}" in out
     assert "generated" not in out and "SimpleNet" not in out
     for dataset in demo.DATASETS:
-        reported = re.search(
-            rf"^{dataset}: logistic regression on global stats, balanced test accuracy "
-            rf"([\d.]+) %$",
-            out,
-            re.M,
+        reported = _whole_line(
+            out, rf"{dataset}: logistic regression on global stats, balanced test accuracy ([\d.]+) %"
         )
-        summary = re.search(rf"^{dataset} +global-stats LR balanced acc +([\d.]+) %$", out, re.M)
+        summary = _whole_line(out, rf"{dataset} +global-stats LR balanced acc +([\d.]+) %")
         assert reported and summary, out
         assert 0 <= float(reported[1]) <= 100 and float(summary[1]) == round(float(reported[1]), 1)
     assert tree(root) == before  # reused, not regenerated
@@ -390,11 +392,10 @@ def test_check_demo_difficulty_trains_with_trainer_run(generated, capsys, keep_t
     assert script.main(["--data_root", str(root), "--epochs", "1"]) == 0
     out = capsys.readouterr().out
     for dataset in demo.DATASETS:
-        line = re.search(
-            rf"^{dataset} +global-stats LR .* \| SimpleNet test acc +([\d.]+) % at best-val "
-            rf"epoch 1 \(val ([\d.]+) %\)$",
+        line = _whole_line(
             out,
-            re.M,
+            rf"{dataset} +global-stats LR .* \| SimpleNet test acc +([\d.]+) % at best-val "
+            rf"epoch 1 \(val ([\d.]+) %\)",
         )
         assert line, out
         assert 0 <= float(line[1]) <= 100 and 0 <= float(line[2]) <= 100

@@ -21,32 +21,17 @@ import pytest
 import torch
 
 import train_main
-from conftest import ROOT, make_tree
+from conftest import ROOT, make_tree, train_argv
 from models import SimpleNet
+from trainer import COURSE_KEYS, EXTRA_SPLIT_KEYS
 from utils import set_seed
 
 STEM = "fakes_dataset_SimpleNet_SGD"
 SEED = 3
-METRIC_KEYS = (
-    "train_loss",
-    "train_acc",
-    "val_loss",
-    "val_acc",
-    "test_loss",
-    "test_acc",
-    "val_auc",
-    "val_eer",
-    "val_ap",
-    "val_balanced_acc",
-    "val_per_class_acc",
-    "test_auc",
-    "test_eer",
-    "test_ap",
-    "test_balanced_acc",
-    "test_per_class_acc",
-    "best_epoch",
-    "best_val_acc",
-    "test_acc_at_best",
+METRIC_KEYS = (  # the numbers of a run; its model, dataset and optimizer are not compared
+    COURSE_KEYS[3:]
+    + tuple(f"{s}_{k}" for s in ("val", "test") for k in EXTRA_SPLIT_KEYS)
+    + ("best_epoch", "best_val_acc", "test_acc_at_best")
 )
 
 
@@ -58,9 +43,9 @@ def _free_port() -> int:
 
 def _argv(data: str, work, epochs: int, *extra: str) -> list[str]:
     # global batch 2 over 4 training images: 2 SGD steps per epoch; 1 image per rank under torchrun
-    return [
-        "--data_root",
+    return train_argv(
         data,
+        work,
         "-m",
         "SimpleNet",
         "-o",
@@ -73,15 +58,8 @@ def _argv(data: str, work, epochs: int, *extra: str) -> list[str]:
         str(epochs),
         "--seed",
         str(SEED),
-        "--num_workers",
-        "0",
-        "--no_progress",
-        "--out_dir",
-        str(work / "out"),
-        "--checkpoint_dir",
-        str(work / "ck"),
         *extra,
-    ]
+    )
 
 
 def _close(a, b, what: str) -> None:

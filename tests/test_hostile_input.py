@@ -24,7 +24,7 @@ from PIL import Image
 import cli
 import train_main
 import utils
-from conftest import ROOT, make_image, make_tree, pickled_calls
+from conftest import ROOT, SMALL_COUNTS, make_image, make_tree, pickled_calls, train_argv
 from faces_dataset import DataError
 from models import SimpleNet
 
@@ -34,9 +34,7 @@ STEM = "fakes_dataset_SimpleNet_SGD"
 # ----------------------------------------------------------------------------- helpers
 @pytest.fixture(scope="module")
 def clean_tree(module_tmp) -> str:
-    return make_tree(
-        str(module_tmp("hostile_clean")), {"train": (2, 2), "val": (1, 1), "test": (1, 1)}, seed=9
-    )
+    return make_tree(str(module_tmp("hostile_clean")), SMALL_COUNTS, seed=9)
 
 
 @pytest.fixture
@@ -46,22 +44,7 @@ def tree(clean_tree, tmp_path):
 
 
 def _argv(data, tmp_path, *extra) -> list[str]:
-    return [
-        "--data_root",
-        str(data),
-        "-e",
-        "1",
-        "-b",
-        "2",
-        "--num_workers",
-        "0",
-        "--no_progress",
-        "--out_dir",
-        str(tmp_path / "out"),
-        "--checkpoint_dir",
-        str(tmp_path / "ck"),
-        *extra,
-    ]
+    return train_argv(data, tmp_path, "-e", "1", "-b", "2", *extra)
 
 
 def _one_line_error(capsys, main, argv, *needles) -> str:
@@ -288,6 +271,21 @@ def test_payload_control_would_run_when_unpickled_unsafely(checkpoints, tmp_path
     assert (tmp_path / "marker").is_dir()
 
 
+def _save_last_checkpoint(path, state, run_model: str, **extra) -> None:
+    """A full-state ``_last.pt`` checkpoint of ``state`` after epoch 1, its run saying ``run_model``."""
+    torch.save(
+        {
+            "model": state,
+            "optimizer": {"state": {}, "param_groups": []},
+            "epoch": 1,
+            "best_val_acc": 50.0,
+            "run": {"model": run_model},
+            **extra,
+        },
+        path,
+    )
+
+
 @pytest.mark.parametrize(
     "kind, needle",
     [
@@ -303,30 +301,11 @@ def test_resume_from_planted_last_checkpoint(kind, needle, clean_tree, checkpoin
     planted = tmp_path / "ck" / f"{STEM}_last.pt"
     if kind == "other_model":  # an XceptionBased full-state checkpoint under the SimpleNet name
         state = utils.load_model("XceptionBased", pretrained=False).state_dict()
-        torch.save(
-            {
-                "model": state,
-                "optimizer": {"state": {}, "param_groups": []},
-                "epoch": 1,
-                "best_val_acc": 50.0,
-                "run": {"model": "XceptionBased"},
-                "model_name": "XceptionBased",
-            },
-            planted,
-        )
+        _save_last_checkpoint(planted, state, "XceptionBased", model_name="XceptionBased")
     elif kind == "wrong_shapes":  # no model name; a 3-class head
         state = SimpleNet().state_dict()
         state["fc3.weight"], state["fc3.bias"] = torch.zeros(3, 256), torch.zeros(3)
-        torch.save(
-            {
-                "model": state,
-                "optimizer": {"state": {}, "param_groups": []},
-                "epoch": 1,
-                "best_val_acc": 50.0,
-                "run": {"model": "SimpleNet"},
-            },
-            planted,
-        )
+        _save_last_checkpoint(planted, state, "SimpleNet")
     else:
         shutil.copy(checkpoints[kind], planted)
     before = planted.read_bytes()
@@ -370,6 +349,7 @@ def test_analysis_script_refuses_bad_checkpoints(checkpoints, clean_tree, tmp_pa
     "flags, needle",
     [
         (["-m", "ResNet50"], "--model"),
+        (["-m", "ResNet"], "--model"),
         (["-d", "celeba"], "--dataset"),
         (["-o", "RMSprop"], "--optimizer"),
         (["-e", "0"], "--epochs"),
@@ -378,6 +358,7 @@ def test_analysis_script_refuses_bad_checkpoints(checkpoints, clean_tree, tmp_pa
         (["-b", "-8"], "--batch_size"),
         (["--lr", "0"], "--lr"),
         (["--lr", "-0.1"], "--lr"),
+        (["--lr", "-1"], "--lr"),
         (["--lr", "nan"], "--lr"),
         (["--num_workers", "-1"], "--num_workers"),
         (["--eval_batch_size", "0"], "--eval_batch_size"),

@@ -15,6 +15,7 @@ from torch import nn
 
 import train_main
 from batching import normalize_batch
+from conftest import cpu_trainer, train_argv
 from faces_dataset import FacesDataset
 from precise_bn import recompute_bn_statistics
 from trainer import Trainer
@@ -140,17 +141,8 @@ def _trainer(root: str, precise_bn: int, **kwargs) -> Trainer:
         FacesDataset(os.path.join(root, "fakes_dataset", part), get_transforms(part))
         for part in ("train", "val", "test")
     ]
-    return Trainer(
-        model,
-        torch.optim.SGD(model.parameters(), lr=0.0),
-        nn.CrossEntropyLoss(),
-        4,
-        *splits,
-        device="cpu",
-        num_workers=0,
-        progress=False,
-        precise_bn=precise_bn,
-        **kwargs,
+    return cpu_trainer(
+        model, torch.optim.SGD(model.parameters(), lr=0.0), splits, precise_bn=precise_bn, **kwargs
     )
 
 
@@ -204,25 +196,7 @@ def test_course_transform_dataset_uses_the_validation_transform(tiny_root):
 def test_train_main_flag_is_recorded_and_off_by_default(tmp_path, tiny_root):
     import json
 
-    base = [
-        "--data_root",
-        tiny_root,
-        "-m",
-        "SimpleNet",
-        "-o",
-        "Adam",
-        "-b",
-        "4",
-        "-e",
-        "1",
-        "--no_progress",
-        "--num_workers",
-        "0",
-        "--out_dir",
-        str(tmp_path / "out"),
-        "--checkpoint_dir",
-        str(tmp_path / "ck"),
-    ]
+    base = train_argv(tiny_root, tmp_path, "-m", "SimpleNet", "-o", "Adam", "-b", "4", "-e", "1")
     assert train_main.build_parser().parse_args([]).precise_bn == 0
     assert train_main.main(base + ["--precise_bn", "8"]) == 0
     run = json.load(open(tmp_path / "out" / "fakes_dataset_SimpleNet_Adam.json"))[-1]

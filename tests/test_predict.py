@@ -24,6 +24,18 @@ from models import SimpleNet
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+def simplenet_argv(checkpoint, *rest) -> list[str]:
+    """predict.py's arguments for the SimpleNet ``checkpoint``, then ``rest``."""
+    return ["-m", "SimpleNet", "-cpp", checkpoint, *rest]
+
+
+def run_script(argv, timeout) -> subprocess.CompletedProcess:
+    """predict.py run as a separate process with ``argv``; its exit code and text output."""
+    return subprocess.run(
+        [sys.executable, "predict.py", *argv], cwd=ROOT, capture_output=True, text=True, timeout=timeout
+    )
+
+
 @pytest.fixture(scope="module")
 def images(module_tmp):
     """A folder with grayscale, RGBA, odd-size, plain RGB and corrupt files, plus a non-image."""
@@ -53,18 +65,7 @@ def reference_p_fake(simplenet_checkpoint, path):
 def test_text_output_odd_inputs_and_corrupt_file(simplenet_checkpoint, images, capsys):
     code = run_cli(
         predict.main,
-        [
-            "-m",
-            "SimpleNet",
-            "-cpp",
-            simplenet_checkpoint,
-            str(images),
-            "-b",
-            "2",
-            "--device",
-            "cpu",
-            "--no_progress",
-        ],
+        simplenet_argv(simplenet_checkpoint, str(images), "-b", "2", "--device", "cpu", "--no_progress"),
     )
     assert code == 1  # the corrupt file failed
     captured = capsys.readouterr()
@@ -87,10 +88,7 @@ def test_json_output_and_missing_path(simplenet_checkpoint, images, tmp_path, ca
     missing = str(tmp_path / "nope.png")
     code = run_cli(
         predict.main,
-        [
-            "-m",
-            "SimpleNet",
-            "-cpp",
+        simplenet_argv(
             simplenet_checkpoint,
             "--json",
             "--device",
@@ -98,7 +96,7 @@ def test_json_output_and_missing_path(simplenet_checkpoint, images, tmp_path, ca
             str(images / "b_rgba.png"),
             missing,
             str(images / "e_corrupt.png"),
-        ],
+        ),
     )
     assert code == 1
     captured = capsys.readouterr()
@@ -117,14 +115,9 @@ def test_all_good_exit_zero_and_recursive(simplenet_checkpoint, images, tmp_path
     nested = tmp_path / "top" / "sub"
     nested.mkdir(parents=True)
     Image.open(images / "d_rgb.jpg").save(nested / "x.png")
-    assert (
-        run_cli(predict.main, ["-m", "SimpleNet", "-cpp", simplenet_checkpoint, str(tmp_path / "top")]) == 1
-    )
+    assert run_cli(predict.main, simplenet_argv(simplenet_checkpoint, str(tmp_path / "top"))) == 1
     assert "--recursive" in capsys.readouterr().err
-    assert (
-        run_cli(predict.main, ["-m", "SimpleNet", "-cpp", simplenet_checkpoint, "-r", str(tmp_path / "top")])
-        == 0
-    )
+    assert run_cli(predict.main, simplenet_argv(simplenet_checkpoint, "-r", str(tmp_path / "top"))) == 0
     assert capsys.readouterr().out.startswith(str(nested / "x.png"))
 
 
@@ -132,17 +125,14 @@ def test_grad_cam_overlays_match_the_library(simplenet_checkpoint, images, tmp_p
     out = tmp_path / "cams"
     code = run_cli(
         predict.main,
-        [
-            "-m",
-            "SimpleNet",
-            "-cpp",
+        simplenet_argv(
             simplenet_checkpoint,
             "--grad_cam",
             str(out),
             "--json",
             str(images / "a_gray.png"),
             str(images / "c_odd.png"),
-        ],
+        ),
     )
     assert code == 0
     document = json.loads(capsys.readouterr().out)
@@ -170,21 +160,7 @@ def test_grad_cam_overlays_match_the_library(simplenet_checkpoint, images, tmp_p
 
 
 def test_wrong_model_names_both(simplenet_checkpoint, images):
-    result = subprocess.run(
-        [
-            sys.executable,
-            "predict.py",
-            "-m",
-            "XceptionBased",
-            "-cpp",
-            simplenet_checkpoint,
-            str(images / "d_rgb.jpg"),
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    result = run_script(["-m", "XceptionBased", "-cpp", simplenet_checkpoint, str(images / "d_rgb.jpg")], 300)
     assert result.returncode == 2
     assert "SimpleNet" in result.stderr and "XceptionBased" in result.stderr
     assert "Traceback" not in result.stderr and result.stdout == ""
@@ -198,23 +174,7 @@ def test_a_fifo_is_refused_not_read(simplenet_checkpoint, images, tmp_path):
     folder.mkdir()
     os.mkfifo(folder / "in_folder.png")
     Image.open(images / "d_rgb.jpg").save(folder / "good.png")
-    result = subprocess.run(
-        [
-            sys.executable,
-            "predict.py",
-            "-m",
-            "SimpleNet",
-            "-cpp",
-            simplenet_checkpoint,
-            str(fifo),
-            str(folder),
-            "--no_progress",
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    result = run_script(simplenet_argv(simplenet_checkpoint, str(fifo), str(folder), "--no_progress"), 120)
     assert result.returncode == 1  # the FIFO failed, the rest ran
     assert result.stderr.strip() == (
         f"predict.py: error: {fifo}: not a regular file (a FIFO, "
@@ -228,10 +188,7 @@ def test_a_reader_that_quits_early_gets_no_traceback(simplenet_checkpoint, image
     command = [
         sys.executable,
         "predict.py",
-        "-m",
-        "SimpleNet",
-        "-cpp",
-        simplenet_checkpoint,
+        *simplenet_argv(simplenet_checkpoint),
         "-b",
         "1",
         "--no_progress",

@@ -29,7 +29,7 @@ import plot_samples_of_faces_datasets
 import saliency_map
 import train_main
 import utils
-from conftest import HOOKED, ROOT, make_image, make_tree
+from conftest import HOOKED, ROOT, SMALL_COUNTS, make_image, make_tree, train_argv
 from faces_dataset import DataError, FacesDataset, list_images, read_rgb_image
 from models import SimpleNet
 from test_hostile_input import _one_line_error
@@ -41,9 +41,7 @@ STEM = "fakes_dataset_SimpleNet_SGD"
 @pytest.fixture(scope="module")
 def data(module_tmp) -> str:
     """4 training images (2 batches of 2), 2 val, 2 test per dataset."""
-    return make_tree(
-        str(module_tmp("reliability_data")), {"train": (2, 2), "val": (1, 1), "test": (1, 1)}, seed=3
-    )
+    return make_tree(str(module_tmp("reliability_data")), SMALL_COUNTS, seed=3)
 
 
 @pytest.fixture
@@ -53,24 +51,7 @@ def tree(data, tmp_path):
 
 
 def _argv(data, work, *extra) -> list[str]:
-    return [
-        "--data_root",
-        str(data),
-        "-e",
-        "1",
-        "-b",
-        "2",
-        "--lr",
-        "0.02",
-        "--num_workers",
-        "0",
-        "--no_progress",
-        "--out_dir",
-        str(work / "out"),
-        "--checkpoint_dir",
-        str(work / "ck"),
-        *extra,
-    ]
+    return train_argv(data, work, "-e", "1", "-b", "2", "--lr", "0.02", *extra)
 
 
 def _runs(work) -> list:

@@ -17,6 +17,7 @@ import numerical_analysis
 import perturbations
 import robustness_analysis
 from cli import run_cli
+from conftest import analysis_argv
 
 
 def images_of(seed: int, n: int = 3, size: int = 64) -> torch.Tensor:
@@ -89,17 +90,7 @@ def common(simplenet_checkpoint, tiny_root, tmp_path):
         simplenet_checkpoint,
         "-d",
         "synthetic_dataset",
-        "--data_root",
-        tiny_root,
-        "--figures_dir",
-        str(tmp_path / "fig"),
-        "--out_dir",
-        str(tmp_path / "out"),
-        "--device",
-        "cpu",
-        "--no_progress",
-        "-b",
-        "4",
+        *analysis_argv(tiny_root, tmp_path, "-b", "4"),
     ]
 
 

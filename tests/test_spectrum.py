@@ -11,6 +11,7 @@ import torch
 import spectrum
 import spectrum_analysis
 from cli import run_cli
+from conftest import analysis_argv
 
 SIZE = 64
 LUMA = np.array([0.2989, 0.587, 0.114])  # torchvision's (ITU-R 601-2) grey weights
@@ -83,19 +84,7 @@ def test_a_class_without_images_has_no_spectrum():
 
 
 def test_spectrum_analysis_writes_each_dataset(tiny_root, tmp_path, capsys):
-    args = [
-        "--data_root",
-        tiny_root,
-        "--figures_dir",
-        str(tmp_path / "fig"),
-        "--out_dir",
-        str(tmp_path / "out"),
-        "--device",
-        "cpu",
-        "--no_progress",
-        "-b",
-        "4",
-    ]
+    args = analysis_argv(tiny_root, tmp_path, "-b", "4")
     assert run_cli(spectrum_analysis.main, args) == 0
     for name in ("fakes_dataset", "synthetic_dataset"):
         assert (tmp_path / "fig" / f"{name}_spectrum.png").is_file()

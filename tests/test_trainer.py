@@ -12,8 +12,9 @@ from torch import nn
 
 import train_main
 import utils
+from conftest import cpu_trainer
 from models import SimpleNet
-from trainer import COURSE_KEYS, EvalResult, LoggingParameters, Trainer
+from trainer import COURSE_KEYS, EvalResult, LoggingParameters
 
 TIMING = {"epoch_seconds", "train_images_per_sec", "eval_images_per_sec", "started", "argv", "run_id", "args"}
 
@@ -147,17 +148,13 @@ def test_checkpoint_only_on_strict_val_improvement(tmp_path, tiny_root, monkeypa
 
     datasets = [utils.load_dataset("fakes_dataset", p, tiny_root) for p in utils.SPLITS]
     model = SimpleNet()
-    t = Trainer(
+    t = cpu_trainer(
         model,
         torch.optim.SGD(model.parameters(), lr=1e-3),
-        nn.CrossEntropyLoss(),
+        datasets,
         6,
-        *datasets,
-        device="cpu",
-        progress=False,
         out_dir=str(tmp_path / "o"),
         checkpoint_dir=str(tmp_path / "c"),
-        num_workers=0,
     )
     val_sequence = iter([50.0, 60.0, 60.0, 55.0, 70.0])
     test_sequence = iter([10.0, 20.0, 99.0, 99.0, 30.0])  # test never drives the choice
@@ -200,18 +197,7 @@ def test_loss_is_weighted_by_batch_size(tiny_root):
     torch.manual_seed(0)
     model = SimpleNet()
     test = utils.load_dataset("fakes_dataset", "test", tiny_root)
-    t = Trainer(
-        model,
-        torch.optim.SGD(model.parameters(), lr=1e-3),
-        nn.CrossEntropyLoss(),
-        4,
-        test,
-        test,
-        test,
-        device="cpu",
-        progress=False,
-        num_workers=0,
-    )
+    t = cpu_trainer(model, torch.optim.SGD(model.parameters(), lr=1e-3), [test] * 3, 4)
     loss, acc = t.evaluate_model_on_dataloader(test)
     images = torch.stack([test[i][0] for i in range(len(test))])
     labels = test.labels
@@ -226,18 +212,7 @@ def test_train_one_epoch_fewer_than_ten_batches(tiny_root):
     """12 images in batches of 5 (three batches, the last of 2): no division by zero."""
     model = SimpleNet()
     train = utils.load_dataset("fakes_dataset", "train", tiny_root)
-    t = Trainer(
-        model,
-        torch.optim.SGD(model.parameters(), lr=1e-3),
-        nn.CrossEntropyLoss(),
-        5,
-        train,
-        train,
-        train,
-        device="cpu",
-        progress=True,
-        num_workers=0,
-    )
+    t = cpu_trainer(model, torch.optim.SGD(model.parameters(), lr=1e-3), [train] * 3, 5, progress=True)
     loss, acc = t.train_one_epoch()
     assert np.isfinite(loss) and abs(acc * 12 / 100 - round(acc * 12 / 100)) < 1e-9
     assert t.epoch == 1
@@ -253,24 +228,3 @@ def test_corrupt_json_is_moved_aside(tmp_path, tiny_root):
     assert len(json.load(open(path))) == 1
     aside = [f for f in os.listdir(out) if ".corrupt-" in f]
     assert len(aside) == 1 and (out / aside[0]).read_text() == "{not json"
-
-
-@pytest.mark.parametrize(
-    "flags, needle",
-    [
-        (["--lr", "0"], "--lr"),
-        (["--lr", "-1"], "--lr"),
-        (["-e", "0"], "--epochs"),
-        (["-b", "0"], "--batch_size"),
-        (["-m", "ResNet"], "--model"),
-        (["-d", "celeba"], "--dataset"),
-        (["-o", "RMSprop"], "--optimizer"),
-        (["--num_workers", "-1"], "--num_workers"),
-    ],
-)
-def test_bad_flags_one_line_error(flags, needle, capsys):
-    with pytest.raises(SystemExit) as info:
-        train_main.main(flags)
-    assert info.value.code == 2
-    err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and needle in err

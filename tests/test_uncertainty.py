@@ -17,6 +17,7 @@ import analysis
 import numerical_analysis
 import uncertainty
 from cli import run_cli
+from conftest import analysis_argv
 from metrics import equal_error_rate
 from models import SimpleNet
 from utils import load_dataset
@@ -137,21 +138,7 @@ def test_numerical_analysis_writes_uncertainty(simplenet_checkpoint, tiny_root, 
         simplenet_checkpoint,
         "-d",
         "fakes_dataset",
-        "--data_root",
-        tiny_root,
-        "--figures_dir",
-        str(tmp_path / "fig"),
-        "--out_dir",
-        str(out),
-        "--device",
-        "cpu",
-        "--no_progress",
-        "--bootstrap",
-        "300",
-        "--seed",
-        "5",
-        "--ece_bins",
-        "4",
+        *analysis_argv(tiny_root, tmp_path, "--bootstrap", "300", "--seed", "5", "--ece_bins", "4"),
     ]
     assert run_cli(numerical_analysis.main, args) == 0
     content = json.loads((out / "fakes_dataset_SimpleNet_metrics.json").read_text())
