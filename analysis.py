@@ -58,6 +58,12 @@ def describe(dataset_name: str, model_name: str) -> str:
     return f"{model_name} on {DATASET_TITLES.get(dataset_name, dataset_name)}"
 
 
+def section_header(args) -> dict:
+    """The first entries of an analysis script's JSON section, from its ``add_analysis_flags``
+    flags: the model, the dataset, the split (test) and the checkpoint it is about."""
+    return {"model": args.model, "dataset": args.dataset, "split": "test", "checkpoint": args.checkpoint_path}
+
+
 def update_metrics_json(path: str, section: str, data: dict) -> dict:
     """Set ``section`` of the JSON object at ``path`` to ``data``, keeping every other section.
 

@@ -17,9 +17,16 @@ import torch
 
 import analysis
 from batching import normalize_batch
-from cli import ArgumentParser, UserError, non_negative_int, positive_int, run_cli
+from cli import ArgumentParser, UserError, non_negative_int, run_cli
 from fileio import save_figure
-from utils import FIGURE_SUFFIXES, add_analysis_flags, figure_path, load_analysis_inputs
+from utils import (
+    FIGURE_SUFFIXES,
+    add_analysis_flags,
+    add_gradient_batch_flag,
+    add_out_dir_flag,
+    figure_path,
+    load_analysis_inputs,
+)
 
 
 def fraction(text: str) -> float:
@@ -56,13 +63,7 @@ def build_parser() -> ArgumentParser:
         help="chooses the real and the fake image of the two figures, and the "
         "random pixels of the faithfulness baseline",
     )
-    parser.add_argument(
-        "--batch_size",
-        "-b",
-        default=16,
-        type=positive_int,
-        help="images per forward/backward pass (lower it if memory runs short)",
-    )
+    add_gradient_batch_flag(parser)
     parser.add_argument(
         "--max_images",
         default=0,
@@ -85,11 +86,7 @@ def build_parser() -> ArgumentParser:
         metavar="F",
         help="fractions of pixels (between 0 and 1) removed by the faithfulness test",
     )
-    parser.add_argument(
-        "--out_dir",
-        default="out",
-        help="folder of <D>_<M>_metrics.json (its 'grad_cam' section is replaced, other sections kept)",
-    )
+    add_out_dir_flag(parser, "grad_cam")
     parser.add_argument("--no_progress", action="store_true", help="no progress bars")
     return parser
 
@@ -110,10 +107,7 @@ def main(argv=None) -> int:
     written.append(save_figure(figure, mean_path))
 
     summary = {
-        "model": args.model,
-        "dataset": args.dataset,
-        "split": "test",
-        "checkpoint": args.checkpoint_path,
+        **analysis.section_header(args),
         "target_layer": args.target_layer,
         "target": "true class (raw logit)",
         "seed": args.seed,

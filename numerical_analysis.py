@@ -19,7 +19,7 @@ import analysis
 import uncertainty
 from cli import ArgumentParser, non_negative_int, positive_int, run_cli
 from fileio import save_figure
-from utils import FIGURE_SUFFIXES, add_analysis_flags, figure_path, load_analysis_inputs
+from utils import FIGURE_SUFFIXES, add_analysis_flags, add_out_dir_flag, figure_path, load_analysis_inputs
 
 
 def build_parser() -> ArgumentParser:
@@ -38,11 +38,7 @@ def build_parser() -> ArgumentParser:
         type=non_negative_int,
         help="worker processes decoding images (0: in the main process)",
     )
-    parser.add_argument(
-        "--out_dir",
-        default="out",
-        help="folder of <D>_<M>_metrics.json (its 'numerical' section is replaced, other sections kept)",
-    )
+    add_out_dir_flag(parser, "numerical")
     parser.add_argument(
         "--bootstrap",
         default=uncertainty.DEFAULT_RESAMPLES,
@@ -84,10 +80,7 @@ def main(argv=None) -> int:
 
     json_path = analysis.metrics_json_path(args.out_dir, args.dataset, args.model)
     section = {
-        "model": args.model,
-        "dataset": args.dataset,
-        "split": "test",
-        "checkpoint": args.checkpoint_path,
+        **analysis.section_header(args),
         "score_definition": analysis.SCORE_DESCRIPTION,
         **metrics,
     }
@@ -110,10 +103,7 @@ def main(argv=None) -> int:
 def uncertainty_section(args, labels, fake_scores) -> dict:
     """The 'uncertainty' JSON section: bootstrap intervals and calibration of P(fake)."""
     return {
-        "model": args.model,
-        "dataset": args.dataset,
-        "split": "test",
-        "checkpoint": args.checkpoint_path,
+        **analysis.section_header(args),
         "scores": "P(fake) = softmax column 1",
         "bootstrap": uncertainty.bootstrap_intervals(
             labels, fake_scores, args.bootstrap, args.seed, progress=not args.no_progress

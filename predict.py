@@ -30,7 +30,7 @@ from batching import normalize_batch
 from cli import ArgumentParser, UserError, add_debug_flag, positive_int, run_cli
 from faces_dataset import IMAGE_SIZE, DataError, is_image_file, pil_to_uint8_tensor, read_rgb_image
 from fileio import atomic_write
-from utils import MODEL_NAMES, get_device, load_model_from_checkpoint
+from utils import add_checkpoint_flags, get_device, load_model_from_checkpoint
 
 
 def build_parser() -> ArgumentParser:
@@ -39,15 +39,7 @@ def build_parser() -> ArgumentParser:
         "the model's column 1; the label is fake when P(fake) > 0.5."
     )
     parser.add_argument("paths", nargs="+", metavar="PATH", help="image files and/or folders of images")
-    parser.add_argument(
-        "--model", "-m", default="XceptionBased", choices=MODEL_NAMES, help="which model the checkpoint holds"
-    )
-    parser.add_argument(
-        "--checkpoint_path",
-        "-cpp",
-        default="checkpoints/XceptionBased.pt",
-        help="checkpoint written by train_main.py (its 'model' entry is loaded)",
-    )
+    add_checkpoint_flags(parser)
     parser.add_argument(
         "--recursive",
         "-r",

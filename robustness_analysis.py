@@ -18,7 +18,7 @@ import analysis
 import perturbations
 from cli import ArgumentParser, non_negative_int, positive_int, run_cli
 from fileio import save_figure
-from utils import FIGURE_SUFFIXES, add_analysis_flags, figure_path, load_analysis_inputs
+from utils import FIGURE_SUFFIXES, add_analysis_flags, add_out_dir_flag, figure_path, load_analysis_inputs
 
 DEFAULT_MAX_IMAGES = 60
 
@@ -50,11 +50,7 @@ def build_parser() -> ArgumentParser:
         "--seed", default=0, type=non_negative_int, help="seed of the subset and of the Gaussian noise"
     )
     parser.add_argument("--batch_size", "-b", default=64, type=positive_int, help="images per forward pass")
-    parser.add_argument(
-        "--out_dir",
-        default="out",
-        help="folder of <D>_<M>_metrics.json (its 'robustness' section is replaced, other sections kept)",
-    )
+    add_out_dir_flag(parser, "robustness")
     parser.add_argument("--no_progress", action="store_true", help="no progress bar")
     return parser
 
@@ -105,10 +101,7 @@ def main(argv=None) -> int:
     )
     json_path = analysis.metrics_json_path(args.out_dir, args.dataset, args.model)
     section = {
-        "model": args.model,
-        "dataset": args.dataset,
-        "split": "test",
-        "checkpoint": args.checkpoint_path,
+        **analysis.section_header(args),
         "scores": "P(fake) = softmax column 1",
         "n_images": len(indices),
         "n_real": int((labels == 0).sum()),

@@ -12,9 +12,15 @@ from __future__ import annotations
 import sys
 
 import analysis
-from cli import ArgumentParser, positive_int, run_cli
+from cli import ArgumentParser, run_cli
 from fileio import save_figure
-from utils import FIGURE_SUFFIXES, add_analysis_flags, figure_path, load_analysis_inputs
+from utils import (
+    FIGURE_SUFFIXES,
+    add_analysis_flags,
+    add_gradient_batch_flag,
+    figure_path,
+    load_analysis_inputs,
+)
 
 N_PAIRS = 36
 
@@ -28,13 +34,7 @@ def build_parser() -> ArgumentParser:
         "scaled to [0, 1], averaged per class, scaled again)."
     )
     add_analysis_flags(parser)
-    parser.add_argument(
-        "--batch_size",
-        "-b",
-        default=16,
-        type=positive_int,
-        help="images per forward/backward pass (lower it if memory runs short)",
-    )
+    add_gradient_batch_flag(parser)
     parser.add_argument(
         "--seed",
         default=0,

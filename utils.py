@@ -307,8 +307,8 @@ def add_data_root_flag(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def add_analysis_flags(parser: argparse.ArgumentParser) -> None:
-    """The flags every analysis script shares (docs/design.md#analysis)."""
+def add_checkpoint_flags(parser: argparse.ArgumentParser) -> None:
+    """``--model`` and ``--checkpoint_path``: which trained model a script loads."""
     parser.add_argument(
         "--model", "-m", default="XceptionBased", choices=MODEL_NAMES, help="which model the checkpoint holds"
     )
@@ -318,6 +318,11 @@ def add_analysis_flags(parser: argparse.ArgumentParser) -> None:
         default="checkpoints/XceptionBased.pt",
         help="checkpoint written by train_main.py (its 'model' entry is loaded)",
     )
+
+
+def add_analysis_flags(parser: argparse.ArgumentParser) -> None:
+    """The flags every analysis script shares (docs/design.md#analysis)."""
+    add_checkpoint_flags(parser)
     parser.add_argument(
         "--dataset",
         "-d",
@@ -329,6 +334,26 @@ def add_analysis_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto", help="auto (CUDA when available), cpu or cuda")
     parser.add_argument("--figures_dir", default="figures", help="where figures are written")
     add_debug_flag(parser)
+
+
+def add_gradient_batch_flag(parser: argparse.ArgumentParser) -> None:
+    """``--batch_size`` of the scripts that backpropagate to the input (saliency, Grad-CAM)."""
+    parser.add_argument(
+        "--batch_size",
+        "-b",
+        default=16,
+        type=positive_int,
+        help="images per forward/backward pass (lower it if memory runs short)",
+    )
+
+
+def add_out_dir_flag(parser: argparse.ArgumentParser, section: str) -> None:
+    """``--out_dir`` of an analysis script that writes the ``section`` of the metrics JSON."""
+    parser.add_argument(
+        "--out_dir",
+        default="out",
+        help=f"folder of <D>_<M>_metrics.json (its '{section}' section is replaced, other sections kept)",
+    )
 
 
 def add_multi_dataset_flags(parser: argparse.ArgumentParser, what: str, out_help: str) -> None:
