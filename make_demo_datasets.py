@@ -74,15 +74,7 @@ from PIL import Image
 from scipy import ndimage
 from tqdm import tqdm
 
-from cli import (
-    ArgumentParser,
-    UserError,
-    add_debug_flag,
-    non_negative_int,
-    positive_float,
-    positive_int,
-    run_cli,
-)
+import cli
 
 DATASETS = ("fakes_dataset", "synthetic_dataset")
 SPLITS = ("train", "val", "test")
@@ -1049,7 +1041,7 @@ def generate(
 def build_parser() -> argparse.ArgumentParser:
     default = ", ".join(f"{d} {'/'.join(str(n) for n in DEFAULT_COUNTS[d].values())}" for d in DATASETS)
     full = ", ".join(f"{d} {'/'.join(str(n) for n in FULL_COUNTS[d].values())}" for d in DATASETS)
-    parser = ArgumentParser(
+    parser = cli.ArgumentParser(
         description="Draw procedural demo face datasets (fakes_dataset: face swaps, 2 real : 1 fake; "
         "synthetic_dataset: generator images, about 1:1) in the study's folder layout "
         "OUT/<dataset>/{train,val,test}/{real,fake}/*.png, 256x256 RGB.",
@@ -1066,13 +1058,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--seed",
-        type=non_negative_int,
+        type=cli.non_negative_int,
         default=0,
         help="random seed; the same seed, scale and size give byte-identical files",
     )
     parser.add_argument(
         "--scale",
-        type=positive_float,
+        type=cli.positive_float,
         default=1.0,
         help=f"multiply the number of images (at least 1 per class and split; at most "
         f"{MAX_IMAGES:,} images in all)",
@@ -1091,7 +1083,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--workers",
-        type=positive_int,
+        type=cli.positive_int,
         default=None,
         help=f"worker processes; None: one per CPU (here {os.cpu_count()})",
     )
@@ -1103,7 +1095,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="NAME",
         help=f"which datasets to make, any of: {' '.join(DATASETS)}",
     )
-    add_debug_flag(parser)
+    cli.add_debug_flag(parser)
     return parser
 
 
@@ -1122,7 +1114,7 @@ def main(argv=None) -> int:
             datasets=args.datasets,
         )
     except (DemoRequestError, TargetExistsError) as error:
-        raise UserError(str(error)) from error
+        raise cli.UserError(str(error)) from error
     seconds = time.perf_counter() - start
     for dataset, splits in counts.items():
         summary = ", ".join(f"{split} {c['real']} real / {c['fake']} fake" for split, c in splits.items())
@@ -1133,4 +1125,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(run_cli(main))
+    sys.exit(cli.run_cli(main))
