@@ -35,7 +35,7 @@ from study.plan import (
 )
 from study.runner import Console, StepRecord
 from study.weights import CHECK_COMMAND, WeightsChoice
-from utils import DATASET_NAMES, DATASET_TITLES, SPLITS
+from utils import DATASET_NAMES, DATASET_TITLES, FIGURE_SUFFIXES, SPLITS, figure_path
 
 
 @dataclass
@@ -363,12 +363,19 @@ def robustness_blocks(settings: Settings, runs: dict[str, RunNumbers]) -> list[t
             rows,
         ),
     ]
-    for run in shown:
-        blocks += [
-            ("figure", p, os.path.basename(p))
-            for p in run_figures(run, settings.figures_dir).get("robustness", [])
-        ]
-    return blocks
+    return blocks + [
+        ("figure", path, os.path.basename(path))
+        for run in shown
+        for path in robustness_figures(settings, run)
+    ]
+
+
+def robustness_figures(settings: Settings, run) -> list[str]:
+    """The run's robustness figures, whether the study makes them or they were made by hand."""
+    return [
+        figure_path(settings.figures_dir, run.dataset, run.model, suffix)
+        for suffix in FIGURE_SUFFIXES["robustness"]
+    ]
 
 
 def spectrum_blocks(settings: Settings, spectra: dict[str, dict | None]) -> list[tuple]:
@@ -410,6 +417,7 @@ def figures_and_steps(settings: Settings, records: list[StepRecord], total_secon
         blocks += [
             ("figure", path, os.path.basename(path) + " (beyond the study)")
             for path in extra_figures(run, settings.figures_dir)
+            if path not in robustness_figures(settings, run)  # shown with its table
         ]
     rows = [
         [

@@ -302,3 +302,18 @@ def test_an_undefined_interval_is_said(tmp_path, ci, shown):
     _write_json(study_plan.metrics_json_path(s, fakes), {"uncertainty": section})
     _, _, rows = _table_after(_report(s), "How sure the test figures are")
     assert rows[0][1:6] == ["not run", shown, "not run", "not run", "not run"]
+
+
+def test_a_robustness_run_by_hand_for_xception_is_shown_once(tmp_path):
+    s = _settings(tmp_path)
+    xception = next(r for r in study_plan.RUNS if r.model == "XceptionBased")
+    section = {"n_images": 16, "clean": {"auc": 0.625}, "perturbations": {}}
+    _write_json(study_plan.metrics_json_path(s, xception), {"robustness": section})
+    figure = os.path.join(s.figures_dir, "synthetic_dataset_XceptionBased_robustness.png")
+    os.makedirs(s.figures_dir)
+    with open(figure, "wb") as handle:
+        handle.write(b"\x89PNG\r\n\x1a\n")
+    blocks = _report(s)
+    _, _, rows = _table_after(blocks, "Robustness")
+    assert rows[-1] == ["XceptionBased, synthetic_dataset", "16", "0.625"] + ["not run"] * 4
+    assert [b[1] for b in blocks if b[0] == "figure"].count(figure) == 1
