@@ -225,21 +225,13 @@ def train_step(s: Settings, run: RunSpec) -> Step:
     )
 
 
+def _io_args(s: Settings) -> list[str]:
+    """Where an analysis script reads the data, runs and writes its figures."""
+    return ["--data_root", s.data_root, "--device", s.device, "--figures_dir", s.figures_dir]
+
+
 def _analysis_args(s: Settings, run: RunSpec) -> list[str]:
-    return [
-        "-m",
-        run.model,
-        "-cpp",
-        checkpoint_path(s, run),
-        "-d",
-        run.dataset,
-        "--data_root",
-        s.data_root,
-        "--device",
-        s.device,
-        "--figures_dir",
-        s.figures_dir,
-    ]
+    return ["-m", run.model, "-cpp", checkpoint_path(s, run), "-d", run.dataset, *_io_args(s)]
 
 
 def _analysis_step(
@@ -323,20 +315,7 @@ def spectrum_step(s: Settings, run: None) -> Step:
         "spectrum",
         None,
         "spectrum_analysis.py",
-        [
-            "--datasets",
-            *DATASET_NAMES,
-            "--data_root",
-            s.data_root,
-            "--device",
-            s.device,
-            "--seed",
-            str(s.seed),
-            "--figures_dir",
-            s.figures_dir,
-            "--out_dir",
-            s.out_dir,
-        ],
+        ["--datasets", *DATASET_NAMES, *_io_args(s), "--seed", str(s.seed), "--out_dir", s.out_dir],
         outputs=[spectrum_figure(s.figures_dir, d) for d in DATASET_NAMES] + json_paths,
         data=[split_folder(s, d, "test") for d in DATASET_NAMES],
         sections={path: "spectrum" for path in json_paths},
@@ -352,20 +331,8 @@ def cross_dataset_step(s: Settings, run: None) -> Step:
         "cross-dataset",
         None,
         "cross_dataset_analysis.py",
-        [
-            "--checkpoints",
-            *(f"{r.dataset}:{r.model}:{checkpoint_path(s, r)}" for r in runs),
-            "--datasets",
-            *DATASET_NAMES,
-            "--data_root",
-            s.data_root,
-            "--device",
-            s.device,
-            "--figures_dir",
-            s.figures_dir,
-            "--out_dir",
-            s.out_dir,
-        ],
+        ["--checkpoints", *(f"{r.dataset}:{r.model}:{checkpoint_path(s, r)}" for r in runs)]
+        + ["--datasets", *DATASET_NAMES, *_io_args(s), "--out_dir", s.out_dir],
         outputs=[cross_dataset_figure(s.figures_dir)] + json_paths,
         inputs=[checkpoint_path(s, r) for r in runs],
         data=[split_folder(s, d, "test") for d in DATASET_NAMES],
