@@ -8,6 +8,7 @@
 Steps, in order (each one a subprocess of this Python, its output in out/logs/<step>.log):
 
     samples                          plot_samples_of_faces_datasets.py
+    spectrum                         spectrum_analysis.py       (both datasets' test splits, no model)
     train-simplenet-fakes            train_main.py, SimpleNet on fakes_dataset        (5 epochs)
     train-simplenet-synthetic        train_main.py, SimpleNet on synthetic_dataset    (5 epochs)
     train-xception-synthetic         train_main.py, XceptionBased on synthetic_dataset (2 epochs)
@@ -15,8 +16,14 @@ Steps, in order (each one a subprocess of this Python, its output in out/logs/<s
     curves-<run>                     plot_accuracy_and_loss.py  (for each of the three runs)
     numerical-<run>                  numerical_analysis.py      (for each of the three runs)
     gradcam-<run>                    grad_cam_analysis.py       (for each of the three runs)
+    robustness-simplenet-<dataset>   robustness_analysis.py     (the two SimpleNet runs)
     saliency-simplenet-fakes         saliency_map.py
     saliency-xception-synthetic      saliency_map.py
+    cross-dataset                    cross_dataset_analysis.py  (the two SimpleNet checkpoints)
+
+numerical_analysis.py also writes the bootstrap intervals and the ECE (section 'uncertainty').
+XceptionBased has no robustness step and no row in the cross-dataset matrix: on a CPU they cost
+more than the rest of its analyses. --skip spectrum,robustness,cross-dataset leaves out all three.
 
 Then out/study_report.md, out/study_report.html (one self-contained page, figures embedded) and
 out/study_summary.json (the same numbers, and each step's seconds).
@@ -77,7 +84,8 @@ from utils import DATA_ROOT_ENV, DEFAULT_DATA_ROOT
 def build_parser() -> ArgumentParser:
     parser = ArgumentParser(
         description="Run the whole study (samples figure; SimpleNet on both datasets and XceptionBased "
-        "on synthetic_dataset; curves, ROC/DET, Grad-CAM, saliency) and write a one-page "
+        "on synthetic_dataset; curves, ROC/DET, Grad-CAM, saliency; beyond the study: spectra, "
+        "bootstrap intervals, robustness, cross-dataset matrix) and write a one-page "
         "report (out/study_report.md/.html, out/study_summary.json). Skipping: "
         f"{RULE}.",
         epilog=f"Steps: {', '.join(step_names())}. --steps/--skip also take a kind "

@@ -9,8 +9,17 @@ from dataclasses import dataclass, field
 
 from cli import UserError
 from fileio import read_runs
-from study.plan import OPTIMIZER, RunSpec, Settings, metrics_json_path, runs_json_path
+from study.plan import (
+    OPTIMIZER,
+    RunSpec,
+    Settings,
+    cross_dataset_json_path,
+    metrics_json_path,
+    runs_json_path,
+    spectrum_json_path,
+)
 from study.stamps import read_json_object
+from utils import DATASET_NAMES
 
 STUDY_SOURCE = (
     "the study's results (docs/design.md, Reference results: best val acc, test acc at "
@@ -178,6 +187,14 @@ class RunNumbers:
     n_test: int | None = None
     grad_cam_faithfulness_gap: float | None = None
     grad_cam_images: int | None = None
+    # the 'uncertainty' section: metric -> {"value", "ci": [low, high] or None}, its resamples, ECE
+    intervals: dict | None = None
+    bootstrap_resamples: int | None = None
+    ece: float | None = None
+    # the 'robustness' section: clean AUC, and per perturbation its harshest grade and AUC there
+    robustness_images: int | None = None
+    robustness_clean_auc: float | None = None
+    robustness_harshest: dict | None = None
     study: dict = field(default_factory=dict)
     verdict: str = ""
 
@@ -226,7 +243,91 @@ def run_numbers(settings: Settings, run: RunSpec) -> RunNumbers:
     n.test_accuracy_analysis, n.n_test = finite(numerical.get("accuracy")), numerical.get("n_samples")
     n.grad_cam_faithfulness_gap = finite(grad_cam.get("faithfulness_gap"))
     n.grad_cam_images = grad_cam.get("n_images")
+    read_uncertainty(n, _section(metrics, "uncertainty"))
+    read_robustness(n, _section(metrics, "robustness"))
     return n
+
+
+def _section(content: dict, name: str) -> dict:
+    value = content.get(name)
+    return value if isinstance(value, dict) else {}
+
+
+def _interval(entry) -> dict | None:
+    """``{"value", "ci"}`` of one bootstrap metric, finite numbers or None; None when unusable."""
+    if not isinstance(entry, dict) or finite(entry.get("value")) is None:
+        return None
+    ci = entry.get("ci")
+    ci = [finite(v) for v in ci] if isinstance(ci, list) and len(ci) == 2 else None
+    return {"value": finite(entry["value"]), "ci": None if ci is None or None in ci else ci}
+
+
+def read_uncertainty(n: RunNumbers, section: dict) -> None:
+    """The bootstrap intervals and the ECE of numerical_analysis.py's 'uncertainty' section."""
+    boot = _section(section, "bootstrap")
+    intervals = {name: _interval(boot.get(name)) for name in ("accuracy", "auc", "eer", "ap")}
+    n.intervals = intervals if any(intervals.values()) else None
+    n.bootstrap_resamples = boot.get("n_resamples") if isinstance(boot.get("n_resamples"), int) else None
+    n.ece = finite(_section(section, "calibration").get("ece"))
+
+
+def read_robustness(n: RunNumbers, section: dict) -> None:
+    """The clean AUC and, per perturbation, the AUC at its harshest (last) grade, from
+    robustness_analysis.py's 'robustness' section."""
+    n.robustness_clean_auc = finite(_section(section, "clean").get("auc"))
+    harshest = {}
+    for name, entry in _section(section, "perturbations").items():
+        severities = entry.get("severities") if isinstance(entry, dict) else None
+        aucs = entry.get("auc") if isinstance(entry, dict) else None
+        # grades run mildest first (robustness_analysis.py): the last is the harshest
+        if isinstance(severities, list) and isinstance(aucs, list) and 0 < len(severities) == len(aucs):
+            harshest[name] = {"severity": finite(severities[-1]), "auc": finite(aucs[-1])}
+    n.robustness_harshest = harshest or None
+    n.robustness_images = section.get("n_images") if isinstance(section.get("n_images"), int) else None
+
+
+def cross_dataset_numbers(settings: Settings) -> dict | None:
+    """The cross-dataset matrix of out/cross_dataset.json: its test datasets and, per checkpoint,
+    AUC, accuracy (%), EER and whether in-distribution per test dataset; None when not run."""
+    section = _section(read_json_object(cross_dataset_json_path(settings)), "cross_dataset")
+    columns = section.get("test_datasets")
+    rows = []
+    for row in section.get("rows") if isinstance(section.get("rows"), list) else []:
+        results = _section(row, "results") if isinstance(row, dict) else {}
+        if not results or not isinstance(row.get("label"), str):
+            continue
+        cells = {
+            name: {key: finite(value.get(key)) for key in ("auc", "accuracy", "eer")}
+            | {"in_distribution": value.get("in_distribution") is True}
+            for name, value in results.items()
+            if isinstance(value, dict)
+        }
+        rows.append({"label": row["label"], "train_dataset": row.get("train_dataset"), "cells": cells})
+    if not rows or not isinstance(columns, list) or not all(isinstance(c, str) for c in columns):
+        return None
+    return {"test_datasets": columns, "rows": rows}
+
+
+def spectrum_numbers(settings: Settings) -> dict[str, dict | None]:
+    """Per dataset, from out/<D>_spectrum.json: the class counts and the largest |fake - real|
+    difference of the 1-D power spectra (dB) and its frequency (cycles/pixel); None when not run."""
+    out = {}
+    for dataset in DATASET_NAMES:
+        section = _section(read_json_object(spectrum_json_path(settings, dataset)), "spectrum")
+        diff, freq = section.get("fake_minus_real_db"), section.get("cycles_per_pixel")
+        usable = isinstance(diff, list) and isinstance(freq, list) and 0 < len(diff) <= len(freq)
+        values = [finite(v) for v in diff] if usable else []
+        if not values or None in values or None in (finite(f) for f in freq[: len(values)]):
+            out[dataset] = None
+            continue
+        peak = max(range(len(values)), key=lambda r: abs(values[r]))
+        out[dataset] = {
+            "n_real": section.get("n_real"),
+            "n_fake": section.get("n_fake"),
+            "peak_db": values[peak],
+            "peak_cycles_per_pixel": finite(freq[peak]),
+        }
+    return out
 
 
 def study_reference(run: RunSpec, pretrained) -> Reference:

@@ -30,6 +30,8 @@ class RunSpec:
     dataset: str
     default_epochs: int
     saliency: bool
+    robustness: bool  # 15 forwards per image: SimpleNet only (XceptionBased on a CPU is too slow)
+    cross_dataset: bool  # its checkpoint is a row of the study's cross-dataset matrix
 
     @property
     def stem(self) -> str:
@@ -37,10 +39,19 @@ class RunSpec:
 
 
 RUNS = (
-    RunSpec("simplenet-fakes", "SimpleNet", "fakes_dataset", 5, saliency=True),
-    RunSpec("simplenet-synthetic", "SimpleNet", "synthetic_dataset", 5, saliency=False),
-    RunSpec("xception-synthetic", "XceptionBased", "synthetic_dataset", 2, saliency=True),
-)
+    RunSpec(
+        "simplenet-fakes", "SimpleNet", "fakes_dataset", 5,
+        saliency=True, robustness=True, cross_dataset=True,
+    ),
+    RunSpec(
+        "simplenet-synthetic", "SimpleNet", "synthetic_dataset", 5,
+        saliency=False, robustness=True, cross_dataset=True,
+    ),
+    RunSpec(
+        "xception-synthetic", "XceptionBased", "synthetic_dataset", 2,
+        saliency=True, robustness=False, cross_dataset=False,
+    ),
+)  # fmt: skip
 
 
 @dataclass
@@ -74,7 +85,8 @@ class Step:
     outputs: list[str]
     inputs: list[str] = field(default_factory=list)  # files made by earlier steps
     data: list[str] = field(default_factory=list)  # split folders read
-    sections: dict[str, str] = field(default_factory=dict)  # output JSON -> the section it writes
+    # output JSON -> the section (or sections) of it the step writes
+    sections: dict[str, str | tuple[str, ...]] = field(default_factory=dict)
     resume_from: str | None = None  # a training's full-state checkpoint
 
     @property
@@ -111,12 +123,33 @@ def samples_figure(figures_dir: str) -> str:
     return os.path.join(figures_dir, SAMPLES_FIGURE)
 
 
+def spectrum_figure(figures_dir: str, dataset: str) -> str:
+    """``<D>_spectrum.png``, as spectrum_analysis.py names it."""
+    return os.path.join(figures_dir, f"{dataset}_spectrum.png")
+
+
+def spectrum_json_path(s: Settings, dataset: str) -> str:
+    """``<D>_spectrum.json`` (section 'spectrum'), as spectrum_analysis.py names it."""
+    return os.path.join(s.out_dir, f"{dataset}_spectrum.json")
+
+
+def cross_dataset_figure(figures_dir: str) -> str:
+    """``cross_dataset.png``, as cross_dataset_analysis.py names it."""
+    return os.path.join(figures_dir, "cross_dataset.png")
+
+
+def cross_dataset_json_path(s: Settings) -> str:
+    """``cross_dataset.json`` (section 'cross_dataset': the whole matrix), as
+    cross_dataset_analysis.py names it."""
+    return os.path.join(s.out_dir, "cross_dataset.json")
+
+
 def run_figures(run: RunSpec, figures_dir: str) -> dict[str, list[str]]:
     """The study's figures of one run, by the step kind that makes them (the scripts' names)."""
     return {
         kind: [figure_path(figures_dir, run.dataset, run.model, suffix) for suffix in suffixes]
         for kind, suffixes in FIGURE_SUFFIXES.items()
-        if kind != "saliency" or run.saliency
+        if (kind != "saliency" or run.saliency) and (kind != "robustness" or run.robustness)
     }
 
 
@@ -192,25 +225,22 @@ def train_step(s: Settings, run: RunSpec) -> Step:
     )
 
 
+def _io_args(s: Settings) -> list[str]:
+    """Where an analysis script reads the data, runs and writes its figures."""
+    return ["--data_root", s.data_root, "--device", s.device, "--figures_dir", s.figures_dir]
+
+
 def _analysis_args(s: Settings, run: RunSpec) -> list[str]:
-    return [
-        "-m",
-        run.model,
-        "-cpp",
-        checkpoint_path(s, run),
-        "-d",
-        run.dataset,
-        "--data_root",
-        s.data_root,
-        "--device",
-        s.device,
-        "--figures_dir",
-        s.figures_dir,
-    ]
+    return ["-m", run.model, "-cpp", checkpoint_path(s, run), "-d", run.dataset, *_io_args(s)]
 
 
 def _analysis_step(
-    s: Settings, run: RunSpec, kind: str, script: str, extra: list[str], section: str | None = None
+    s: Settings,
+    run: RunSpec,
+    kind: str,
+    script: str,
+    extra: list[str],
+    section: str | tuple[str, ...] | None = None,
 ) -> Step:
     """A step that reads the run's best checkpoint and test split and writes ``kind``'s figures
     (and, with ``section``, that section of the run's metrics JSON)."""
@@ -246,8 +276,14 @@ def curves_step(s: Settings, run: RunSpec) -> Step:
 
 
 def numerical_step(s: Settings, run: RunSpec) -> Step:
+    # --seed: the bootstrap intervals of its 'uncertainty' section are drawn with it
     return _analysis_step(
-        s, run, "numerical", "numerical_analysis.py", ["--out_dir", s.out_dir], section="numerical"
+        s,
+        run,
+        "numerical",
+        "numerical_analysis.py",
+        ["--seed", str(s.seed), "--out_dir", s.out_dir],
+        section=("numerical", "uncertainty"),
     )
 
 
@@ -264,6 +300,46 @@ def saliency_step(s: Settings, run: RunSpec) -> Step | None:
     return _analysis_step(s, run, "saliency", "saliency_map.py", ["--seed", str(s.seed)])
 
 
+def robustness_step(s: Settings, run: RunSpec) -> Step | None:
+    if not run.robustness:
+        return None
+    extra = ["--seed", str(s.seed), "--out_dir", s.out_dir]
+    return _analysis_step(s, run, "robustness", "robustness_analysis.py", extra, section="robustness")
+
+
+def spectrum_step(s: Settings, run: None) -> Step:
+    """Both datasets' test splits, no model: one figure and one JSON per dataset."""
+    json_paths = [spectrum_json_path(s, d) for d in DATASET_NAMES]
+    return Step(
+        "spectrum",
+        "spectrum",
+        None,
+        "spectrum_analysis.py",
+        ["--datasets", *DATASET_NAMES, *_io_args(s), "--seed", str(s.seed), "--out_dir", s.out_dir],
+        outputs=[spectrum_figure(s.figures_dir, d) for d in DATASET_NAMES] + json_paths,
+        data=[split_folder(s, d, "test") for d in DATASET_NAMES],
+        sections={path: "spectrum" for path in json_paths},
+    )
+
+
+def cross_dataset_step(s: Settings, run: None) -> Step:
+    """The checkpoints of the runs marked ``cross_dataset``, each on both datasets' test splits."""
+    runs = [r for r in RUNS if r.cross_dataset]
+    json_paths = [cross_dataset_json_path(s)] + [metrics_json_path(s, r) for r in runs]
+    return Step(
+        "cross-dataset",
+        "cross-dataset",
+        None,
+        "cross_dataset_analysis.py",
+        ["--checkpoints", *(f"{r.dataset}:{r.model}:{checkpoint_path(s, r)}" for r in runs)]
+        + ["--datasets", *DATASET_NAMES, *_io_args(s), "--out_dir", s.out_dir],
+        outputs=[cross_dataset_figure(s.figures_dir)] + json_paths,
+        inputs=[checkpoint_path(s, r) for r in runs],
+        data=[split_folder(s, d, "test") for d in DATASET_NAMES],
+        sections={path: "cross_dataset" for path in json_paths},
+    )
+
+
 @dataclass(frozen=True)
 class StepKind:
     name: str
@@ -273,14 +349,16 @@ class StepKind:
 
 # The study's order: stage by stage, and within a stage run by run. A new kind goes here.
 STAGES = (
-    (StepKind("samples", samples_step, once=True),),
+    (StepKind("samples", samples_step, once=True), StepKind("spectrum", spectrum_step, once=True)),
     (StepKind("train", train_step),),
     (
         StepKind("curves", curves_step),
         StepKind("numerical", numerical_step),
         StepKind("gradcam", gradcam_step),
+        StepKind("robustness", robustness_step),
     ),
     (StepKind("saliency", saliency_step),),
+    (StepKind("cross-dataset", cross_dataset_step, once=True),),
 )
 STEP_KINDS = tuple(kind.name for stage in STAGES for kind in stage) + ("report",)
 

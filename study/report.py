@@ -15,17 +15,27 @@ from study.numbers import (
     STUDY_MODEL_FACTS,
     STUDY_NUMBERS,
     RunNumbers,
+    cross_dataset_numbers,
     finite,
     imagenet_note,
     range_text,
     run_numbers,
+    spectrum_numbers,
     study_reference,
     verdict,
 )
-from study.plan import RUNS, Settings, extra_figures, run_figures, samples_figure
+from study.plan import (
+    RUNS,
+    Settings,
+    cross_dataset_figure,
+    extra_figures,
+    run_figures,
+    samples_figure,
+    spectrum_figure,
+)
 from study.runner import Console, StepRecord
 from study.weights import CHECK_COMMAND, WeightsChoice
-from utils import DATASET_NAMES, DATASET_TITLES, SPLITS
+from utils import DATASET_NAMES, DATASET_TITLES, FIGURE_SUFFIXES, SPLITS, figure_path
 
 
 @dataclass
@@ -208,17 +218,206 @@ def results(runs: dict[str, RunNumbers]) -> list[tuple]:
         ("table", ["run", "source"], sources),
     ]
     blocks += [("p", f"{run.model} on {run.dataset}: {runs[run.tag].verdict}") for run in RUNS]
+    return blocks + uncertainty(runs)
+
+
+NOT_RUN = "not run"
+
+
+def with_interval(entry: dict | None, digits: int, unit: str = "") -> str:
+    """``76.6 % [72.1, 80.9]``: a bootstrap metric's value and its interval ('not run' without it)."""
+    if entry is None:
+        return NOT_RUN
+    value = f"{entry['value']:.{digits}f}{unit}"
+    if entry["ci"] is None:
+        return f"{value} [interval undefined]"
+    low, high = entry["ci"]
+    return f"{value} [{low:.{digits}f}, {high:.{digits}f}]"
+
+
+def uncertainty(runs: dict[str, RunNumbers]) -> list[tuple]:
+    """Beside the results: each run's bootstrap intervals and ECE (its 'uncertainty' section)."""
+    rows = []
+    for run in RUNS:
+        n = runs[run.tag]
+        got = n.intervals or {}
+        rows.append(
+            [f"{run.model}, {run.dataset}", with_interval(got.get("accuracy"), 1, " %")]
+            + [with_interval(got.get(key), 3) for key in ("auc", "eer", "ap")]
+            + [NOT_RUN if n.ece is None else f"{n.ece:.3f}", str(n.bootstrap_resamples or "-")]
+        )
+    return [
+        (
+            "p",
+            "How sure the test figures are: 95 % bootstrap intervals, value [low, high], of the "
+            "accuracy at P(fake) > 0.5, AUC, EER and AP of P(fake) on the test split (stratified "
+            "resamples: real images drawn from the real ones, fakes from the fakes), and the "
+            "expected calibration error (ECE) of P(fake); from numerical_analysis.py's "
+            "'uncertainty' section. Its reliability diagrams are among the figures.",
+        ),
+        (
+            "table",
+            [
+                "run",
+                "test acc [95 % CI]",
+                "AUC [95 % CI]",
+                "EER [95 % CI]",
+                "AP [95 % CI]",
+                "ECE",
+                "resamples",
+            ],
+            rows,
+        ),
+    ]
+
+
+def _cell(value, digits: int, unit: str = "") -> str:
+    return "n/a" if value is None else f"{value:.{digits}f}{unit}"
+
+
+def _matrix_cell(cell: dict | None) -> str:
+    """``AUC 0.912 / acc 85.0 % / EER 0.101``, and ``(in-distribution)`` on a checkpoint's own dataset."""
+    if cell is None:
+        return NOT_RUN
+    text = (
+        f"AUC {_cell(cell['auc'], 3)} / acc {_cell(cell['accuracy'], 1, ' %')} / EER {_cell(cell['eer'], 3)}"
+    )
+    return text + (" (in-distribution)" if cell["in_distribution"] else "")
+
+
+def cross_dataset_blocks(settings: Settings, matrix: dict | None) -> list[tuple]:
+    """The train x test matrix of AUC / accuracy / EER (out/cross_dataset.json) and its heat maps."""
+    blocks = [("h2", "Cross-dataset generalisation")]
+    if matrix is None:
+        blocks.append(("p", f"Cross-dataset matrix: {NOT_RUN} (step cross-dataset)."))
+    else:
+        columns = matrix["test_datasets"]
+        rows = [
+            [row["label"], *(_matrix_cell(row["cells"].get(name)) for name in columns)]
+            for row in matrix["rows"]
+        ]
+        blocks += [
+            (
+                "p",
+                "Each trained checkpoint (row) on the test split of each dataset (column): AUC, "
+                "accuracy at P(fake) > 0.5 and EER of P(fake). The in-distribution cell is the "
+                "checkpoint's own dataset; the others measure transfer to a manipulation it never "
+                "saw. The study runs the SimpleNet checkpoints; to add XceptionBased's row, run "
+                f"cross_dataset_analysis.py --checkpoint_dir {settings.checkpoint_dir} --out_dir "
+                f"{settings.out_dir} --figures_dir {settings.figures_dir}, then run_study.py "
+                "--skip cross-dataset (so the study keeps that matrix).",
+            ),
+            ("table", ["trained checkpoint", *(f"test: {name}" for name in columns)], rows),
+        ]
+    path = cross_dataset_figure(settings.figures_dir)
+    return blocks + [("figure", path, os.path.basename(path))]
+
+
+def _harshest_cell(entry: dict | None) -> str:
+    """``0.734 at 30``: the AUC at a perturbation's harshest grade, and that grade."""
+    if entry is None:
+        return NOT_RUN
+    grade = "?" if entry["severity"] is None else f"{entry['severity']:g}"
+    return f"{_cell(entry['auc'], 3)} at {grade}"
+
+
+def robustness_blocks(settings: Settings, runs: dict[str, RunNumbers]) -> list[tuple]:
+    """Per run of the robustness step (and any other run with a 'robustness' section): the clean
+    AUC and the AUC at each perturbation's harshest grade, and the figures."""
+    from perturbations import PERTURBATIONS, SEVERITY_NAMES
+
+    shown = [r for r in RUNS if r.robustness or runs[r.tag].robustness_clean_auc is not None]
+    rows = []
+    for run in shown:
+        n = runs[run.tag]
+        if n.robustness_clean_auc is None and not n.robustness_harshest:
+            rows.append([f"{run.model}, {run.dataset}"] + [NOT_RUN] * (2 + len(PERTURBATIONS)))
+            continue
+        harshest = n.robustness_harshest or {}
+        cells = [_harshest_cell(harshest.get(name)) for name in PERTURBATIONS]
+        rows.append(
+            [
+                f"{run.model}, {run.dataset}",
+                str(n.robustness_images or "-"),
+                _cell(n.robustness_clean_auc, 3),
+                *cells,
+            ]
+        )
+    blocks = [
+        ("h2", "Robustness"),
+        (
+            "p",
+            "AUC of P(fake) on test images perturbed before the evaluation transform "
+            "(robustness_analysis.py, a seeded subset of the test split): clean, and at the "
+            "harshest grade of each perturbation (the figure has every grade). XceptionBased is "
+            "left out on purpose: 15 forward passes per image are too slow on a CPU.",
+        ),
+        (
+            "table",
+            [
+                "run",
+                "images",
+                "clean AUC",
+                *(f"AUC, {SEVERITY_NAMES[name]} (harshest)" for name in PERTURBATIONS),
+            ],
+            rows,
+        ),
+    ]
+    return blocks + [
+        ("figure", path, os.path.basename(path))
+        for run in shown
+        for path in robustness_figures(settings, run)
+    ]
+
+
+def robustness_figures(settings: Settings, run) -> list[str]:
+    """The run's robustness figures, whether the study makes them or they were made by hand."""
+    return [
+        figure_path(settings.figures_dir, run.dataset, run.model, suffix)
+        for suffix in FIGURE_SUFFIXES["robustness"]
+    ]
+
+
+def spectrum_blocks(settings: Settings, spectra: dict[str, dict | None]) -> list[tuple]:
+    """One line per dataset (the largest fake - real difference of the 1-D power spectra, and
+    where) and its figure."""
+    blocks = [
+        ("h2", "Frequency spectra"),
+        (
+            "p",
+            "Mean Fourier spectra of the grey, mean-removed test images (spectrum_analysis.py, no "
+            "model): a generator's upsampling leaves peaks in the fakes' spectrum.",
+        ),
+    ]
+    for dataset in DATASET_NAMES:
+        got = spectra.get(dataset)
+        if got is None:
+            blocks.append(("p", f"{dataset}: {NOT_RUN} (step spectrum)."))
+        else:
+            blocks.append(
+                (
+                    "p",
+                    f"{dataset}: {got['n_real']} real, {got['n_fake']} fake test images; largest "
+                    f"fake - real difference {got['peak_db']:+.1f} dB at "
+                    f"{got['peak_cycles_per_pixel']:.3f} cycles/pixel.",
+                )
+            )
+    for dataset in DATASET_NAMES:
+        path = spectrum_figure(settings.figures_dir, dataset)
+        blocks.append(("figure", path, os.path.basename(path)))
     return blocks
 
 
 def figures_and_steps(settings: Settings, records: list[StepRecord], total_seconds: float) -> list[tuple]:
     blocks = [("h2", "Figures"), ("figure", samples_figure(settings.figures_dir), "datasets_samples.png")]
     for run in RUNS:
-        for paths in run_figures(run, settings.figures_dir).values():
-            blocks += [("figure", path, os.path.basename(path)) for path in paths]
+        for kind, paths in run_figures(run, settings.figures_dir).items():
+            if kind != "robustness":  # shown with its table
+                blocks += [("figure", path, os.path.basename(path)) for path in paths]
         blocks += [
             ("figure", path, os.path.basename(path) + " (beyond the study)")
             for path in extra_figures(run, settings.figures_dir)
+            if path not in robustness_figures(settings, run)  # shown with its table
         ]
     rows = [
         [
@@ -267,9 +466,12 @@ def build_report(
     records: list[StepRecord],
     status: Status,
     total_seconds: float,
+    beyond: dict | None = None,
 ) -> list[tuple]:
     """The report as blocks: ('h1'|'h2'|'p'|'warn', text), ('table', header, rows),
-    ('figure', path, caption)."""
+    ('figure', path, caption). ``beyond``: ``beyond_numbers`` (read from the settings' folders
+    when not given)."""
+    beyond = beyond_numbers(settings) if beyond is None else beyond
     return (
         [
             ("h1", "Facial manipulation detection: the study, re-run"),
@@ -278,8 +480,16 @@ def build_report(
         + warnings(data, weights, runs, status)
         + data_and_models(data, facts)
         + results(runs)
+        + cross_dataset_blocks(settings, beyond["cross_dataset"])
+        + robustness_blocks(settings, runs)
+        + spectrum_blocks(settings, beyond["spectrum"])
         + figures_and_steps(settings, records, total_seconds)
     )
+
+
+def beyond_numbers(settings: Settings) -> dict:
+    """The study-wide numbers beyond the study: the cross-dataset matrix and the spectra."""
+    return {"cross_dataset": cross_dataset_numbers(settings), "spectrum": spectrum_numbers(settings)}
 
 
 # ----------------------------------------------------------------------------- rendering
@@ -381,7 +591,8 @@ def write_report(
 ) -> dict:
     """Write out/study_report.md, out/study_report.html and out/study_summary.json; the summary."""
     facts, runs = model_facts(), collect_numbers(settings, data, weights)
-    blocks = build_report(settings, data, facts, runs, weights, records, status, total_seconds)
+    beyond = beyond_numbers(settings)
+    blocks = build_report(settings, data, facts, runs, weights, records, status, total_seconds, beyond)
     md_path = os.path.join(settings.out_dir, "study_report.md")
     html_path = os.path.join(settings.out_dir, "study_report.html")
     atomic_write_text(md_path, render_markdown(blocks, settings.out_dir))
@@ -389,6 +600,8 @@ def write_report(
     figures = [samples_figure(settings.figures_dir)] + [
         p for run in RUNS for paths in run_figures(run, settings.figures_dir).values() for p in paths
     ]
+    figures += [spectrum_figure(settings.figures_dir, d) for d in DATASET_NAMES]
+    figures.append(cross_dataset_figure(settings.figures_dir))
     summary = {
         "generated": time.strftime("%Y-%m-%dT%H:%M:%S"),
         "status": asdict(status),
@@ -415,6 +628,7 @@ def write_report(
         },
         "xception_init": asdict(weights) if weights else None,
         "runs": {tag: asdict(n) for tag, n in runs.items()},
+        "beyond": beyond,
         "steps": [asdict(r) for r in records],
         "figures": {p: os.path.exists(p) for p in figures},
         "report": {"markdown": md_path, "html": html_path},

@@ -61,13 +61,23 @@ def read_json_object(path: str) -> dict:
         return {}
 
 
-def output_signature(path: str, section: str | None = None) -> str | None:
-    """What an output is now: the file's size and modification time, or for a section of a shared
-    JSON (which other steps also write), a digest of that section. None: missing."""
+def missing_sections(path: str, section: str | tuple[str, ...], content: dict | None = None) -> list[str]:
+    """The sections (one name or a tuple of names) that the JSON at ``path`` (or its ``content``,
+    already read) lacks."""
+    content = read_json_object(path) if content is None else content
+    names = (section,) if isinstance(section, str) else section
+    return [name for name in names if content.get(name) is None]
+
+
+def output_signature(path: str, section: str | tuple[str, ...] | None = None) -> str | None:
+    """What an output is now: the file's size and modification time, or for sections of a shared
+    JSON (which other steps also write), a digest of those sections. None: missing."""
     if section is not None:
-        content = read_json_object(path).get(section)
-        if content is None:
+        content = read_json_object(path)
+        if missing_sections(path, section, content):
             return None
+        # one section: its digest alone (as stamps of earlier versions recorded it)
+        content = content[section] if isinstance(section, str) else {name: content[name] for name in section}
         return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()
     try:
         st = os.stat(path)
@@ -184,7 +194,9 @@ def stale_reason(step: Step, stamp: Stamp | None) -> str | None:
         section = step.sections.get(path)
         signature = output_signature(path, section)
         if signature is None:
-            return f"output {path} is missing" if section is None else f"{path} has no '{section}' section"
+            if section is None:
+                return f"output {path} is missing"
+            return f"{path} has no '{missing_sections(path, section)[0]}' section"
         if signature != stamp.outputs.get(path):
             return f"output {path} was changed since this step made it"
     return changed_since(step, stamp.started_ns)

@@ -58,15 +58,20 @@ SPEC_FIGURES += [
     for m, d in (RUNS[0], RUNS[2])
     for suffix in ("saliency_maps_and_images_pairs", "mean_saliency_maps")
 ]
+# Beyond the study: reliability diagrams (numerical), spectra, robustness (SimpleNet), the matrix.
+BEYOND_FIGURES = [f"{d}_{m}_reliability_diagram.png" for m, d in RUNS]
+BEYOND_FIGURES += ["fakes_dataset_spectrum.png", "synthetic_dataset_spectrum.png", "cross_dataset.png"]
+BEYOND_FIGURES += [f"{d}_SimpleNet_robustness.png" for d in ("fakes_dataset", "synthetic_dataset")]
 STEPS = (
-    ["samples"]
+    ["samples", "spectrum"]
     + [f"train-{t}" for t in ("simplenet-fakes", "simplenet-synthetic", "xception-synthetic")]
     + [
         f"{k}-{t}"
         for t in ("simplenet-fakes", "simplenet-synthetic", "xception-synthetic")
-        for k in ("curves", "numerical", "gradcam")
+        for k in ("curves", "numerical", "gradcam", "robustness")
+        if (k, t) != ("robustness", "xception-synthetic")
     ]
-    + ["saliency-simplenet-fakes", "saliency-xception-synthetic"]
+    + ["saliency-simplenet-fakes", "saliency-xception-synthetic", "cross-dataset"]
 )
 NUMBER_KEYS = (
     "best_val_acc",
@@ -156,7 +161,7 @@ def study(module_tmp):
 
 # ----------------------------------------------------------------------------- end to end
 def test_every_figure_report_and_summary(study):
-    for name in SPEC_FIGURES:
+    for name in SPEC_FIGURES + BEYOND_FIGURES:
         path = os.path.join(study.figures, name)
         assert os.path.isfile(path), f"missing figure {name}"
         with open(path, "rb") as handle:
@@ -166,7 +171,7 @@ def test_every_figure_report_and_summary(study):
     assert statuses(study.work) == {name: "ran" for name in STEPS}
     for name in STEPS:  # each step's output went to its own log
         assert "exit code 0" in read(os.path.join(study.out, "logs", f"{name}.log"))
-    assert "[15/15] saliency-xception-synthetic: done" in study.output
+    assert "[19/19] cross-dataset: done" in study.output
 
 
 def test_summary_numbers_are_finite_and_match_their_sources(study):
@@ -202,6 +207,22 @@ def test_summary_numbers_are_finite_and_match_their_sources(study):
         assert run["precise_bn"] == 2  # passed on to train_main.py, recorded in the run's JSON
         assert 0 <= numbers["eer"] <= 1 and 0 < numbers["ap"] <= 1
     assert summary["runs"]["xception-synthetic"]["pretrained"] is False
+    # beyond the study: the same checkpoint, test split and P(fake) give the same AUC everywhere
+    # (robustness: 4 test images, fewer than its 60, so the whole split)
+    matrix = summary["beyond"]["cross_dataset"]
+    assert [row["train_dataset"] for row in matrix["rows"]] == ["fakes_dataset", "synthetic_dataset"]
+    for row, tag in zip(matrix["rows"], ("simplenet-fakes", "simplenet-synthetic")):
+        numbers = summary["runs"][tag]
+        own = row["cells"][row["train_dataset"]]
+        assert own["in_distribution"] and own["auc"] == pytest.approx(numbers["auc"], abs=1e-9)
+        assert numbers["robustness_clean_auc"] == pytest.approx(numbers["auc"], abs=1e-9)
+        assert set(numbers["robustness_harshest"]) == {"jpeg", "blur", "resize", "noise"}
+    for numbers in summary["runs"].values():
+        assert numbers["intervals"]["auc"]["value"] == pytest.approx(numbers["auc"], abs=1e-9)
+        assert 0 <= numbers["ece"] <= 1 and numbers["bootstrap_resamples"] == 1000
+    assert summary["runs"]["xception-synthetic"]["robustness_clean_auc"] is None  # not run for it
+    for dataset in ("fakes_dataset", "synthetic_dataset"):
+        assert summary["beyond"]["spectrum"][dataset]["n_real"] == 2
     # auto: a batch of 4 fits in memory, so no activation checkpointing, and the JSON says so
     assert summary["runs"]["xception-synthetic"]["activation_checkpointing"] is False
 
@@ -292,7 +313,7 @@ def test_report_is_one_self_contained_page(study):
     assert "AUC A (raw output column 0)" in md and "AUC B (raw output column 1)" in md
     # Markdown links resolve to the figures; the HTML embeds each one, byte for byte.
     links = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", md)
-    for name in SPEC_FIGURES:
+    for name in SPEC_FIGURES + BEYOND_FIGURES:
         assert any(link.endswith("/" + name) for link in links), name
     for link in links:
         assert os.path.isfile(os.path.join(study.out, link)), link
@@ -300,7 +321,7 @@ def test_report_is_one_self_contained_page(study):
     assert sources and all(src.startswith("data:image/png;base64,") for src in sources)
     assert not re.search(r"(href|src)=\"(https?:|file:|/|\.)", page)
     embedded = {base64.b64decode(src.split(",", 1)[1]) for src in sources}
-    for name in SPEC_FIGURES:
+    for name in SPEC_FIGURES + BEYOND_FIGURES:
         with open(os.path.join(study.figures, name), "rb") as handle:
             assert handle.read() in embedded, name
 
@@ -336,12 +357,15 @@ def test_force_redoes_a_step_and_downstream_steps_become_stale(study):
     assert code == 0, plan
     lines = parse_plan(plan)
     assert len(lines) == len(STEPS)
-    for kind in ("curves", "numerical", "gradcam", "saliency"):
+    for kind in ("curves", "numerical", "gradcam", "robustness", "saliency"):
         assert "would run" in lines[f"{kind}-simplenet-fakes"], lines[f"{kind}-simplenet-fakes"]
+    assert "would run (input " in lines["cross-dataset"]
     for name in (
         "samples",
+        "spectrum",
         "train-simplenet-fakes",
         "curves-simplenet-synthetic",
+        "robustness-simplenet-synthetic",
         "gradcam-xception-synthetic",
         "saliency-xception-synthetic",
     ):
@@ -362,13 +386,21 @@ def test_changed_data_makes_its_steps_stale(study):
     lines = parse_plan(plan)
     test_split = os.path.join(study.data, "synthetic_dataset", "test")
     for name in (
+        "spectrum",
         "train-xception-synthetic",
         "numerical-xception-synthetic",
         "gradcam-simplenet-synthetic",
+        "robustness-simplenet-synthetic",
         "saliency-xception-synthetic",
     ):
         assert lines[name] == f"would run (data in {test_split} changed)", lines[name]
-    for name in ("samples", "curves-xception-synthetic", "curves-simplenet-synthetic"):
+    # (its SimpleNet-fakes checkpoint may be newer too: test_force retrained it)
+    assert lines["cross-dataset"].startswith("would run ("), lines["cross-dataset"]
+    for name in (
+        "samples",
+        "curves-xception-synthetic",
+        "curves-simplenet-synthetic",
+    ):
         assert lines[name] == "up to date, would skip", lines[name]
     code, plan = call(study.args + ["--dry_run"])  # the folder as it was: up to date again
     assert parse_plan(plan)["numerical-xception-synthetic"] == "up to date, would skip"
@@ -538,22 +570,12 @@ def _names(selected):
 def test_step_selection_by_name_kind_run_and_pattern():
     settings = run_study.make_settings(run_study.build_parser().parse_args([]), "root", [])
     plan = study_plan.build_plan(settings)
-    assert (
-        _names(plan)
-        == ["samples"]
-        + STEPS[1:4]
-        + [
-            f"{k}-{t}"
-            for t in ("simplenet-fakes", "simplenet-synthetic", "xception-synthetic")
-            for k in ("curves", "numerical", "gradcam")
-        ]
-        + STEPS[-2:]
-    )
+    assert _names(plan) == STEPS
     # what --help and the selection errors list is the plan itself
     assert study_plan.step_names() == _names(plan) + ["report"]
     assert set(study_plan.STEP_KINDS) == {step.kind for step in plan} | {"report"}
     selected, report = study_plan.select_steps(plan, ["train"], None)
-    assert _names(selected) == STEPS[1:4] and report
+    assert _names(selected) == STEPS[2:5] and report
     assert _names(study_plan.select_steps(plan, ["gradcam-*"], None)[0]) == [
         "gradcam-simplenet-fakes",
         "gradcam-simplenet-synthetic",

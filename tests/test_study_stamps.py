@@ -69,6 +69,30 @@ def test_up_to_date_only_with_its_own_outputs(tmp_path):
     assert stamp.started_ns <= stamps.read(step).started_ns
 
 
+def test_a_step_with_two_sections_needs_both(tmp_path):
+    """numerical_analysis.py writes 'numerical' and 'uncertainty': the step is stale when either is
+    missing or changed, not when another step's section changes."""
+    metrics = tmp_path / "metrics.json"
+    step, stamps = _step(tmp_path), Stamps(str(tmp_path / "out"))
+    step.sections = {str(metrics): ("numerical", "uncertainty")}
+    stamp = stamps.start(step, None)
+    _write(tmp_path / "fig.png", "png")
+    _write(metrics, json.dumps({"numerical": {"auc": 0.5}}))
+    stamps.finish(step, stamp, 1.0, 0.5, 100)
+    assert stale_reason(step, stamps.read(step)) == f"{metrics} has no 'uncertainty' section"
+    both = {"numerical": {"auc": 0.5}, "uncertainty": {"ece": 0.1}}
+    _write(metrics, json.dumps(both))
+    stamp = stamps.start(step, stamps.read(step))
+    stamps.finish(step, stamp, 1.0, 0.5, 100)
+    assert stale_reason(step, stamps.read(step)) is None
+    _write(metrics, json.dumps(both | {"robustness": {"auc": 1}}))  # another step's section
+    assert stale_reason(step, stamps.read(step)) is None
+    _write(metrics, json.dumps(both | {"uncertainty": {"ece": 0.2}}))
+    assert stale_reason(step, stamps.read(step)) == f"output {metrics} was changed since this step made it"
+    _write(metrics, json.dumps({"uncertainty": {"ece": 0.1}}))
+    assert stale_reason(step, stamps.read(step)) == f"{metrics} has no 'numerical' section"
+
+
 def test_newer_input_or_other_command_makes_it_stale(tmp_path):
     step, stamps = _step(tmp_path), Stamps(str(tmp_path / "out"))
     _run(step, stamps, tmp_path)
