@@ -18,7 +18,7 @@ import numpy as np
 
 import analysis
 from cli import UserError
-from metrics import binary_metrics
+from metrics import binary_metrics, fmt
 from utils import (
     DATASET_NAMES,
     DATASET_TITLES,
@@ -141,8 +141,8 @@ def matrix_table(rows, test_datasets) -> str:
         cells = []
         for name in test_datasets:
             r = row["results"][name]
-            auc = "n/a" if r["auc"] is None else f"{r['auc']:.3f}"
-            eer = "n/a" if r["eer"] is None else f"{r['eer']:.3f}"
+            auc = fmt(r["auc"], 3)
+            eer = fmt(r["eer"], 3)
             mark = "*" if r["in_distribution"] else " "
             cells.append(f"  {mark + auc + ' / ' + format(r['accuracy'], '.1f') + ' / ' + eer:>22}")
         lines.append(f"{row['label']:<{width}}" + "".join(cells))

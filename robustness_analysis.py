@@ -18,6 +18,7 @@ import analysis
 import perturbations
 from cli import ArgumentParser, non_negative_int, positive_int, run_cli
 from fileio import save_figure
+from metrics import fmt
 from utils import FIGURE_SUFFIXES, add_analysis_flags, add_out_dir_flag, figure_path, load_analysis_inputs
 
 DEFAULT_MAX_IMAGES = 60
@@ -59,8 +60,8 @@ def robustness_table(metrics: dict) -> str:
     """One line per condition: AUC, accuracy, EER and AP."""
 
     def row(name, values):
-        cells = [("n/a" if values[k] is None else f"{values[k]:.4f}") for k in ("auc", "eer", "ap")]
-        acc = "n/a" if values["accuracy"] is None else f"{values['accuracy']:.2f} %"
+        cells = [fmt(values[k]) for k in ("auc", "eer", "ap")]
+        acc = fmt(values["accuracy"], 2, " %")
         return f"{name:<18} {cells[0]:>7} {acc:>9} {cells[1]:>7} {cells[2]:>7}"
 
     lines = [

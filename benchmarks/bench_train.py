@@ -55,6 +55,7 @@ from tqdm import tqdm
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
+import metrics
 from batching import NORMALIZE_MEAN, NORMALIZE_STD
 from cli import (
     ArgumentParser,
@@ -885,8 +886,8 @@ def run_full_size_rss(name: str, argv: list[str]) -> dict:
 
 # ----------------------------------------------------------------------------- output
 def print_table(results: dict) -> None:
-    def fmt(v, digits=1):
-        return "n/a" if v is None else f"{v:.{digits}f}"
+    def fmt(v, digits=1):  # one decimal unless asked
+        return metrics.fmt(v, digits)
 
     print(f"{'model':14s} {'loop':10s} {'train img/s':>12s} {'eval img/s':>11s}")
     for name, r in results.items():

@@ -10,6 +10,7 @@ import time
 from dataclasses import asdict, dataclass
 
 from fileio import atomic_write_json, atomic_write_text
+from metrics import fmt
 from study.data import DataChoice
 from study.numbers import (
     STUDY_MODEL_FACTS,
@@ -66,8 +67,8 @@ def model_facts() -> dict:
 
 
 def _fmt(value, digits=2) -> str:
-    value = finite(value)
-    return "-" if value is None else f"{value:.{digits}f}"
+    """A report cell: the number with ``digits`` decimals; "-" for a missing or non-finite one."""
+    return "-" if finite(value) is None else fmt(finite(value), digits)
 
 
 def score_label(runs: dict[str, RunNumbers], column: int) -> str:
@@ -271,17 +272,11 @@ def uncertainty(runs: dict[str, RunNumbers]) -> list[tuple]:
     ]
 
 
-def _cell(value, digits: int, unit: str = "") -> str:
-    return "n/a" if value is None else f"{value:.{digits}f}{unit}"
-
-
 def _matrix_cell(cell: dict | None) -> str:
     """``AUC 0.912 / acc 85.0 % / EER 0.101``, and ``(in-distribution)`` on a checkpoint's own dataset."""
     if cell is None:
         return NOT_RUN
-    text = (
-        f"AUC {_cell(cell['auc'], 3)} / acc {_cell(cell['accuracy'], 1, ' %')} / EER {_cell(cell['eer'], 3)}"
-    )
+    text = f"AUC {fmt(cell['auc'], 3)} / acc {fmt(cell['accuracy'], 1, ' %')} / EER {fmt(cell['eer'], 3)}"
     return text + (" (in-distribution)" if cell["in_distribution"] else "")
 
 
@@ -318,7 +313,7 @@ def _harshest_cell(entry: dict | None) -> str:
     if entry is None:
         return NOT_RUN
     grade = "?" if entry["severity"] is None else f"{entry['severity']:g}"
-    return f"{_cell(entry['auc'], 3)} at {grade}"
+    return f"{fmt(entry['auc'], 3)} at {grade}"
 
 
 def robustness_blocks(settings: Settings, runs: dict[str, RunNumbers]) -> list[tuple]:
@@ -339,7 +334,7 @@ def robustness_blocks(settings: Settings, runs: dict[str, RunNumbers]) -> list[t
             [
                 f"{run.model}, {run.dataset}",
                 str(n.robustness_images or "-"),
-                _cell(n.robustness_clean_auc, 3),
+                fmt(n.robustness_clean_auc, 3),
                 *cells,
             ]
         )

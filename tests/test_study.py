@@ -39,10 +39,11 @@ RUNS = (
     ("SimpleNet", "synthetic_dataset"),
     ("XceptionBased", "synthetic_dataset"),
 )
-# SPEC section 4, written out here (not taken from run_study) so the test checks the runner.
-SPEC_FIGURES = ["datasets_samples.png"]
+# The study's figures (docs/design.md#output-names), written out here (not taken from run_study)
+# so the test checks the runner.
+STUDY_FIGURES = ["datasets_samples.png"]
 for _model, _dataset in RUNS:
-    SPEC_FIGURES += [
+    STUDY_FIGURES += [
         f"{_dataset}_{_model}_{suffix}.png"
         for suffix in (
             "losses_plot",
@@ -53,7 +54,7 @@ for _model, _dataset in RUNS:
             "Fake_Image_grad_cam",
         )
     ]
-SPEC_FIGURES += [
+STUDY_FIGURES += [
     f"{d}_{m}_{suffix}.png"
     for m, d in (RUNS[0], RUNS[2])
     for suffix in ("saliency_maps_and_images_pairs", "mean_saliency_maps")
@@ -161,7 +162,7 @@ def study(module_tmp):
 
 # ----------------------------------------------------------------------------- end to end
 def test_every_figure_report_and_summary(study):
-    for name in SPEC_FIGURES + BEYOND_FIGURES:
+    for name in STUDY_FIGURES + BEYOND_FIGURES:
         path = os.path.join(study.figures, name)
         assert os.path.isfile(path), f"missing figure {name}"
         with open(path, "rb") as handle:
@@ -313,7 +314,7 @@ def test_report_is_one_self_contained_page(study):
     assert "AUC A (raw output column 0)" in md and "AUC B (raw output column 1)" in md
     # Markdown links resolve to the figures; the HTML embeds each one, byte for byte.
     links = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", md)
-    for name in SPEC_FIGURES + BEYOND_FIGURES:
+    for name in STUDY_FIGURES + BEYOND_FIGURES:
         assert any(link.endswith("/" + name) for link in links), name
     for link in links:
         assert os.path.isfile(os.path.join(study.out, link)), link
@@ -321,7 +322,7 @@ def test_report_is_one_self_contained_page(study):
     assert sources and all(src.startswith("data:image/png;base64,") for src in sources)
     assert not re.search(r"(href|src)=\"(https?:|file:|/|\.)", page)
     embedded = {base64.b64decode(src.split(",", 1)[1]) for src in sources}
-    for name in SPEC_FIGURES + BEYOND_FIGURES:
+    for name in STUDY_FIGURES + BEYOND_FIGURES:
         with open(os.path.join(study.figures, name), "rb") as handle:
             assert handle.read() in embedded, name
 
