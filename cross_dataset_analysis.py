@@ -19,7 +19,8 @@ import analysis
 import cross_dataset
 from cli import ArgumentParser, run_cli
 from fileio import save_figure
-from utils import add_multi_dataset_flags, get_device
+from flags import add_multi_dataset_flags
+from utils import get_device
 
 SCORES = "P(fake) = softmax column 1; accuracy at P(fake) > 0.5"
 

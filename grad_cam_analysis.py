@@ -19,14 +19,8 @@ import analysis
 from batching import normalize_batch
 from cli import ArgumentParser, UserError, non_negative_int, run_cli
 from fileio import save_figure
-from utils import (
-    FIGURE_SUFFIXES,
-    add_analysis_flags,
-    add_gradient_batch_flag,
-    add_out_dir_flag,
-    figure_path,
-    load_analysis_inputs,
-)
+from flags import add_analysis_flags, add_gradient_batch_flag, add_out_dir_flag
+from utils import FIGURE_SUFFIXES, figure_path, load_analysis_inputs
 
 
 def fraction(text: str) -> float:

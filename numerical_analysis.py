@@ -19,7 +19,8 @@ import analysis
 import uncertainty
 from cli import ArgumentParser, non_negative_int, positive_int, run_cli
 from fileio import save_figure
-from utils import FIGURE_SUFFIXES, add_analysis_flags, add_out_dir_flag, figure_path, load_analysis_inputs
+from flags import add_analysis_flags, add_out_dir_flag
+from utils import FIGURE_SUFFIXES, figure_path, load_analysis_inputs
 
 
 def build_parser() -> ArgumentParser:

@@ -21,7 +21,8 @@ import numpy as np
 from cli import ArgumentParser, add_debug_flag, run_cli
 from faces_dataset import FAKE_LABEL, REAL_LABEL
 from fileio import save_figure
-from utils import DATASET_NAMES, DATASET_TITLES, SAMPLES_FIGURE, add_data_root_flag, load_dataset
+from flags import add_data_root_flag
+from utils import DATASET_NAMES, DATASET_TITLES, SAMPLES_FIGURE, load_dataset
 
 
 def pick_index(labels: np.ndarray, label: int, rng: np.random.Generator) -> int:

@@ -30,7 +30,8 @@ from batching import normalize_batch
 from cli import ArgumentParser, UserError, add_debug_flag, positive_int, run_cli
 from faces_dataset import IMAGE_SIZE, DataError, is_image_file, pil_to_uint8_tensor, read_rgb_image
 from fileio import atomic_write
-from utils import add_checkpoint_flags, get_device, load_model_from_checkpoint
+from flags import add_checkpoint_flags
+from utils import get_device, load_model_from_checkpoint
 
 
 def build_parser() -> ArgumentParser:

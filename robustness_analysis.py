@@ -18,8 +18,9 @@ import analysis
 import perturbations
 from cli import ArgumentParser, non_negative_int, positive_int, run_cli
 from fileio import save_figure
+from flags import add_analysis_flags, add_out_dir_flag
 from metrics import fmt
-from utils import FIGURE_SUFFIXES, add_analysis_flags, add_out_dir_flag, figure_path, load_analysis_inputs
+from utils import FIGURE_SUFFIXES, figure_path, load_analysis_inputs
 
 DEFAULT_MAX_IMAGES = 60
 

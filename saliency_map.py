@@ -14,13 +14,8 @@ import sys
 import analysis
 from cli import ArgumentParser, run_cli
 from fileio import save_figure
-from utils import (
-    FIGURE_SUFFIXES,
-    add_analysis_flags,
-    add_gradient_batch_flag,
-    figure_path,
-    load_analysis_inputs,
-)
+from flags import add_analysis_flags, add_gradient_batch_flag
+from utils import FIGURE_SUFFIXES, figure_path, load_analysis_inputs
 
 N_PAIRS = 36
 

@@ -19,7 +19,8 @@ import batching
 import spectrum
 from cli import ArgumentParser, non_negative_int, run_cli
 from fileio import save_figure
-from utils import DATASET_TITLES, add_multi_dataset_flags, get_device, load_dataset
+from flags import add_multi_dataset_flags
+from utils import DATASET_TITLES, get_device, load_dataset
 
 
 def build_parser() -> ArgumentParser:

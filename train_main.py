@@ -26,6 +26,7 @@ from cli import (
     run_cli,
     seed_int,
 )
+from flags import add_data_root_flag
 from memory import add_activation_checkpointing_flag, apply_image_cache, resolve_activation_checkpointing
 from metrics import fmt
 from trainer import LoggingParameters, Trainer, check_output_paths, json_safe_optimizer_params, run_paths
@@ -33,7 +34,6 @@ from utils import (
     DATASET_NAMES,
     MODEL_NAMES,
     OPTIMIZER_NAMES,
-    add_data_root_flag,
     get_device,
     get_nof_params,
     load_dataset,

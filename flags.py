@@ -1,0 +1,89 @@
+"""The command-line flags that several scripts share, declared once: the data root, the checkpoint
+and model of the analysis scripts, their output folders and batch sizes."""
+
+from __future__ import annotations
+
+import argparse
+
+from cli import add_debug_flag, positive_int
+from utils import DATA_ROOT_ENV, DATASET_NAMES, DEFAULT_DATA_ROOT, MODEL_NAMES
+
+
+def add_data_root_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--data_root",
+        default=None,
+        help=f"folder holding fakes_dataset/ and synthetic_dataset/; default: "
+        f"${DATA_ROOT_ENV}, else {DEFAULT_DATA_ROOT}",
+    )
+
+
+def add_checkpoint_flags(parser: argparse.ArgumentParser) -> None:
+    """``--model`` and ``--checkpoint_path``: which trained model a script loads."""
+    parser.add_argument(
+        "--model", "-m", default="XceptionBased", choices=MODEL_NAMES, help="which model the checkpoint holds"
+    )
+    parser.add_argument(
+        "--checkpoint_path",
+        "-cpp",
+        default="checkpoints/XceptionBased.pt",
+        help="checkpoint written by train_main.py (its 'model' entry is loaded)",
+    )
+
+
+def add_analysis_flags(parser: argparse.ArgumentParser) -> None:
+    """The flags every analysis script shares (docs/design.md#analysis)."""
+    add_checkpoint_flags(parser)
+    parser.add_argument(
+        "--dataset",
+        "-d",
+        default="fakes_dataset",
+        choices=DATASET_NAMES,
+        help="dataset whose test split is analysed",
+    )
+    add_data_root_flag(parser)
+    parser.add_argument("--device", default="auto", help="auto (CUDA when available), cpu or cuda")
+    parser.add_argument("--figures_dir", default="figures", help="where figures are written")
+    add_debug_flag(parser)
+
+
+def add_gradient_batch_flag(parser: argparse.ArgumentParser) -> None:
+    """``--batch_size`` of the scripts that backpropagate to the input (saliency, Grad-CAM)."""
+    parser.add_argument(
+        "--batch_size",
+        "-b",
+        default=16,
+        type=positive_int,
+        help="images per forward/backward pass (lower it if memory runs short)",
+    )
+
+
+def add_out_dir_flag(parser: argparse.ArgumentParser, section: str) -> None:
+    """``--out_dir`` of an analysis script that writes the ``section`` of the metrics JSON."""
+    parser.add_argument(
+        "--out_dir",
+        default="out",
+        help=f"folder of <D>_<M>_metrics.json (its '{section}' section is replaced, other sections kept)",
+    )
+
+
+def add_multi_dataset_flags(parser: argparse.ArgumentParser, what: str, out_help: str) -> None:
+    """The flags of the analysis scripts that work on several datasets' test splits
+    (``--datasets``, all by default; ``what`` says what is done to them), and write figures and
+    JSON sections (``out_help`` says which)."""
+    parser.add_argument(
+        "--datasets",
+        "-d",
+        nargs="+",
+        default=list(DATASET_NAMES),
+        choices=DATASET_NAMES,
+        metavar="NAME",
+        help=f"{what}, any of: {' '.join(DATASET_NAMES)}",
+    )
+    add_data_root_flag(parser)
+    parser.add_argument("--device", default="auto", help="auto (CUDA when available), cpu or cuda")
+    parser.add_argument("--batch_size", "-b", default=64, type=positive_int, help="images per batch")
+    parser.add_argument("--figures_dir", default="figures", help="where figures are written")
+    parser.add_argument("--out_dir", default="out", help=out_help)
+    parser.add_argument("--no_progress", action="store_true", help="no progress bar")
+    add_debug_flag(parser)
