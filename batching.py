@@ -149,6 +149,13 @@ def batch_of_rows(load, labels: torch.Tensor, rows: torch.Tensor) -> tuple[torch
     return images, labels[indices]
 
 
+def seeded_generator(seed: int, counter: int) -> torch.Generator:
+    """A CPU generator for one (seed, epoch counter): what the augmentation and the precise
+    BatchNorm batches are drawn from, so that a resumed run draws them again. Taken modulo 2**64,
+    the range ``manual_seed`` accepts (the same seed for every --seed below 2**44)."""
+    return torch.Generator().manual_seed((seed * 1_000_003 + counter) % 2**64)
+
+
 class AugmentedBatchSampler:
     """Batches of (index, top, left, flip) rows: a DistributedSampler's order plus per-index
     augmentation drawn from (seed, epoch), so results do not depend on workers or world size."""
@@ -160,8 +167,7 @@ class AugmentedBatchSampler:
         return math.ceil(len(self.sampler) / self.batch_size)
 
     def __iter__(self):
-        # modulo 2**64, the range manual_seed takes (the same seed for every --seed below 2**44)
-        generator = torch.Generator().manual_seed((self.seed * 1_000_003 + self.sampler.epoch + 1) % 2**64)
+        generator = seeded_generator(self.seed, self.sampler.epoch + 1)
         params = draw_augmentation(self.n, generator).tolist()
         for batch in BatchSampler(self.sampler, self.batch_size, drop_last=False):
             yield [[i, *params[i]] for i in batch]

@@ -144,7 +144,7 @@ def matrix_table(rows, test_datasets) -> str:
             auc = fmt(r["auc"], 3)
             eer = fmt(r["eer"], 3)
             mark = "*" if r["in_distribution"] else " "
-            cells.append(f"  {mark + auc + ' / ' + format(r['accuracy'], '.1f') + ' / ' + eer:>22}")
+            cells.append(f"  {mark + auc + ' / ' + fmt(r['accuracy'], 1) + ' / ' + eer:>22}")
         lines.append(f"{row['label']:<{width}}" + "".join(cells))
     lines.append("* in-distribution (the checkpoint's own dataset)")
     return "\n".join(lines)

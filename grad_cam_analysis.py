@@ -155,14 +155,15 @@ def mean_maps_and_faithfulness(args, model, layer, dataset, device):
     def cams(x, y):
         return analysis.grad_cam_maps(model, layer, x, y)
 
-    def subset(n):  # n test images chosen with the seed; None: all of them
-        return analysis.pick_mixed_indices(labels, n, args.seed) if 0 < n < len(labels) else None
-
     def members(chosen) -> set[int]:
         return set(range(len(labels)) if chosen is None else chosen.tolist())
 
-    mean_subset = subset(args.max_images)
-    faith_subset = subset(args.faithfulness_images) if args.faithfulness_images else mean_subset
+    mean_subset = analysis.subset_indices(labels, args.max_images, args.seed)
+    faith_subset = (
+        analysis.subset_indices(labels, args.faithfulness_images, args.seed)
+        if args.faithfulness_images
+        else mean_subset
+    )
     # The faithfulness test rides on the mean-map pass (its maps, its decoded images); a second
     # pass only covers the faithfulness images the mean maps do not use.
     faithfulness = analysis.FaithfulnessAccumulator(model, args.fractions, args.seed, only=faith_subset)

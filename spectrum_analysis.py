@@ -18,6 +18,7 @@ import analysis
 import batching
 import spectrum
 from cli import ArgumentParser, non_negative_int, run_cli
+from faces_dataset import IMAGE_SIZE
 from fileio import save_figure
 from flags import add_multi_dataset_flags
 from utils import DATASET_TITLES, get_device, load_dataset
@@ -61,7 +62,7 @@ def dataset_spectra(args, name: str, device) -> tuple[spectrum.SpectrumAccumulat
         "subset": None
         if indices is None
         else f"random, half real and half fake where possible, seed {args.seed}",
-        **acc.summary(images.shape[-1]),
+        **acc.summary(IMAGE_SIZE),
     }
     return acc, section
 

@@ -30,7 +30,14 @@ from torch import nn
 from torch.utils.data import BatchSampler, DataLoader, DistributedSampler
 from tqdm import tqdm
 
-from batching import AugmentedBatchSampler, CachedBatches, EvalShard, UInt8Batches, normalize_batch
+from batching import (
+    AugmentedBatchSampler,
+    CachedBatches,
+    EvalShard,
+    UInt8Batches,
+    normalize_batch,
+    seeded_generator,
+)
 from cli import UserError, first_line
 from fileio import (
     LockHeldError,
@@ -346,9 +353,9 @@ class Trainer:
         correct = torch.zeros((), dtype=torch.long, device=self.device)
         seen = batch_number = 0
         bad_batch = torch.zeros((), dtype=torch.long, device=self.device)  # first NaN/inf loss; 0: none
-        # Reading the flag waits for the queued GPU steps, so on CUDA it is read every 50 batches
-        # (and at the end); on the CPU the steps are already done and it is read every batch.
-        check_every = 1 if self.device.type == "cpu" else 50
+        # Reading the flag waits for the queued GPU steps (and is a collective under torchrun), so
+        # there it is read every 50 batches and at the end; on one CPU process, every batch.
+        check_every = 1 if self.device.type == "cpu" and not self.distributed else 50
         start = last_update = time.monotonic()
         bar = self._bar(loader, f"train epoch {self.epoch + 1}")
         for batch_number, (images, labels) in enumerate(bar, 1):
@@ -365,8 +372,8 @@ class Trainer:
             bad_batch = torch.where(
                 (bad_batch == 0) & ~torch.isfinite(loss.detach()), batch_number, bad_batch
             )
-            if batch_number % check_every == 0 and bad_batch.item():
-                raise TrainingDiverged(self.epoch + 1, int(bad_batch.item()))
+            if batch_number % check_every == 0 and (first_bad := self._first_bad_batch(bad_batch)):
+                raise TrainingDiverged(self.epoch + 1, first_bad)
             if self.progress and time.monotonic() - last_update > 0.5:  # syncs only for display
                 last_update = time.monotonic()
                 bar.set_postfix(
@@ -375,8 +382,8 @@ class Trainer:
                     ips=f"{seen * self.world_size / (last_update - start):.1f}",
                 )
         bar.close()
-        if bad_batch.item():
-            raise TrainingDiverged(self.epoch + 1, int(bad_batch.item()))
+        if first_bad := self._first_bad_batch(bad_batch):
+            raise TrainingDiverged(self.epoch + 1, first_bad)
         if not torch.stack([p.detach().isfinite().all() for p in self.model.parameters()]).all():
             raise TrainingDiverged(self.epoch + 1, batch_number)  # the last step made weights NaN/inf
         self._last_batch = batch_number
@@ -389,6 +396,17 @@ class Trainer:
         self.last_train_images_per_sec = total / max(self.last_train_seconds, 1e-9)
         self.epoch += 1
         return loss_sum.item() / total, 100.0 * correct.item() / total
+
+    def _first_bad_batch(self, bad_batch: torch.Tensor) -> int:
+        """The first batch with a NaN/inf loss on any process (0: none). Under torchrun every
+        process takes part, so all of them stop at the same check instead of one waiting forever
+        in the next gradient all-reduce."""
+        if not self.distributed:
+            return int(bad_batch.item())
+        never = torch.iinfo(torch.long).max
+        first = torch.where(bad_batch == 0, never, bad_batch).reshape(1)
+        dist.all_reduce(first, op=dist.ReduceOp.MIN)
+        return 0 if first.item() == never else int(first.item())
 
     @torch.inference_mode()
     def evaluate(self, dataset, desc: str = "eval") -> EvalResult:
@@ -461,7 +479,7 @@ class Trainer:
         if not self.precise_bn or not batchnorm_layers(self.model):
             return
         dataset = self._eval_view(self.train_dataset)
-        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        generator = seeded_generator(self.seed, self.epoch)
         order = torch.randperm(len(dataset), generator=generator)[: self.precise_bn * self.batch_size]
         mine = order[self.rank :: self.world_size].tolist()  # each process forwards its share
         per_rank = self.batch_size // self.world_size

@@ -251,7 +251,7 @@ def load_model_from_checkpoint(
     except RuntimeError as exc:
         raise UserError(
             f"{checkpoint_path}: does not fit a {model_name} model "
-            f"({str(exc).splitlines()[0][:200]}); models: {', '.join(MODEL_NAMES)}"
+            f"({first_line(exc)}); models: {', '.join(MODEL_NAMES)}"
         ) from None
     fast = torch.channels_last if resolve_channels_last("auto", device) else torch.contiguous_format
     return model.to(device, memory_format=fast).eval()

@@ -157,3 +157,18 @@ def cpu_trainer(model, optimizer, splits, batch_size: int = 4, trainer_class=Non
     return (trainer_class or Trainer)(
         model, optimizer, nn.CrossEntropyLoss(), batch_size, *splits, device="cpu", num_workers=0, **kwargs
     )
+
+
+def one_line_error(capsys, main, argv, *needles) -> str:
+    """Run the CLI entry in-process; expect exit 2 and exactly one stderr line holding ``needles``."""
+    from cli import run_cli
+
+    code = run_cli(main, argv)
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert code == 2, err
+    assert len(lines) == 1, err
+    assert ": error: " in lines[0] and "Traceback" not in err
+    for needle in needles:
+        assert str(needle) in lines[0], (needle, lines[0])
+    return lines[0]

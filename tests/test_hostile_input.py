@@ -24,7 +24,7 @@ from PIL import Image
 import cli
 import train_main
 import utils
-from conftest import ROOT, SMALL_COUNTS, make_image, make_tree, pickled_calls, train_argv
+from conftest import ROOT, SMALL_COUNTS, make_image, make_tree, one_line_error, pickled_calls, train_argv
 from faces_dataset import DataError
 from models import SimpleNet
 
@@ -45,19 +45,6 @@ def tree(clean_tree, tmp_path):
 
 def _argv(data, tmp_path, *extra) -> list[str]:
     return train_argv(data, tmp_path, "-e", "1", "-b", "2", *extra)
-
-
-def _one_line_error(capsys, main, argv, *needles) -> str:
-    """Run the CLI entry in-process; expect exit 2 and exactly one stderr line holding ``needles``."""
-    code = cli.run_cli(main, argv)
-    err = capsys.readouterr().err
-    lines = [line for line in err.splitlines() if line.strip()]
-    assert code == 2, err
-    assert len(lines) == 1, err
-    assert ": error: " in lines[0] and "Traceback" not in err
-    for needle in needles:
-        assert str(needle) in lines[0], (needle, lines[0])
-    return lines[0]
 
 
 def _png_chunk(kind: bytes, data: bytes) -> bytes:
@@ -90,7 +77,7 @@ def test_bad_image_file_one_line_naming_it(case, tree, tmp_path, capsys):
     path = tree / "fakes_dataset" / relative
     bad = damage(path.read_bytes())
     path.write_bytes(bad)
-    _one_line_error(capsys, train_main.main, _argv(tree, tmp_path), path, needle)
+    one_line_error(capsys, train_main.main, _argv(tree, tmp_path), path, needle)
     assert path.read_bytes() == bad  # the file is left as it was
     assert not (tmp_path / "out").exists() and not (tmp_path / "ck").exists()  # stopped before training
 
@@ -130,14 +117,14 @@ def test_debug_shows_the_traceback(tree, tmp_path):
 
 def test_missing_split_folder(tree, tmp_path, capsys):
     shutil.rmtree(tree / "fakes_dataset" / "val")
-    _one_line_error(
+    one_line_error(
         capsys, train_main.main, _argv(tree, tmp_path), tree / "fakes_dataset" / "val", "missing split folder"
     )
 
 
 def test_missing_class_folder(tree, tmp_path, capsys):
     shutil.rmtree(tree / "fakes_dataset" / "test" / "fake")
-    _one_line_error(capsys, train_main.main, _argv(tree, tmp_path), tree / "fakes_dataset" / "test", "fake")
+    one_line_error(capsys, train_main.main, _argv(tree, tmp_path), tree / "fakes_dataset" / "test", "fake")
 
 
 def test_empty_dataset(tree, tmp_path, capsys):
@@ -146,7 +133,7 @@ def test_empty_dataset(tree, tmp_path, capsys):
         shutil.rmtree(folder)
         folder.mkdir()
         (folder / "Thumbs.db").write_bytes(b"\x00" * 10)  # clutter is not an image
-    _one_line_error(
+    one_line_error(
         capsys, train_main.main, _argv(tree, tmp_path), tree / "fakes_dataset" / "train", "no images"
     )
 
@@ -309,7 +296,7 @@ def test_resume_from_planted_last_checkpoint(kind, needle, clean_tree, checkpoin
     else:
         shutil.copy(checkpoints[kind], planted)
     before = planted.read_bytes()
-    _one_line_error(capsys, train_main.main, _argv(clean_tree, tmp_path, "--resume"), planted, needle)
+    one_line_error(capsys, train_main.main, _argv(clean_tree, tmp_path, "--resume"), planted, needle)
     assert planted.read_bytes() == before
     assert not checkpoints["marker"].exists()
     assert not (tmp_path / "out").exists() or not os.listdir(tmp_path / "out")
@@ -339,7 +326,7 @@ def test_analysis_script_refuses_bad_checkpoints(checkpoints, clean_tree, tmp_pa
             str(tmp_path / "out"),
             "--no_progress",
         ]
-        _one_line_error(capsys, numerical_analysis.main, argv, checkpoints[name], needle)
+        one_line_error(capsys, numerical_analysis.main, argv, checkpoints[name], needle)
     assert not checkpoints["marker"].exists()
     assert not (tmp_path / "fig").exists()
 
@@ -387,7 +374,7 @@ def test_output_folder_under_a_regular_file(flag, clean_tree, tmp_path, capsys):
     blocker.write_text("my notes\n")
     argv = _argv(clean_tree, tmp_path)
     argv[argv.index(flag) + 1] = str(blocker / "sub")
-    _one_line_error(capsys, train_main.main, argv, blocker / "sub", "cannot create output folder")
+    one_line_error(capsys, train_main.main, argv, blocker / "sub", "cannot create output folder")
     assert blocker.read_text() == "my notes\n"
 
 
@@ -418,7 +405,7 @@ def test_read_only_output_folder(clean_tree, tmp_path, capsys):
     (out / f"{STEM}.json").write_text("[]\n")
     out.chmod(0o555)
     try:
-        _one_line_error(capsys, train_main.main, _argv(clean_tree, tmp_path), out, "not writable")
+        one_line_error(capsys, train_main.main, _argv(clean_tree, tmp_path), out, "not writable")
     finally:
         out.chmod(0o755)
     assert (out / f"{STEM}.json").read_text() == "[]\n"
@@ -426,7 +413,7 @@ def test_read_only_output_folder(clean_tree, tmp_path, capsys):
 
 
 def test_activation_checkpointing_is_for_xception_only(tree, tmp_path, capsys):
-    _one_line_error(
+    one_line_error(
         capsys,
         train_main.main,
         _argv(tree, tmp_path, "--activation_checkpointing"),

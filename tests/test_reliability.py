@@ -29,10 +29,9 @@ import plot_samples_of_faces_datasets
 import saliency_map
 import train_main
 import utils
-from conftest import HOOKED, ROOT, SMALL_COUNTS, make_image, make_tree, train_argv
+from conftest import HOOKED, ROOT, SMALL_COUNTS, make_image, make_tree, one_line_error, train_argv
 from faces_dataset import DataError, FacesDataset, list_images, read_rgb_image
 from models import SimpleNet
-from test_hostile_input import _one_line_error
 from trainer import Trainer
 
 STEM = "fakes_dataset_SimpleNet_SGD"
@@ -118,7 +117,7 @@ def test_second_live_run_on_the_same_files_is_refused(data, tmp_path, capsys):
     )
     try:
         _wait_for_pause(proc)
-        line = _one_line_error(
+        line = one_line_error(
             capsys, train_main.main, argv, "in use by another training", f"pid {proc.pid}", "--checkpoint_dir"
         )
         assert str(tmp_path / "ck" / f"{STEM}.pt") in line
@@ -257,7 +256,7 @@ def test_analysis_scripts_refuse_a_non_finite_checkpoint(script, nan_checkpoint,
         str(tmp_path / "fig"),
         "--no_progress",
     ]
-    _one_line_error(capsys, script.main, argv, nan_checkpoint, "non-finite weights")
+    one_line_error(capsys, script.main, argv, nan_checkpoint, "non-finite weights")
     assert not (tmp_path / "fig").exists()
 
 
@@ -269,7 +268,7 @@ def test_resume_with_changed_protocol_is_refused_naming_each_difference(tree, tm
     changed = _argv(
         other, tmp_path, "--resume", "-e", "2", "--lr", "0.5", "-b", "4", "--seed", "7", "--momentum", "0.5"
     )
-    _one_line_error(
+    one_line_error(
         capsys,
         train_main.main,
         changed,
@@ -293,9 +292,9 @@ def test_empty_class_folder_in_the_train_split(empty, tree, tmp_path, capsys):
     folder = os.path.join(tree, "fakes_dataset", "train", empty)
     shutil.rmtree(folder)
     os.mkdir(folder)
-    _one_line_error(capsys, train_main.main, _argv(tree, tmp_path), folder, "no images")
+    one_line_error(capsys, train_main.main, _argv(tree, tmp_path), folder, "no images")
     assert not (tmp_path / "ck").exists() or not os.listdir(tmp_path / "ck")
-    _one_line_error(
+    one_line_error(
         capsys,
         plot_samples_of_faces_datasets.main,
         ["--data_root", tree, "--figures_dir", str(tmp_path / "fig")],
@@ -314,7 +313,7 @@ def test_out_dir_that_is_a_file_stops_before_any_work(data, tmp_path, capsys, mo
     argv = _argv(data, tmp_path)
     argv[argv.index("--out_dir") + 1] = str(blocker)
     monkeypatch.setattr(train_main, "load_dataset", _no_data_reading)
-    _one_line_error(capsys, train_main.main, argv, blocker, "cannot create output folder")
+    one_line_error(capsys, train_main.main, argv, blocker, "cannot create output folder")
     assert blocker.read_text() == "my notes\n"
     assert not (tmp_path / "ck").exists() or not os.listdir(tmp_path / "ck")
 
@@ -324,7 +323,7 @@ def test_output_file_that_is_a_folder_stops_before_any_work(where, data, tmp_pat
     name = f"{STEM}.json" if where == "out" else f"{STEM}.pt"
     (tmp_path / where / name).mkdir(parents=True)
     monkeypatch.setattr(train_main, "load_dataset", _no_data_reading)
-    _one_line_error(capsys, train_main.main, _argv(data, tmp_path), tmp_path / where / name, "is a folder")
+    one_line_error(capsys, train_main.main, _argv(data, tmp_path), tmp_path / where / name, "is a folder")
     assert not (tmp_path / "ck" / f"{STEM}_last.pt").exists()
     assert not (tmp_path / "out" / f"{STEM}.json").is_file()
 
@@ -388,7 +387,7 @@ def test_largest_seed_trains(data, tmp_path):
 def test_unsupported_device_is_one_line(device, data, tmp_path, capsys):
     with pytest.raises(cli.UserError, match=f"--device {device}: "):
         utils.get_device(device)
-    _one_line_error(capsys, train_main.main, _argv(data, tmp_path, "--device", device), f"--device {device}")
+    one_line_error(capsys, train_main.main, _argv(data, tmp_path, "--device", device), f"--device {device}")
 
 
 @pytest.mark.parametrize("peak", [200, 256, 65535])
@@ -473,7 +472,7 @@ def _runs_json(tmp_path, **run) -> str:
 @pytest.mark.parametrize("flags", [["-m", "XceptionBased"], ["-d", "synthetic_dataset"]])
 def test_plot_refuses_a_run_of_another_model_or_dataset(flags, tmp_path, capsys):
     argv = ["-j", _runs_json(tmp_path), "--figures_dir", str(tmp_path / "fig"), *flags]
-    _one_line_error(capsys, plot_accuracy_and_loss.main, argv, "SimpleNet on fakes_dataset", flags[1])
+    one_line_error(capsys, plot_accuracy_and_loss.main, argv, "SimpleNet on fakes_dataset", flags[1])
     assert not (tmp_path / "fig").exists()
 
 
