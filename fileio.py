@@ -206,10 +206,12 @@ def move_aside(path: str, reason: str) -> str:
     return aside
 
 
-def read_json_object(path: str, what: str) -> dict:
+def read_json_object(path: str, what: str | None = None) -> dict:
     """The JSON object at ``path``; ``{}`` when the file is missing. A file that is not a JSON
-    object (corrupt, truncated, a list) is moved aside with a warning naming ``what``, never
-    overwritten, and ``{}`` is returned, so the caller starts a new one."""
+    object (corrupt, truncated, a list) gives ``{}`` too: with ``what`` (a writer about to start a
+    new file) it is first moved aside with a warning naming ``what``, never overwritten; without
+    (a reader of another tool's file, such as the study runner) it is left as it is, and an
+    unreadable file counts as missing."""
     if not os.path.exists(path):
         return {}
     try:
@@ -219,7 +221,12 @@ def read_json_object(path: str, what: str) -> dict:
             raise ValueError("expected a JSON object")
         return content
     except (ValueError, UnicodeDecodeError) as exc:
-        move_aside(path, f"corrupt {what} ({exc})")
+        if what is not None:
+            move_aside(path, f"corrupt {what} ({exc})")
+        return {}
+    except OSError:
+        if what is not None:
+            raise
         return {}
 
 

@@ -9,10 +9,9 @@ from dataclasses import dataclass
 
 from cli import UserError
 from faces_dataset import CLASS_DIRS, list_images
-from fileio import atomic_write_json
+from fileio import atomic_write_json, read_json_object
 from study.plan import HERE
 from study.runner import Console, StepFailed, run_command
-from study.stamps import read_json_object
 from utils import DATA_ROOT_ENV, DATASET_NAMES, DEFAULT_DATA_ROOT, SPLITS, resolve_data_root
 
 DEMO_STAMP = ".study_demo.json"

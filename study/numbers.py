@@ -8,7 +8,7 @@ import os
 from dataclasses import dataclass, field
 
 from cli import UserError
-from fileio import read_runs
+from fileio import read_json_object, read_runs
 from study.plan import (
     OPTIMIZER,
     RunSpec,
@@ -18,7 +18,6 @@ from study.plan import (
     runs_json_path,
     spectrum_json_path,
 )
-from study.stamps import read_json_object
 from utils import DATASET_NAMES
 
 STUDY_SOURCE = (

@@ -9,6 +9,7 @@ since it started; --force runs it anyway. A training step that did not finish is
 from __future__ import annotations
 
 import ast
+import functools
 import hashlib
 import json
 import os
@@ -18,7 +19,7 @@ from dataclasses import asdict, dataclass, field, fields
 import torch
 
 from faces_dataset import CLASS_DIRS, list_images
-from fileio import atomic_write_json
+from fileio import atomic_write_json, read_json_object
 from study.plan import HERE, Step
 
 STAMP_VERSION = 2
@@ -52,15 +53,6 @@ class Stamp:
 
 
 # ----------------------------------------------------------------------------- signatures
-def read_json_object(path: str) -> dict:
-    try:
-        with open(path) as handle:
-            content = json.load(handle)
-        return content if isinstance(content, dict) else {}
-    except (OSError, ValueError):
-        return {}
-
-
 def missing_sections(path: str, section: str | tuple[str, ...], content: dict | None = None) -> list[str]:
     """The sections (one name or a tuple of names) that the JSON at ``path`` (or its ``content``,
     already read) lacks."""
@@ -105,7 +97,8 @@ def data_mtime(folder: str) -> int | None:
     return None if times[0] is None else max(t for t in times if t is not None)
 
 
-def code_files(script: str) -> list[str]:
+@functools.cache  # once per script and invocation: every step's stale check asks again
+def code_files(script: str) -> tuple[str, ...]:
     """The script and every module of this folder it imports, directly or not."""
     seen, todo = [], [script]
     while todo:
@@ -130,7 +123,7 @@ def code_files(script: str) -> list[str]:
                 for m in modules
                 if os.path.isfile(os.path.join(HERE, m.split(".")[0] + ".py"))
             ]
-    return sorted(seen)
+    return tuple(sorted(seen))
 
 
 def changed_since(step: Step, started_ns: int) -> str | None:
