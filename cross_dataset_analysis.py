@@ -12,7 +12,6 @@ of out/<D>_<M>_metrics.json (its row; other sections kept), and prints the table
 
 from __future__ import annotations
 
-import os
 import sys
 
 import analysis
@@ -20,7 +19,7 @@ import cross_dataset
 from cli import ArgumentParser, run_cli
 from fileio import save_figure
 from flags import add_multi_dataset_flags
-from utils import get_device
+from utils import cross_dataset_paths, get_device
 
 SCORES = "P(fake) = softmax column 1; accuracy at P(fake) > 0.5"
 
@@ -67,10 +66,8 @@ def main(argv=None) -> int:
         specs, test_datasets, args.data_root, device, args.batch_size, progress=not args.no_progress
     )
 
-    path = save_figure(
-        cross_dataset.plot_matrix(rows, test_datasets), os.path.join(args.figures_dir, "cross_dataset.png")
-    )
-    matrix_path = os.path.join(args.out_dir, "cross_dataset.json")
+    figure, matrix_path = cross_dataset_paths(args.figures_dir, args.out_dir)
+    path = save_figure(cross_dataset.plot_matrix(rows, test_datasets), figure)
     analysis.update_metrics_json(
         matrix_path,
         "cross_dataset",

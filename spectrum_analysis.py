@@ -11,7 +11,6 @@ to the data, whatever model is trained on it.
 
 from __future__ import annotations
 
-import os
 import sys
 
 import analysis
@@ -21,7 +20,7 @@ from cli import ArgumentParser, non_negative_int, run_cli
 from faces_dataset import IMAGE_SIZE
 from fileio import save_figure
 from flags import add_multi_dataset_flags
-from utils import DATASET_TITLES, get_device, load_dataset
+from utils import DATASET_TITLES, get_device, load_dataset, spectrum_paths
 
 
 def build_parser() -> ArgumentParser:
@@ -72,12 +71,11 @@ def main(argv=None) -> int:
     device = get_device(args.device)
     for name in dict.fromkeys(args.datasets):
         acc, section = dataset_spectra(args, name, device)
-        path = os.path.join(args.figures_dir, f"{name}_spectrum.png")
+        path, json_path = spectrum_paths(args.figures_dir, args.out_dir, name)
         save_figure(
             spectrum.plot_spectra(acc, section, f"Mean spectra of the test images, {DATASET_TITLES[name]}"),
             path,
         )
-        json_path = os.path.join(args.out_dir, f"{name}_spectrum.json")
         analysis.update_metrics_json(json_path, "spectrum", section)
         diff = section["fake_minus_real_db"]
         if diff is not None:

@@ -288,6 +288,18 @@ def figure_path(figures_dir: str, dataset_name: str, model_name: str, suffix: st
     return os.path.join(figures_dir, f"{dataset_name}_{model_name}_{suffix}.png")
 
 
+def spectrum_paths(figures_dir: str, out_dir: str, dataset_name: str) -> tuple[str, str]:
+    """(figure, JSON) that spectrum_analysis.py writes for one dataset: ``<D>_spectrum.png`` and
+    ``<D>_spectrum.json`` (no model: the spectra belong to the data)."""
+    return (os.path.join(figures_dir, f"{dataset_name}_spectrum.png"),
+            os.path.join(out_dir, f"{dataset_name}_spectrum.json"))  # fmt: skip
+
+
+def cross_dataset_paths(figures_dir: str, out_dir: str) -> tuple[str, str]:
+    """(figure, JSON) of the whole matrix that cross_dataset_analysis.py writes."""
+    return os.path.join(figures_dir, "cross_dataset.png"), os.path.join(out_dir, "cross_dataset.json")
+
+
 def load_analysis_inputs(args) -> tuple[torch.device, torch.nn.Module, FacesDataset]:
     """What every analysis script starts from, given the flags of ``add_analysis_flags``: the device,
     the checkpoint's model (built without ImageNet weights, eval mode) and the test split."""

@@ -15,7 +15,15 @@ from dataclasses import dataclass, field
 from analysis import metrics_json_path as analysis_metrics_json_path
 from cli import UserError
 from trainer import LoggingParameters, output_stem
-from utils import DATASET_NAMES, FIGURE_SUFFIXES, SAMPLES_FIGURE, SPLITS, figure_path
+from utils import (
+    DATASET_NAMES,
+    FIGURE_SUFFIXES,
+    SAMPLES_FIGURE,
+    SPLITS,
+    cross_dataset_paths,
+    figure_path,
+    spectrum_paths,
+)
 
 HERE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 OPTIMIZER = "Adam"
@@ -124,24 +132,19 @@ def samples_figure(figures_dir: str) -> str:
 
 
 def spectrum_figure(figures_dir: str, dataset: str) -> str:
-    """``<D>_spectrum.png``, as spectrum_analysis.py names it."""
-    return os.path.join(figures_dir, f"{dataset}_spectrum.png")
+    return spectrum_paths(figures_dir, "", dataset)[0]
 
 
 def spectrum_json_path(s: Settings, dataset: str) -> str:
-    """``<D>_spectrum.json`` (section 'spectrum'), as spectrum_analysis.py names it."""
-    return os.path.join(s.out_dir, f"{dataset}_spectrum.json")
+    return spectrum_paths("", s.out_dir, dataset)[1]
 
 
 def cross_dataset_figure(figures_dir: str) -> str:
-    """``cross_dataset.png``, as cross_dataset_analysis.py names it."""
-    return os.path.join(figures_dir, "cross_dataset.png")
+    return cross_dataset_paths(figures_dir, "")[0]
 
 
 def cross_dataset_json_path(s: Settings) -> str:
-    """``cross_dataset.json`` (section 'cross_dataset': the whole matrix), as
-    cross_dataset_analysis.py names it."""
-    return os.path.join(s.out_dir, "cross_dataset.json")
+    return cross_dataset_paths("", s.out_dir)[1]
 
 
 def run_figures(run: RunSpec, figures_dir: str) -> dict[str, list[str]]:

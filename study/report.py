@@ -36,7 +36,7 @@ from study.plan import (
 )
 from study.runner import Console, StepRecord
 from study.weights import CHECK_COMMAND, WeightsChoice
-from utils import DATASET_NAMES, DATASET_TITLES, FIGURE_SUFFIXES, SPLITS, figure_path
+from utils import DATASET_NAMES, DATASET_TITLES, FIGURE_SUFFIXES, SAMPLES_FIGURE, SPLITS, figure_path
 
 
 @dataclass
@@ -404,7 +404,7 @@ def spectrum_blocks(settings: Settings, spectra: dict[str, dict | None]) -> list
 
 
 def figures_and_steps(settings: Settings, records: list[StepRecord], total_seconds: float) -> list[tuple]:
-    blocks = [("h2", "Figures"), ("figure", samples_figure(settings.figures_dir), "datasets_samples.png")]
+    blocks = [("h2", "Figures"), ("figure", samples_figure(settings.figures_dir), SAMPLES_FIGURE)]
     for run in RUNS:
         for kind, paths in run_figures(run, settings.figures_dir).items():
             if kind != "robustness":  # shown with its table
