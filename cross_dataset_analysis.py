@@ -68,24 +68,16 @@ def main(argv=None) -> int:
 
     figure, matrix_path = cross_dataset_paths(args.figures_dir, args.out_dir)
     path = save_figure(cross_dataset.plot_matrix(rows, test_datasets), figure)
-    analysis.update_metrics_json(
-        matrix_path,
-        "cross_dataset",
-        {"scores": SCORES, "split": "test", "test_datasets": test_datasets, "rows": rows},
-    )
+
+    def section(selected: list[dict]) -> dict:
+        return {"scores": SCORES, "split": "test", "test_datasets": test_datasets, "rows": selected}
+
+    analysis.update_metrics_json(matrix_path, "cross_dataset", section(rows))
     written = [matrix_path]
     for dataset, model in dict.fromkeys((row["train_dataset"], row["model"]) for row in rows):
         run_path = analysis.metrics_json_path(args.out_dir, dataset, model)
-        analysis.update_metrics_json(
-            run_path,
-            "cross_dataset",
-            {
-                "scores": SCORES,
-                "split": "test",
-                "test_datasets": test_datasets,
-                "rows": [row for row in rows if (row["train_dataset"], row["model"]) == (dataset, model)],
-            },
-        )
+        mine = [row for row in rows if (row["train_dataset"], row["model"]) == (dataset, model)]
+        analysis.update_metrics_json(run_path, "cross_dataset", section(mine))
         written.append(run_path)
 
     print(cross_dataset.matrix_table(rows, test_datasets))
