@@ -455,7 +455,8 @@ class Trainer:
         """All ranks' eval shards, in dataset order (rank r holds indices r, r+W, ...)."""
         counts = [torch.zeros((), dtype=torch.long, device=self.device) for _ in range(self.world_size)]
         dist.all_gather(counts, torch.tensor(labels.shape[0], device=self.device))
-        longest = int(max(c.item() for c in counts))
+        sizes = torch.stack(counts).tolist()  # one host read for all ranks
+        longest, n = max(sizes), sum(sizes)
         pad = longest - labels.shape[0]
         logits = torch.cat([logits, logits.new_zeros((pad, 2))])
         labels = torch.cat([labels, labels.new_zeros(pad)])
@@ -463,13 +464,9 @@ class Trainer:
         all_labels = [torch.empty_like(labels) for _ in range(self.world_size)]
         dist.all_gather(all_logits, logits)
         dist.all_gather(all_labels, labels)
-        order_logits, order_labels = [], []
-        for position in range(longest):
-            for rank in range(self.world_size):
-                if position < counts[rank].item():
-                    order_logits.append(all_logits[rank][position])
-                    order_labels.append(all_labels[rank][position])
-        return torch.stack(order_logits), torch.stack(order_labels)
+        # Position-major order is dataset order; only the last ranks can be one short, so the
+        # padding lands at the very end and is cut off.
+        return torch.stack(all_logits, 1).reshape(-1, 2)[:n], torch.stack(all_labels, 1).reshape(-1)[:n]
 
     def recompute_bn_statistics(self) -> None:
         """PreciseBN before an evaluation: the BatchNorm running statistics become the exact

@@ -16,6 +16,7 @@ import shutil
 import socket
 import subprocess
 import sys
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -153,3 +154,32 @@ def test_only_rank0_writes_and_reports(runs):
     assert sorted(os.listdir(multi / "ck")) == [f"{STEM}.pt", f"{STEM}_last.pt"]
     for name in os.listdir(multi / "ck"):
         _load(multi, name)  # complete, loadable files (no half-written or interleaved writes)
+
+
+def _gather_rank(rank: int, port: int, queue) -> None:
+    import torch.distributed as dist
+
+    from batching import EvalShard
+    from trainer import Trainer
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=2)
+    try:
+        mine = torch.tensor(list(EvalShard(5, rank, 2)))  # 0, 2, 4 and 1, 3: rank 1 is one short
+        me = SimpleNamespace(device=torch.device("cpu"), world_size=2)
+        logits, labels = Trainer._gather_eval(me, torch.stack([mine, -mine], 1).float(), mine)
+        queue.put((rank, logits.tolist(), labels.tolist()))  # plain data: outlives the process
+    finally:
+        dist.destroy_process_group()
+
+
+def test_eval_shards_gather_back_into_dataset_order():
+    import torch.multiprocessing as mp
+
+    context = mp.get_context("spawn")
+    queue = context.Queue()
+    mp.start_processes(_gather_rank, args=(_free_port(), queue), nprocs=2, start_method="spawn")
+    for _ in range(2):
+        _, logits, labels = queue.get(timeout=60)
+        assert labels == [0, 1, 2, 3, 4]
+        assert logits == [[float(i), float(-i)] for i in range(5)]
