@@ -27,7 +27,7 @@ parameters; each image adds pose, scale and position jitter, background, lightin
 * synthetic_dataset real images are portraits. A fake is a whole "generator" image: it is rebuilt
   from a 32x32 version through three transposed-convolution-like upsampling steps (zero insertion
   and a fixed, learned-looking 4x4 kernel per colour channel, whose uneven phases leave periodic
-  checkerboard peaks in the spectrum) while re-adding partly damped detail, and its colours are
+  checkerboard peaks in the spectrum) while re-adding the fine detail, and its colours are
   slightly off (saturation, tinted shadows).
 
 Every fake is finally matched to a real image of the same scene (the target frame; for a generated
@@ -781,10 +781,11 @@ SWAP_DECODER_BIAS = np.array([28, 16, 10], np.float32)
 SWAP_FEATHER_PX = (1.5, 9.0)
 SWAP_MISALIGN_PX = 1.5
 # Generator (synthetic_dataset): random part of the learned upsampling kernels (checkerboard
-# strength), share of the fine detail each upsampling step restores, colour quirks.
+# strength), colour quirks. Each upsampling step restores all of the fine detail: damped detail is
+# a texture cue that a from-scratch Xception learns within the demo's 16 Adam steps, which the
+# study's from-scratch networks did not (docs/design.md#the-demo-generators-traces).
 GAN_LEVELS = 3
 GAN_KERNEL_JITTER = 0.012
-GAN_DETAIL = (0.55, 0.9)
 GAN_SATURATION = (1.06, 1.16)
 GAN_SHADOW_TINT = 8.0
 BILINEAR_KERNEL = np.outer([1, 3, 3, 1], [1, 3, 3, 1]).astype(np.float32) / 16
@@ -916,7 +917,7 @@ def generated_image(
     fake = pyramid[-1]
     for level in range(GAN_LEVELS - 1, -1, -1):
         detail = pyramid[level] - transposed_conv_up(pyramid[level + 1], BILINEAR_KERNEL[..., None])
-        fake = transposed_conv_up(fake, kernels[level]) + rng.uniform(*GAN_DETAIL) * detail
+        fake = transposed_conv_up(fake, kernels[level]) + detail
     luma = fake.mean(-1, keepdims=True)
     fake = luma + saturation * (fake - luma) + np.clip(1 - luma / 255, 0, 1) ** 2 * tint
     return finish_fake(fake, shadow_real, cam.jpeg_quality, rng)
