@@ -906,19 +906,27 @@ def _halve(image: np.ndarray) -> np.ndarray:
     return image.reshape(h // 2, 2, w // 2, 2, c).mean((1, 3))
 
 
-def generated_image(
-    ident: Identity, setting: Setting, dataset: str, quirks, rng: np.random.Generator
-) -> np.ndarray:
-    """A whole generated face: rebuilt from 32x32 through the generator's transposed convolutions."""
-    shadow_real, cam, _, scene = photograph(ident, setting, dataset, rng)
-    kernels, saturation, tint = quirks
-    pyramid = [camera_optics(scene, cam)]
+def rebuild_through_generator(image: np.ndarray, kernels: np.ndarray) -> np.ndarray:
+    """``image`` rebuilt from its coarsest level (1/8 size) through the upsampling ``kernels``
+    (level, 4, 4, channel), re-adding each level's detail in full: with bilinear kernels this
+    returns ``image`` itself, with any others ``image`` plus a periodic checkerboard."""
+    pyramid = [image]
     for _ in range(GAN_LEVELS):
         pyramid.append(_halve(pyramid[-1]))
     fake = pyramid[-1]
     for level in range(GAN_LEVELS - 1, -1, -1):
         detail = pyramid[level] - transposed_conv_up(pyramid[level + 1], BILINEAR_KERNEL[..., None])
         fake = transposed_conv_up(fake, kernels[level]) + detail
+    return fake
+
+
+def generated_image(
+    ident: Identity, setting: Setting, dataset: str, quirks, rng: np.random.Generator
+) -> np.ndarray:
+    """A whole generated face: rebuilt from 32x32 through the generator's transposed convolutions."""
+    shadow_real, cam, _, scene = photograph(ident, setting, dataset, rng)
+    kernels, saturation, tint = quirks
+    fake = rebuild_through_generator(camera_optics(scene, cam), kernels)
     luma = fake.mean(-1, keepdims=True)
     fake = luma + saturation * (fake - luma) + np.clip(1 - luma / 255, 0, 1) ** 2 * tint
     return finish_fake(fake, shadow_real, cam.jpeg_quality, rng)
