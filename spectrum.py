@@ -111,6 +111,11 @@ class SpectrumAccumulator:
         }
 
 
+def largest_difference(fake_minus_real_db: list) -> int:
+    """The index of the largest |fake - real| of a summary's 1-D spectra (the first on a tie)."""
+    return max(range(len(fake_minus_real_db)), key=lambda r: abs(fake_minus_real_db[r]))
+
+
 def plot_spectra(acc: SpectrumAccumulator, summary: dict, title: str):
     """Top: the mean log-magnitude spectra of real and fake images and their difference; bottom:
     the 1-D power spectra of both classes, and fake - real."""

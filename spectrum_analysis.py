@@ -79,7 +79,7 @@ def main(argv=None) -> int:
         analysis.update_metrics_json(json_path, "spectrum", section)
         diff = section["fake_minus_real_db"]
         if diff is not None:
-            peak = max(range(len(diff)), key=lambda r: abs(diff[r]))
+            peak = spectrum.largest_difference(diff)
             print(
                 f"{name}: {section['n_real']} real, {section['n_fake']} fake; largest |fake - real| "
                 f"{diff[peak]:+.2f} dB at {section['cycles_per_pixel'][peak]:.3f} cycles/pixel"

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 
 from cli import UserError
 from fileio import read_json_object, read_runs
+from spectrum import largest_difference
 from study.plan import (
     OPTIMIZER,
     RunSpec,
@@ -319,7 +320,7 @@ def spectrum_numbers(settings: Settings) -> dict[str, dict | None]:
         if not values or None in values or None in (finite(f) for f in freq[: len(values)]):
             out[dataset] = None
             continue
-        peak = max(range(len(values)), key=lambda r: abs(values[r]))
+        peak = largest_difference(values)
         out[dataset] = {
             "n_real": section.get("n_real"),
             "n_fake": section.get("n_fake"),
