@@ -52,7 +52,13 @@ from fileio import (
 )
 from metrics import binary_metrics
 from precise_bn import batchnorm_layers, recompute_bn_statistics
-from utils import StudyTransform, load_checkpoint, resolve_channels_last, state_dict_mismatch
+from utils import (
+    StudyTransform,
+    load_checkpoint,
+    non_finite_tensor,
+    resolve_channels_last,
+    state_dict_mismatch,
+)
 
 COURSE_KEYS = (
     "model",
@@ -250,7 +256,6 @@ class Trainer:
         self.precise_bn = precise_bn
         self.epoch = 0  # epochs finished; train_one_epoch trains epoch self.epoch + 1
         self._last_batch = 0  # batches in the last epoch trained
-        self.current_run: dict | None = None  # the run dict of run(), recorded when training diverges
         self._loaders: dict = {}
         self._device_caches: dict = {}
         self.last_eval: EvalResult | None = None  # the latest evaluate_model_on_dataloader pass
@@ -384,7 +389,7 @@ class Trainer:
         bar.close()
         if first_bad := self._first_bad_batch(bad_batch):
             raise TrainingDiverged(self.epoch + 1, first_bad)
-        if not torch.stack([p.detach().isfinite().all() for p in self.model.parameters()]).all():
+        if non_finite_tensor(self.model.state_dict()):
             raise TrainingDiverged(self.epoch + 1, batch_number)  # the last step made weights NaN/inf
         self._last_batch = batch_number
         if self.device.type == "cuda":
@@ -406,7 +411,8 @@ class Trainer:
         never = torch.iinfo(torch.long).max
         first = torch.where(bad_batch == 0, never, bad_batch).reshape(1)
         dist.all_reduce(first, op=dist.ReduceOp.MIN)
-        return 0 if first.item() == never else int(first.item())
+        found = int(first.item())
+        return 0 if found == never else found
 
     @torch.inference_mode()
     def evaluate(self, dataset, desc: str = "eval") -> EvalResult:
@@ -440,8 +446,6 @@ class Trainer:
         n = labels_t.shape[0]
         if n == 0:
             raise UserError(f"{getattr(dataset, 'root_path', 'dataset')}: no samples to evaluate")
-        if not torch.isfinite(logits_t).all():  # finite weights, yet outputs overflow: diverged too
-            raise TrainingDiverged(self.epoch, self._last_batch)
         accuracy = 100.0 * (logits_t.argmax(1) == labels_t).sum().item() / n
         return EvalResult(
             loss=loss_sum.item() / n,
@@ -692,24 +696,19 @@ class Trainer:
         self, epochs: int, logging_parameters: LoggingParameters, paths: dict, resume: bool
     ) -> dict:
         """``run`` in the main process while it holds the lock: clear what a killed run's saves
-        left, train, and on divergence keep the finished epochs in the JSON."""
+        left, then train."""
         removed = remove_unfinished_writes(paths["best"]) + remove_unfinished_writes(paths["last"])
         if removed:
             print(
                 f"removed unfinished checkpoint writes of a killed run: {', '.join(removed)}", file=sys.stderr
             )
-        try:
-            return self._run_epochs(epochs, logging_parameters, paths, resume)
-        except TrainingDiverged as exc:
-            if self.current_run is not None:  # the finished epochs, marked not completed
-                self.current_run.update(completed=False, diverged=str(exc))
-                self._write_json(paths["json"], self.current_run)
-            raise
+        return self._run_epochs(epochs, logging_parameters, paths, resume)
 
     def _run_epochs(
         self, epochs: int, logging_parameters: LoggingParameters, paths: dict, resume: bool
     ) -> dict:
-        """``run`` once its output files are checked and locked: the epoch loop."""
+        """``run`` once its output files are checked and locked: the epoch loop. On divergence the
+        main process writes the finished epochs to the JSON, marked not completed, and re-raises."""
         run, best_val = self._new_run(logging_parameters), -math.inf
         if resume:
             if not os.path.exists(paths["last"]):
@@ -718,13 +717,22 @@ class Trainer:
             run["completed"] = self.epoch >= epochs
             if self.is_main:
                 print(f"resuming {paths['last']} after epoch {self.epoch}", file=sys.stderr)
-        self.current_run = run
         other_runs_best_kept = False
         for _ in range(self.epoch, epochs):
-            train_loss, train_acc = self.train_one_epoch()
-            train_seconds = self.last_train_seconds
-            self.recompute_bn_statistics()
-            val, test = self._through(self.validate), self._through(self.test)
+            try:
+                train_loss, train_acc = self.train_one_epoch()
+                train_seconds = self.last_train_seconds
+                self.recompute_bn_statistics()
+                val, test = self._through(self.validate), self._through(self.test)
+                if not (np.isfinite(val.logits).all() and np.isfinite(test.logits).all()):
+                    raise TrainingDiverged(
+                        self.epoch, self._last_batch
+                    )  # finite weights, overflowing outputs
+            except TrainingDiverged as exc:
+                if self.is_main:  # the finished epochs, marked not completed
+                    run.update(completed=False, diverged=str(exc))
+                    self._write_json(paths["json"], run)
+                raise
             self._log_epoch(run, train_loss, train_acc, val, test, train_seconds)
             if self.is_main:
                 if val.accuracy > best_val:  # strictly better validation accuracy; never test

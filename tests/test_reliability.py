@@ -5,6 +5,7 @@ formats, mislabelled plots, cut-off errors)."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import multiprocessing
 import os
@@ -181,6 +182,26 @@ def test_diverging_run_stops_with_one_line_and_keeps_finished_epochs(data, tmp_p
     assert runs[0]["diverged"].startswith("training diverged") and runs[0]["best_epoch"] == 1
     assert len(runs[0]["train_loss"]) == 1 and np.isfinite(runs[0]["train_loss"] + runs[0]["val_loss"]).all()
     assert torch.load(tmp_path / "ck" / f"{STEM}_last.pt", weights_only=True)["epoch"] == 1
+
+
+def test_overflowing_outputs_stop_the_run_like_a_nan_loss(data, tmp_path, capsys, monkeypatch):
+    """Finite loss and weights, but the evaluation after epoch 2 gives inf logits: the run stops
+    with the same one-line message (epoch 2, its last batch) and keeps epoch 1 in the JSON."""
+    evaluate = Trainer.evaluate
+
+    def overflowing(self, dataset, desc="eval"):
+        result = evaluate(self, dataset, desc)
+        return dataclasses.replace(result, logits=result.logits * np.inf) if self.epoch == 2 else result
+
+    monkeypatch.setattr(Trainer, "evaluate", overflowing)
+    _error_after_epochs(
+        capsys,
+        _argv(data, tmp_path, "-e", "3"),
+        ": error: training diverged (loss is NaN/inf) at epoch 2, batch 2; lower --lr",
+    )
+    runs = _runs(tmp_path)
+    assert runs[0]["completed"] is False and runs[0]["diverged"].startswith("training diverged")
+    assert len(runs[0]["train_loss"]) == 1
 
 
 def test_huge_learning_rate_diverges_with_one_line(data, tmp_path, capsys):
