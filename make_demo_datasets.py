@@ -799,11 +799,13 @@ def identity_and_setting(seed: int, dataset: str, number: int) -> tuple[Identity
 
 
 def photograph(ident: Identity, setting: Setting, dataset: str, rng: np.random.Generator):
-    """A real image before JPEG: (noisy camera image, camera, pose, the image before the camera)."""
+    """A real image before JPEG: (noisy camera image, camera, pose, the same image before the
+    sensor noise)."""
     pose = random_pose(rng, dataset)
     cam = random_camera(rng, dataset, setting)
     scene = render_person(ident, pose, setting, rng, render_background(setting, pose.shake))
-    return add_sensor_noise(camera_optics(scene, cam), cam.noise, rng), cam, pose, scene
+    optics = camera_optics(scene, cam)
+    return add_sensor_noise(optics, cam.noise, rng), cam, pose, optics
 
 
 def _bottleneck(image: np.ndarray, size: int) -> np.ndarray:
@@ -924,9 +926,9 @@ def generated_image(
     ident: Identity, setting: Setting, dataset: str, quirks, rng: np.random.Generator
 ) -> np.ndarray:
     """A whole generated face: rebuilt from 32x32 through the generator's transposed convolutions."""
-    shadow_real, cam, _, scene = photograph(ident, setting, dataset, rng)
+    shadow_real, cam, _, noiseless = photograph(ident, setting, dataset, rng)
     kernels, saturation, tint = quirks
-    fake = rebuild_through_generator(camera_optics(scene, cam), kernels)
+    fake = rebuild_through_generator(noiseless, kernels)
     luma = fake.mean(-1, keepdims=True)
     fake = luma + saturation * (fake - luma) + np.clip(1 - luma / 255, 0, 1) ** 2 * tint
     return finish_fake(fake, shadow_real, cam.jpeg_quality, rng)
