@@ -17,7 +17,7 @@ import torch
 
 import analysis
 from batching import normalize_batch
-from cli import ArgumentParser, UserError, non_negative_int, run_cli
+from cli import ArgumentParser, UserError, non_negative_int, run_cli, seed_int
 from fileio import save_figure
 from flags import add_analysis_flags, add_gradient_batch_flag, add_out_dir_flag
 from utils import FIGURE_SUFFIXES, figure_path, load_analysis_inputs
@@ -53,7 +53,7 @@ def build_parser() -> ArgumentParser:
     parser.add_argument(
         "--seed",
         default=0,
-        type=int,
+        type=seed_int,
         help="chooses the real and the fake image of the two figures, and the "
         "random pixels of the faithfulness baseline",
     )

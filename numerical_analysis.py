@@ -17,7 +17,7 @@ import sys
 
 import analysis
 import uncertainty
-from cli import ArgumentParser, non_negative_int, positive_int, run_cli
+from cli import ArgumentParser, non_negative_int, positive_int, run_cli, seed_int
 from fileio import save_figure
 from flags import add_analysis_flags, add_out_dir_flag
 from utils import FIGURE_SUFFIXES, figure_path, load_analysis_inputs
@@ -52,7 +52,7 @@ def build_parser() -> ArgumentParser:
         type=positive_int,
         help="equal-width bins of P(fake) for the ECE and the reliability diagram",
     )
-    parser.add_argument("--seed", default=0, type=non_negative_int, help="seed of the bootstrap resamples")
+    parser.add_argument("--seed", default=0, type=seed_int, help="seed of the bootstrap resamples")
     parser.add_argument("--no_progress", action="store_true", help="no progress bar")
     return parser
 

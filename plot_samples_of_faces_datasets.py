@@ -18,7 +18,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 
-from cli import ArgumentParser, add_debug_flag, run_cli
+from cli import ArgumentParser, add_debug_flag, run_cli, seed_int
 from faces_dataset import FAKE_LABEL, REAL_LABEL
 from fileio import save_figure
 from flags import add_data_root_flag
@@ -64,7 +64,7 @@ def plot_samples(samples, path: str) -> str:
 def build_parser() -> ArgumentParser:
     parser = ArgumentParser(description="Plot one real and one fake training image of each dataset.")
     add_data_root_flag(parser)
-    parser.add_argument("--seed", default=0, type=int, help="seed for picking the images")
+    parser.add_argument("--seed", default=0, type=seed_int, help="seed for picking the images")
     parser.add_argument("--figures_dir", default="figures", help="where the figure is written")
     add_debug_flag(parser)
     return parser

@@ -16,7 +16,7 @@ import sys
 
 import analysis
 import perturbations
-from cli import ArgumentParser, non_negative_int, positive_int, run_cli
+from cli import ArgumentParser, non_negative_int, positive_int, run_cli, seed_int
 from fileio import save_figure
 from flags import add_analysis_flags, add_out_dir_flag
 from metrics import fmt
@@ -49,7 +49,7 @@ def build_parser() -> ArgumentParser:
         "forwarded once clean and once per severity (15 times for all)",
     )
     parser.add_argument(
-        "--seed", default=0, type=non_negative_int, help="seed of the subset and of the Gaussian noise"
+        "--seed", default=0, type=seed_int, help="seed of the subset and of the Gaussian noise"
     )
     parser.add_argument("--batch_size", "-b", default=64, type=positive_int, help="images per forward pass")
     add_out_dir_flag(parser, "robustness")

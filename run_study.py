@@ -69,6 +69,7 @@ from cli import (
     positive_float,
     positive_int,
     run_cli,
+    seed_int,
 )
 from memory import add_activation_checkpointing_flag
 from study.data import choose_data, data_counts
@@ -183,7 +184,7 @@ def add_training_flags(training) -> None:
     )
     training.add_argument("--batch_size", "-b", default=32, type=positive_int, help="training batch size")
     training.add_argument("--lr", default=0.001, type=positive_float, help="Adam learning rate")
-    training.add_argument("--seed", default=0, type=int, help="seed of every step")
+    training.add_argument("--seed", default=0, type=seed_int, help="seed of every step")
     training.add_argument(
         "--device", default="auto", help="auto (CUDA when available), cpu or cuda, for training and analysis"
     )

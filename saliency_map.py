@@ -12,7 +12,7 @@ from __future__ import annotations
 import sys
 
 import analysis
-from cli import ArgumentParser, run_cli
+from cli import ArgumentParser, run_cli, seed_int
 from fileio import save_figure
 from flags import add_analysis_flags, add_gradient_batch_flag
 from utils import FIGURE_SUFFIXES, figure_path, load_analysis_inputs
@@ -33,7 +33,7 @@ def build_parser() -> ArgumentParser:
     parser.add_argument(
         "--seed",
         default=0,
-        type=int,
+        type=seed_int,
         help="chooses the 36 images of the pairs figure (same seed, same images)",
     )
     parser.add_argument("--no_progress", action="store_true", help="no progress bars")

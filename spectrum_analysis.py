@@ -16,7 +16,7 @@ import sys
 import analysis
 import batching
 import spectrum
-from cli import ArgumentParser, non_negative_int, run_cli
+from cli import ArgumentParser, non_negative_int, run_cli, seed_int
 from faces_dataset import IMAGE_SIZE
 from fileio import save_figure
 from flags import add_multi_dataset_flags
@@ -41,7 +41,7 @@ def build_parser() -> ArgumentParser:
         help="test images per dataset: a random subset, half real and half fake where "
         "possible, drawn with --seed (0: the whole test split)",
     )
-    parser.add_argument("--seed", default=0, type=non_negative_int, help="seed of the subset")
+    parser.add_argument("--seed", default=0, type=seed_int, help="seed of the subset")
     return parser
 
 

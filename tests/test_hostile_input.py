@@ -7,6 +7,7 @@ without paying for a new interpreter); the DataLoader-worker case runs a real su
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import shutil
@@ -421,3 +422,25 @@ def test_activation_checkpointing_is_for_xception_only(tree, tmp_path, capsys):
         "SimpleNet",
     )
     assert not (tmp_path / "out").exists(), "nothing is written before the error"
+
+
+@pytest.mark.parametrize(
+    "script",
+    [
+        "grad_cam_analysis",
+        "saliency_map",
+        "plot_samples_of_faces_datasets",
+        "numerical_analysis",
+        "robustness_analysis",
+        "spectrum_analysis",
+        "run_study",
+    ],
+)
+def test_a_negative_seed_is_an_argparse_error(script, capsys):
+    """Every script's --seed takes cli.seed_int: -1 is refused up front, in one line naming it."""
+    module = importlib.import_module(script)
+    with pytest.raises(SystemExit) as exit_info:
+        cli.run_cli(module.main, ["--seed", "-1"])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and "Traceback" not in err
+    assert "--seed" in err.strip().splitlines()[-1], err
