@@ -24,10 +24,9 @@ from utils import (
     DATASET_TITLES,
     MODEL_NAMES,
     OPTIMIZER_NAMES,
-    load_checkpoint,
+    WrongModelError,
     load_dataset,
     load_model_from_checkpoint,
-    model_name_of_state_dict,
 )
 
 MATRIX_METRICS = (
@@ -83,16 +82,20 @@ def discover_checkpoints(folder: str) -> list[CheckpointSpec]:
     return found
 
 
-def check_checkpoint(spec: CheckpointSpec) -> None:
-    """Refuse, before any image is decoded, a checkpoint that cannot be read or holds another
-    model than its spec says (``UserError`` naming the file and the spec to give instead)."""
-    checkpoint = load_checkpoint(spec.path)
-    found = checkpoint.get("model_name") or model_name_of_state_dict(checkpoint["model"])
-    if found and found != spec.model:
-        raise UserError(
-            f"{spec.path}: holds a {found} model, not {spec.model}; give it as "
-            f"{spec.dataset}:{found}:{spec.path}"
-        )
+def load_models(specs, device) -> list:
+    """The model of every spec, each checkpoint read once, before any image is decoded. A
+    checkpoint that holds another model than its spec says is a ``UserError`` naming the spec to
+    give instead."""
+    models = []
+    for spec in specs:
+        try:
+            models.append(load_model_from_checkpoint(spec.model, spec.path, device))
+        except WrongModelError as exc:
+            raise UserError(
+                f"{spec.path}: holds a {exc.found} model, not {spec.model}; give it as "
+                f"{spec.dataset}:{exc.found}:{spec.path}"
+            ) from None
+    return models
 
 
 def evaluate_matrix(
@@ -100,15 +103,13 @@ def evaluate_matrix(
 ) -> list[dict]:
     """One row per checkpoint: its spec and, per test dataset, AUC, accuracy (%), EER, AP of P(fake),
     the class counts and whether it is in-distribution (the dataset it was trained on)."""
-    for spec in specs:
-        check_checkpoint(spec)
+    models = load_models(specs, device)
     datasets = {}
     for name in test_datasets:
         datasets[name] = load_dataset(name, "test", data_root)
         datasets[name].cache_images(progress=progress)  # decoded once for every checkpoint
     rows = []
-    for spec in specs:
-        model = load_model_from_checkpoint(spec.model, spec.path, device)
+    for spec, model in zip(specs, models):
         results = {}
         for name, dataset in datasets.items():
             logits, labels = analysis.predict_scores(model, dataset, batch_size, progress=progress)
@@ -127,7 +128,6 @@ def evaluate_matrix(
                 "results": results,
             }
         )
-        del model
     return rows
 
 

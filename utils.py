@@ -222,6 +222,17 @@ def model_name_of_state_dict(state_dict: dict) -> str | None:
     return None
 
 
+class WrongModelError(UserError):
+    """A checkpoint holds another model than the one asked for; ``found`` names it."""
+
+    def __init__(self, checkpoint_path: str, found: str, given: str):
+        super().__init__(
+            f"{checkpoint_path}: holds a {found} model, but -m {given} was given; "
+            f"pass -m {found} (models: {', '.join(MODEL_NAMES)})"
+        )
+        self.found = found
+
+
 def load_model_from_checkpoint(
     model_name: str, checkpoint_path: str, device: torch.device | str = "cpu"
 ) -> torch.nn.Module:
@@ -235,10 +246,7 @@ def load_model_from_checkpoint(
     state_dict = checkpoint["model"]
     found = checkpoint.get("model_name") or model_name_of_state_dict(state_dict)
     if found and found != model_name:
-        raise UserError(
-            f"{checkpoint_path}: holds a {found} model, but -m {model_name} was given; "
-            f"pass -m {found} (models: {', '.join(MODEL_NAMES)})"
-        )
+        raise WrongModelError(checkpoint_path, found, model_name)
     model = load_model(model_name, pretrained=False)
     mismatch = state_dict_mismatch(model, state_dict)
     if mismatch:

@@ -66,6 +66,16 @@ def test_a_checkpoint_of_another_model_is_refused_before_decoding(tmp_path, monk
         cross_dataset.evaluate_matrix([spec], ["fakes_dataset"], None, "cpu")
 
 
+def test_a_checkpoint_that_does_not_fit_is_refused_before_decoding(tmp_path, monkeypatch):
+    """No model name and keys of no model: refused by the one load, before any image is read."""
+    path = tmp_path / "fakes_dataset_SimpleNet_Adam.pt"
+    torch.save({"model": {"conv9.weight": torch.zeros(2)}}, path)
+    spec = cross_dataset.parse_checkpoint_spec(f"fakes_dataset:SimpleNet:{path}")
+    monkeypatch.setattr(cross_dataset, "load_dataset", lambda *a: pytest.fail("decoded images"))
+    with pytest.raises(UserError, match="does not fit a SimpleNet model"):
+        cross_dataset.evaluate_matrix([spec], ["fakes_dataset"], None, "cpu")
+
+
 def independent_scores(state_dict, folder):
     """P(fake) and labels of a test split: PIL -> torchvision v1 transforms -> one image at a time."""
     model = SimpleNet()
