@@ -64,21 +64,18 @@ def section_header(args) -> dict:
     return {"model": args.model, "dataset": args.dataset, "split": "test", "checkpoint": args.checkpoint_path}
 
 
-def update_metrics_json(path: str, section: str, data: dict) -> dict:
-    """Set ``section`` of the JSON object at ``path`` to ``data``, keeping every other section.
+def update_metrics_json(path: str, sections: dict) -> dict:
+    """Set each section of ``sections`` (name: data) in the JSON object at ``path``, in one write,
+    keeping every other section.
 
     Read-modify-write, written atomically. A corrupt file (bad JSON, or not a JSON object) is moved
     aside with a warning (``<path>.corrupt-<time>``), never overwritten. Returns the new content.
     """
     with file_lock(path):
-        return _update_metrics_json(path, section, data)
-
-
-def _update_metrics_json(path: str, section: str, data: dict) -> dict:
-    content = read_json_object(path, "metrics JSON")
-    content[section] = data
-    atomic_write_json(path, content)
-    return content
+        content = read_json_object(path, "metrics JSON")
+        content.update(sections)
+        atomic_write_json(path, content)
+        return content
 
 
 # ----------------------------------------------------------------------------- batches

@@ -110,7 +110,7 @@ def main(argv=None) -> int:
         **faithfulness.summary(),
     }
     json_path = analysis.metrics_json_path(args.out_dir, args.dataset, args.model)
-    analysis.update_metrics_json(json_path, "grad_cam", summary)
+    analysis.update_metrics_json(json_path, {"grad_cam": summary})
 
     print(f"{title}: Grad-CAM at {args.target_layer} over {counts[0]} real and {counts[1]} fake test images")
     print(analysis.faithfulness_table(summary))

@@ -85,8 +85,7 @@ def main(argv=None) -> int:
         "score_definition": analysis.SCORE_DESCRIPTION,
         **metrics,
     }
-    analysis.update_metrics_json(json_path, "numerical", section)
-    analysis.update_metrics_json(json_path, "uncertainty", sure)
+    analysis.update_metrics_json(json_path, {"numerical": section, "uncertainty": sure})
 
     print(
         f"{analysis.describe(args.dataset, args.model)}, test split, {len(labels)} images "

@@ -112,7 +112,7 @@ def main(argv=None) -> int:
         "seed": args.seed,
         **metrics,
     }
-    analysis.update_metrics_json(json_path, "robustness", section)
+    analysis.update_metrics_json(json_path, {"robustness": section})
 
     print(f"{analysis.describe(args.dataset, args.model)}, {what} ({args.checkpoint_path})")
     print(robustness_table(metrics))

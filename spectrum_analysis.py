@@ -76,7 +76,7 @@ def main(argv=None) -> int:
             spectrum.plot_spectra(acc, section, f"Mean spectra of the test images, {DATASET_TITLES[name]}"),
             path,
         )
-        analysis.update_metrics_json(json_path, "spectrum", section)
+        analysis.update_metrics_json(json_path, {"spectrum": section})
         diff = section["fake_minus_real_db"]
         if diff is not None:
             peak = spectrum.largest_difference(diff)

@@ -170,13 +170,13 @@ def test_roc_title_and_det_axes():
 
 def test_update_metrics_json_keeps_sections_and_moves_corrupt_aside(tmp_path):
     path = str(tmp_path / "m.json")
-    analysis.update_metrics_json(path, "numerical", {"auc_b": 0.9})
-    analysis.update_metrics_json(path, "grad_cam", {"gap": 0.1})
+    analysis.update_metrics_json(path, {"numerical": {"auc_b": 0.9}})
+    analysis.update_metrics_json(path, {"grad_cam": {"gap": 0.1}})
     assert json.loads(open(path).read()) == {"numerical": {"auc_b": 0.9}, "grad_cam": {"gap": 0.1}}
     with open(path, "w") as handle:
         handle.write("{broken")
     with pytest.warns(UserWarning, match="moved aside"):
-        analysis.update_metrics_json(path, "grad_cam", {"gap": 0.2})
+        analysis.update_metrics_json(path, {"grad_cam": {"gap": 0.2}})
     assert json.loads(open(path).read()) == {"grad_cam": {"gap": 0.2}}
     aside = [n for n in os.listdir(tmp_path) if ".corrupt-" in n]
     assert len(aside) == 1 and open(tmp_path / aside[0]).read() == "{broken"
