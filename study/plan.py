@@ -147,11 +147,16 @@ def cross_dataset_json_path(s: Settings) -> str:
     return cross_dataset_paths("", s.out_dir)[1]
 
 
+def kind_figures(run: RunSpec, figures_dir: str, kind: str) -> list[str]:
+    """The figures a step kind's script writes for this run, whether the study runs it or not."""
+    return [figure_path(figures_dir, run.dataset, run.model, suffix) for suffix in FIGURE_SUFFIXES[kind]]
+
+
 def run_figures(run: RunSpec, figures_dir: str) -> dict[str, list[str]]:
     """The study's figures of one run, by the step kind that makes them (the scripts' names)."""
     return {
-        kind: [figure_path(figures_dir, run.dataset, run.model, suffix) for suffix in suffixes]
-        for kind, suffixes in FIGURE_SUFFIXES.items()
+        kind: kind_figures(run, figures_dir, kind)
+        for kind in FIGURE_SUFFIXES
         if (kind != "saliency" or run.saliency) and (kind != "robustness" or run.robustness)
     }
 

@@ -30,13 +30,14 @@ from study.plan import (
     Settings,
     cross_dataset_figure,
     extra_figures,
+    kind_figures,
     run_figures,
     samples_figure,
     spectrum_figure,
 )
 from study.runner import Console, StepRecord
 from study.weights import CHECK_COMMAND, WeightsChoice
-from utils import DATASET_NAMES, DATASET_TITLES, FIGURE_SUFFIXES, SAMPLES_FIGURE, SPLITS, figure_path
+from utils import DATASET_NAMES, DATASET_TITLES, SAMPLES_FIGURE, SPLITS
 
 
 @dataclass
@@ -361,15 +362,7 @@ def robustness_blocks(settings: Settings, runs: dict[str, RunNumbers]) -> list[t
     return blocks + [
         ("figure", path, os.path.basename(path))
         for run in shown
-        for path in robustness_figures(settings, run)
-    ]
-
-
-def robustness_figures(settings: Settings, run) -> list[str]:
-    """The run's robustness figures, whether the study makes them or they were made by hand."""
-    return [
-        figure_path(settings.figures_dir, run.dataset, run.model, suffix)
-        for suffix in FIGURE_SUFFIXES["robustness"]
+        for path in kind_figures(run, settings.figures_dir, "robustness")
     ]
 
 
@@ -406,13 +399,13 @@ def spectrum_blocks(settings: Settings, spectra: dict[str, dict | None]) -> list
 def figures_and_steps(settings: Settings, records: list[StepRecord], total_seconds: float) -> list[tuple]:
     blocks = [("h2", "Figures"), ("figure", samples_figure(settings.figures_dir), SAMPLES_FIGURE)]
     for run in RUNS:
-        for kind, paths in run_figures(run, settings.figures_dir).items():
-            if kind != "robustness":  # shown with its table
-                blocks += [("figure", path, os.path.basename(path)) for path in paths]
+        with_table = set(kind_figures(run, settings.figures_dir, "robustness"))  # shown with its table
+        for paths in run_figures(run, settings.figures_dir).values():
+            blocks += [("figure", path, os.path.basename(path)) for path in paths if path not in with_table]
         blocks += [
             ("figure", path, os.path.basename(path) + " (beyond the study)")
             for path in extra_figures(run, settings.figures_dir)
-            if path not in robustness_figures(settings, run)  # shown with its table
+            if path not in with_table
         ]
     rows = [
         [
@@ -592,11 +585,7 @@ def write_report(
     html_path = os.path.join(settings.out_dir, "study_report.html")
     atomic_write_text(md_path, render_markdown(blocks, settings.out_dir))
     atomic_write_text(html_path, render_html(blocks))
-    figures = [samples_figure(settings.figures_dir)] + [
-        p for run in RUNS for paths in run_figures(run, settings.figures_dir).values() for p in paths
-    ]
-    figures += [spectrum_figure(settings.figures_dir, d) for d in DATASET_NAMES]
-    figures.append(cross_dataset_figure(settings.figures_dir))
+    figures = [block[1] for block in blocks if block[0] == "figure"]  # every figure the report shows
     summary = {
         "generated": time.strftime("%Y-%m-%dT%H:%M:%S"),
         "status": asdict(status),

@@ -161,6 +161,9 @@ def study(module_tmp):
 
 
 # ----------------------------------------------------------------------------- end to end
+RUN_STEMS = ("fakes_dataset_SimpleNet", "synthetic_dataset_SimpleNet", "synthetic_dataset_XceptionBased")
+
+
 def test_every_figure_report_and_summary(study):
     for name in STUDY_FIGURES + BEYOND_FIGURES:
         path = os.path.join(study.figures, name)
@@ -169,6 +172,10 @@ def test_every_figure_report_and_summary(study):
             assert handle.read(8) == b"\x89PNG\r\n\x1a\n", name
     for name in ("study_report.md", "study_report.html", "study_summary.json"):
         assert os.path.isfile(os.path.join(study.out, name))
+    listed = summary_of(study.work)["figures"]  # the report's figures, each existing
+    mean_maps = [f"{stem}_mean_grad_cam.png" for stem in RUN_STEMS]  # shown as "beyond the study"
+    assert {os.path.basename(p) for p in listed} == set(STUDY_FIGURES + BEYOND_FIGURES + mean_maps)
+    assert all(listed.values())
     assert statuses(study.work) == {name: "ran" for name in STEPS}
     for name in STEPS:  # each step's output went to its own log
         assert "exit code 0" in read(os.path.join(study.out, "logs", f"{name}.log"))
