@@ -274,10 +274,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.no_pretrained and (args.xception_weights or args.require_pretrained):
         raise UserError("--no_pretrained contradicts --xception_weights / --require_pretrained; choose one")
     start = _COMMAND_START or time.monotonic()
-    # Which steps, before anything slow happens (a typo in --steps fails at once).
-    chosen = {
-        s.name for s in select_steps(build_plan(make_settings(args, "<data>", [])), args.steps, args.skip)[0]
-    }
+    resolve_dirs(args)
+    # Which steps, before anything slow happens (a typo in --steps fails at once); step names do
+    # not depend on the data or the weights.
+    picked, write_the_report = select_steps(
+        build_plan(make_settings(args, "<data>", [])), args.steps, args.skip
+    )
+    chosen = {step.name for step in picked}
     logs_dir = os.path.join(args.out_dir, "logs")
     console = Console(0, False, args.quiet)
 
@@ -290,7 +293,7 @@ def main(argv: list[str] | None = None) -> int:
     weights = choose_xception_weights(args, console) if "train-xception-synthetic" in chosen else None
     settings = make_settings(args, data.root, weights.args if weights else [])
     plan = build_plan(settings)
-    selected, write_the_report = select_steps(plan, args.steps, args.skip)
+    selected = [step for step in plan if step.name in chosen]
     stamps = Stamps(settings.out_dir)
     if args.dry_run:
         return print_plan(plan, selected, stamps, args.force, write_the_report, console)

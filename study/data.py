@@ -119,14 +119,10 @@ def demo_data(args, console: Console, logs_dir: str) -> DataChoice:
         console.say(f"data: would generate demo data into {demo_dir} (scale {args.demo_scale})")
         return DataChoice(demo_dir, "demo", True, wanted, missing=True)
     seconds = make_demo_data(args, stamp is not None, console, logs_dir)
-    atomic_write_json(
-        os.path.join(demo_dir, DEMO_STAMP),
-        {**wanted, "generated": time.strftime("%Y-%m-%dT%H:%M:%S"), "seconds": round(seconds, 1)},
-    )
+    made = {**wanted, "generated": time.strftime("%Y-%m-%dT%H:%M:%S"), "seconds": round(seconds, 1)}
+    atomic_write_json(os.path.join(demo_dir, DEMO_STAMP), made)
     console.say(f"data: demo data ready in {demo_dir} ({seconds:.0f} s)")
-    return DataChoice(
-        demo_dir, "demo", True, read_demo_stamp(demo_dir) or wanted, generated_seconds=round(seconds, 2)
-    )
+    return DataChoice(demo_dir, "demo", True, made, generated_seconds=round(seconds, 2))
 
 
 def make_demo_data(args, ours: bool, console: Console, logs_dir: str) -> float:
