@@ -320,6 +320,36 @@ def saliency_of_dataset(
     return torch.cat(maps).numpy(), torch.cat(images).numpy(), torch.cat(labels).numpy()
 
 
+class ClassSums:
+    """Per-class (0 real, 1 fake) sums of per-image tensors and the class counts, kept on the
+    device: adding a batch needs no host sync and sums in a fixed order (deterministic on CUDA)."""
+
+    def __init__(self):
+        self.sums: torch.Tensor | None = None  # 2 x (one image's shape)
+        self.totals: torch.Tensor | None = None  # images per class
+
+    def add(self, values: torch.Tensor, labels: torch.Tensor) -> None:
+        """Add a batch: ``values`` N x ..., ``labels`` N (0 or 1)."""
+        labels = labels.to(values.device, torch.long)
+        if self.sums is None:
+            self.sums = values.new_zeros((2, *values.shape[1:]))
+            self.totals = torch.zeros(2, dtype=torch.long, device=values.device)
+        shape = (-1,) + (1,) * (values.dim() - 1)
+        for label in (0, 1):  # where, not a product: a non-finite value stays in its own class
+            self.sums[label] += torch.where((labels == label).view(shape), values, 0).sum(0)
+        self.totals += torch.bincount(labels, minlength=2)
+
+    def counts(self) -> dict[int, int]:
+        """Images added per class."""
+        totals = [0, 0] if self.totals is None else self.totals.tolist()
+        return {0: int(totals[0]), 1: int(totals[1])}
+
+    def mean(self, label: int) -> torch.Tensor | None:
+        """The class's mean; ``None`` when it has no images."""
+        n = self.counts()[label]
+        return self.sums[label] / n if n else None
+
+
 def mean_maps_per_class(
     dataset,
     map_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
@@ -336,8 +366,7 @@ def mean_maps_per_class(
     (for extra statistics on the same maps; ``indices``: the batch's dataset indices). Returns
     ({0: real mean, 1: fake mean}, {0: n, 1: n}); a class without images has ``None``."""
     device = torch.device(device)
-    sums: dict[int, torch.Tensor | None] = {0: None, 1: None}
-    counts = {0: 0, 1: 0}
+    per_class = ClassSums()
     for batch, labels, batch_indices in iter_batches(
         dataset, batch_size, indices, progress=progress, desc=desc
     ):
@@ -346,20 +375,12 @@ def mean_maps_per_class(
         maps = torch.as_tensor(map_fn(images, labels), device=device)
         if on_batch is not None:
             on_batch(images, labels, maps, batch_indices)
-        maps = normalize_maps(maps.double())
-        for label in (0, 1):
-            keep = labels == label
-            if bool(keep.any()):
-                total = maps[keep].sum(dim=0)
-                sums[label] = total if sums[label] is None else sums[label] + total
-                counts[label] += int(keep.sum())
+        per_class.add(normalize_maps(maps.double()), labels)
     means: dict[int, np.ndarray | None] = {}
     for label in (0, 1):
-        total = sums[label]
-        means[label] = (
-            None if total is None else normalize_maps((total / counts[label])[None])[0].float().cpu().numpy()
-        )
-    return means, counts
+        mean = per_class.mean(label)
+        means[label] = None if mean is None else normalize_maps(mean[None])[0].float().cpu().numpy()
+    return means, per_class.counts()
 
 
 # ----------------------------------------------------------------------------- Grad-CAM

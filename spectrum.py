@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torchvision.transforms.v2 import functional as TF
 
-from analysis import CLASS_NAMES
+from analysis import CLASS_NAMES, ClassSums
 
 LOG_EPS = 1e-8
 
@@ -61,35 +61,32 @@ class SpectrumAccumulator:
     """Per-class sums of power and log-magnitude spectra over batches of uint8 images."""
 
     def __init__(self):
-        self.power: dict[int, torch.Tensor] = {}
-        self.log_magnitude: dict[int, torch.Tensor] = {}
-        self.counts = {0: 0, 1: 0}
+        self.power, self.log_magnitude = ClassSums(), ClassSums()
+
+    @property
+    def counts(self) -> dict[int, int]:
+        """Images added per class."""
+        return self.power.counts()
 
     def add(self, images_uint8: torch.Tensor, labels: torch.Tensor) -> None:
         """Add a batch (uint8 images on any device, labels 0 real / 1 fake)."""
         power, log_magnitude = power_and_log_magnitude(grey_zero_mean(images_uint8))
         labels = torch.as_tensor(labels, device=power.device)
-        for label in (0, 1):
-            keep = labels == label
-            if not bool(keep.any()):
-                continue
-            for sums, values in ((self.power, power), (self.log_magnitude, log_magnitude)):
-                total = values[keep].sum(dim=0)
-                sums[label] = total if label not in sums else sums[label] + total
-            self.counts[label] += int(keep.sum())
+        self.power.add(power, labels)
+        self.log_magnitude.add(log_magnitude, labels)
 
     def mean_log_magnitude(self, label: int) -> np.ndarray | None:
         """The class's mean log-magnitude spectrum, zero frequency centred; ``None`` without images."""
-        if not self.counts[label]:
-            return None
-        return np.fft.fftshift((self.log_magnitude[label] / self.counts[label]).cpu().numpy())
+        mean = self.log_magnitude.mean(label)
+        return None if mean is None else np.fft.fftshift(mean.cpu().numpy())
 
     def power_profile_db(self, label: int) -> np.ndarray | None:
         """10 log10 of the azimuthal mean of the class's mean power spectrum (``radial_profile``),
         from r = 1 on; ``None`` without images."""
-        if not self.counts[label]:
+        mean = self.power.mean(label)
+        if mean is None:
             return None
-        mean_power = (self.power[label] / self.counts[label]).cpu().numpy()
+        mean_power = mean.cpu().numpy()
         return 10.0 * np.log10(radial_profile(mean_power)[1:] + 1e-30)
 
     def summary(self, size: int) -> dict:

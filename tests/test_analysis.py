@@ -444,3 +444,20 @@ def test_grad_cam_script_unknown_layer(checkpoints, tiny_root, tmp_path, capsys)
     err = capsys.readouterr().err
     assert "conv7" in err and "conv1, conv2, conv3" in err
     assert not os.path.exists(tmp_path / "figures")
+
+
+def test_class_sums_match_numpy_per_class_means():
+    """Per-class means over uneven batches equal numpy's masked means; a class with a NaN image
+    keeps it to itself; a class never seen has no mean."""
+    rng = np.random.default_rng(5)
+    values, labels = rng.normal(size=(7, 3, 4)), np.array([0, 1, 1, 0, 1, 1, 0])
+    values[1, 0, 0] = np.nan  # a fake
+    sums = analysis.ClassSums()
+    for rows in (slice(0, 3), slice(3, 4), slice(4, 7)):
+        sums.add(torch.from_numpy(values[rows]), torch.from_numpy(labels[rows]))
+    assert sums.counts() == {0: 3, 1: 4}
+    np.testing.assert_allclose(sums.mean(0).numpy(), values[labels == 0].mean(0), rtol=1e-12)
+    np.testing.assert_allclose(sums.mean(1).numpy(), values[labels == 1].mean(0), rtol=1e-12)
+    only_real = analysis.ClassSums()
+    only_real.add(torch.ones(2, 3), torch.zeros(2, dtype=torch.long))
+    assert only_real.mean(1) is None and only_real.counts() == {0: 2, 1: 0}
