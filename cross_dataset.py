@@ -18,7 +18,7 @@ import numpy as np
 
 import analysis
 from cli import UserError
-from metrics import binary_metrics, fmt
+from metrics import HEADLINE_METRICS, binary_metrics, fmt
 from utils import (
     DATASET_NAMES,
     DATASET_TITLES,
@@ -114,9 +114,7 @@ def evaluate_matrix(
         for name, dataset in datasets.items():
             logits, labels = analysis.predict_scores(model, dataset, batch_size, progress=progress)
             metrics = binary_metrics(labels, analysis.soft_scores(logits)[:, 1])
-            results[name] = {
-                key: metrics[key] for key in ("auc", "accuracy", "eer", "ap", "n_real", "n_fake")
-            }
+            results[name] = {key: metrics[key] for key in (*HEADLINE_METRICS, "n_real", "n_fake")}
             results[name]["in_distribution"] = name == spec.dataset
         rows.append(
             {

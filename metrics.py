@@ -25,6 +25,10 @@ def eer_of_roc(fpr, tpr, thresholds) -> tuple[float, float]:
     return float((fpr[i] + fnr[i]) / 2.0), float(thresholds[i])
 
 
+HEADLINE_METRICS = ("auc", "accuracy", "eer", "ap")
+"""The four numbers of P(fake) every analysis reports (keys of ``binary_metrics``)."""
+
+
 def binary_metrics(labels, fake_scores, threshold: float = 0.5) -> dict:
     """Detection metrics of P(fake) scores against labels (1 = fake), computed with sklearn.
 

@@ -32,7 +32,7 @@ from tqdm import tqdm
 
 import analysis
 import batching
-from metrics import binary_metrics
+from metrics import HEADLINE_METRICS, binary_metrics
 
 PERTURBATIONS = {  # name: severities, mildest first
     "jpeg": (90, 70, 50, 30),
@@ -141,7 +141,7 @@ def robustness_metrics(labels, logits: dict) -> dict:
     """The JSON-ready figures of ``score_perturbed``'s logits: ``clean`` (``metrics.binary_metrics``
     of P(fake): AUC, accuracy %, EER, AP) and, per perturbation, its severities and those figures
     as lists in severity order."""
-    keep = ("auc", "accuracy", "eer", "ap")
+    keep = HEADLINE_METRICS
 
     def figures(key):
         metrics = binary_metrics(labels, analysis.soft_scores(logits[key])[:, 1])

@@ -19,7 +19,7 @@ import perturbations
 from cli import ArgumentParser, non_negative_int, positive_int, run_cli, seed_int
 from fileio import save_figure
 from flags import add_analysis_flags, add_out_dir_flag
-from metrics import fmt
+from metrics import HEADLINE_METRICS, fmt
 from utils import FIGURE_SUFFIXES, figure_path, load_analysis_inputs
 
 DEFAULT_MAX_IMAGES = 60
@@ -71,9 +71,7 @@ def robustness_table(metrics: dict) -> str:
     ]
     for name, entry in metrics["perturbations"].items():
         for i, severity in enumerate(entry["severities"]):
-            lines.append(
-                row(f"{name} {severity:g}", {k: entry[k][i] for k in ("auc", "accuracy", "eer", "ap")})
-            )
+            lines.append(row(f"{name} {severity:g}", {k: entry[k][i] for k in HEADLINE_METRICS}))
     return "\n".join(lines)
 
 

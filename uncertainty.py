@@ -16,9 +16,9 @@ from __future__ import annotations
 import numpy as np
 from tqdm import tqdm
 
-from metrics import binary_metrics, eer_of_roc
+from metrics import HEADLINE_METRICS, binary_metrics, eer_of_roc
 
-BOOTSTRAP_METRICS = ("accuracy", "auc", "eer", "ap")
+BOOTSTRAP_METRICS = HEADLINE_METRICS
 DEFAULT_RESAMPLES = 1000
 DEFAULT_BINS = 10
 BOOTSTRAP_METHOD = (

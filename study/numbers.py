@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 
 from cli import UserError
 from fileio import read_json_object, read_runs
+from metrics import HEADLINE_METRICS
 from spectrum import largest_difference
 from study.plan import (
     OPTIMIZER,
@@ -265,7 +266,7 @@ def _interval(entry) -> dict | None:
 def read_uncertainty(n: RunNumbers, section: dict) -> None:
     """The bootstrap intervals and the ECE of numerical_analysis.py's 'uncertainty' section."""
     boot = _section(section, "bootstrap")
-    intervals = {name: _interval(boot.get(name)) for name in ("accuracy", "auc", "eer", "ap")}
+    intervals = {name: _interval(boot.get(name)) for name in HEADLINE_METRICS}
     n.intervals = intervals if any(intervals.values()) else None
     n.bootstrap_resamples = boot.get("n_resamples") if isinstance(boot.get("n_resamples"), int) else None
     n.ece = finite(_section(section, "calibration").get("ece"))
