@@ -9,13 +9,21 @@ from cli import add_debug_flag, positive_int
 from utils import DATA_ROOT_ENV, DATASET_NAMES, DEFAULT_DATA_ROOT, MODEL_NAMES
 
 
-def add_data_root_flag(parser: argparse.ArgumentParser) -> None:
+def add_data_root_flag(parser, fallback: str = "") -> None:
+    """``--data_root`` on ``parser`` (or an argument group); ``fallback`` adds what the script
+    does when the default folder is missing too."""
     parser.add_argument(
         "--data_root",
         default=None,
         help=f"folder holding fakes_dataset/ and synthetic_dataset/; default: "
-        f"${DATA_ROOT_ENV}, else {DEFAULT_DATA_ROOT}",
+        f"${DATA_ROOT_ENV}, else {DEFAULT_DATA_ROOT}{fallback}",
     )
+
+
+def add_device_and_figures_flags(parser: argparse.ArgumentParser) -> None:
+    """``--device`` and ``--figures_dir`` of the analysis scripts."""
+    parser.add_argument("--device", default="auto", help="auto (CUDA when available), cpu or cuda")
+    parser.add_argument("--figures_dir", default="figures", help="where figures are written")
 
 
 def add_checkpoint_flags(parser: argparse.ArgumentParser) -> None:
@@ -42,8 +50,7 @@ def add_analysis_flags(parser: argparse.ArgumentParser) -> None:
         help="dataset whose test split is analysed",
     )
     add_data_root_flag(parser)
-    parser.add_argument("--device", default="auto", help="auto (CUDA when available), cpu or cuda")
-    parser.add_argument("--figures_dir", default="figures", help="where figures are written")
+    add_device_and_figures_flags(parser)
     add_debug_flag(parser)
 
 
@@ -81,9 +88,8 @@ def add_multi_dataset_flags(parser: argparse.ArgumentParser, what: str, out_help
         help=f"{what}, any of: {' '.join(DATASET_NAMES)}",
     )
     add_data_root_flag(parser)
-    parser.add_argument("--device", default="auto", help="auto (CUDA when available), cpu or cuda")
+    add_device_and_figures_flags(parser)
     parser.add_argument("--batch_size", "-b", default=64, type=positive_int, help="images per batch")
-    parser.add_argument("--figures_dir", default="figures", help="where figures are written")
     parser.add_argument("--out_dir", default="out", help=out_help)
     parser.add_argument("--no_progress", action="store_true", help="no progress bar")
     add_debug_flag(parser)

@@ -71,6 +71,7 @@ from cli import (
     run_cli,
     seed_int,
 )
+from flags import add_data_root_flag
 from memory import add_activation_checkpointing_flag
 from study.data import choose_data, data_counts
 from study.plan import RUNS, STEP_KINDS, Settings, build_plan, select_steps, step_names
@@ -78,7 +79,6 @@ from study.report import closing_notes, outcome_status, write_report
 from study.runner import Console, StepRecord, new_records, print_plan, run_steps
 from study.stamps import RULE, Stamps
 from study.weights import choose_xception_weights
-from utils import DATA_ROOT_ENV, DEFAULT_DATA_ROOT
 
 
 # ============================================================================= command line
@@ -94,12 +94,7 @@ def build_parser() -> ArgumentParser:
         "such as 'gradcam-*'.",
     )
     data = parser.add_argument_group("data")
-    data.add_argument(
-        "--data_root",
-        default=None,
-        help=f"folder holding fakes_dataset/ and synthetic_dataset/; default: "
-        f"${DATA_ROOT_ENV}, else {DEFAULT_DATA_ROOT}, else demo data (--demo_dir)",
-    )
+    add_data_root_flag(data, ", else demo data (--demo_dir)")
     data.add_argument(
         "--demo_dir",
         default=None,
