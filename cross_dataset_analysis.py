@@ -14,12 +14,11 @@ from __future__ import annotations
 
 import sys
 
-import analysis
-import cross_dataset
-from cli import ArgumentParser, run_cli
-from fileio import save_figure
-from flags import add_multi_dataset_flags
-from utils import cross_dataset_paths, get_device
+from lib import analysis, cross_dataset
+from lib.cli import ArgumentParser, UserError, run_cli
+from lib.fileio import save_figure
+from lib.flags import add_multi_dataset_flags
+from utils import WrongModelError, cross_dataset_paths, get_device, load_dataset, load_model_from_checkpoint
 
 SCORES = "P(fake) = softmax column 1; accuracy at P(fake) > 0.5"
 
@@ -53,6 +52,22 @@ def build_parser() -> ArgumentParser:
     return parser
 
 
+def load_models(specs, device) -> list:
+    """The model of every spec, each checkpoint read once, before any image is decoded. A
+    checkpoint that holds another model than its spec says is a ``UserError`` naming the spec to
+    give instead."""
+    models = []
+    for spec in specs:
+        try:
+            models.append(load_model_from_checkpoint(spec.model, spec.path, device))
+        except WrongModelError as exc:
+            raise UserError(
+                f"{spec.path}: holds a {exc.found} model, not {spec.model}; give it as "
+                f"{spec.dataset}:{exc.found}:{spec.path}"
+            ) from None
+    return models
+
+
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     device = get_device(args.device)
@@ -62,9 +77,12 @@ def main(argv=None) -> int:
         else cross_dataset.discover_checkpoints(args.checkpoint_dir)
     )
     test_datasets = list(dict.fromkeys(args.datasets))
-    rows = cross_dataset.evaluate_matrix(
-        specs, test_datasets, args.data_root, device, args.batch_size, progress=not args.no_progress
-    )
+    models = load_models(specs, device)
+    datasets = {}
+    for name in test_datasets:
+        datasets[name] = load_dataset(name, "test", args.data_root)
+        datasets[name].cache_images(progress=not args.no_progress)  # decoded once for every checkpoint
+    rows = cross_dataset.evaluate_matrix(specs, models, datasets, args.batch_size, not args.no_progress)
 
     figure, matrix_path = cross_dataset_paths(args.figures_dir, args.out_dir)
     path = save_figure(cross_dataset.plot_matrix(rows, test_datasets), figure)

@@ -15,11 +15,11 @@ import sys
 
 import torch
 
-import analysis
-from batching import normalize_batch
-from cli import ArgumentParser, UserError, non_negative_int, run_cli, seed_int
-from fileio import save_figure
-from flags import add_analysis_flags, add_gradient_batch_flag, add_out_dir_flag
+from lib import analysis
+from lib.cli import ArgumentParser, UserError, non_negative_int, run_cli, seed_int
+from lib.fileio import save_figure
+from lib.flags import add_analysis_flags, add_gradient_batch_flag, add_out_dir_flag
+from lib.transforms import normalize_batch
 from utils import FIGURE_SUFFIXES, figure_path, load_analysis_inputs
 
 

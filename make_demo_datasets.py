@@ -74,7 +74,7 @@ from PIL import Image
 from scipy import ndimage
 from tqdm import tqdm
 
-import cli
+from lib import cli
 
 DATASETS = ("fakes_dataset", "synthetic_dataset")
 SPLITS = ("train", "val", "test")

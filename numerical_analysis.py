@@ -15,11 +15,10 @@ from __future__ import annotations
 
 import sys
 
-import analysis
-import uncertainty
-from cli import ArgumentParser, non_negative_int, positive_int, run_cli, seed_int
-from fileio import save_figure
-from flags import add_analysis_flags, add_out_dir_flag
+from lib import analysis, uncertainty
+from lib.cli import ArgumentParser, non_negative_int, positive_int, run_cli, seed_int
+from lib.fileio import save_figure
+from lib.flags import add_analysis_flags, add_out_dir_flag
 from utils import FIGURE_SUFFIXES, figure_path, load_analysis_inputs
 
 

@@ -15,8 +15,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
-from cli import ArgumentParser, UserError, add_debug_flag, run_cli
-from fileio import read_runs, save_figure
+from lib.cli import ArgumentParser, UserError, add_debug_flag, run_cli
+from lib.fileio import read_runs, save_figure
 from utils import DATASET_NAMES, FIGURE_SUFFIXES, MODEL_NAMES, figure_path
 
 SPLITS = ("train", "val", "test")

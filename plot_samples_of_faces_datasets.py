@@ -18,10 +18,10 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 
-from cli import ArgumentParser, add_debug_flag, run_cli, seed_int
 from faces_dataset import FAKE_LABEL, REAL_LABEL
-from fileio import save_figure
-from flags import add_data_root_flag
+from lib.cli import ArgumentParser, add_debug_flag, run_cli, seed_int
+from lib.fileio import save_figure
+from lib.flags import add_data_root_flag
 from utils import DATASET_NAMES, DATASET_TITLES, SAMPLES_FIGURE, load_dataset
 
 

@@ -24,13 +24,12 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-import analysis
-import face_crops
-from batching import normalize_batch
-from cli import ArgumentParser, UserError, add_debug_flag, positive_int, run_cli
 from faces_dataset import IMAGE_SIZE, DataError, is_image_file, pil_to_uint8_tensor, read_rgb_image
-from fileio import atomic_write
-from flags import add_checkpoint_flags
+from lib import analysis, face_crops
+from lib.cli import ArgumentParser, UserError, add_debug_flag, positive_int, run_cli
+from lib.fileio import atomic_write
+from lib.flags import add_checkpoint_flags
+from lib.transforms import normalize_batch
 from utils import get_device, load_model_from_checkpoint
 
 

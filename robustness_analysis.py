@@ -14,12 +14,11 @@ from __future__ import annotations
 
 import sys
 
-import analysis
-import perturbations
-from cli import ArgumentParser, non_negative_int, positive_int, run_cli, seed_int
-from fileio import save_figure
-from flags import add_analysis_flags, add_out_dir_flag
-from metrics import HEADLINE_METRICS, fmt
+from lib import analysis, perturbations
+from lib.cli import ArgumentParser, non_negative_int, positive_int, run_cli, seed_int
+from lib.fileio import save_figure
+from lib.flags import add_analysis_flags, add_out_dir_flag
+from lib.metrics import HEADLINE_METRICS, fmt
 from utils import FIGURE_SUFFIXES, figure_path, load_analysis_inputs
 
 DEFAULT_MAX_IMAGES = 60

@@ -61,7 +61,7 @@ _IMPORT_TIME = time.monotonic()  # the budget counts from the start of the comma
 import os
 import sys
 
-from cli import (
+from lib.cli import (
     ArgumentParser,
     UserError,
     add_debug_flag,
@@ -71,14 +71,14 @@ from cli import (
     run_cli,
     seed_int,
 )
-from flags import add_data_root_flag
-from memory import add_activation_checkpointing_flag
-from study.data import choose_data, data_counts
-from study.plan import RUNS, STEP_KINDS, Settings, build_plan, select_steps, step_names
-from study.report import closing_notes, outcome_status, write_report
-from study.runner import Console, StepRecord, new_records, print_plan, run_steps
-from study.stamps import RULE, Stamps
-from study.weights import choose_xception_weights
+from lib.flags import add_data_root_flag
+from lib.memory import add_activation_checkpointing_flag
+from lib.study.data import choose_data, data_counts
+from lib.study.plan import RUNS, STEP_KINDS, Settings, build_plan, select_steps, step_names
+from lib.study.report import closing_notes, outcome_status, write_report
+from lib.study.runner import Console, StepRecord, new_records, print_plan, run_steps
+from lib.study.stamps import RULE, Stamps
+from lib.study.weights import choose_xception_weights
 
 
 # ============================================================================= command line
@@ -315,7 +315,9 @@ def main(argv: list[str] | None = None) -> int:
     # 4. report
     if write_the_report:
         try:
-            write_report(settings, data, weights, records, status, time.monotonic() - start, console)
+            write_report(
+                settings, data, weights, records, status, time.monotonic() - start, console, model_facts()
+            )
         except Exception as exc:  # the report must never hide the real outcome
             if args.debug:
                 raise
@@ -331,6 +333,23 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     closing_notes(data, weights, status, console)
     return 0
+
+
+def model_facts() -> dict:
+    """The models' numbers the study asks for, computed from freshly built (random-init) models:
+    trainable parameters of both, the head's input features, the Xception backbone's parameters
+    (with its 1000-class classifier, as the study counts it) and the MLP head's parameters."""
+    import xception
+    from utils import get_nof_params, load_model
+
+    xception_based = load_model("XceptionBased", pretrained=False)
+    return {
+        "SimpleNet": get_nof_params(load_model("SimpleNet", pretrained=False)),
+        "XceptionBased": get_nof_params(xception_based),
+        "head_in_features": xception_based.fc[0].in_features,
+        "backbone_params": get_nof_params(xception.Xception()),
+        "head_params": get_nof_params(xception_based.fc),
+    }
 
 
 _COMMAND_START = None  # set when run as a command: its total time then includes the imports

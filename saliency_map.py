@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import sys
 
-import analysis
-from cli import ArgumentParser, run_cli, seed_int
-from fileio import save_figure
-from flags import add_analysis_flags, add_gradient_batch_flag
+from lib import analysis
+from lib.cli import ArgumentParser, run_cli, seed_int
+from lib.fileio import save_figure
+from lib.flags import add_analysis_flags, add_gradient_batch_flag
 from utils import FIGURE_SUFFIXES, figure_path, load_analysis_inputs
 
 N_PAIRS = 36

@@ -13,13 +13,11 @@ from __future__ import annotations
 
 import sys
 
-import analysis
-import batching
-import spectrum
-from cli import ArgumentParser, non_negative_int, run_cli, seed_int
 from faces_dataset import IMAGE_SIZE
-from fileio import save_figure
-from flags import add_multi_dataset_flags
+from lib import analysis, batching, spectrum
+from lib.cli import ArgumentParser, non_negative_int, run_cli, seed_int
+from lib.fileio import save_figure
+from lib.flags import add_multi_dataset_flags
 from utils import DATASET_TITLES, get_device, load_dataset, spectrum_paths
 
 

@@ -9,13 +9,14 @@ validation accuracy) and checkpoints/<...>_last.pt (full state for --resume). Wo
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 
 import torch
 from torch import nn
 
-from cli import (
+from lib.cli import (
     ArgumentParser,
     UserError,
     add_debug_flag,
@@ -26,9 +27,9 @@ from cli import (
     run_cli,
     seed_int,
 )
-from flags import add_data_root_flag
-from memory import add_activation_checkpointing_flag, apply_image_cache, resolve_activation_checkpointing
-from metrics import fmt
+from lib.flags import add_data_root_flag
+from lib.memory import add_activation_checkpointing_flag, apply_image_cache, resolve_activation_checkpointing
+from lib.metrics import fmt
 from trainer import LoggingParameters, Trainer, check_output_paths, json_safe_optimizer_params, run_paths
 from utils import (
     DATASET_NAMES,
@@ -100,6 +101,12 @@ def _add_protocol_flags(group) -> None:
     )
     group.add_argument(
         "--resume", action="store_true", help="continue the interrupted run from checkpoints/<...>_last.pt"
+    )
+    group.add_argument(
+        "--check_weights",
+        action="store_true",
+        help="only look for -m's ImageNet weights as training would, print one JSON line "
+        '({"found": true, "source": ..., "origin": ...} or {"found": false, "error": ...}) and exit',
     )
     group.add_argument(
         "--precise_bn",
@@ -209,8 +216,32 @@ def init_distributed(device_flag: str) -> torch.device:
     return device
 
 
+def check_weights(args) -> int:
+    """``--check_weights``: where the ImageNet weights of ``-m`` come from, as one JSON line."""
+    import xception
+
+    if args.model != "XceptionBased":
+        result = {"found": False, "error": f"{args.model} has no ImageNet weights (it trains from scratch)"}
+    else:
+        try:
+            model = xception.build_xception_backbone(
+                pretrained=True, weights_path=args.xception_weights, allow_missing_classifier=True
+            )
+            result = {
+                "found": True,
+                "source": str(model.weights_info.source),
+                "origin": model.weights_info.origin,
+            }
+        except xception.XceptionWeightsError as exc:
+            result = {"found": False, "error": str(exc)}
+    print(json.dumps(result))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.check_weights:
+        return check_weights(args)
     if args.activation_checkpointing == "on" and args.model != "XceptionBased":
         raise UserError(
             f"--activation_checkpointing: only XceptionBased supports it, not {args.model} "

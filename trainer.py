@@ -30,16 +30,10 @@ from torch import nn
 from torch.utils.data import BatchSampler, DataLoader, DistributedSampler
 from tqdm import tqdm
 
-from batching import (
-    AugmentedBatchSampler,
-    CachedBatches,
-    EvalShard,
-    UInt8Batches,
-    normalize_batch,
-    seeded_generator,
-)
-from cli import UserError, first_line
-from fileio import (
+from lib import names
+from lib.batching import AugmentedBatchSampler, CachedBatches, EvalShard, UInt8Batches, seeded_generator
+from lib.cli import UserError, first_line
+from lib.fileio import (
     LockHeldError,
     atomic_torch_save,
     atomic_write_json,
@@ -50,8 +44,9 @@ from fileio import (
     read_runs,
     remove_unfinished_writes,
 )
-from metrics import binary_metrics
-from precise_bn import batchnorm_layers, recompute_bn_statistics
+from lib.metrics import binary_metrics
+from lib.precise_bn import batchnorm_layers, recompute_bn_statistics
+from lib.transforms import normalize_batch
 from utils import (
     StudyTransform,
     load_checkpoint,
@@ -87,8 +82,9 @@ class LoggingParameters:
 
 
 def output_stem(logging_parameters: LoggingParameters) -> str:
+    """``<dataset>_<model>_<optimizer>``: the stem of the run's JSON and checkpoint names."""
     lp = logging_parameters
-    return f"{lp.dataset_name}_{lp.model_name}_{lp.optimizer_name}"
+    return names.output_stem(lp.dataset_name, lp.model_name, lp.optimizer_name)
 
 
 class TrainingDiverged(UserError):

@@ -27,7 +27,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 import torch.utils.checkpoint
 
-from xception_weights import (
+from lib.xception_weights import (
     KNOWN_WEIGHT_FILES,
     WEIGHTS_MIRRORS,
     WeightsInfo,

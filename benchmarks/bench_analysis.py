@@ -41,8 +41,8 @@ sys.path.insert(0, os.path.dirname(HERE))
 sys.path.insert(0, HERE)
 
 import bench_train  # shared helpers: data, batches, rounds, RSS, JSON merge
-from cli import ArgumentParser, non_negative_int, positive_int, run_cli
-from fileio import atomic_torch_save
+from lib.cli import ArgumentParser, non_negative_int, positive_int, run_cli
+from lib.fileio import atomic_torch_save
 from utils import get_device, load_dataset, load_model, load_model_from_checkpoint, set_seed
 
 REQUIRED_KEYS = (
@@ -95,7 +95,7 @@ def analysis_passes(model, dataset, args, device: torch.device) -> dict:
     in-memory tensors): returns them keyed ``reference``, ``saliency``, ``mean_grad_cam``,
     ``saliency_maps_only``, ``grad_cam_maps_only`` (and with --faithfulness
     ``mean_grad_cam_with_faithfulness``), in the order each round runs them."""
-    import analysis
+    from lib import analysis
 
     layer = analysis.resolve_layer(model, args.target_layer)
     plan = bench_train.batch_sizes(len(dataset), args.batch_size)

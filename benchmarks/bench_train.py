@@ -55,9 +55,9 @@ from tqdm import tqdm
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-import metrics
-from batching import NORMALIZE_MEAN, NORMALIZE_STD
-from cli import (
+from faces_dataset import FacesDataset, read_rgb_image
+from lib import metrics
+from lib.cli import (
     ArgumentParser,
     UserError,
     add_debug_flag,
@@ -66,9 +66,9 @@ from cli import (
     positive_int,
     run_cli,
 )
-from faces_dataset import FacesDataset, read_rgb_image
-from fileio import atomic_write_json, read_json_object
-from memory import apply_image_cache, current_rss_bytes, proc_bytes, ru_maxrss_mb
+from lib.fileio import atomic_write_json, read_json_object
+from lib.memory import apply_image_cache, current_rss_bytes, proc_bytes, ru_maxrss_mb
+from lib.transforms import NORMALIZE_MEAN, NORMALIZE_STD
 from train_main import make_optimizer, trainer_options  # as train_main.py trains
 from trainer import Trainer
 from utils import DATASET_NAMES, MODEL_NAMES, get_device, get_transforms, load_dataset, load_model, set_seed
@@ -699,7 +699,7 @@ def data_costs(train: FacesDataset, batch_size: int) -> dict:
     """Milliseconds per image of each way of producing a normalised training batch: the course
     path (PIL decode + v1 transforms), decoding to uint8, and the cached path's gather, augment and
     normalise-to-channels-last (best of 5)."""
-    from batching import augment_uint8, draw_augmentation, normalize_batch
+    from lib.transforms import augment_uint8, draw_augmentation, normalize_batch
 
     n = min(len(train), batch_size)
     course = CourseFacesDataset(train, train=True)

@@ -37,9 +37,9 @@ from sklearn.preprocessing import StandardScaler
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import make_demo_datasets as demo
-from cli import ArgumentParser, add_debug_flag, non_negative_int, positive_int, run_cli
 from faces_dataset import list_images
-from fileio import ensure_dir
+from lib.cli import ArgumentParser, add_debug_flag, non_negative_int, positive_int, run_cli
+from lib.fileio import ensure_dir
 from models import SimpleNet
 from trainer import LoggingParameters, Trainer, json_safe_optimizer_params
 from utils import load_dataset, set_seed

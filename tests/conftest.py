@@ -161,7 +161,7 @@ def cpu_trainer(model, optimizer, splits, batch_size: int = 4, trainer_class=Non
 
 def one_line_error(capsys, main, argv, *needles) -> str:
     """Run the CLI entry in-process; expect exit 2 and exactly one stderr line holding ``needles``."""
-    from cli import run_cli
+    from lib.cli import run_cli
 
     code = run_cli(main, argv)
     err = capsys.readouterr().err

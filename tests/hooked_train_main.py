@@ -17,7 +17,7 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import train_main
-from cli import run_cli
+from lib.cli import run_cli
 from trainer import Trainer
 
 

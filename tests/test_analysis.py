@@ -15,12 +15,12 @@ from sklearn.metrics import average_precision_score, roc_auc_score
 from torch import nn
 from torchvision import transforms as T
 
-import analysis
 import grad_cam_analysis
 import numerical_analysis
 import saliency_map
-from batching import NORMALIZE_MEAN, NORMALIZE_STD
-from cli import UserError, run_cli
+from lib import analysis
+from lib.cli import UserError, run_cli
+from lib.transforms import NORMALIZE_MEAN, NORMALIZE_STD
 from models import SimpleNet
 from utils import load_dataset, load_model
 

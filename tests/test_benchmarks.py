@@ -15,7 +15,7 @@ import sys
 
 import pytest
 
-import memory
+from lib import memory
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

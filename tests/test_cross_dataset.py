@@ -13,12 +13,12 @@ from PIL import Image
 from sklearn.metrics import roc_auc_score
 from torchvision import transforms as T
 
-import cross_dataset
 import cross_dataset_analysis
-from batching import NORMALIZE_MEAN, NORMALIZE_STD
-from cli import UserError, run_cli
 from conftest import analysis_argv
-from metrics import equal_error_rate
+from lib import cross_dataset
+from lib.cli import UserError, run_cli
+from lib.metrics import equal_error_rate
+from lib.transforms import NORMALIZE_MEAN, NORMALIZE_STD
 from models import SimpleNet
 
 DATASETS = ("fakes_dataset", "synthetic_dataset")
@@ -60,20 +60,19 @@ def test_discovery_takes_only_best_checkpoints(tmp_path):
 def test_a_checkpoint_of_another_model_is_refused_before_decoding(tmp_path, monkeypatch):
     path = tmp_path / "fakes_dataset_SimpleNet_Adam.pt"
     torch.save({"model": SimpleNet().state_dict()}, path)
-    spec = cross_dataset.parse_checkpoint_spec(f"fakes_dataset:XceptionBased:{path}")
-    monkeypatch.setattr(cross_dataset, "load_dataset", lambda *a: pytest.fail("decoded images"))
+    spec_text = f"fakes_dataset:XceptionBased:{path}"
+    monkeypatch.setattr(cross_dataset_analysis, "load_dataset", lambda *a: pytest.fail("decoded images"))
     with pytest.raises(UserError, match=f"give it as fakes_dataset:SimpleNet:{path}"):
-        cross_dataset.evaluate_matrix([spec], ["fakes_dataset"], None, "cpu")
+        cross_dataset_analysis.main(["--checkpoints", spec_text, "--device", "cpu"])
 
 
 def test_a_checkpoint_that_does_not_fit_is_refused_before_decoding(tmp_path, monkeypatch):
     """No model name and keys of no model: refused by the one load, before any image is read."""
     path = tmp_path / "fakes_dataset_SimpleNet_Adam.pt"
     torch.save({"model": {"conv9.weight": torch.zeros(2)}}, path)
-    spec = cross_dataset.parse_checkpoint_spec(f"fakes_dataset:SimpleNet:{path}")
-    monkeypatch.setattr(cross_dataset, "load_dataset", lambda *a: pytest.fail("decoded images"))
+    monkeypatch.setattr(cross_dataset_analysis, "load_dataset", lambda *a: pytest.fail("decoded images"))
     with pytest.raises(UserError, match="does not fit a SimpleNet model"):
-        cross_dataset.evaluate_matrix([spec], ["fakes_dataset"], None, "cpu")
+        cross_dataset_analysis.main(["--checkpoints", f"fakes_dataset:SimpleNet:{path}", "--device", "cpu"])
 
 
 def independent_scores(state_dict, folder):

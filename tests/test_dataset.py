@@ -10,10 +10,9 @@ import torch
 from PIL import Image
 from torchvision import transforms as T
 
-import batching
-import cli
 import utils
 from faces_dataset import DataError, FacesDataset, list_images, read_rgb_image
+from lib import cli, transforms
 
 
 def _write_mixed_split(root: str) -> dict:
@@ -132,10 +131,10 @@ COURSE_TRAIN = T.Compose(
         T.RandomCrop(256, padding=4),
         T.RandomHorizontalFlip(),
         T.ToTensor(),
-        T.Normalize(batching.NORMALIZE_MEAN, batching.NORMALIZE_STD),
+        T.Normalize(transforms.NORMALIZE_MEAN, transforms.NORMALIZE_STD),
     ]
 )
-COURSE_TEST = T.Compose([T.ToTensor(), T.Normalize(batching.NORMALIZE_MEAN, batching.NORMALIZE_STD)])
+COURSE_TEST = T.Compose([T.ToTensor(), T.Normalize(transforms.NORMALIZE_MEAN, transforms.NORMALIZE_STD)])
 
 
 def _pil(seed=0):
@@ -148,8 +147,8 @@ def test_test_transform_equals_course_transform():
     ours = utils.get_transforms("test")(torch.from_numpy(np.array(image)).permute(2, 0, 1))
     assert ours.dtype == torch.float32 and ours.shape == (3, 256, 256)
     torch.testing.assert_close(ours, COURSE_TEST(image), rtol=0, atol=1e-6)
-    mean = torch.tensor(batching.NORMALIZE_MEAN).view(3, 1, 1)
-    std = torch.tensor(batching.NORMALIZE_STD).view(3, 1, 1)
+    mean = torch.tensor(transforms.NORMALIZE_MEAN).view(3, 1, 1)
+    std = torch.tensor(transforms.NORMALIZE_STD).view(3, 1, 1)
     torch.testing.assert_close(ours * std + mean, T.ToTensor()(image), rtol=0, atol=1e-6)
 
 
@@ -163,7 +162,7 @@ def test_train_transform_is_a_padded_crop_and_flip_of_the_course_one():
     )
     candidates = torch.cat([crops, crops.flip(-1)])  # 162 uint8 candidates
     # normalize_batch equals the course test transform (test_normalize_batch_equals_test_transform)
-    normalized = batching.normalize_batch(candidates)
+    normalized = transforms.normalize_batch(candidates)
     torch.manual_seed(0)
     seen = set()
     for _ in range(8):
@@ -179,7 +178,7 @@ def test_train_transform_is_a_padded_crop_and_flip_of_the_course_one():
 def test_augment_uint8_matches_pad_crop_flip():
     images = torch.randint(0, 256, (6, 3, 256, 256), dtype=torch.uint8)
     params = torch.tensor([[0, 0, 0], [8, 8, 1], [4, 4, 0], [0, 8, 1], [8, 0, 0], [3, 5, 1]])
-    out = batching.augment_uint8(images, params)
+    out = transforms.augment_uint8(images, params)
     for k, (top, left, flip) in enumerate(params.tolist()):
         padded = torch.nn.functional.pad(images[k], (4, 4, 4, 4))
         expect = padded[:, top : top + 256, left : left + 256]
@@ -191,9 +190,9 @@ def test_normalize_batch_equals_test_transform():
     images = torch.randint(0, 256, (3, 3, 256, 256), dtype=torch.uint8)
     transform = utils.get_transforms("val")
     expect = torch.stack([transform(image) for image in images])
-    torch.testing.assert_close(batching.normalize_batch(images), expect, rtol=0, atol=1e-6)
+    torch.testing.assert_close(transforms.normalize_batch(images), expect, rtol=0, atol=1e-6)
     torch.testing.assert_close(
-        batching.denormalize(batching.normalize_batch(images)), images / 255.0, rtol=0, atol=1e-6
+        transforms.denormalize(transforms.normalize_batch(images)), images / 255.0, rtol=0, atol=1e-6
     )
 
 

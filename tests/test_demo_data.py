@@ -253,7 +253,7 @@ def test_cli_refusal_is_one_line_with_exit_code_2(tmp_path):
 )
 def test_cli_bad_input_is_one_line_with_exit_code_2(tmp_path, argv, names, capsys, monkeypatch):
     """In this process, as ``__main__`` runs it (the refusal test above runs the script itself)."""
-    from cli import run_cli
+    from lib.cli import run_cli
 
     file = tmp_path / "a_file"
     file.write_text("mine")

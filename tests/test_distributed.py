@@ -159,7 +159,7 @@ def test_only_rank0_writes_and_reports(runs):
 def _gather_rank(rank: int, port: int, queue) -> None:
     import torch.distributed as dist
 
-    from batching import EvalShard
+    from lib.batching import EvalShard
     from trainer import Trainer
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))

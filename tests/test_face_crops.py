@@ -16,10 +16,10 @@ from pytorch_grad_cam.utils.image import show_cam_on_image
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 from torchvision import transforms as T
 
-import face_crops
 import predict
-from batching import NORMALIZE_MEAN, NORMALIZE_STD
-from cli import run_cli
+from lib import face_crops
+from lib.cli import run_cli
+from lib.transforms import NORMALIZE_MEAN, NORMALIZE_STD
 from models import SimpleNet
 
 INSTALL = "pip install 'opencv-python-headless<5'"

@@ -22,11 +22,11 @@ import pytest
 import torch
 from PIL import Image
 
-import cli
 import train_main
 import utils
 from conftest import ROOT, SMALL_COUNTS, make_image, make_tree, one_line_error, pickled_calls, train_argv
 from faces_dataset import DataError
+from lib import cli
 from models import SimpleNet
 
 STEM = "fakes_dataset_SimpleNet_SGD"

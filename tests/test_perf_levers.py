@@ -3,7 +3,7 @@
 Levers that do not change the arithmetic (the image cache, DataLoader workers, the cached batch path,
 progress bars) must give exactly equal values; levers that change the order of floating-point
 operations (channels-last layout, a larger eval batch) must agree closely. Also checked against
-independent references: the batched GPU-style augmentation against ``batching.augment_uint8``, the
+independent references: the batched GPU-style augmentation against ``transforms.augment_uint8``, the
 channels-last normalisation against ToTensor + Normalize arithmetic, the cached batches against
 the DataLoader batches, and the RSS rule of ``apply_image_cache``.
 """
@@ -18,11 +18,11 @@ import pytest
 import torch
 from torch import nn
 
-import batching
-import memory
 import train_main
 import utils
-from batching import CachedBatches, _augment_gather, consecutive
+from lib import memory, transforms
+from lib.batching import CachedBatches, consecutive
+from lib.transforms import _augment_gather
 from trainer import COURSE_KEYS, EXTRA_SPLIT_KEYS, Trainer
 from utils import resolve_channels_last
 
@@ -119,12 +119,12 @@ def test_channels_last_auto_resolution():
 def test_batched_augmentation_equals_reference():
     generator = torch.Generator().manual_seed(3)
     images = torch.randint(0, 256, (12, 3, 256, 256), dtype=torch.uint8, generator=generator)
-    params = batching.draw_augmentation(12, generator)
+    params = transforms.draw_augmentation(12, generator)
     params[0] = torch.tensor([0, 0, 0])  # extreme offsets, with and without a flip
     params[1] = torch.tensor([8, 8, 1])
     params[2] = torch.tensor([0, 8, 1])
     params[3] = torch.tensor([4, 4, 0])  # no shift at all: the identity
-    expected = batching.augment_uint8(images, params)
+    expected = transforms.augment_uint8(images, params)
     assert torch.equal(_augment_gather(images, params), expected)  # the CUDA kernel choice, on CPU
     assert torch.equal(expected[3], images[3])
     # an independent reference for one image: pad with zeros, crop, flip
@@ -134,15 +134,15 @@ def test_batched_augmentation_equals_reference():
 
 def test_normalize_channels_last_is_bitwise_equal():
     images = torch.randint(0, 256, (3, 3, 256, 256), dtype=torch.uint8)
-    mean = torch.tensor(batching.NORMALIZE_MEAN).view(1, 3, 1, 1)
-    std = torch.tensor(batching.NORMALIZE_STD).view(1, 3, 1, 1)
+    mean = torch.tensor(transforms.NORMALIZE_MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(transforms.NORMALIZE_STD).view(1, 3, 1, 1)
     reference = (images.float() / 255.0 - mean) / std  # ToTensor then Normalize
-    plain = batching.normalize_batch(images)
-    last = batching.normalize_batch(images, torch.channels_last)
+    plain = transforms.normalize_batch(images)
+    last = transforms.normalize_batch(images, torch.channels_last)
     assert torch.equal(plain, reference) and torch.equal(last, reference)
     assert last.is_contiguous(memory_format=torch.channels_last)
     as_float = images.float()
-    batching.normalize_batch(as_float)
+    transforms.normalize_batch(as_float)
     assert torch.equal(as_float, images.float())  # the input is never modified
 
 

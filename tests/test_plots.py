@@ -84,7 +84,7 @@ def test_curve_plots_use_last_run_by_default(tmp_path, monkeypatch):
     "content, needle", [(None, "no such metrics JSON"), ("{oops", "corrupt"), ("[]", "holds no runs")]
 )
 def test_curve_plot_bad_json_is_one_line_error(tmp_path, content, needle, capsys):
-    from cli import run_cli
+    from lib.cli import run_cli
 
     path = tmp_path / "bad.json"
     if content is not None:

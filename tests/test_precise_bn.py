@@ -14,10 +14,10 @@ import torch.nn.functional as F
 from torch import nn
 
 import train_main
-from batching import normalize_batch
 from conftest import cpu_trainer, train_argv
 from faces_dataset import FacesDataset
-from precise_bn import recompute_bn_statistics
+from lib.precise_bn import recompute_bn_statistics
+from lib.transforms import normalize_batch
 from trainer import Trainer
 from utils import get_transforms
 

@@ -17,8 +17,8 @@ from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 from torchvision import transforms as T
 
 import predict
-from batching import NORMALIZE_MEAN, NORMALIZE_STD
-from cli import run_cli
+from lib.cli import run_cli
+from lib.transforms import NORMALIZE_MEAN, NORMALIZE_STD
 from models import SimpleNet
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -23,7 +23,6 @@ import torch
 from PIL import Image
 from torch import nn
 
-import cli
 import grad_cam_analysis
 import plot_accuracy_and_loss
 import plot_samples_of_faces_datasets
@@ -32,6 +31,7 @@ import train_main
 import utils
 from conftest import HOOKED, ROOT, SMALL_COUNTS, make_image, make_tree, one_line_error, train_argv
 from faces_dataset import DataError, FacesDataset, list_images, read_rgb_image
+from lib import cli
 from models import SimpleNet
 from trainer import Trainer
 

@@ -14,10 +14,10 @@ from PIL import Image
 from torchvision.transforms.v2 import functional as TF
 
 import numerical_analysis
-import perturbations
 import robustness_analysis
-from cli import run_cli
 from conftest import analysis_argv
+from lib import perturbations
+from lib.cli import run_cli
 
 
 def images_of(seed: int, n: int = 3, size: int = 64) -> torch.Tensor:

@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-import spectrum
 import spectrum_analysis
-from cli import run_cli
 from conftest import analysis_argv
+from lib import spectrum
+from lib.cli import run_cli
 
 SIZE = 64
 LUMA = np.array([0.2989, 0.587, 0.114])  # torchvision's (ITU-R 601-2) grey weights

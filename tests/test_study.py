@@ -25,11 +25,11 @@ import torch
 
 import run_study
 from conftest import ROOT, make_tree
-from study import plan as study_plan
-from study.data import DataChoice
-from study.numbers import RunNumbers, run_numbers, verdict
-from study.report import Status, build_report
-from study.runner import Console, clean_line
+from lib.study import plan as study_plan
+from lib.study.data import DataChoice
+from lib.study.numbers import RunNumbers, run_numbers, verdict
+from lib.study.report import Status, build_report
+from lib.study.runner import Console, clean_line
 
 # Tiny splits: both classes everywhere (AUC, EER and Grad-CAM need them), few images (XceptionBased
 # is about 0.3 s per image forward on a 2-core CPU).

@@ -10,10 +10,10 @@ import os
 import pytest
 
 import run_study
-from study import plan as study_plan
-from study.data import DataChoice
-from study.numbers import run_numbers
-from study.report import Status, beyond_numbers, build_report, render_html, render_markdown
+from lib.study import plan as study_plan
+from lib.study.data import DataChoice
+from lib.study.numbers import run_numbers
+from lib.study.report import Status, beyond_numbers, build_report, render_html, render_markdown
 
 TAGS = ("simplenet-fakes", "simplenet-synthetic", "xception-synthetic")
 SIMPLENET = {"simplenet-fakes": "fakes_dataset", "simplenet-synthetic": "synthetic_dataset"}

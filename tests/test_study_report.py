@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from study.numbers import STUDY_NUMBERS, Protocol, RunNumbers, verdict
-from study.plan import RUNS
-from study.report import model_facts, render_html, render_markdown, score_label
+from lib.study.numbers import STUDY_NUMBERS, Protocol, RunNumbers, verdict
+from lib.study.plan import RUNS
+from lib.study.report import render_html, render_markdown, score_label
+from run_study import model_facts
 
 RUN = {run.tag: run for run in RUNS}
 

@@ -8,8 +8,8 @@ import time
 
 import torch
 
-from study.plan import Step
-from study.stamps import Stamps, resume_reason, stale_reason
+from lib.study.plan import Step
+from lib.study.stamps import Stamps, resume_reason, stale_reason
 
 
 def _write(path, text):

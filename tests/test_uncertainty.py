@@ -13,12 +13,11 @@ from scipy.stats import binom
 from sklearn.calibration import calibration_curve
 from sklearn.metrics import average_precision_score, roc_auc_score
 
-import analysis
 import numerical_analysis
-import uncertainty
-from cli import run_cli
 from conftest import analysis_argv
-from metrics import equal_error_rate
+from lib import analysis, uncertainty
+from lib.cli import run_cli
+from lib.metrics import equal_error_rate
 from models import SimpleNet
 from utils import load_dataset
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
-import memory
+from lib import memory
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 

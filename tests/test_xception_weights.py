@@ -21,13 +21,13 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import xception_weights
-from xception import Xception, build_xception_backbone
-from xception_weights import (
+from lib import xception_weights
+from lib.xception_weights import (
     WeightsMirror,
     XceptionWeightsError,
     load_xception_weights,
 )
+from xception import Xception, build_xception_backbone
 
 KNOWN_FILES = ("xception-c0a72b38.pth.tar", "xception-43020ad28.pth", "xception-b5690688.pth")
 PROXY_VARS = ("http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY", "all_proxy", "ALL_PROXY")

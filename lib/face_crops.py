@@ -21,8 +21,8 @@ import os
 import numpy as np
 from PIL import Image
 
-from cli import UserError
-from faces_dataset import IMAGE_SIZE
+from lib.cli import UserError
+from lib.images import IMAGE_SIZE
 
 OPENCV_INSTALL = "pip install 'opencv-python-headless<5'"
 CASCADE_FILE = "haarcascade_frontalface_default.xml"

@@ -8,7 +8,7 @@ import sys
 
 import torch
 
-from cli import check_name
+from lib.cli import check_name
 
 
 def proc_bytes(path: str, key: str) -> int | None:

@@ -13,11 +13,11 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 
-from cli import UserError
-from fileio import ensure_dir
-from memory import ru_maxrss_mb
-from study.plan import Step
-from study.stamps import Stamp, Stamps, resume_reason, stale_reason
+from lib.cli import UserError
+from lib.fileio import ensure_dir
+from lib.memory import ru_maxrss_mb
+from lib.study.plan import Step
+from lib.study.stamps import Stamp, Stamps, resume_reason, stale_reason
 
 ANSI = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]")
 

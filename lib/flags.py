@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import argparse
 
-from cli import add_debug_flag, positive_int
-from utils import DATA_ROOT_ENV, DATASET_NAMES, DEFAULT_DATA_ROOT, MODEL_NAMES
+from lib.cli import add_debug_flag, positive_int
+from lib.data_root import DATA_ROOT_ENV, DEFAULT_DATA_ROOT
+from lib.names import DATASET_NAMES, MODEL_NAMES
 
 
 def add_data_root_flag(parser, fallback: str = "") -> None:

@@ -30,9 +30,8 @@ from torchvision.transforms import InterpolationMode
 from torchvision.transforms.v2 import functional as TF
 from tqdm import tqdm
 
-import analysis
-import batching
-from metrics import HEADLINE_METRICS, binary_metrics
+from lib import analysis, batching
+from lib.metrics import HEADLINE_METRICS, binary_metrics
 
 PERTURBATIONS = {  # name: severities, mildest first
     "jpeg": (90, 70, 50, 30),

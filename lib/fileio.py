@@ -13,7 +13,7 @@ import time
 import warnings
 from collections.abc import Callable
 
-from cli import UserError, one_line_message
+from lib.cli import UserError, one_line_message
 
 
 def ensure_dir(path: str) -> str:

@@ -12,20 +12,20 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from analysis import metrics_json_path as analysis_metrics_json_path
-from cli import UserError
-from trainer import LoggingParameters, output_stem
-from utils import (
+from lib import names
+from lib.cli import UserError
+from lib.names import (
     DATASET_NAMES,
     FIGURE_SUFFIXES,
     SAMPLES_FIGURE,
     SPLITS,
     cross_dataset_paths,
     figure_path,
+    output_stem,
     spectrum_paths,
 )
 
-HERE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+HERE = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repository
 OPTIMIZER = "Adam"
 
 
@@ -108,7 +108,7 @@ class Step:
 # ----------------------------------------------------------------------------- paths
 def train_stem(run: RunSpec) -> str:
     """``<D>_<M>_<optimizer>``, as the Trainer names its checkpoints and runs JSON."""
-    return output_stem(LoggingParameters(run.model, run.dataset, OPTIMIZER))
+    return output_stem(run.dataset, run.model, OPTIMIZER)
 
 
 def checkpoint_path(s: Settings, run: RunSpec, suffix: str = "") -> str:
@@ -120,7 +120,7 @@ def runs_json_path(s: Settings, run: RunSpec) -> str:
 
 
 def metrics_json_path(s: Settings, run: RunSpec) -> str:
-    return analysis_metrics_json_path(s.out_dir, run.dataset, run.model)
+    return names.metrics_json_path(s.out_dir, run.dataset, run.model)
 
 
 def split_folder(s: Settings, dataset: str, split: str) -> str:

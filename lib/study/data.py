@@ -7,12 +7,13 @@ import sys
 import time
 from dataclasses import dataclass
 
-from cli import UserError
-from faces_dataset import CLASS_DIRS, list_images
-from fileio import atomic_write_json, read_json_object
-from study.plan import HERE
-from study.runner import Console, StepFailed, run_command
-from utils import DATA_ROOT_ENV, DATASET_NAMES, DEFAULT_DATA_ROOT, SPLITS, resolve_data_root
+from lib.cli import UserError
+from lib.data_root import DATA_ROOT_ENV, DEFAULT_DATA_ROOT, resolve_data_root
+from lib.fileio import atomic_write_json, read_json_object
+from lib.images import CLASS_DIRS, list_images
+from lib.names import DATASET_NAMES, SPLITS
+from lib.study.plan import HERE
+from lib.study.runner import Console, StepFailed, run_command
 
 DEMO_STAMP = ".study_demo.json"
 

@@ -18,9 +18,9 @@ from dataclasses import asdict, dataclass, field, fields
 
 import torch
 
-from faces_dataset import CLASS_DIRS, list_images
-from fileio import atomic_write_json, read_json_object
-from study.plan import HERE, Step
+from lib.fileio import atomic_write_json, read_json_object
+from lib.images import CLASS_DIRS, list_images
+from lib.study.plan import HERE, Step
 
 STAMP_VERSION = 2
 RULE = (
@@ -97,9 +97,38 @@ def data_mtime(folder: str) -> int | None:
     return None if times[0] is None else max(t for t in times if t is not None)
 
 
+def _module_file(name: str) -> str | None:
+    """The repository file of module ``name`` (``utils``, ``lib.fileio``, ``lib``), relative to
+    the repository; None for a module from elsewhere (torch, the standard library)."""
+    base = name.replace(".", os.sep)
+    for candidate in (base + ".py", os.path.join(base, "__init__.py")):
+        if os.path.isfile(os.path.join(HERE, candidate)):
+            return candidate
+    return None
+
+
+def _imported_files(tree: ast.AST) -> list[str]:
+    """The repository files that the module ``tree`` imports: ``import a.b``, ``from a.b import
+    c`` (module ``a.b``, and ``a/b/c.py`` when ``c`` is a module itself), and every package
+    ``__init__.py`` on the way."""
+    names = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names += [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+            names.append(node.module)
+            names += [f"{node.module}.{alias.name}" for alias in node.names]
+    files = []
+    for name in names:
+        parts = name.split(".")
+        files += [_module_file(".".join(parts[: i + 1])) for i in range(len(parts))]
+    return [f for f in files if f]
+
+
 @functools.cache  # once per script and invocation: every step's stale check asks again
 def code_files(script: str) -> tuple[str, ...]:
-    """The script and every module of this folder it imports, directly or not."""
+    """The script and every repository module it imports, directly or not, the ``lib`` package's
+    modules included (paths relative to the repository)."""
     seen, todo = [], [script]
     while todo:
         name = todo.pop()
@@ -111,18 +140,7 @@ def code_files(script: str) -> tuple[str, ...]:
                 tree = ast.parse(handle.read())
         except (OSError, SyntaxError, ValueError):
             continue
-        for node in ast.walk(tree):
-            if isinstance(node, ast.Import):
-                modules = [alias.name for alias in node.names]
-            elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
-                modules = [node.module]
-            else:
-                continue
-            todo += [
-                m.split(".")[0] + ".py"
-                for m in modules
-                if os.path.isfile(os.path.join(HERE, m.split(".")[0] + ".py"))
-            ]
+        todo += _imported_files(tree)
     return tuple(sorted(seen))
 
 

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torchvision.transforms.v2 import functional as TF
 
-from analysis import CLASS_NAMES, ClassSums
+from lib.analysis import CLASS_NAMES, ClassSums
 
 LOG_EPS = 1e-8
 

@@ -17,18 +17,18 @@ model's device, so the same code runs on the CPU and on CUDA:
 from __future__ import annotations
 
 import contextlib
-import os
 from collections.abc import Callable, Iterator
 
 import numpy as np
 import torch
 from torch import nn
 
-from batching import iter_batches, normalize_batch
-from cli import UserError
-from fileio import atomic_write_json, file_lock, read_json_object
-from metrics import binary_metrics, fmt
-from utils import DATASET_TITLES
+from lib.batching import iter_batches
+from lib.cli import UserError
+from lib.fileio import atomic_write_json, file_lock, read_json_object
+from lib.metrics import binary_metrics, fmt
+from lib.names import DATASET_TITLES, metrics_json_path  # noqa: F401  (re-exported)
+from lib.transforms import normalize_batch
 
 CLASS_NAMES = ("Real", "Fake")  # label 0, label 1
 DEFAULT_TARGET_LAYER = "conv3"  # the study's Grad-CAM layer, for both models
@@ -50,10 +50,6 @@ SCORE_KEYS = {
 
 
 # ----------------------------------------------------------------------------- names and files
-def metrics_json_path(out_dir: str, dataset_name: str, model_name: str) -> str:
-    return os.path.join(out_dir, f"{dataset_name}_{model_name}_metrics.json")
-
-
 def describe(dataset_name: str, model_name: str) -> str:
     return f"{model_name} on {DATASET_TITLES.get(dataset_name, dataset_name)}"
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 import numpy as np
 from tqdm import tqdm
 
-from metrics import HEADLINE_METRICS, binary_metrics, eer_of_roc
+from lib.metrics import HEADLINE_METRICS, binary_metrics, eer_of_roc
 
 BOOTSTRAP_METRICS = HEADLINE_METRICS
 DEFAULT_RESAMPLES = 1000

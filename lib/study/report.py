@@ -9,10 +9,11 @@ import os
 import time
 from dataclasses import asdict, dataclass
 
-from fileio import atomic_write_json, atomic_write_text
-from metrics import fmt
-from study.data import DataChoice
-from study.numbers import (
+from lib.fileio import atomic_write_json, atomic_write_text
+from lib.metrics import fmt
+from lib.names import DATASET_NAMES, DATASET_TITLES, SAMPLES_FIGURE, SPLITS
+from lib.study.data import DataChoice
+from lib.study.numbers import (
     STUDY_MODEL_FACTS,
     STUDY_NUMBERS,
     RunNumbers,
@@ -25,7 +26,7 @@ from study.numbers import (
     study_reference,
     verdict,
 )
-from study.plan import (
+from lib.study.plan import (
     RUNS,
     Settings,
     cross_dataset_figure,
@@ -35,9 +36,8 @@ from study.plan import (
     samples_figure,
     spectrum_figure,
 )
-from study.runner import Console, StepRecord
-from study.weights import CHECK_COMMAND, WeightsChoice
-from utils import DATASET_NAMES, DATASET_TITLES, SAMPLES_FIGURE, SPLITS
+from lib.study.runner import Console, StepRecord
+from lib.study.weights import CHECK_COMMAND, WeightsChoice
 
 
 @dataclass
@@ -48,23 +48,6 @@ class Status:
     failed: str | None = None
     log: str | None = None
     message: str | None = None
-
-
-def model_facts() -> dict:
-    """The models' numbers the study asks for, computed from freshly built (random-init) models:
-    trainable parameters of both, the head's input features, the Xception backbone's parameters
-    (with its 1000-class classifier, as the study counts it) and the MLP head's parameters."""
-    import xception
-    from utils import get_nof_params, load_model
-
-    xception_based = load_model("XceptionBased", pretrained=False)
-    return {
-        "SimpleNet": get_nof_params(load_model("SimpleNet", pretrained=False)),
-        "XceptionBased": get_nof_params(xception_based),
-        "head_in_features": xception_based.fc[0].in_features,
-        "backbone_params": get_nof_params(xception.Xception()),
-        "head_params": get_nof_params(xception_based.fc),
-    }
 
 
 def _fmt(value, digits=2) -> str:
@@ -320,7 +303,7 @@ def _harshest_cell(entry: dict | None) -> str:
 def robustness_blocks(settings: Settings, runs: dict[str, RunNumbers]) -> list[tuple]:
     """Per run of the robustness step (and any other run with a 'robustness' section): the clean
     AUC and the AUC at each perturbation's harshest grade, and the figures."""
-    from perturbations import PERTURBATIONS, SEVERITY_NAMES
+    from lib.perturbations import PERTURBATIONS, SEVERITY_NAMES
 
     shown = [r for r in RUNS if r.robustness or runs[r.tag].robustness_clean_auc is not None]
     rows = []
@@ -576,9 +559,11 @@ def write_report(
     status: Status,
     total_seconds: float,
     console: Console,
+    facts: dict,
 ) -> dict:
-    """Write out/study_report.md, out/study_report.html and out/study_summary.json; the summary."""
-    facts, runs = model_facts(), collect_numbers(settings, data, weights)
+    """Write out/study_report.md, out/study_report.html and out/study_summary.json; the summary.
+    ``facts``: the models' parameter counts (``run_study.model_facts``)."""
+    runs = collect_numbers(settings, data, weights)
     beyond = beyond_numbers(settings)
     blocks = build_report(settings, data, facts, runs, weights, records, status, total_seconds, beyond)
     md_path = os.path.join(settings.out_dir, "study_report.md")

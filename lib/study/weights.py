@@ -9,10 +9,10 @@ import subprocess
 import sys
 from dataclasses import dataclass
 
-from cli import UserError
-from study.numbers import imagenet_note
-from study.plan import HERE
-from study.runner import Console, child_env
+from lib.cli import UserError
+from lib.study.numbers import imagenet_note
+from lib.study.plan import HERE
+from lib.study.runner import Console, child_env
 
 LOUD = "!" * 78
 CHECK_COMMAND = "./run_me.sh --xception_weights PATH"  # the one command that checks the ImageNet rows
@@ -30,14 +30,21 @@ class WeightsChoice:
 
 
 def probe_xception_weights(explicit: str | None, allow_download: bool) -> dict:
-    """``python -m study.probe`` in a subprocess (the search may download ~90 MB):
-    {"found": True, "source", "origin"} or {"found": False, "error"}."""
+    """``train_main.py -m XceptionBased --check_weights`` in a subprocess (the search may
+    download ~90 MB): {"found": True, "source", "origin"} or {"found": False, "error"}."""
     env = child_env()
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (HERE, env.get("PYTHONPATH")) if p)
     if not allow_download:
         env["XCEPTION_NO_DOWNLOAD"] = "1"
+    explicit_flag = ["--xception_weights", explicit] if explicit else []
     done = subprocess.run(
-        [sys.executable, "-m", "study.probe", *([explicit] if explicit else [])],
+        [
+            sys.executable,
+            os.path.join(HERE, "train_main.py"),
+            "-m",
+            "XceptionBased",
+            "--check_weights",
+            *explicit_flag,
+        ],
         env=env,
         cwd=HERE,
         stdout=subprocess.PIPE,

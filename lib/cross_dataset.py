@@ -16,18 +16,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-import analysis
-from cli import UserError
-from metrics import HEADLINE_METRICS, binary_metrics, fmt
-from utils import (
-    DATASET_NAMES,
-    DATASET_TITLES,
-    MODEL_NAMES,
-    OPTIMIZER_NAMES,
-    WrongModelError,
-    load_dataset,
-    load_model_from_checkpoint,
-)
+from lib import analysis
+from lib.cli import UserError
+from lib.metrics import HEADLINE_METRICS, binary_metrics, fmt
+from lib.names import DATASET_NAMES, DATASET_TITLES, MODEL_NAMES, OPTIMIZER_NAMES
 
 MATRIX_METRICS = (
     ("auc", "AUC of P(fake)", (0.0, 1.0), "viridis", ".3f"),
@@ -82,32 +74,12 @@ def discover_checkpoints(folder: str) -> list[CheckpointSpec]:
     return found
 
 
-def load_models(specs, device) -> list:
-    """The model of every spec, each checkpoint read once, before any image is decoded. A
-    checkpoint that holds another model than its spec says is a ``UserError`` naming the spec to
-    give instead."""
-    models = []
-    for spec in specs:
-        try:
-            models.append(load_model_from_checkpoint(spec.model, spec.path, device))
-        except WrongModelError as exc:
-            raise UserError(
-                f"{spec.path}: holds a {exc.found} model, not {spec.model}; give it as "
-                f"{spec.dataset}:{exc.found}:{spec.path}"
-            ) from None
-    return models
-
-
 def evaluate_matrix(
-    specs, test_datasets, data_root, device, batch_size: int = 64, progress: bool = False
+    specs, models, datasets: dict, batch_size: int = 64, progress: bool = False
 ) -> list[dict]:
-    """One row per checkpoint: its spec and, per test dataset, AUC, accuracy (%), EER, AP of P(fake),
-    the class counts and whether it is in-distribution (the dataset it was trained on)."""
-    models = load_models(specs, device)
-    datasets = {}
-    for name in test_datasets:
-        datasets[name] = load_dataset(name, "test", data_root)
-        datasets[name].cache_images(progress=progress)  # decoded once for every checkpoint
+    """One row per checkpoint (``specs`` and their loaded ``models``): its spec and, per test
+    dataset (``datasets``: name -> test split), AUC, accuracy (%), EER, AP of P(fake), the class
+    counts and whether it is in-distribution (the dataset it was trained on)."""
     rows = []
     for spec, model in zip(specs, models):
         results = {}

@@ -32,7 +32,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from cli import UserError, first_line
+from lib.cli import UserError, first_line
 
 __all__ = [
     "KNOWN_WEIGHT_FILES",

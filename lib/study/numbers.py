@@ -7,11 +7,12 @@ import math
 import os
 from dataclasses import dataclass, field
 
-from cli import UserError
-from fileio import read_json_object, read_runs
-from metrics import HEADLINE_METRICS
-from spectrum import largest_difference
-from study.plan import (
+from lib.cli import UserError
+from lib.fileio import read_json_object, read_runs
+from lib.metrics import HEADLINE_METRICS
+from lib.names import DATASET_NAMES
+from lib.spectrum import largest_difference
+from lib.study.plan import (
     OPTIMIZER,
     RunSpec,
     Settings,
@@ -20,7 +21,6 @@ from study.plan import (
     runs_json_path,
     spectrum_json_path,
 )
-from utils import DATASET_NAMES
 
 STUDY_SOURCE = (
     "the study's results (docs/design.md, Reference results: best val acc, test acc at "

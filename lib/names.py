@@ -1,0 +1,53 @@
+"""The names every script shares: datasets, splits, models, optimizers, their titles, and the
+names of the files a run writes (docs/design.md#output-names)."""
+
+from __future__ import annotations
+
+import os
+
+DATASET_NAMES = ("fakes_dataset", "synthetic_dataset")
+SPLITS = ("train", "val", "test")
+MODEL_NAMES = ("SimpleNet", "XceptionBased")
+OPTIMIZER_NAMES = ("SGD", "Adam")
+DATASET_TITLES = {"fakes_dataset": "Deepfakes dataset", "synthetic_dataset": "Synthetic images dataset"}
+
+
+def output_stem(dataset_name: str, model_name: str, optimizer_name: str) -> str:
+    """``<dataset>_<model>_<optimizer>``: the stem of a run's JSON and checkpoints."""
+    return f"{dataset_name}_{model_name}_{optimizer_name}"
+
+
+def metrics_json_path(out_dir: str, dataset_name: str, model_name: str) -> str:
+    """``<out_dir>/<D>_<M>_metrics.json``: the analyses' JSON of one trained model."""
+    return os.path.join(out_dir, f"{dataset_name}_{model_name}_metrics.json")
+
+
+SAMPLES_FIGURE = "datasets_samples.png"
+"""The samples figure of plot_samples_of_faces_datasets.py (in the figures folder)."""
+
+FIGURE_SUFFIXES = {
+    "curves": ("losses_plot", "accuracies_plot"),  # plot_accuracy_and_loss.py
+    "numerical": ("roc_curve", "det_curve", "reliability_diagram"),  # numerical_analysis.py
+    "gradcam": ("Real_Image_grad_cam", "Fake_Image_grad_cam"),  # grad_cam_analysis.py (label 0, 1)
+    "saliency": ("saliency_maps_and_images_pairs", "mean_saliency_maps"),  # saliency_map.py
+    "robustness": ("robustness",),  # robustness_analysis.py
+}
+"""The figures of one run, ``<D>_<M>_<suffix>.png``, by the script that writes them: the study's
+figures (docs/design.md#output-names), the reliability diagram of P(fake) and the robustness curves."""
+
+
+def figure_path(figures_dir: str, dataset_name: str, model_name: str, suffix: str) -> str:
+    """``<figures_dir>/<D>_<M>_<suffix>.png`` (docs/design.md#output-names)."""
+    return os.path.join(figures_dir, f"{dataset_name}_{model_name}_{suffix}.png")
+
+
+def spectrum_paths(figures_dir: str, out_dir: str, dataset_name: str) -> tuple[str, str]:
+    """(figure, JSON) that spectrum_analysis.py writes for one dataset: ``<D>_spectrum.png`` and
+    ``<D>_spectrum.json`` (no model: the spectra belong to the data)."""
+    return (os.path.join(figures_dir, f"{dataset_name}_spectrum.png"),
+            os.path.join(out_dir, f"{dataset_name}_spectrum.json"))  # fmt: skip
+
+
+def cross_dataset_paths(figures_dir: str, out_dir: str) -> tuple[str, str]:
+    """(figure, JSON) of the whole matrix that cross_dataset_analysis.py writes."""
+    return os.path.join(figures_dir, "cross_dataset.png"), os.path.join(out_dir, "cross_dataset.json")
