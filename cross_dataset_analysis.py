@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import sys
 
-from lib import analysis, cross_dataset
+from lib import cross_dataset, metrics_json, names
 from lib.cli import ArgumentParser, UserError, run_cli
 from lib.fileio import save_figure
 from lib.flags import add_multi_dataset_flags
@@ -90,12 +90,12 @@ def main(argv=None) -> int:
     def section(selected: list[dict]) -> dict:
         return {"scores": SCORES, "split": "test", "test_datasets": test_datasets, "rows": selected}
 
-    analysis.update_metrics_json(matrix_path, {"cross_dataset": section(rows)})
+    metrics_json.update_metrics_json(matrix_path, {"cross_dataset": section(rows)})
     written = [matrix_path]
     for dataset, model in dict.fromkeys((row["train_dataset"], row["model"]) for row in rows):
-        run_path = analysis.metrics_json_path(args.out_dir, dataset, model)
+        run_path = names.metrics_json_path(args.out_dir, dataset, model)
         mine = [row for row in rows if (row["train_dataset"], row["model"]) == (dataset, model)]
-        analysis.update_metrics_json(run_path, {"cross_dataset": section(mine)})
+        metrics_json.update_metrics_json(run_path, {"cross_dataset": section(mine)})
         written.append(run_path)
 
     print(cross_dataset.matrix_table(rows, test_datasets))

@@ -15,7 +15,7 @@ import sys
 
 import torch
 
-from lib import analysis
+from lib import class_means, faithfulness, gradcam, metrics_json, names, sampling, transforms
 from lib.cli import ArgumentParser, UserError, non_negative_int, run_cli, seed_int
 from lib.fileio import save_figure
 from lib.flags import add_analysis_flags, add_gradient_batch_flag, add_out_dir_flag
@@ -45,7 +45,7 @@ def build_parser() -> ArgumentParser:
     add_analysis_flags(parser)
     parser.add_argument(
         "--target_layer",
-        default=analysis.DEFAULT_TARGET_LAYER,
+        default=gradcam.DEFAULT_TARGET_LAYER,
         help="dotted module path of the Grad-CAM layer (the study: conv3 for both "
         "models; e.g. block12.rep.4 for XceptionBased); a wrong name lists "
         "the convolution layers",
@@ -74,7 +74,7 @@ def build_parser() -> ArgumentParser:
     )
     parser.add_argument(
         "--fractions",
-        default=list(analysis.DEFAULT_FRACTIONS),
+        default=list(faithfulness.DEFAULT_FRACTIONS),
         nargs="+",
         type=fraction,
         metavar="F",
@@ -88,32 +88,32 @@ def build_parser() -> ArgumentParser:
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     device, model, dataset = load_analysis_inputs(args)
-    layer = analysis.resolve_layer(model, args.target_layer)
-    title = analysis.describe(args.dataset, args.model)
+    layer = gradcam.resolve_layer(model, args.target_layer)
+    title = names.describe(args.dataset, args.model)
     written = one_image_per_class(args, model, layer, dataset, device)
-    means, counts, faithfulness = mean_maps_and_faithfulness(args, model, layer, dataset, device)
+    means, counts, faith = mean_maps_and_faithfulness(args, model, layer, dataset, device)
     if counts[0] + counts[1] == 0:
         raise UserError("no test images to analyse")
     mean_path = figure_path(args.figures_dir, args.dataset, args.model, "mean_grad_cam")
-    figure = analysis.plot_mean_maps(
+    figure = class_means.plot_mean_maps(
         means, counts, f"Mean Grad-CAM ({args.target_layer}): {title}", "jet", "Grad-CAM"
     )
     written.append(save_figure(figure, mean_path))
 
     summary = {
-        **analysis.section_header(args),
+        **metrics_json.section_header(args),
         "target_layer": args.target_layer,
         "target": "true class (raw logit)",
         "seed": args.seed,
         "n_real": counts[0],
         "n_fake": counts[1],
-        **faithfulness.summary(),
+        **faith.summary(),
     }
-    json_path = analysis.metrics_json_path(args.out_dir, args.dataset, args.model)
-    analysis.update_metrics_json(json_path, {"grad_cam": summary})
+    json_path = names.metrics_json_path(args.out_dir, args.dataset, args.model)
+    metrics_json.update_metrics_json(json_path, {"grad_cam": summary})
 
     print(f"{title}: Grad-CAM at {args.target_layer} over {counts[0]} real and {counts[1]} fake test images")
-    print(analysis.faithfulness_table(summary))
+    print(faithfulness.faithfulness_table(summary))
     for path in written:
         print(f"wrote {path}")
     print(f"wrote {json_path} (section 'grad_cam')")
@@ -123,26 +123,26 @@ def main(argv=None) -> int:
 def one_image_per_class(args, model, layer, dataset, device) -> list[str]:
     """The study's two figures: a real and a fake test image (drawn with the seed) with their
     Grad-CAM overlay. Returns the paths written (a class without test images is skipped)."""
-    picks = analysis.pick_one_per_class(dataset.labels.numpy(), args.seed)
+    picks = sampling.pick_one_per_class(dataset.labels.numpy(), args.seed)
     chosen = [(label, index) for label, index in picks.items() if index is not None]
     for label, index in picks.items():
         if index is None:
             print(
-                f"note: no {analysis.CLASS_NAMES[label].lower()} image in the test split; "
+                f"note: no {names.CLASS_NAMES[label].lower()} image in the test split; "
                 f"its Grad-CAM figure is not written",
                 file=sys.stderr,
             )
     if not chosen:
         return []
     images = dataset.load_uint8_batch(torch.tensor([index for _, index in chosen]))
-    cams = analysis.grad_cam_maps(
+    cams = gradcam.grad_cam_maps(
         model, layer, normalize_batch(images.to(device)), [label for label, _ in chosen]
     )
     written = []
-    for (label, _), image, cam in zip(chosen, analysis.uint8_to_rgb_float(images), cams):
-        name = f"{analysis.CLASS_NAMES[label]} Image"
+    for (label, _), image, cam in zip(chosen, transforms.uint8_to_rgb_float(images), cams):
+        name = f"{names.CLASS_NAMES[label]} Image"
         path = figure_path(args.figures_dir, args.dataset, args.model, FIGURE_SUFFIXES["gradcam"][label])
-        written.append(save_figure(analysis.plot_overlay(analysis.grad_cam_overlay(image, cam), name), path))
+        written.append(save_figure(gradcam.plot_overlay(gradcam.grad_cam_overlay(image, cam), name), path))
     return written
 
 
@@ -153,23 +153,23 @@ def mean_maps_and_faithfulness(args, model, layer, dataset, device):
     labels = dataset.labels.numpy()
 
     def cams(x, y):
-        return analysis.grad_cam_maps(model, layer, x, y)
+        return gradcam.grad_cam_maps(model, layer, x, y)
 
     def members(chosen) -> set[int]:
         return set(range(len(labels)) if chosen is None else chosen.tolist())
 
-    mean_subset = analysis.subset_indices(labels, args.max_images, args.seed)
+    mean_subset = sampling.subset_indices(labels, args.max_images, args.seed)
     faith_subset = (
-        analysis.subset_indices(labels, args.faithfulness_images, args.seed)
+        sampling.subset_indices(labels, args.faithfulness_images, args.seed)
         if args.faithfulness_images
         else mean_subset
     )
     # The faithfulness test rides on the mean-map pass (its maps, its decoded images); a second
     # pass only covers the faithfulness images the mean maps do not use.
-    faithfulness = analysis.FaithfulnessAccumulator(model, args.fractions, args.seed, only=faith_subset)
+    faith = faithfulness.FaithfulnessAccumulator(model, args.fractions, args.seed, only=faith_subset)
 
     def mean_maps(indices, desc):
-        return analysis.mean_maps_per_class(
+        return class_means.mean_maps_per_class(
             dataset,
             cams,
             args.batch_size,
@@ -177,14 +177,14 @@ def mean_maps_and_faithfulness(args, model, layer, dataset, device):
             indices=indices,
             progress=not args.no_progress,
             desc=desc,
-            on_batch=faithfulness,
+            on_batch=faith,
         )
 
     means, counts = mean_maps(mean_subset, "Grad-CAM")
     rest = sorted(members(faith_subset) - members(mean_subset))
     if rest:  # these images' maps feed only the faithfulness test
         mean_maps(rest, "faithfulness")
-    return means, counts, faithfulness
+    return means, counts, faith
 
 
 if __name__ == "__main__":

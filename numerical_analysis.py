@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import sys
 
-from lib import analysis, uncertainty
+from lib import metrics_json, names, scores, uncertainty
 from lib.cli import ArgumentParser, non_negative_int, positive_int, run_cli, seed_int
 from lib.fileio import save_figure
 from lib.flags import add_analysis_flags, add_out_dir_flag
@@ -59,38 +59,38 @@ def build_parser() -> ArgumentParser:
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     _, model, dataset = load_analysis_inputs(args)
-    logits, labels = analysis.predict_scores(
+    logits, labels = scores.predict_scores(
         model, dataset, args.batch_size, progress=not args.no_progress, num_workers=args.num_workers
     )
-    metrics = analysis.roc_det_metrics(labels, logits)
+    metrics = scores.roc_det_metrics(labels, logits)
 
     roc_path, det_path, reliability_path = (
         figure_path(args.figures_dir, args.dataset, args.model, suffix)
         for suffix in FIGURE_SUFFIXES["numerical"]
     )
-    save_figure(analysis.plot_roc(labels, logits, args.model, args.dataset), roc_path)
-    save_figure(analysis.plot_det(labels, logits, args.model, args.dataset), det_path)
-    sure = uncertainty_section(args, labels, analysis.soft_scores(logits)[:, 1])
+    save_figure(scores.plot_roc(labels, logits, args.model, args.dataset), roc_path)
+    save_figure(scores.plot_det(labels, logits, args.model, args.dataset), det_path)
+    sure = uncertainty_section(args, labels, scores.soft_scores(logits)[:, 1])
     save_figure(
         uncertainty.plot_reliability(
-            sure["calibration"], f"Reliability of P(fake), {analysis.describe(args.dataset, args.model)}"
+            sure["calibration"], f"Reliability of P(fake), {names.describe(args.dataset, args.model)}"
         ),
         reliability_path,
     )
 
-    json_path = analysis.metrics_json_path(args.out_dir, args.dataset, args.model)
+    json_path = names.metrics_json_path(args.out_dir, args.dataset, args.model)
     section = {
-        **analysis.section_header(args),
-        "score_definition": analysis.SCORE_DESCRIPTION,
+        **metrics_json.section_header(args),
+        "score_definition": scores.SCORE_DESCRIPTION,
         **metrics,
     }
-    analysis.update_metrics_json(json_path, {"numerical": section, "uncertainty": sure})
+    metrics_json.update_metrics_json(json_path, {"numerical": section, "uncertainty": sure})
 
     print(
-        f"{analysis.describe(args.dataset, args.model)}, test split, {len(labels)} images "
+        f"{names.describe(args.dataset, args.model)}, test split, {len(labels)} images "
         f"({args.checkpoint_path})"
     )
-    print(analysis.metrics_table(metrics))
+    print(scores.metrics_table(metrics))
     print(uncertainty.summary_table(sure["bootstrap"], sure["calibration"]))
     print(
         f"wrote {roc_path}\nwrote {det_path}\nwrote {reliability_path}\n"
@@ -102,7 +102,7 @@ def main(argv=None) -> int:
 def uncertainty_section(args, labels, fake_scores) -> dict:
     """The 'uncertainty' JSON section: bootstrap intervals and calibration of P(fake)."""
     return {
-        **analysis.section_header(args),
+        **metrics_json.section_header(args),
         "scores": "P(fake) = softmax column 1",
         "bootstrap": uncertainty.bootstrap_intervals(
             labels, fake_scores, args.bootstrap, args.seed, progress=not args.no_progress

@@ -25,7 +25,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from faces_dataset import IMAGE_SIZE, DataError, is_image_file, pil_to_uint8_tensor, read_rgb_image
-from lib import analysis, face_crops
+from lib import face_crops, gradcam, names, scores, transforms
 from lib.cli import ArgumentParser, UserError, add_debug_flag, positive_int, run_cli
 from lib.fileio import atomic_write
 from lib.flags import add_checkpoint_flags
@@ -66,7 +66,7 @@ def build_parser() -> ArgumentParser:
     )
     parser.add_argument(
         "--target_layer",
-        default=analysis.DEFAULT_TARGET_LAYER,
+        default=gradcam.DEFAULT_TARGET_LAYER,
         help="Grad-CAM layer (dotted module path) for --grad_cam",
     )
     parser.add_argument(
@@ -172,17 +172,17 @@ def score_batch(model, layer, entries: list, args, used_names: set[str]) -> list
     """Result records of a batch of (path, fields, uint8 image) entries that have an image:
     P(fake), label, logits and, with --grad_cam, the overlay written for each."""
     batch = torch.stack([image for _, _, image in entries])
-    logits = analysis.predict_logits(model, batch, args.batch_size)
-    probs = analysis.soft_scores(logits.numpy())
+    logits = scores.predict_logits(model, batch, args.batch_size)
+    probs = scores.soft_scores(logits.numpy())
     predicted = (probs[:, 1] > 0.5).astype(np.int64)  # ties go to real, like argmax
     overlays = [None] * len(entries)
     if layer is not None:
-        device = analysis.model_device(model)
-        cams = analysis.grad_cam_maps(model, layer, normalize_batch(batch.to(device)), predicted)
-        for i, (image, cam) in enumerate(zip(analysis.uint8_to_rgb_float(batch), cams)):
+        device = scores.model_device(model)
+        cams = gradcam.grad_cam_maps(model, layer, normalize_batch(batch.to(device)), predicted)
+        for i, (image, cam) in enumerate(zip(transforms.uint8_to_rgb_float(batch), cams)):
             path, fields, _ = entries[i]
             out = os.path.join(args.grad_cam, overlay_name(path, used_names, fields["face"]))
-            picture = Image.fromarray(analysis.grad_cam_overlay(image, cam))
+            picture = Image.fromarray(gradcam.grad_cam_overlay(image, cam))
             atomic_write(out, lambda tmp, p=picture: p.save(tmp, format="PNG"))
             overlays[i] = out
     return [
@@ -191,7 +191,7 @@ def score_batch(model, layer, entries: list, args, used_names: set[str]) -> list
             **{k: fields[k] for k in ("face", "box", "crop")},
             "p_fake": float(probs[i, 1]),
             "p_real": float(probs[i, 0]),
-            "label": analysis.CLASS_NAMES[predicted[i]].lower(),
+            "label": names.CLASS_NAMES[predicted[i]].lower(),
             "logits": [float(v) for v in logits[i]],
             "resized_from": fields["resized_from"],
             "grad_cam": overlays[i],
@@ -235,7 +235,7 @@ def main(argv=None) -> int:
     detector = face_crops.FaceDetector() if args.crop_faces else None  # before the model: fail fast
     device = get_device(args.device)
     model = load_model_from_checkpoint(args.model, args.checkpoint_path, device)
-    layer = analysis.resolve_layer(model, args.target_layer) if args.grad_cam else None
+    layer = gradcam.resolve_layer(model, args.target_layer) if args.grad_cam else None
 
     errors: list[dict] = []
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import sys
 
-from lib import analysis, perturbations
+from lib import metrics_json, names, perturbations, sampling
 from lib.cli import ArgumentParser, non_negative_int, positive_int, run_cli, seed_int
 from lib.fileio import save_figure
 from lib.flags import add_analysis_flags, add_out_dir_flag
@@ -78,7 +78,7 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     _, model, dataset = load_analysis_inputs(args)
     labels = dataset.labels.numpy()
-    subset = analysis.subset_indices(labels, args.max_images, args.seed)
+    subset = sampling.subset_indices(labels, args.max_images, args.seed)
     whole = subset is None
     indices = list(range(len(labels))) if whole else subset.tolist()
     chosen = perturbations.conditions(dict.fromkeys(args.perturbations))
@@ -94,13 +94,13 @@ def main(argv=None) -> int:
     what = "whole test split" if whole else f"{len(indices)} test images (subset, seed {args.seed})"
     save_figure(
         perturbations.plot_robustness(
-            metrics, f"Robustness of {analysis.describe(args.dataset, args.model)}\n{what}"
+            metrics, f"Robustness of {names.describe(args.dataset, args.model)}\n{what}"
         ),
         path,
     )
-    json_path = analysis.metrics_json_path(args.out_dir, args.dataset, args.model)
+    json_path = names.metrics_json_path(args.out_dir, args.dataset, args.model)
     section = {
-        **analysis.section_header(args),
+        **metrics_json.section_header(args),
         "scores": "P(fake) = softmax column 1",
         "n_images": len(indices),
         "n_real": int((labels == 0).sum()),
@@ -109,9 +109,9 @@ def main(argv=None) -> int:
         "seed": args.seed,
         **metrics,
     }
-    analysis.update_metrics_json(json_path, {"robustness": section})
+    metrics_json.update_metrics_json(json_path, {"robustness": section})
 
-    print(f"{analysis.describe(args.dataset, args.model)}, {what} ({args.checkpoint_path})")
+    print(f"{names.describe(args.dataset, args.model)}, {what} ({args.checkpoint_path})")
     print(robustness_table(metrics))
     print(f"wrote {path}\nwrote {json_path} (section 'robustness')")
     return 0

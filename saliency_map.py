@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import sys
 
-from lib import analysis
+from lib import class_means, names, saliency, sampling
 from lib.cli import ArgumentParser, run_cli, seed_int
 from lib.fileio import save_figure
 from lib.flags import add_analysis_flags, add_gradient_batch_flag
@@ -44,10 +44,10 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     device, model, dataset = load_analysis_inputs(args)
     progress = not args.no_progress
-    title = analysis.describe(args.dataset, args.model)
+    title = names.describe(args.dataset, args.model)
 
-    chosen = analysis.pick_mixed_indices(dataset.labels.numpy(), N_PAIRS, args.seed)
-    maps, images, labels = analysis.saliency_of_dataset(
+    chosen = sampling.pick_mixed_indices(dataset.labels.numpy(), N_PAIRS, args.seed)
+    maps, images, labels = saliency.saliency_of_dataset(
         model, dataset, chosen, args.batch_size, progress=progress
     )
     pairs_path, mean_path = (
@@ -55,20 +55,21 @@ def main(argv=None) -> int:
         for suffix in FIGURE_SUFFIXES["saliency"]
     )
     save_figure(
-        analysis.plot_saliency_pairs(images, maps, labels, f"Images and their saliency maps: {title}"),
+        saliency.plot_saliency_pairs(images, maps, labels, f"Images and their saliency maps: {title}"),
         pairs_path,
     )
 
-    means, counts = analysis.mean_maps_per_class(
+    means, counts = class_means.mean_maps_per_class(
         dataset,
-        lambda x, y: analysis.saliency_maps(model, x, y),
+        lambda x, y: saliency.saliency_maps(model, x, y),
         args.batch_size,
         device,
         progress=progress,
         desc="mean saliency",
     )
     save_figure(
-        analysis.plot_mean_maps(means, counts, f"Mean saliency maps: {title}", "hot", "saliency"), mean_path
+        class_means.plot_mean_maps(means, counts, f"Mean saliency maps: {title}", "hot", "saliency"),
+        mean_path,
     )
     print(
         f"{title}: saliency of {len(chosen)} chosen images (seed {args.seed}) and mean maps over "

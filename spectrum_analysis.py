@@ -14,7 +14,7 @@ from __future__ import annotations
 import sys
 
 from faces_dataset import IMAGE_SIZE
-from lib import analysis, batching, spectrum
+from lib import batching, metrics_json, sampling, spectrum
 from lib.cli import ArgumentParser, non_negative_int, run_cli, seed_int
 from lib.fileio import save_figure
 from lib.flags import add_multi_dataset_flags
@@ -47,7 +47,7 @@ def dataset_spectra(args, name: str, device) -> tuple[spectrum.SpectrumAccumulat
     """The accumulated spectra of one dataset's test split (or its subset) and the JSON section."""
     dataset = load_dataset(name, "test", args.data_root)
     labels = dataset.labels.numpy()
-    indices = analysis.subset_indices(labels, args.max_images, args.seed)
+    indices = sampling.subset_indices(labels, args.max_images, args.seed)
     acc = spectrum.SpectrumAccumulator()
     for images, batch_labels, _ in batching.iter_batches(
         dataset, args.batch_size, indices, progress=not args.no_progress, desc=f"spectra {name}"
@@ -74,7 +74,7 @@ def main(argv=None) -> int:
             spectrum.plot_spectra(acc, section, f"Mean spectra of the test images, {DATASET_TITLES[name]}"),
             path,
         )
-        analysis.update_metrics_json(json_path, {"spectrum": section})
+        metrics_json.update_metrics_json(json_path, {"spectrum": section})
         diff = section["fake_minus_real_db"]
         if diff is not None:
             peak = spectrum.largest_difference(diff)

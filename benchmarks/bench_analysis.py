@@ -7,10 +7,10 @@ eval mode, channels-last on CPU/CUDA; the inputs are NCHW as ``normalize_batch``
 
 - reference: the model's own forward + backward (parameter gradients, as in training, without the
   optimizer) on random tensors already in memory, batch by batch;
-- saliency over the test set: ``analysis.mean_maps_per_class`` with ``analysis.saliency_maps``,
+- saliency over the test set: ``class_means.mean_maps_per_class`` with ``saliency.saliency_maps``,
   exactly what saliency_map.py runs for its mean maps (reads and decodes the PNGs, normalises,
   one forward and one backward per batch, per-class sums);
-- mean Grad-CAM over the test set: the same with ``analysis.grad_cam_maps`` (pytorch-grad-cam), as
+- mean Grad-CAM over the test set: the same with ``gradcam.grad_cam_maps`` (pytorch-grad-cam), as
   grad_cam_analysis.py runs it (without its faithfulness test; ``--faithfulness`` adds that figure);
 - the two map functions alone on the in-memory tensors (no data reading), to split the cost.
 
@@ -95,9 +95,9 @@ def analysis_passes(model, dataset, args, device: torch.device) -> dict:
     in-memory tensors): returns them keyed ``reference``, ``saliency``, ``mean_grad_cam``,
     ``saliency_maps_only``, ``grad_cam_maps_only`` (and with --faithfulness
     ``mean_grad_cam_with_faithfulness``), in the order each round runs them."""
-    from lib import analysis
+    from lib import class_means, faithfulness, gradcam, saliency
 
-    layer = analysis.resolve_layer(model, args.target_layer)
+    layer = gradcam.resolve_layer(model, args.target_layer)
     plan = bench_train.batch_sizes(len(dataset), args.batch_size)
     batches = random_batches(plan, args.seed, device)
 
@@ -111,27 +111,27 @@ def analysis_passes(model, dataset, args, device: torch.device) -> dict:
 
     def saliency_only():
         for size in plan:
-            analysis.saliency_maps(model, *batches[size])
+            saliency.saliency_maps(model, *batches[size])
 
     def grad_cam_only():
         for size in plan:
-            analysis.grad_cam_maps(model, layer, *batches[size])
+            gradcam.grad_cam_maps(model, layer, *batches[size])
 
     def saliency_e2e():
-        analysis.mean_maps_per_class(
-            dataset, lambda x, y: analysis.saliency_maps(model, x, y), args.batch_size, device
+        class_means.mean_maps_per_class(
+            dataset, lambda x, y: saliency.saliency_maps(model, x, y), args.batch_size, device
         )
 
     def grad_cam_e2e():
-        analysis.mean_maps_per_class(
-            dataset, lambda x, y: analysis.grad_cam_maps(model, layer, x, y), args.batch_size, device
+        class_means.mean_maps_per_class(
+            dataset, lambda x, y: gradcam.grad_cam_maps(model, layer, x, y), args.batch_size, device
         )
 
     def grad_cam_faithfulness():
-        accumulator = analysis.FaithfulnessAccumulator(model, seed=args.seed)
-        analysis.mean_maps_per_class(
+        accumulator = faithfulness.FaithfulnessAccumulator(model, seed=args.seed)
+        class_means.mean_maps_per_class(
             dataset,
-            lambda x, y: analysis.grad_cam_maps(model, layer, x, y),
+            lambda x, y: gradcam.grad_cam_maps(model, layer, x, y),
             args.batch_size,
             device,
             on_batch=accumulator,

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from lib import analysis
+from lib import scores
 from lib.cli import UserError
 from lib.metrics import HEADLINE_METRICS, binary_metrics, fmt
 from lib.names import DATASET_NAMES, DATASET_TITLES, MODEL_NAMES, OPTIMIZER_NAMES
@@ -84,8 +84,8 @@ def evaluate_matrix(
     for spec, model in zip(specs, models):
         results = {}
         for name, dataset in datasets.items():
-            logits, labels = analysis.predict_scores(model, dataset, batch_size, progress=progress)
-            metrics = binary_metrics(labels, analysis.soft_scores(logits)[:, 1])
+            logits, labels = scores.predict_scores(model, dataset, batch_size, progress=progress)
+            metrics = binary_metrics(labels, scores.soft_scores(logits)[:, 1])
             results[name] = {key: metrics[key] for key in (*HEADLINE_METRICS, "n_real", "n_fake")}
             results[name]["in_distribution"] = name == spec.dataset
         rows.append(

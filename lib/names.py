@@ -51,3 +51,10 @@ def spectrum_paths(figures_dir: str, out_dir: str, dataset_name: str) -> tuple[s
 def cross_dataset_paths(figures_dir: str, out_dir: str) -> tuple[str, str]:
     """(figure, JSON) of the whole matrix that cross_dataset_analysis.py writes."""
     return os.path.join(figures_dir, "cross_dataset.png"), os.path.join(out_dir, "cross_dataset.json")
+
+
+CLASS_NAMES = ("Real", "Fake")  # label 0, label 1
+
+
+def describe(dataset_name: str, model_name: str) -> str:
+    return f"{model_name} on {DATASET_TITLES.get(dataset_name, dataset_name)}"

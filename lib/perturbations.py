@@ -30,7 +30,7 @@ from torchvision.transforms import InterpolationMode
 from torchvision.transforms.v2 import functional as TF
 from tqdm import tqdm
 
-from lib import analysis, batching
+from lib import batching, scores
 from lib.metrics import HEADLINE_METRICS, binary_metrics
 
 PERTURBATIONS = {  # name: severities, mildest first
@@ -115,8 +115,8 @@ def score_perturbed(
     severity) of ``chosen``: ``({"clean" or (name, severity): N x 2 float32}, labels)``.
 
     Each batch is decoded once and forwarded clean and perturbed, on the model's device, through
-    the evaluation transform (``analysis.predict_logits``); the clean forward is the one
-    ``analysis.predict_scores`` makes, so clean figures equal numerical_analysis.py's.
+    the evaluation transform (``scores.predict_logits``); the clean forward is the one
+    ``scores.predict_scores`` makes, so clean figures equal numerical_analysis.py's.
     """
     keys = ["clean"] + list(chosen)
     logits: dict = {key: [] for key in keys}
@@ -127,7 +127,7 @@ def score_perturbed(
         for images, batch_labels, batch_indices in batching.iter_batches(dataset, batch_size, indices):
             for key in keys:
                 batch = images if key == "clean" else perturb(images, *key, batch_indices, seed)
-                logits[key].append(analysis.predict_logits(model, batch, batch_size))
+                logits[key].append(scores.predict_logits(model, batch, batch_size))
                 bar.update(len(images))
             labels.append(batch_labels)
     return (
@@ -143,7 +143,7 @@ def robustness_metrics(labels, logits: dict) -> dict:
     keep = HEADLINE_METRICS
 
     def figures(key):
-        metrics = binary_metrics(labels, analysis.soft_scores(logits[key])[:, 1])
+        metrics = binary_metrics(labels, scores.soft_scores(logits[key])[:, 1])
         return {name: metrics[name] for name in keep}
 
     out = {"clean": figures("clean"), "perturbations": {}}

@@ -22,7 +22,8 @@ import numpy as np
 import torch
 from torchvision.transforms.v2 import functional as TF
 
-from lib.analysis import CLASS_NAMES, ClassSums
+from lib.class_means import ClassSums
+from lib.names import CLASS_NAMES
 
 LOG_EPS = 1e-8
 

@@ -122,3 +122,9 @@ class StudyTransform(v2.Compose):
         steps += [v2.ToDtype(torch.float32, scale=True), v2.Normalize(NORMALIZE_MEAN, NORMALIZE_STD)]
         super().__init__(steps)
         self.train = train
+
+
+def uint8_to_rgb_float(images_uint8) -> np.ndarray:
+    """uint8 (N x) 3 x H x W -> float32 (N x) H x W x 3 in [0, 1] (for display)."""
+    array = torch.as_tensor(images_uint8).float().div(255.0)
+    return array.movedim(-3, -1).numpy()

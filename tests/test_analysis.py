@@ -18,7 +18,7 @@ from torchvision import transforms as T
 import grad_cam_analysis
 import numerical_analysis
 import saliency_map
-from lib import analysis
+from lib import class_means, faithfulness, gradcam, metrics_json, saliency, sampling, scores
 from lib.cli import UserError, run_cli
 from lib.transforms import NORMALIZE_MEAN, NORMALIZE_STD
 from models import SimpleNet
@@ -116,7 +116,7 @@ def test_numerical_analysis_matches_sklearn_on_independent_forward(checkpoints, 
     # The batched scoring gives the same logits as the one-image-at-a-time reference.
     model = SimpleNet()
     model.load_state_dict(torch.load(checkpoints["SimpleNet"], weights_only=True)["model"])
-    ours, our_labels = analysis.predict_scores(
+    ours, our_labels = scores.predict_scores(
         model.eval(), load_dataset("fakes_dataset", "test", tiny_root), batch_size=4
     )
     np.testing.assert_array_equal(our_labels, labels)
@@ -145,7 +145,7 @@ def test_scores_a_and_b_are_the_raw_columns_not_complementary():
     # pairs ranked right; score B 2 and 4 against 0 and 1 -> 4 of 4. With softmax A would be 1 - B.
     labels = np.array([0, 0, 1, 1])
     logits = np.array([[2.0, 0.0], [1.0, 1.0], [0.0, 2.0], [3.0, 4.0]])
-    numbers = analysis.roc_det_metrics(labels, logits)
+    numbers = scores.roc_det_metrics(labels, logits)
     assert (numbers["auc_a"], numbers["auc_b"]) == (0.5, 1.0)
     p_fake = torch.softmax(torch.from_numpy(logits), 1)[:, 1].numpy()  # 0.12, 0.5, 0.88, 0.73
     assert numbers["auc"] == pytest.approx(roc_auc_score(labels, p_fake))
@@ -155,11 +155,11 @@ def test_scores_a_and_b_are_the_raw_columns_not_complementary():
 def test_roc_title_and_det_axes():
     labels = np.array([0, 0, 0, 1, 1, 1])
     logits = np.array([[2, 0], [1, 0.5], [0, 0.2], [0, 1], [0.5, 0.4], [0, 3]], dtype=float)
-    fig = analysis.plot_roc(labels, logits, "SimpleNet", "fakes_dataset")
+    fig = scores.plot_roc(labels, logits, "SimpleNet", "fakes_dataset")
     title = fig.axes[0].get_title()  # the AUCs of the raw columns, the course's score A and B
     assert f"AUC score A = {roc_auc_score(labels, logits[:, 0]):.4f}" in title
     assert f"AUC score B = {roc_auc_score(labels, logits[:, 1]):.4f}" in title
-    fig = analysis.plot_det(labels, logits, "SimpleNet", "fakes_dataset")
+    fig = scores.plot_det(labels, logits, "SimpleNet", "fakes_dataset")
     ax = fig.axes[0]
     ticks = [t.get_text() for t in ax.get_xticklabels()]
     assert ticks[0] == "0.1%" and ticks[-1] == "99.9%"
@@ -170,13 +170,13 @@ def test_roc_title_and_det_axes():
 
 def test_update_metrics_json_keeps_sections_and_moves_corrupt_aside(tmp_path):
     path = str(tmp_path / "m.json")
-    analysis.update_metrics_json(path, {"numerical": {"auc_b": 0.9}})
-    analysis.update_metrics_json(path, {"grad_cam": {"gap": 0.1}})
+    metrics_json.update_metrics_json(path, {"numerical": {"auc_b": 0.9}})
+    metrics_json.update_metrics_json(path, {"grad_cam": {"gap": 0.1}})
     assert json.loads(open(path).read()) == {"numerical": {"auc_b": 0.9}, "grad_cam": {"gap": 0.1}}
     with open(path, "w") as handle:
         handle.write("{broken")
     with pytest.warns(UserWarning, match="moved aside"):
-        analysis.update_metrics_json(path, {"grad_cam": {"gap": 0.2}})
+        metrics_json.update_metrics_json(path, {"grad_cam": {"gap": 0.2}})
     assert json.loads(open(path).read()) == {"grad_cam": {"gap": 0.2}}
     aside = [n for n in os.listdir(tmp_path) if ".corrupt-" in n]
     assert len(aside) == 1 and open(tmp_path / aside[0]).read() == "{broken"
@@ -188,7 +188,7 @@ def test_saliency_matches_per_image_autograd():
     model = SimpleNet().eval()
     images = torch.randn(3, 3, 256, 256)
     labels = torch.tensor([0, 1, 1])
-    batched = analysis.saliency_maps(model, images, labels)
+    batched = saliency.saliency_maps(model, images, labels)
     assert batched.shape == (3, 256, 256)
     assert all(p.grad is None for p in model.parameters())
     for i in range(3):
@@ -197,7 +197,7 @@ def test_saliency_matches_per_image_autograd():
         expected = x.grad[0].abs().max(dim=0).values
         torch.testing.assert_close(batched[i], expected, rtol=1e-4, atol=1e-7)
     # The true class matters: the other class gives another map.
-    assert not torch.allclose(batched[0], analysis.saliency_maps(model, images[:1], [1])[0])
+    assert not torch.allclose(batched[0], saliency.saliency_maps(model, images[:1], [1])[0])
 
 
 def test_saliency_matches_central_finite_differences():
@@ -209,7 +209,7 @@ def test_saliency_matches_central_finite_differences():
     )
     images = torch.randn(2, 3, 8, 8, dtype=torch.float64)
     labels = torch.tensor([1, 0])
-    maps = analysis.saliency_maps(model, images, labels)
+    maps = saliency.saliency_maps(model, images, labels)
     eps = 1e-6
     for i in range(2):
         steps = torch.eye(3 * 64, dtype=torch.float64).view(-1, 3, 8, 8) * eps
@@ -227,14 +227,14 @@ def test_mean_maps_follow_the_recipe(checkpoints, tiny_root):
     model.load_state_dict(torch.load(checkpoints["SimpleNet"], weights_only=True)["model"])
     model.eval()
     dataset = load_dataset("fakes_dataset", "test", tiny_root)
-    means, counts = analysis.mean_maps_per_class(
-        dataset, lambda x, y: analysis.saliency_maps(model, x, y), 4, "cpu"
+    means, counts = class_means.mean_maps_per_class(
+        dataset, lambda x, y: saliency.saliency_maps(model, x, y), 4, "cpu"
     )
     assert counts == {0: 4, 1: 2}
     maps = []
     for i in range(len(dataset)):
         image, label = dataset[i]
-        maps.append(analysis.saliency_maps(model, image[None], [label])[0].double())
+        maps.append(saliency.saliency_maps(model, image[None], [label])[0].double())
     for label, members in ((0, range(0, 4)), (1, range(4, 6))):
         scaled = [(m - m.min()) / (m.max() - m.min()) for m in (maps[i] for i in members)]
         mean = torch.stack(scaled).mean(0)
@@ -245,12 +245,12 @@ def test_mean_maps_follow_the_recipe(checkpoints, tiny_root):
 
 def test_pick_mixed_indices_is_deterministic_and_mixed():
     labels = np.array([0] * 30 + [1] * 12)
-    first = analysis.pick_mixed_indices(labels, 36, seed=3)
-    assert np.array_equal(first, analysis.pick_mixed_indices(labels, 36, seed=3))
+    first = sampling.pick_mixed_indices(labels, 36, seed=3)
+    assert np.array_equal(first, sampling.pick_mixed_indices(labels, 36, seed=3))
     assert len(first) == 36 and len(set(first)) == 36
     assert (labels[first] == 1).sum() == 12 and (labels[first] == 0).sum() == 24
-    assert not np.array_equal(first, analysis.pick_mixed_indices(labels, 36, seed=4))
-    balanced = analysis.pick_mixed_indices(np.array([0] * 50 + [1] * 50), 36, seed=0)
+    assert not np.array_equal(first, sampling.pick_mixed_indices(labels, 36, seed=4))
+    balanced = sampling.pick_mixed_indices(np.array([0] * 50 + [1] * 50), 36, seed=0)
     assert (balanced >= 50).sum() == 18
 
 
@@ -267,7 +267,7 @@ def test_saliency_script_writes_both_figures(checkpoints, tiny_root, tmp_path, c
 def test_saliency_pairs_figure_layout():
     images = np.zeros((36, 3, 16, 16), np.uint8)
     labels = np.array([0] * 18 + [1] * 18)
-    fig = analysis.plot_saliency_pairs(images, np.random.rand(36, 16, 16), labels, "t")
+    fig = saliency.plot_saliency_pairs(images, np.random.rand(36, 16, 16), labels, "t")
     assert len(fig.axes) == 72
     titles = [ax.get_title() for ax in fig.axes]
     assert titles[0] == "Real" and titles[-2] == "Fake" and titles.count("saliency") == 36
@@ -280,7 +280,7 @@ def test_grad_cam_matches_pytorch_grad_cam(model_name, size):
     model = load_model(model_name, pretrained=False).eval()
     images = torch.randn(2, 3, size, size)
     labels = [1, 0]
-    ours = analysis.grad_cam_maps(model, "conv3", images, labels)
+    ours = gradcam.grad_cam_maps(model, "conv3", images, labels)
     assert ours.shape == (2, size, size) and ours.dtype == np.float32
     assert not model.conv3._forward_hooks  # the context manager removed its hooks
     for i, label in enumerate(labels):
@@ -295,37 +295,37 @@ def test_grad_cam_backward_skips_other_weight_gradients_and_restores_flags():
     model = load_model("SimpleNet", pretrained=False).eval()
     model.conv1.bias.requires_grad_(False)  # a frozen parameter stays frozen
     before = {name: p.requires_grad for name, p in model.named_parameters()}
-    with analysis.gradients_only_for(model, model.conv3):
+    with gradcam.gradients_only_for(model, model.conv3):
         inside = {name for name, p in model.named_parameters() if p.requires_grad}
         logits = model(torch.randn(2, 3, 256, 256))
         logits[:, 1].sum().backward()
         with_grad = {name for name, p in model.named_parameters() if p.grad is not None}
     assert inside == with_grad == {"conv3.weight", "conv3.bias"}
     assert {name: p.requires_grad for name, p in model.named_parameters()} == before
-    with analysis.gradients_only_for(model, model.relu):  # no parameters of its own: no change
+    with gradcam.gradients_only_for(model, model.relu):  # no parameters of its own: no change
         assert {name: p.requires_grad for name, p in model.named_parameters()} == before
-    analysis.grad_cam_maps(model, "conv3", torch.randn(1, 3, 256, 256), [1])
+    gradcam.grad_cam_maps(model, "conv3", torch.randn(1, 3, 256, 256), [1])
     assert {name: p.requires_grad for name, p in model.named_parameters()} == before
     assert all(p.grad is None for p in model.parameters())
 
 
 def test_resolve_layer_dotted_and_unknown():
     xception = load_model("XceptionBased", pretrained=False)
-    assert analysis.resolve_layer(xception, "block12.rep.4") is xception.block12.rep[4]
-    assert analysis.resolve_layer(xception) is xception.conv3
+    assert gradcam.resolve_layer(xception, "block12.rep.4") is xception.block12.rep[4]
+    assert gradcam.resolve_layer(xception) is xception.conv3
     with pytest.raises(UserError) as info:
-        analysis.resolve_layer(xception, "conv9")
+        gradcam.resolve_layer(xception, "conv9")
     message = str(info.value)
     assert "'conv9'" in message and "conv3" in message and "block12.rep.4" in message
     assert "block12.rep.4.pointwise" not in message  # inner parts of a SeparableConv2d are not listed
     with pytest.raises(UserError, match="conv1, conv2, conv3"):
-        analysis.resolve_layer(SimpleNet(), "fc9")
+        gradcam.resolve_layer(SimpleNet(), "fc9")
 
 
 def test_grad_cam_layer_without_feature_map_is_a_user_error():
     model = SimpleNet().eval()
     with pytest.raises(UserError, match="feature map"):
-        analysis.grad_cam_maps(model, "fc3", torch.randn(1, 3, 256, 256), [0])
+        gradcam.grad_cam_maps(model, "fc3", torch.randn(1, 3, 256, 256), [0])
     assert not model.fc3._forward_hooks
 
 
@@ -339,7 +339,7 @@ def test_deletion_faithfulness_exact_on_a_known_model():
     image[:, :, :4, :4] = 1.0
     relevance = torch.zeros(1, 8, 8)
     relevance[:, :4, :4] = 1.0
-    result = analysis.deletion_faithfulness(
+    result = faithfulness.deletion_faithfulness(
         TopLeft(), image, [1], relevance, fractions=[0.25], generator=torch.Generator().manual_seed(0)
     )
     sigmoid = lambda v: 1 / (1 + np.exp(-v))  # noqa: E731
@@ -351,10 +351,10 @@ def test_deletion_faithfulness_exact_on_a_known_model():
 def test_faithfulness_accumulator_tests_only_its_images():
     model = nn.Sequential(nn.Flatten(), nn.Linear(3 * 8 * 8, 2)).eval()
     images, labels, maps = torch.randn(4, 3, 8, 8), torch.tensor([0, 1, 0, 1]), torch.rand(4, 8, 8)
-    subset = analysis.FaithfulnessAccumulator(model, [0.5], only=[1, 6])
+    subset = faithfulness.FaithfulnessAccumulator(model, [0.5], only=[1, 6])
     subset(images, labels, maps, indices=[4, 5, 6, 7])  # dataset indices 4..7: only 6 is tested
     subset(images, labels, maps, indices=[0, 1, 2, 3])  # only 1
-    alone = analysis.FaithfulnessAccumulator(model, [0.5])
+    alone = faithfulness.FaithfulnessAccumulator(model, [0.5])
     alone(images[[2, 1]], labels[[2, 1]], maps[[2, 1]])  # the same two images, nothing filtered
     assert subset.summary()["n_images"] == 2
     assert subset.summary()["mean_confidence"] == pytest.approx(alone.summary()["mean_confidence"])
@@ -401,7 +401,7 @@ def test_grad_cam_faithfulness_subset_in_one_pass(
     max_images, faithfulness_images, n_mean, n_faith, checkpoints, tiny_root, tmp_path, monkeypatch
 ):
     seen, mapped = [], []
-    original, original_maps = analysis.deletion_faithfulness, analysis.grad_cam_maps
+    original, original_maps = faithfulness.deletion_faithfulness, gradcam.grad_cam_maps
 
     def spy(model, images, labels, maps, *args, **kwargs):
         seen.append(len(images))
@@ -411,12 +411,12 @@ def test_grad_cam_faithfulness_subset_in_one_pass(
         mapped.append(len(images))
         return original_maps(model, layer, images, labels)
 
-    monkeypatch.setattr(analysis, "deletion_faithfulness", spy)
-    monkeypatch.setattr(analysis, "grad_cam_maps", maps_spy)
+    monkeypatch.setattr(faithfulness, "deletion_faithfulness", spy)
+    monkeypatch.setattr(gradcam, "grad_cam_maps", maps_spy)
     labels = load_dataset("fakes_dataset", "test", tiny_root).labels.numpy()
-    mean_set = set(analysis.pick_mixed_indices(labels, max_images, 0)) if max_images else set(range(6))
+    mean_set = set(sampling.pick_mixed_indices(labels, max_images, 0)) if max_images else set(range(6))
     faith_set = (
-        set(analysis.pick_mixed_indices(labels, faithfulness_images, 0)) if faithfulness_images else mean_set
+        set(sampling.pick_mixed_indices(labels, faithfulness_images, 0)) if faithfulness_images else mean_set
     )
     out_dir = tmp_path / "out"
     extra = [
@@ -452,12 +452,12 @@ def test_class_sums_match_numpy_per_class_means():
     rng = np.random.default_rng(5)
     values, labels = rng.normal(size=(7, 3, 4)), np.array([0, 1, 1, 0, 1, 1, 0])
     values[1, 0, 0] = np.nan  # a fake
-    sums = analysis.ClassSums()
+    sums = class_means.ClassSums()
     for rows in (slice(0, 3), slice(3, 4), slice(4, 7)):
         sums.add(torch.from_numpy(values[rows]), torch.from_numpy(labels[rows]))
     assert sums.counts() == {0: 3, 1: 4}
     np.testing.assert_allclose(sums.mean(0).numpy(), values[labels == 0].mean(0), rtol=1e-12)
     np.testing.assert_allclose(sums.mean(1).numpy(), values[labels == 1].mean(0), rtol=1e-12)
-    only_real = analysis.ClassSums()
+    only_real = class_means.ClassSums()
     only_real.add(torch.ones(2, 3), torch.zeros(2, dtype=torch.long))
     assert only_real.mean(1) is None and only_real.counts() == {0: 2, 1: 0}

@@ -15,7 +15,7 @@ from sklearn.metrics import average_precision_score, roc_auc_score
 
 import numerical_analysis
 from conftest import analysis_argv
-from lib import analysis, uncertainty
+from lib import scores, uncertainty
 from lib.cli import run_cli
 from lib.metrics import equal_error_rate
 from models import SimpleNet
@@ -143,7 +143,7 @@ def test_numerical_analysis_writes_uncertainty(simplenet_checkpoint, tiny_root, 
     content = json.loads((out / "fakes_dataset_SimpleNet_metrics.json").read_text())
     model = SimpleNet()
     model.load_state_dict(torch.load(simplenet_checkpoint, weights_only=True)["model"])
-    logits, labels = analysis.predict_scores(model.eval(), load_dataset("fakes_dataset", "test", tiny_root))
+    logits, labels = scores.predict_scores(model.eval(), load_dataset("fakes_dataset", "test", tiny_root))
     p_fake = torch.softmax(torch.from_numpy(logits).double(), 1)[:, 1].numpy()
     expected = uncertainty.bootstrap_intervals(labels, p_fake, 300, seed=5)
     section = content["uncertainty"]
