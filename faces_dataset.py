@@ -23,6 +23,7 @@ from lib.images import (  # noqa: F401  (re-exported: the image helpers the cour
     IMAGE_SIZE,
     REAL_LABEL,
     DataError,
+    class_dirs,
     is_broken_link,
     is_image_file,
     list_images,
@@ -36,7 +37,7 @@ class FacesDataset(Dataset):
     """Faces of one split: all real images first, then all fakes.
 
     Args:
-        root_path: a split folder holding ``real/`` and ``fake/``.
+        root_path: a split folder holding ``real/`` and ``fake/`` (or ``0_real/`` and ``1_fake/``).
         transform: applied to each image. The project's own transform (``utils.get_transforms``,
             marked ``takes_uint8_tensor``) gets the 3x256x256 uint8 tensor; any other callable
             gets an RGB 256x256 PIL image, as classic torchvision transforms expect. ``None``
@@ -51,17 +52,20 @@ class FacesDataset(Dataset):
     ):
         self.root_path = root_path
         self.transform = transform
-        missing = [d for d in CLASS_DIRS if not os.path.isdir(os.path.join(root_path, d))]
-        if missing:
+        self.class_dirs = class_dirs(root_path)
+        if self.class_dirs is None:
+            missing = [d for d in CLASS_DIRS if not os.path.isdir(os.path.join(root_path, d))]
             raise DataError(
                 f"{root_path}: missing folder(s) {', '.join(missing)}; expected "
-                f"<data root>/<dataset>/<train|val|test>/{{real,fake}}/*.png; {DEMO_HINT}"
+                f"<data root>/<dataset>/<train|val|test>/{{real,fake}}/*.png (or 0_real/ and "
+                f"1_fake/); {DEMO_HINT}"
             )
-        self.real_image_names = list_images(os.path.join(root_path, "real"))
-        self.fake_image_names = list_images(os.path.join(root_path, "fake"))
+        real_dir, fake_dir = self.class_dirs
+        self.real_image_names = list_images(os.path.join(root_path, real_dir))
+        self.fake_image_names = list_images(os.path.join(root_path, fake_dir))
         if skip_corrupt:
-            self.real_image_names = self._drop_unreadable("real", self.real_image_names)
-            self.fake_image_names = self._drop_unreadable("fake", self.fake_image_names)
+            self.real_image_names = self._drop_unreadable(real_dir, self.real_image_names)
+            self.fake_image_names = self._drop_unreadable(fake_dir, self.fake_image_names)
         else:
             self._refuse_broken_links()
         if len(self) == 0:
@@ -73,7 +77,7 @@ class FacesDataset(Dataset):
     def _refuse_broken_links(self) -> None:
         """A broken symbolic link is an image that cannot be read: like a corrupt file it stops the
         run (here, before any work) unless --skip_corrupt skips it with a warning."""
-        for class_dir, names in (("real", self.real_image_names), ("fake", self.fake_image_names)):
+        for class_dir, names in zip(self.class_dirs, (self.real_image_names, self.fake_image_names)):
             broken = [n for n in names if is_broken_link(os.path.join(self.root_path, class_dir, n))]
             if broken:
                 first = os.path.join(self.root_path, class_dir, broken[0])
@@ -85,7 +89,7 @@ class FacesDataset(Dataset):
 
     def require_both_classes(self) -> None:
         """Raise ``DataError`` naming the class folder (real/ or fake/) that holds no image."""
-        for class_dir, names in (("real", self.real_image_names), ("fake", self.fake_image_names)):
+        for class_dir, names in zip(self.class_dirs, (self.real_image_names, self.fake_image_names)):
             if not names:
                 raise DataError(
                     f"{os.path.join(self.root_path, class_dir)}: no images; this split "
@@ -123,8 +127,9 @@ class FacesDataset(Dataset):
             raise IndexError(f"index {index} out of range for {len(self)} images in {self.root_path}")
         n_real = len(self.real_image_names)
         if index < n_real:
-            return os.path.join(self.root_path, "real", self.real_image_names[index]), REAL_LABEL
-        return os.path.join(self.root_path, "fake", self.fake_image_names[index - n_real]), FAKE_LABEL
+            return os.path.join(self.root_path, self.class_dirs[0], self.real_image_names[index]), REAL_LABEL
+        name = self.fake_image_names[index - n_real]
+        return os.path.join(self.root_path, self.class_dirs[1], name), FAKE_LABEL
 
     def load_uint8(self, index: int) -> torch.Tensor:
         """The 3x256x256 uint8 image of ``index`` (from the cache when it is on)."""

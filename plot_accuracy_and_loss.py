@@ -17,7 +17,7 @@ import matplotlib.pyplot as plt
 
 from lib.cli import ArgumentParser, UserError, add_debug_flag, run_cli
 from lib.fileio import read_runs, save_figure
-from utils import DATASET_NAMES, FIGURE_SUFFIXES, MODEL_NAMES, figure_path
+from utils import FIGURE_SUFFIXES, MODEL_NAMES, figure_path
 
 SPLITS = ("train", "val", "test")
 
@@ -105,8 +105,8 @@ def build_parser() -> ArgumentParser:
         "--dataset",
         "-d",
         default="fakes_dataset",
-        choices=DATASET_NAMES,
-        help="dataset name (used in titles and file names)",
+        metavar="NAME",
+        help="dataset name (used in titles and file names; any dataset folder's name)",
     )
     parser.add_argument(
         "--run",

@@ -18,7 +18,8 @@ from lib import batching, metrics_json, sampling, spectrum
 from lib.cli import ArgumentParser, non_negative_int, run_cli, seed_int
 from lib.fileio import save_figure
 from lib.flags import add_multi_dataset_flags
-from utils import DATASET_TITLES, get_device, load_dataset, spectrum_paths
+from lib.names import dataset_title
+from utils import get_device, load_dataset, spectrum_paths
 
 
 def build_parser() -> ArgumentParser:
@@ -71,7 +72,7 @@ def main(argv=None) -> int:
         acc, section = dataset_spectra(args, name, device)
         path, json_path = spectrum_paths(args.figures_dir, args.out_dir, name)
         save_figure(
-            spectrum.plot_spectra(acc, section, f"Mean spectra of the test images, {DATASET_TITLES[name]}"),
+            spectrum.plot_spectra(acc, section, f"Mean spectra of the test images, {dataset_title(name)}"),
             path,
         )
         metrics_json.update_metrics_json(json_path, {"spectrum": section})

@@ -27,12 +27,11 @@ from lib.cli import (
     run_cli,
     seed_int,
 )
-from lib.flags import add_data_root_flag
+from lib.flags import add_data_root_flag, add_dataset_flag
 from lib.memory import add_activation_checkpointing_flag, apply_image_cache, resolve_activation_checkpointing
 from lib.metrics import fmt
 from trainer import LoggingParameters, Trainer, check_output_paths, json_safe_optimizer_params, run_paths
 from utils import (
-    DATASET_NAMES,
     MODEL_NAMES,
     OPTIMIZER_NAMES,
     get_device,
@@ -66,9 +65,7 @@ def build_parser() -> ArgumentParser:
         choices=OPTIMIZER_NAMES,
         help="SGD (with --momentum) or Adam (lr only)",
     )
-    course.add_argument(
-        "--dataset", "-d", default="fakes_dataset", choices=DATASET_NAMES, help="dataset to train on"
-    )
+    add_dataset_flag(course, "dataset to train on")
     _add_protocol_flags(parser.add_argument_group("protocol"))
     _add_data_flags(parser.add_argument_group("data"))
     _add_speed_flags(parser.add_argument_group("speed and memory"))

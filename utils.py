@@ -17,7 +17,13 @@ from lib.checkpoints import (  # noqa: F401  (re-exported)
     state_dict_mismatch,
 )
 from lib.cli import UserError, check_name, first_line
-from lib.data_root import DATA_ROOT_ENV, DEFAULT_DATA_ROOT, resolve_data_root  # noqa: F401
+from lib.data_root import (  # noqa: F401  (re-exported)
+    DATA_ROOT_ENV,
+    DEFAULT_DATA_ROOT,
+    dataset_folder,
+    datasets_under,
+    resolve_data_root,
+)
 from lib.device import get_device, resolve_channels_last, set_seed  # noqa: F401
 from lib.names import (  # noqa: F401  (re-exported)
     DATASET_NAMES,
@@ -48,9 +54,9 @@ def get_transforms(dataset_part: str) -> StudyTransform:
 
 # ----------------------------------------------------------------------------- data
 def split_path(dataset_name: str, dataset_part: str, data_root: str | None = None) -> str:
-    check_name("dataset", dataset_name, DATASET_NAMES)
+    """``<data root>/<dataset>/<split>``; an unknown dataset is an error listing those found."""
     check_name("split", dataset_part, SPLITS)
-    return os.path.join(resolve_data_root(data_root), dataset_name, dataset_part)
+    return os.path.join(dataset_folder(dataset_name, data_root), dataset_part)
 
 
 def load_dataset(

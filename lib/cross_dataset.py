@@ -19,17 +19,14 @@ import numpy as np
 from lib import scores
 from lib.cli import UserError
 from lib.metrics import HEADLINE_METRICS, binary_metrics, fmt
-from lib.names import DATASET_NAMES, DATASET_TITLES, MODEL_NAMES, OPTIMIZER_NAMES
+from lib.names import MODEL_NAMES, OPTIMIZER_NAMES, dataset_title
 
 MATRIX_METRICS = (
     ("auc", "AUC of P(fake)", (0.0, 1.0), "viridis", ".3f"),
     ("accuracy", "accuracy at 0.5 (%)", (0.0, 100.0), "viridis", ".1f"),
     ("eer", "EER", (0.0, 0.5), "viridis_r", ".3f"),
 )
-_NAME = re.compile(
-    rf"^({'|'.join(DATASET_NAMES)})_({'|'.join(MODEL_NAMES)})_"
-    rf"({'|'.join(OPTIMIZER_NAMES)})\.pt$"
-)
+_NAME = re.compile(rf"^(.+)_({'|'.join(MODEL_NAMES)})_({'|'.join(OPTIMIZER_NAMES)})\.pt$")
 
 
 @dataclass(frozen=True)
@@ -48,16 +45,15 @@ class CheckpointSpec:
 def parse_checkpoint_spec(text: str) -> CheckpointSpec:
     """``D:M:PATH`` (train dataset, model, checkpoint), or a bare path named ``<D>_<M>_<O>.pt``."""
     parts = text.split(":", 2)
-    if len(parts) == 3 and parts[0] in DATASET_NAMES and parts[1] in MODEL_NAMES:
+    if len(parts) == 3 and parts[0] and os.sep not in parts[0] and parts[1] in MODEL_NAMES:
         match = _NAME.match(os.path.basename(parts[2]))
         return CheckpointSpec(parts[0], parts[1], parts[2], match.group(3) if match else None)
     match = _NAME.match(os.path.basename(text))
     if match:
         return CheckpointSpec(match.group(1), match.group(2), text, match.group(3))
     raise UserError(
-        f"--checkpoints {text!r}: expected DATASET:MODEL:PATH (datasets: "
-        f"{', '.join(DATASET_NAMES)}; models: {', '.join(MODEL_NAMES)}) or a file named "
-        "<dataset>_<model>_<optimizer>.pt"
+        f"--checkpoints {text!r}: expected DATASET:MODEL:PATH (a dataset folder's name; models: "
+        f"{', '.join(MODEL_NAMES)}) or a file named <dataset>_<model>_<optimizer>.pt"
     )
 
 
@@ -162,7 +158,7 @@ def plot_matrix(rows, test_datasets):
                             (j - 0.44, i - 0.44), 0.88, 0.88, fill=False, linewidth=2.5, edgecolor="red"
                         )
                     )
-        ax.set_xticks(range(n_cols), [DATASET_TITLES.get(d, d) for d in test_datasets], fontsize=9)
+        ax.set_xticks(range(n_cols), [dataset_title(d) for d in test_datasets], fontsize=9)
         ax.set_yticks(
             range(n_rows),
             [row["label"].replace(", trained on ", "\ntrained on ") for row in rows],

@@ -5,7 +5,8 @@ from __future__ import annotations
 import os
 
 from lib.cli import UserError
-from lib.images import DEMO_HINT
+from lib.images import DEMO_HINT, class_dirs
+from lib.names import SPLITS
 
 DATA_ROOT_ENV = "FACES_DATA_ROOT"
 DEFAULT_DATA_ROOT = os.path.join("..", "Assignment4_datasets")
@@ -33,3 +34,35 @@ def resolve_data_root(data_root: str | None = None) -> str:
         f"{os.path.abspath(DEFAULT_DATA_ROOT)} (missing); point --data_root at a folder holding "
         f"fakes_dataset/ and synthetic_dataset/, or {DEMO_HINT}"
     )
+
+
+def is_dataset(folder: str) -> bool:
+    """Whether ``folder`` is a dataset: ``train/``, ``val/`` and ``test/``, each holding ``real/`` and
+    ``fake/`` (or ``0_real/`` and ``1_fake/``)."""
+    return all(class_dirs(os.path.join(folder, split)) is not None for split in SPLITS)
+
+
+def datasets_under(root: str) -> list[str]:
+    """The names of the dataset folders directly under ``root``, sorted."""
+    try:
+        entries = sorted(os.listdir(root))
+    except OSError:
+        return []
+    return [name for name in entries if not name.startswith(".") and is_dataset(os.path.join(root, name))]
+
+
+def dataset_folder(dataset_name: str, data_root: str | None = None) -> str:
+    """The folder of dataset ``dataset_name`` under the data root (``resolve_data_root``).
+
+    A name that is not a dataset folder there is a ``UserError`` listing the datasets found."""
+    root = resolve_data_root(data_root)
+    folder = os.path.join(root, dataset_name)
+    if dataset_name in ("", ".", "..") or os.sep in dataset_name or not os.path.isdir(folder):
+        found = datasets_under(root)
+        listing = f"datasets found there: {', '.join(found)}" if found else "no datasets found there"
+        raise UserError(
+            f"--dataset {dataset_name!r}: no such dataset folder under {root} ({listing}); a dataset "
+            f"is a folder with train/, val/ and test/, each holding real/ and fake/ (or 0_real/ and "
+            f"1_fake/)"
+        )
+    return folder

@@ -40,16 +40,21 @@ def add_checkpoint_flags(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def add_analysis_flags(parser: argparse.ArgumentParser) -> None:
-    """The flags every analysis script shares (docs/design.md#analysis)."""
-    add_checkpoint_flags(parser)
+def add_dataset_flag(parser, what: str) -> None:
+    """``--dataset``/``-d``: any dataset folder under the data root; ``what`` says what it is for."""
     parser.add_argument(
         "--dataset",
         "-d",
         default="fakes_dataset",
-        choices=DATASET_NAMES,
-        help="dataset whose test split is analysed",
+        metavar="NAME",
+        help=f"{what}: a dataset folder under the data root (the course's: {', '.join(DATASET_NAMES)})",
     )
+
+
+def add_analysis_flags(parser: argparse.ArgumentParser) -> None:
+    """The flags every analysis script shares (docs/design.md#analysis)."""
+    add_checkpoint_flags(parser)
+    add_dataset_flag(parser, "dataset whose test split is analysed")
     add_data_root_flag(parser)
     add_device_and_figures_flags(parser)
     add_debug_flag(parser)
@@ -84,9 +89,8 @@ def add_multi_dataset_flags(parser: argparse.ArgumentParser, what: str, out_help
         "-d",
         nargs="+",
         default=list(DATASET_NAMES),
-        choices=DATASET_NAMES,
         metavar="NAME",
-        help=f"{what}, any of: {' '.join(DATASET_NAMES)}",
+        help=f"{what}: dataset folders under the data root (default: the course's {' '.join(DATASET_NAMES)})",
     )
     add_data_root_flag(parser)
     add_device_and_figures_flags(parser)

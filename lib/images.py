@@ -14,7 +14,17 @@ from lib.cli import UserError
 
 IMAGE_SIZE = 256
 REAL_LABEL, FAKE_LABEL = 0, 1
-CLASS_DIRS = ("real", "fake")
+CLASS_DIRS = ("real", "fake")  # label 0, label 1: the course's class folders
+CLASS_DIR_LAYOUTS = (CLASS_DIRS, ("0_real", "1_fake"))  # ... and the GAN-detection tools' (CNNDetection)
+
+
+def class_dirs(split_folder: str) -> tuple[str, str] | None:
+    """The (real, fake) class folders of a split folder: ``real/`` and ``fake/``, else ``0_real/``
+    and ``1_fake/``; ``None`` when it holds neither pair."""
+    for layout in CLASS_DIR_LAYOUTS:
+        if all(os.path.isdir(os.path.join(split_folder, d)) for d in layout):
+            return layout
+    return None
 
 # Refuse decompression bombs early: a face image here is 256x256; allow generous real photos.
 Image.MAX_IMAGE_PIXELS = 8192 * 8192

@@ -12,6 +12,11 @@ OPTIMIZER_NAMES = ("SGD", "Adam")
 DATASET_TITLES = {"fakes_dataset": "Deepfakes dataset", "synthetic_dataset": "Synthetic images dataset"}
 
 
+def dataset_title(dataset_name: str) -> str:
+    """How figures and the report name a dataset: the course's titles, else the folder's name."""
+    return DATASET_TITLES.get(dataset_name, dataset_name)
+
+
 def output_stem(dataset_name: str, model_name: str, optimizer_name: str) -> str:
     """``<dataset>_<model>_<optimizer>``: the stem of a run's JSON and checkpoints."""
     return f"{dataset_name}_{model_name}_{optimizer_name}"
@@ -57,4 +62,4 @@ CLASS_NAMES = ("Real", "Fake")  # label 0, label 1
 
 
 def describe(dataset_name: str, model_name: str) -> str:
-    return f"{model_name} on {DATASET_TITLES.get(dataset_name, dataset_name)}"
+    return f"{model_name} on {dataset_title(dataset_name)}"

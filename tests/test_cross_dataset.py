@@ -34,7 +34,7 @@ def test_checkpoint_specs_parse_and_refuse():
     )
     spec = cross_dataset.parse_checkpoint_spec("x/synthetic_dataset_XceptionBased_SGD.pt")
     assert (spec.dataset, spec.model, spec.optimizer) == ("synthetic_dataset", "XceptionBased", "SGD")
-    for bad in ("model.pt", "faces:SimpleNet:x.pt", "fakes_dataset:Net:x.pt"):
+    for bad in ("model.pt", ":SimpleNet:x.pt", "fakes_dataset:Net:x.pt"):
         with pytest.raises(UserError, match="DATASET:MODEL:PATH"):
             cross_dataset.parse_checkpoint_spec(bad)
 

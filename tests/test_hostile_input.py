@@ -338,7 +338,6 @@ def test_analysis_script_refuses_bad_checkpoints(checkpoints, clean_tree, tmp_pa
     [
         (["-m", "ResNet50"], "--model"),
         (["-m", "ResNet"], "--model"),
-        (["-d", "celeba"], "--dataset"),
         (["-o", "RMSprop"], "--optimizer"),
         (["-e", "0"], "--epochs"),
         (["-e", "-3"], "--epochs"),
