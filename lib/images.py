@@ -26,6 +26,7 @@ def class_dirs(split_folder: str) -> tuple[str, str] | None:
             return layout
     return None
 
+
 # Refuse decompression bombs early: a face image here is 256x256; allow generous real photos.
 Image.MAX_IMAGE_PIXELS = 8192 * 8192
 
