@@ -111,7 +111,7 @@ def test_renderers_escape_and_embed(tmp_path):
     os.makedirs(settings.figures_dir)
     with open(samples_figure(settings.figures_dir), "wb") as handle:
         handle.write(png)
-    runs = collect_numbers(settings, demo=False, pretrained=None)
+    runs = collect_numbers(settings, demo=False, pretrained=False)  # XceptionBased will start at random
     data = DataChoice("T <1> & x", "--data_root", False)
     study = Study(settings, data, {}, runs, records=[StepRecord("a|b", [], "log")], status=Status("done."))
     context = page_context(study)
@@ -120,6 +120,8 @@ def test_renderers_escape_and_embed(tmp_path):
     assert "\nData root: T <1> & x (from --data_root).\n" in md and "\n| a\\|b | not selected |" in md
     assert "\n![datasets_samples.png](../figures/datasets_samples.png)\n" in md
     assert "\n*cross_dataset.png: missing (its step has not run)*\n" in md and "\n\n\n" not in md
+    assert "\n> **WARNING:** XceptionBased was trained from RANDOM INITIALISATION, not from ImageNet " in md
+    assert "its training run records pretrained = false). The study's 96-99 % needs ImageNet weights" in md
     page = render(context, html=True)
     assert "<p>Data root: T &lt;1&gt; &amp; x (from --data_root).</p>" in page and "<td>a|b</td>" in page
     assert 'src="data:image/png;base64,iVBORw0KGgpmYWtl"' in page

@@ -295,7 +295,7 @@ def page_context(study: Study) -> dict:
         else "its training run records pretrained = false",
         "imagenet": numbers.STUDY_NUMBERS["xception-synthetic"],
         "range_text": range_text,
-        "numbers.imagenet_note": numbers.imagenet_note(),
+        "imagenet_note": numbers.imagenet_note(),
         "check_command": CHECK_COMMAND,
         "demo_scale": demo.get("scale") or "?",
         "demo_seed": "?" if demo.get("seed") is None else demo.get("seed"),
