@@ -18,6 +18,7 @@ import shlex
 import shutil
 import subprocess
 import sys
+import time
 from types import SimpleNamespace
 
 import pytest
@@ -28,7 +29,7 @@ from conftest import ROOT, make_tree
 from lib.study import plan as study_plan
 from lib.study.data import DataChoice
 from lib.study.numbers import RunNumbers, run_numbers, verdict
-from lib.study.report import Status, build_report
+from lib.study.report import Status, Study, page_context, render
 from lib.study.runner import Console, clean_line
 
 # Tiny splits: both classes everywhere (AUC, EER and Grad-CAM need them), few images (XceptionBased
@@ -271,8 +272,8 @@ def test_unreadable_training_json_is_named_not_called_untrained(tmp_path):
     assert numbers.verdict.startswith("Its training results cannot be read:") and path in numbers.verdict
     runs = {r.tag: run_numbers(settings, r) for r in study_plan.RUNS} | {run.tag: numbers}
     data = DataChoice("root", "--data_root", False)
-    blocks = build_report(settings, data, {}, runs, None, [], Status("done."), 0.0)
-    assert ("warn", f"{run.model} on {run.dataset}: {numbers.problem}") in blocks
+    md = render(page_context(Study(settings, data, {}, runs, status=Status("done."))), html=False)
+    assert f"\n> **WARNING:** {run.model} on {run.dataset}: {numbers.problem}\n" in md
     assert os.path.exists(path)  # the report only reads: the file is left for the user
 
 
@@ -346,6 +347,28 @@ def test_rerun_skips_finished_steps(study):
     assert load_json(json_path) == before  # no training ran: no run appended
     for name in STEPS:
         assert read(os.path.join(study.out, "logs", f"{name}.log")) == logs[name]
+
+
+def test_an_edited_library_module_makes_only_its_importers_stale(study):
+    """lib/uncertainty.py is imported (through lib/) by numerical_analysis.py alone: touching it
+    makes the three numerical steps stale and leaves every other step up to date."""
+    module = os.path.join(ROOT, "lib", "uncertainty.py")
+    before = os.stat(module)
+    later = time.time_ns() + 10**9  # clearly after every stamp of this study
+    os.utime(module, ns=(later, later))
+    try:
+        code, plan = call(study.args + ["--dry_run"])
+    finally:
+        os.utime(module, ns=(before.st_atime_ns, before.st_mtime_ns))
+    assert code == 0, plan
+    lines = parse_plan(plan)
+    stale = {name for name, state in lines.items() if state != "up to date, would skip"}
+    assert stale == {
+        f"numerical-{tag}" for tag in ("simplenet-fakes", "simplenet-synthetic", "xception-synthetic")
+    }
+    assert {lines[name] for name in stale} == {"would run (code lib/uncertainty.py changed)"}
+    code, plan = call(study.args + ["--dry_run"])  # the module as it was: up to date again
+    assert set(parse_plan(plan).values()) == {"up to date, would skip"}
 
 
 def test_force_redoes_a_step_and_downstream_steps_become_stale(study):
@@ -582,24 +605,24 @@ def test_step_selection_by_name_kind_run_and_pattern():
     # what --help and the selection errors list is the plan itself
     assert study_plan.step_names() == _names(plan) + ["report"]
     assert set(study_plan.STEP_KINDS) == {step.kind for step in plan} | {"report"}
-    selected, report = study_plan.select_steps(plan, ["train"], None)
-    assert _names(selected) == STEPS[2:5] and report
-    assert _names(study_plan.select_steps(plan, ["gradcam-*"], None)[0]) == [
+    selected, report = study_plan.select_steps(["train"], None)
+    assert selected == STEPS[2:5] and report
+    assert study_plan.select_steps(["gradcam-*"], None)[0] == [
         "gradcam-simplenet-fakes",
         "gradcam-simplenet-synthetic",
         "gradcam-xception-synthetic",
     ]
-    assert _names(study_plan.select_steps(plan, ["xception-synthetic"], None)[0]) == [
+    assert study_plan.select_steps(["xception-synthetic"], None)[0] == [
         "train-xception-synthetic",
         "curves-xception-synthetic",
         "numerical-xception-synthetic",
         "gradcam-xception-synthetic",
         "saliency-xception-synthetic",
     ]
-    selected, report = study_plan.select_steps(plan, None, ["saliency,report", "samples"])
+    selected, report = study_plan.select_steps(None, ["saliency,report", "samples"])
     assert len(selected) == len(STEPS) - 3 and not report
     with pytest.raises(run_study.UserError, match="--skip trian: matches no step"):
-        study_plan.select_steps(plan, None, ["trian"])
+        study_plan.select_steps(None, ["trian"])
     for flag in ("--steps", "--skip"):  # an empty list is not 'every step'
         code, output = call([flag, "", "--dry_run"])
         lines = output.strip().splitlines()

@@ -1,5 +1,5 @@
 """The study's steps beyond the course study (spectrum, robustness, cross-dataset) in the plan, and
-their report blocks rendered from small hand-made JSON sections: no training, no subprocess."""
+their part of the report, from small hand-made JSON sections: no training, no subprocess."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ import pytest
 import run_study
 from lib.study import plan as study_plan
 from lib.study.data import DataChoice
-from lib.study.numbers import run_numbers
-from lib.study.report import Status, beyond_numbers, build_report, render_html, render_markdown
+from lib.study.numbers import collect_numbers
+from lib.study.report import Status, Study, page_context, render
 
 TAGS = ("simplenet-fakes", "simplenet-synthetic", "xception-synthetic")
 SIMPLENET = {"simplenet-fakes": "fakes_dataset", "simplenet-synthetic": "synthetic_dataset"}
@@ -59,12 +59,10 @@ def test_spectrum_step_reads_both_test_splits_and_declares_its_jsons(tmp_path):
     out, figures, data = str(tmp_path / "out"), str(tmp_path / "figures"), str(tmp_path / "data")
     jsons = [os.path.join(out, f"{d}_spectrum.json") for d in ("fakes_dataset", "synthetic_dataset")]
     assert step.script == "spectrum_analysis.py" and step.run is None and step.inputs == []
-    assert step.outputs == [
-        os.path.join(figures, "fakes_dataset_spectrum.png"),
-        os.path.join(figures, "synthetic_dataset_spectrum.png"),
-        *jsons,
-    ]
-    assert step.sections == {path: "spectrum" for path in jsons}
+    assert step.outputs == {
+        os.path.join(figures, "fakes_dataset_spectrum.png"): (),
+        os.path.join(figures, "synthetic_dataset_spectrum.png"): (),
+    } | {path: ("spectrum",) for path in jsons}
     assert step.data == [os.path.join(data, d, "test") for d in ("fakes_dataset", "synthetic_dataset")]
     command = " ".join(step.command)
     assert "--datasets fakes_dataset synthetic_dataset " in command and "--seed 7 " in command
@@ -80,8 +78,8 @@ def test_robustness_steps_for_simplenet_only(tmp_path):
         metrics = os.path.join(out, f"{dataset}_SimpleNet_metrics.json")
         checkpoint = os.path.join(str(tmp_path / "checkpoints"), f"{dataset}_SimpleNet_Adam.pt")
         assert step.script == "robustness_analysis.py"
-        assert step.outputs == [os.path.join(figures, f"{dataset}_SimpleNet_robustness.png"), metrics]
-        assert step.sections == {metrics: "robustness"} and step.inputs == [checkpoint]
+        figure = os.path.join(figures, f"{dataset}_SimpleNet_robustness.png")
+        assert step.outputs == {figure: (), metrics: ("robustness",)} and step.inputs == [checkpoint]
         assert step.data == [os.path.join(str(tmp_path / "data"), dataset, "test")]
         assert " -cpp " + checkpoint in " ".join(step.command) and "--seed 7" in " ".join(step.command)
     assert "robustness-xception-synthetic" not in steps
@@ -90,7 +88,7 @@ def test_robustness_steps_for_simplenet_only(tmp_path):
     # numerical_analysis.py writes two sections; its step declares both, and gets the seed
     metrics = os.path.join(out, "fakes_dataset_SimpleNet_metrics.json")
     numerical = steps["numerical-simplenet-fakes"]
-    assert numerical.sections == {metrics: ("numerical", "uncertainty")}
+    assert numerical.outputs[metrics] == ("numerical", "uncertainty")
     assert "--seed 7" in " ".join(numerical.command)
 
 
@@ -104,8 +102,8 @@ def test_cross_dataset_step_takes_the_simplenet_checkpoints(tmp_path):
     ]
     assert step.name == step.kind == "cross-dataset" and step.script == "cross_dataset_analysis.py"
     assert step.inputs == checkpoints
-    assert step.outputs == [os.path.join(str(tmp_path / "figures"), "cross_dataset.png"), *jsons]
-    assert step.sections == {path: "cross_dataset" for path in jsons}
+    figure = os.path.join(str(tmp_path / "figures"), "cross_dataset.png")
+    assert step.outputs == {figure: ()} | {path: ("cross_dataset",) for path in jsons}
     assert len(step.data) == 2 and all(path.endswith(os.sep + "test") for path in step.data)
     args = step.args
     at = args.index("--checkpoints")
@@ -118,19 +116,20 @@ def test_cross_dataset_step_takes_the_simplenet_checkpoints(tmp_path):
 
 def test_new_steps_can_be_selected_and_skipped(tmp_path):
     plan = study_plan.build_plan(_settings(tmp_path))
-    selected, report = study_plan.select_steps(plan, ["spectrum"], None)
-    assert _names(selected) == ["spectrum"] and report
-    assert _names(study_plan.select_steps(plan, ["cross-dataset"], None)[0]) == ["cross-dataset"]
-    assert _names(study_plan.select_steps(plan, ["robustness-*"], None)[0]) == [
+    select = study_plan.select_steps
+    selected, report = select(["spectrum"], None)
+    assert selected == ["spectrum"] and report
+    assert select(["cross-dataset"], None)[0] == ["cross-dataset"]
+    assert select(["robustness-*"], None)[0] == [
         "robustness-simplenet-fakes",
         "robustness-simplenet-synthetic",
     ]
-    selected, _ = study_plan.select_steps(plan, None, ["robustness,cross-dataset", "spectrum"])
+    selected, _ = select(None, ["robustness,cross-dataset", "spectrum"])
     assert len(selected) == len(plan) - 4
-    assert not any(s.kind in ("robustness", "cross-dataset", "spectrum") for s in selected)
+    assert not any(s.kind in ("robustness", "cross-dataset", "spectrum") for s in plan if s.name in selected)
     # a run selects its own steps; the study-wide ones are not any run's
-    assert "robustness-simplenet-fakes" in _names(study_plan.select_steps(plan, ["simplenet-fakes"], None)[0])
-    assert "cross-dataset" not in _names(study_plan.select_steps(plan, ["simplenet-fakes"], None)[0])
+    assert "robustness-simplenet-fakes" in select(["simplenet-fakes"], None)[0]
+    assert "cross-dataset" not in select(["simplenet-fakes"], None)[0]
 
 
 # ----------------------------------------------------------------------------- the report
@@ -191,23 +190,25 @@ def _fill(s, png: bytes):
     return figures
 
 
-def _report(s) -> list[tuple]:
-    runs = {run.tag: run_numbers(s, run) for run in study_plan.RUNS}
-    return build_report(s, DataChoice("root", "--data_root", False), {}, runs, None, [], Status("done."), 0.0)
+def _study(s) -> Study:
+    runs = collect_numbers(s, demo=False, pretrained=None)
+    return Study(s, DataChoice("root", "--data_root", False), {}, runs, status=Status("done."))
 
 
-def _table_after(blocks, text: str):
-    """The first table after the block whose text starts with ``text``."""
-    start = next(i for i, b in enumerate(blocks) if isinstance(b[1], str) and b[1].startswith(text))
-    return next(b for b in blocks[start:] if b[0] == "table")
+def _report(s) -> tuple[dict, str]:
+    """The page's context (its tables and figures) and the page as Markdown."""
+    context = page_context(_study(s))
+    return context, render(context, html=False, md_dir=s.out_dir)
 
 
 def test_report_shows_intervals_matrix_robustness_and_spectra(tmp_path):
     s = _settings(tmp_path)
     png = b"\x89PNG\r\n\x1a\n"
     figures = _fill(s, png)
-    blocks = _report(s)
-    _, header, rows = _table_after(blocks, "How sure the test figures are")
+    context, md = _report(s)
+    tables = context["tables"]
+    header, rows = tables["uncertainty"].header, tables["uncertainty"].rows
+    assert "How sure the test figures are: 95 % bootstrap intervals" in md
     assert (
         " | ".join(header[1:])
         == "test acc [95 % CI] | AUC [95 % CI] | EER [95 % CI] | AP [95 % CI] | ECE | resamples"
@@ -222,7 +223,7 @@ def test_report_shows_intervals_matrix_robustness_and_spectra(tmp_path):
         "1000",
     ]
     assert rows[1][1:6] == ["not run"] * 5 and rows[2][1:6] == ["not run"] * 5
-    _, header, rows = _table_after(blocks, "Cross-dataset generalisation")
+    header, rows = tables["matrix"].header, tables["matrix"].rows
     assert header == ["trained checkpoint", "test: fakes_dataset", "test: synthetic_dataset"]
     assert rows == [
         [
@@ -236,7 +237,7 @@ def test_report_shows_intervals_matrix_robustness_and_spectra(tmp_path):
             "AUC 0.600 / acc 85.0 % / EER 0.101 (in-distribution)",
         ],
     ]
-    _, header, rows = _table_after(blocks, "Robustness")
+    header, rows = tables["robustness"].header, tables["robustness"].rows
     assert header[:3] == ["run", "images", "clean AUC"] and "JPEG quality" in header[3]
     assert rows == [
         [
@@ -250,14 +251,16 @@ def test_report_shows_intervals_matrix_robustness_and_spectra(tmp_path):
         ],
         ["SimpleNet, synthetic_dataset"] + ["not run"] * 6,
     ]
-    assert ("p", "fakes_dataset: 30 real, 20 fake test images; largest fake - real difference -3.3 dB at "
-            "0.008 cycles/pixel.") in blocks  # fmt: skip
-    assert ("p", "synthetic_dataset: not run (step spectrum).") in blocks
+    assert (
+        "\nfakes_dataset: 30 real, 20 fake test images; largest fake - real difference -3.3 dB at "
+        "0.008 cycles/pixel.\n" in md
+    )
+    assert "\nsynthetic_dataset: not run (step spectrum).\n" in md
     # each figure once, embedded in the HTML; the missing spectrum figure is said to be missing
-    captions = [b[2] for b in blocks if b[0] == "figure"]
+    shown = [f.path for part in context["figures"].values() for f in part]
     for path in figures:
-        assert captions.count(os.path.basename(path)) == 1, path
-    page = render_html(blocks)
+        assert shown.count(path) == 1 and md.count(f"![{os.path.basename(path)}](") == 1, path
+    page = render(context, html=True)
     for path in figures:
         with open(path, "rb") as handle:
             assert base64.b64encode(handle.read()).decode() in page, path
@@ -266,7 +269,7 @@ def test_report_shows_intervals_matrix_robustness_and_spectra(tmp_path):
 
 def test_missing_or_broken_sections_read_not_run(tmp_path):
     s = _settings(tmp_path)
-    md = render_markdown(_report(s), s.out_dir)  # nothing run at all
+    _, md = _report(s)  # nothing run at all
     assert "Cross-dataset matrix: not run (step cross-dataset)." in md
     assert "fakes_dataset: not run (step spectrum)." in md
     assert "| SimpleNet, fakes_dataset | not run | not run | not run | not run | not run | - |" in md
@@ -280,11 +283,10 @@ def test_missing_or_broken_sections_read_not_run(tmp_path):
     _write_json(study_plan.spectrum_json_path(s, "fakes_dataset"), {"spectrum": {"fake_minus_real_db": "x"}})
     with open(study_plan.spectrum_json_path(s, "synthetic_dataset"), "w") as handle:
         handle.write("{not json")
-    blocks = _report(s)
-    assert beyond_numbers(s) == {"cross_dataset": None, "spectrum": dict.fromkeys(SIMPLENET.values())}
-    md = render_markdown(blocks, s.out_dir)
+    assert _study(s).beyond == {"cross_dataset": None, "spectrum": dict.fromkeys(SIMPLENET.values())}
+    context, md = _report(s)
     assert "Cross-dataset matrix: not run" in md and "synthetic_dataset: not run (step spectrum)." in md
-    _, _, rows = _table_after(blocks, "Robustness")
+    rows = context["tables"]["robustness"].rows
     assert rows[0] == ["SimpleNet, fakes_dataset"] + ["not run"] * 6
 
 
@@ -296,7 +298,7 @@ def test_an_undefined_interval_is_said(tmp_path, ci, shown):
     fakes = next(r for r in study_plan.RUNS if r.tag == "simplenet-fakes")
     section = {"bootstrap": {"auc": {"value": 0.5, "ci": ci}}, "calibration": {}}
     _write_json(study_plan.metrics_json_path(s, fakes), {"uncertainty": section})
-    _, _, rows = _table_after(_report(s), "How sure the test figures are")
+    rows = _report(s)[0]["tables"]["uncertainty"].rows
     assert rows[0][1:6] == ["not run", shown, "not run", "not run", "not run"]
 
 
@@ -309,7 +311,10 @@ def test_a_robustness_run_by_hand_for_xception_is_shown_once(tmp_path):
     os.makedirs(s.figures_dir)
     with open(figure, "wb") as handle:
         handle.write(b"\x89PNG\r\n\x1a\n")
-    blocks = _report(s)
-    _, _, rows = _table_after(blocks, "Robustness")
-    assert rows[-1] == ["XceptionBased, synthetic_dataset", "16", "0.625"] + ["not run"] * 4
-    assert [b[1] for b in blocks if b[0] == "figure"].count(figure) == 1
+    context, md = _report(s)
+    assert (
+        context["tables"]["robustness"].rows[-1]
+        == ["XceptionBased, synthetic_dataset", "16", "0.625"] + ["not run"] * 4
+    )
+    assert [f.path for part in context["figures"].values() for f in part].count(figure) == 1
+    assert md.count("![synthetic_dataset_XceptionBased_robustness.png](") == 1

@@ -1,12 +1,17 @@
-"""The report's numbers and sentences (study/numbers.py, study/report.py), without training."""
+"""The report's numbers and sentences (lib/study/numbers.py, lib/study/report.py), without training."""
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
-from lib.study.numbers import STUDY_NUMBERS, Protocol, RunNumbers, verdict
-from lib.study.plan import RUNS
-from lib.study.report import render_html, render_markdown, score_label
+import run_study
+from lib.study.data import DataChoice
+from lib.study.numbers import STUDY_NUMBERS, Protocol, RunNumbers, collect_numbers, verdict
+from lib.study.plan import RUNS, samples_figure
+from lib.study.report import Status, Study, page_context, render, score_label
+from lib.study.runner import StepRecord
 from run_study import model_facts
 
 RUN = {run.tag: run for run in RUNS}
@@ -98,17 +103,27 @@ def test_score_columns_are_labelled_as_the_metrics_json_says():
 
 
 def test_renderers_escape_and_embed(tmp_path):
-    png = tmp_path / "a.png"
-    png.write_bytes(b"\x89PNG\r\n\x1a\nfake")
-    blocks = [
-        ("h1", "T <1>"),
-        ("warn", "careful | x"),
-        ("table", ["a|b"], [["1"]]),
-        ("figure", str(png), "a.png"),
-        ("figure", str(tmp_path / "none.png"), "none.png"),
-    ]
-    md = render_markdown(blocks, str(tmp_path))
-    assert "# T <1>" in md and "> **WARNING:** careful | x" in md and "| a\\|b |" in md
-    assert "![a.png](a.png)" in md and "*none.png: missing (its step has not run)*" in md
-    page = render_html(blocks)
-    assert "<h1>T &lt;1&gt;</h1>" in page and 'src="data:image/png;base64,iVBORw0KGgpmYWtl"' in page
+    """Markdown: the text as it is, '|' escaped in table cells, figures linked relative to the report;
+    HTML: every value escaped, every figure embedded as a data URI, a missing one said."""
+    args = run_study.build_parser().parse_args(["--workdir", str(tmp_path)])
+    settings = run_study.make_settings(args, "T <1> & x", [])
+    png = b"\x89PNG\r\n\x1a\nfake"
+    os.makedirs(settings.figures_dir)
+    with open(samples_figure(settings.figures_dir), "wb") as handle:
+        handle.write(png)
+    runs = collect_numbers(settings, demo=False, pretrained=False)  # XceptionBased will start at random
+    data = DataChoice("T <1> & x", "--data_root", False)
+    study = Study(settings, data, {}, runs, records=[StepRecord("a|b", [], "log")], status=Status("done."))
+    context = page_context(study)
+    md = render(context, html=False, md_dir=settings.out_dir)
+    assert md.startswith("# Facial manipulation detection: the study, re-run\n\nGenerated ")
+    assert "\nData root: T <1> & x (from --data_root).\n" in md and "\n| a\\|b | not selected |" in md
+    assert "\n![datasets_samples.png](../figures/datasets_samples.png)\n" in md
+    assert "\n*cross_dataset.png: missing (its step has not run)*\n" in md and "\n\n\n" not in md
+    assert "\n> **WARNING:** XceptionBased was trained from RANDOM INITIALISATION, not from ImageNet " in md
+    assert "its training run records pretrained = false). The study's 96-99 % needs ImageNet weights" in md
+    page = render(context, html=True)
+    assert "<p>Data root: T &lt;1&gt; &amp; x (from --data_root).</p>" in page and "<td>a|b</td>" in page
+    assert 'src="data:image/png;base64,iVBORw0KGgpmYWtl"' in page
+    assert '<p class="missing">cross_dataset.png: missing (its step has not run)</p>' in page
+    assert page.count("<figure>") == 1 and "T <1>" not in page

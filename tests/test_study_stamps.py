@@ -1,4 +1,4 @@
-"""The study's skip rule and resume decision (study/stamps.py), on small files: no training."""
+"""The study's skip rule and resume decision (lib/study/stamps.py), on small files: no training."""
 
 from __future__ import annotations
 
@@ -22,14 +22,11 @@ def _step(tmp_path, **extra) -> Step:
     another step also writes."""
     _write(tmp_path / "input.json", "[]")
     return Step(
-        "numerical-x",
-        "numerical",
-        None,
         "numerical_analysis.py",
         ["--flag", "1"],
-        outputs=[str(tmp_path / "fig.png"), str(tmp_path / "metrics.json")],
+        outputs={str(tmp_path / "fig.png"): (), str(tmp_path / "metrics.json"): ("numerical",)},
         inputs=[str(tmp_path / "input.json")],
-        sections={str(tmp_path / "metrics.json"): "numerical"},
+        name="numerical-x",
         **extra,
     )
 
@@ -74,7 +71,7 @@ def test_a_step_with_two_sections_needs_both(tmp_path):
     missing or changed, not when another step's section changes."""
     metrics = tmp_path / "metrics.json"
     step, stamps = _step(tmp_path), Stamps(str(tmp_path / "out"))
-    step.sections = {str(metrics): ("numerical", "uncertainty")}
+    step.outputs[str(metrics)] = ("numerical", "uncertainty")
     stamp = stamps.start(step, None)
     _write(tmp_path / "fig.png", "png")
     _write(metrics, json.dumps({"numerical": {"auc": 0.5}}))
@@ -129,3 +126,52 @@ def test_resume_only_its_own_unfinished_training(tmp_path):
     save(["train_main.py", *step.args], False)
     _run(step, stamps, tmp_path)  # the step finished: nothing to resume
     assert resume_reason(step, stamps.read(step)) is None
+
+
+def test_an_edited_library_module_reruns_only_the_steps_that_import_it(tmp_path, monkeypatch):
+    """The code a step depends on is its script and every repository module it imports, followed
+    into lib/: editing lib/deep.py (imported by script a through lib/helper.py) makes step a
+    stale and leaves step b, which imports only lib/other.py, up to date."""
+    from lib.study import stamps as study_stamps
+
+    repo = tmp_path / "repo"
+    (repo / "lib").mkdir(parents=True)
+    sources = {
+        "a.py": "import os\nfrom lib.helper import f\n",
+        "b.py": "import lib.other\n",
+        "lib/__init__.py": "",
+        "lib/helper.py": "from lib import deep\n\n\ndef f():\n    return deep.g()\n",
+        "lib/deep.py": "def g():\n    return 1\n",
+        "lib/other.py": "import torch\n",
+    }
+    for name, text in sources.items():
+        _write(repo / name, text)
+    monkeypatch.setattr(study_stamps, "HERE", str(repo))
+    study_stamps.code_files.cache_clear()
+    try:
+        assert study_stamps.code_files("a.py") == ("a.py", "lib/__init__.py", "lib/deep.py", "lib/helper.py")
+        assert study_stamps.code_files("b.py") == ("b.py", "lib/__init__.py", "lib/other.py")
+        stamps = Stamps(str(tmp_path / "out"))
+        steps = {}
+        for name in ("a", "b"):
+            figure = tmp_path / f"{name}.png"
+            steps[name] = Step(f"{name}.py", [], outputs={str(figure): ()}, name=name)
+            stamp = stamps.start(steps[name], None)
+            _write(figure, "png")
+            stamps.finish(steps[name], stamp, 1.0, 0.5, 100)
+
+        def edit(name: str) -> None:
+            """Change the module's text, with a modification time clearly after the stamps."""
+            path = repo / name
+            _write(path, path.read_text() + "# edited\n")
+            later = time.time_ns() + 10**9
+            os.utime(path, ns=(later, later))
+
+        assert all(stale_reason(step, stamps.read(step)) is None for step in steps.values())
+        edit("lib/deep.py")
+        assert stale_reason(steps["a"], stamps.read(steps["a"])) == "code lib/deep.py changed"
+        assert stale_reason(steps["b"], stamps.read(steps["b"])) is None
+        edit("lib/other.py")
+        assert stale_reason(steps["b"], stamps.read(steps["b"])) == "code lib/other.py changed"
+    finally:
+        study_stamps.code_files.cache_clear()  # the real repository's files again for later tests

@@ -13,7 +13,7 @@ from lib.fileio import atomic_write_json, read_json_object
 from lib.images import CLASS_DIRS, list_images
 from lib.names import DATASET_NAMES, SPLITS
 from lib.study.plan import HERE
-from lib.study.runner import Console, StepFailed, run_command
+from lib.study.runner import Console, StepRecord, run_command
 
 DEMO_STAMP = ".study_demo.json"
 
@@ -31,24 +31,30 @@ class DataChoice:
     counts: dict | None = None  # {dataset: {split: {"real": n, "fake": n}}}
 
     def describe_counts(self) -> str:
+        """``N images; fakes_dataset train 3/2, ...`` (real/fake) for the console."""
         total = sum(c for d in self.counts.values() for s in d.values() for c in s.values())
-        return (
-            f"{total} images; "
-            + "; ".join(
-                f"{d} " + ", ".join(f"{s} {c['real']}/{c['fake']}" for s, c in self.counts[d].items())
-                for d in DATASET_NAMES
-            )
-            + " (real/fake)"
-        )
+        per_dataset = [
+            f"{d} " + ", ".join(f"{s} {c['real']}/{c['fake']}" for s, c in self.counts[d].items())
+            for d in DATASET_NAMES
+        ]
+        return f"{total} images; {'; '.join(per_dataset)} (real/fake)"
+
+    def records(self, logs_dir: str) -> list[StepRecord]:
+        """The demo-data generation as a step record when this invocation made it, else none."""
+        if self.generated_seconds is None:
+            return []
+        command = ["make_demo_datasets.py", "--out", self.root]
+        log = os.path.join(logs_dir, "demo-data.log")
+        seconds = self.generated_seconds
+        return [StepRecord("demo-data", command, log, "ran", seconds, last_run_seconds=seconds)]
 
 
 def data_counts(data_root: str) -> dict:
     """{dataset: {split: {"real": n, "fake": n}}}; raises UserError naming a missing folder."""
     counts = {}
     for dataset in DATASET_NAMES:
-        counts[dataset] = {}
+        counts[dataset] = {split: {} for split in SPLITS}
         for split in SPLITS:
-            counts[dataset][split] = {}
             for class_dir in CLASS_DIRS:
                 folder = os.path.join(data_root, dataset, split, class_dir)
                 if not os.path.isdir(folder):
@@ -61,38 +67,30 @@ def data_counts(data_root: str) -> dict:
     return counts
 
 
-def read_demo_stamp(demo_dir: str) -> dict | None:
-    return read_json_object(os.path.join(demo_dir, DEMO_STAMP)) or None
-
-
-def demo_complete(demo_dir: str) -> bool:
-    return all(
-        os.path.isdir(os.path.join(demo_dir, d, s, c))
-        for d in DATASET_NAMES
-        for s in SPLITS
-        for c in CLASS_DIRS
-    )
-
-
 def choose_data(args, console: Console, logs_dir: str) -> DataChoice:
-    """Resolve the data root like ``utils.resolve_data_root``; fall back to demo data (made once)."""
+    """The data root as every script resolves it (``lib.data_root``); when there is none, demo
+    data (made once). The images are counted and the counts said, unless not made yet."""
     explicit = args.data_root or os.environ.get(DATA_ROOT_ENV)
     if explicit or os.path.isdir(DEFAULT_DATA_ROOT):
         root = resolve_data_root(args.data_root)
         origin = (
             "--data_root" if args.data_root else f"${DATA_ROOT_ENV}" if explicit else "the default location"
         )
-        stamp = read_demo_stamp(root)
+        stamp = read_json_object(os.path.join(root, DEMO_STAMP)) or None
         demo = stamp is not None or os.path.abspath(root) == os.path.abspath(args.demo_dir)
+        made_by = " - demo data made by make_demo_datasets.py" if demo else ""
+        console.say(f"data: {root} (from {origin}){made_by}")
+        data = DataChoice(root, origin, demo, stamp)
+    else:
         console.say(
-            f"data: {root} (from {origin})" + (" - demo data made by make_demo_datasets.py" if demo else "")
+            f"data: no datasets found (--data_root not given, ${DATA_ROOT_ENV} not set, "
+            f"{os.path.abspath(DEFAULT_DATA_ROOT)} missing): using DEMO data in {args.demo_dir}"
         )
-        return DataChoice(root, origin, demo, stamp)
-    console.say(
-        f"data: no datasets found (--data_root not given, ${DATA_ROOT_ENV} not set, "
-        f"{os.path.abspath(DEFAULT_DATA_ROOT)} missing): using DEMO data in {args.demo_dir}"
-    )
-    return demo_data(args, console, logs_dir)
+        data = demo_data(args, console, logs_dir)
+    if not data.missing:
+        data.counts = data_counts(data.root)
+        console.say(f"data: {data.describe_counts()}")
+    return data
 
 
 def demo_data(args, console: Console, logs_dir: str) -> DataChoice:
@@ -100,8 +98,14 @@ def demo_data(args, console: Console, logs_dir: str) -> DataChoice:
     (only over a folder run_study.py made, or with --remake_demo)."""
     demo_dir = args.demo_dir
     wanted = {"scale": args.demo_scale, "seed": args.demo_seed}
-    stamp = read_demo_stamp(demo_dir)
-    if demo_complete(demo_dir) and not args.remake_demo:
+    stamp = read_json_object(os.path.join(demo_dir, DEMO_STAMP)) or None
+    complete = all(
+        os.path.isdir(os.path.join(demo_dir, d, s, c))
+        for d in DATASET_NAMES
+        for s in SPLITS
+        for c in CLASS_DIRS
+    )
+    if complete and not args.remake_demo:
         if stamp is not None and {k: stamp.get(k) for k in wanted} != wanted:
             raise UserError(
                 f"{demo_dir} holds demo data made with scale {stamp.get('scale')}, seed "
@@ -110,12 +114,8 @@ def demo_data(args, console: Console, logs_dir: str) -> DataChoice:
                 f"regenerate it, or choose another --demo_dir"
             )
         console.say(f"data: demo data already generated in {demo_dir}; reusing it")
-        return DataChoice(
-            demo_dir,
-            "demo",
-            True,
-            stamp or {"scale": None, "seed": None, "note": "made outside run_study.py; settings unknown"},
-        )
+        unknown = {"scale": None, "seed": None, "note": "made outside run_study.py; settings unknown"}
+        return DataChoice(demo_dir, "demo", True, stamp or unknown)
     if args.dry_run:
         console.say(f"data: would generate demo data into {demo_dir} (scale {args.demo_scale})")
         return DataChoice(demo_dir, "demo", True, wanted, missing=True)
@@ -127,40 +127,25 @@ def demo_data(args, console: Console, logs_dir: str) -> DataChoice:
 
 
 def make_demo_data(args, ours: bool, console: Console, logs_dir: str) -> float:
-    """Run make_demo_datasets.py into --demo_dir; its seconds. Never over other data."""
+    """Run make_demo_datasets.py into --demo_dir, never over other data; its seconds."""
     demo_dir = args.demo_dir
     console.say(
         f"data: generating the demo datasets into {demo_dir} (once; scale "
         f"{args.demo_scale}, seed {args.demo_seed}) ..."
     )
-    argv = [
-        sys.executable,
-        os.path.join(HERE, "make_demo_datasets.py"),
-        "--out",
-        demo_dir,
-        "--scale",
-        repr(args.demo_scale),
-        "--seed",
-        str(args.demo_seed),
-    ]
+    argv = [sys.executable, os.path.join(HERE, "make_demo_datasets.py"), "--out", demo_dir]
+    argv += ["--scale", repr(args.demo_scale), "--seed", str(args.demo_seed)]
+    targets = [os.path.join(demo_dir, d) for d in DATASET_NAMES]
+    foreign = [p for p in targets if os.path.isfile(p) or (os.path.isdir(p) and os.listdir(p))]
     if args.remake_demo or ours:
         argv.append("--force")  # ours (or asked for): only the dataset folders are replaced
-    else:
-        from make_demo_datasets import is_non_empty
-
-        foreign = [d for d in DATASET_NAMES if is_non_empty(os.path.join(demo_dir, d))]
-        if foreign:
-            raise UserError(
-                f"{os.path.join(demo_dir, foreign[0])}: exists but is not complete demo "
-                f"data made by run_study.py (no {DEMO_STAMP} in {demo_dir}); pass "
-                "--remake_demo to replace it with demo data, or choose another --demo_dir"
-            )
+    elif foreign:
+        raise UserError(
+            f"{foreign[0]}: exists but is not complete demo data made by run_study.py (no "
+            f"{DEMO_STAMP} in {demo_dir}); pass --remake_demo to replace it with demo data, or "
+            "choose another --demo_dir"
+        )
     log = os.path.join(logs_dir, "demo-data.log")
     outcome = run_command("demo-data", argv, log, console)
-    if outcome.code != 0:
-        for line in outcome.tail[-15:]:
-            print(f"    {line}", file=sys.stderr)
-        raise StepFailed(
-            "demo-data", f"generating the demo data failed (exit code {outcome.code}); see its log {log}"
-        )
+    outcome.check("demo-data", log, "generating the demo data failed")
     return outcome.seconds

@@ -5,22 +5,15 @@ from __future__ import annotations
 
 import math
 import os
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 
 from lib.cli import UserError
 from lib.fileio import read_json_object, read_runs
 from lib.metrics import HEADLINE_METRICS
 from lib.names import DATASET_NAMES
 from lib.spectrum import largest_difference
-from lib.study.plan import (
-    OPTIMIZER,
-    RunSpec,
-    Settings,
-    cross_dataset_json_path,
-    metrics_json_path,
-    runs_json_path,
-    spectrum_json_path,
-)
+from lib.study import plan
+from lib.study.plan import PROTOCOL, RUNS, RunSpec, Settings
 
 STUDY_SOURCE = (
     "the study's results (docs/design.md, Reference results: best val acc, test acc at "
@@ -43,36 +36,21 @@ class Reference:
     about_auc: float | None = None
 
     def source(self) -> str:
+        """Where the figures come from, for the report's table of sources."""
         own = f"; its report: {self.report} %" if self.report else ""
         return f"{STUDY_SOURCE}, {self.label}{own}"
 
 
-STUDY_NUMBERS = {
-    "simplenet-fakes": Reference(
-        "SimpleNet, fakes_dataset", (84, 91), (81, 88), (0.88, 0.95), report="83.95 / 76.57"
-    ),
-    "simplenet-synthetic": Reference(
-        "SimpleNet, synthetic_dataset",
-        None,
-        None,
-        None,
-        report="50.12 / 49.95",
-        note="a constant classifier",
-        about=50,
-        about_auc=0.5,
-    ),
-    "xception-synthetic": Reference(
-        "XceptionBased (ImageNet init), synthetic_dataset",
-        (96, 99),
-        (96, 99),
-        (0.995, 1.0),
-        report="98.72 / 98.82",
-    ),
-    "xception-synthetic-random": Reference(
-        "XceptionBased from random init, synthetic_dataset", (50, 60), (50, 60), None
-    ),
-}
-STUDY_PROTOCOL = {"optimizer": OPTIMIZER, "lr": 0.001, "batch_size": 32}
+STUDY_NUMBERS = {  # run: label, best val acc, test acc at that epoch, AUC of score B; the report's own
+    "simplenet-fakes": Reference("SimpleNet, fakes_dataset", (84, 91), (81, 88), (0.88, 0.95),
+                                 "83.95 / 76.57"),
+    "simplenet-synthetic": Reference("SimpleNet, synthetic_dataset", None, None, None, "50.12 / 49.95",
+                                     note="a constant classifier", about=50, about_auc=0.5),
+    "xception-synthetic": Reference("XceptionBased (ImageNet init), synthetic_dataset", (96, 99), (96, 99),
+                                    (0.995, 1.0), "98.72 / 98.82"),
+    "xception-synthetic-random": Reference("XceptionBased from random init, synthetic_dataset", (50, 60),
+                                           (50, 60), None),
+}  # fmt: skip
 # The study's answers about the models (its questions Q21, Q22, Q24) and its parameter counts.
 STUDY_MODEL_FACTS = {
     "SimpleNet": 16_901_762,
@@ -84,6 +62,7 @@ STUDY_MODEL_FACTS = {
 
 
 def finite(value) -> float | None:
+    """The value as a finite float; None for a missing, non-numeric or non-finite one (or a bool)."""
     if isinstance(value, bool) or value is None:
         return None
     try:
@@ -94,6 +73,7 @@ def finite(value) -> float | None:
 
 
 def _mean(values) -> float | None:
+    """The mean of the finite values; None when there are none."""
     values = [v for v in (finite(v) for v in values or []) if v is not None]
     return sum(values) / len(values) if values else None
 
@@ -110,6 +90,7 @@ class Protocol:
 
     @classmethod
     def of_run(cls, run: dict) -> Protocol:
+        """The protocol a runs-JSON entry records (its ``args``, else its optimizer's params)."""
         args = run.get("args") if isinstance(run.get("args"), dict) else {}
         optimizer = run.get("optimizer") if isinstance(run.get("optimizer"), dict) else {}
         params = optimizer.get("params") if isinstance(optimizer.get("params"), dict) else {}
@@ -122,6 +103,7 @@ class Protocol:
         )
 
     def text(self) -> str:
+        """``Adam, lr 0.001, batch 32, 5 epochs, precise BatchNorm ...`` for the report."""
         bn = (
             "precise BatchNorm statistics not recorded"
             if self.precise_bn is None
@@ -139,7 +121,7 @@ class Protocol:
         has BatchNorm layers)."""
         out = [
             f"{key.replace('_size', '')} {_g(getattr(self, key))} instead of {_g(value)}"
-            for key, value in STUDY_PROTOCOL.items()
+            for key, value in PROTOCOL.items()
             if getattr(self, key) is not None and getattr(self, key) != value
         ]
         if self.precise_bn and has_batchnorm:
@@ -150,6 +132,7 @@ class Protocol:
 
 
 def _g(value) -> str:
+    """A protocol value as the report writes it ('?' when unknown)."""
     return "?" if value is None else f"{value:g}" if isinstance(value, float) else str(value)
 
 
@@ -215,7 +198,9 @@ def _last_run(numbers: RunNumbers) -> dict:
 
 def run_numbers(settings: Settings, run: RunSpec) -> RunNumbers:
     """The numbers of one run, each from the JSON entry or section that holds it."""
-    n = RunNumbers(run.model, run.dataset, runs_json_path(settings, run), metrics_json_path(settings, run))
+    n = RunNumbers(
+        run.model, run.dataset, plan.runs_json_path(settings, run), plan.metrics_json_path(settings, run)
+    )
     last = _last_run(n)
     val_acc, test_acc = last.get("val_acc") or [], last.get("test_acc") or []
     best = last.get("best_epoch")
@@ -250,6 +235,7 @@ def run_numbers(settings: Settings, run: RunSpec) -> RunNumbers:
 
 
 def _section(content: dict, name: str) -> dict:
+    """The named section of a JSON object; {} when missing or not an object."""
     value = content.get(name)
     return value if isinstance(value, dict) else {}
 
@@ -290,7 +276,7 @@ def read_robustness(n: RunNumbers, section: dict) -> None:
 def cross_dataset_numbers(settings: Settings) -> dict | None:
     """The cross-dataset matrix of out/cross_dataset.json: its test datasets and, per checkpoint,
     AUC, accuracy (%), EER and whether in-distribution per test dataset; None when not run."""
-    section = _section(read_json_object(cross_dataset_json_path(settings)), "cross_dataset")
+    section = _section(read_json_object(plan.cross_dataset_json_path(settings)), "cross_dataset")
     columns = section.get("test_datasets")
     rows = []
     for row in section.get("rows") if isinstance(section.get("rows"), list) else []:
@@ -314,7 +300,7 @@ def spectrum_numbers(settings: Settings) -> dict[str, dict | None]:
     difference of the 1-D power spectra (dB) and its frequency (cycles/pixel); None when not run."""
     out = {}
     for dataset in DATASET_NAMES:
-        section = _section(read_json_object(spectrum_json_path(settings, dataset)), "spectrum")
+        section = _section(read_json_object(plan.spectrum_json_path(settings, dataset)), "spectrum")
         diff, freq = section.get("fake_minus_real_db"), section.get("cycles_per_pixel")
         usable = isinstance(diff, list) and isinstance(freq, list) and 0 < len(diff) <= len(freq)
         values = [finite(v) for v in diff] if usable else []
@@ -332,6 +318,7 @@ def spectrum_numbers(settings: Settings) -> dict[str, dict | None]:
 
 
 def study_reference(run: RunSpec, pretrained) -> Reference:
+    """What the study documents for the run (the random-init row for a random-init XceptionBased)."""
     if run.model == "XceptionBased" and pretrained is False:
         return STUDY_NUMBERS["xception-synthetic-random"]
     return STUDY_NUMBERS[run.tag]
@@ -359,6 +346,7 @@ def imagenet_note() -> str:
 
 
 def _compare(value, rng) -> str | None:
+    """'within', 'below' or 'above' the range; None without a value or a range."""
     if value is None or rng is None:
         return None
     return "within" if rng[0] <= value <= rng[1] else ("below" if value < rng[0] else "above")
@@ -366,15 +354,8 @@ def _compare(value, rng) -> str | None:
 
 def _position(n: RunNumbers, ref: Reference, qualifier: str = "") -> str:
     """Where the run lies against the study's documented ranges; only a range gives a verdict."""
-    where = [
-        w
-        for w in (
-            _compare(n.best_val_acc, ref.val_acc),
-            _compare(n.test_acc_at_best, ref.test_acc),
-            _compare(n.auc_b, ref.auc_b),
-        )
-        if w
-    ]
+    values = ((n.best_val_acc, ref.val_acc), (n.test_acc_at_best, ref.test_acc), (n.auc_b, ref.auc_b))
+    where = [w for w in (_compare(value, rng) for value, rng in values) if w]
     study = ", ".join(
         f"{label} {range_text(ref, key)}"
         for label, key in (("val", "val_acc"), ("test", "test_acc"), ("AUC(B)", "auc_b"))
@@ -382,12 +363,8 @@ def _position(n: RunNumbers, ref: Reference, qualifier: str = "") -> str:
     )
     if not where:  # "about X": shown beside, no verdict
         return f"beside the study's {qualifier}{study}" + (f" ({ref.note})" if ref.note else "")
-    position = (
-        f"{where[0]} the study's"
-        if all(w == where[0] for w in where)
-        else "partly within, partly outside the study's"
-    )
-    return f"{position} {qualifier}{study}"
+    position = where[0] if len(set(where)) == 1 else "partly within, partly outside"
+    return f"{position} the study's {qualifier}{study}"
 
 
 def _why(run: RunSpec, n: RunNumbers, demo: bool) -> list[str]:
@@ -410,23 +387,32 @@ def verdict(run: RunSpec, n: RunNumbers, demo: bool) -> str:
             return f"Its training results cannot be read: {n.problem}."
         return "Not trained yet (no run in its metrics JSON): nothing to compare."
     ref = study_reference(run, n.pretrained)
-    got = (
-        [f"val {n.best_val_acc:.1f} %"]
-        + ([f"test {n.test_acc_at_best:.1f} %"] if n.test_acc_at_best is not None else [])
-        + ([f"AUC(B) {n.auc_b:.2f}"] if n.auc_b is not None else [])
-    )
+    got = [f"val {n.best_val_acc:.1f} %"]
+    got += [f"test {n.test_acc_at_best:.1f} %"] if n.test_acc_at_best is not None else []
+    got += [f"AUC(B) {n.auc_b:.2f}"] if n.auc_b is not None else []
     random_init = run.model == "XceptionBased" and n.pretrained is False
-    why = _why(run, n, demo)
-    speed = ""
+    sentence = f"{', '.join(got)}: {_position(n, ref, 'random-init ' if random_init else '')}"
+    if why := _why(run, n, demo):
+        sentence += f"; differences from the study: {'; '.join(why)}"
     if n.activation_checkpointing:
         rate = (
             f": {n.train_images_per_sec:.1f} training images/s in this run" if n.train_images_per_sec else ""
         )
-        speed = f" Trained with activation checkpointing to fit the memory (the same numbers, slower{rate})."
-    position = _position(n, ref, "random-init " if random_init else "")
-    return (
-        f"{', '.join(got)}: {position}"
-        + (f"; differences from the study: {'; '.join(why)}" if why else "")
-        + "."
-        + speed
-    )
+        sentence += (
+            f". Trained with activation checkpointing to fit the memory (the same numbers, slower{rate})"
+        )
+    return sentence + "."
+
+
+def collect_numbers(settings: Settings, demo: bool, pretrained: bool | None) -> dict[str, RunNumbers]:
+    """Every run's numbers, by run tag, with the study's reference and the verdict.
+    ``pretrained``: how XceptionBased starts in this invocation (None: not decided)."""
+    runs = {}
+    for run in RUNS:
+        n = run_numbers(settings, run)
+        if n.pretrained is None and run.model == "XceptionBased" and not n.best_val_epoch:
+            n.pretrained = pretrained  # not trained yet: what it will start from
+        n.study = asdict(study_reference(run, n.pretrained))
+        n.verdict = verdict(run, n, demo)
+        runs[run.tag] = n
+    return runs

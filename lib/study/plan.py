@@ -1,7 +1,7 @@
 """The study's plan: its three training runs and every step, in order, as data.
 
-To add a step kind, write a builder ``(settings, run) -> Step | None`` and add it to ``STAGES``:
-the plan, ``--steps``/``--skip``, ``--help``, the skip rule and the report follow from there.
+To add a step kind, write a builder ``(settings, run) -> Step`` and add a ``StepKind`` to
+``STAGES``: the plan, ``--steps``/``--skip``, ``--help``, the skip rule and the report follow.
 """
 
 from __future__ import annotations
@@ -10,28 +10,21 @@ import fnmatch
 import os
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from typing import NamedTuple
 
 from lib import names
 from lib.cli import UserError
-from lib.names import (
-    DATASET_NAMES,
-    FIGURE_SUFFIXES,
-    SAMPLES_FIGURE,
-    SPLITS,
-    cross_dataset_paths,
-    figure_path,
-    output_stem,
-    spectrum_paths,
-)
+from lib.names import DATASET_NAMES, FIGURE_SUFFIXES, SAMPLES_FIGURE, SPLITS, figure_path, output_stem
 
 HERE = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repository
 OPTIMIZER = "Adam"
+PROTOCOL = {"optimizer": OPTIMIZER, "lr": 0.001, "batch_size": 32}  # the study's, beside each run's epochs
 
 
 @dataclass(frozen=True)
 class RunSpec:
-    """One of the study's three training runs."""
+    """One of the study's three training runs, and which of the optional steps it gets."""
 
     tag: str
     model: str
@@ -43,23 +36,15 @@ class RunSpec:
 
     @property
     def stem(self) -> str:
+        """``<D>_<M>``: the start of the run's figure names."""
         return f"{self.dataset}_{self.model}"
 
 
-RUNS = (
-    RunSpec(
-        "simplenet-fakes", "SimpleNet", "fakes_dataset", 5,
-        saliency=True, robustness=True, cross_dataset=True,
-    ),
-    RunSpec(
-        "simplenet-synthetic", "SimpleNet", "synthetic_dataset", 5,
-        saliency=False, robustness=True, cross_dataset=True,
-    ),
-    RunSpec(
-        "xception-synthetic", "XceptionBased", "synthetic_dataset", 2,
-        saliency=True, robustness=False, cross_dataset=False,
-    ),
-)  # fmt: skip
+RUNS = (  # tag, model, dataset, default_epochs, saliency, robustness, cross_dataset
+    RunSpec("simplenet-fakes", "SimpleNet", "fakes_dataset", 5, True, True, True),
+    RunSpec("simplenet-synthetic", "SimpleNet", "synthetic_dataset", 5, False, True, True),
+    RunSpec("xception-synthetic", "XceptionBased", "synthetic_dataset", 2, True, False, False),
+)
 
 
 @dataclass
@@ -72,8 +57,8 @@ class Settings:
     checkpoint_dir: str
     seed: int = 0
     device: str = "auto"
-    batch_size: int = 32
-    lr: float = 0.001
+    batch_size: int = PROTOCOL["batch_size"]
+    lr: float = PROTOCOL["lr"]
     epochs: dict = field(default_factory=lambda: {r.tag: r.default_epochs for r in RUNS})
     num_workers: int | None = None
     xception_args: list[str] = field(default_factory=list)
@@ -83,68 +68,81 @@ class Settings:
 
 @dataclass
 class Step:
-    """One subprocess of the study: a script, its arguments, and the files it reads and writes."""
+    """One subprocess of the study: a script, its arguments, and the files it reads and writes.
 
-    name: str
-    kind: str
-    run: RunSpec | None
+    ``outputs`` is every file the step writes, each with the sections of that JSON it writes (an
+    empty tuple: the whole file is the step's own); the skip rule checks exactly these.
+    """
+
     script: str
     args: list[str]
-    outputs: list[str]
+    outputs: dict[str, tuple[str, ...]]
     inputs: list[str] = field(default_factory=list)  # files made by earlier steps
     data: list[str] = field(default_factory=list)  # split folders read
-    # output JSON -> the section (or sections) of it the step writes
-    sections: dict[str, str | tuple[str, ...]] = field(default_factory=dict)
     resume_from: str | None = None  # a training's full-state checkpoint
+    name: str = ""  # these three are set by build_plan
+    kind: str = ""
+    run: RunSpec | None = None
 
     @property
     def command(self) -> list[str]:
+        """The script and its arguments: what the stamp compares (the interpreter left out)."""
         return [self.script, *self.args]
 
     def argv(self, extra: list[str] = ()) -> list[str]:
+        """The full command line: this Python, the script in the repository, its arguments."""
         return [sys.executable, os.path.join(HERE, self.script), *self.args, *extra]
 
 
+def whole(*paths: str) -> dict[str, tuple[str, ...]]:
+    """Outputs that are whole files of the step's own (figures, checkpoints)."""
+    return dict.fromkeys(paths, ())
+
+
 # ----------------------------------------------------------------------------- paths
-def train_stem(run: RunSpec) -> str:
-    """``<D>_<M>_<optimizer>``, as the Trainer names its checkpoints and runs JSON."""
-    return output_stem(run.dataset, run.model, OPTIMIZER)
-
-
 def checkpoint_path(s: Settings, run: RunSpec, suffix: str = "") -> str:
-    return os.path.join(s.checkpoint_dir, f"{train_stem(run)}{suffix}.pt")
+    """``<checkpoints>/<D>_<M>_Adam<suffix>.pt``, as the Trainer names them."""
+    return os.path.join(s.checkpoint_dir, f"{output_stem(run.dataset, run.model, OPTIMIZER)}{suffix}.pt")
 
 
 def runs_json_path(s: Settings, run: RunSpec) -> str:
-    return os.path.join(s.out_dir, f"{train_stem(run)}.json")
+    """``<out>/<D>_<M>_Adam.json``: the run's training runs, as the Trainer names it."""
+    return os.path.join(s.out_dir, f"{output_stem(run.dataset, run.model, OPTIMIZER)}.json")
 
 
 def metrics_json_path(s: Settings, run: RunSpec) -> str:
+    """``<out>/<D>_<M>_metrics.json``: the analyses' sections of the run."""
     return names.metrics_json_path(s.out_dir, run.dataset, run.model)
 
 
 def split_folder(s: Settings, dataset: str, split: str) -> str:
+    """``<data root>/<dataset>/<split>``: the folder holding that split's real/ and fake/."""
     return os.path.join(s.data_root, dataset, split)
 
 
 def samples_figure(figures_dir: str) -> str:
+    """The samples figure of plot_samples_of_faces_datasets.py."""
     return os.path.join(figures_dir, SAMPLES_FIGURE)
 
 
 def spectrum_figure(figures_dir: str, dataset: str) -> str:
-    return spectrum_paths(figures_dir, "", dataset)[0]
+    """The spectrum figure of one dataset (spectrum_analysis.py)."""
+    return names.spectrum_paths(figures_dir, "", dataset)[0]
 
 
 def spectrum_json_path(s: Settings, dataset: str) -> str:
-    return spectrum_paths("", s.out_dir, dataset)[1]
+    """The spectrum JSON of one dataset (spectrum_analysis.py)."""
+    return names.spectrum_paths("", s.out_dir, dataset)[1]
 
 
 def cross_dataset_figure(figures_dir: str) -> str:
-    return cross_dataset_paths(figures_dir, "")[0]
+    """The heat maps of the cross-dataset matrix (cross_dataset_analysis.py)."""
+    return names.cross_dataset_paths(figures_dir, "")[0]
 
 
 def cross_dataset_json_path(s: Settings) -> str:
-    return cross_dataset_paths("", s.out_dir)[1]
+    """The JSON of the whole cross-dataset matrix (cross_dataset_analysis.py)."""
+    return names.cross_dataset_paths("", s.out_dir)[1]
 
 
 def kind_figures(run: RunSpec, figures_dir: str, kind: str) -> list[str]:
@@ -153,7 +151,7 @@ def kind_figures(run: RunSpec, figures_dir: str, kind: str) -> list[str]:
 
 
 def run_figures(run: RunSpec, figures_dir: str) -> dict[str, list[str]]:
-    """The study's figures of one run, by the step kind that makes them (the scripts' names)."""
+    """The study's figures of one run, by the step kind that makes them."""
     return {
         kind: kind_figures(run, figures_dir, kind)
         for kind in FIGURE_SUFFIXES
@@ -161,60 +159,35 @@ def run_figures(run: RunSpec, figures_dir: str) -> dict[str, list[str]]:
     }
 
 
-def extra_figures(run: RunSpec, figures_dir: str) -> list[str]:
-    """Other figures the steps wrote for this run (e.g. the mean Grad-CAM maps), sorted."""
-    known = {p for paths in run_figures(run, figures_dir).values() for p in paths}
-    try:
-        names = sorted(os.listdir(figures_dir))
-    except OSError:
-        return []
-    return [
-        os.path.join(figures_dir, name)
-        for name in names
-        if name.startswith(run.stem + "_")
-        and name.endswith(".png")
-        and os.path.join(figures_dir, name) not in known
-    ]
-
-
 # ----------------------------------------------------------------------------- step builders
+# Each returns the step of its kind for the run (None for a study-wide kind), named by build_plan.
+def _io_args(s: Settings) -> list[str]:
+    """Where an analysis script reads the data and writes its figures, and on which device."""
+    return ["--data_root", s.data_root, "--device", s.device, "--figures_dir", s.figures_dir]
+
+
 def samples_step(s: Settings, run: None) -> Step:
+    """One real and one fake training image of each dataset."""
+    args = ["--data_root", s.data_root, "--seed", str(s.seed), "--figures_dir", s.figures_dir]
+    data = [split_folder(s, d, "train") for d in DATASET_NAMES]
+    return Step("plot_samples_of_faces_datasets.py", args, whole(samples_figure(s.figures_dir)), data=data)
+
+
+def spectrum_step(s: Settings, run: None) -> Step:
+    """Both datasets' test splits, no model: one figure and one JSON per dataset."""
+    args = ["--datasets", *DATASET_NAMES, *_io_args(s), "--seed", str(s.seed), "--out_dir", s.out_dir]
+    outputs = whole(*(spectrum_figure(s.figures_dir, d) for d in DATASET_NAMES))
+    outputs |= {spectrum_json_path(s, d): ("spectrum",) for d in DATASET_NAMES}
     return Step(
-        "samples",
-        "samples",
-        None,
-        "plot_samples_of_faces_datasets.py",
-        ["--data_root", s.data_root, "--seed", str(s.seed), "--figures_dir", s.figures_dir],
-        outputs=[samples_figure(s.figures_dir)],
-        data=[split_folder(s, d, "train") for d in DATASET_NAMES],
+        "spectrum_analysis.py", args, outputs, data=[split_folder(s, d, "test") for d in DATASET_NAMES]
     )
 
 
 def train_step(s: Settings, run: RunSpec) -> Step:
-    args = [
-        "-m",
-        run.model,
-        "-d",
-        run.dataset,
-        "-o",
-        OPTIMIZER,
-        "--lr",
-        repr(s.lr),
-        "-b",
-        str(s.batch_size),
-        "-e",
-        str(s.epochs[run.tag]),
-        "--data_root",
-        s.data_root,
-        "--seed",
-        str(s.seed),
-        "--device",
-        s.device,
-        "--out_dir",
-        s.out_dir,
-        "--checkpoint_dir",
-        s.checkpoint_dir,
-    ]
+    """train_main.py with the study's protocol; it resumes from ``_last.pt`` (``--resume``)."""
+    args = ["-m", run.model, "-d", run.dataset, "-o", OPTIMIZER, "--lr", repr(s.lr), "-b", str(s.batch_size)]
+    args += ["-e", str(s.epochs[run.tag]), "--data_root", s.data_root, "--seed", str(s.seed)]
+    args += ["--device", s.device, "--out_dir", s.out_dir, "--checkpoint_dir", s.checkpoint_dir]
     if s.num_workers is not None:
         args += ["--num_workers", str(s.num_workers)]
     if s.precise_bn:  # 0 is train_main.py's default: the command stays the course's
@@ -222,137 +195,82 @@ def train_step(s: Settings, run: RunSpec) -> Step:
     if run.model == "XceptionBased":
         args += s.xception_args
     return Step(
-        f"train-{run.tag}",
-        "train",
-        run,
         "train_main.py",
         args,
-        outputs=[checkpoint_path(s, run), runs_json_path(s, run)],
+        whole(checkpoint_path(s, run), runs_json_path(s, run)),
         data=[split_folder(s, run.dataset, split) for split in SPLITS],
         resume_from=checkpoint_path(s, run, "_last"),
     )
 
 
-def _io_args(s: Settings) -> list[str]:
-    """Where an analysis script reads the data, runs and writes its figures."""
-    return ["--data_root", s.data_root, "--device", s.device, "--figures_dir", s.figures_dir]
-
-
-def _analysis_args(s: Settings, run: RunSpec) -> list[str]:
-    return ["-m", run.model, "-cpp", checkpoint_path(s, run), "-d", run.dataset, *_io_args(s)]
-
-
-def _analysis_step(
-    s: Settings,
-    run: RunSpec,
-    kind: str,
-    script: str,
-    extra: list[str],
-    section: str | tuple[str, ...] | None = None,
-) -> Step:
-    """A step that reads the run's best checkpoint and test split and writes ``kind``'s figures
-    (and, with ``section``, that section of the run's metrics JSON)."""
-    outputs = list(run_figures(run, s.figures_dir)[kind])
-    sections = {}
-    if section:
-        sections[metrics_json_path(s, run)] = section
-        outputs.append(metrics_json_path(s, run))
-    return Step(
-        f"{kind}-{run.tag}",
-        kind,
-        run,
-        script,
-        _analysis_args(s, run) + extra,
-        outputs=outputs,
-        inputs=[checkpoint_path(s, run)],
-        data=[split_folder(s, run.dataset, "test")],
-        sections=sections,
-    )
-
-
 def curves_step(s: Settings, run: RunSpec) -> Step:
+    """The loss and accuracy curves of the run's last training run in its runs JSON."""
     runs_json = runs_json_path(s, run)
-    return Step(
-        f"curves-{run.tag}",
-        "curves",
-        run,
-        "plot_accuracy_and_loss.py",
-        ["-m", run.model, "-j", runs_json, "-d", run.dataset, "--figures_dir", s.figures_dir],
-        outputs=run_figures(run, s.figures_dir)["curves"],
-        inputs=[runs_json],
-    )
+    args = ["-m", run.model, "-j", runs_json, "-d", run.dataset, "--figures_dir", s.figures_dir]
+    figures = whole(*kind_figures(run, s.figures_dir, "curves"))
+    return Step("plot_accuracy_and_loss.py", args, figures, [runs_json])
+
+
+def _analysis_step(s: Settings, run: RunSpec, kind: str, script: str, extra: list, sections=()) -> Step:
+    """A step that reads the run's best checkpoint and test split and writes ``kind``'s figures
+    (and, with ``sections``, those sections of the run's metrics JSON)."""
+    outputs = whole(*kind_figures(run, s.figures_dir, kind))
+    if sections:
+        outputs[metrics_json_path(s, run)] = sections
+    args = ["-m", run.model, "-cpp", checkpoint_path(s, run), "-d", run.dataset, *_io_args(s), *extra]
+    return Step(script, args, outputs, [checkpoint_path(s, run)], [split_folder(s, run.dataset, "test")])
 
 
 def numerical_step(s: Settings, run: RunSpec) -> Step:
-    # --seed: the bootstrap intervals of its 'uncertainty' section are drawn with it
-    return _analysis_step(
-        s,
-        run,
-        "numerical",
-        "numerical_analysis.py",
-        ["--seed", str(s.seed), "--out_dir", s.out_dir],
-        section=("numerical", "uncertainty"),
-    )
+    """ROC/DET curves, the reliability diagram, and the bootstrap intervals drawn with --seed."""
+    extra = ["--seed", str(s.seed), "--out_dir", s.out_dir]
+    return _analysis_step(s, run, "numerical", "numerical_analysis.py", extra, ("numerical", "uncertainty"))
 
 
 def gradcam_step(s: Settings, run: RunSpec) -> Step:
+    """The two Grad-CAM figures, the mean maps and the faithfulness test."""
     extra = ["--seed", str(s.seed), "--out_dir", s.out_dir]
     if s.gradcam_max_images:
         extra += ["--faithfulness_images", str(s.gradcam_max_images)]
-    return _analysis_step(s, run, "gradcam", "grad_cam_analysis.py", extra, section="grad_cam")
+    return _analysis_step(s, run, "gradcam", "grad_cam_analysis.py", extra, ("grad_cam",))
 
 
-def saliency_step(s: Settings, run: RunSpec) -> Step | None:
-    if not run.saliency:
-        return None
+def saliency_step(s: Settings, run: RunSpec) -> Step:
+    """The saliency pairs and the mean saliency maps."""
     return _analysis_step(s, run, "saliency", "saliency_map.py", ["--seed", str(s.seed)])
 
 
-def robustness_step(s: Settings, run: RunSpec) -> Step | None:
-    if not run.robustness:
-        return None
+def robustness_step(s: Settings, run: RunSpec) -> Step:
+    """The AUC under each perturbation at each grade, on a seeded subset of the test split."""
     extra = ["--seed", str(s.seed), "--out_dir", s.out_dir]
-    return _analysis_step(s, run, "robustness", "robustness_analysis.py", extra, section="robustness")
-
-
-def spectrum_step(s: Settings, run: None) -> Step:
-    """Both datasets' test splits, no model: one figure and one JSON per dataset."""
-    json_paths = [spectrum_json_path(s, d) for d in DATASET_NAMES]
-    return Step(
-        "spectrum",
-        "spectrum",
-        None,
-        "spectrum_analysis.py",
-        ["--datasets", *DATASET_NAMES, *_io_args(s), "--seed", str(s.seed), "--out_dir", s.out_dir],
-        outputs=[spectrum_figure(s.figures_dir, d) for d in DATASET_NAMES] + json_paths,
-        data=[split_folder(s, d, "test") for d in DATASET_NAMES],
-        sections={path: "spectrum" for path in json_paths},
-    )
+    return _analysis_step(s, run, "robustness", "robustness_analysis.py", extra, ("robustness",))
 
 
 def cross_dataset_step(s: Settings, run: None) -> Step:
     """The checkpoints of the runs marked ``cross_dataset``, each on both datasets' test splits."""
     runs = [r for r in RUNS if r.cross_dataset]
-    json_paths = [cross_dataset_json_path(s)] + [metrics_json_path(s, r) for r in runs]
+    args = ["--checkpoints", *(f"{r.dataset}:{r.model}:{checkpoint_path(s, r)}" for r in runs)]
+    args += ["--datasets", *DATASET_NAMES, *_io_args(s), "--out_dir", s.out_dir]
+    jsons = [cross_dataset_json_path(s)] + [metrics_json_path(s, r) for r in runs]
+    outputs = whole(cross_dataset_figure(s.figures_dir)) | dict.fromkeys(jsons, ("cross_dataset",))
     return Step(
-        "cross-dataset",
-        "cross-dataset",
-        None,
         "cross_dataset_analysis.py",
-        ["--checkpoints", *(f"{r.dataset}:{r.model}:{checkpoint_path(s, r)}" for r in runs)]
-        + ["--datasets", *DATASET_NAMES, *_io_args(s), "--out_dir", s.out_dir],
-        outputs=[cross_dataset_figure(s.figures_dir)] + json_paths,
-        inputs=[checkpoint_path(s, r) for r in runs],
-        data=[split_folder(s, d, "test") for d in DATASET_NAMES],
-        sections={path: "cross_dataset" for path in json_paths},
+        args,
+        outputs,
+        [checkpoint_path(s, r) for r in runs],
+        [split_folder(s, d, "test") for d in DATASET_NAMES],
     )
 
 
 @dataclass(frozen=True)
 class StepKind:
+    """A kind of step: its builder, and whether it is one step for the study or one per run
+    (those runs for which ``applies`` holds)."""
+
     name: str
-    build: Callable[[Settings, RunSpec | None], Step | None]
-    once: bool = False  # one step for the whole study instead of one per run
+    build: Callable[[Settings, RunSpec | None], Step]
+    once: bool = False
+    applies: Callable[[RunSpec], bool] = lambda run: True
 
 
 # The study's order: stage by stage, and within a stage run by run. A new kind goes here.
@@ -363,68 +281,79 @@ STAGES = (
         StepKind("curves", curves_step),
         StepKind("numerical", numerical_step),
         StepKind("gradcam", gradcam_step),
-        StepKind("robustness", robustness_step),
+        StepKind("robustness", robustness_step, applies=lambda run: run.robustness),
     ),
-    (StepKind("saliency", saliency_step),),
+    (StepKind("saliency", saliency_step, applies=lambda run: run.saliency),),
     (StepKind("cross-dataset", cross_dataset_step, once=True),),
 )
 STEP_KINDS = tuple(kind.name for stage in STAGES for kind in stage) + ("report",)
 
 
-def build_plan(s: Settings) -> list[Step]:
-    """Every step of the study, in order."""
-    steps = []
+class Entry(NamedTuple):
+    """A step as the plan names it: what --steps and --skip select, before any settings exist."""
+
+    name: str
+    kind: StepKind
+    run: RunSpec | None
+
+
+def plan_entries() -> list[Entry]:
+    """Every step of the study, in order, by name (``<kind>`` or ``<kind>-<run>``)."""
+    entries = []
     for stage in STAGES:
         for run in (None,) if stage[0].once else RUNS:
-            steps += [step for kind in stage if (step := kind.build(s, run)) is not None]
-    return steps
+            entries += [
+                Entry(kind.name if run is None else f"{kind.name}-{run.tag}", kind, run)
+                for kind in stage
+                if run is None or kind.applies(run)
+            ]
+    return entries
+
+
+def build_plan(s: Settings) -> list[Step]:
+    """Every step of the study, in order, with the settings' folders and protocol."""
+    return [replace(e.kind.build(s, e.run), name=e.name, kind=e.kind.name, run=e.run) for e in plan_entries()]
 
 
 def step_names() -> list[str]:
     """Every step name, in the plan's order, then 'report'."""
-    placeholder = Settings(
-        data_root="data", out_dir="out", figures_dir="figures", checkpoint_dir="checkpoints"
-    )
-    return [step.name for step in build_plan(placeholder)] + ["report"]
+    return [entry.name for entry in plan_entries()] + ["report"]
 
 
 # ----------------------------------------------------------------------------- selection
 def _selectors(flag: str, values: list[str] | None) -> list[str]:
+    """The selectors of --steps or --skip (comma or space separated); an empty flag is an error."""
     items = [item.strip() for value in values or [] for item in value.split(",") if item.strip()]
     if values is not None and not items:
         raise UserError(f"{flag}: no step named; give at least one (see --help), or leave {flag} out")
     return items
 
 
-def _matches(entry: tuple[str, str, str | None], selector: str) -> bool:
-    name, kind, run_tag = entry
-    return selector in (name, kind, run_tag) or fnmatch.fnmatchcase(name, selector)
+def _matches(name: str, kind: str, run: RunSpec | None, selector: str) -> bool:
+    """Whether the selector names this step, its kind or its run, or is a pattern matching it."""
+    return selector in (name, kind, run and run.tag) or fnmatch.fnmatchcase(name, selector)
 
 
-def select_steps(
-    plan: list[Step], steps: list[str] | None, skip: list[str] | None
-) -> tuple[list[Step], bool]:
-    """The steps chosen by --steps (default all) minus --skip; and whether the report is written.
+def select_steps(steps: list[str] | None, skip: list[str] | None) -> tuple[list[str], bool]:
+    """The names of the steps chosen by --steps (default all) minus --skip, in order; and whether
+    the report is written (unless skipped explicitly, it is).
 
     A selector is a step name, a kind (train, curves, ...), a run (simplenet-fakes, ...) or a
     shell pattern (train-*); one that matches nothing, or an empty flag, is an error.
     """
     wanted, unwanted = _selectors("--steps", steps), _selectors("--skip", skip)
-    entries = [(step.name, step.kind, step.run.tag if step.run else None) for step in plan]
-    entries.append(("report", "report", None))
+    entries = [(e.name, e.kind.name, e.run) for e in plan_entries()] + [("report", "report", None)]
     for flag, selectors in (("--steps", wanted), ("--skip", unwanted)):
         for selector in selectors:
-            if not any(_matches(entry, selector) for entry in entries):
+            if not any(_matches(*entry, selector) for entry in entries):
                 raise UserError(
                     f"{flag} {selector}: matches no step; steps: {', '.join(step_names())}; "
                     f"kinds: {', '.join(STEP_KINDS)}; runs: {', '.join(r.tag for r in RUNS)}"
                 )
 
     def chosen(entry) -> bool:
-        # The report is written whenever it is not skipped explicitly.
-        if wanted and entry[0] != "report" and not any(_matches(entry, sel) for sel in wanted):
+        if wanted and entry[0] != "report" and not any(_matches(*entry, sel) for sel in wanted):
             return False
-        return not any(_matches(entry, sel) for sel in unwanted)
+        return not any(_matches(*entry, sel) for sel in unwanted)
 
-    selected = [step for step, entry in zip(plan, entries) if chosen(entry)]
-    return selected, chosen(entries[-1])
+    return [entry[0] for entry in entries[:-1] if chosen(entry)], chosen(entries[-1])

@@ -1,43 +1,54 @@
-"""The one-page report: built as blocks, rendered as Markdown and as self-contained HTML (figures
-embedded), with the same numbers in the summary JSON."""
+"""The one-page report and the summary JSON.
+
+Python computes what the page shows (``page_context``: the numbers as tables, the figures, the facts
+behind each warning); the Jinja2 templates beside this module write the page: ``report.j2`` its text
+and order, ``markdown.j2`` and ``html.j2`` how a heading, paragraph, warning, table or figure looks in
+each format (the HTML escapes every value and embeds every figure). A new section: its table or
+figures in ``page_context``, its text in report.j2.
+"""
 
 from __future__ import annotations
 
 import base64
-import html
 import os
+import re
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
+
+import jinja2
 
 from lib.fileio import atomic_write_json, atomic_write_text
 from lib.metrics import fmt
 from lib.names import DATASET_NAMES, DATASET_TITLES, SAMPLES_FIGURE, SPLITS
+from lib.study import numbers, plan
 from lib.study.data import DataChoice
-from lib.study.numbers import (
-    STUDY_MODEL_FACTS,
-    STUDY_NUMBERS,
-    RunNumbers,
-    cross_dataset_numbers,
-    finite,
-    imagenet_note,
-    range_text,
-    run_numbers,
-    spectrum_numbers,
-    study_reference,
-    verdict,
-)
-from lib.study.plan import (
-    RUNS,
-    Settings,
-    cross_dataset_figure,
-    extra_figures,
-    kind_figures,
-    run_figures,
-    samples_figure,
-    spectrum_figure,
-)
-from lib.study.runner import Console, StepRecord
+from lib.study.numbers import RunNumbers, finite, range_text, study_reference
+from lib.study.plan import RUNS, RunSpec, Settings
+from lib.study.runner import StepFailed, StepRecord
 from lib.study.weights import CHECK_COMMAND, WeightsChoice
+
+NOT_RUN = "not run"
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+@dataclass
+class Table:
+    """A table of the page: its header and rows of text cells."""
+
+    header: list[str]
+    rows: list[list[str]]
+
+
+@dataclass
+class Figure:
+    """A figure of the page: its file (shown as missing when its step has not run) and caption."""
+
+    path: str
+    caption: str
+
+    @property
+    def exists(self) -> bool:
+        return os.path.exists(self.path)
 
 
 @dataclass
@@ -50,17 +61,43 @@ class Status:
     message: str | None = None
 
 
+@dataclass
+class Study:
+    """What the report shows: where the study ran, its data, the models' facts, each run's numbers
+    (``numbers.collect_numbers``), how XceptionBased started, the steps, and how it ended."""
+
+    settings: Settings
+    data: DataChoice
+    facts: dict
+    runs: dict[str, RunNumbers]
+    weights: WeightsChoice | None = None
+    records: list[StepRecord] = field(default_factory=list)
+    status: Status = field(default_factory=lambda: Status(""))
+    total_seconds: float = 0.0
+    beyond: dict | None = None  # the cross-dataset matrix and the spectra; read from the folders when None
+
+    def __post_init__(self):
+        if self.beyond is None:
+            self.beyond = {
+                "cross_dataset": numbers.cross_dataset_numbers(self.settings),
+                "spectrum": numbers.spectrum_numbers(self.settings),
+            }
+
+
 def _fmt(value, digits=2) -> str:
-    """A report cell: the number with ``digits`` decimals; "-" for a missing or non-finite one."""
+    """A table cell: the number with ``digits`` decimals; "-" for a missing or non-finite one."""
     return "-" if finite(value) is None else fmt(finite(value), digits)
+
+
+def _figure(path: str, note: str = "") -> Figure:
+    """The figure captioned with its file name (and ``note``)."""
+    return Figure(path, os.path.basename(path) + note)
 
 
 def score_label(runs: dict[str, RunNumbers], column: int) -> str:
     """What score A (column 0) or B (column 1) is, as the metrics JSONs say ('raw output column 1')."""
     key = ("auc_a", "auc_b")[column]
-    said = {
-        n.score_of.get(key) for n in runs.values() if isinstance(n.score_of, dict) and n.score_of.get(key)
-    }
+    said = {n.score_of.get(key) for n in runs.values() if isinstance(n.score_of, dict)} - {None}
     if len(said) == 1:
         return said.pop()
     if {n.scores for n in runs.values() if n.scores} == {"softmax"}:  # metrics JSONs of older versions
@@ -68,88 +105,36 @@ def score_label(runs: dict[str, RunNumbers], column: int) -> str:
     return f"column {column}"
 
 
-# ----------------------------------------------------------------------------- blocks
-def warnings(
-    data: DataChoice, weights: WeightsChoice | None, runs: dict[str, RunNumbers], status: Status
-) -> list[tuple]:
-    """The report's loud warnings: a stopped study, random init, unreadable JSONs, demo data."""
-    blocks = []
-    if status.failed:
-        blocks.append(
-            ("warn", f"The study stopped: {status.message}. The numbers below are what earlier steps left.")
-        )
-    if any(n.pretrained is False for n in runs.values()) or (weights and not weights.pretrained):
-        reason = (
-            weights.reason
-            if weights and not weights.pretrained
-            else "its training run records pretrained = false"
-        )
-        ref = STUDY_NUMBERS["xception-synthetic"]
-        blocks.append(
-            (
-                "warn",
-                "XceptionBased was trained from RANDOM INITIALISATION, not from ImageNet "
-                f"weights ({reason}). {imagenet_note()} Not checked by this run: the "
-                f"study's finding for {ref.label} (val {range_text(ref, 'val_acc')}, test "
-                f"{range_text(ref, 'test_acc')}, AUC(B) {range_text(ref, 'auc_b')}; its "
-                f"report {ref.report} %). The one command that checks it: "
-                f"{CHECK_COMMAND} (or set XCEPTION_WEIGHTS).",
-            )
-        )
-    for run in RUNS:
-        if runs[run.tag].problem:
-            blocks.append(("warn", f"{run.model} on {run.dataset}: {runs[run.tag].problem}"))
-    if data.demo:
-        demo = data.demo_settings or {}
-        seed = "?" if demo.get("seed") is None else demo.get("seed")
-        blocks.append(
-            (
-                "warn",
-                f"DEMO DATA: no course datasets were found, so this study ran on the "
-                f"procedural demo data in {data.root} (make_demo_datasets.py, scale "
-                f"{demo.get('scale') or '?'}, seed {seed}). Its numbers are not those "
-                "of the course datasets.",
-            )
-        )
-    return blocks
-
-
-def data_and_models(data: DataChoice, facts: dict) -> list[tuple]:
+# ----------------------------------------------------------------------------- tables
+def data_table(data: DataChoice) -> Table:
+    """The images of every split, real and fake."""
     rows = []
     for dataset in DATASET_NAMES:
         for split in SPLITS:
             c = (data.counts or {}).get(dataset, {}).get(split, {})
-            rows.append(
-                [
-                    f"{DATASET_TITLES[dataset]} ({dataset})",
-                    split,
-                    str(c.get("real", "-")),
-                    str(c.get("fake", "-")),
-                    str(c.get("real", 0) + c.get("fake", 0)),
-                ]
-            )
-    origin = "demo data" if data.demo else "from " + data.origin
-    facts_rows = [
-        [label, f"{facts.get(key, 0):,}", f"{STUDY_MODEL_FACTS[key]:,}"]
-        for label, key in (
-            ("SimpleNet: trainable parameters", "SimpleNet"),
-            ("XceptionBased: trainable parameters", "XceptionBased"),
-            ("Q21: input features of the MLP head", "head_in_features"),
-            ("Q22: Xception backbone parameters (with its 1000-class fc)", "backbone_params"),
-            ("Q24: MLP head parameters", "head_params"),
-        )
-    ]
-    return [
-        ("h2", "Data"),
-        ("p", f"Data root: {data.root} ({origin})."),
-        ("table", ["dataset", "split", "real", "fake", "total"], rows),
-        ("h2", "Models"),
-        ("p", "Computed from freshly built models (random initialisation), beside the study's answers."),
-        ("table", ["", "computed", "study"], facts_rows),
-    ]
+            counts = [
+                str(c.get("real", "-")),
+                str(c.get("fake", "-")),
+                str(c.get("real", 0) + c.get("fake", 0)),
+            ]
+            rows.append([f"{DATASET_TITLES[dataset]} ({dataset})", split, *counts])
+    return Table(["dataset", "split", "real", "fake", "total"], rows)
 
 
-def result_row(run, n: RunNumbers) -> list[str]:
+def models_table(facts: dict) -> Table:
+    """The models' parameter counts and the head's input features, beside the study's answers."""
+    labels = (
+        ("SimpleNet: trainable parameters", "SimpleNet"),
+        ("XceptionBased: trainable parameters", "XceptionBased"),
+        ("Q21: input features of the MLP head", "head_in_features"),
+        ("Q22: Xception backbone parameters (with its 1000-class fc)", "backbone_params"),
+        ("Q24: MLP head parameters", "head_params"),
+    )
+    rows = [[label, f"{facts.get(key, 0):,}", f"{numbers.STUDY_MODEL_FACTS[key]:,}"] for label, key in labels]
+    return Table(["", "computed", "study"], rows)
+
+
+def result_row(run: RunSpec, n: RunNumbers) -> list[str]:
     """One run's row of the results table, the study's figures beside its own."""
     ref = study_reference(run, n.pretrained)
     init = "-"
@@ -163,50 +148,12 @@ def result_row(run, n: RunNumbers) -> list[str]:
             _fmt(n.train_images_per_sec, 1), gap]  # fmt: skip
 
 
-def results(runs: dict[str, RunNumbers]) -> list[tuple]:
-    """The results table, each run's protocol (from its own JSON entry), the study's reference
-    figures with their source, and one verdict per run."""
-    protocols = "; ".join(
-        f"{r.model} on {r.dataset}: "
-        + (runs[r.tag].protocol.text() if runs[r.tag].protocol else "not trained")
-        for r in RUNS
-    )
-    col_a, col_b = score_label(runs, 0), score_label(runs, 1)
+def results_table(runs: dict[str, RunNumbers], col_a: str, col_b: str) -> Table:
+    """Each run's accuracies, detection metrics, speed and Grad-CAM faithfulness beside the study's."""
     header = ["run", "init", "best val epoch", "val acc", "study val acc", "test acc", "study test acc"]
     header += ["AUC(fake)", f"AUC A ({col_a})", f"AUC B ({col_b})", "study AUC B", "EER", "AP"]
     header += ["epoch s", "train img/s", "Grad-CAM faithfulness"]
-    rows = [result_row(run, runs[run.tag]) for run in RUNS]
-    sources = [
-        [ref.label, ref.source()]
-        for ref in {study_reference(run, runs[run.tag].pretrained): None for run in RUNS}
-    ]
-    blocks = [
-        ("h2", "Results"),
-        (
-            "p",
-            f"Protocol of each run, from its own JSON entry: {protocols}. SimpleNet has no "
-            "BatchNorm layers: precise BatchNorm statistics do not change it.",
-        ),
-        (
-            "p",
-            "Accuracies in %, at the epoch of the best validation accuracy (val) and the test "
-            "accuracy at that epoch. AUC(fake), EER and AP: of P(fake) (softmax) on the test "
-            f"split; AUC A and B: of score A ({col_a}) and score B ({col_b}), as the metrics "
-            "JSON records them. Epoch seconds and training images/s: means over the epochs. "
-            "Grad-CAM faithfulness: mean drop in true-class confidence when the most "
-            "Grad-CAM-relevant pixels are removed, minus the drop for random pixels (higher = "
-            "more faithful). Where the study gives only 'about X', the number is shown beside "
-            "it with no within/outside verdict.",
-        ),
-        ("table", header, rows),
-        ("p", "Where the 'study' figures come from:"),
-        ("table", ["run", "source"], sources),
-    ]
-    blocks += [("p", f"{run.model} on {run.dataset}: {runs[run.tag].verdict}") for run in RUNS]
-    return blocks + uncertainty(runs)
-
-
-NOT_RUN = "not run"
+    return Table(header, [result_row(run, runs[run.tag]) for run in RUNS])
 
 
 def with_interval(entry: dict | None, digits: int, unit: str = "") -> str:
@@ -220,8 +167,8 @@ def with_interval(entry: dict | None, digits: int, unit: str = "") -> str:
     return f"{value} [{low:.{digits}f}, {high:.{digits}f}]"
 
 
-def uncertainty(runs: dict[str, RunNumbers]) -> list[tuple]:
-    """Beside the results: each run's bootstrap intervals and ECE (its 'uncertainty' section)."""
+def uncertainty_table(runs: dict[str, RunNumbers]) -> Table:
+    """Each run's bootstrap intervals and ECE (its 'uncertainty' section)."""
     rows = []
     for run in RUNS:
         n = runs[run.tag]
@@ -231,29 +178,8 @@ def uncertainty(runs: dict[str, RunNumbers]) -> list[tuple]:
             + [with_interval(got.get(key), 3) for key in ("auc", "eer", "ap")]
             + [NOT_RUN if n.ece is None else f"{n.ece:.3f}", str(n.bootstrap_resamples or "-")]
         )
-    return [
-        (
-            "p",
-            "How sure the test figures are: 95 % bootstrap intervals, value [low, high], of the "
-            "accuracy at P(fake) > 0.5, AUC, EER and AP of P(fake) on the test split (stratified "
-            "resamples: real images drawn from the real ones, fakes from the fakes), and the "
-            "expected calibration error (ECE) of P(fake); from numerical_analysis.py's "
-            "'uncertainty' section. Its reliability diagrams are among the figures.",
-        ),
-        (
-            "table",
-            [
-                "run",
-                "test acc [95 % CI]",
-                "AUC [95 % CI]",
-                "EER [95 % CI]",
-                "AP [95 % CI]",
-                "ECE",
-                "resamples",
-            ],
-            rows,
-        ),
-    ]
+    metrics = ["test acc", "AUC", "EER", "AP"]
+    return Table(["run", *(f"{m} [95 % CI]" for m in metrics), "ECE", "resamples"], rows)
 
 
 def _matrix_cell(cell: dict | None) -> str:
@@ -264,32 +190,13 @@ def _matrix_cell(cell: dict | None) -> str:
     return text + (" (in-distribution)" if cell["in_distribution"] else "")
 
 
-def cross_dataset_blocks(settings: Settings, matrix: dict | None) -> list[tuple]:
-    """The train x test matrix of AUC / accuracy / EER (out/cross_dataset.json) and its heat maps."""
-    blocks = [("h2", "Cross-dataset generalisation")]
+def matrix_table(matrix: dict | None) -> Table | None:
+    """The train x test matrix of AUC / accuracy / EER (out/cross_dataset.json); None when not run."""
     if matrix is None:
-        blocks.append(("p", f"Cross-dataset matrix: {NOT_RUN} (step cross-dataset)."))
-    else:
-        columns = matrix["test_datasets"]
-        rows = [
-            [row["label"], *(_matrix_cell(row["cells"].get(name)) for name in columns)]
-            for row in matrix["rows"]
-        ]
-        blocks += [
-            (
-                "p",
-                "Each trained checkpoint (row) on the test split of each dataset (column): AUC, "
-                "accuracy at P(fake) > 0.5 and EER of P(fake). The in-distribution cell is the "
-                "checkpoint's own dataset; the others measure transfer to a manipulation it never "
-                "saw. The study runs the SimpleNet checkpoints; to add XceptionBased's row, run "
-                f"cross_dataset_analysis.py --checkpoint_dir {settings.checkpoint_dir} --out_dir "
-                f"{settings.out_dir} --figures_dir {settings.figures_dir}, then run_study.py "
-                "--skip cross-dataset (so the study keeps that matrix).",
-            ),
-            ("table", ["trained checkpoint", *(f"test: {name}" for name in columns)], rows),
-        ]
-    path = cross_dataset_figure(settings.figures_dir)
-    return blocks + [("figure", path, os.path.basename(path))]
+        return None
+    columns = matrix["test_datasets"]
+    rows = [[row["label"], *(_matrix_cell(row["cells"].get(c)) for c in columns)] for row in matrix["rows"]]
+    return Table(["trained checkpoint", *(f"test: {name}" for name in columns)], rows)
 
 
 def _harshest_cell(entry: dict | None) -> str:
@@ -300,96 +207,25 @@ def _harshest_cell(entry: dict | None) -> str:
     return f"{fmt(entry['auc'], 3)} at {grade}"
 
 
-def robustness_blocks(settings: Settings, runs: dict[str, RunNumbers]) -> list[tuple]:
-    """Per run of the robustness step (and any other run with a 'robustness' section): the clean
-    AUC and the AUC at each perturbation's harshest grade, and the figures."""
+def robustness_table(runs: dict[str, RunNumbers], shown: list[RunSpec]) -> Table:
+    """Per run shown: the clean AUC and the AUC at each perturbation's harshest grade."""
     from lib.perturbations import PERTURBATIONS, SEVERITY_NAMES
 
-    shown = [r for r in RUNS if r.robustness or runs[r.tag].robustness_clean_auc is not None]
     rows = []
     for run in shown:
         n = runs[run.tag]
+        row = [f"{run.model}, {run.dataset}"]
         if n.robustness_clean_auc is None and not n.robustness_harshest:
-            rows.append([f"{run.model}, {run.dataset}"] + [NOT_RUN] * (2 + len(PERTURBATIONS)))
+            rows.append(row + [NOT_RUN] * (2 + len(PERTURBATIONS)))
             continue
-        harshest = n.robustness_harshest or {}
-        cells = [_harshest_cell(harshest.get(name)) for name in PERTURBATIONS]
-        rows.append(
-            [
-                f"{run.model}, {run.dataset}",
-                str(n.robustness_images or "-"),
-                fmt(n.robustness_clean_auc, 3),
-                *cells,
-            ]
-        )
-    blocks = [
-        ("h2", "Robustness"),
-        (
-            "p",
-            "AUC of P(fake) on test images perturbed before the evaluation transform "
-            "(robustness_analysis.py, a seeded subset of the test split): clean, and at the "
-            "harshest grade of each perturbation (the figure has every grade). XceptionBased is "
-            "left out on purpose: 15 forward passes per image are too slow on a CPU.",
-        ),
-        (
-            "table",
-            [
-                "run",
-                "images",
-                "clean AUC",
-                *(f"AUC, {SEVERITY_NAMES[name]} (harshest)" for name in PERTURBATIONS),
-            ],
-            rows,
-        ),
-    ]
-    return blocks + [
-        ("figure", path, os.path.basename(path))
-        for run in shown
-        for path in kind_figures(run, settings.figures_dir, "robustness")
-    ]
+        row += [str(n.robustness_images or "-"), fmt(n.robustness_clean_auc, 3)]
+        rows.append(row + [_harshest_cell((n.robustness_harshest or {}).get(name)) for name in PERTURBATIONS])
+    harshest = [f"AUC, {SEVERITY_NAMES[name]} (harshest)" for name in PERTURBATIONS]
+    return Table(["run", "images", "clean AUC", *harshest], rows)
 
 
-def spectrum_blocks(settings: Settings, spectra: dict[str, dict | None]) -> list[tuple]:
-    """One line per dataset (the largest fake - real difference of the 1-D power spectra, and
-    where) and its figure."""
-    blocks = [
-        ("h2", "Frequency spectra"),
-        (
-            "p",
-            "Mean Fourier spectra of the grey, mean-removed test images (spectrum_analysis.py, no "
-            "model): a generator's upsampling leaves peaks in the fakes' spectrum.",
-        ),
-    ]
-    for dataset in DATASET_NAMES:
-        got = spectra.get(dataset)
-        if got is None:
-            blocks.append(("p", f"{dataset}: {NOT_RUN} (step spectrum)."))
-        else:
-            blocks.append(
-                (
-                    "p",
-                    f"{dataset}: {got['n_real']} real, {got['n_fake']} fake test images; largest "
-                    f"fake - real difference {got['peak_db']:+.1f} dB at "
-                    f"{got['peak_cycles_per_pixel']:.3f} cycles/pixel.",
-                )
-            )
-    for dataset in DATASET_NAMES:
-        path = spectrum_figure(settings.figures_dir, dataset)
-        blocks.append(("figure", path, os.path.basename(path)))
-    return blocks
-
-
-def figures_and_steps(settings: Settings, records: list[StepRecord], total_seconds: float) -> list[tuple]:
-    blocks = [("h2", "Figures"), ("figure", samples_figure(settings.figures_dir), SAMPLES_FIGURE)]
-    for run in RUNS:
-        with_table = set(kind_figures(run, settings.figures_dir, "robustness"))  # shown with its table
-        for paths in run_figures(run, settings.figures_dir).values():
-            blocks += [("figure", path, os.path.basename(path)) for path in paths if path not in with_table]
-        blocks += [
-            ("figure", path, os.path.basename(path) + " (beyond the study)")
-            for path in extra_figures(run, settings.figures_dir)
-            if path not in with_table
-        ]
+def steps_table(records: list[StepRecord]) -> Table:
+    """Every step's status and wall seconds, and its last successful run's seconds and memory."""
     rows = [
         [
             r.name,
@@ -401,215 +237,150 @@ def figures_and_steps(settings: Settings, records: list[StepRecord], total_secon
         ]
         for r in records
     ]
-    return blocks + [
-        ("h2", "Steps"),
-        (
-            "p",
-            f"Total time of this invocation: {total_seconds:.1f} s. Logs: "
-            f"{os.path.join(settings.out_dir, 'logs')}/STEP.log, one per step.",
-        ),
-        (
-            "p",
-            "Wall seconds of this invocation; wall seconds, CPU seconds (user + system, all threads) "
-            "and peak memory of the step's last successful run.",
-        ),
-        (
-            "table",
-            [
-                "step",
-                "status",
-                "wall s (this time)",
-                "wall s (last run)",
-                "CPU s (last run)",
-                "peak memory MB (last run)",
-            ],
-            rows,
-        ),
+    header = ["step", "status", "wall s (this time)", "wall s (last run)", "CPU s (last run)"]
+    return Table(header + ["peak memory MB (last run)"], rows)
+
+
+# ----------------------------------------------------------------------------- figures
+def extra_figures(run: RunSpec, figures_dir: str) -> list[str]:
+    """Other figures the steps wrote for this run (e.g. the mean Grad-CAM maps), sorted."""
+    known = {p for paths in plan.run_figures(run, figures_dir).values() for p in paths}
+    try:
+        found = sorted(os.path.join(figures_dir, name) for name in os.listdir(figures_dir))
+    except OSError:
+        return []
+    prefix = os.path.join(figures_dir, run.stem + "_")
+    return [p for p in found if p.startswith(prefix) and p.endswith(".png") and p not in known]
+
+
+def page_figures(s: Settings, robustness_runs: list[RunSpec]) -> dict[str, list[Figure]]:
+    """The figures of each part of the page, in the page's order: the robustness ones beside their
+    table, then the gallery (the samples, each run's figures, the extra ones)."""
+    beside_table = [p for run in robustness_runs for p in plan.kind_figures(run, s.figures_dir, "robustness")]
+    gallery = [Figure(plan.samples_figure(s.figures_dir), SAMPLES_FIGURE)]
+    for run in RUNS:
+        paths = [p for kind_paths in plan.run_figures(run, s.figures_dir).values() for p in kind_paths]
+        gallery += [_figure(p) for p in paths if p not in beside_table]
+        extra = [p for p in extra_figures(run, s.figures_dir) if p not in beside_table]
+        gallery += [_figure(p, " (beyond the study)") for p in extra]
+    return {
+        "cross_dataset": [_figure(plan.cross_dataset_figure(s.figures_dir))],
+        "robustness": [_figure(p) for p in beside_table],
+        "spectrum": [_figure(plan.spectrum_figure(s.figures_dir, d)) for d in DATASET_NAMES],
+        "gallery": gallery,
+    }
+
+
+# ----------------------------------------------------------------------------- the page
+def page_context(study: Study) -> dict:
+    """Everything report.j2 shows: the study, the facts behind its warnings, tables and figures."""
+    runs, weights = study.runs, study.weights
+    pairs = [(run, runs[run.tag]) for run in RUNS]
+    col_a, col_b = score_label(runs, 0), score_label(runs, 1)
+    robustness_runs = [r for r in RUNS if r.robustness or runs[r.tag].robustness_clean_auc is not None]
+    demo = study.data.demo_settings or {}
+    chose_random = weights is not None and not weights.pretrained
+    protocols = [
+        f"{r.model} on {r.dataset}: {n.protocol.text() if n.protocol else 'not trained'}" for r, n in pairs
     ]
+    references = {study_reference(run, runs[run.tag].pretrained): None for run in RUNS}
+    return {
+        "title": "Facial manipulation detection: the study, re-run",
+        "generated": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "study": study,
+        "runs": pairs,
+        "random_init": chose_random or any(n.pretrained is False for n in runs.values()),
+        "random_init_reason": weights.reason
+        if chose_random
+        else "its training run records pretrained = false",
+        "imagenet": numbers.STUDY_NUMBERS["xception-synthetic"],
+        "range_text": range_text,
+        "imagenet_note": numbers.imagenet_note(),
+        "check_command": CHECK_COMMAND,
+        "demo_scale": demo.get("scale") or "?",
+        "demo_seed": "?" if demo.get("seed") is None else demo.get("seed"),
+        "protocols": "; ".join(protocols),
+        "score_columns": (col_a, col_b),
+        "spectra": [(d, study.beyond["spectrum"].get(d)) for d in DATASET_NAMES],
+        "not_run": NOT_RUN,
+        "logs": os.path.join(study.settings.out_dir, "logs"),
+        "tables": {
+            "data": data_table(study.data),
+            "models": models_table(study.facts),
+            "results": results_table(runs, col_a, col_b),
+            "sources": Table(["run", "source"], [[ref.label, ref.source()] for ref in references]),
+            "uncertainty": uncertainty_table(runs),
+            "matrix": matrix_table(study.beyond["cross_dataset"]),
+            "robustness": robustness_table(runs, robustness_runs),
+            "steps": steps_table(study.records),
+        },
+        "figures": page_figures(study.settings, robustness_runs),
+    }
 
 
-def build_report(
-    settings: Settings,
-    data: DataChoice,
-    facts: dict,
-    runs: dict[str, RunNumbers],
-    weights: WeightsChoice | None,
-    records: list[StepRecord],
-    status: Status,
-    total_seconds: float,
-    beyond: dict | None = None,
-) -> list[tuple]:
-    """The report as blocks: ('h1'|'h2'|'p'|'warn', text), ('table', header, rows),
-    ('figure', path, caption). ``beyond``: ``beyond_numbers`` (read from the settings' folders
-    when not given)."""
-    beyond = beyond_numbers(settings) if beyond is None else beyond
-    return (
-        [
-            ("h1", "Facial manipulation detection: the study, re-run"),
-            ("p", f"Generated {time.strftime('%Y-%m-%d %H:%M:%S')} by run_study.py; {status.text}"),
-        ]
-        + warnings(data, weights, runs, status)
-        + data_and_models(data, facts)
-        + results(runs)
-        + cross_dataset_blocks(settings, beyond["cross_dataset"])
-        + robustness_blocks(settings, runs)
-        + spectrum_blocks(settings, beyond["spectrum"])
-        + figures_and_steps(settings, records, total_seconds)
-    )
-
-
-def beyond_numbers(settings: Settings) -> dict:
-    """The study-wide numbers beyond the study: the cross-dataset matrix and the spectra."""
-    return {"cross_dataset": cross_dataset_numbers(settings), "spectrum": spectrum_numbers(settings)}
-
-
-# ----------------------------------------------------------------------------- rendering
-def _md_cell(text: str) -> str:
-    return str(text).replace("|", "\\|").replace("\n", " ")
-
-
-def render_markdown(blocks: list[tuple], md_dir: str) -> str:
-    out = []
-    for kind, *rest in blocks:
-        if kind in ("h1", "h2"):
-            out.append(f"{'#' * int(kind[1])} {rest[0]}\n")
-        elif kind == "p":
-            out.append(f"{rest[0]}\n")
-        elif kind == "warn":
-            out.append(f"> **WARNING:** {rest[0]}\n")
-        elif kind == "table":
-            header, rows = rest
-            out.append("| " + " | ".join(_md_cell(h) for h in header) + " |")
-            out.append("|" + "---|" * len(header))
-            out += ["| " + " | ".join(_md_cell(c) for c in row) + " |" for row in rows]
-            out.append("")
-        elif kind == "figure":
-            path, caption = rest
-            if os.path.exists(path):
-                rel = os.path.relpath(os.path.abspath(path), os.path.abspath(md_dir))
-                out.append(f"![{caption}]({rel.replace(os.sep, '/')})\n")
-            else:
-                out.append(f"*{caption}: missing (its step has not run)*\n")
-    return "\n".join(out)
-
-
-HTML_STYLE = """body{font-family:sans-serif;max-width:1200px;margin:1em auto;padding:0 1em;color:#222}
-table{border-collapse:collapse;margin:.5em 0;font-size:90%}th,td{border:1px solid #bbb;padding:3px 6px}
-th{background:#eee}td{text-align:right}td:first-child{text-align:left}
-.warn{background:#fde2e2;border:2px solid #c00;padding:.6em;font-weight:bold;margin:.6em 0}
-figure{display:inline-block;margin:.4em;vertical-align:top}figure img{max-width:560px;border:1px solid #ddd}
-figcaption{font-size:80%;color:#555}.missing{color:#a00}"""
-
-
-def _html_block(kind: str, rest: list) -> str:
-    esc = html.escape
-    if kind in ("h1", "h2"):
-        return f"<{kind}>{esc(rest[0])}</{kind}>"
-    if kind == "p":
-        return f"<p>{esc(rest[0])}</p>"
-    if kind == "warn":
-        return f'<div class="warn">WARNING: {esc(rest[0])}</div>'
-    if kind == "table":
-        lines = ["<table><tr>" + "".join(f"<th>{esc(str(h))}</th>" for h in rest[0]) + "</tr>"]
-        lines += ["<tr>" + "".join(f"<td>{esc(str(c))}</td>" for c in row) + "</tr>" for row in rest[1]]
-        return "\n".join(lines + ["</table>"])
-    path, caption = rest
-    if not os.path.exists(path):
-        return f'<p class="missing">{esc(caption)}: missing (its step has not run)</p>'
+def _data_uri(path: str) -> str:
+    """The PNG at ``path`` as a data URI, to embed it in the page."""
     with open(path, "rb") as handle:
-        data = base64.b64encode(handle.read()).decode("ascii")
-    return (
-        f'<figure><img alt="{esc(caption)}" src="data:image/png;base64,{data}">'
-        f"<figcaption>{esc(caption)}</figcaption></figure>"
+        return "data:image/png;base64," + base64.b64encode(handle.read()).decode("ascii")
+
+
+def render(context: dict, html: bool, md_dir: str = ".") -> str:
+    """The page as self-contained HTML (every value escaped, every figure embedded), or as Markdown
+    whose figure links are relative to ``md_dir``, where it is written."""
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(HERE),
+        autoescape=html,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        undefined=jinja2.StrictUndefined,
     )
-
-
-def render_html(blocks: list[tuple]) -> str:
-    title = next((b[1] for b in blocks if b[0] == "h1"), "Study report")
-    out = [
-        "<!DOCTYPE html>",
-        '<html lang="en"><head><meta charset="utf-8">',
-        f"<title>{html.escape(title)}</title><style>{HTML_STYLE}</style></head><body>",
-    ]
-    out += [_html_block(kind, rest) for kind, *rest in blocks]
-    return "\n".join(out + ["</body></html>"]) + "\n"
+    env.filters["cell"] = lambda text: str(text).replace("|", "\\|").replace("\n", " ")
+    env.filters["relpath"] = lambda path: os.path.relpath(path, md_dir).replace(os.sep, "/")
+    env.filters["data_uri"] = _data_uri
+    text = env.get_template("report.j2").render(context, format="html.j2" if html else "markdown.j2")
+    return text if html else re.sub(r"\n{3,}", "\n\n", text).strip() + "\n"  # one blank line between blocks
 
 
 # ----------------------------------------------------------------------------- writing
-def collect_numbers(
-    settings: Settings, data: DataChoice, weights: WeightsChoice | None
-) -> dict[str, RunNumbers]:
-    """Every run's numbers with the study's reference and the verdict."""
-    runs = {}
-    for run in RUNS:
-        n = run_numbers(settings, run)
-        if n.pretrained is None and run.model == "XceptionBased" and weights and not n.best_val_epoch:
-            n.pretrained = weights.pretrained  # not trained yet: what it will start from
-        n.study = asdict(study_reference(run, n.pretrained))
-        n.verdict = verdict(run, n, data.demo)
-        runs[run.tag] = n
-    return runs
-
-
-def write_report(
-    settings: Settings,
-    data: DataChoice,
-    weights: WeightsChoice | None,
-    records: list[StepRecord],
-    status: Status,
-    total_seconds: float,
-    console: Console,
-    facts: dict,
-) -> dict:
-    """Write out/study_report.md, out/study_report.html and out/study_summary.json; the summary.
-    ``facts``: the models' parameter counts (``run_study.model_facts``)."""
-    runs = collect_numbers(settings, data, weights)
-    beyond = beyond_numbers(settings)
-    blocks = build_report(settings, data, facts, runs, weights, records, status, total_seconds, beyond)
-    md_path = os.path.join(settings.out_dir, "study_report.md")
-    html_path = os.path.join(settings.out_dir, "study_report.html")
-    atomic_write_text(md_path, render_markdown(blocks, settings.out_dir))
-    atomic_write_text(html_path, render_html(blocks))
-    figures = [block[1] for block in blocks if block[0] == "figure"]  # every figure the report shows
+def write_report(study: Study) -> tuple[str, str, str]:
+    """Write out/study_report.md, out/study_report.html and out/study_summary.json; their paths."""
+    s, data, facts = study.settings, study.data, study.facts
+    context = page_context(study)
+    md_path, html_path = (
+        os.path.join(s.out_dir, "study_report.md"),
+        os.path.join(s.out_dir, "study_report.html"),
+    )
+    atomic_write_text(md_path, render(context, html=False, md_dir=s.out_dir))
+    atomic_write_text(html_path, render(context, html=True))
+    demo = {
+        "demo_settings": data.demo_settings,
+        "counts": data.counts,
+        "demo_generation_seconds": data.generated_seconds,
+    }
+    protocol = {"optimizer": plan.OPTIMIZER, "lr": s.lr, "batch_size": s.batch_size, "epochs": s.epochs}
     summary = {
         "generated": time.strftime("%Y-%m-%dT%H:%M:%S"),
-        "status": asdict(status),
-        "total_seconds": round(total_seconds, 2),
-        "steps_cpu_seconds": round(sum(r.cpu_seconds or 0.0 for r in records), 2),
-        "data": {
-            "root": data.root,
-            "origin": data.origin,
-            "demo": data.demo,
-            "demo_settings": data.demo_settings,
-            "counts": data.counts,
-            "demo_generation_seconds": data.generated_seconds,
-        },
+        "status": asdict(study.status),
+        "total_seconds": round(study.total_seconds, 2),
+        "steps_cpu_seconds": round(sum(r.cpu_seconds or 0.0 for r in study.records), 2),
+        "data": {"root": data.root, "origin": data.origin, "demo": data.demo, **demo},
         "params": {name: facts[name] for name in ("SimpleNet", "XceptionBased")},
         "model_facts": facts,
-        "protocol": {
-            "optimizer": "Adam",
-            "lr": settings.lr,
-            "batch_size": settings.batch_size,
-            "epochs": settings.epochs,
-            "device": settings.device,
-            "seed": settings.seed,
-            "precise_bn": settings.precise_bn,
-        },
-        "xception_init": asdict(weights) if weights else None,
-        "runs": {tag: asdict(n) for tag, n in runs.items()},
-        "beyond": beyond,
-        "steps": [asdict(r) for r in records],
-        "figures": {p: os.path.exists(p) for p in figures},
+        "protocol": protocol | {"device": s.device, "seed": s.seed, "precise_bn": s.precise_bn},
+        "xception_init": asdict(study.weights) if study.weights else None,
+        "runs": {tag: asdict(n) for tag, n in study.runs.items()},
+        "beyond": study.beyond,
+        "steps": [asdict(r) for r in study.records],
+        # every figure the report shows, and whether it exists
+        "figures": {f.path: f.exists for figures in context["figures"].values() for f in figures},
         "report": {"markdown": md_path, "html": html_path},
     }
-    atomic_write_json(os.path.join(settings.out_dir, "study_summary.json"), summary)
-    console.say(
-        f"report: {md_path}, {html_path}; numbers: {os.path.join(settings.out_dir, 'study_summary.json')}"
-    )
-    return summary
+    summary_path = os.path.join(s.out_dir, "study_summary.json")
+    atomic_write_json(summary_path, summary)
+    return md_path, html_path, summary_path
 
 
-def outcome_status(failure, records: list[StepRecord], total: float) -> Status:
+def outcome_status(failure: StepFailed | None, records: list[StepRecord], total: float) -> Status:
     """How this invocation ended, from the failure (or None) and the step records."""
     if failure is not None:
         log = next((r.log for r in records if r.name == failure.step), None)
@@ -619,15 +390,3 @@ def outcome_status(failure, records: list[StepRecord], total: float) -> Status:
     ran = sum(r.status == "ran" for r in records)
     skipped = sum(r.status.startswith("skipped") for r in records)
     return Status(f"{ran} step(s) ran, {skipped} up to date, in {total:.1f} s.")
-
-
-def closing_notes(data: DataChoice, weights: WeightsChoice | None, status: Status, console: Console) -> None:
-    """The console's last lines: the outcome, and random init or demo data said again."""
-    console.say(f"study done: {status.text}")
-    if weights and not weights.pretrained:
-        console.say(
-            f"NOTE: XceptionBased was trained from RANDOM INITIALISATION, not ImageNet weights "
-            f"({weights.reason[:160]}); the report says so."
-        )
-    if data.demo:
-        console.say(f"NOTE: this study ran on DEMO data ({data.root}), not the course datasets.")

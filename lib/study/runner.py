@@ -11,7 +11,7 @@ import subprocess
 import sys
 import time
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from lib.cli import UserError
 from lib.fileio import ensure_dir
@@ -37,28 +37,28 @@ class Console:
         if progress and total:
             from tqdm import tqdm
 
-            self.bar = tqdm(
-                total=total,
-                desc="study",
-                unit="step",
-                dynamic_ncols=True,
-                disable=None,
-                leave=False,
-                bar_format="{desc} {n_fmt}/{total_fmt} steps [{elapsed}]{postfix}",
-            )
+            bar_format = "{desc} {n_fmt}/{total_fmt} steps [{elapsed}]{postfix}"
+            options = {"dynamic_ncols": True, "disable": None, "leave": False, "bar_format": bar_format}
+            self.bar = tqdm(total=total, desc="study", unit="step", **options)
+
+    def _live(self) -> bool:
+        return self.bar is not None and not self.bar.disable
 
     def say(self, text: str = "") -> None:
-        if self.bar is not None and not self.bar.disable:
+        """A line on the console, above the progress bar when there is one."""
+        if self._live():
             self.bar.write(text, file=sys.stdout)
         else:
             print(text, flush=True)
 
     def output(self, line: str) -> None:
+        """One line of a step's own output (not with --quiet)."""
         if not self.quiet:
             self.say(f"    | {line}")
 
     def status(self, step: str, text: str) -> None:
-        if self.bar is None or self.bar.disable:
+        """A step's partial line (its progress bar) as the study bar's postfix."""
+        if not self._live():
             return
         self.bar.set_postfix_str(f"{step}: {text[-80:]}", refresh=False)
         now = time.monotonic()
@@ -67,11 +67,13 @@ class Console:
             self._last_refresh = now
 
     def advance(self) -> None:
+        """One more step done."""
         if self.bar is not None:
             self.bar.set_postfix_str("", refresh=False)
             self.bar.update(1)
 
     def close(self) -> None:
+        """Remove the progress bar (the lines said stay)."""
         if self.bar is not None:
             self.bar.close()
 
@@ -94,13 +96,20 @@ class Outcome:
     cpu_seconds: float | None = None
     max_rss_mb: float | None = None
 
-    def usage_text(self) -> str:
-        if self.cpu_seconds is None:
-            return ""
-        return f" (CPU {self.cpu_seconds:.1f} s, peak memory {self.max_rss_mb:.0f} MB)"
+    def check(self, name: str, log: str, message: str) -> None:
+        """Raise StepFailed(``message``, naming the log) after printing the log's last lines, when
+        the subprocess failed."""
+        if self.code != 0:
+            print(f"---- last lines of {log}:", file=sys.stderr)
+            for line in self.tail[-15:]:
+                print(f"    {line}", file=sys.stderr)
+            raise StepFailed(
+                name, f"{message} (exit code {self.code}) after {self.seconds:.1f} s; see its log {log}"
+            )
 
 
 def child_env() -> dict:
+    """The environment of every subprocess: unbuffered output, a headless matplotlib."""
     env = dict(os.environ)
     env["PYTHONUNBUFFERED"] = "1"  # lines reach the log as they are printed
     env.setdefault("MPLBACKEND", "Agg")
@@ -114,15 +123,13 @@ def _stream(proc: subprocess.Popen, name: str, log, console: Console, tail: dequ
     pending = ""
 
     def emit(raw: str) -> None:
-        line = clean_line(raw)
-        if line:
+        if line := clean_line(raw):
             log.write(line + "\n")
             tail.append(line)
             console.output(line)
 
     while chunk := os.read(proc.stdout.fileno(), 65536):
-        pending += decoder.decode(chunk)
-        *lines, pending = pending.split("\n")
+        *lines, pending = (pending + decoder.decode(chunk)).split("\n")
         for raw in lines:
             emit(raw)
         if lines:
@@ -133,7 +140,7 @@ def _stream(proc: subprocess.Popen, name: str, log, console: Console, tail: dequ
 
 
 def run_command(name: str, argv: list[str], log_path: str, console: Console) -> Outcome:
-    """Run ``argv``; its output goes to the log (appended) and the console."""
+    """Run ``argv``, its output appended to the log and shown on the console; how it ended."""
     ensure_dir(os.path.dirname(log_path))
     tail: deque = deque(maxlen=25)
     start = time.monotonic()
@@ -158,7 +165,10 @@ def run_command(name: str, argv: list[str], log_path: str, console: Console) -> 
         finally:
             proc.stdout.close()
         outcome = Outcome(code, time.monotonic() - start, list(tail), **usage)
-        log.write(f"===== exit code {code} after {outcome.seconds:.1f} s{outcome.usage_text()}\n")
+        usage_text = (
+            f" (CPU {outcome.cpu_seconds:.1f} s, peak memory {outcome.max_rss_mb:.0f} MB)" if usage else ""
+        )
+        log.write(f"===== exit code {code} after {outcome.seconds:.1f} s{usage_text}\n")
     return outcome
 
 
@@ -191,122 +201,91 @@ class StepRecord:
     last_run_max_rss_mb: float | None = None
     resumed: str | None = None
 
+    def ran(self, outcome: Outcome) -> None:
+        """Record this invocation's usage, and as the last successful run's when it succeeded."""
+        self.seconds = round(outcome.seconds, 2)
+        self.cpu_seconds, self.max_rss_mb = outcome.cpu_seconds, outcome.max_rss_mb
+        self.status = "ran" if outcome.code == 0 else "failed"
+        if outcome.code == 0:
+            self.last_run_seconds, self.last_run_cpu_seconds = self.seconds, self.cpu_seconds
+            self.last_run_max_rss_mb = self.max_rss_mb
+
 
 @dataclass
-class StepRun:
-    """What running the selected steps gave: one record per step, and the failure, if any."""
+class Runner:
+    """Runs the plan's steps in order under the skip rule (their ``stamps``); ``force``: --force."""
 
-    records: list[StepRecord] = field(default_factory=list)
-    failure: StepFailed | None = None
+    plan: list[Step]
+    stamps: Stamps
+    force: bool
 
-    def record(self, name: str) -> StepRecord | None:
-        return next((r for r in self.records if r.name == name), None)
+    def reason(self, step: Step) -> str | None:
+        """Why the step would run now; None: it is up to date."""
+        return "--force" if self.force else stale_reason(step, self.stamps.read(step))
 
+    def records(self, logs_dir: str) -> list[StepRecord]:
+        """One record per step: not selected yet, with its last finished run's usage."""
+        records = []
+        for step in self.plan:
+            last = self.stamps.read(step) or Stamp(command=[], started_ns=0)
+            record = StepRecord(step.name, step.command, os.path.join(logs_dir, f"{step.name}.log"))
+            record.last_run_seconds, record.last_run_cpu_seconds = last.seconds, last.cpu_seconds
+            record.last_run_max_rss_mb = last.max_rss_mb
+            records.append(record)
+        return records
 
-def new_records(plan: list[Step], stamps: Stamps, logs_dir: str) -> list[StepRecord]:
-    records = []
-    for step in plan:
-        last = stamps.read(step) or Stamp(command=[], started_ns=0)
-        records.append(
-            StepRecord(
+    def run(self, selected: list[Step], records: list[StepRecord], console: Console) -> StepFailed | None:
+        """Run each selected step that is not up to date, updating its record; stop at the first
+        failure and return it (None: none failed)."""
+        by_name = {record.name: record for record in records}
+        try:
+            for position, step in enumerate(selected, 1):
+                self.run_one(step, f"[{position}/{len(selected)}] {step.name}", by_name[step.name], console)
+                console.advance()
+        except StepFailed as exc:
+            for step in selected:
+                if by_name[step.name].status == "not selected":
+                    by_name[step.name].status = "not reached"
+            return exc
+        finally:
+            console.close()
+        return None
+
+    def run_one(self, step: Step, head: str, record: StepRecord, console: Console) -> None:
+        """Run one step unless it is up to date; raises StepFailed naming its log when it fails."""
+        if (reason := self.reason(step)) is None:
+            record.status = "skipped (up to date)"
+            console.say(f"{head}: up to date, skipped")
+            return
+        if missing := [p for p in step.inputs if not os.path.exists(p)]:
+            maker = next((s.name for s in self.plan if missing[0] in s.outputs), "an earlier step")
+            record.status = "not run (missing input)"
+            raise StepFailed(
                 step.name,
-                step.command,
-                os.path.join(logs_dir, f"{step.name}.log"),
-                last_run_seconds=last.seconds,
-                last_run_cpu_seconds=last.cpu_seconds,
-                last_run_max_rss_mb=last.max_rss_mb,
+                f"step {step.name} needs {missing[0]}, which step {maker} makes; "
+                "run that step first (it was not selected or has not run)",
             )
+        previous = self.stamps.read(step)
+        record.resumed = resume_reason(step, previous)
+        console.say(f"{head}: running ({record.resumed or reason}) - log {record.log}")
+        stamp = self.stamps.start(step, previous)
+        outcome = run_command(
+            step.name, step.argv(["--resume"] if record.resumed else []), record.log, console
         )
-    return records
+        record.ran(outcome)
+        if outcome.code != 0:
+            console.close()  # the failure's lines go below the bar, not into it
+        outcome.check(step.name, record.log, f"step {step.name} failed")
+        self.stamps.finish(step, stamp, outcome.seconds, outcome.cpu_seconds, outcome.max_rss_mb)
+        console.say(f"{head}: done in {outcome.seconds:.1f} s")
 
-
-def run_steps(
-    plan: list[Step],
-    selected: list[Step],
-    stamps: Stamps,
-    records: list[StepRecord],
-    force: bool,
-    console: Console,
-) -> StepRun:
-    """Run each selected step that is not up to date, in order; stop at the first failure."""
-    result = StepRun(records)
-    try:
-        for position, step in enumerate(selected, 1):
-            run_one(
-                step,
-                f"[{position}/{len(selected)}] {step.name}",
-                plan,
-                stamps,
-                result.record(step.name),
-                force,
-                console,
-            )
-            console.advance()
-    except StepFailed as exc:
-        result.failure = exc
-        for record in records:
-            if record.status == "not selected" and any(s.name == record.name for s in selected):
-                record.status = "not reached"
-    finally:
-        console.close()
-    return result
-
-
-def run_one(
-    step: Step, head: str, plan: list[Step], stamps: Stamps, record: StepRecord, force: bool, console: Console
-) -> None:
-    """Run one step unless it is up to date; raises StepFailed naming its log when it fails."""
-    previous = stamps.read(step)
-    reason = "--force" if force else stale_reason(step, previous)
-    if reason is None:
-        record.status = "skipped (up to date)"
-        console.say(f"{head}: up to date, skipped")
-        return
-    missing = [p for p in step.inputs if not os.path.exists(p)]
-    if missing:
-        maker = next((s.name for s in plan if missing[0] in s.outputs), "an earlier step")
-        record.status = "not run (missing input)"
-        raise StepFailed(
-            step.name,
-            f"step {step.name} needs {missing[0]}, which step {maker} makes; "
-            "run that step first (it was not selected or has not run)",
-        )
-    record.resumed = resume_reason(step, previous)
-    extra = ["--resume"] if record.resumed else []
-    console.say(f"{head}: running ({record.resumed or reason}) - log {record.log}")
-    stamp = stamps.start(step, previous)
-    outcome = run_command(step.name, step.argv(extra), record.log, console)
-    record.seconds = round(outcome.seconds, 2)
-    record.cpu_seconds, record.max_rss_mb = outcome.cpu_seconds, outcome.max_rss_mb
-    if outcome.code != 0:
-        record.status = "failed"
-        console.close()
-        print(f"---- last lines of {record.log}:", file=sys.stderr)
-        for line in outcome.tail[-15:]:
-            print(f"    {line}", file=sys.stderr)
-        raise StepFailed(
-            step.name,
-            f"step {step.name} failed (exit code {outcome.code}) after "
-            f"{outcome.seconds:.1f} s; see its log {record.log}",
-        )
-    stamps.finish(step, stamp, outcome.seconds, outcome.cpu_seconds, outcome.max_rss_mb)
-    record.status = "ran"
-    record.last_run_seconds, record.last_run_cpu_seconds = record.seconds, record.cpu_seconds
-    record.last_run_max_rss_mb = record.max_rss_mb
-    console.say(f"{head}: done in {outcome.seconds:.1f} s")
-
-
-def print_plan(
-    plan: list[Step], selected: list[Step], stamps: Stamps, force: bool, report: bool, console: Console
-) -> int:
-    """--dry_run: each step, whether and why it would run, and its command."""
-    for index, step in enumerate(plan, 1):
-        if step not in selected:
-            state = "not selected"
-        else:
-            reason = "--force" if force else stale_reason(step, stamps.read(step))
-            state = f"would run ({reason})" if reason else "up to date, would skip"
-        console.say(f"[{index:2d}] {step.name:30s} {state}")
-        console.say(f"     {shlex.join([os.path.basename(sys.executable)] + step.command)}")
-    console.say(f"report: {'would be written' if report else 'skipped'}")
-    return 0
+    def print_plan(self, selected: list[Step], report: bool, console: Console) -> int:
+        """--dry_run: each step, whether and why it would run, and its command; returns 0."""
+        for index, step in enumerate(self.plan, 1):
+            reason = self.reason(step) if step in selected else None
+            state = "not selected" if step not in selected else "up to date, would skip"
+            state = f"would run ({reason})" if reason else state
+            console.say(f"[{index:2d}] {step.name:30s} {state}")
+            console.say(f"     {shlex.join([os.path.basename(sys.executable)] + step.command)}")
+        console.say(f"report: {'would be written' if report else 'skipped'}")
+        return 0

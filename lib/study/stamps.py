@@ -1,10 +1,5 @@
-"""When a step is up to date, and when an interrupted training is resumed.
-
-The rule: a step is skipped when its stamp says it finished with the same command, its outputs are
-still the ones it wrote, and none of its inputs (data, the files of earlier steps, its code) changed
-since it started; --force runs it anyway. A training step that did not finish is resumed when its
-``_last.pt`` holds an unfinished run of that same command.
-"""
+"""When a step is up to date (``RULE``), and when an interrupted training is resumed: a training
+step that did not finish continues when its ``_last.pt`` holds an unfinished run of that command."""
 
 from __future__ import annotations
 
@@ -46,6 +41,7 @@ class Stamp:
 
     @classmethod
     def from_json(cls, content) -> Stamp | None:
+        """The stamp a JSON object holds; None when it is not one (unknown keys are left out)."""
         names = {f.name for f in fields(cls)}
         if not isinstance(content, dict) or not {"command", "started_ns"} <= set(content):
             return None
@@ -53,23 +49,21 @@ class Stamp:
 
 
 # ----------------------------------------------------------------------------- signatures
-def missing_sections(path: str, section: str | tuple[str, ...], content: dict | None = None) -> list[str]:
-    """The sections (one name or a tuple of names) that the JSON at ``path`` (or its ``content``,
-    already read) lacks."""
+def missing_sections(path: str, sections: tuple[str, ...], content: dict | None = None) -> list[str]:
+    """The ``sections`` that the JSON at ``path`` (or its ``content``, already read) lacks."""
     content = read_json_object(path) if content is None else content
-    names = (section,) if isinstance(section, str) else section
-    return [name for name in names if content.get(name) is None]
+    return [name for name in sections if content.get(name) is None]
 
 
-def output_signature(path: str, section: str | tuple[str, ...] | None = None) -> str | None:
+def output_signature(path: str, sections: tuple[str, ...] = ()) -> str | None:
     """What an output is now: the file's size and modification time, or for sections of a shared
     JSON (which other steps also write), a digest of those sections. None: missing."""
-    if section is not None:
+    if sections:
         content = read_json_object(path)
-        if missing_sections(path, section, content):
+        if missing_sections(path, sections, content):
             return None
         # one section: its digest alone (as stamps of earlier versions recorded it)
-        content = content[section] if isinstance(section, str) else {name: content[name] for name in section}
+        content = content[sections[0]] if len(sections) == 1 else {name: content[name] for name in sections}
         return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()
     try:
         st = os.stat(path)
@@ -79,6 +73,7 @@ def output_signature(path: str, section: str | tuple[str, ...] | None = None) ->
 
 
 def _mtime(path: str) -> int | None:
+    """The file's modification time in ns; None when it is missing."""
     try:
         return os.stat(path).st_mtime_ns
     except OSError:
@@ -165,9 +160,11 @@ class Stamps:
         self.folder = os.path.join(out_dir, ".study_stamps")
 
     def path(self, step: Step) -> str:
+        """The stamp file of the step."""
         return os.path.join(self.folder, f"{step.name}.json")
 
     def read(self, step: Step) -> Stamp | None:
+        """The step's stamp; None when it has none (or an unreadable one)."""
         return Stamp.from_json(read_json_object(self.path(step)) or None)
 
     def start(self, step: Step, previous: Stamp | None) -> Stamp:
@@ -185,7 +182,7 @@ class Stamps:
     ) -> None:
         """Record that the step finished, with the signatures of what it wrote."""
         stamp.finished = True
-        stamp.outputs = {p: output_signature(p, step.sections.get(p)) for p in step.outputs}
+        stamp.outputs = {path: output_signature(path, sections) for path, sections in step.outputs.items()}
         stamp.seconds, stamp.cpu_seconds, stamp.max_rss_mb = round(seconds, 3), cpu_seconds, max_rss_mb
         stamp.finished_at = time.strftime("%Y-%m-%dT%H:%M:%S")
         atomic_write_json(self.path(step), asdict(stamp))
@@ -201,13 +198,12 @@ def stale_reason(step: Step, stamp: Stamp | None) -> str | None:
         return "its command changed"
     if not stamp.finished:
         return "it did not finish last time"
-    for path in step.outputs:
-        section = step.sections.get(path)
-        signature = output_signature(path, section)
+    for path, sections in step.outputs.items():
+        signature = output_signature(path, sections)
         if signature is None:
-            if section is None:
+            if not sections:
                 return f"output {path} is missing"
-            return f"{path} has no '{missing_sections(path, section)[0]}' section"
+            return f"{path} has no '{missing_sections(path, sections)[0]}' section"
         if signature != stamp.outputs.get(path):
             return f"output {path} was changed since this step made it"
     return changed_since(step, stamp.started_ns)

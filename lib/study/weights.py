@@ -35,22 +35,10 @@ def probe_xception_weights(explicit: str | None, allow_download: bool) -> dict:
     env = child_env()
     if not allow_download:
         env["XCEPTION_NO_DOWNLOAD"] = "1"
-    explicit_flag = ["--xception_weights", explicit] if explicit else []
+    argv = [sys.executable, os.path.join(HERE, "train_main.py"), "-m", "XceptionBased", "--check_weights"]
+    argv += ["--xception_weights", explicit] if explicit else []
     done = subprocess.run(
-        [
-            sys.executable,
-            os.path.join(HERE, "train_main.py"),
-            "-m",
-            "XceptionBased",
-            "--check_weights",
-            *explicit_flag,
-        ],
-        env=env,
-        cwd=HERE,
-        stdout=subprocess.PIPE,
-        stderr=None,
-        stdin=subprocess.DEVNULL,
-        text=True,
+        argv, env=env, cwd=HERE, stdout=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True
     )
     lines = done.stdout.strip().splitlines()
     try:
@@ -59,15 +47,14 @@ def probe_xception_weights(explicit: str | None, allow_download: bool) -> dict:
         result = None
     if done.returncode != 0 or not isinstance(result, dict):
         raise UserError(
-            f"looking for the Xception ImageNet weights failed (exit code "
-            f"{done.returncode}): {' '.join(lines[-3:]) or 'no output'}; pass "
-            f"--xception_weights PATH or --no_pretrained"
+            f"looking for the Xception ImageNet weights failed (exit code {done.returncode}): "
+            f"{' '.join(lines[-3:]) or 'no output'}; pass --xception_weights PATH or --no_pretrained"
         )
     return result
 
 
 def choose_xception_weights(args, console: Console) -> WeightsChoice:
-    """Decide how XceptionBased starts: ImageNet weights when xception.py finds them, else random.
+    """How XceptionBased starts: ImageNet weights when xception.py finds them, else random.
 
     An explicit --xception_weights / $XCEPTION_WEIGHTS that cannot be used is an error (it was
     asked for); not finding any weights falls back to random initialisation, announced loudly.
@@ -76,34 +63,26 @@ def choose_xception_weights(args, console: Console) -> WeightsChoice:
         return WeightsChoice(False, ["--no_pretrained"], "--no_pretrained was given")
     explicit = args.xception_weights or os.environ.get("XCEPTION_WEIGHTS", "").strip() or None
     console.say(
-        "XceptionBased: looking for ImageNet weights"
-        + (" (dry run: no download)" if args.dry_run else " ...")
+        f"XceptionBased: looking for ImageNet weights{' (dry run: no download)' if args.dry_run else ' ...'}"
     )
-    result = probe_xception_weights(
-        args.xception_weights and os.path.abspath(args.xception_weights), allow_download=not args.dry_run
-    )
+    given = args.xception_weights and os.path.abspath(args.xception_weights)
+    result = probe_xception_weights(given, allow_download=not args.dry_run)
     if result.get("found"):
-        source = os.path.abspath(result["source"])
-        console.say(f"XceptionBased: ImageNet weights {source} (found via {result.get('origin')})")
-        return WeightsChoice(
-            True, ["--xception_weights", source], f"ImageNet weights {source} ({result.get('origin')})"
-        )
+        source, origin = os.path.abspath(result["source"]), result.get("origin")
+        console.say(f"XceptionBased: ImageNet weights {source} (found via {origin})")
+        return WeightsChoice(True, ["--xception_weights", source], f"ImageNet weights {source} ({origin})")
     details = str(result.get("error", "not found"))
     if explicit or args.require_pretrained:
         asked = "--xception_weights/$XCEPTION_WEIGHTS" if explicit else "--require_pretrained"
         raise UserError(f"XceptionBased ImageNet weights ({asked}): {details}")
     warn_random_init(console, details, args.dry_run)
-    return WeightsChoice(
-        False,
-        ["--no_pretrained"],
-        "no ImageNet weights were found: none given (--xception_weights, "
-        "$XCEPTION_WEIGHTS), none in the torch hub cache, "
-        + ("no download tried (--dry_run)" if args.dry_run else "no download possible"),
-        details,
-    )
+    tried = "no download tried (--dry_run)" if args.dry_run else "no download possible"
+    reason = "no ImageNet weights were found: none given (--xception_weights, $XCEPTION_WEIGHTS), none in "
+    return WeightsChoice(False, ["--no_pretrained"], f"{reason}the torch hub cache, {tried}", details)
 
 
 def warn_random_init(console: Console, details: str, dry_run: bool) -> None:
+    """The console's loud warning that XceptionBased trains from random initialisation."""
     console.say(LOUD)
     console.say("WARNING: NO IMAGENET WEIGHTS FOUND FOR XceptionBased.")
     console.say("XceptionBased WILL TRAIN FROM RANDOM INITIALISATION (--no_pretrained).")
