@@ -17,35 +17,23 @@ from torchvision import transforms as T
 
 import grad_cam_analysis
 import numerical_analysis
-import saliency_map
 from lib import class_means, faithfulness, gradcam, metrics_json, saliency, sampling, scores
 from lib.cli import UserError, run_cli
 from lib.transforms import NORMALIZE_MEAN, NORMALIZE_STD
 from models import SimpleNet
 from utils import load_dataset, load_model
 
-
-@pytest.fixture(autouse=True, scope="module")
-def flush_denormals():
-    """Random-init Xception activations decay into float32 denormals, which are ~10x slower on the
-    CPU; flushing them to zero keeps these tests fast and changes no checked number."""
-    before = torch.set_flush_denormal(True)
-    yield
-    torch.set_flush_denormal(False)
-    del before
+pytestmark = pytest.mark.usefixtures("flush_denormals")  # random-init Xception (conftest.py)
 
 
 @pytest.fixture(scope="module")
 def checkpoints(module_tmp):
-    """Random-init checkpoints of both models (as train_main.py writes them)."""
-    folder = module_tmp("ckpt")
-    paths = {}
-    for seed, name in enumerate(("SimpleNet", "XceptionBased")):
-        torch.manual_seed(seed)
-        model = load_model(name, pretrained=False)
-        paths[name] = str(folder / f"{name}.pt")
-        torch.save({"model": model.state_dict(), "val_acc": 50.0, "test_acc": 50.0, "epoch": 1}, paths[name])
-    return paths
+    """A random-init SimpleNet checkpoint (seed 0, as train_main.py writes it), by model name. Every
+    command x model is run by test_analysis_matrix.py; these tests check SimpleNet's numbers."""
+    torch.manual_seed(0)
+    path = str(module_tmp("ckpt") / "SimpleNet.pt")
+    torch.save({"model": SimpleNet().state_dict(), "val_acc": 50.0, "test_acc": 50.0, "epoch": 1}, path)
+    return {"SimpleNet": path}
 
 
 def script_args(model, checkpoints, tiny_root, tmp_path, *extra):
@@ -124,20 +112,6 @@ def test_numerical_analysis_matches_sklearn_on_independent_forward(checkpoints, 
     for name in ("roc_curve", "det_curve"):
         with Image.open(tmp_path / "figures" / f"fakes_dataset_SimpleNet_{name}.png") as image:
             assert image.format == "PNG"
-
-
-@pytest.mark.parametrize("model", ["SimpleNet", "XceptionBased"])
-def test_numerical_analysis_figure_names(model, checkpoints, tiny_root, tmp_path):
-    args = script_args(model, checkpoints, tiny_root, tmp_path, "--out_dir", str(tmp_path / "out"))
-    args[args.index("fakes_dataset")] = "synthetic_dataset"
-    assert run_cli(numerical_analysis.main, args) == 0
-    names = sorted(os.listdir(tmp_path / "figures"))
-    assert names == [
-        f"synthetic_dataset_{model}_det_curve.png",
-        f"synthetic_dataset_{model}_reliability_diagram.png",
-        f"synthetic_dataset_{model}_roc_curve.png",
-    ]
-    assert os.listdir(tmp_path / "out") == [f"synthetic_dataset_{model}_metrics.json"]
 
 
 def test_scores_a_and_b_are_the_raw_columns_not_complementary():
@@ -254,16 +228,6 @@ def test_pick_mixed_indices_is_deterministic_and_mixed():
     assert (balanced >= 50).sum() == 18
 
 
-def test_saliency_script_writes_both_figures(checkpoints, tiny_root, tmp_path, capsys):
-    args = script_args("SimpleNet", checkpoints, tiny_root, tmp_path, "-b", "4", "--seed", "1")
-    assert run_cli(saliency_map.main, args) == 0
-    assert sorted(os.listdir(tmp_path / "figures")) == [
-        "fakes_dataset_SimpleNet_mean_saliency_maps.png",
-        "fakes_dataset_SimpleNet_saliency_maps_and_images_pairs.png",
-    ]
-    assert "4 real and 2 fake" in capsys.readouterr().out
-
-
 def test_saliency_pairs_figure_layout():
     images = np.zeros((36, 3, 16, 16), np.uint8)
     labels = np.array([0] * 18 + [1] * 18)
@@ -360,32 +324,6 @@ def test_faithfulness_accumulator_tests_only_its_images():
     assert subset.summary()["mean_confidence"] == pytest.approx(alone.summary()["mean_confidence"])
     with pytest.raises(ValueError, match="indices"):
         subset(images, labels, maps)  # a filter without indices would silently test every image
-
-
-@pytest.mark.parametrize("model", ["SimpleNet", "XceptionBased"])
-def test_grad_cam_script_figures_and_json(model, checkpoints, tiny_root, tmp_path, capsys):
-    out_dir = tmp_path / "out"
-    out_dir.mkdir()
-    json_path = out_dir / f"fakes_dataset_{model}_metrics.json"
-    json_path.write_text(json.dumps({"numerical": {"auc_b": 0.5}}))
-    fractions = ["0.1", "0.3"] if model == "SimpleNet" else ["0.2"]
-    extra = ["--out_dir", str(out_dir), "--seed", "2", "--fractions", *fractions]
-    if model == "XceptionBased":  # keep the CPU cost small: 2 images for the mean and the test
-        extra += ["--max_images", "2"]
-    assert run_cli(grad_cam_analysis.main, script_args(model, checkpoints, tiny_root, tmp_path, *extra)) == 0
-    assert sorted(os.listdir(tmp_path / "figures")) == sorted(
-        f"fakes_dataset_{model}_{n}.png"
-        for n in ("Real_Image_grad_cam", "Fake_Image_grad_cam", "mean_grad_cam")
-    )
-    content = json.loads(json_path.read_text())
-    assert content["numerical"] == {"auc_b": 0.5}
-    section = content["grad_cam"]
-    assert section["target_layer"] == "conv3"
-    assert section["fractions"] == [float(f) for f in fractions]
-    assert section["n_images"] == (2 if model == "XceptionBased" else 6)
-    assert section["n_real"] + section["n_fake"] == section["n_images"]
-    assert len(section["map_drop"]) == len(fractions) and np.isfinite(section["faithfulness_gap"])
-    assert "faithfulness gap" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize(
