@@ -144,7 +144,7 @@ def _eval_result(accuracy: float) -> EvalResult:
 
 
 def test_checkpoint_only_on_strict_val_improvement(tmp_path, tiny_root, monkeypatch):
-    import trainer as trainer_module
+    from lib import run_files
 
     datasets = [utils.load_dataset("fakes_dataset", p, tiny_root) for p in utils.SPLITS]
     model = SimpleNet()
@@ -178,9 +178,9 @@ def test_checkpoint_only_on_strict_val_improvement(tmp_path, tiny_root, monkeypa
         ),
     )
     saved = []
-    real_save = trainer_module.atomic_torch_save
+    real_save = run_files.atomic_torch_save
     monkeypatch.setattr(
-        trainer_module,
+        run_files,
         "atomic_torch_save",
         lambda obj, path: (
             saved.append(obj["epoch"]) if not path.endswith("_last.pt") else None,
