@@ -142,6 +142,7 @@ def _flip_where(images: torch.Tensor, flips: torch.Tensor) -> torch.Tensor:
 
 
 def _crop_twin(step: v2.RandomCrop) -> RandomCropUint8:
+    """The twin of a RandomCrop that keeps the image size and pads with zeros; others are refused."""
     padding = step.padding or [0]
     if step.size != (IMAGE_SIZE, IMAGE_SIZE) or len(set(padding)) != 1 or step.padding_mode != "constant":
         raise _no_twin(step, f" (only RandomCrop({IMAGE_SIZE}, padding=p) with zero fill has one)")
