@@ -27,6 +27,7 @@ from lib.cli import (
     run_cli,
     seed_int,
 )
+from lib.distributed import init_distributed
 from lib.flags import add_data_root_flag, add_dataset_flag
 from lib.memory import add_activation_checkpointing_flag, apply_image_cache, resolve_activation_checkpointing
 from lib.metrics import fmt
@@ -34,7 +35,6 @@ from trainer import LoggingParameters, Trainer, check_output_paths, json_safe_op
 from utils import (
     MODEL_NAMES,
     OPTIMIZER_NAMES,
-    get_device,
     get_nof_params,
     load_dataset,
     load_model,
@@ -194,25 +194,6 @@ def trainer_options(args, device: torch.device) -> dict:
     )
 
 
-def init_distributed(device_flag: str) -> torch.device:
-    """Join the torchrun process group when launched by torchrun (gloo on CPU, nccl on CUDA)."""
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
-        return get_device(device_flag)
-    device = get_device(device_flag)
-    if device.type == "cuda":
-        local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-        if local_rank >= torch.cuda.device_count():
-            raise UserError(
-                f"torchrun --nproc_per_node: local rank {local_rank} but only "
-                f"{torch.cuda.device_count()} GPU(s) here; use at most one process per GPU"
-            )
-        device = torch.device("cuda", local_rank)
-        torch.cuda.set_device(device)
-    if not torch.distributed.is_initialized():
-        torch.distributed.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    return device
-
-
 def check_weights(args) -> int:
     """``--check_weights``: where the ImageNet weights of ``-m`` come from, as one JSON line."""
     import xception
@@ -318,7 +299,7 @@ def _train(args, device: torch.device) -> int:
         print(
             f"done: best val epoch {best}, val acc {run['best_val_acc']:.2f}%, test acc at that epoch "
             f"{run['test_acc_at_best']:.2f}%, test AUC(fake) {fmt(auc)}; "
-            f"json {paths['json']}; checkpoint {paths['best']}"
+            f"json {paths.json}; checkpoint {paths.best}"
         )
     return 0
 

@@ -375,7 +375,7 @@ def warm_up_loaders(trainer: Trainer, data: dict) -> None:
     loaders, which starts their persistent workers (on CUDA the cache moves to the GPU), and take
     the first batch of each to the device."""
     for split in ("train", "val", "test"):
-        trainer._to_device(*next(iter(trainer._loader(data[split], train=split == "train"))))
+        next(iter(trainer._batches(data[split], train=split == "train")))
     _sync(trainer.device)
 
 
@@ -699,7 +699,7 @@ def data_costs(train: FacesDataset, batch_size: int) -> dict:
     """Milliseconds per image of each way of producing a normalised training batch: the course
     path (PIL decode + v1 transforms), decoding to uint8, and the cached path's gather, augment and
     normalise-to-channels-last (best of 5)."""
-    from lib.transforms import augment_uint8, draw_augmentation, normalize_batch
+    from lib.transforms import normalize_batch
 
     n = min(len(train), batch_size)
     course = CourseFacesDataset(train, train=True)
@@ -714,13 +714,14 @@ def data_costs(train: FacesDataset, batch_size: int) -> dict:
     decode = (time.perf_counter() - start) / n
     cache = train.cache_images(progress=False)
     indices = torch.randperm(len(train))[:n]
-    params = draw_augmentation(n, torch.Generator().manual_seed(0))
+    batched = get_transforms("train").batched()
+    params = batched.draw(n, torch.Generator().manual_seed(0))
     best = {"gather": math.inf, "augment": math.inf, "normalize_channels_last": math.inf}
     for _ in range(5):
         t0 = time.perf_counter()
         batch = cache[indices]
         t1 = time.perf_counter()
-        batch = augment_uint8(batch, params)
+        batch = batched.augment(batch, params)
         t2 = time.perf_counter()
         normalize_batch(batch, torch.channels_last)
         t3 = time.perf_counter()

@@ -1,16 +1,19 @@
-"""The uint8 batch paths shared by the Trainer and the analysis scripts.
+"""How batches reach the model: the Trainer's three batch paths, and the uint8 batches of the analyses.
 
-A ``FacesDataset`` hands out decoded 3x256x256 uint8 images. Instead of transforming one image at a
-time, these helpers load whole batches as one uint8 tensor, crop and flip them there when training
-(``augment_uint8`` with per-image parameters drawn up front, so workers and processes agree), and
-normalise on the device (``normalize_batch``). The arithmetic equals the study's transforms
-(docs/design.md#transforms). Batches come from a ``DataLoader`` over ``UInt8Batches`` or, for a
-split cached in RAM, straight from the cache (``CachedBatches``).
+A ``FacesDataset`` hands out decoded 3x256x256 uint8 images. When its transform has a batched form
+(``transform.batched()``, ``transforms.BatchedTransform``), whole batches are loaded as one uint8
+tensor, augmented there with per-image parameters drawn up front from (seed, epoch) (so workers and
+processes agree), and normalised on the device; the arithmetic equals the per-image transform
+(docs/design.md#transforms). Those batches come straight from a split's uint8 cache on the device
+(``CachedBatches``) or from a ``DataLoader`` over ``UInt8Batches``. Any other dataset goes through
+a plain ``DataLoader``, image by image. ``choose_batch_path`` picks one of the three, once per
+dataset (docs/design.md#trainer).
 """
 
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Iterator
 
 import torch
@@ -18,40 +21,43 @@ from torch.utils.data import BatchSampler, DataLoader, Dataset, DistributedSampl
 from tqdm import tqdm
 
 from lib.cli import UserError
-from lib.transforms import augment_uint8, draw_augmentation
+from lib.transforms import BatchedTransform, normalize_batch
 
 
 class UInt8Batches(Dataset):
     """Loads a batch of a ``FacesDataset`` as one uint8 tensor, augmented when asked.
 
-    Indexed by a list of ``(index, top, left, flip)`` rows (or plain indices for no augmentation)
-    so that every worker, and every rank, applies the parameters the main process drew.
+    Indexed by a list of ``(index, *parameters)`` rows (or plain indices for no augmentation), so
+    that every worker, and every rank, applies the parameters the main process drew with
+    ``batched``.
     """
 
-    def __init__(self, dataset):
-        self.dataset = dataset
+    def __init__(self, dataset, batched: BatchedTransform | None = None):
+        self.dataset, self.batched = dataset, batched
         self.labels = dataset.labels
 
     def __len__(self):
         return len(self.dataset)
 
     def __getitem__(self, rows):
-        return batch_of_rows(self.dataset.load_uint8_batch, self.labels, as_rows(rows))
+        return batch_of_rows(self.dataset.load_uint8_batch, self.labels, as_rows(rows), self.batched)
 
 
 def as_rows(rows) -> torch.Tensor:
-    """A batch sampler's list of ``(index, top, left, flip)`` rows or plain indices, as an
-    N x 4 (or N x 1) long tensor."""
-    return torch.as_tensor(rows, dtype=torch.long).reshape(len(rows), -1)
+    """A batch sampler's list of ``(index, *parameters)`` rows or plain indices, as an N x (1 +
+    parameters) float64 tensor (exact for every index and integer parameter)."""
+    return torch.as_tensor(rows, dtype=torch.float64).reshape(len(rows), -1)
 
 
-def batch_of_rows(load, labels: torch.Tensor, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(uint8 images, labels) of one batch: ``load(indices)`` gives the images, which are cropped
-    and flipped with the rows' parameters when the rows carry them (``transforms.augment_uint8``)."""
-    indices = rows[:, 0]
+def batch_of_rows(
+    load, labels: torch.Tensor, rows: torch.Tensor, batched: BatchedTransform | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(uint8 images, labels) of one batch: ``load(indices)`` gives the images, which go through
+    ``batched.augment`` with the rows' parameters when the rows carry them."""
+    indices = rows[:, 0].long()
     images = load(indices)
-    if rows.shape[1] == 4:
-        images = augment_uint8(images, rows[:, 1:])
+    if rows.shape[1] > 1:
+        images = batched.augment(images, rows[:, 1:])
     return images, labels[indices]
 
 
@@ -63,18 +69,19 @@ def seeded_generator(seed: int, counter: int) -> torch.Generator:
 
 
 class AugmentedBatchSampler:
-    """Batches of (index, top, left, flip) rows: a DistributedSampler's order plus per-index
-    augmentation drawn from (seed, epoch), so results do not depend on workers or world size."""
+    """Batches of (index, *parameters) rows: a DistributedSampler's order plus every image's
+    parameters drawn by ``draw`` from (seed, epoch), so results do not depend on workers or world
+    size."""
 
-    def __init__(self, sampler: DistributedSampler, batch_size: int, n: int, seed: int):
-        self.sampler, self.batch_size, self.n, self.seed = sampler, batch_size, n, seed
+    def __init__(self, sampler: DistributedSampler, batch_size: int, n: int, seed: int, draw):
+        self.sampler, self.batch_size, self.n, self.seed, self.draw = sampler, batch_size, n, seed, draw
 
     def __len__(self):
         return math.ceil(len(self.sampler) / self.batch_size)
 
     def __iter__(self):
         generator = seeded_generator(self.seed, self.sampler.epoch + 1)
-        params = draw_augmentation(self.n, generator).tolist()
+        params = self.draw(self.n, generator).tolist()
         for batch in BatchSampler(self.sampler, self.batch_size, drop_last=False):
             yield [[i, *params[i]] for i in batch]
 
@@ -92,13 +99,16 @@ class CachedBatches:
     """Batches straight from a dataset's decoded uint8 cache, on the training device.
 
     The same batches as the ``DataLoader`` path (same sampler, same augmentation rows), without a
-    loader: gather, augment (``transforms.augment_uint8``) and return uint8; the trainer normalises. On
-    CUDA the cache and the labels are copied to the GPU once, so an epoch moves no image data
-    between host and device. On the CPU the cache tensor is used as it is.
+    loader: gather, augment (``batched.augment``) and return uint8. On CUDA the cache and the
+    labels are copied to the GPU once (``BatchPath``), so an epoch moves no image data between host
+    and device. On the CPU the cache tensor is used as it is.
     """
 
-    def __init__(self, images: torch.Tensor, labels: torch.Tensor, batches, device: torch.device):
+    def __init__(
+        self, images: torch.Tensor, labels: torch.Tensor, batches, device: torch.device, batched=None
+    ):
         self.images, self.labels, self.batches, self.device = images, labels, batches, device
+        self.batched = batched
 
     def __len__(self):
         return len(self.batches)
@@ -112,7 +122,7 @@ class CachedBatches:
             rows = as_rows(rows)
             if self.device.type == "cuda":  # pinned + non_blocking: no wait for the queued steps
                 rows = rows.pin_memory().to(self.device, non_blocking=True)
-            yield batch_of_rows(self.images.__getitem__, self.labels, rows)
+            yield batch_of_rows(self.images.__getitem__, self.labels, rows, self.batched)
 
 
 class EvalShard(torch.utils.data.Sampler):
@@ -129,6 +139,120 @@ class EvalShard(torch.utils.data.Sampler):
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
+
+
+def epoch_sampler(n: int, train: bool, rank: int, world_size: int, seed: int):
+    """This process's order of one epoch: shuffled from (seed, epoch) for training (a
+    DistributedSampler, also in one process; ``set_epoch`` before each epoch), dataset order for
+    evaluation (under torchrun rank r of W takes r, r+W, ...)."""
+    if not train and world_size > 1:
+        return EvalShard(n, rank, world_size)
+    return DistributedSampler(
+        range(n), num_replicas=world_size, rank=rank, shuffle=train, seed=seed, drop_last=False
+    )
+
+
+def default_num_workers(datasets) -> int:
+    """DataLoader workers when none are asked for: 0 when every split is cached in RAM (batches
+    come straight from the cache), else up to 4, leaving a core to the training process."""
+    if all(getattr(d, "cached", False) for d in datasets):
+        return 0
+    return min(4, max(1, (os.cpu_count() or 2) - 1))
+
+
+def batched_form_of(dataset) -> BatchedTransform | None:
+    """The batched form its transform gives (``transform.batched()``) for a dataset that loads uint8
+    batches; ``None`` when it has none. A transform that refuses (``UserError``) stops here."""
+    batched = getattr(getattr(dataset, "transform", None), "batched", None)
+    if batched is None or not hasattr(dataset, "load_uint8_batch"):
+        return None
+    return batched()
+
+
+def choose_batch_path(
+    dataset, device: torch.device, num_workers: int, workers_asked: bool, memory_format: torch.memory_format
+) -> BatchPath:
+    """The batch path of ``dataset``, decided here once (docs/design.md#trainer):
+
+    - a batched form and a split cached in RAM, on CUDA or without workers asked for: batches
+      straight from the cache (``CachedBatches``; on CUDA the cache is copied to the GPU now);
+    - a batched form otherwise: a ``DataLoader`` of uint8 batches (``UInt8Batches``);
+    - no batched form (a plain torchvision transform, another dataset): a plain ``DataLoader``.
+    """
+    batched = batched_form_of(dataset)
+    from_cache = (
+        batched is not None
+        and getattr(dataset, "cached", False)
+        and (device.type == "cuda" or num_workers == 0 or not workers_asked)
+    )
+    cache = (
+        (dataset.cache_images(progress=False).to(device), dataset.labels.to(device)) if from_cache else None
+    )
+    return BatchPath(dataset, batched, device, num_workers, memory_format, cache)
+
+
+class BatchPath:
+    """How the batches of one dataset reach the model (see ``choose_batch_path``): ``batched`` is
+    the transform's batched form (``None``: image by image through a plain DataLoader) and
+    ``cache`` the split's uint8 images and labels on the device (``None``: through a DataLoader)."""
+
+    def __init__(self, dataset, batched, device, num_workers: int, memory_format, cache=None):
+        self.dataset, self.batched, self.cache = dataset, batched, cache
+        self.device, self.num_workers, self.memory_format = device, num_workers, memory_format
+
+    def epoch_batches(self, sampler, batch_size: int, seed: int, train: bool) -> DeviceBatches:
+        """The batches of ``sampler``'s order, kept from epoch to epoch (persistent workers);
+        augmented in training when the batched form draws parameters."""
+        if train and self.batched is not None and self.batched.random:
+            batches = AugmentedBatchSampler(sampler, batch_size, len(self.dataset), seed, self.batched.draw)
+        else:
+            batches = BatchSampler(sampler, batch_size, drop_last=False)
+        return DeviceBatches(self._source(batches, persistent=True), self._to_device, sampler)
+
+    def fixed_batches(self, batches: list[list[int]]) -> DeviceBatches:
+        """These batches of indices once, without augmentation (the batched form's evaluation)."""
+        return DeviceBatches(self._source(batches, persistent=False), self._to_device)
+
+    def _source(self, batches, persistent: bool):
+        if self.cache is not None:
+            return CachedBatches(*self.cache, batches, self.device, self.batched)
+        workers = dict(
+            num_workers=self.num_workers,
+            pin_memory=self.device.type == "cuda",
+            persistent_workers=persistent and self.num_workers > 0,
+        )
+        if self.batched is None:
+            return DataLoader(self.dataset, batch_sampler=batches, **workers)
+        return DataLoader(
+            UInt8Batches(self.dataset, self.batched), sampler=batches, batch_size=None, **workers
+        )
+
+    def _to_device(self, images: torch.Tensor, labels) -> tuple[torch.Tensor, torch.Tensor]:
+        """A batch on the device in the model's memory format; uint8 images normalised there."""
+        images = images.to(self.device, non_blocking=True)
+        if images.dtype == torch.uint8:
+            normalize = self.batched.normalize if self.batched is not None else normalize_batch
+            images = normalize(images, self.memory_format)
+        images = images.contiguous(memory_format=self.memory_format)
+        return images, torch.as_tensor(labels).to(self.device, non_blocking=True)
+
+
+class DeviceBatches:
+    """Batches of a ``BatchPath`` as the model takes them: (images, labels) on the device.
+    ``source`` yields them as loaded; ``set_epoch`` reorders (and re-augments) the next pass."""
+
+    def __init__(self, source, to_device, sampler=None):
+        self.source, self.to_device, self.sampler = source, to_device, sampler
+
+    def __len__(self):
+        return len(self.source)
+
+    def __iter__(self):
+        for images, labels in self.source:
+            yield self.to_device(images, labels)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.sampler.set_epoch(epoch)
 
 
 def iter_batches(

@@ -87,3 +87,15 @@ def recompute_bn_statistics(
         layer.running_mean.copy_(mean)
         layer.running_var.copy_(var)
     return seen
+
+
+def precise_bn_batches(
+    n: int, n_batches: int, batch_size: int, generator: torch.Generator, rank: int = 0, world_size: int = 1
+) -> list[list[int]]:
+    """This process's share of ``n_batches`` batches of ``batch_size`` images out of ``n``: a random
+    subset drawn from ``generator`` (so a resumed run draws it again), of which process ``rank``
+    of ``world_size`` forwards every ``world_size``-th image, in batches of batch_size / world_size."""
+    order = torch.randperm(n, generator=generator)[: n_batches * batch_size]
+    mine = order[rank::world_size].tolist()
+    per_rank = batch_size // world_size
+    return [mine[i : i + per_rank] for i in range(0, len(mine), per_rank)]

@@ -9,6 +9,8 @@ import pytest
 import torch
 from PIL import Image
 from torchvision import transforms as T
+from torchvision.transforms import v2
+from torchvision.transforms.v2 import functional as TF
 
 import utils
 from faces_dataset import DataError, FacesDataset, list_images, read_rgb_image
@@ -175,15 +177,56 @@ def test_train_transform_is_a_padded_crop_and_flip_of_the_course_one():
     assert len(seen) > 1  # the crops really are random
 
 
-def test_augment_uint8_matches_pad_crop_flip():
+def test_batched_augment_matches_pad_crop_flip():
     images = torch.randint(0, 256, (6, 3, 256, 256), dtype=torch.uint8)
     params = torch.tensor([[0, 0, 0], [8, 8, 1], [4, 4, 0], [0, 8, 1], [8, 0, 0], [3, 5, 1]])
-    out = transforms.augment_uint8(images, params)
+    out = utils.get_transforms("train").batched().augment(images, params.double())
     for k, (top, left, flip) in enumerate(params.tolist()):
         padded = torch.nn.functional.pad(images[k], (4, 4, 4, 4))
         expect = padded[:, top : top + 256, left : left + 256]
         expect = expect.flip(-1) if flip else expect
         assert torch.equal(out[k], expect)
+
+
+def test_batched_form_equals_the_per_image_steps_pixel_for_pixel():
+    """The train transform's batched form, with the parameters it draws, gives what its own
+    torchvision steps give image by image with those parameters: the same uint8 pixels after pad,
+    crop and flip, and the same floats after ToDtype and Normalize."""
+    transform = utils.get_transforms("train")
+    to_image, crop, flip, to_float, normalize = transform.transforms
+    batched = transform.batched()
+    images = torch.randint(
+        0, 256, (24, 3, 256, 256), dtype=torch.uint8, generator=torch.Generator().manual_seed(1)
+    )
+    params = batched.draw(len(images), torch.Generator().manual_seed(2))
+    augmented = batched.augment(images, params)
+    ours = batched.normalize(augmented)
+    for k, (top, left, mirrored) in enumerate(params.long().tolist()):
+        image = TF.pad(to_image(images[k]), crop.padding, fill=crop.fill, padding_mode=crop.padding_mode)
+        image = TF.crop(image, top, left, *crop.size)
+        image = TF.horizontal_flip(image) if mirrored else image
+        assert torch.equal(augmented[k], image)
+        torch.testing.assert_close(ours[k], normalize(to_float(image)), rtol=0, atol=1e-6)
+    offsets, flips = params[:, :2], params[:, 2]
+    assert offsets.min() >= 0 and offsets.max() <= 2 * crop.padding[0] and 0 < flips.sum() < len(images)
+    assert flip.p == 0.5 and not utils.get_transforms("test").batched().random
+
+
+@pytest.mark.parametrize("where", [0, 1, 3, 4, 5])
+def test_a_step_without_batched_twin_is_refused(where):
+    """ColorJitter added to the study transform (first, before the crop, before ToDtype, between ToDtype
+    and Normalize, after Normalize) would be left out of training: it is refused, named."""
+    transform = utils.get_transforms("train")
+    transform.transforms.insert(where, v2.ColorJitter(brightness=0.5))
+    with pytest.raises(
+        cli.UserError, match=r"StudyTransform: ColorJitter.* has no batched uint8 twin"
+    ) as info:
+        transform.batched()
+    assert "\n" not in str(info.value) and "v2.Compose" in str(info.value)
+    crop = utils.get_transforms("train")
+    crop.transforms[1] = v2.RandomCrop(256, padding=4, padding_mode="reflect")
+    with pytest.raises(cli.UserError, match=r"RandomCrop.*only RandomCrop"):
+        crop.batched()
 
 
 def test_normalize_batch_equals_test_transform():

@@ -16,7 +16,6 @@ import shutil
 import socket
 import subprocess
 import sys
-from types import SimpleNamespace
 
 import pytest
 import torch
@@ -159,15 +158,14 @@ def test_only_rank0_writes_and_reports(runs):
 def _gather_rank(rank: int, port: int, queue) -> None:
     import torch.distributed as dist
 
+    from lib import distributed
     from lib.batching import EvalShard
-    from trainer import Trainer
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=2)
     try:
         mine = torch.tensor(list(EvalShard(5, rank, 2)))  # 0, 2, 4 and 1, 3: rank 1 is one short
-        me = SimpleNamespace(device=torch.device("cpu"), world_size=2)
-        logits, labels = Trainer._gather_eval(me, torch.stack([mine, -mine], 1).float(), mine)
+        logits, labels = distributed.gather_eval(torch.stack([mine, -mine], 1).float(), mine)
         queue.put((rank, logits.tolist(), labels.tolist()))  # plain data: outlives the process
     finally:
         dist.destroy_process_group()

@@ -3,7 +3,7 @@
 Levers that do not change the arithmetic (the image cache, DataLoader workers, the cached batch path,
 progress bars) must give exactly equal values; levers that change the order of floating-point
 operations (channels-last layout, a larger eval batch) must agree closely. Also checked against
-independent references: the batched GPU-style augmentation against ``transforms.augment_uint8``, the
+independent references: the batched GPU-style augmentation against the CPU one and a hand crop, the
 channels-last normalisation against ToTensor + Normalize arithmetic, the cached batches against
 the DataLoader batches, and the RSS rule of ``apply_image_cache``.
 """
@@ -22,7 +22,7 @@ import train_main
 import utils
 from lib import memory, transforms
 from lib.batching import CachedBatches, consecutive
-from lib.transforms import _augment_gather
+from lib.transforms import _crop_gather, _flip_where
 from trainer import COURSE_KEYS, EXTRA_SPLIT_KEYS, Trainer
 from utils import resolve_channels_last
 
@@ -119,13 +119,15 @@ def test_channels_last_auto_resolution():
 def test_batched_augmentation_equals_reference():
     generator = torch.Generator().manual_seed(3)
     images = torch.randint(0, 256, (12, 3, 256, 256), dtype=torch.uint8, generator=generator)
-    params = transforms.draw_augmentation(12, generator)
+    batched = utils.get_transforms("train").batched()
+    params = batched.draw(12, generator)  # (top, left, flip) rows
     params[0] = torch.tensor([0, 0, 0])  # extreme offsets, with and without a flip
     params[1] = torch.tensor([8, 8, 1])
     params[2] = torch.tensor([0, 8, 1])
     params[3] = torch.tensor([4, 4, 0])  # no shift at all: the identity
-    expected = transforms.augment_uint8(images, params)
-    assert torch.equal(_augment_gather(images, params), expected)  # the CUDA kernel choice, on CPU
+    expected = batched.augment(images, params)  # the CPU kernels
+    on_device = _flip_where(_crop_gather(images, params[:, :2].long(), 4), params[:, 2] != 0)
+    assert torch.equal(on_device, expected)  # the CUDA kernel choice, on CPU
     assert torch.equal(expected[3], images[3])
     # an independent reference for one image: pad with zeros, crop, flip
     padded = torch.nn.functional.pad(images[1], (4, 4, 4, 4))
@@ -172,22 +174,22 @@ def test_cached_batches_equal_dataloader_batches(tiny_root):
     slow, _ = _tiny_trainer(tiny_root, cache=False, num_workers=0)
     for dataset, train in ((datasets[0], True), (datasets[1], False)):
         fast_loader, slow_loader = (
-            fast._loader(dataset, train),
-            slow._loader(slow.train_dataset if train else slow.validation_dataset, train),
+            fast._batches(dataset, train),
+            slow._batches(slow.train_dataset if train else slow.validation_dataset, train),
         )
-        assert isinstance(fast_loader, CachedBatches)
-        assert not isinstance(slow_loader, CachedBatches)
+        assert isinstance(fast_loader.source, CachedBatches)
+        assert not isinstance(slow_loader.source, CachedBatches)
         for epoch in (0, 1):
-            fast_loader.epoch_sampler.set_epoch(epoch)
-            slow_loader.epoch_sampler.set_epoch(epoch)
-            pairs = list(zip(fast_loader, slow_loader, strict=True))
+            fast_loader.set_epoch(epoch)
+            slow_loader.set_epoch(epoch)
+            pairs = list(zip(fast_loader.source, slow_loader.source, strict=True))
             assert sum(len(labels) for _, (_, labels) in pairs) == len(dataset)
             for (images_a, labels_a), (images_b, labels_b) in pairs:
                 assert images_a.dtype == torch.uint8 and torch.equal(images_a, images_b)
                 assert torch.equal(torch.as_tensor(labels_a), torch.as_tensor(labels_b))
     # explicitly asked workers keep the DataLoader, even for cached data
     with_workers, datasets = _tiny_trainer(tiny_root, cache=True, num_workers=1)
-    assert not isinstance(with_workers._loader(datasets[0], True), CachedBatches)
+    assert not isinstance(with_workers._batches(datasets[0], True).source, CachedBatches)
 
 
 class _FakeSplit:

@@ -31,7 +31,7 @@ import train_main
 import utils
 from conftest import HOOKED, ROOT, SMALL_COUNTS, make_image, make_tree, one_line_error, train_argv
 from faces_dataset import DataError, FacesDataset, list_images, read_rgb_image
-from lib import cli
+from lib import cli, run_files
 from models import SimpleNet
 from trainer import Trainer
 
@@ -69,7 +69,7 @@ def _hammer(path: str, tag: str, n: int, go) -> None:
     """One writer process: append ``n`` runs to the runs JSON through the Trainer's writer."""
     go.wait()
     for i in range(n):
-        Trainer._write_json(None, path, {"run_id": f"{tag}-{i}", "writer": tag, "epoch": i})
+        run_files.write_run(path, {"run_id": f"{tag}-{i}", "writer": tag, "epoch": i})
 
 
 def test_two_processes_writing_the_runs_json_lose_no_write(tmp_path):

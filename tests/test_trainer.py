@@ -9,10 +9,16 @@ import numpy as np
 import pytest
 import torch
 from torch import nn
+from torch.utils.data import DataLoader, DistributedSampler
+from torchvision.transforms import v2
 
 import train_main
 import utils
 from conftest import cpu_trainer
+from faces_dataset import FacesDataset
+from lib.batching import CachedBatches, seeded_generator
+from lib.cli import UserError
+from lib.transforms import BatchedTransform, RandomCropUint8
 from models import SimpleNet
 from trainer import COURSE_KEYS, EvalResult, LoggingParameters
 
@@ -144,7 +150,7 @@ def _eval_result(accuracy: float) -> EvalResult:
 
 
 def test_checkpoint_only_on_strict_val_improvement(tmp_path, tiny_root, monkeypatch):
-    import trainer as trainer_module
+    from lib import run_files
 
     datasets = [utils.load_dataset("fakes_dataset", p, tiny_root) for p in utils.SPLITS]
     model = SimpleNet()
@@ -178,9 +184,9 @@ def test_checkpoint_only_on_strict_val_improvement(tmp_path, tiny_root, monkeypa
         ),
     )
     saved = []
-    real_save = trainer_module.atomic_torch_save
+    real_save = run_files.atomic_torch_save
     monkeypatch.setattr(
-        trainer_module,
+        run_files,
         "atomic_torch_save",
         lambda obj, path: (
             saved.append(obj["epoch"]) if not path.endswith("_last.pt") else None,
@@ -228,3 +234,88 @@ def test_corrupt_json_is_moved_aside(tmp_path, tiny_root):
     assert len(json.load(open(path))) == 1
     aside = [f for f in os.listdir(out) if ".corrupt-" in f]
     assert len(aside) == 1 and (out / aside[0]).read_text() == "{not json"
+
+
+# ----------------------------------------------------------------------------- the transform that trains
+class _InvertUint8:
+    """A test-only random batched step: image k is inverted (255 - x) where its parameter is 1."""
+
+    n_params = 1
+
+    def draw(self, n, generator):
+        return (torch.rand(n, generator=generator) < 0.5).unsqueeze(1)
+
+    def __call__(self, images, params):
+        return torch.where((params[:, 0] != 0).view(-1, 1, 1, 1), 255 - images, images)
+
+
+class _OwnBatchedTransform:
+    """Not a StudyTransform: any transform with a ``batched()`` form trains through that form."""
+
+    takes_uint8_tensor = True
+
+    def __init__(self):
+        self.asked = 0
+
+    def __call__(self, image):
+        raise AssertionError("the per-image transform must not run in training")
+
+    def batched(self):
+        self.asked += 1
+        return BatchedTransform([RandomCropUint8(4), _InvertUint8()], (0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
+
+
+@pytest.mark.parametrize("cached", [False, True], ids=["uint8-dataloader", "from-cache"])
+def test_the_trainer_runs_the_transforms_own_batched_form(tiny_root, cached):
+    """The images the model trains on are, batch by batch in the sampler's order, the transform's
+    batched form applied with the parameters it draws from (seed, epoch), computed here by hand:
+    zero-pad, crop, invert where drawn, normalise with the form's own mean and std."""
+    own = _OwnBatchedTransform()
+    train = FacesDataset(os.path.join(tiny_root, "fakes_dataset", "train"), own, cache_images=cached)
+    evaluation = utils.load_dataset("fakes_dataset", "val", tiny_root)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(3 * 256 * 256, 2))
+    seen = []
+    model.register_forward_pre_hook(lambda module, inputs: seen.append(inputs[0].detach().clone()))
+    t = cpu_trainer(
+        model, torch.optim.SGD(model.parameters(), lr=0.0), [train, evaluation, evaluation], 5, seed=7
+    )
+    t.train_one_epoch()
+    assert isinstance(t._batches(train, True).source, CachedBatches) == cached
+    params = own.batched().draw(len(train), seeded_generator(7, 1)).long().tolist()  # epoch 0's draw
+    order = list(DistributedSampler(range(len(train)), num_replicas=1, rank=0, shuffle=True, seed=7))
+    expected = []
+    for i in order:
+        top, left, invert = params[i]
+        crop = nn.functional.pad(train.load_uint8(i), (4, 4, 4, 4))[:, top : top + 256, left : left + 256]
+        crop = 255 - crop if invert else crop
+        expected.append((crop.float() / 255.0 - 0.5) / 0.25)
+    torch.testing.assert_close(torch.cat(seen), torch.stack(expected), rtol=0, atol=1e-6)
+    assert own.asked == 2  # once by the trainer for this dataset, once above
+
+
+def test_a_study_transform_step_without_batched_twin_stops_training(tiny_root):
+    """ColorJitter added to the study transform would not train: the trainer stops with one line."""
+    datasets = [utils.load_dataset("fakes_dataset", p, tiny_root) for p in utils.SPLITS]
+    datasets[0].transform.transforms.insert(3, v2.ColorJitter(brightness=0.5))
+    model = SimpleNet()
+    t = cpu_trainer(model, torch.optim.SGD(model.parameters(), lr=1e-3), datasets, 6)
+    with pytest.raises(UserError, match="StudyTransform: ColorJitter has no batched uint8 twin"):
+        t.train_one_epoch()
+
+
+def test_a_plain_torchvision_transform_trains_image_by_image(tiny_root, monkeypatch):
+    """The same steps as a plain v2.Compose, ColorJitter included, go through a DataLoader of the
+    dataset itself, which runs the transform on every image."""
+    steps = utils.get_transforms("train").transforms
+    compose = v2.Compose([*steps[:3], v2.ColorJitter(brightness=0.5), *steps[3:]])
+    train = FacesDataset(os.path.join(tiny_root, "fakes_dataset", "train"), compose)
+    calls = []
+    jitter = compose.transforms[3]
+    monkeypatch.setattr(jitter, "forward", lambda *a, f=jitter.forward: calls.append(1) or f(*a))
+    evaluation = utils.load_dataset("fakes_dataset", "val", tiny_root)
+    model = SimpleNet()
+    t = cpu_trainer(model, torch.optim.SGD(model.parameters(), lr=1e-3), [train, evaluation, evaluation], 6)
+    loss, _ = t.train_one_epoch()
+    source = t._batches(train, True).source
+    assert isinstance(source, DataLoader) and source.dataset is train
+    assert np.isfinite(loss) and len(calls) == len(train)
