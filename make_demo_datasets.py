@@ -95,8 +95,8 @@ FULL_COUNTS = {
 FULL_SYNTHETIC_REAL = {"train": 4721, "val": 586, "test": 551}
 # About how many real images show one identity (frames of a video; photos of a celebrity).
 IMAGES_PER_IDENTITY = {"fakes_dataset": 8, "synthetic_dataset": 3}
-# The most images one call may make (about 80 GB of PNG, 37x the course datasets): a larger
-# --scale is a typo, not a request.
+# The most images one call may make (about 37 times the course datasets): a larger --scale is a
+# typo, not a request.
 MAX_IMAGES = 1_000_000
 
 
@@ -951,7 +951,8 @@ def make_image(task: ImageTask) -> np.ndarray:
 
 def write_image(task: ImageTask) -> None:
     """Make one image and save it as PNG (PIL writes no time stamps: same pixels, same bytes).
-    Compression level 3 writes 3x faster than the default 6, for files about 15 % larger."""
+    Compression level 3: faster than PIL's default, for slightly larger files
+    (benchmarks/README.md#demo-generation)."""
     Image.fromarray(make_image(task)).save(task.path, format="PNG", compress_level=3)
 
 

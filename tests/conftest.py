@@ -79,9 +79,9 @@ def make_tree(root: str, counts=None, seed: int = 0) -> str:
 @pytest.fixture(scope="module")
 def module_tmp(tmp_path_factory):
     """``module_tmp(name)`` makes a fresh folder for a module-scoped fixture; every folder it made
-    is removed when the module's tests are done. Checkpoints are large (SimpleNet's is 66 MB with
-    its optimizer state, XceptionBased's 270 MB), so keeping them to the session's end would fill
-    a small disk (pytest.ini removes each passing test's own tmp_path the same way)."""
+    is removed when the module's tests are done. Checkpoints are large
+    (benchmarks/README.md#checkpoints-and-the-test-suites-disk), so keeping them to the session's
+    end would fill a small disk (pytest.ini removes each passing test's own tmp_path the same way)."""
     made = []
 
     def mktemp(name: str):

@@ -356,7 +356,7 @@ def _limit_file_size():
 
 
 def test_checkpoint_write_failure_is_one_line(data, tmp_path):
-    """SimpleNet's checkpoint (66 MB) cannot be written where files may not pass 2 MB: one line
+    """SimpleNet's checkpoint (tens of MB) cannot be written where files may not pass 2 MB: one line
     naming the file, no traceback, and no temp file left behind."""
     proc = subprocess.run(
         [sys.executable, os.path.join(ROOT, "train_main.py"), *_argv(data, tmp_path)],
