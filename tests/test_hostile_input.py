@@ -443,3 +443,18 @@ def test_a_negative_seed_is_an_argparse_error(script, capsys):
     err = capsys.readouterr().err
     assert exit_info.value.code == 2 and "Traceback" not in err
     assert "--seed" in err.strip().splitlines()[-1], err
+
+
+def test_a_lock_link_planted_in_the_checkpoint_folder_is_refused(clean_tree, tmp_path, capsys):
+    """Another user plants ``checkpoints/.<stem>.lock`` as a link to the victim's file: the run is
+    refused in one line before any training, and the link's target is not touched."""
+    victim = tmp_path / "thesis.tex"
+    victim.write_text("years of work\n")
+    ck = tmp_path / "ck"
+    ck.mkdir()
+    (ck / f".{STEM}.lock").symlink_to(victim)
+    one_line_error(
+        capsys, train_main.main, _argv(clean_tree, tmp_path), f".{STEM}.lock", "is a symbolic link"
+    )
+    assert victim.read_text() == "years of work\n"
+    assert sorted(os.listdir(ck)) == [f".{STEM}.lock"]
