@@ -47,7 +47,8 @@ train, val and test splits of that dataset)::
     fake/id00012_001.png               synthetic_dataset: generated image 1 of identity 12
 
 Determinism: the same seed, scale and size give byte-identical files, whatever the number of
-workers: each image has its own random generator seeded from (seed, dataset, split, class, index).
+workers and the CPU: each image has its own random generator seeded from (seed, dataset, split,
+class, index).
 
 A target dataset folder that exists and is not empty is refused unless ``--force``; the data is
 written into a hidden temporary folder next to it and renamed into place when complete.
@@ -676,10 +677,25 @@ def render_person(
 
 
 # ============================================================================ camera
+# No numpy power/exp/log and no BLAS product on images: the same pixels on every CPU
+# (docs/design.md#demo-data-on-every-cpu).
+_GAMMA_STEPS = 4096
+
+
+def gamma_curve(x: np.ndarray, gamma: float) -> np.ndarray:
+    """``x ** gamma`` for ``x`` in [0, 1], as float32: linear interpolation in a table of
+    ``math.pow`` at 4097 points: far below a grey level from the power, and the same on every CPU."""
+    table = np.array([math.pow(i / _GAMMA_STEPS, gamma) for i in range(_GAMMA_STEPS + 1)])
+    position = np.clip(x, 0, 1).astype(np.float64) * _GAMMA_STEPS
+    index = np.minimum(position.astype(np.intp), _GAMMA_STEPS - 1)
+    low = table[index]
+    return (low + (position - index) * (table[index + 1] - low)).astype(np.float32)
+
+
 def camera_optics(image: np.ndarray, cam: Camera) -> np.ndarray:
     """Exposure and white balance, gamma, vignetting and lens blur."""
     out = np.clip(image * cam.gains, 0, 255)
-    out = 255 * (out / 255) ** cam.gamma
+    out = 255 * gamma_curve(out / 255, cam.gamma)
     radius2 = ((_X - IMAGE_SIZE / 2) ** 2 + (_Y - IMAGE_SIZE / 2) ** 2) / (IMAGE_SIZE / 2) ** 2
     out *= (1 - cam.vignette * 0.5 * radius2)[..., None]
     return ndimage.gaussian_filter(out, (cam.blur, cam.blur, 0))
@@ -702,8 +718,9 @@ def jpeg_round_trip(image: np.ndarray, quality: int) -> np.ndarray:
 
 
 def grey(image: np.ndarray) -> np.ndarray:
-    """Luma (ITU-R 601) of an RGB image, as float."""
-    return image[..., :3].astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)
+    """Luma (ITU-R 601) of an RGB image, as float32 (elementwise, not a BLAS product)."""
+    rgb = image.astype(np.float32, copy=False)
+    return rgb[..., 0] * np.float32(0.299) + rgb[..., 1] * np.float32(0.587) + rgb[..., 2] * np.float32(0.114)
 
 
 def laplacian_variance(image: np.ndarray) -> float:
@@ -712,12 +729,11 @@ def laplacian_variance(image: np.ndarray) -> float:
 
 
 def _channel_stats(image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per-channel mean and standard deviation (as matrix products: much faster than ``std``)."""
-    pixels = image.reshape(-1, image.shape[-1]).astype(np.float32, copy=False)
-    weights = np.full(len(pixels), 1 / len(pixels), np.float32)
-    mean = weights @ pixels
-    centred = pixels - mean
-    return mean, np.sqrt(weights @ (centred * centred))
+    """Per-channel mean and standard deviation (float32), summed in float64 by numpy reductions."""
+    channels = image.reshape(-1, image.shape[-1]).T.astype(np.float64, order="C")  # one row a channel
+    mean = channels.mean(1)
+    centred = channels - mean[:, None]
+    return mean.astype(np.float32), np.sqrt((centred * centred).mean(1)).astype(np.float32)
 
 
 def global_stats(image: np.ndarray) -> np.ndarray:
