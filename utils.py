@@ -14,6 +14,7 @@ from lib.checkpoints import (  # noqa: F401  (re-exported)
     load_checkpoint,
     model_name_of_state_dict,
     non_finite_tensor,
+    state_dict_bytes,
     state_dict_mismatch,
 )
 from lib.cli import UserError, check_name, first_line
@@ -104,7 +105,9 @@ def load_model_from_checkpoint(
     faster so (saliency 1.7x, Grad-CAM 1.2x for SimpleNet on 2 CPU cores; benchmarks/README.md),
     with the same numbers up to float rounding.
     """
-    checkpoint = load_checkpoint(checkpoint_path, device)
+    with torch.device("meta"):  # its size, without allocating or initialising weights
+        expected_bytes = state_dict_bytes(load_model(model_name, pretrained=False))
+    checkpoint = load_checkpoint(checkpoint_path, device, expected_bytes)
     state_dict = checkpoint["model"]
     found = checkpoint.get("model_name") or model_name_of_state_dict(state_dict)
     if found and found != model_name:
