@@ -9,11 +9,30 @@ import errno
 import math
 import os
 import sys
+import warnings
 from collections.abc import Callable
 
 
 class UserError(Exception):
     """A problem the user can fix (bad flag, missing file): printed as one line, no traceback."""
+
+
+class DataWarning(UserWarning):
+    """A warning about the user's files (an image resized or skipped, a corrupt JSON moved
+    aside): shown as one line, ``<script>: warning: <message>``, without Python's source line."""
+
+
+_python_formatwarning = warnings.formatwarning
+
+
+def _format_warning(message, category, filename, lineno, line=None) -> str:
+    """``warnings.formatwarning`` that shows a ``DataWarning`` as one line naming the script."""
+    if isinstance(category, type) and issubclass(category, DataWarning):
+        return f"{os.path.basename(sys.argv[0]) or 'warning'}: warning: {message}\n"
+    return _python_formatwarning(message, category, filename, lineno, line)
+
+
+warnings.formatwarning = _format_warning  # every script imports this module; workers too
 
 
 def check_name(kind: str, name: str, valid) -> str:

@@ -17,7 +17,7 @@ import time
 import warnings
 from collections.abc import Callable
 
-from lib.cli import UserError, one_line_message
+from lib.cli import DataWarning, UserError, one_line_message
 
 _O_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)  # POSIX; absent on Windows
 _O_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
@@ -344,7 +344,7 @@ def move_aside(path: str, reason: str) -> str:
     while os.path.exists(aside):
         aside += "_"
     os.replace(path, aside)
-    warnings.warn(f"{path}: {reason}; moved aside to {aside}", stacklevel=2)
+    warnings.warn(f"{path}: {reason}; moved aside to {aside}", DataWarning, stacklevel=2)
     return aside
 
 
