@@ -690,11 +690,11 @@ _GAMMA_STEPS = 4096
 def gamma_curve(x: np.ndarray, gamma: float) -> np.ndarray:
     """``x ** gamma`` for ``x`` in [0, 1], as float32: linear interpolation in a table of
     ``math.pow`` at 4097 points: far below a grey level from the power, and the same on every CPU."""
-    table = np.array([math.pow(i / _GAMMA_STEPS, gamma) for i in range(_GAMMA_STEPS + 1)])
-    position = np.clip(x, 0, 1).astype(np.float64) * _GAMMA_STEPS
-    index = np.minimum(position.astype(np.intp), _GAMMA_STEPS - 1)
-    low = table[index]
-    return (low + (position - index) * (table[index + 1] - low)).astype(np.float32)
+    table = np.array([math.pow(i / _GAMMA_STEPS, gamma) for i in range(_GAMMA_STEPS + 1)], np.float32)
+    slope = np.diff(table)
+    position = np.clip(x, 0, 1, dtype=np.float32) * np.float32(_GAMMA_STEPS)
+    index = np.minimum(position.astype(np.int32), _GAMMA_STEPS - 1)
+    return table[index] + (position - index) * slope[index]
 
 
 def camera_optics(image: np.ndarray, cam: Camera) -> np.ndarray:
@@ -735,10 +735,11 @@ def laplacian_variance(image: np.ndarray) -> float:
 
 def _channel_stats(image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Per-channel mean and standard deviation (float32), summed in float64 by numpy reductions."""
-    channels = image.reshape(-1, image.shape[-1]).T.astype(np.float64, order="C")  # one row a channel
-    mean = channels.mean(1)
+    channels = image.reshape(-1, image.shape[-1]).T.astype(np.float32, order="C")  # one row a channel
+    n = channels.shape[1]
+    mean = (channels.sum(1, dtype=np.float64) / n).astype(np.float32)
     centred = channels - mean[:, None]
-    return mean.astype(np.float32), np.sqrt((centred * centred).mean(1)).astype(np.float32)
+    return mean, np.sqrt((centred * centred).sum(1, dtype=np.float64) / n).astype(np.float32)
 
 
 def global_stats(image: np.ndarray) -> np.ndarray:
