@@ -104,6 +104,26 @@ def _open_lock_file(lock_path: str) -> int:
     return fd
 
 
+def open_for_append(path: str, encoding: str = "utf-8"):
+    """``open(path, "a")`` for a log in a shared folder, without following a symbolic link:
+    anything but a regular file of one link at ``path`` is a ``UserError`` naming it."""
+    flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | _O_NOFOLLOW | _O_CLOEXEC | getattr(os, "O_NONBLOCK", 0)
+    try:
+        fd = os.open(path, flags, 0o666 & ~_UMASK)
+    except OSError as exc:
+        if os.path.islink(path):
+            raise UserError(
+                f"{path}: is a symbolic link (to {os.readlink(path)}), which another user may have "
+                "planted to make this run write into its target; remove the link and check that folder"
+            ) from None
+        raise write_error(path, exc, "log") from None
+    info = os.fstat(fd)
+    if not stat.S_ISREG(info.st_mode) or info.st_nlink != 1:
+        os.close(fd)
+        raise UserError(f"{path}: not a regular file of its own (a device, FIFO or hard link); remove it")
+    return open(fd, "a", encoding=encoding, closefd=True)
+
+
 @contextlib.contextmanager
 def exclusive_lock(lock_path: str, note: str):
     """Hold an advisory lock (POSIX flock) on ``lock_path`` for the block, without waiting.

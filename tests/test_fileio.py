@@ -234,3 +234,17 @@ def test_json_is_standard_with_null_where_a_number_is_undefined(tmp_path):
         "nested": {"auc": None, "n": 3, "ok": 0.25},
         "pair": [1.0, None],
     }
+
+
+def test_a_log_is_appended_but_never_through_a_planted_link(tmp_path, victim):
+    log = tmp_path / "train.log"
+    with fileio.open_for_append(str(log)) as handle:
+        handle.write("one\n")
+    with fileio.open_for_append(str(log)) as handle:
+        handle.write("two\n")
+    assert log.read_text() == "one\ntwo\n"
+    planted = tmp_path / "planted.log"
+    planted.symlink_to(victim)
+    with pytest.raises(UserError, match=r"planted\.log: is a symbolic link"):
+        fileio.open_for_append(str(planted))
+    assert victim.read_text() == VICTIM_TEXT
