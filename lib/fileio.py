@@ -78,50 +78,36 @@ class LockHeldError(UserError):
     """``exclusive_lock`` found the lock held by another process; the message is the holder's note."""
 
 
-def _open_lock_file(lock_path: str) -> int:
-    """Open (create) ``lock_path`` for reading and writing without following a symbolic link and
-    without blocking on a FIFO; refuse, with a ``UserError`` naming it, anything but a regular
-    file of one link, which a planted link or device would be (docs/design.md#planted-files)."""
-    flags = os.O_RDWR | os.O_CREAT | _O_NOFOLLOW | _O_CLOEXEC | getattr(os, "O_NONBLOCK", 0)
+def open_no_follow(path: str, flags: int, what: str) -> int:
+    """``os.open(path, flags | O_CREAT)`` without following a symbolic link and without blocking
+    on a FIFO; anything but a regular file of one link (a planted link, device or hard link) is
+    a ``UserError`` naming ``path`` and ``what`` it is, never written into
+    (docs/design.md#planted-files). Returns the descriptor."""
+    flags |= os.O_CREAT | _O_NOFOLLOW | _O_CLOEXEC | getattr(os, "O_NONBLOCK", 0)
     try:
-        fd = os.open(lock_path, flags, 0o666 & ~_UMASK)
+        fd = os.open(path, flags, 0o666 & ~_UMASK)
     except OSError as exc:
-        if os.path.islink(lock_path):  # O_NOFOLLOW refused it (ELOOP)
+        if os.path.islink(path):  # O_NOFOLLOW refused it (ELOOP)
             raise UserError(
-                f"{lock_path}: the lock file is a symbolic link (to {os.readlink(lock_path)}), which "
-                "another user may have planted to make this run overwrite its target; remove the "
-                "link and check that folder"
+                f"{path}: the {what} is a symbolic link (to {os.readlink(path)}), which another user "
+                "may have planted to make this run overwrite its target; remove the link and check "
+                "that folder"
             ) from None
-        raise UserError(f"{lock_path}: cannot open the lock file ({exc.strerror or exc})") from None
+        raise write_error(path, exc, what) from None
     info = os.fstat(fd)
     if not stat.S_ISREG(info.st_mode) or info.st_nlink != 1:
         os.close(fd)
-        what = "a hard link to another file" if stat.S_ISREG(info.st_mode) else "not a regular file"
+        kind = "a hard link to another file" if stat.S_ISREG(info.st_mode) else "not a regular file"
         raise UserError(
-            f"{lock_path}: the lock file is {what}, so this run will not write into it; remove it "
-            "and check that folder"
+            f"{path}: the {what} is {kind}, so this run will not write into it; remove it and "
+            "check that folder"
         )
     return fd
 
 
 def open_for_append(path: str, encoding: str = "utf-8"):
-    """``open(path, "a")`` for a log in a shared folder, without following a symbolic link:
-    anything but a regular file of one link at ``path`` is a ``UserError`` naming it."""
-    flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | _O_NOFOLLOW | _O_CLOEXEC | getattr(os, "O_NONBLOCK", 0)
-    try:
-        fd = os.open(path, flags, 0o666 & ~_UMASK)
-    except OSError as exc:
-        if os.path.islink(path):
-            raise UserError(
-                f"{path}: is a symbolic link (to {os.readlink(path)}), which another user may have "
-                "planted to make this run write into its target; remove the link and check that folder"
-            ) from None
-        raise write_error(path, exc, "log") from None
-    info = os.fstat(fd)
-    if not stat.S_ISREG(info.st_mode) or info.st_nlink != 1:
-        os.close(fd)
-        raise UserError(f"{path}: not a regular file of its own (a device, FIFO or hard link); remove it")
-    return open(fd, "a", encoding=encoding, closefd=True)
+    """``open(path, "a")`` for a log in a shared folder, through ``open_no_follow``."""
+    return open(open_no_follow(path, os.O_WRONLY | os.O_APPEND, "log"), "a", encoding=encoding)
 
 
 @contextlib.contextmanager
@@ -140,7 +126,7 @@ def exclusive_lock(lock_path: str, note: str):
         yield
         return
     while True:
-        fd = _open_lock_file(lock_path)
+        fd = open_no_follow(lock_path, os.O_RDWR, "lock file")
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

@@ -245,6 +245,6 @@ def test_a_log_is_appended_but_never_through_a_planted_link(tmp_path, victim):
     assert log.read_text() == "one\ntwo\n"
     planted = tmp_path / "planted.log"
     planted.symlink_to(victim)
-    with pytest.raises(UserError, match=r"planted\.log: is a symbolic link"):
+    with pytest.raises(UserError, match=r"planted\.log: the log is a symbolic link"):
         fileio.open_for_append(str(planted))
     assert victim.read_text() == VICTIM_TEXT
