@@ -174,7 +174,7 @@ def test_every_figure_report_and_summary(study):
     for name in ("study_report.md", "study_report.html", "study_summary.json"):
         assert os.path.isfile(os.path.join(study.out, name))
     listed = summary_of(study.work)["figures"]  # the report's figures, each existing
-    mean_maps = [f"{stem}_mean_grad_cam.png" for stem in RUN_STEMS]  # shown as "beyond the study"
+    mean_maps = [f"{stem}_mean_grad_cam.png" for stem in RUN_STEMS]  # Grad-CAM's, beyond the study
     assert {os.path.basename(p) for p in listed} == set(STUDY_FIGURES + BEYOND_FIGURES + mean_maps)
     assert all(listed.values())
     assert statuses(study.work) == {name: "ran" for name in STEPS}

@@ -243,7 +243,8 @@ def steps_table(records: list[StepRecord]) -> Table:
 
 # ----------------------------------------------------------------------------- figures
 def extra_figures(run: RunSpec, figures_dir: str) -> list[str]:
-    """Other figures the steps wrote for this run (e.g. the mean Grad-CAM maps), sorted."""
+    """Other figures of this run in the figures folder (made by hand, such as XceptionBased's
+    robustness curves), sorted."""
     known = {p for paths in plan.run_figures(run, figures_dir).values() for p in paths}
     try:
         found = sorted(os.path.join(figures_dir, name) for name in os.listdir(figures_dir))
