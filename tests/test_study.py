@@ -268,7 +268,7 @@ def test_unreadable_training_json_is_named_not_called_untrained(tmp_path):
         handle.write("[{not json")
     numbers = run_numbers(settings, run)
     numbers.verdict = verdict(run, numbers, demo=False)
-    assert numbers.verdict.startswith("Its training results cannot be read:") and path in numbers.verdict
+    assert numbers.verdict.startswith("Its training results are not shown:") and path in numbers.verdict
     runs = {r.tag: run_numbers(settings, r) for r in study_plan.RUNS} | {run.tag: numbers}
     data = DataChoice("root", "--data_root", False)
     md = render(page_context(Study(settings, data, {}, runs, status=Status("done."))), html=False)
@@ -651,6 +651,11 @@ def test_study_protocol_and_flags_reach_the_commands():
     assert not any("--precise_bn" in c for name, c in commands.items() if not name.startswith("train"))
     assert "--no_pretrained" not in commands["train-simplenet-fakes"]
     assert " ".join(commands["gradcam-xception-synthetic"]).endswith("--faithfulness_images 16")
+    steps = {s.name: s for s in study_plan.build_plan(run_study.make_settings(args, "root", []))}
+    for tag in ("simplenet-fakes", "xception-synthetic"):  # the curves of the analysed checkpoint's run
+        checkpoint = next(p for p in steps[f"train-{tag}"].outputs if p.endswith("_Adam.pt"))
+        curves = steps[f"curves-{tag}"]
+        assert curves.args[curves.args.index("-cpp") + 1] == checkpoint and checkpoint in curves.inputs
     args = run_study.build_parser().parse_args(
         ["--epochs", "3", "--xception_epochs", "1", "-b", "8", "--device", "cuda", "--precise_bn", "0"]
     )

@@ -204,11 +204,13 @@ def train_step(s: Settings, run: RunSpec) -> Step:
 
 
 def curves_step(s: Settings, run: RunSpec) -> Step:
-    """The loss and accuracy curves of the run's last training run in its runs JSON."""
-    runs_json = runs_json_path(s, run)
-    args = ["-m", run.model, "-j", runs_json, "-d", run.dataset, "--figures_dir", s.figures_dir]
+    """The loss and accuracy curves of the training run whose best checkpoint the analyses read."""
+    runs_json, checkpoint = runs_json_path(s, run), checkpoint_path(s, run)
+    args = ["-m", run.model, "-j", runs_json, "-d", run.dataset, "-cpp", checkpoint]
     figures = whole(*kind_figures(run, s.figures_dir, "curves"))
-    return Step("plot_accuracy_and_loss.py", args, figures, [runs_json])
+    return Step(
+        "plot_accuracy_and_loss.py", args + ["--figures_dir", s.figures_dir], figures, [runs_json, checkpoint]
+    )
 
 
 def _analysis_step(s: Settings, run: RunSpec, kind: str, script: str, extra: list, sections=()) -> Step:
