@@ -834,3 +834,32 @@ def test_run_scripts_share_the_setup_and_call_their_commands():
         "-r requirements.txt",
         "pytest>=8.0",
     ]
+
+
+# ----------------------------------------------------------------------------- any dataset
+def test_any_dataset_folder_for_the_spectra(tmp_path):
+    """--datasets takes any dataset folder under the data root (here one in the 0_real/1_fake
+    layout): its spectrum is made, counted and reported; an unknown name is a one-line error that
+    lists the datasets found."""
+    from conftest import make_split
+
+    data = make_tree(str(tmp_path / "data"), COUNTS, seed=6)
+    for split, (n_real, n_fake) in COUNTS.items():
+        make_split(os.path.join(data, "celebdf", split), n_real, n_fake, seed=7)
+        for old, new in (("real", "0_real"), ("fake", "1_fake")):
+            os.rename(os.path.join(data, "celebdf", split, old), os.path.join(data, "celebdf", split, new))
+    work = str(tmp_path / "w")
+    base = ["--data_root", data, "--workdir", work, "--no_progress", "--device", "cpu"]
+    code, output = call(base + ["--steps", "spectrum", "--datasets", "fakes_dataset", "celebdf"])
+    assert code == 0, output
+    assert os.path.isfile(os.path.join(work, "figures", "celebdf_spectrum.png"))
+    summary = summary_of(work)
+    assert summary["data"]["counts"]["celebdf"]["test"] == {"real": 2, "fake": 2}
+    assert summary["beyond"]["spectrum"]["celebdf"]["n_fake"] == 2
+    assert set(summary["beyond"]["spectrum"]) == {"fakes_dataset", "celebdf"}
+    md = read(os.path.join(work, "out", "study_report.md"))
+    assert "\ncelebdf: 2 real, 2 fake test images; largest fake - real difference" in md
+    assert "| celebdf | test | 2 | 2 | 4 |" in md
+    code, output = call(base + ["--dry_run", "--datasets", "nosuch"])
+    lines = output.strip().splitlines()
+    assert code == 2 and "'nosuch'" in lines[-1] and "celebdf, fakes_dataset, synthetic_dataset" in lines[-1]

@@ -8,9 +8,9 @@ import time
 from dataclasses import dataclass
 
 from lib.cli import UserError
-from lib.data_root import DATA_ROOT_ENV, DEFAULT_DATA_ROOT, resolve_data_root
+from lib.data_root import DATA_ROOT_ENV, DEFAULT_DATA_ROOT, dataset_folder, resolve_data_root
 from lib.fileio import atomic_write_json, read_json_object
-from lib.images import CLASS_DIRS, list_images
+from lib.images import CLASS_DIRS, class_dirs, list_images
 from lib.names import DATASET_NAMES, SPLITS
 from lib.study.plan import HERE
 from lib.study.runner import Console, StepRecord, run_command
@@ -35,7 +35,7 @@ class DataChoice:
         total = sum(c for d in self.counts.values() for s in d.values() for c in s.values())
         per_dataset = [
             f"{d} " + ", ".join(f"{s} {c['real']}/{c['fake']}" for s, c in self.counts[d].items())
-            for d in DATASET_NAMES
+            for d in self.counts
         ]
         return f"{total} images; {'; '.join(per_dataset)} (real/fake)"
 
@@ -49,21 +49,25 @@ class DataChoice:
         return [StepRecord("demo-data", command, log, "ran", seconds, last_run_seconds=seconds)]
 
 
-def data_counts(data_root: str) -> dict:
-    """{dataset: {split: {"real": n, "fake": n}}}; raises UserError naming a missing folder."""
+def data_counts(data_root: str, datasets=()) -> dict:
+    """{dataset: {split: {"real": n, "fake": n}}} of the course's datasets, then ``datasets``;
+    raises UserError naming a dataset that is not there, or a split without its class folders."""
     counts = {}
-    for dataset in DATASET_NAMES:
-        counts[dataset] = {split: {} for split in SPLITS}
+    for dataset in dict.fromkeys([*DATASET_NAMES, *datasets]):
+        if dataset not in DATASET_NAMES:
+            dataset_folder(dataset, data_root)  # an unknown name: the datasets found there are listed
+        counts[dataset] = {}
         for split in SPLITS:
-            for class_dir in CLASS_DIRS:
-                folder = os.path.join(data_root, dataset, split, class_dir)
-                if not os.path.isdir(folder):
-                    raise UserError(
-                        f"{folder}: missing; the data root {data_root} must hold "
-                        f"{{fakes_dataset,synthetic_dataset}}/{{train,val,test}}/"
-                        f"{{real,fake}}/ (or use the demo data: leave --data_root out)"
-                    )
-                counts[dataset][split][class_dir] = len(list_images(folder))
+            folder = os.path.join(data_root, dataset, split)
+            if (layout := class_dirs(folder)) is None:
+                raise UserError(
+                    f"{folder}: no real/ and fake/ (or 0_real/ and 1_fake/) folders; a dataset under the "
+                    f"data root {data_root} holds train/, val/ and test/, each with both (the study needs "
+                    "fakes_dataset and synthetic_dataset; for the demo data leave --data_root out)"
+                )
+            counts[dataset][split] = {
+                label: len(list_images(os.path.join(folder, d))) for label, d in zip(CLASS_DIRS, layout)
+            }
     return counts
 
 
@@ -88,7 +92,7 @@ def choose_data(args, console: Console, logs_dir: str) -> DataChoice:
         )
         data = demo_data(args, console, logs_dir)
     if not data.missing:
-        data.counts = data_counts(data.root)
+        data.counts = data_counts(data.root, args.datasets)
         console.say(f"data: {data.describe_counts()}")
     return data
 

@@ -11,7 +11,6 @@ from lib.checkpoints import load_checkpoint
 from lib.cli import UserError
 from lib.fileio import read_json_object, read_runs
 from lib.metrics import HEADLINE_METRICS
-from lib.names import DATASET_NAMES
 from lib.spectrum import largest_difference
 from lib.study import plan
 from lib.study.plan import PROTOCOL, RUNS, RunSpec, Settings
@@ -309,10 +308,11 @@ def cross_dataset_numbers(settings: Settings) -> dict | None:
 
 
 def spectrum_numbers(settings: Settings) -> dict[str, dict | None]:
-    """Per dataset, from out/<D>_spectrum.json: the class counts and the largest |fake - real|
-    difference of the 1-D power spectra (dB) and its frequency (cycles/pixel); None when not run."""
+    """Per dataset of the study's spectra, from out/<D>_spectrum.json: the class counts and the largest
+    |fake - real| difference of the 1-D power spectra (dB) and its frequency (cycles/pixel); None
+    when not run."""
     out = {}
-    for dataset in DATASET_NAMES:
+    for dataset in settings.datasets:
         section = _section(read_json_object(plan.spectrum_json_path(settings, dataset)), "spectrum")
         diff, freq = section.get("fake_minus_real_db"), section.get("cycles_per_pixel")
         usable = isinstance(diff, list) and isinstance(freq, list) and 0 < len(diff) <= len(freq)

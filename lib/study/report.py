@@ -19,7 +19,7 @@ import jinja2
 
 from lib.fileio import atomic_write_json, atomic_write_text
 from lib.metrics import fmt
-from lib.names import DATASET_NAMES, DATASET_TITLES, SAMPLES_FIGURE, SPLITS
+from lib.names import DATASET_NAMES, SAMPLES_FIGURE, SPLITS, dataset_title
 from lib.study import numbers, plan
 from lib.study.data import DataChoice
 from lib.study.numbers import RunNumbers, finite, range_text, study_reference
@@ -109,7 +109,8 @@ def score_label(runs: dict[str, RunNumbers], column: int) -> str:
 def data_table(data: DataChoice) -> Table:
     """The images of every split, real and fake."""
     rows = []
-    for dataset in DATASET_NAMES:
+    for dataset in data.counts or dict.fromkeys(DATASET_NAMES):
+        title = dataset_title(dataset)
         for split in SPLITS:
             c = (data.counts or {}).get(dataset, {}).get(split, {})
             counts = [
@@ -117,7 +118,7 @@ def data_table(data: DataChoice) -> Table:
                 str(c.get("fake", "-")),
                 str(c.get("real", 0) + c.get("fake", 0)),
             ]
-            rows.append([f"{DATASET_TITLES[dataset]} ({dataset})", split, *counts])
+            rows.append([dataset if title == dataset else f"{title} ({dataset})", split, *counts])
     return Table(["dataset", "split", "real", "fake", "total"], rows)
 
 
@@ -267,7 +268,7 @@ def page_figures(s: Settings, robustness_runs: list[RunSpec]) -> dict[str, list[
     return {
         "cross_dataset": [_figure(plan.cross_dataset_figure(s.figures_dir))],
         "robustness": [_figure(p) for p in beside_table],
-        "spectrum": [_figure(plan.spectrum_figure(s.figures_dir, d)) for d in DATASET_NAMES],
+        "spectrum": [_figure(plan.spectrum_figure(s.figures_dir, d)) for d in s.datasets],
         "gallery": gallery,
     }
 
@@ -302,7 +303,7 @@ def page_context(study: Study) -> dict:
         "demo_seed": "?" if demo.get("seed") is None else demo.get("seed"),
         "protocols": "; ".join(protocols),
         "score_columns": (col_a, col_b),
-        "spectra": [(d, study.beyond["spectrum"].get(d)) for d in DATASET_NAMES],
+        "spectra": list(study.beyond["spectrum"].items()),
         "not_run": NOT_RUN,
         "logs": os.path.join(study.settings.out_dir, "logs"),
         "tables": {
