@@ -27,6 +27,9 @@ def metrics_json_path(out_dir: str, dataset_name: str, model_name: str) -> str:
     return os.path.join(out_dir, f"{dataset_name}_{model_name}_metrics.json")
 
 
+DEMO_MARKER = ".made_by_make_demo_datasets.json"
+"""What make_demo_datasets.py writes into each dataset folder it makes: its seed, scale and full_size."""
+
 SAMPLES_FIGURE = "datasets_samples.png"
 """The samples figure of plot_samples_of_faces_datasets.py (in the figures folder)."""
 

@@ -24,6 +24,7 @@ import pytest
 import torch
 
 import run_study
+from browser import check_page, find_chromium
 from conftest import ROOT, make_tree
 from lib.study import plan as study_plan
 from lib.study.data import DataChoice
@@ -332,6 +333,14 @@ def test_report_is_one_self_contained_page(study):
     for name in STUDY_FIGURES + BEYOND_FIGURES:
         with open(os.path.join(study.figures, name), "rb") as handle:
             assert handle.read() in embedded, name
+
+
+@pytest.mark.skipif(find_chromium() is None, reason="no Chromium on PATH (Debian: apt-get install chromium)")
+def test_the_study_page_reads_well_in_a_browser(study):
+    """The real page in headless Chromium at 1280 and 800 px (browser.check_page): every figure
+    loads at its natural width or the page's, nothing is wider than the page, no console errors."""
+    measured = check_page(os.path.join(study.out, "study_report.html"))
+    assert len(measured[800]["images"]) == len(summary_of(study.work)["figures"])
 
 
 # ----------------------------------------------------------------------------- re-runs

@@ -41,14 +41,25 @@ class Table:
 
 @dataclass
 class Figure:
-    """A figure of the page: its file (shown as missing when its step has not run) and caption."""
+    """A figure of the page: its file and caption, and the step that makes it when that step was
+    left out of this invocation (--steps/--skip)."""
 
     path: str
     caption: str
+    left_out: str | None = None
 
     @property
     def exists(self) -> bool:
         return os.path.exists(self.path)
+
+    @property
+    def absent(self) -> str:
+        """What the page says in the figure's place when the file is not there."""
+        return (
+            f"skipped (step {self.left_out} not selected)"
+            if self.left_out
+            else "missing (its step has not run)"
+        )
 
 
 @dataclass
@@ -286,6 +297,11 @@ def page_context(study: Study) -> dict:
         f"{r.model} on {r.dataset}: {n.protocol.text() if n.protocol else 'not trained'}" for r, n in pairs
     ]
     references = {study_reference(run, runs[run.tag].pretrained): None for run in RUNS}
+    left_out = {r.name for r in study.records if r.status == "not selected"}
+    made_by = {path: step.name for step in plan.build_plan(study.settings) for path in step.outputs}
+    figures = page_figures(study.settings, robustness_runs)
+    for figure in (f for part in figures.values() for f in part):
+        figure.left_out = made_by.get(figure.path) if made_by.get(figure.path) in left_out else None
     return {
         "title": "Facial manipulation detection: the study, re-run",
         "generated": time.strftime("%Y-%m-%d %H:%M:%S"),
@@ -299,12 +315,13 @@ def page_context(study: Study) -> dict:
         "range_text": range_text,
         "imagenet_note": numbers.imagenet_note(),
         "check_command": CHECK_COMMAND,
-        "demo_scale": demo.get("scale") or "?",
-        "demo_seed": "?" if demo.get("seed") is None else demo.get("seed"),
+        "demo": demo,
         "protocols": "; ".join(protocols),
         "score_columns": (col_a, col_b),
         "spectra": list(study.beyond["spectrum"].items()),
-        "not_run": NOT_RUN,
+        "not_run": lambda step: (
+            f"skipped (step {step} not selected)" if step in left_out else f"{NOT_RUN} (step {step})"
+        ),
         "logs": os.path.join(study.settings.out_dir, "logs"),
         "tables": {
             "data": data_table(study.data),
@@ -316,7 +333,7 @@ def page_context(study: Study) -> dict:
             "robustness": robustness_table(runs, robustness_runs),
             "steps": steps_table(study.records),
         },
-        "figures": page_figures(study.settings, robustness_runs),
+        "figures": figures,
     }
 
 
