@@ -112,10 +112,10 @@ def demo_data(args, console: Console, logs_dir: str) -> DataChoice:
     )
     if complete and not args.remake_demo:
         if recorded is not None and {k: recorded.get(k) for k in wanted} != wanted:
+            made = recorded.get("note") or f"scale {recorded.get('scale')}, seed {recorded.get('seed')}"
             raise UserError(
-                f"{demo_dir} holds demo data made with scale {recorded.get('scale')}, seed "
-                f"{recorded.get('seed')}, not the --demo_scale {args.demo_scale} / "
-                f"--demo_seed {args.demo_seed} asked for; pass --remake_demo to "
+                f"{demo_dir} holds demo data made otherwise ({made}) than the --demo_scale "
+                f"{args.demo_scale} / --demo_seed {args.demo_seed} asked for; pass --remake_demo to "
                 f"regenerate it, or choose another --demo_dir"
             )
         console.say(f"data: demo data already generated in {demo_dir}; reusing it")

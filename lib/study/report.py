@@ -28,6 +28,7 @@ from lib.study.runner import StepFailed, StepRecord
 from lib.study.weights import CHECK_COMMAND, WeightsChoice
 
 NOT_RUN = "not run"
+NUMBER_LIKE = re.compile(r"(about )?[-+]?\d|-$")  # "0.912", "76.6 % [72.1, 80.9]", "84-91 %", "-"
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 
@@ -356,6 +357,7 @@ def render(context: dict, html: bool, md_dir: str = ".") -> str:
     env.filters["cell"] = lambda text: str(text).replace("|", "\\|").replace("\n", " ")
     env.filters["relpath"] = lambda path: os.path.relpath(path, md_dir).replace(os.sep, "/")
     env.filters["data_uri"] = _data_uri
+    env.tests["number_like"] = lambda cell: bool(NUMBER_LIKE.match(str(cell)))  # right-aligned in HTML
     text = env.get_template("report.j2").render(context, format="html.j2" if html else "markdown.j2")
     return text if html else re.sub(r"\n{3,}", "\n\n", text).strip() + "\n"  # one blank line between blocks
 
