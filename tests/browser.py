@@ -34,10 +34,11 @@ console.error = (...args) => { __errors.push(args.join(" ")); __consoleError(...
 </script>"""
 
 # After load: the page's width and scroll width; every element outside a scrolling box that
-# reaches past the page's edges; every image (loaded? natural and shown width); and what a click
-# on the first figure shows (the full-size view).
+# reaches past the page's edges; every figure's image (loaded? natural and shown width); and what
+# a click on the first figure shows (the full-size view). All synchronous: --dump-dom does not
+# wait for promises such as an image's decode().
 MEASURE = """<script>
-addEventListener("load", async () => {
+addEventListener("load", () => {
   const width = document.documentElement.clientWidth;
   const scrolls = (el) => {
     for (let a = el.parentElement; a; a = a.parentElement) {
@@ -62,15 +63,18 @@ addEventListener("load", async () => {
   }));
   const result = {width, scrollWidth: document.documentElement.scrollWidth, room, wide, images,
                   height: document.documentElement.scrollHeight, errors: window.__errors};
+  // the full-size view: open (synchronously, so no decoding races the dump), its image the
+  // figure's own, with no rule that scales it down
   const first = document.querySelector("figure img");
   const zoom = document.getElementById("zoom");
-  result.zoom = {open: false, shown: 0, natural: first ? first.naturalWidth : 0, closed: false};
+  result.zoom = {open: false, same: false, unscaled: false, closed: false};
   if (first && zoom) {
     first.click();
     const zoomed = zoom.querySelector("img");
-    if (zoomed) await zoomed.decode();
-    result.zoom.open = !zoom.hidden;
-    result.zoom.shown = zoomed ? zoomed.getBoundingClientRect().width : 0;
+    result.zoom.open = !zoom.hidden && zoom.getBoundingClientRect().width === width;
+    result.zoom.same = Boolean(zoomed) && zoomed.src === first.src;
+    result.zoom.unscaled = Boolean(zoomed) && getComputedStyle(zoomed).maxWidth === "none" &&
+                           !zoomed.getAttribute("width") && !zoomed.style.width;
     zoom.click();
     result.zoom.closed = zoom.hidden;
   }
@@ -107,7 +111,7 @@ def check_page(page: str) -> dict[int, dict]:
                 m["room"],
             )
         zoom = m["zoom"]
-        assert zoom["open"] and abs(zoom["shown"] - zoom["natural"]) <= 0.5 and zoom["closed"], zoom
+        assert zoom == {"open": True, "same": True, "unscaled": True, "closed": True}, zoom
         measured[width] = m
     return measured
 
