@@ -798,11 +798,18 @@ def identity_and_setting(seed: int, dataset: str, number: int) -> tuple[Identity
     return random_identity(rng), random_setting(rng, dataset)
 
 
-def photograph(ident: Identity, setting: Setting, dataset: str, rng: np.random.Generator):
+def photograph(
+    ident: Identity,
+    setting: Setting,
+    dataset: str,
+    rng: np.random.Generator,
+    pose: Pose | None = None,
+    cam: Camera | None = None,
+):
     """A real image before JPEG: (noisy camera image, camera, pose, the same image before the
-    sensor noise)."""
-    pose = random_pose(rng, dataset)
-    cam = random_camera(rng, dataset, setting)
+    sensor noise). ``pose`` and ``cam`` are drawn when not given (a video gives its own)."""
+    pose = random_pose(rng, dataset) if pose is None else pose
+    cam = random_camera(rng, dataset, setting) if cam is None else cam
     scene = render_person(ident, pose, setting, rng, render_background(setting, pose.shake))
     optics = camera_optics(scene, cam)
     return add_sensor_noise(optics, cam.noise, rng), cam, pose, optics
@@ -835,11 +842,18 @@ def finish_fake(
 
 
 def face_swap(
-    target: tuple[Identity, Setting], source: tuple[Identity, Setting], dataset: str, rng: np.random.Generator
+    target: tuple[Identity, Setting],
+    source: tuple[Identity, Setting],
+    dataset: str,
+    rng: np.random.Generator,
+    shot=None,
+    resolution: tuple[float, float] = SWAP_RESOLUTION,
 ) -> np.ndarray:
-    """A Deepfakes-style frame: the source's inner face pasted into a target frame."""
+    """A Deepfakes-style frame: the source's inner face pasted into a target frame (``shot``, a
+    ``photograph`` of the target, drawn when not given), through an autoencoder of ``resolution``
+    pixels across the face."""
     (target_id, target_setting), (source_id, source_setting) = target, source
-    frame, cam, pose, _ = photograph(target_id, target_setting, dataset, rng)
+    frame, cam, pose, _ = photograph(target_id, target_setting, dataset, rng) if shot is None else shot
     aligned = replace(
         pose,
         cx=pose.cx + rng.normal(0, SWAP_MISALIGN_PX),
@@ -851,7 +865,7 @@ def face_swap(
     source_cam = replace(cam, gains=cam.gains / target_setting.white_balance * source_setting.white_balance)
     face = camera_optics(render_person(source_id, aligned, target_setting, rng, frame), source_cam)
     face_size = 2.4 * pose.scale
-    face = _bottleneck(face, max(8, round(IMAGE_SIZE * rng.uniform(*SWAP_RESOLUTION) / face_size)))
+    face = _bottleneck(face, max(8, round(IMAGE_SIZE * rng.uniform(*resolution) / face_size)))
     f = _FaceFrame(pose)
     grow = rng.uniform(0.92, 1.08)
     mask = f.cover(
