@@ -987,16 +987,26 @@ def _replace(new: Path, target: Path) -> None:
     shutil.rmtree(trash)
 
 
-def _run(tasks: list[ImageTask], workers: int, progress: bool) -> None:
-    """Write every task's image, in this process (``workers`` 1) or in a pool. The order does not
-    matter: each image has its own random generator."""
+def _run(
+    tasks: list,
+    workers: int,
+    progress: bool,
+    work=write_image,
+    desc: str = "demo images",
+    unit: str = "img",
+    chunksize: int = 4,
+) -> list:
+    """``work`` (default ``write_image``) on every task, in this process (``workers`` 1) or in a
+    pool; returns the results in any order. The order does not matter: each image has its own
+    random generator."""
     pool = multiprocessing.Pool(workers) if workers > 1 else contextlib.nullcontext()
-    with pool, tqdm(total=len(tasks), disable=not progress, unit="img", desc="demo images") as bar:
-        done = (
-            pool.imap_unordered(write_image, tasks, chunksize=4) if workers > 1 else map(write_image, tasks)
-        )
-        for _ in done:
+    results = []
+    with pool, tqdm(total=len(tasks), disable=not progress, unit=unit, desc=desc) as bar:
+        done = pool.imap_unordered(work, tasks, chunksize=chunksize) if workers > 1 else map(work, tasks)
+        for result in done:
+            results.append(result)
             bar.update()
+    return results
 
 
 def generate(
