@@ -27,6 +27,11 @@ def metrics_json_path(out_dir: str, dataset_name: str, model_name: str) -> str:
     return os.path.join(out_dir, f"{dataset_name}_{model_name}_metrics.json")
 
 
+def scores_csv_path(out_dir: str, dataset_name: str, model_name: str) -> str:
+    """``<out_dir>/<D>_<M>_scores.csv``: numerical_analysis.py's per-image scores."""
+    return os.path.join(out_dir, f"{dataset_name}_{model_name}_scores.csv")
+
+
 SAMPLES_FIGURE = "datasets_samples.png"
 """The samples figure of plot_samples_of_faces_datasets.py (in the figures folder)."""
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-import tempfile
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
@@ -165,8 +165,8 @@ def video_writer(path: str, fps: float, size: tuple[int, int]):
         raise UserError(f"{path}: cannot write this video type; use one of {', '.join(WRITER_CODECS)}")
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{os.path.basename(path)}.", suffix=extension)
-    os.close(fd)
+    # a fresh name that OpenCV creates itself, so the file gets the usual permissions
+    tmp = os.path.join(folder, f".{os.path.basename(path)}.{uuid.uuid4().hex[:12]}{extension}")
     writer = cv2.VideoWriter(tmp, cv2.VideoWriter_fourcc(*WRITER_CODECS[extension]), fps or 25.0, size)
     try:
         if not writer.isOpened():
