@@ -190,7 +190,8 @@ def plan_ffpp(args) -> tuple[list[video_sets.VideoItem], dict]:
         if unplaced:
             tqdm.write(
                 f"{PROG}: note: {len(unplaced)} video(s) are in no split file and are left out (for example "
-                f"{unplaced[0].source})"
+                f"{unplaced[0].source})",
+                file=sys.stderr,
             )
         rule = (
             f"FaceForensics++ split files in {os.path.abspath(args.splits)}: each pair's originals and "
@@ -213,13 +214,17 @@ def plan_folders(args) -> tuple[list[video_sets.VideoItem], dict]:
     if args.group is None:
         tqdm.write(
             f"{PROG}: note: the split is by video only (no --group rule): a fake and the video it was made "
-            "from may land in different splits"
+            "from may land in different splits",
+            file=sys.stderr,
         )
         rule = f"by video, 70/15/15 with seed {args.seed}"
     else:
         rule = f"by group (--group {args.group!r}), 70/15/15 with seed {args.seed}"
         if unmatched:
-            tqdm.write(f"{PROG}: note: {unmatched} video(s) do not match --group; each is its own group")
+            tqdm.write(
+                f"{PROG}: note: {unmatched} video(s) do not match --group; each is its own group",
+                file=sys.stderr,
+            )
     return video_sets.split_by_group(items, args.seed), {
         "layout": "real/fake folders",
         "group": args.group,
@@ -273,7 +278,8 @@ def main(argv=None) -> int:
         if 0 in counts.values():
             tqdm.write(
                 f"{PROG}: warning: the {split} split gets no {'real' if counts['real'] == 0 else 'fake'} "
-                "video; training needs both"
+                "video; training needs both",
+                file=sys.stderr,
             )
     device = get_device(args.device)
     detector = face_detectors.make_detector(args.detector, device, args.min_face)  # fails fast when missing
@@ -292,7 +298,7 @@ def main(argv=None) -> int:
     def on_result(result: dict) -> None:
         if "error" in result:
             failures.append(result)
-            tqdm.write(f"{PROG}: error: {result['error']}; skipped")
+            tqdm.write(f"{PROG}: error: {result['error']}; skipped", file=sys.stderr)
         else:
             tally["images"] += len(result["images"])
             tally["no_face"] += len(result["no_face"])

@@ -130,9 +130,9 @@ def sampled_frames(
     the header and what was delivered.
 
     When the decoder ends before the header's count, the wanted frames past the end are replaced
-    by as many frames spread evenly after the last one delivered (a second decode of the start);
-    a header without a count is counted by decoding first. A video of which no frame decodes is a
-    ``VideoError``.
+    by as many others, spread evenly over the frames that did decode (a second pass, so these
+    come after, from the start again); a header without a count is counted by decoding first. A
+    video of which no frame decodes is a ``VideoError``.
     """
     report = report if report is not None else VideoReport()
     header = read_header(path)
@@ -145,9 +145,9 @@ def sampled_frames(
     missing = len(wanted) - len(report.delivered)
     if missing and report.delivered:  # the stream ended before the header said
         report.frames_decoded = decoded
-        last = report.delivered[-1]
-        more = [last + 1 + i for i in sample_indices(decoded - last - 1, missing)][:missing]
-        yield from _pass(path, more, report)
+        got = set(report.delivered)
+        rest = [i for i in sample_indices(decoded, len(wanted)) if i not in got]
+        yield from _pass(path, [rest[i] for i in sample_indices(len(rest), missing)], report)
     if not report.delivered:
         raise VideoError(
             f"{path}: no frame could be decoded (damaged file, or a codec OpenCV's FFmpeg lacks)"

@@ -206,7 +206,8 @@ def folder_videos(root: str, group_rule: str | None) -> tuple[list[VideoItem], i
 def split_by_group(items: list[VideoItem], seed: int, fractions=SPLIT_FRACTIONS) -> list[VideoItem]:
     """Each video's split, whole groups at a time: the groups, in an order drawn with ``seed``,
     each go to the split whose real and fake counts it brings closest to ``fractions`` of each
-    class (least squares), so every split gets about its share of both classes."""
+    class (least squares), so every split gets about its share of both classes; no split is left
+    empty while there are groups enough to fill it."""
     groups: dict[str, np.ndarray] = {}
     for item in items:
         groups.setdefault(item.group, np.zeros(2))[item.label] += 1
@@ -214,14 +215,12 @@ def split_by_group(items: list[VideoItem], seed: int, fractions=SPLIT_FRACTIONS)
     order = np.random.default_rng(seed).permutation(len(names))
     totals = np.sum(list(groups.values()), axis=0) if groups else np.zeros(2)
     targets = np.outer(np.asarray(fractions, dtype=np.float64), totals)
-    assigned, split_of = np.zeros_like(targets), {}
-    for g in order:
+    assigned, split_of, steps = np.zeros_like(targets), {}, np.eye(len(SPLITS))[:, :, None]
+    for position, g in enumerate(order):
         counts = groups[names[g]]
-        costs = [
-            np.sum((assigned + np.eye(len(SPLITS))[s][:, None] * counts - targets) ** 2)
-            for s in range(len(SPLITS))
-        ]
-        best = int(np.argmin(costs))
+        empty = [s for s in range(len(SPLITS)) if not assigned[s].any()]
+        candidates = empty if len(order) - position <= len(empty) else range(len(SPLITS))
+        best = min(candidates, key=lambda s: np.sum((assigned + steps[s] * counts - targets) ** 2))
         assigned[best] += counts
         split_of[names[g]] = SPLITS[best]
     return [replace(item, split=split_of[item.group]) for item in items]

@@ -172,3 +172,37 @@ def one_line_error(capsys, main, argv, *needles) -> str:
     for needle in needles:
         assert str(needle) in lines[0], (needle, lines[0])
     return lines[0]
+
+
+@pytest.fixture(scope="session")
+def demo_videos(tmp_path_factory) -> str:
+    """Read-only by convention: make_demo_videos.py's FF++-style set, 3 pairs (one a split), both
+    methods, 8 frames a video, with OUT/boxes.json (18 small videos)."""
+    import make_demo_videos
+
+    root = tmp_path_factory.mktemp("demo_videos") / "ffpp"
+    make_demo_videos.generate(root, pairs=3, frames=8, seed=0, workers=2, progress=False)
+    return str(root)
+
+
+@pytest.fixture(scope="session")
+def prepared_videos(demo_videos, tmp_path_factory) -> str:
+    """Read-only by convention: the data root holding ``demo_ffpp``, ``demo_videos`` prepared
+    with the official-style split files, the Haar cascade and 4 frames a video."""
+    import prepare_videos
+
+    root = tmp_path_factory.mktemp("prepared_videos")
+    argv = ["--input", demo_videos, "--splits", os.path.join(demo_videos, "splits"), "--out", str(root)]
+    argv += [
+        "--dataset",
+        "demo_ffpp",
+        "--frames",
+        "4",
+        "--detector",
+        "haar",
+        "--workers",
+        "1",
+        "--no_progress",
+    ]
+    assert prepare_videos.main(argv) == 0
+    return str(root)
