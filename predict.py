@@ -362,7 +362,8 @@ def main(argv=None) -> int:
     )
     for is_video, group in itertools.groupby(files, key=is_video_file):  # the order given
         if not is_video:
-            predict_images(list(group), model, layer, detector, args, out, bar, used_names)
+            photo_faces = detector if args.crop_faces else None
+            predict_images(list(group), model, layer, photo_faces, args, out, bar, used_names)
             continue
         for path in group:
             predict_video(path, model, detector, args, out)
