@@ -185,14 +185,11 @@ def demo_videos(tmp_path_factory) -> str:
     return str(root)
 
 
-@pytest.fixture(scope="session")
-def prepared_videos(demo_videos, tmp_path_factory) -> str:
-    """Read-only by convention: the data root holding ``demo_ffpp``, ``demo_videos`` prepared
-    with the official-style split files, the Haar cascade and 4 frames a video."""
-    import prepare_videos
-
-    root = tmp_path_factory.mktemp("prepared_videos")
-    argv = ["--input", demo_videos, "--splits", os.path.join(demo_videos, "splits"), "--out", str(root)]
+def prep_argv(videos, out, *extra) -> list[str]:
+    """prepare_videos.py's flags for a quick run on the FF++-style ``videos`` with their split
+    files into ``out`` (dataset ``demo_ffpp``): the Haar cascade, 4 frames, one process, no
+    progress bar; then ``extra`` (a later flag wins)."""
+    argv = ["--input", str(videos), "--splits", os.path.join(str(videos), "splits"), "--out", str(out)]
     argv += [
         "--dataset",
         "demo_ffpp",
@@ -204,5 +201,15 @@ def prepared_videos(demo_videos, tmp_path_factory) -> str:
         "1",
         "--no_progress",
     ]
-    assert prepare_videos.main(argv) == 0
+    return argv + list(extra)
+
+
+@pytest.fixture(scope="session")
+def prepared_videos(demo_videos, tmp_path_factory) -> str:
+    """Read-only by convention: the data root holding ``demo_ffpp``, ``demo_videos`` prepared
+    with ``prep_argv``."""
+    import prepare_videos
+
+    root = tmp_path_factory.mktemp("prepared_videos")
+    assert prepare_videos.main(prep_argv(demo_videos, root)) == 0
     return str(root)

@@ -19,6 +19,7 @@ import pytest
 from PIL import Image
 
 import prepare_videos
+from conftest import prep_argv
 from lib import face_detectors, video, video_prep, video_sets
 from lib.cli import UserError, run_cli
 from utils import load_dataset
@@ -56,27 +57,6 @@ def manifest_of(root, dataset="demo_ffpp") -> dict:
 def tree_bytes(folder) -> dict[str, bytes]:
     folder = Path(folder)
     return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*.png"))}
-
-
-def prep_argv(demo_videos, out, *extra) -> list[str]:
-    return [
-        "--input",
-        demo_videos,
-        "--splits",
-        os.path.join(demo_videos, "splits"),
-        "--out",
-        str(out),
-        "--dataset",
-        "demo_ffpp",
-        "--frames",
-        "4",
-        "--detector",
-        "haar",
-        "--workers",
-        "1",
-        "--no_progress",
-        *extra,
-    ]
 
 
 # ----------------------------------------------------------------------------- frames

@@ -17,7 +17,6 @@ import numerical_analysis
 from conftest import analysis_argv
 from lib import uncertainty, video_scores
 from lib.cli import UserError, run_cli
-from models import SimpleNet
 
 
 def frames_of_videos(seed: int = 0):
@@ -116,18 +115,11 @@ def test_keys_come_from_the_manifest_else_from_file_names(tmp_path):
         video_scores.video_keys(str(folder), paths)
 
 
-@pytest.fixture(scope="module")
-def checkpoint(module_tmp) -> str:
-    torch.manual_seed(5)
-    path = module_tmp("ckpt") / "SimpleNet.pt"
-    torch.save({"model": SimpleNet().state_dict(), "epoch": 1}, path)
-    return str(path)
-
-
 def test_numerical_analysis_gives_video_figures_from_the_manifest(
-    prepared_videos, checkpoint, tmp_path, capsys
+    prepared_videos, simplenet_checkpoint, tmp_path, capsys
 ):
-    argv = ["-m", "SimpleNet", "-cpp", checkpoint, "-d", "demo_ffpp", "--bootstrap", "200", "--seed", "3"]
+    argv = ["-m", "SimpleNet", "-cpp", simplenet_checkpoint, "-d", "demo_ffpp"]
+    argv += ["--bootstrap", "200", "--seed", "3"]
     assert run_cli(numerical_analysis.main, [*argv, *analysis_argv(prepared_videos, tmp_path)]) == 0
     printed = capsys.readouterr().out
     content = json.loads((tmp_path / "out" / "demo_ffpp_SimpleNet_metrics.json").read_text())
