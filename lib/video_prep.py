@@ -32,7 +32,7 @@ from lib.video_sets import VideoItem
 RECORDS_DIR = ".prepare"
 MANIFEST = "manifest.json"
 IMAGE_NAME = re.compile(r"^(?P<video>.+)_f(?P<frame>\d+)\.png$")  # <key>_f<frame>.png
-PNG_LEVEL = 3  # zlib level of the crops: 3x faster to write than the default 6, files about 15 % larger
+PNG_LEVEL = 1  # zlib level of the crops: the fastest that compresses (benchmarks/README.md#videos)
 
 
 @dataclass(frozen=True)

@@ -357,3 +357,25 @@ def test_without_facenet_mtcnn_is_one_line_naming_the_install_and_haar_works(
     [line] = capsys.readouterr().err.strip().splitlines()
     assert face_detectors.FACENET_INSTALL in line and "--detector haar" in line
     assert run_cli(prepare_videos.main, argv) == 0
+
+
+# ----------------------------------------------------------------------------- benchmark
+def test_bench_videos_smoke_writes_consistent_figures(tmp_path):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "bench_videos", os.path.join(ROOT, "benchmarks", "bench_videos.py")
+    )
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    out = tmp_path / "bench_videos.json"
+    out.write_text(json.dumps({"older": {"kept": True}}))  # merged into, never overwritten
+    assert bench.main(["--smoke", "--out", str(out), "--workers", "2", "--no_progress"]) == 0
+    results = json.loads(out.read_text())
+    assert results["older"] == {"kept": True}
+    r = results["smoke"]
+    for key in bench.REQUIRED_KEYS:
+        assert isinstance(r[key], float) and math.isfinite(r[key]) and r[key] > 0, key
+    assert r["efficiency"] == pytest.approx((r["decode_sequential_s"] + r["detect_s"]) / r["prepare_s"])
+    assert r["videos_per_minute"] == pytest.approx(60 * r["config"]["videos"] / r["prepare_s"])
+    assert r["config"]["videos"] == 18 and r["config"]["frames"] == 2
