@@ -18,7 +18,7 @@ The people, places and cameras are those of ``make_demo_datasets.py``: the pose 
 from frame to frame (position, turn, tilt, mouth, blinks) in a 256x192 frame, about 90 px of face.
 A fake ``a_b`` is video ``a``, frame for frame, with the inner face of ``b`` pasted in:
 ``Deepfakes`` through the autoencoder-like bottleneck of the image demo, ``FaceSwap`` at a higher
-resolution (a sharper paste). The pairs are split 70/15/15 with ``--seed``. ``boxes.json`` maps
+resolution (a sharper paste). The pairs are split about 70/15/15 with ``--seed``. ``boxes.json`` maps
 each video's path (relative to OUT) to one ``[x, y, w, h]`` per frame: the bounding box of the
 drawn face (centre to chin is one face unit; the face ellipse, without hair or ears), in frame
 pixels. Videos are MPEG-4 Part 2 (OpenCV's ``mp4v``), 25 frames/s. The same seed gives the same
@@ -51,7 +51,7 @@ COMPRESSION = "c23"
 FPS = 25.0
 FRAME_ROWS = (32, 224)  # the rows of the generator's 256x256 picture kept: a 256x192 frame
 FACE_SCALE = 0.7  # the face's size relative to the image demo's face crops
-SPLIT_FRACTIONS = {"train": 0.70, "val": 0.15}  # the rest is test
+SPLIT_FRACTIONS = {"val": 0.15, "test": 0.15}  # the rest is train
 STYLE = "fakes_dataset"  # the image demo's look of video frames shot in rooms
 
 
@@ -167,14 +167,15 @@ def make_video(task: VideoTask) -> dict[str, list[list[int]]]:
 
 def plan_pairs(n_pairs: int, seed: int) -> dict[str, list[list[str]]]:
     """The pairs of each split, as FF++'s split files hold them: ``{split: [[a, b], ...]}``.
-    Videos 0 .. 2 n - 1 are paired at random, the pairs split 70/15/15 (each split at least one)."""
+    Videos 0 .. 2 n - 1 are paired at random; val and test get 15 % of the pairs each (rounded,
+    at least one), train the rest."""
     rng = demo._rng(seed, "videos", "pairs")
     order = rng.permutation(2 * n_pairs)
     pairs = [
         sorted((video_name(int(order[2 * k])), video_name(int(order[2 * k + 1])))) for k in range(n_pairs)
     ]
-    n_train = max(1, min(n_pairs - 2, round(SPLIT_FRACTIONS["train"] * n_pairs)))
-    n_val = max(1, min(n_pairs - n_train - 1, round(SPLIT_FRACTIONS["val"] * n_pairs)))
+    n_val = max(1, min((n_pairs - 1) // 2, round(SPLIT_FRACTIONS["val"] * n_pairs)))
+    n_train = n_pairs - 2 * n_val
     return {
         "train": pairs[:n_train],
         "val": pairs[n_train : n_train + n_val],
