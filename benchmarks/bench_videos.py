@@ -12,10 +12,11 @@ next run, or an FF++ root of your own), one thread, ``--frames`` frames a video:
   with ``--workers`` worker processes (their start included);
 - the command: ``prepare_videos.py`` as a user runs it, Python's start and the manifest included.
 
-It prints seconds a video and videos a minute, and the ratios: (decode + detect) / prepare (how
-close the preparation comes to its two costs; 1.0 is no overhead) and seeking / sequential. Each
-figure is the best of ``--repeats`` rounds. Results merge into ``--out`` (default
-``out/bench_videos.json``).
+It prints the time a video, by wall clock and by CPU time (user + system, of this process and of
+its worker processes: other jobs on a shared machine slow the first, hardly the second), and the
+ratios: (decode + detect) / prepare (how close the preparation comes to its two costs; 1.0 is no
+overhead) and seeking / sequential. Each figure is the best of ``--repeats`` rounds. Results
+merge into ``--out`` (default ``out/bench_videos.json``).
 
 Usage::
 
@@ -26,6 +27,7 @@ Usage::
 from __future__ import annotations
 
 import os
+import resource
 import subprocess
 import sys
 import tempfile
@@ -42,6 +44,11 @@ from lib.fileio import atomic_write_json, read_json_object
 
 DEMO_FOLDER = os.path.join("out", "bench_videos_demo")
 REQUIRED_KEYS = (
+    "decode_sequential_cpu_s",
+    "detect_cpu_s",
+    "prepare_cpu_s",
+    "efficiency_cpu",
+    "videos_per_minute_cpu",
     "decode_sequential_s",
     "decode_seek_s",
     "decode_all_s",
@@ -89,14 +96,23 @@ def decode_seeking(path: str, n_frames: int) -> int:
     return read
 
 
-def best_time(fn, repeats: int) -> float:
-    """The fastest of ``repeats`` runs of ``fn()``, in seconds."""
-    times = []
+def cpu_seconds() -> float:
+    """CPU time (user + system) of this process and of its children that have ended."""
+    mine = resource.getrusage(resource.RUSAGE_SELF)
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return mine.ru_utime + mine.ru_stime + children.ru_utime + children.ru_stime
+
+
+def best_time(fn, repeats: int) -> tuple[float, float]:
+    """(wall, CPU) seconds of the fastest (by wall time) of ``repeats`` runs of ``fn()``. The CPU
+    time counts worker processes too; other jobs on the machine slow the wall time, hardly the
+    CPU time."""
+    runs = []
     for _ in range(repeats):
-        start = time.perf_counter()
+        wall, cpu = time.perf_counter(), cpu_seconds()
         fn()
-        times.append(time.perf_counter() - start)
-    return min(times)
+        runs.append((time.perf_counter() - wall, cpu_seconds() - cpu))
+    return min(runs)
 
 
 def measure(args, items, detector) -> dict:
@@ -129,29 +145,35 @@ def measure(args, items, detector) -> dict:
             argv += ["--workers", str(args.workers), "--no_progress"]
             subprocess.run(argv, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
-    return {
-        "decode_sequential_s": best_time(
-            lambda: [list(video.sampled_frames(p, args.frames)) for p in paths], args.repeats
-        ),
-        "decode_seek_s": best_time(lambda: [decode_seeking(p, args.frames) for p in paths], args.repeats),
-        "decode_all_s": best_time(lambda: [list(video.sampled_frames(p, 0)) for p in paths], args.repeats),
-        "detect_s": best_time(detect_all, args.repeats),
-        "prepare_s": best_time(lambda: prepare(1), args.repeats),
-        "prepare_workers_s": best_time(lambda: prepare(args.workers), args.repeats),
-        "command_s": best_time(command, args.repeats),
+    tasks = {
+        "decode_sequential": lambda: [list(video.sampled_frames(p, args.frames)) for p in paths],
+        "decode_seek": lambda: [decode_seeking(p, args.frames) for p in paths],
+        "decode_all": lambda: [list(video.sampled_frames(p, 0)) for p in paths],
+        "detect": detect_all,
+        "prepare": lambda: prepare(1),
+        "prepare_workers": lambda: prepare(args.workers),
+        "command": command,
     }
+    times = {}
+    for name, task in tasks.items():
+        times[f"{name}_s"], times[f"{name}_cpu_s"] = best_time(task, args.repeats)
+    return times
 
 
 def figures(times: dict, n_videos: int) -> dict:
-    """The ratios and rates of ``measure``'s times."""
-    return {
-        **times,
-        "efficiency": (times["decode_sequential_s"] + times["detect_s"]) / times["prepare_s"],
-        "seek_over_sequential": times["decode_seek_s"] / times["decode_sequential_s"],
-        "videos_per_minute": 60 * n_videos / times["prepare_s"],
-        "videos_per_minute_workers": 60 * n_videos / times["prepare_workers_s"],
-        "videos_per_minute_command": 60 * n_videos / times["command_s"],
-    }
+    """The ratios and rates of ``measure``'s times: by wall time and by CPU time."""
+    out = dict(times)
+    for suffix in ("_s", "_cpu_s"):
+        kind = "" if suffix == "_s" else "_cpu"
+        prepare = times[f"prepare{suffix}"]
+        out[f"efficiency{kind}"] = (times[f"decode_sequential{suffix}"] + times[f"detect{suffix}"]) / prepare
+        out[f"seek_over_sequential{kind}"] = (
+            times[f"decode_seek{suffix}"] / times[f"decode_sequential{suffix}"]
+        )
+        out[f"videos_per_minute{kind}"] = 60 * n_videos / prepare
+        out[f"videos_per_minute_workers{kind}"] = 60 * n_videos / times[f"prepare_workers{suffix}"]
+        out[f"videos_per_minute_command{kind}"] = 60 * n_videos / times[f"command{suffix}"]
+    return out
 
 
 def print_table(result: dict) -> None:
@@ -166,14 +188,17 @@ def print_table(result: dict) -> None:
         (f"prepare_videos.py, {result['config']['workers']} workers", "command_s"),
     ]
     print(f"{n} videos, {result['config']['frames']} frames each ({result['config']['frame_size']})")
+    print(f"  {'':<38} {'wall, a video':>14} {'CPU, a video':>13}")
     for name, key in rows:
+        cpu = key[: -len("_s")] + "_cpu_s"
+        print(f"  {name:<38} {1000 * result[key] / n:11.1f} ms {1000 * result[cpu] / n:10.1f} ms")
+    for kind, label in (("", "wall"), ("_cpu", "CPU")):
         print(
-            f"  {name:<38} {1000 * result[key] / n:8.1f} ms a video  ({60 * n / result[key]:7.1f} videos/min)"
+            f"  by {label} time: (decode + detect) / prepare {result['efficiency' + kind]:.2f}, seeking / "
+            f"sequential {result['seek_over_sequential' + kind]:.1f}, prepare "
+            f"{result['videos_per_minute' + kind]:.1f} "
+            "videos a minute a process"
         )
-    print(
-        f"  (decode + detect) / prepare: {result['efficiency']:.2f}; seeking / sequential: "
-        f"{result['seek_over_sequential']:.1f}"
-    )
 
 
 def build_parser() -> ArgumentParser:
