@@ -26,6 +26,7 @@ os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv", ".flv", ".3gp")
 WRITER_CODECS = {".mp4": "mp4v", ".m4v": "mp4v", ".mov": "mp4v", ".avi": "MJPG"}
 DEFAULT_FRAMES = 32
+VIDEO_PURPOSE = "reading and writing videos"
 
 
 class VideoError(UserError):
@@ -67,7 +68,7 @@ class VideoReport:
 
 def open_capture(path: str):
     """An opened ``cv2.VideoCapture`` of ``path``; a ``VideoError`` naming it when it cannot be opened."""
-    cv2 = import_cv2()
+    cv2 = import_cv2(VIDEO_PURPOSE)
     if not os.path.isfile(path):
         raise VideoError(f"{path}: no such video file")
     capture = cv2.VideoCapture(path)
@@ -86,7 +87,7 @@ def _pass(
     (increasing), each appended to ``report.delivered``; it ends early where the stream ends. With
     ``wanted`` empty it decodes to the end and yields nothing. Returns (as a generator's value) the
     number of frames decoded."""
-    cv2 = import_cv2()
+    cv2 = import_cv2(VIDEO_PURPOSE)
     capture = open_capture(path)
     targets, index = iter(wanted), -1
     target = next(targets, None)
@@ -110,7 +111,7 @@ def _pass(
 
 def read_header(path: str) -> VideoReport:
     """The header of ``path``: frame count, frame rate and frame size."""
-    cv2 = import_cv2()
+    cv2 = import_cv2(VIDEO_PURPOSE)
     capture = open_capture(path)
     try:
         return VideoReport(
@@ -159,7 +160,7 @@ def video_writer(path: str, fps: float, size: tuple[int, int]):
     """Write a video of ``size`` (width, height) frames: yields ``write(rgb_frame)``. The file is
     written under a temporary name beside ``path`` and renamed into place only when the block ends
     without an error. The codec follows the extension (``WRITER_CODECS``)."""
-    cv2 = import_cv2()
+    cv2 = import_cv2(VIDEO_PURPOSE)
     extension = os.path.splitext(path)[1].lower()
     if extension not in WRITER_CODECS:
         raise UserError(f"{path}: cannot write this video type; use one of {', '.join(WRITER_CODECS)}")
