@@ -820,11 +820,18 @@ def identity_and_setting(seed: int, dataset: str, number: int) -> tuple[Identity
     return random_identity(rng), random_setting(rng, dataset)
 
 
-def photograph(ident: Identity, setting: Setting, dataset: str, rng: np.random.Generator):
+def photograph(
+    ident: Identity,
+    setting: Setting,
+    dataset: str,
+    rng: np.random.Generator,
+    pose: Pose | None = None,
+    cam: Camera | None = None,
+):
     """A real image before JPEG: (noisy camera image, camera, pose, the same image before the
-    sensor noise)."""
-    pose = random_pose(rng, dataset)
-    cam = random_camera(rng, dataset, setting)
+    sensor noise). ``pose`` and ``cam`` are drawn when not given (a video gives its own)."""
+    pose = random_pose(rng, dataset) if pose is None else pose
+    cam = random_camera(rng, dataset, setting) if cam is None else cam
     scene = render_person(ident, pose, setting, rng, render_background(setting, pose.shake))
     optics = camera_optics(scene, cam)
     return add_sensor_noise(optics, cam.noise, rng), cam, pose, optics
@@ -857,11 +864,18 @@ def finish_fake(
 
 
 def face_swap(
-    target: tuple[Identity, Setting], source: tuple[Identity, Setting], dataset: str, rng: np.random.Generator
+    target: tuple[Identity, Setting],
+    source: tuple[Identity, Setting],
+    dataset: str,
+    rng: np.random.Generator,
+    shot=None,
+    resolution: tuple[float, float] = SWAP_RESOLUTION,
 ) -> np.ndarray:
-    """A Deepfakes-style frame: the source's inner face pasted into a target frame."""
+    """A Deepfakes-style frame: the source's inner face pasted into a target frame (``shot``, a
+    ``photograph`` of the target, drawn when not given), through an autoencoder of ``resolution``
+    pixels across the face."""
     (target_id, target_setting), (source_id, source_setting) = target, source
-    frame, cam, pose, _ = photograph(target_id, target_setting, dataset, rng)
+    frame, cam, pose, _ = photograph(target_id, target_setting, dataset, rng) if shot is None else shot
     aligned = replace(
         pose,
         cx=pose.cx + rng.normal(0, SWAP_MISALIGN_PX),
@@ -873,7 +887,7 @@ def face_swap(
     source_cam = replace(cam, gains=cam.gains / target_setting.white_balance * source_setting.white_balance)
     face = camera_optics(render_person(source_id, aligned, target_setting, rng, frame), source_cam)
     face_size = 2.4 * pose.scale
-    face = _bottleneck(face, max(8, round(IMAGE_SIZE * rng.uniform(*SWAP_RESOLUTION) / face_size)))
+    face = _bottleneck(face, max(8, round(IMAGE_SIZE * rng.uniform(*resolution) / face_size)))
     f = _FaceFrame(pose)
     grow = rng.uniform(0.92, 1.08)
     mask = f.cover(
@@ -1057,16 +1071,26 @@ def _replace(new: Path, target: Path) -> None:
     shutil.rmtree(trash)
 
 
-def _run(tasks: list[ImageTask], workers: int, progress: bool) -> None:
-    """Write every task's image, in this process (``workers`` 1) or in a pool. The order does not
-    matter: each image has its own random generator."""
+def _run(
+    tasks: list,
+    workers: int,
+    progress: bool,
+    work=write_image,
+    desc: str = "demo images",
+    unit: str = "img",
+    chunksize: int = 4,
+) -> list:
+    """``work`` (default ``write_image``) on every task, in this process (``workers`` 1) or in a
+    pool; returns the results in any order. The order does not matter: each image has its own
+    random generator."""
     pool = multiprocessing.Pool(workers) if workers > 1 else contextlib.nullcontext()
-    with pool, tqdm(total=len(tasks), disable=not progress, unit="img", desc="demo images") as bar:
-        done = (
-            pool.imap_unordered(write_image, tasks, chunksize=4) if workers > 1 else map(write_image, tasks)
-        )
-        for _ in done:
+    results = []
+    with pool, tqdm(total=len(tasks), disable=not progress, unit=unit, desc=desc) as bar:
+        done = pool.imap_unordered(work, tasks, chunksize=chunksize) if workers > 1 else map(work, tasks)
+        for result in done:
+            results.append(result)
             bar.update()
+    return results
 
 
 def generate(

@@ -27,6 +27,11 @@ def metrics_json_path(out_dir: str, dataset_name: str, model_name: str) -> str:
     return os.path.join(out_dir, f"{dataset_name}_{model_name}_metrics.json")
 
 
+def scores_csv_path(out_dir: str, dataset_name: str, model_name: str) -> str:
+    """``<out_dir>/<D>_<M>_scores.csv``: numerical_analysis.py's per-image scores."""
+    return os.path.join(out_dir, f"{dataset_name}_{model_name}_scores.csv")
+
+
 DEMO_MARKER = ".made_by_make_demo_datasets.json"
 """What make_demo_datasets.py writes into each dataset folder it makes: its seed, scale and full_size."""
 
