@@ -385,18 +385,5 @@ def main(argv=None) -> int:
     return 1 if out.errors else 0
 
 
-def run_quiet_on_closed_pipe() -> int:
-    """``run_cli(main)``; when the reader of stdout quits early (``| head -1``), stop quietly with
-    exit code 1 instead of a BrokenPipeError traceback."""
-    try:
-        code = run_cli(main)
-        sys.stdout.flush()  # a closed pipe shows here rather than in the interpreter's exit
-        return code
-    except BrokenPipeError:
-        # Python flushes stdout again at exit: point it at devnull so that flush cannot fail
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return 1
-
-
 if __name__ == "__main__":
-    sys.exit(run_quiet_on_closed_pipe())
+    sys.exit(run_cli(main))

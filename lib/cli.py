@@ -123,10 +123,14 @@ def run_cli(main: Callable[[list[str] | None], object], argv: list[str] | None =
     prog = os.path.basename(sys.argv[0]) or "script"
     try:
         result = main(argv)
+        sys.stdout.flush()  # a closed pipe shows here rather than in the interpreter's exit
         return int(result) if isinstance(result, int) else 0
     except KeyboardInterrupt:
         print(f"{prog}: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `script | head` closed stdout: stop quietly, as a Unix tool does
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
+        return 141
     except (UserError, FileNotFoundError, PermissionError) as exc:  # data and weights errors are UserErrors
         if "--debug" in argv:
             raise

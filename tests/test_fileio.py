@@ -248,3 +248,23 @@ def test_a_log_is_appended_but_never_through_a_planted_link(tmp_path, victim):
     with pytest.raises(UserError, match=r"planted\.log: the log is a symbolic link"):
         fileio.open_for_append(str(planted))
     assert victim.read_text() == VICTIM_TEXT
+
+
+def test_a_closed_stdout_stops_a_script_quietly():
+    """`script | head -1`: the script stops with 141 (SIGPIPE's shell status), without a traceback."""
+    code = (
+        "import sys; sys.path.insert(0, sys.argv[1]); from lib.cli import run_cli\n"
+        "def main(argv):\n"
+        "    for i in range(100000):\n"
+        "        print('line', i)\n"
+        "sys.exit(run_cli(main, []))\n"
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code, str(ROOT)], stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    first = proc.stdout.readline()
+    proc.stdout.close()  # what `head -1` does after its line
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=60) == 141
+    assert first == b"line 0\n"
+    assert err == ""
