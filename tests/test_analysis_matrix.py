@@ -27,6 +27,7 @@ and its Grad-CAM target layer; ``utils.load_model(name, pretrained=False)`` must
 
 from __future__ import annotations
 
+import csv
 import importlib
 import itertools
 import json
@@ -140,6 +141,18 @@ def check_numerical(section: dict, case: Case) -> None:
     matrix = section["confusion_matrix"]
     assert [sum(row) for row in matrix] == [n_real, n_fake]  # rows: the true class
     assert section["accuracy"] == pytest.approx(100 * (matrix[0][0] + matrix[1][1]) / (n_real + n_fake))
+
+
+def check_scores_csv(path: Path, case: Case) -> None:
+    """One row a test image, in the loader's order, whose P(fake) is the softmax of its two scores."""
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    files = case.test_files()
+    assert [row["path"] for row in rows] == files["real"] + files["fake"]
+    assert [int(row["label"]) for row in rows] == [0] * len(files["real"]) + [1] * len(files["fake"])
+    for row in rows:
+        a, b = float(row["score_a"]), float(row["score_b"])
+        assert float(row["p_fake"]) == pytest.approx(1 / (1 + math.exp(a - b)), rel=1e-5, abs=1e-7)
 
 
 def check_uncertainty(section: dict, case: Case) -> None:
@@ -264,6 +277,7 @@ class Analysis:
     )  # JSON file in case.out (or STDOUT) -> {section: check}
     prints: Callable[[Case], list[str]] = lambda case: []  # text its stdout must hold
     per_model: bool = True  # False: model-free, one cell instead of one per model
+    tables: Callable[[Case], dict] = lambda case: {}  # CSV file in case.out -> its check
 
 
 def metrics_json(case: Case) -> str:
@@ -276,6 +290,7 @@ ANALYSES = (
         lambda c: command_flags(c) + ["-b", "4", "--bootstrap", "20", "--ece_bins", "4"],
         lambda c: [f"{c.stem}_{s}.png" for s in ("roc_curve", "det_curve", "reliability_diagram")],
         lambda c: {metrics_json(c): {"numerical": check_numerical, "uncertainty": check_uncertainty}},
+        tables=lambda c: {f"{c.stem}_scores.csv": check_scores_csv},
     ),
     Analysis(
         "saliency_map",
@@ -435,7 +450,10 @@ def test_command_writes_what_it_promises(analysis, model, matrix_root, trained, 
     assert sorted(os.listdir(case.fig)) == figures
     for name in figures:
         check_png(case.fig / name)
-    assert sorted(os.listdir(case.out)) == files
+    tables = analysis.tables(case)
+    assert sorted(os.listdir(case.out)) == sorted(files + list(tables))
+    for name, check in tables.items():
+        check(case.out / name, case)
     for where, checks in promised.items():
         document = json.loads(case.stdout if where == STDOUT else (case.out / where).read_text())
         if where != STDOUT:
