@@ -86,10 +86,11 @@ def default_step_size(epochs: int, warmup_epochs: int) -> int:
 
 def class_weights(labels) -> torch.Tensor:
     """Per-class loss weights n / (2 n_c) from the training labels (sklearn's 'balanced'), float32."""
+    import numpy as np
     from sklearn.utils.class_weight import compute_class_weight
 
     labels = torch.as_tensor(labels).cpu().numpy()
-    weights = compute_class_weight("balanced", classes=[0, 1], y=labels)
+    weights = compute_class_weight("balanced", classes=np.array([0, 1]), y=labels)
     return torch.tensor(weights, dtype=torch.float32)
 
 
