@@ -14,7 +14,6 @@ import os
 import sys
 
 import torch
-from torch import nn
 
 from lib.cli import (
     ArgumentParser,
@@ -28,9 +27,20 @@ from lib.cli import (
     seed_int,
 )
 from lib.distributed import init_distributed
+from lib.epoch_log import EpochLog
 from lib.flags import add_data_root_flag, add_dataset_flag
 from lib.memory import add_activation_checkpointing_flag, apply_image_cache, resolve_activation_checkpointing
 from lib.metrics import fmt
+from lib.optim import (
+    make_optimizer,
+    resolved_weight_decay,
+)
+from lib.train_options import (
+    add_training_option_flags,
+    check_training_options,
+    training_protocol,
+    training_setup,
+)
 from trainer import LoggingParameters, Trainer, check_output_paths, json_safe_optimizer_params, run_paths
 from utils import (
     MODEL_NAMES,
@@ -63,10 +73,13 @@ def build_parser() -> ArgumentParser:
         "-o",
         default="SGD",
         choices=OPTIMIZER_NAMES,
-        help="SGD (with --momentum) or Adam (lr only)",
+        help="SGD (with --momentum) or Adam (lr only); AdamW is beside the course's (see --weight_decay)",
     )
     add_dataset_flag(course, "dataset to train on")
     _add_protocol_flags(parser.add_argument_group("protocol"))
+    add_training_option_flags(
+        parser.add_argument_group("training options (all off by default: the course's)")
+    )
     _add_data_flags(parser.add_argument_group("data"))
     _add_speed_flags(parser.add_argument_group("speed and memory"))
     output = parser.add_argument_group("output")
@@ -171,15 +184,6 @@ def _add_speed_flags(group) -> None:
     )
 
 
-def make_optimizer(name: str, params, lr: float, momentum: float) -> torch.optim.Optimizer:
-    """SGD with momentum or Adam, with the fused kernels (one pass per tensor): the same update up
-    to float rounding, and on the CPU an Adam step 7x faster for SimpleNet (9 instead of 62 ms,
-    an eighth of a batch-32 training step) and 3x for XceptionBased (benchmarks/README.md)."""
-    if name == "SGD":
-        return torch.optim.SGD(params, lr=lr, momentum=momentum, fused=True)
-    return torch.optim.Adam(params, lr=lr, fused=True)
-
-
 def trainer_options(args, device: torch.device) -> dict:
     """The Trainer keyword arguments that come from the data-path and speed flags (also what
     benchmarks/bench_train.py trains with)."""
@@ -225,15 +229,18 @@ def main(argv: list[str] | None = None) -> int:
             f"--activation_checkpointing: only XceptionBased supports it, not {args.model} "
             "(whose activations are small); drop the flag"
         )
+    check_training_options(args)
+    epoch_log = EpochLog(args.tensorboard)  # a missing tensorboard package stops the run here
     device = init_distributed(args.device)
     try:
-        return _train(args, device)
+        return _train(args, device, epoch_log)
     finally:
+        epoch_log.close()
         if torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()
 
 
-def _train(args, device: torch.device) -> int:
+def _train(args, device: torch.device, epoch_log: EpochLog) -> int:
     is_main = not torch.distributed.is_initialized() or torch.distributed.get_rank() == 0
     if is_main:  # a bad output path stops the run now, before the data is read
         check_output_paths(
@@ -262,7 +269,8 @@ def _train(args, device: torch.device) -> int:
     checkpointing = _activation_checkpointing(args, device, datasets, is_main)
     if checkpointing:
         model.set_activation_checkpointing(True)
-    optimizer = make_optimizer(args.optimizer, model.parameters(), args.lr, args.momentum)
+    weight_decay = resolved_weight_decay(args.optimizer, args.weight_decay)
+    optimizer = make_optimizer(args.optimizer, model.parameters(), args.lr, args.momentum, weight_decay)
     logging_parameters = LoggingParameters(
         model_name=args.model,
         dataset_name=args.dataset,
@@ -270,10 +278,11 @@ def _train(args, device: torch.device) -> int:
         optimizer_params=json_safe_optimizer_params(optimizer.param_groups[0]),
     )
     run_args = {k: v for k, v in vars(args).items() if k != "debug"}
+    criterion, options = training_setup(args, optimizer, datasets[0], datasets[1], device, epoch_log)
     trainer = Trainer(
         model,
         optimizer,
-        nn.CrossEntropyLoss(),
+        criterion,
         args.batch_size,
         *datasets,
         **trainer_options(args, device),
@@ -281,6 +290,7 @@ def _train(args, device: torch.device) -> int:
         out_dir=args.out_dir,
         checkpoint_dir=args.checkpoint_dir,
         precise_bn=args.precise_bn,
+        options=options,
         run_info={
             "args": run_args,
             "argv": sys.argv,
@@ -295,9 +305,10 @@ def _train(args, device: torch.device) -> int:
     if is_main:
         paths = trainer.paths(logging_parameters)
         best = run["best_epoch"]
+        by = "" if args.select_by == "val_acc" else f" (by {args.select_by})"
         auc = run["test_auc"][best - 1] if best else None
         print(
-            f"done: best val epoch {best}, val acc {run['best_val_acc']:.2f}%, test acc at that epoch "
+            f"done: best val epoch {best}{by}, val acc {run['best_val_acc']:.2f}%, test acc at that epoch "
             f"{run['test_acc_at_best']:.2f}%, test AUC(fake) {fmt(auc)}; "
             f"json {paths.json}; checkpoint {paths.best}"
         )
@@ -343,6 +354,7 @@ def protocol(args) -> dict:
         "seed": args.seed,
         "precise_bn": args.precise_bn,
         "data_root": os.path.realpath(resolve_data_root(args.data_root)),
+        **training_protocol(args),
     }
 
 

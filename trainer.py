@@ -25,6 +25,7 @@ from lib.checkpoints import non_finite_tensor
 from lib.cli import UserError
 from lib.device import resolve_channels_last
 from lib.metrics import binary_metrics
+from lib.optim import TrainingOptions, selection_score
 from lib.precise_bn import batchnorm_layers, precise_bn_batches, recompute_bn_statistics
 from lib.run_files import (  # noqa: F401  (re-exported: train_main, tests and benchmarks import them here)
     COURSE_KEYS,
@@ -101,7 +102,9 @@ class Trainer:
     ``channels_last`` (see ``resolve_channels_last``); ``compile`` (``torch.compile`` the model);
     ``progress`` (tqdm bars); ``out_dir``, ``checkpoint_dir``; ``run_info`` (extra keys of the JSON
     run); ``precise_bn`` (before each evaluation, recompute the BatchNorm statistics over that many
-    training batches; 0, the course's behaviour, keeps the running averages of training).
+    training batches; 0, the course's behaviour, keeps the running averages of training);
+    ``options`` (``TrainingOptions``: scheduler, clipping, checkpoint selection ...; the default is
+    the course's training).
     """
 
     def __init__(
@@ -126,6 +129,7 @@ class Trainer:
         run_info: dict | None = None,
         compile: bool = False,
         precise_bn: int = 0,
+        options: TrainingOptions | None = None,
     ):
         if batch_size < 1:
             raise UserError(f"--batch_size must be at least 1, got {batch_size}")
@@ -159,6 +163,7 @@ class Trainer:
         self.num_workers = batching.default_num_workers(splits) if num_workers is None else num_workers
         self._workers_asked = num_workers is not None
         self.precise_bn = precise_bn
+        self.options = options or TrainingOptions()
         self.epoch = 0  # epochs finished; train_one_epoch trains epoch self.epoch + 1
         self._last_batch = 0  # batches in the last epoch trained
         self._paths: dict = {}  # id(dataset) -> its BatchPath
@@ -186,6 +191,8 @@ class Trainer:
                 outputs = self.train_forward(images)
                 loss = self.criterion(outputs, labels)
             loss.backward()
+            if self.options.clip_grad:
+                nn.utils.clip_grad_norm_(self.model.parameters(), self.options.clip_grad)
             self.optimizer.step()
             loss_sum += loss.detach().double() * labels.shape[0]
             correct += (outputs.detach().argmax(1) == labels).sum()
@@ -232,7 +239,7 @@ class Trainer:
             with self._autocast():
                 outputs = self.eval_forward(images)
             outputs = outputs.float()
-            loss_sum += self.criterion(outputs, batch_labels).double() * batch_labels.shape[0]
+            loss_sum += self._eval_criterion(outputs, batch_labels).double() * batch_labels.shape[0]
             logits.append(outputs)
             labels.append(batch_labels)
         if self.device.type == "cuda":
@@ -293,6 +300,7 @@ class Trainer:
         with run_files.locked(files, self.run_info.get("argv")) if self.is_main else contextlib.nullcontext():
             run, best_val = self._start_or_resume(files, logging_parameters, epochs, resume)
             for _ in range(self.epoch, epochs):
+                lr = self.optimizer.param_groups[0]["lr"]  # what this epoch trains with
                 try:
                     train = self.train_one_epoch()
                     self.recompute_bn_statistics()
@@ -307,15 +315,25 @@ class Trainer:
                 run_files.append_epoch(
                     run, train, val, test, self.last_train_seconds, self.last_train_images_per_sec
                 )
+                run.setdefault("lr", [None] * (self.epoch - 1)).append(lr)  # None: epochs before the log
+                if self.options.scheduler is not None:
+                    self.options.scheduler.step()  # per epoch: docs/design.md#training-options
                 if not self.is_main:
                     continue
-                if val.accuracy > best_val:  # strictly better validation accuracy; never test
-                    best_val = val.accuracy
-                    run.update(best_epoch=self.epoch, best_val_acc=best_val, test_acc_at_best=test.accuracy)
+                score = self._selection_score(val)
+                if score is not None and score > best_val:  # strictly better on validation; never test
+                    best_val = score
+                    run.update(
+                        best_epoch=self.epoch, best_val_acc=val.accuracy, test_acc_at_best=test.accuracy
+                    )
                     run_files.save_best(files.best, self.model, run, val.accuracy, test.accuracy, self.epoch)
                 run["completed"] = self.epoch >= epochs
-                run_files.save_last(files.last, self.model, self.optimizer, self.epoch, best_val, run)
+                run_files.save_last(
+                    files.last, self.model, self.optimizer, self.epoch, best_val, run, self.options.scheduler
+                )
                 run_files.write_run(files.json, run)
+                if self.options.epoch_log is not None:
+                    self.options.epoch_log(run, files.json)
                 print(
                     f"epoch {self.epoch}/{epochs}: train loss {train[0]:.4f} acc {train[1]:.2f}% | "
                     f"val loss {val.loss:.4f} acc {val.accuracy:.2f}% | "
@@ -341,7 +359,13 @@ class Trainer:
             return run_files.new_run(*names, **facts, extra=self.run_info), -math.inf
         protocol = self.run_info.get("protocol")  # every rank loads the same file
         resumed = run_files.resume(
-            files.last, self.model, self.optimizer, self.device, lp.model_name, protocol
+            files.last,
+            self.model,
+            self.optimizer,
+            self.device,
+            lp.model_name,
+            protocol,
+            self.options.scheduler,
         )
         run, best_val, self.epoch = resumed
         run["completed"] = self.epoch >= epochs
@@ -366,6 +390,8 @@ class Trainer:
         key = (id(dataset), train)
         if key not in self._loaders:
             sampler = batching.epoch_sampler(len(dataset), train, self.rank, self.world_size, self.seed)
+            if train and self.options.train_sampler is not None:
+                sampler = self.options.train_sampler(dataset, self.rank, self.world_size, self.seed)
             batch_size = self.batch_size // self.world_size if train else self.eval_batch_size
             self._loaders[key] = self._path(dataset).epoch_batches(sampler, batch_size, self.seed, train)
         return self._loaders[key]
@@ -390,6 +416,17 @@ class Trainer:
         if self.last_eval is not None and (self.last_eval.loss, self.last_eval.accuracy) == (loss, accuracy):
             return self.last_eval
         return EvalResult(loss, accuracy, np.zeros(0, np.int64), np.zeros((0, 2), np.float32), 0.0)
+
+    def _eval_criterion(self, outputs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """The validation and test loss: ``options.eval_criterion`` (plain cross-entropy when the
+        training loss is smoothed or weighted), else the training criterion."""
+        return (self.options.eval_criterion or self.criterion)(outputs, labels)
+
+    def _selection_score(self, val: EvalResult):
+        """The validation number the best checkpoint is chosen by (``options.select_by``)."""
+        if self.options.select_by == "val_acc":
+            return val.accuracy
+        return selection_score(self.options.select_by, val.accuracy, val.metrics())
 
     def _bar(self, batches, desc: str):
         return tqdm(batches, desc=desc, disable=not self.progress, **PROGRESS_BAR)

@@ -8,7 +8,7 @@ import os
 DATASET_NAMES = ("fakes_dataset", "synthetic_dataset")
 SPLITS = ("train", "val", "test")
 MODEL_NAMES = ("SimpleNet", "XceptionBased")
-OPTIMIZER_NAMES = ("SGD", "Adam")
+OPTIMIZER_NAMES = ("SGD", "Adam", "AdamW")
 DATASET_TITLES = {"fakes_dataset": "Deepfakes dataset", "synthetic_dataset": "Synthetic images dataset"}
 
 

@@ -225,11 +225,19 @@ def keep_other_runs_best(path: str, run_id: str) -> None:
 
 
 def save_last(
-    path: str, model: nn.Module, optimizer: torch.optim.Optimizer, epoch: int, best_val: float, run: dict
+    path: str,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    epoch: int,
+    best_val: float,
+    run: dict,
+    scheduler=None,
 ) -> None:
-    """The full state ``--resume`` continues from: weights, optimizer, epoch, best accuracy, the run
-    so far and every RNG state."""
+    """The full state ``--resume`` continues from: weights, optimizer, epoch, best validation score,
+    the run so far, every RNG state and the learning-rate ``scheduler``'s state when there is one."""
     state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch}
+    if scheduler is not None:
+        state["scheduler"] = scheduler.state_dict()
     state.update(best_val_acc=best_val, run=run, rng=_rng_to_safe(rng_state()), model_name=run["model"])
     atomic_torch_save(state, path)
 
@@ -241,11 +249,13 @@ def resume(
     device: torch.device,
     model_name: str | None = None,
     protocol: dict | None = None,
+    scheduler=None,
 ) -> tuple[dict, float, int]:
     """Restore model, optimizer and RNG states from a ``*_last.pt``; return (run, best val, epoch).
 
     A missing file, a checkpoint of another model (``model_name`` given) or of another
-    ``protocol`` (see ``refuse_other_protocol``), a truncated file or one whose pickle holds code is
+    ``protocol`` (see ``refuse_other_protocol``), one without the state of the given ``scheduler``,
+    a truncated file or one whose pickle holds code is
     refused with a one-line ``UserError``; nothing in it is executed (``weights_only=True``).
     """
     if not os.path.exists(path):
@@ -265,6 +275,8 @@ def resume(
     try:
         model.load_state_dict(checkpoint["model"])
         optimizer.load_state_dict(checkpoint["optimizer"])
+        if scheduler is not None:
+            scheduler.load_state_dict(checkpoint["scheduler"])
         epoch = int(checkpoint["epoch"])
         set_rng_state(_rng_from_safe(checkpoint["rng"]))
         best = checkpoint["best_val_acc"]
