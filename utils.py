@@ -38,6 +38,7 @@ from lib.names import (  # noqa: F401  (re-exported)
     figure_path,
     spectrum_paths,
 )
+from lib.scores import require_finite_outputs
 from lib.transforms import StudyTransform
 
 
@@ -134,7 +135,7 @@ def load_model_from_checkpoint(
             f"({first_line(exc)}); models: {', '.join(MODEL_NAMES)}"
         ) from None
     fast = torch.channels_last if resolve_channels_last("auto", device) else torch.contiguous_format
-    return model.to(device, memory_format=fast).eval()
+    return require_finite_outputs(model.to(device, memory_format=fast).eval(), checkpoint_path)
 
 
 # ----------------------------------------------------------------------------- analysis inputs
