@@ -14,7 +14,7 @@ import numerical_analysis
 import predict
 import robustness_analysis
 import saliency_map
-from conftest import analysis_argv, make_image, one_line_error
+from conftest import ROOT, analysis_argv, make_image, one_line_error
 from models import SimpleNet
 
 
@@ -93,3 +93,95 @@ def test_predict_text_fields_cannot_be_forged(simplenet_checkpoint, tmp_path, ca
     path, score, label = lines[0].split("\t")
     assert path == str(tmp_path / "a\\tP(fake)=0.0000\\treal\\nforged.png")
     assert score.startswith("P(fake)=") and label in ("real", "fake")
+
+
+SCRIPTS = {  # every top-level command, with the least it needs to parse
+    "cross_dataset_analysis": [],
+    "grad_cam_analysis": [],
+    "make_demo_datasets": ["--out", "d"],
+    "make_demo_videos": ["--out", "d"],
+    "numerical_analysis": [],
+    "plot_accuracy_and_loss": ["-j", "x.json"],
+    "plot_samples_of_faces_datasets": [],
+    "predict": ["x.png"],
+    "prepare_videos": ["--input", "i", "--out", "o", "--dataset", "d"],
+    "robustness_analysis": [],
+    "run_study": [],
+    "saliency_map": [],
+    "spectrum_analysis": [],
+    "train_main": [],
+}
+WORKER_SCRIPTS = ("make_demo_datasets", "make_demo_videos", "numerical_analysis", "prepare_videos")
+WORKER_SCRIPTS += ("run_study", "train_main")
+
+
+def test_every_command_is_listed():
+    def is_command(name):
+        with open(os.path.join(ROOT, name)) as handle:
+            return name.endswith(".py") and "__main__" in handle.read()
+
+    commands = {name[:-3] for name in os.listdir(ROOT) if name.endswith(".py") and is_command(name)}
+    assert commands == set(SCRIPTS)
+
+
+def long_flags(parser) -> list[tuple[str, str]]:
+    """(flag, dest) of every multi-word long flag of ``parser``."""
+    return [(f, a.dest) for a in parser._actions for f in a.option_strings if f.startswith("--") and "_" in f]
+
+
+def value_for(action) -> list[str]:
+    """A value ``action`` accepts on the command line (none for a switch)."""
+    if action.nargs == 0:
+        return []
+    if action.choices:
+        return [str(next(iter(action.choices)))]
+    return ["1"]
+
+
+@pytest.mark.parametrize("script", sorted(SCRIPTS))
+def test_kebab_case_help_and_nearest_flag(script, capsys):
+    import importlib
+
+    parser = importlib.import_module(script).build_parser()
+    base = SCRIPTS[script]
+    by_flag = {f: a for a in parser._actions for f in a.option_strings}
+    for flag, _ in long_flags(parser):
+        action = by_flag[flag]
+        if action.dest in ("help",) or (action.nargs == "+" and action.choices):
+            continue
+        value = value_for(action)
+        snake = vars(parser.parse_args(base + [flag, *value]))
+        kebab = vars(parser.parse_args(base + [flag.replace("_", "-"), *value]))
+        assert kebab == snake, flag
+    text = parser.format_help()
+    assert "(default: None)" not in text
+    for flag, _ in long_flags(parser):
+        assert flag.replace("_", "-") not in text.replace(flag, ""), flag  # one spelling in --help
+    flags = [f for f, _ in long_flags(parser)]
+    if flags:
+        misspelt = flags[0][:-1] + "x" + flags[0][-1]
+        with pytest.raises(SystemExit) as exit_info:
+            parser.parse_args(base + [misspelt, "1"])
+        err = capsys.readouterr().err.strip().splitlines()
+        assert exit_info.value.code == 2 and len(err) == 1, err
+        assert f"did you mean {flags[0]}?" in err[0]
+
+
+@pytest.mark.parametrize("script", WORKER_SCRIPTS)
+def test_workers_flag_means_the_same_everywhere(script):
+    import importlib
+
+    parser = importlib.import_module(script).build_parser()
+    base = SCRIPTS[script]
+    actions = {f: a for a in parser._actions for f in a.option_strings}
+    assert actions["-j"] is actions["--workers"]
+    dest = actions["-j"].dest
+    for spelling in (
+        ["-j", "3"],
+        ["--workers", "3"],
+        ["--workers=3"],
+        ["--num-workers", "3"],
+        ["--num_workers", "3"],
+    ):
+        assert getattr(parser.parse_args(base + spelling), dest) == 3, spelling
+    assert "--num_workers" not in parser.format_help()
