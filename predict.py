@@ -36,7 +36,7 @@ from lib.fileio import atomic_write
 from lib.flags import add_checkpoint_flags
 from lib.transforms import normalize_batch
 from lib.video import DEFAULT_FRAMES, WRITER_CODECS, VideoError, is_video_file
-from utils import get_device, load_model_from_checkpoint
+from utils import get_device, load_checkpoint_model
 
 
 def build_parser() -> ArgumentParser:
@@ -361,7 +361,7 @@ def main(argv=None) -> int:
     detector = None
     if args.crop_faces or videos:  # before the model: fail fast
         detector = face_detectors.make_detector(args.detector, device, args.min_face)
-    model = load_model_from_checkpoint(args.model, args.checkpoint_path, device)
+    model = load_checkpoint_model(args, device)
     layer = gradcam.resolve_layer(model, args.target_layer) if args.grad_cam else None
     if layer is not None and videos:
         print("predict.py: note: --grad_cam draws overlays for images only", file=sys.stderr)

@@ -36,6 +36,17 @@ def _format_warning(message, category, filename, lineno, line=None) -> str:
 warnings.formatwarning = _format_warning  # every script imports this module; workers too
 
 
+_said: set[str] = set()
+
+
+def note(message: str) -> None:
+    """Say ``message`` once per process on stderr, ``<script>: note: <message>``: a default the
+    script chose for the user (a data root, a checkpoint)."""
+    if message not in _said:
+        _said.add(message)
+        print(f"{os.path.basename(sys.argv[0]) or 'note'}: note: {message}", file=sys.stderr)
+
+
 def check_name(kind: str, name: str, valid) -> str:
     if name not in valid:
         raise UserError(f"unknown {kind} {name!r}; valid {kind}s: {', '.join(valid)}")

@@ -185,3 +185,73 @@ def test_workers_flag_means_the_same_everywhere(script):
     ):
         assert getattr(parser.parse_args(base + spelling), dest) == 3, spelling
     assert "--num_workers" not in parser.format_help()
+
+
+@pytest.fixture()
+def clone(tmp_path, tiny_root, simplenet_checkpoint, monkeypatch):
+    """A working folder as after the README's first steps: demo data in data/demo, SimpleNet
+    trained with Adam on fakes_dataset (train_main.py's checkpoint name), no course paths."""
+    import shutil
+
+    work = tmp_path / "clone"
+    shutil.copytree(tiny_root, work / "data" / "demo")
+    (work / "checkpoints").mkdir()
+    shutil.copy(simplenet_checkpoint, work / "checkpoints" / "fakes_dataset_SimpleNet_Adam.pt")
+    monkeypatch.chdir(work)
+    monkeypatch.delenv("FACES_DATA_ROOT", raising=False)
+    return work
+
+
+def test_defaults_find_demo_data_model_and_checkpoint(clone, capsys):
+    """No --data_root, -m or -cpp: data/demo, train_main.py's checkpoint and the model it holds,
+    each choice said; the figures carry the checkpoint's model name."""
+    from lib.cli import run_cli
+
+    argv = ["--device", "cpu", "--no_progress", "--bootstrap", "10"]
+    assert run_cli(numerical_analysis.main, argv) == 0, capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "data root data/demo" in err.replace(os.sep, "/")
+    assert os.path.join("checkpoints", "fakes_dataset_SimpleNet_Adam.pt") in err
+    assert (clone / "figures" / "fakes_dataset_SimpleNet_roc_curve.png").is_file()
+    # -m that contradicts the checkpoint: one line naming the model it holds
+    ckpt = os.path.join("checkpoints", "fakes_dataset_SimpleNet_Adam.pt")
+    wrong = argv + ["-m", "XceptionBased", "-cpp", ckpt]
+    one_line_error(capsys, numerical_analysis.main, wrong, "holds a SimpleNet model", "-m SimpleNet")
+
+
+def test_default_checkpoint_prefers_the_course_file_and_refuses_to_guess(clone, capsys):
+    from lib.checkpoints import default_checkpoint
+
+    with pytest.raises(Exception, match="no checkpoint found"):
+        default_checkpoint(None, "synthetic_dataset")
+    (clone / "checkpoints" / "fakes_dataset_SimpleNet_SGD.pt").write_bytes(b"")
+    with pytest.raises(Exception, match="several checkpoints fit"):
+        default_checkpoint("SimpleNet", "fakes_dataset")
+    (clone / "checkpoints" / "XceptionBased.pt").write_bytes(b"")
+    assert default_checkpoint(None, "fakes_dataset") == os.path.join("checkpoints", "XceptionBased.pt")
+    assert default_checkpoint("XceptionBased", "x") == os.path.join("checkpoints", "XceptionBased.pt")
+
+
+def test_predict_reads_the_model_from_the_checkpoint(clone, capsys):
+    from lib.cli import run_cli
+
+    image = os.path.join("data", "demo", "fakes_dataset", "test", "fake", "img000.png")
+    ckpt = os.path.join("checkpoints", "fakes_dataset_SimpleNet_Adam.pt")
+    assert run_cli(predict.main, ["-cpp", ckpt, image, "--device", "cpu", "--no_progress"]) == 0
+    assert capsys.readouterr().out.startswith(image + "\tP(fake)=")
+
+
+def test_plot_needs_only_the_json(tmp_path, capsys):
+    import json
+
+    import plot_accuracy_and_loss
+
+    run = {"model": "SimpleNet", "dataset": "synthetic_dataset", "optimizer": {"name": "Adam", "params": {}}}
+    run.update({k: [1.0, 0.5] for k in ("train_loss", "val_loss", "test_loss")})
+    run.update({k: [50.0, 60.0] for k in ("train_acc", "val_acc", "test_acc")})
+    path = tmp_path / "runs.json"
+    path.write_text(json.dumps([run]))
+    assert plot_accuracy_and_loss.main(["-j", str(path), "--figures_dir", str(tmp_path)]) == 0
+    assert (tmp_path / "synthetic_dataset_SimpleNet_losses_plot.png").is_file()
+    argv = ["-j", str(path), "--figures_dir", str(tmp_path), "-d", "fakes_dataset"]
+    one_line_error(capsys, plot_accuracy_and_loss.main, argv, "SimpleNet on synthetic_dataset")
