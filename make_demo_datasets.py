@@ -1206,9 +1206,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--workers",
+        "-j",
         type=cli.positive_int,
         default=None,
-        help=f"worker processes; None: one per CPU (here {os.cpu_count()})",
+        help=f"worker processes (default: one per CPU, here {os.cpu_count()})",
     )
     parser.add_argument(
         "--datasets",

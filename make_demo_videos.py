@@ -259,6 +259,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--force", action="store_true", help="replace OUT if it exists and is not empty")
     parser.add_argument(
         "--workers",
+        "-j",
         type=cli.positive_int,
         default=None,
         help=f"worker processes; default one per CPU (here {os.cpu_count()})",

@@ -34,7 +34,9 @@ def build_parser() -> ArgumentParser:
     add_analysis_flags(parser)
     parser.add_argument("--batch_size", "-b", default=64, type=positive_int, help="images per forward pass")
     parser.add_argument(
-        "--num_workers",
+        "--workers",
+        "-j",
+        dest="num_workers",
         default=0,
         type=non_negative_int,
         help="worker processes decoding images (0: in the main process)",

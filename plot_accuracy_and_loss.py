@@ -74,15 +74,22 @@ def plot_metric(run: dict, metric: str, ylabel: str, title: str, path: str) -> s
     return save_figure(fig, path, dpi=100)
 
 
-def check_run(run: dict, model: str, dataset: str, path: str) -> str:
-    """Refuse a run of another model or dataset than ``-m``/``-d`` (its figures would carry wrong
-    names); returns the title suffix: empty, or an unfinished-run notice (also on stderr)."""
-    found = (run.get("model", model), run.get("dataset", dataset))
-    if found != (model, dataset):
+def run_names(run: dict, model: str | None, dataset: str | None, path: str) -> tuple[str, str]:
+    """The run's (model, dataset), which name its figures: what the run records, ``-m``/``-d``
+    where it records none (else the course's defaults). A run of another model or dataset than
+    ``-m``/``-d`` is refused (its figures would carry wrong names)."""
+    found = (run.get("model") or model or "SimpleNet", run.get("dataset") or dataset or "fakes_dataset")
+    if (model or found[0], dataset or found[1]) != found:
+        given = " ".join(f"{flag} {value}" for flag, value in (("-m", model), ("-d", dataset)) if value)
         raise UserError(
-            f"{path}: the run holds {found[0]} on {found[1]}, but -m {model} -d {dataset} "
-            f"was given; pass -m {found[0]} -d {found[1]} (or another --json)"
+            f"{path}: the run holds {found[0]} on {found[1]}, but {given} was given; "
+            f"pass -m {found[0]} -d {found[1]}, or leave them out (or another --json)"
         )
+    return found
+
+
+def check_run(run: dict, path: str) -> str:
+    """The title suffix of ``run``: empty, or an unfinished-run notice (also on stderr)."""
     if run.get("completed") is False:
         why = f", {run['diverged']}" if run.get("diverged") else ""
         n_epochs = len(run.get("train_loss") or [])
@@ -117,17 +124,17 @@ def build_parser() -> ArgumentParser:
     parser.add_argument(
         "--model",
         "-m",
-        default="SimpleNet",
+        default=None,
         choices=MODEL_NAMES,
-        help="model name (used in titles and file names)",
+        help="model name in titles and file names (default: the run's; another is an error)",
     )
     parser.add_argument("--json", "-j", required=True, help="metrics JSON written by train_main.py")
     parser.add_argument(
         "--dataset",
         "-d",
-        default="fakes_dataset",
+        default=None,
         metavar="NAME",
-        help="dataset name (used in titles and file names; any dataset folder's name)",
+        help="dataset name in titles and file names (default: the run's; another is an error)",
     )
     which = parser.add_mutually_exclusive_group()
     which.add_argument(
@@ -152,8 +159,9 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     run_id = checkpoint_run_id(args.checkpoint_path) if args.checkpoint_path else args.run_id
     run = select_run(read_runs(args.json, missing_ok=False), args.json, args.run, run_id)
-    note = check_run(run, args.model, args.dataset, args.json)
-    for path in plot_run(run, args.model, args.dataset, args.figures_dir, note):
+    model, dataset = run_names(run, args.model, args.dataset, args.json)
+    note = check_run(run, args.json)
+    for path in plot_run(run, model, dataset, args.figures_dir, note):
         print(f"wrote {path}")
     return 0
 

@@ -36,7 +36,7 @@ from lib.fileio import atomic_write
 from lib.flags import add_checkpoint_flags
 from lib.transforms import normalize_batch
 from lib.video import DEFAULT_FRAMES, WRITER_CODECS, VideoError, is_video_file
-from utils import get_device, load_model_from_checkpoint
+from utils import get_device, load_checkpoint_model
 
 
 def build_parser() -> ArgumentParser:
@@ -241,12 +241,22 @@ def score_batch(model, layer, entries: list, args, used_names: set[str]) -> list
     ]
 
 
+FIELD_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
+
+
+def field(text: str) -> str:
+    r"""``text`` as one field of a text-output line: backslash, tab, newline and carriage return
+    written as ``\\``, ``\t``, ``\n``, ``\r``, so that a file name cannot forge fields or lines
+    (docs/edge-cases.md#predict-output)."""
+    return text.translate(FIELD_ESCAPES)
+
+
 def text_line(record: dict) -> str:
     """One line of the text output: path, P(fake), label, then the face and the overlay if any."""
-    line = f"{record['path']}\tP(fake)={record['p_fake']:.4f}\t{record['label']}"
+    line = f"{field(record['path'])}\tP(fake)={record['p_fake']:.4f}\t{record['label']}"
     if record["box"] is not None:
         line += f"\tface {record['face']} box={','.join(str(v) for v in record['box'])}"
-    return line + (f"\t{record['grad_cam']}" if record["grad_cam"] else "")
+    return line + (f"\t{field(record['grad_cam'])}" if record["grad_cam"] else "")
 
 
 def batches_of_inputs(files: list[str], batch_size: int, detector, fail, bar):
@@ -292,7 +302,7 @@ def predict_images(files, model, layer, detector, args, out: Outcome, bar, used_
             if image is None:  # a photo without a face: said, not an error
                 out.no_face.append(path)
                 if not args.json:
-                    print(f"{path}\tno face found", flush=True)
+                    print(f"{field(path)}\tno face found", flush=True)
                 continue
             record = next(records)
             out.results.append(record)
@@ -318,11 +328,13 @@ def predict_video(path: str, model, detector, args, out: Outcome) -> None:
     if result["p_fake"] is None:
         out.no_face.append(path)
         if not args.json:
-            print(f"{path}\tno face found in {sampled} sampled frames", flush=True)
+            print(f"{field(path)}\tno face found in {sampled} sampled frames", flush=True)
         return
     out.results.append(result)
     if not args.json:
-        line = f"{path}\tP(fake)={result['p_fake']:.4f}\t{result['label']}\tvideo: {args.aggregate} of "
+        line = (
+            f"{field(path)}\tP(fake)={result['p_fake']:.4f}\t{result['label']}\tvideo: {args.aggregate} of "
+        )
         print(f"{line}{with_face} frames with a face (of {sampled} sampled)", flush=True)
 
 
@@ -349,7 +361,7 @@ def main(argv=None) -> int:
     detector = None
     if args.crop_faces or videos:  # before the model: fail fast
         detector = face_detectors.make_detector(args.detector, device, args.min_face)
-    model = load_model_from_checkpoint(args.model, args.checkpoint_path, device)
+    model = load_checkpoint_model(args, device)
     layer = gradcam.resolve_layer(model, args.target_layer) if args.grad_cam else None
     if layer is not None and videos:
         print("predict.py: note: --grad_cam draws overlays for images only", file=sys.stderr)

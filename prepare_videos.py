@@ -154,6 +154,7 @@ def build_parser() -> ArgumentParser:
     run = parser.add_argument_group("running")
     run.add_argument(
         "--workers",
+        "-j",
         type=positive_int,
         default=os.cpu_count() or 1,
         help="worker processes, one video and one thread each",

@@ -115,7 +115,11 @@ def add_training_flags(training) -> None:
     training.add_argument("--seed", default=0, type=cli.seed_int, help="seed of every step")
     training.add_argument("--device", default="auto", help="auto (CUDA when available), cpu or cuda")
     training.add_argument(
-        "--num_workers", type=cli.non_negative_int, help="training DataLoader workers; None: default"
+        "--workers",
+        "-j",
+        dest="num_workers",
+        type=cli.non_negative_int,
+        help="training DataLoader workers (default: train_main.py's)",
     )
     training.add_argument(
         "--gradcam_max_images",

@@ -144,7 +144,9 @@ def _add_speed_flags(group) -> None:
     """Flags that change speed and memory, not the results (up to float rounding)."""
     group.add_argument("--device", default="auto", help="auto (CUDA when available), cpu or cuda")
     group.add_argument(
-        "--num_workers",
+        "--workers",
+        "-j",
+        dest="num_workers",
         default=None,
         type=non_negative_int,
         help="DataLoader worker processes (default: 0 when images are cached in RAM, "

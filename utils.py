@@ -11,6 +11,8 @@ import torch
 from faces_dataset import DEMO_HINT, DataError, FacesDataset
 from lib.checkpoints import (  # noqa: F401  (re-exported)
     WrongModelError,
+    checkpoint_model_name,
+    default_checkpoint,
     load_checkpoint,
     model_name_of_state_dict,
     non_finite_tensor,
@@ -38,6 +40,7 @@ from lib.names import (  # noqa: F401  (re-exported)
     figure_path,
     spectrum_paths,
 )
+from lib.scores import require_finite_outputs
 from lib.transforms import StudyTransform
 
 
@@ -134,7 +137,7 @@ def load_model_from_checkpoint(
             f"({first_line(exc)}); models: {', '.join(MODEL_NAMES)}"
         ) from None
     fast = torch.channels_last if resolve_channels_last("auto", device) else torch.contiguous_format
-    return model.to(device, memory_format=fast).eval()
+    return require_finite_outputs(model.to(device, memory_format=fast).eval(), checkpoint_path)
 
 
 # ----------------------------------------------------------------------------- analysis inputs
@@ -142,5 +145,17 @@ def load_analysis_inputs(args) -> tuple[torch.device, torch.nn.Module, FacesData
     """What every analysis script starts from, given the flags of ``add_analysis_flags``: the device,
     the checkpoint's model (built without ImageNet weights, eval mode) and the test split."""
     device = get_device(args.device)
-    model = load_model_from_checkpoint(args.model, args.checkpoint_path, device)
+    model = load_checkpoint_model(args, device, args.dataset)
     return device, model, load_dataset(args.dataset, "test", args.data_root)
+
+
+def load_checkpoint_model(args, device, dataset_name: str | None = None) -> torch.nn.Module:
+    """The model of ``args.checkpoint_path`` (``default_checkpoint`` when not given) as
+    ``load_model_from_checkpoint`` builds it, ``args.model`` its model (``-m``, or the one the
+    checkpoint records); both are filled into ``args``."""
+    if args.checkpoint_path is None:
+        args.checkpoint_path = default_checkpoint(args.model, dataset_name)
+    bound = checkpoint_bytes(args.model) if args.model else max(map(checkpoint_bytes, MODEL_NAMES))
+    checkpoint = load_checkpoint(args.checkpoint_path, device, bound)
+    args.model = checkpoint_model_name(checkpoint, args.checkpoint_path, args.model)
+    return load_model_from_checkpoint(args.model, args.checkpoint_path, device, checkpoint)

@@ -8,8 +8,8 @@ import zipfile
 
 import torch
 
-from lib.cli import UserError, first_line
-from lib.names import MODEL_NAMES
+from lib.cli import UserError, first_line, note
+from lib.names import COURSE_CHECKPOINT, MODEL_NAMES, OPTIMIZER_NAMES, output_stem
 
 MAX_DECLARED_BYTES = 4 * 1024**3
 """The most a checkpoint's archive may declare when the caller does not know the model's size: far
@@ -19,6 +19,42 @@ MAX_PACKING = 20
 64 MiB): ``torch.save`` stores its records uncompressed, so more is a zip bomb."""
 SLACK_BYTES = 16 * 1024**2
 """Room beyond the tensors in a checkpoint of a known model: the pickle, RNG states, the run dict."""
+
+
+def default_checkpoint(model_name: str | None, dataset_name: str | None, checkpoint_dir="checkpoints") -> str:
+    """The checkpoint of an analysis given no ``-cpp`` (docs/design.md#analysis): the course's
+    ``checkpoints/XceptionBased.pt`` where it exists (and ``-m`` asks for no other model), else the
+    one checkpoint train_main.py wrote for ``-d`` (and ``-m``, when given) under any optimizer;
+    the choice is said on stderr. None found, or several, is a ``UserError`` listing them."""
+    if os.path.isfile(COURSE_CHECKPOINT) and model_name in (None, "XceptionBased"):
+        return COURSE_CHECKPOINT
+    models = [model_name] if model_name else list(MODEL_NAMES)
+    tried = [
+        os.path.join(checkpoint_dir, output_stem(dataset_name, model, optimizer) + ".pt")
+        for model in models
+        for optimizer in OPTIMIZER_NAMES
+    ] if dataset_name else []  # fmt: skip
+    found = [path for path in tried if os.path.isfile(path)]
+    if len(found) == 1:
+        note(f"-cpp not given: using {found[0]} (what train_main.py writes for -d {dataset_name})")
+        return found[0]
+    if found:
+        raise UserError(f"-cpp not given and several checkpoints fit: {', '.join(found)}; pass one with -cpp")
+    raise UserError(
+        f"-cpp not given and no checkpoint found (tried {', '.join([COURSE_CHECKPOINT, *tried])}); "
+        "train one with train_main.py or pass its path with -cpp"
+    )
+
+
+def checkpoint_model_name(checkpoint: dict, checkpoint_path: str, model_name: str | None) -> str:
+    """``-m`` when given, else the model the checkpoint records (or its keys show); a ``UserError``
+    when neither tells."""
+    found = checkpoint.get("model_name") or model_name_of_state_dict(checkpoint["model"])
+    if model_name or found:
+        return model_name or found
+    raise UserError(
+        f"{checkpoint_path}: cannot tell which model it holds; pass -m ({', '.join(MODEL_NAMES)})"
+    )
 
 
 class CheckpointRefused(UserError):

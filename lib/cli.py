@@ -5,6 +5,7 @@ into one line on stderr and exit code 2 (``--debug`` shows the traceback instead
 from __future__ import annotations
 
 import argparse
+import difflib
 import errno
 import math
 import os
@@ -33,6 +34,17 @@ def _format_warning(message, category, filename, lineno, line=None) -> str:
 
 
 warnings.formatwarning = _format_warning  # every script imports this module; workers too
+
+
+_said: set[str] = set()
+
+
+def note(message: str) -> None:
+    """Say ``message`` once per process on stderr, ``<script>: note: <message>``: a default the
+    script chose for the user (a data root, a checkpoint)."""
+    if message not in _said:
+        _said.add(message)
+        print(f"{os.path.basename(sys.argv[0]) or 'note'}: note: {message}", file=sys.stderr)
 
 
 def check_name(kind: str, name: str, valid) -> str:
@@ -97,14 +109,64 @@ def positive_float(text: str) -> float:
     return value
 
 
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """``--help`` with each flag's default, except where there is none to show (``None``)."""
+
+    def _get_help_string(self, action):
+        if action.default is None:
+            return action.help
+        return super()._get_help_string(action)
+
+
+FLAG_ALIASES = {"--num_workers": "--workers"}
+"""Old spellings still accepted, not listed in ``--help``: the old flag, then the flag that took its
+place (docs/design.md#command-line-habits)."""
+
+
+def declared_spelling(arg: str, known: set[str]) -> str:
+    """``arg`` with its flag name as declared among the ``known`` long flags: ``--kebab-case`` as
+    ``--kebab_case``, an old spelling of ``FLAG_ALIASES`` as its flag (a ``=value`` kept)."""
+    if not arg.startswith("--") or arg == "--":
+        return arg
+    name, eq, value = arg.partition("=")
+    if name in known:
+        return arg
+    snake = "--" + name[2:].replace("-", "_")
+    for candidate in (snake, FLAG_ALIASES.get(snake)):
+        if candidate in known:
+            return candidate + eq + value
+    return arg
+
+
 class ArgumentParser(argparse.ArgumentParser):
-    """argparse with one-line errors: ``<prog>: error: <message> (see --help)``."""
+    """argparse with the habits of PyTorch users (docs/design.md#command-line-habits): one-line
+    errors, ``<prog>: error: <message> (see --help)``, that suggest the nearest flag to a misspelt
+    one; every ``--snake_case`` flag also spelt ``--kebab-case``; ``FLAG_ALIASES``."""
 
     def __init__(self, *args, **kwargs):
-        kwargs.setdefault("formatter_class", argparse.ArgumentDefaultsHelpFormatter)
+        kwargs.setdefault("formatter_class", HelpFormatter)
         super().__init__(*args, **kwargs)
 
+    def _long_flags(self) -> set[str]:
+        return {flag for action in self._actions for flag in action.option_strings if flag.startswith("--")}
+
+    def parse_known_args(self, args=None, namespace=None):
+        args = sys.argv[1:] if args is None else list(args)
+        known = self._long_flags()
+        if "--" in args:  # what follows "--" is positional, never a flag
+            cut = args.index("--")
+            args = [declared_spelling(a, known) for a in args[:cut]] + args[cut:]
+        else:
+            args = [declared_spelling(a, known) for a in args]
+        return super().parse_known_args(args, namespace)
+
     def error(self, message):
+        if message.startswith("unrecognized arguments: "):
+            unknown = [a for a in message.split(": ", 1)[1].split() if a.startswith("-")]
+            flags = sorted(f for action in self._actions for f in action.option_strings)
+            near = difflib.get_close_matches(unknown[0].partition("=")[0], flags, 1) if unknown else []
+            if near:
+                message += f"; did you mean {near[0]}?"
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
 
 

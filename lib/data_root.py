@@ -4,19 +4,21 @@ from __future__ import annotations
 
 import os
 
-from lib.cli import UserError
+from lib.cli import UserError, note
 from lib.images import DEMO_HINT, class_dirs
 from lib.names import SPLITS
 
 DATA_ROOT_ENV = "FACES_DATA_ROOT"
 DEFAULT_DATA_ROOT = os.path.join("..", "Assignment4_datasets")
+DEMO_DATA_ROOT = os.path.join("data", "demo")  # where the README makes the demo data
 
 
 def resolve_data_root(data_root: str | None = None) -> str:
-    """Where the datasets are: ``--data_root``, else $FACES_DATA_ROOT, else ../Assignment4_datasets.
+    """Where the datasets are: ``--data_root``, else $FACES_DATA_ROOT, else ../Assignment4_datasets,
+    else data/demo (a default is said once on stderr: docs/design.md#data-root).
 
-    An explicit choice (flag or environment variable) that does not exist is an error; so is the
-    default when nothing was chosen. The message lists what was tried.
+    An explicit choice (flag or environment variable) that does not exist is an error; so is
+    finding neither default when nothing was chosen. The message lists what was tried.
     """
     if data_root:
         if not os.path.isdir(data_root):
@@ -28,10 +30,18 @@ def resolve_data_root(data_root: str | None = None) -> str:
             raise UserError(f"${DATA_ROOT_ENV}={env}: no such folder; {DEMO_HINT}")
         return env
     if os.path.isdir(DEFAULT_DATA_ROOT):
+        note(f"data root {DEFAULT_DATA_ROOT} (the course's: --data_root not given, ${DATA_ROOT_ENV} not set)")
         return DEFAULT_DATA_ROOT
+    if os.path.isdir(DEMO_DATA_ROOT):
+        note(
+            f"data root {DEMO_DATA_ROOT} (the demo data: --data_root not given, ${DATA_ROOT_ENV} not "
+            f"set, {DEFAULT_DATA_ROOT} missing)"
+        )
+        return DEMO_DATA_ROOT
     raise UserError(
-        f"no datasets found: tried --data_root (not given), ${DATA_ROOT_ENV} (not set) and "
-        f"{os.path.abspath(DEFAULT_DATA_ROOT)} (missing); point --data_root at a folder holding "
+        f"no datasets found: tried --data_root (not given), ${DATA_ROOT_ENV} (not set), "
+        f"{os.path.abspath(DEFAULT_DATA_ROOT)} and {os.path.abspath(DEMO_DATA_ROOT)} (missing); "
+        "point --data_root at a folder holding "
         f"fakes_dataset/ and synthetic_dataset/, or {DEMO_HINT}"
     )
 

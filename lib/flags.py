@@ -7,7 +7,7 @@ import argparse
 
 from lib.cli import add_debug_flag, positive_int
 from lib.data_root import DATA_ROOT_ENV, DEFAULT_DATA_ROOT
-from lib.names import DATASET_NAMES, MODEL_NAMES
+from lib.names import COURSE_CHECKPOINT, DATASET_NAMES, MODEL_NAMES
 
 
 def add_data_root_flag(parser, fallback: str = "") -> None:
@@ -30,13 +30,18 @@ def add_device_and_figures_flags(parser: argparse.ArgumentParser) -> None:
 def add_checkpoint_flags(parser: argparse.ArgumentParser) -> None:
     """``--model`` and ``--checkpoint_path``: which trained model a script loads."""
     parser.add_argument(
-        "--model", "-m", default="XceptionBased", choices=MODEL_NAMES, help="which model the checkpoint holds"
+        "--model",
+        "-m",
+        default=None,
+        choices=MODEL_NAMES,
+        help="which model the checkpoint holds (default: the one it records; a contradiction is an error)",
     )
     parser.add_argument(
         "--checkpoint_path",
         "-cpp",
-        default="checkpoints/XceptionBased.pt",
-        help="checkpoint written by train_main.py (its 'model' entry is loaded)",
+        default=None,
+        help="checkpoint written by train_main.py (its 'model' entry is loaded); default: "
+        f"{COURSE_CHECKPOINT} where it exists, else the one train_main.py wrote for -d (and -m)",
     )
 
 

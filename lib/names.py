@@ -22,6 +22,10 @@ def output_stem(dataset_name: str, model_name: str, optimizer_name: str) -> str:
     return f"{dataset_name}_{model_name}_{optimizer_name}"
 
 
+COURSE_CHECKPOINT = os.path.join("checkpoints", "XceptionBased.pt")
+"""The course's default ``-cpp`` of the analyses, a name train_main.py never writes."""
+
+
 def metrics_json_path(out_dir: str, dataset_name: str, model_name: str) -> str:
     """``<out_dir>/<D>_<M>_metrics.json``: the analyses' JSON of one trained model."""
     return os.path.join(out_dir, f"{dataset_name}_{model_name}_metrics.json")

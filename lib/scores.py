@@ -34,6 +34,27 @@ SCORE_KEYS = {
 }
 
 
+class NonFiniteOutputError(UserError):
+    """A model whose outputs are inf or NaN (docs/edge-cases.md#non-finite-outputs)."""
+
+
+def require_finite_outputs(model: nn.Module, checkpoint_path: str) -> nn.Module:
+    """Make every forward of ``model`` check that its outputs are finite, so that each scoring path
+    (predict, the analyses, saliency, Grad-CAM) stops with one line naming ``checkpoint_path``
+    instead of scoring NaN. Returns the model."""
+
+    def check(_module, _inputs, output):
+        if isinstance(output, torch.Tensor) and not bool(torch.isfinite(output.detach()).all()):
+            raise NonFiniteOutputError(
+                f"{checkpoint_path}: the model's outputs are not finite (inf or NaN logits), so its "
+                "scores mean nothing; its weights overflow float32: retrain it (a lower --lr) "
+                "or use another checkpoint"
+            )
+
+    model.register_forward_hook(check)
+    return model
+
+
 def model_device(model: nn.Module) -> torch.device:
     try:
         return next(model.parameters()).device

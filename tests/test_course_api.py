@@ -119,13 +119,21 @@ def test_train_main_defaults_graders_type():
 
 
 @pytest.mark.parametrize("script", [numerical_analysis, saliency_map, grad_cam_analysis])
-def test_analysis_defaults_graders_type(script):
+def test_analysis_defaults_graders_type(script, tmp_path, monkeypatch):
+    """No flags: the course's checkpoints/XceptionBased.pt on fakes_dataset, where that file exists
+    (the model then comes from the checkpoint, XceptionBased)."""
+    from lib.checkpoints import default_checkpoint
+
     args = script.build_parser().parse_args([])
-    assert (args.model, args.checkpoint_path, args.dataset) == (
-        "XceptionBased",
-        "checkpoints/XceptionBased.pt",
-        "fakes_dataset",
+    assert (args.model, args.checkpoint_path, args.dataset) == (None, None, "fakes_dataset")
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "checkpoints").mkdir()
+    (tmp_path / "checkpoints" / "XceptionBased.pt").write_bytes(b"")
+    assert default_checkpoint(args.model, args.dataset) == "checkpoints/XceptionBased.pt"
+    graders = script.build_parser().parse_args(
+        ["-m", "XceptionBased", "-cpp", "checkpoints/XceptionBased.pt"]
     )
+    assert (graders.model, graders.checkpoint_path) == ("XceptionBased", "checkpoints/XceptionBased.pt")
 
 
 def test_a_gpu_saved_checkpoint_loads_on_the_cpu(tmp_path, monkeypatch):
