@@ -66,8 +66,9 @@ def build_parser() -> ArgumentParser:
     )
     parser.add_argument(
         "--target_layer",
-        default=gradcam.DEFAULT_TARGET_LAYER,
-        help="Grad-CAM layer (dotted module path) for --grad_cam",
+        default=None,
+        help=f"Grad-CAM layer (dotted module path) for --grad_cam; default: the model's "
+        f"({gradcam.default_layers_text()})",
     )
     parser.add_argument(
         "--json", action="store_true", help="print one JSON document on stdout instead of text lines"
@@ -235,6 +236,7 @@ def main(argv=None) -> int:
     detector = face_crops.FaceDetector() if args.crop_faces else None  # before the model: fail fast
     device = get_device(args.device)
     model = load_model_from_checkpoint(args.model, args.checkpoint_path, device)
+    args.target_layer = gradcam.target_layer_name(args.model, args.target_layer)
     layer = gradcam.resolve_layer(model, args.target_layer) if args.grad_cam else None
 
     errors: list[dict] = []

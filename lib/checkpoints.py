@@ -7,6 +7,7 @@ import os
 import torch
 
 from lib.cli import UserError, first_line
+from lib.model_specs import spec_of_state_dict
 from lib.names import MODEL_NAMES
 
 
@@ -73,13 +74,9 @@ def state_dict_mismatch(model: torch.nn.Module, state_dict) -> str | None:
 
 
 def model_name_of_state_dict(state_dict: dict) -> str | None:
-    """Which of our models a state dict belongs to, from its keys."""
-    keys = set(state_dict)
-    if "fc1.weight" in keys and "conv1.weight" in keys:
-        return "SimpleNet"
-    if "block1.skip.weight" in keys:
-        return "XceptionBased"
-    return None
+    """Which of our models a state dict belongs to, from its keys (``lib.model_specs``)."""
+    spec = spec_of_state_dict(state_dict)
+    return spec.name if spec else None
 
 
 class WrongModelError(UserError):
