@@ -7,7 +7,9 @@
 Gives a train-dataset x test-dataset matrix of AUC, accuracy and EER (and AP) of P(fake). Writes
 figures/cross_dataset.png (heat maps, the in-distribution cells labelled), out/cross_dataset.json
 (section "cross_dataset": the whole matrix) and, for each checkpoint, the "cross_dataset" section
-of out/<D>_<M>_metrics.json (its row; other sections kept), and prints the table.
+of out/<D>_<M>_metrics.json (its row; other sections kept), and prints the table. A checkpoint
+that records the dataset and model it was trained on is believed: a spec or file name that says
+otherwise stops the script before anything is evaluated or written.
 """
 
 from __future__ import annotations
@@ -18,7 +20,15 @@ from lib import cross_dataset, metrics_json, names
 from lib.cli import ArgumentParser, UserError, run_cli
 from lib.fileio import save_figure
 from lib.flags import add_multi_dataset_flags
-from utils import WrongModelError, cross_dataset_paths, get_device, load_dataset, load_model_from_checkpoint
+from utils import (
+    WrongModelError,
+    checkpoint_bytes,
+    cross_dataset_paths,
+    get_device,
+    load_checkpoint,
+    load_dataset,
+    load_model_from_checkpoint,
+)
 
 SCORES = "P(fake) = softmax column 1; accuracy at P(fake) > 0.5"
 
@@ -36,7 +46,8 @@ def build_parser() -> ArgumentParser:
         metavar="CKPT",
         help="checkpoints as DATASET:MODEL:PATH (the dataset it was trained on), or "
         "paths named <dataset>_<model>_<optimizer>.pt; default: every "
-        "<dataset>_<model>_<optimizer>.pt in --checkpoint_dir",
+        "<dataset>_<model>_<optimizer>.pt in --checkpoint_dir. What a checkpoint records "
+        "(train_main.py's record their dataset, model and optimizer) must agree",
     )
     parser.add_argument(
         "--checkpoint_dir",
@@ -52,20 +63,24 @@ def build_parser() -> ArgumentParser:
     return parser
 
 
-def load_models(specs, device) -> list:
-    """The model of every spec, each checkpoint read once, before any image is decoded. A
-    checkpoint that holds another model than its spec says is a ``UserError`` naming the spec to
-    give instead."""
-    models = []
+def load_models(specs, device) -> tuple[list, list]:
+    """The specs checked against what their checkpoints record (``believe_the_checkpoint``) and
+    the model of each, every checkpoint read once, before any image is decoded. A checkpoint
+    that holds another model or was trained on another dataset than its spec or file name says
+    is a ``UserError`` naming the spec to give instead."""
+    checked, models = [], []
     for spec in specs:
+        checkpoint = load_checkpoint(spec.path, device, checkpoint_bytes(spec.model))
+        spec = cross_dataset.believe_the_checkpoint(spec, checkpoint)
         try:
-            models.append(load_model_from_checkpoint(spec.model, spec.path, device))
+            models.append(load_model_from_checkpoint(spec.model, spec.path, device, checkpoint))
         except WrongModelError as exc:
             raise UserError(
                 f"{spec.path}: holds a {exc.found} model, not {spec.model}; give it as "
                 f"{spec.dataset}:{exc.found}:{spec.path}"
             ) from None
-    return models
+        checked.append(spec)
+    return checked, models
 
 
 def main(argv=None) -> int:
@@ -77,7 +92,7 @@ def main(argv=None) -> int:
         else cross_dataset.discover_checkpoints(args.checkpoint_dir)
     )
     test_datasets = list(dict.fromkeys(args.datasets))
-    models = load_models(specs, device)
+    specs, models = load_models(specs, device)
     datasets = {}
     for name in test_datasets:
         datasets[name] = load_dataset(name, "test", args.data_root)

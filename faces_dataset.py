@@ -15,6 +15,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 from tqdm import tqdm
 
+from lib.cli import DataWarning
 from lib.images import (  # noqa: F401  (re-exported: the image helpers the course module offered)
     CLASS_DIRS,
     DEMO_HINT,
@@ -103,7 +104,7 @@ class FacesDataset(Dataset):
                 read_rgb_image(os.path.join(self.root_path, class_dir, name), hint="")
                 kept.append(name)
             except DataError as exc:
-                warnings.warn(f"skipped: {exc}", stacklevel=3)
+                warnings.warn(f"skipped: {exc}", DataWarning, stacklevel=3)
         return kept
 
     def __len__(self) -> int:

@@ -47,10 +47,13 @@ train, val and test splits of that dataset)::
     fake/id00012_001.png               synthetic_dataset: generated image 1 of identity 12
 
 Determinism: the same seed, scale and size give byte-identical files, whatever the number of
-workers: each image has its own random generator seeded from (seed, dataset, split, class, index).
+workers and the CPU: each image has its own random generator seeded from (seed, dataset, split,
+class, index).
 
-A target dataset folder that exists and is not empty is refused unless ``--force``; the data is
-written into a hidden temporary folder next to it and renamed into place when complete.
+A target dataset folder that exists and is not empty is refused unless ``--force``, which replaces
+only what this script made: it writes a marker (``.made_by_make_demo_datasets.json``) into each
+dataset folder, and a folder holding anything else (real data, notes) is refused, naming it. The
+data is written into a hidden temporary folder next to it and renamed into place when complete.
 """
 
 from __future__ import annotations
@@ -58,9 +61,11 @@ from __future__ import annotations
 import argparse
 import contextlib
 import io
+import json
 import math
 import multiprocessing
 import os
+import re
 import shutil
 import sys
 import tempfile
@@ -95,13 +100,14 @@ FULL_COUNTS = {
 FULL_SYNTHETIC_REAL = {"train": 4721, "val": 586, "test": 551}
 # About how many real images show one identity (frames of a video; photos of a celebrity).
 IMAGES_PER_IDENTITY = {"fakes_dataset": 8, "synthetic_dataset": 3}
-# The most images one call may make (about 80 GB of PNG, 37x the course datasets): a larger
-# --scale is a typo, not a request.
+# The most images one call may make (about 37 times the course datasets): a larger --scale is a
+# typo, not a request.
 MAX_IMAGES = 1_000_000
 
 
 class TargetExistsError(FileExistsError):
-    """A dataset folder to write already exists and is not empty, and ``force`` was not given."""
+    """A dataset folder to write already exists and is not empty, and ``force`` was not given;
+    or, with ``force``, it holds something this script did not make."""
 
 
 class DemoRequestError(ValueError):
@@ -676,10 +682,25 @@ def render_person(
 
 
 # ============================================================================ camera
+# No numpy power/exp/log and no BLAS product on images: the same pixels on every CPU
+# (docs/design.md#demo-data-on-every-cpu).
+_GAMMA_STEPS = 4096
+
+
+def gamma_curve(x: np.ndarray, gamma: float) -> np.ndarray:
+    """``x ** gamma`` for ``x`` in [0, 1], as float32: linear interpolation in a table of
+    ``math.pow`` at 4097 points: far below a grey level from the power, and the same on every CPU."""
+    table = np.array([math.pow(i / _GAMMA_STEPS, gamma) for i in range(_GAMMA_STEPS + 1)], np.float32)
+    slope = np.diff(table)
+    position = np.clip(x, 0, 1, dtype=np.float32) * np.float32(_GAMMA_STEPS)
+    index = np.minimum(position.astype(np.int32), _GAMMA_STEPS - 1)
+    return table[index] + (position - index) * slope[index]
+
+
 def camera_optics(image: np.ndarray, cam: Camera) -> np.ndarray:
     """Exposure and white balance, gamma, vignetting and lens blur."""
     out = np.clip(image * cam.gains, 0, 255)
-    out = 255 * (out / 255) ** cam.gamma
+    out = 255 * gamma_curve(out / 255, cam.gamma)
     radius2 = ((_X - IMAGE_SIZE / 2) ** 2 + (_Y - IMAGE_SIZE / 2) ** 2) / (IMAGE_SIZE / 2) ** 2
     out *= (1 - cam.vignette * 0.5 * radius2)[..., None]
     return ndimage.gaussian_filter(out, (cam.blur, cam.blur, 0))
@@ -702,8 +723,9 @@ def jpeg_round_trip(image: np.ndarray, quality: int) -> np.ndarray:
 
 
 def grey(image: np.ndarray) -> np.ndarray:
-    """Luma (ITU-R 601) of an RGB image, as float."""
-    return image[..., :3].astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)
+    """Luma (ITU-R 601) of an RGB image, as float32 (elementwise, not a BLAS product)."""
+    rgb = image.astype(np.float32, copy=False)
+    return rgb[..., 0] * np.float32(0.299) + rgb[..., 1] * np.float32(0.587) + rgb[..., 2] * np.float32(0.114)
 
 
 def laplacian_variance(image: np.ndarray) -> float:
@@ -712,12 +734,12 @@ def laplacian_variance(image: np.ndarray) -> float:
 
 
 def _channel_stats(image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per-channel mean and standard deviation (as matrix products: much faster than ``std``)."""
-    pixels = image.reshape(-1, image.shape[-1]).astype(np.float32, copy=False)
-    weights = np.full(len(pixels), 1 / len(pixels), np.float32)
-    mean = weights @ pixels
-    centred = pixels - mean
-    return mean, np.sqrt(weights @ (centred * centred))
+    """Per-channel mean and standard deviation (float32), summed in float64 by numpy reductions."""
+    channels = image.reshape(-1, image.shape[-1]).T.astype(np.float32, order="C")  # one row a channel
+    n = channels.shape[1]
+    mean = (channels.sum(1, dtype=np.float64) / n).astype(np.float32)
+    centred = channels - mean[:, None]
+    return mean, np.sqrt((centred * centred).sum(1, dtype=np.float64) / n).astype(np.float32)
 
 
 def global_stats(image: np.ndarray) -> np.ndarray:
@@ -798,11 +820,18 @@ def identity_and_setting(seed: int, dataset: str, number: int) -> tuple[Identity
     return random_identity(rng), random_setting(rng, dataset)
 
 
-def photograph(ident: Identity, setting: Setting, dataset: str, rng: np.random.Generator):
+def photograph(
+    ident: Identity,
+    setting: Setting,
+    dataset: str,
+    rng: np.random.Generator,
+    pose: Pose | None = None,
+    cam: Camera | None = None,
+):
     """A real image before JPEG: (noisy camera image, camera, pose, the same image before the
-    sensor noise)."""
-    pose = random_pose(rng, dataset)
-    cam = random_camera(rng, dataset, setting)
+    sensor noise). ``pose`` and ``cam`` are drawn when not given (a video gives its own)."""
+    pose = random_pose(rng, dataset) if pose is None else pose
+    cam = random_camera(rng, dataset, setting) if cam is None else cam
     scene = render_person(ident, pose, setting, rng, render_background(setting, pose.shake))
     optics = camera_optics(scene, cam)
     return add_sensor_noise(optics, cam.noise, rng), cam, pose, optics
@@ -835,11 +864,18 @@ def finish_fake(
 
 
 def face_swap(
-    target: tuple[Identity, Setting], source: tuple[Identity, Setting], dataset: str, rng: np.random.Generator
+    target: tuple[Identity, Setting],
+    source: tuple[Identity, Setting],
+    dataset: str,
+    rng: np.random.Generator,
+    shot=None,
+    resolution: tuple[float, float] = SWAP_RESOLUTION,
 ) -> np.ndarray:
-    """A Deepfakes-style frame: the source's inner face pasted into a target frame."""
+    """A Deepfakes-style frame: the source's inner face pasted into a target frame (``shot``, a
+    ``photograph`` of the target, drawn when not given), through an autoencoder of ``resolution``
+    pixels across the face."""
     (target_id, target_setting), (source_id, source_setting) = target, source
-    frame, cam, pose, _ = photograph(target_id, target_setting, dataset, rng)
+    frame, cam, pose, _ = photograph(target_id, target_setting, dataset, rng) if shot is None else shot
     aligned = replace(
         pose,
         cx=pose.cx + rng.normal(0, SWAP_MISALIGN_PX),
@@ -851,7 +887,7 @@ def face_swap(
     source_cam = replace(cam, gains=cam.gains / target_setting.white_balance * source_setting.white_balance)
     face = camera_optics(render_person(source_id, aligned, target_setting, rng, frame), source_cam)
     face_size = 2.4 * pose.scale
-    face = _bottleneck(face, max(8, round(IMAGE_SIZE * rng.uniform(*SWAP_RESOLUTION) / face_size)))
+    face = _bottleneck(face, max(8, round(IMAGE_SIZE * rng.uniform(*resolution) / face_size)))
     f = _FaceFrame(pose)
     grow = rng.uniform(0.92, 1.08)
     mask = f.cover(
@@ -951,11 +987,73 @@ def make_image(task: ImageTask) -> np.ndarray:
 
 def write_image(task: ImageTask) -> None:
     """Make one image and save it as PNG (PIL writes no time stamps: same pixels, same bytes).
-    Compression level 3 writes 3x faster than the default 6, for files about 15 % larger."""
+    Compression level 3: faster than PIL's default, for slightly larger files
+    (benchmarks/README.md#demo-generation)."""
     Image.fromarray(make_image(task)).save(task.path, format="PNG", compress_level=3)
 
 
 # ============================================================================ writing the folders
+MARKER = ".made_by_make_demo_datasets.json"
+"""Written into every dataset folder this script makes: ``--force`` replaces only such folders."""
+GENERATED_NAME = re.compile(r"id\d{5}(_from_id\d{5})?_\d{3}\.png")
+
+
+def write_marker(folder: Path, dataset: str, seed: int, scale: float, full_size: bool) -> None:
+    """The marker of a dataset folder made here, with what it takes to list its files again."""
+    made = {"made_by": "make_demo_datasets.py", "dataset": dataset, "seed": seed, "scale": scale}
+    (folder / MARKER).write_text(json.dumps({**made, "full_size": full_size}, indent=2) + "\n")
+
+
+def generated_files(folder: Path, dataset: str) -> set[str] | None:
+    """The files (relative paths) this script made in ``folder``, from its marker; ``None``
+    without a readable marker."""
+    try:
+        made = json.loads((folder / MARKER).read_text())
+        counts = plan_counts(float(made["scale"]), bool(made["full_size"]), [dataset])[dataset]
+        tasks = plan_tasks(folder, dataset, counts, int(made["seed"]))
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return {os.path.relpath(task.path, folder) for task in tasks}
+
+
+def foreign_file(folder: Path, dataset: str) -> str | None:
+    """The first file or folder in ``folder`` that this script did not make there, or ``None``.
+    Its marker lists the files; a folder without one (made before markers existed) may hold
+    only generated names in the layout."""
+    made = generated_files(folder, dataset)
+    for root, dirs, files in os.walk(folder):
+        relative = os.path.relpath(root, folder)
+        depth = 0 if relative == "." else relative.count(os.sep) + 1
+        allowed = SPLITS if depth == 0 else CLASSES if depth == 1 else ()
+        for name in sorted(dirs):
+            if name not in allowed or os.path.islink(os.path.join(root, name)):
+                return os.path.join(root, name)
+        for name in sorted(files):
+            path = os.path.normpath(os.path.join(relative, name))
+            if depth == 0 and name == MARKER and made is not None:
+                continue
+            ours = path in made if made is not None else depth == 2 and GENERATED_NAME.fullmatch(name)
+            if not ours:
+                return os.path.join(root, name)
+    return None
+
+
+def refuse_foreign(folder: Path, dataset: str) -> None:
+    """Raise ``TargetExistsError`` when ``--force`` would remove something this script did not
+    make in ``folder`` (real data, notes), naming the first such file."""
+    if folder.is_symlink() or (folder.exists() and not folder.is_dir()):
+        raise TargetExistsError(
+            f"{folder}: not a folder this script made; --force replaces only those: move it away "
+            "or choose another --out"
+        )
+    first = foreign_file(folder, dataset) if folder.is_dir() else None
+    if first:
+        raise TargetExistsError(
+            f"{folder}: --force replaces only what make_demo_datasets.py made, and {first} is not "
+            "that; move it away (or the whole folder), or choose another --out"
+        )
+
+
 def is_non_empty(path) -> bool:
     """``path`` exists and is a file or a folder with something in it."""
     path = Path(path)
@@ -973,16 +1071,26 @@ def _replace(new: Path, target: Path) -> None:
     shutil.rmtree(trash)
 
 
-def _run(tasks: list[ImageTask], workers: int, progress: bool) -> None:
-    """Write every task's image, in this process (``workers`` 1) or in a pool. The order does not
-    matter: each image has its own random generator."""
+def _run(
+    tasks: list,
+    workers: int,
+    progress: bool,
+    work=write_image,
+    desc: str = "demo images",
+    unit: str = "img",
+    chunksize: int = 4,
+) -> list:
+    """``work`` (default ``write_image``) on every task, in this process (``workers`` 1) or in a
+    pool; returns the results in any order. The order does not matter: each image has its own
+    random generator."""
     pool = multiprocessing.Pool(workers) if workers > 1 else contextlib.nullcontext()
-    with pool, tqdm(total=len(tasks), disable=not progress, unit="img", desc="demo images") as bar:
-        done = (
-            pool.imap_unordered(write_image, tasks, chunksize=4) if workers > 1 else map(write_image, tasks)
-        )
-        for _ in done:
+    results = []
+    with pool, tqdm(total=len(tasks), disable=not progress, unit=unit, desc=desc) as bar:
+        done = pool.imap_unordered(work, tasks, chunksize=chunksize) if workers > 1 else map(work, tasks)
+        for result in done:
+            results.append(result)
             bar.update()
+    return results
 
 
 def generate(
@@ -999,8 +1107,8 @@ def generate(
 
     Raises ``DemoRequestError`` for bad arguments and ``TargetExistsError`` when a dataset folder
     to write exists and is not empty and ``force`` is false, both before writing anything; with
-    ``force`` only the generated dataset folders are replaced. A dataset named twice is made
-    once. ``workers`` defaults to the number of CPUs.
+    ``force`` only dataset folders this script made are replaced (``refuse_foreign``). A dataset
+    named twice is made once. ``workers`` defaults to the number of CPUs.
     """
     datasets = tuple(dict.fromkeys(datasets or DATASETS))
     unknown = [d for d in datasets if d not in DATASETS]
@@ -1018,12 +1126,13 @@ def generate(
             f"--scale {scale:g} asks for more than {MAX_IMAGES:,} images; choose a smaller --scale"
         )
     out = Path(out)
-    if not force:
-        for dataset in datasets:
-            if is_non_empty(out / dataset):
-                raise TargetExistsError(
-                    f"{out / dataset} already exists and is not empty; pass --force to replace it"
-                )
+    for dataset in datasets:
+        if force:
+            refuse_foreign(out / dataset, dataset)
+        elif is_non_empty(out / dataset):
+            raise TargetExistsError(
+                f"{out / dataset} already exists and is not empty; pass --force to replace it"
+            )
     counts = plan_counts(scale, full_size, datasets)
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -1040,6 +1149,7 @@ def generate(
                 for label in CLASSES:
                     (staging[dataset] / split / label).mkdir(parents=True)
             tasks += plan_tasks(staging[dataset], dataset, counts[dataset], seed)
+            write_marker(staging[dataset], dataset, seed, scale, full_size)
         _run(tasks, max(1, min(workers or os.cpu_count() or 1, len(tasks))), progress)
         for dataset in datasets:
             _replace(staging.pop(dataset), out / dataset)
@@ -1091,7 +1201,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--force",
         action="store_true",
-        help="replace dataset folders that already exist and are not empty (only those generated)",
+        help="replace dataset folders that this script made before (it marks them); a folder "
+        "holding anything else (real data, notes) is refused, naming it",
     )
     parser.add_argument(
         "--workers",

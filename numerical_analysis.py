@@ -13,9 +13,10 @@ P(fake) with its reliability diagram, figures/<D>_<M>_reliability_diagram.png (-
 
 from __future__ import annotations
 
+import os
 import sys
 
-from lib import metrics_json, names, scores, uncertainty
+from lib import metrics_json, names, scores, uncertainty, video_scores
 from lib.cli import ArgumentParser, non_negative_int, positive_int, run_cli, seed_int
 from lib.fileio import save_figure
 from lib.flags import add_analysis_flags, add_out_dir_flag
@@ -52,6 +53,13 @@ def build_parser() -> ArgumentParser:
         help="equal-width bins of P(fake) for the ECE and the reliability diagram",
     )
     parser.add_argument("--seed", default=0, type=seed_int, help="seed of the bootstrap resamples")
+    parser.add_argument(
+        "--aggregate",
+        default="mean",
+        choices=video_scores.AGGREGATES,
+        help="when the test images are frames of videos (a manifest, or <video>_f<frame> file names): "
+        "a video's score is this of its frames' P(fake)",
+    )
     parser.add_argument("--no_progress", action="store_true", help="no progress bar")
     return parser
 
@@ -63,6 +71,10 @@ def main(argv=None) -> int:
         model, dataset, args.batch_size, progress=not args.no_progress, num_workers=args.num_workers
     )
     metrics = scores.roc_det_metrics(labels, logits)
+    p_fake = scores.soft_scores(logits)[:, 1]
+    paths = [dataset.path_and_label(i)[0] for i in range(len(dataset))]
+    keys, grouping = video_scores.video_keys(os.path.dirname(os.path.normpath(dataset.root_path)), paths)
+    grouped = video_scores.group_videos(keys, labels, p_fake, args.aggregate) if keys else None
 
     roc_path, det_path, reliability_path = (
         figure_path(args.figures_dir, args.dataset, args.model, suffix)
@@ -70,7 +82,7 @@ def main(argv=None) -> int:
     )
     save_figure(scores.plot_roc(labels, logits, args.model, args.dataset), roc_path)
     save_figure(scores.plot_det(labels, logits, args.model, args.dataset), det_path)
-    sure = uncertainty_section(args, labels, scores.soft_scores(logits)[:, 1])
+    sure = uncertainty_section(args, labels, p_fake, grouped)
     save_figure(
         uncertainty.plot_reliability(
             sure["calibration"], f"Reliability of P(fake), {names.describe(args.dataset, args.model)}"
@@ -84,31 +96,71 @@ def main(argv=None) -> int:
         "score_definition": scores.SCORE_DESCRIPTION,
         **metrics,
     }
+    if grouped is not None:
+        section["video"] = video_scores.video_figures(grouped, grouping, args.aggregate)
     metrics_json.update_metrics_json(json_path, {"numerical": section, "uncertainty": sure})
+    csv_path = names.scores_csv_path(args.out_dir, args.dataset, args.model)
+    video_scores.write_scores_csv(csv_path, paths, labels, keys, logits, p_fake)
 
     print(
         f"{names.describe(args.dataset, args.model)}, test split, {len(labels)} images "
         f"({args.checkpoint_path})"
     )
     print(scores.metrics_table(metrics))
-    print(uncertainty.summary_table(sure["bootstrap"], sure["calibration"]))
+    kind = "stratified" if grouped is None else "video"
+    print(uncertainty.summary_table(sure["bootstrap"], sure["calibration"], kind))
+    if grouped is not None:
+        print(video_summary(section["video"], sure["video"]["bootstrap"], metrics))
     print(
         f"wrote {roc_path}\nwrote {det_path}\nwrote {reliability_path}\n"
-        f"wrote {json_path} (sections 'numerical' and 'uncertainty')"
+        f"wrote {json_path} (sections 'numerical' and 'uncertainty')\nwrote {csv_path}"
     )
     return 0
 
 
-def uncertainty_section(args, labels, fake_scores) -> dict:
-    """The 'uncertainty' JSON section: bootstrap intervals and calibration of P(fake)."""
-    return {
+def video_summary(video: dict, boot: dict, frame_metrics: dict) -> str:
+    """The video-level lines: how the videos were found and scored, frames beside videos, and
+    the bootstrap intervals of the video figures."""
+    head = (
+        f"video level: {video['n_videos']} videos ({video['n_real']} real / {video['n_fake']} fake; "
+        f"{video['frames_per_video']['min']} to {video['frames_per_video']['max']} frames each), "
+        f"found from the {video['grouping']}; a video's score is the {video['score']}"
+    )
+    table = video_scores.comparison_table(frame_metrics, video)
+    return "\n".join([head, table, uncertainty.interval_table(boot, "stratified video")])
+
+
+def uncertainty_section(args, labels, fake_scores, grouped: dict | None) -> dict:
+    """The 'uncertainty' JSON section: bootstrap intervals and calibration of P(fake). When the
+    images are frames of videos (``grouped``), the resamples draw whole videos, and a 'video'
+    part holds the intervals of the video-level figures."""
+    progress = not args.no_progress
+    if grouped is None:
+        boot = uncertainty.bootstrap_intervals(
+            labels, fake_scores, args.bootstrap, args.seed, progress=progress
+        )
+    else:
+        boot = uncertainty.bootstrap_intervals(
+            labels,
+            fake_scores,
+            args.bootstrap,
+            args.seed,
+            progress=progress,
+            resamples=video_scores.video_resamples(grouped, args.bootstrap, args.seed),
+            method=video_scores.VIDEO_BOOTSTRAP_METHOD,
+        )
+    section = {
         **metrics_json.section_header(args),
         "scores": "P(fake) = softmax column 1",
-        "bootstrap": uncertainty.bootstrap_intervals(
-            labels, fake_scores, args.bootstrap, args.seed, progress=not args.no_progress
-        ),
+        "bootstrap": boot,
         "calibration": uncertainty.calibration(labels, fake_scores, args.ece_bins),
     }
+    if grouped is not None:
+        video_boot = uncertainty.bootstrap_intervals(
+            grouped["labels"], grouped["scores"], args.bootstrap, args.seed
+        )
+        section["video"] = {"scores": "the video's aggregate of its frame P(fake)", "bootstrap": video_boot}
+    return section
 
 
 if __name__ == "__main__":

@@ -3,7 +3,8 @@
     python plot_accuracy_and_loss.py -m SimpleNet -j out/fakes_dataset_SimpleNet_Adam.json -d fakes_dataset
 
 Writes figures/<D>_<M>_losses_plot.png and figures/<D>_<M>_accuracies_plot.png from the last run
-in the JSON (or --run N).
+in the JSON, or the run --run N, --run_id ID, or the run whose best checkpoint --checkpoint_path is
+(what run_study.py passes, so the curves are of the model its analyses use).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
+from lib.checkpoints import load_checkpoint
 from lib.cli import ArgumentParser, UserError, add_debug_flag, run_cli
 from lib.fileio import read_runs, save_figure
 from utils import FIGURE_SUFFIXES, MODEL_NAMES, figure_path
@@ -22,16 +24,35 @@ from utils import FIGURE_SUFFIXES, MODEL_NAMES, figure_path
 SPLITS = ("train", "val", "test")
 
 
-def select_run(runs: list, run: int | None, path: str) -> dict:
-    """The last run, or run ``run`` (1-based; negative counts from the end)."""
+def select_run(runs: list, path: str, run: int | None = None, run_id: str | None = None) -> dict:
+    """The run with id ``run_id``, else run ``run`` (1-based; negative counts from the end), else
+    the last run."""
     if not runs:
         raise UserError(f"{path}: holds no runs")
+    if run_id is not None:
+        found = [r for r in runs if r.get("run_id") == run_id]
+        if not found:
+            raise UserError(
+                f"{path}: holds no run with id {run_id} (its {len(runs)} runs: "
+                f"{', '.join(str(r.get('run_id')) for r in runs)}); pass the JSON that run wrote, or --run N"
+            )
+        return found[-1]
     if run is None:
         return runs[-1]
     index = run - 1 if run > 0 else run
     if run == 0 or not -len(runs) <= index < len(runs):
         raise UserError(f"--run {run}: {path} holds runs 1..{len(runs)}")
     return runs[index]
+
+
+def checkpoint_run_id(path: str) -> str:
+    """The id of the training run that saved the best checkpoint at ``path``."""
+    run_id = load_checkpoint(path).get("run_id")
+    if not isinstance(run_id, str):
+        raise UserError(
+            f"{path}: records no run id (saved by an older train_main.py); choose the run with --run N"
+        )
+    return run_id
 
 
 def plot_metric(run: dict, metric: str, ylabel: str, title: str, path: str) -> str:
@@ -108,11 +129,19 @@ def build_parser() -> ArgumentParser:
         metavar="NAME",
         help="dataset name (used in titles and file names; any dataset folder's name)",
     )
-    parser.add_argument(
+    which = parser.add_mutually_exclusive_group()
+    which.add_argument(
         "--run",
         type=int,
         default=None,
         help="which run of the JSON to plot, 1-based (negative: from the end); default: the last",
+    )
+    which.add_argument("--run_id", help="plot the run with this id (its 'run_id' in the JSON)")
+    which.add_argument(
+        "--checkpoint_path",
+        "-cpp",
+        metavar="PATH",
+        help="plot the run that saved this best checkpoint (the run id it records)",
     )
     parser.add_argument("--figures_dir", default="figures", help="where the figures are written")
     add_debug_flag(parser)
@@ -121,7 +150,8 @@ def build_parser() -> ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    run = select_run(read_runs(args.json, missing_ok=False), args.run, args.json)
+    run_id = checkpoint_run_id(args.checkpoint_path) if args.checkpoint_path else args.run_id
+    run = select_run(read_runs(args.json, missing_ok=False), args.json, args.run, run_id)
     note = check_run(run, args.model, args.dataset, args.json)
     for path in plot_run(run, args.model, args.dataset, args.figures_dir, note):
         print(f"wrote {path}")

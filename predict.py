@@ -1,19 +1,24 @@
-"""Classify image files as real or fake with a trained checkpoint.
+"""Classify image files and videos as real or fake with a trained checkpoint.
 
     python predict.py -m SimpleNet -cpp checkpoints/fakes_dataset_SimpleNet_Adam.pt face.png photos/
     python predict.py -m SimpleNet -cpp checkpoints/fakes_dataset_SimpleNet_Adam.pt --crop_faces group.jpg
+    python predict.py -m SimpleNet -cpp checkpoints/ffpp_c23_SimpleNet_Adam.pt clip.mp4 --annotate out.mp4
 
 Prints, for each image, its path, P(fake) (softmax of the model's two outputs) and the predicted
 label (fake when P(fake) > 0.5). Folders are searched for image files (sorted; --recursive for
 sub-folders). Preprocessing is the evaluation one: RGB, 256x256 (other sizes are resized, with a
 notice), the study's normalisation. With --crop_faces, the faces of each photo are found and each
 is cropped (face_crops.py) and scored on its own; a photo without a face is reported, not an error.
+A video is scored on --frames evenly spaced frames: every face of each is cropped and scored, a
+frame's P(fake) is its highest-scoring face's, the video's the mean (--aggregate) over the frames
+with a face (lib/video_predict.py); --annotate draws the boxes and scores on a copy of the video.
 An unreadable file is reported on stderr and the others still run; the exit code is 1 if any path
 failed, 2 for a usage error (bad checkpoint, wrong -m).
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import stat
@@ -25,36 +30,71 @@ from PIL import Image
 from tqdm import tqdm
 
 from faces_dataset import IMAGE_SIZE, DataError, is_image_file, pil_to_uint8_tensor, read_rgb_image
-from lib import face_crops, gradcam, names, scores, transforms
-from lib.cli import ArgumentParser, UserError, add_debug_flag, positive_int, run_cli
+from lib import face_crops, face_detectors, gradcam, names, scores, transforms, video_predict
+from lib.cli import ArgumentParser, UserError, add_debug_flag, non_negative_int, positive_int, run_cli
 from lib.fileio import atomic_write
 from lib.flags import add_checkpoint_flags
 from lib.transforms import normalize_batch
+from lib.video import DEFAULT_FRAMES, WRITER_CODECS, VideoError, is_video_file
 from utils import get_device, load_model_from_checkpoint
 
 
 def build_parser() -> ArgumentParser:
     parser = ArgumentParser(
-        description="Predict real or fake for image files. P(fake) is the softmax probability of "
-        "the model's column 1; the label is fake when P(fake) > 0.5."
+        description="Predict real or fake for image files and videos. P(fake) is the softmax "
+        "probability of the model's column 1; the label is fake when P(fake) > 0.5."
     )
-    parser.add_argument("paths", nargs="+", metavar="PATH", help="image files and/or folders of images")
+    parser.add_argument(
+        "paths", nargs="+", metavar="PATH", help="image files, video files and/or folders of them"
+    )
     add_checkpoint_flags(parser)
     parser.add_argument(
         "--recursive",
         "-r",
         action="store_true",
-        help="also look for images in the sub-folders of a folder PATH",
+        help="also look for images and videos in the sub-folders of a folder PATH",
     )
     parser.add_argument("--batch_size", "-b", default=32, type=positive_int, help="images per forward pass")
     parser.add_argument("--device", default="auto", help="auto (CUDA when available), cpu or cuda")
     parser.add_argument(
         "--crop_faces",
         action="store_true",
-        help="find the faces in each image (OpenCV's Haar cascade), crop each "
+        help="find the faces in each image (--detector), crop each "
         f"with a margin ({face_crops.MARGIN}x the face box), resize it to "
-        f"{IMAGE_SIZE}x{IMAGE_SIZE} and score every face; for whole photos. "
-        f"Needs OpenCV: {face_crops.OPENCV_INSTALL}",
+        f"{IMAGE_SIZE}x{IMAGE_SIZE} and score every face; for whole photos (videos always are)",
+    )
+    parser.add_argument(
+        "--detector",
+        choices=face_detectors.DETECTORS,
+        default=face_detectors.DEFAULT_DETECTOR,
+        help=f"face detector of --crop_faces and videos: MTCNN (facenet-pytorch; install: "
+        f"{face_detectors.FACENET_INSTALL}) or OpenCV's Haar cascade (needs {face_crops.OPENCV_INSTALL})",
+    )
+    parser.add_argument(
+        "--min_face",
+        type=positive_int,
+        default=face_detectors.MIN_FACE_PX,
+        help="MTCNN: smallest face looked for, in pixels",
+    )
+    video = parser.add_argument_group("videos")
+    video.add_argument(
+        "--frames",
+        type=non_negative_int,
+        default=DEFAULT_FRAMES,
+        help="evenly spaced frames scored a video (0: every frame)",
+    )
+    video.add_argument(
+        "--aggregate",
+        choices=("mean", "median"),
+        default="mean",
+        help="a video's P(fake) from its frames' (each frame: its highest-scoring face)",
+    )
+    video.add_argument(
+        "--annotate",
+        metavar="OUT.mp4",
+        default=None,
+        help="with one video: write a copy with each face's box and P(fake) drawn (.mp4 or .avi; "
+        "frames between two scored ones show the earlier one's boxes)",
     )
     parser.add_argument(
         "--grad_cam",
@@ -90,10 +130,12 @@ def collect_paths(paths: list[str], recursive: bool) -> tuple[list[str], list[di
                     found += [os.path.join(folder, n) for n in names]
             else:
                 found = [os.path.join(path, n) for n in os.listdir(path)]
-            found = sorted(f for f in found if is_image_file(f))
+            found = sorted(f for f in found if is_image_file(f) or is_video_file(f))
             if not found:
                 hint = "" if recursive else " (pass --recursive to search sub-folders)"
-                errors.append({"path": path, "error": f"{path}: no image files in this folder{hint}"})
+                errors.append(
+                    {"path": path, "error": f"{path}: no image or video files in this folder{hint}"}
+                )
             files += found
         elif os.path.exists(path):
             if stat.S_ISREG(os.stat(path).st_mode):
@@ -122,9 +164,7 @@ def load_for_model(path: str) -> tuple[torch.Tensor, tuple[int, int] | None]:
     return pil_to_uint8_tensor(image), original
 
 
-def load_inputs(
-    path: str, detector: face_crops.FaceDetector | None
-) -> list[tuple[dict, torch.Tensor | None]]:
+def load_inputs(path: str, detector) -> list[tuple[dict, torch.Tensor | None]]:
     """The model inputs of one file as (record fields, 3 x 256 x 256 uint8): the whole image, or
     with a detector one per face, left to right; a photo without a face gives one entry whose
     image is None."""
@@ -137,10 +177,10 @@ def load_inputs(
                 file=sys.stderr,
             )
         fields = {"resized_from": list(original) if original else None}
-        return [({"face": None, "box": None, "crop": None, **fields}, image)]
+        return [({"face": None, "box": None, "crop": None, "face_score": None, **fields}, image)]
     photo = read_rgb_image(path)
     inputs = []
-    for k, box in enumerate(detector.detect(photo), start=1):
+    for k, (box, face_score) in enumerate(detector.detect(photo), start=1):
         crop, square = face_crops.crop_face(photo, box)
         side = square[2]
         inputs.append(
@@ -149,6 +189,7 @@ def load_inputs(
                     "face": k,
                     "box": list(box),
                     "crop": list(square),
+                    "face_score": face_score,
                     "resized_from": [side, side] if side != IMAGE_SIZE else None,
                 },
                 pil_to_uint8_tensor(crop),
@@ -189,7 +230,7 @@ def score_batch(model, layer, entries: list, args, used_names: set[str]) -> list
     return [
         {
             "path": path,
-            **{k: fields[k] for k in ("face", "box", "crop")},
+            **{k: fields[k] for k in ("face", "box", "crop", "face_score")},
             "p_fake": float(probs[i, 1]),
             "p_real": float(probs[i, 0]),
             "label": names.CLASS_NAMES[predicted[i]].lower(),
@@ -229,44 +270,106 @@ def batches_of_inputs(files: list[str], batch_size: int, detector, fail, bar):
         yield pending
 
 
-def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
-    if args.grad_cam and os.path.exists(args.grad_cam) and not os.path.isdir(args.grad_cam):
-        raise UserError(f"--grad_cam {args.grad_cam}: exists and is not a folder")
-    detector = face_crops.FaceDetector() if args.crop_faces else None  # before the model: fail fast
-    device = get_device(args.device)
-    model = load_model_from_checkpoint(args.model, args.checkpoint_path, device)
-    args.target_layer = gradcam.target_layer_name(args.model, args.target_layer)
-    layer = gradcam.resolve_layer(model, args.target_layer) if args.grad_cam else None
+class Outcome:
+    """What a run found: the result records, the paths without a face, the errors (each also
+    said on stderr as it happens)."""
 
-    errors: list[dict] = []
+    def __init__(self):
+        self.results: list[dict] = []
+        self.no_face: list[str] = []
+        self.errors: list[dict] = []
 
-    def fail(record: dict) -> None:
-        errors.append(record)
+    def fail(self, record: dict) -> None:
+        self.errors.append(record)
         print(f"predict.py: error: {record['error']}", file=sys.stderr)
 
-    files, path_errors = collect_paths(args.paths, args.recursive)
-    for record in path_errors:
-        fail(record)
-    results: list[dict] = []
-    no_face: list[str] = []
-    used_names: set[str] = set()
-    bar = tqdm(
-        total=len(files), desc="predict", unit="img", leave=False, disable=True if args.no_progress else None
-    )
-    for entries in batches_of_inputs(files, args.batch_size, detector, fail, bar):
+
+def predict_images(files, model, layer, detector, args, out: Outcome, bar, used_names: set[str]) -> None:
+    """Score image files (each face with a detector), printing a line per result unless --json."""
+    for entries in batches_of_inputs(files, args.batch_size, detector, out.fail, bar):
         scored = [entry for entry in entries if entry[2] is not None]
         records = iter(score_batch(model, layer, scored, args, used_names) if scored else [])
         for path, _, image in entries:
             if image is None:  # a photo without a face: said, not an error
-                no_face.append(path)
+                out.no_face.append(path)
                 if not args.json:
                     print(f"{path}\tno face found", flush=True)
                 continue
             record = next(records)
-            results.append(record)
+            out.results.append(record)
             if not args.json:
                 print(text_line(record), flush=True)
+
+
+def predict_video(path: str, model, detector, args, out: Outcome) -> None:
+    """Score one video (lib/video_predict.py), with --annotate write its annotated copy, and
+    print its line unless --json; a video without any face is said, not scored."""
+    try:
+        result = video_predict.score_video(
+            path, detector, model, args.frames, args.batch_size, args.aggregate
+        )
+        if args.annotate:
+            video_predict.annotate_video(path, args.annotate, result)
+            result["annotated"] = args.annotate
+            print(f"predict.py: wrote {args.annotate}", file=sys.stderr)
+    except VideoError as exc:
+        out.fail({"path": path, "error": str(exc)})
+        return
+    sampled, with_face = result["frames_sampled"], result["frames_with_face"]
+    if result["p_fake"] is None:
+        out.no_face.append(path)
+        if not args.json:
+            print(f"{path}\tno face found in {sampled} sampled frames", flush=True)
+        return
+    out.results.append(result)
+    if not args.json:
+        line = f"{path}\tP(fake)={result['p_fake']:.4f}\t{result['label']}\tvideo: {args.aggregate} of "
+        print(f"{line}{with_face} frames with a face (of {sampled} sampled)", flush=True)
+
+
+def check_output_flags(args, videos: list[str]) -> None:
+    """One-line errors for --grad_cam and --annotate targets that cannot be written, before any work."""
+    if args.grad_cam and os.path.exists(args.grad_cam) and not os.path.isdir(args.grad_cam):
+        raise UserError(f"--grad_cam {args.grad_cam}: exists and is not a folder")
+    if args.annotate is None:
+        return
+    if len(videos) != 1:
+        raise UserError(f"--annotate writes one video: give exactly one video file (found {len(videos)})")
+    if os.path.splitext(args.annotate)[1].lower() not in WRITER_CODECS:
+        raise UserError(f"--annotate {args.annotate}: use a {' or '.join(WRITER_CODECS)} file name")
+    if os.path.exists(args.annotate):
+        raise UserError(f"--annotate {args.annotate}: exists; remove it or choose another name")
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    files, path_errors = collect_paths(args.paths, args.recursive)
+    videos = [f for f in files if is_video_file(f)]
+    check_output_flags(args, videos)
+    device = get_device(args.device)
+    detector = None
+    if args.crop_faces or videos:  # before the model: fail fast
+        detector = face_detectors.make_detector(args.detector, device, args.min_face)
+    model = load_model_from_checkpoint(args.model, args.checkpoint_path, device)
+    args.target_layer = gradcam.target_layer_name(args.model, args.target_layer)
+    layer = gradcam.resolve_layer(model, args.target_layer) if args.grad_cam else None
+    if layer is not None and videos:
+        print("predict.py: note: --grad_cam draws overlays for images only", file=sys.stderr)
+    out = Outcome()
+    for record in path_errors:
+        out.fail(record)
+    used_names: set[str] = set()
+    bar = tqdm(
+        total=len(files), desc="predict", unit="file", leave=False, disable=True if args.no_progress else None
+    )
+    for is_video, group in itertools.groupby(files, key=is_video_file):  # the order given
+        if not is_video:
+            photo_faces = detector if args.crop_faces else None
+            predict_images(list(group), model, layer, photo_faces, args, out, bar, used_names)
+            continue
+        for path in group:
+            predict_video(path, model, detector, args, out)
+            bar.update(1)
     bar.close()
     if args.json:
         document = {
@@ -274,13 +377,14 @@ def main(argv=None) -> int:
             "checkpoint": args.checkpoint_path,
             "threshold": 0.5,
             "crop_faces": args.crop_faces,
-            "results": results,
-            "no_face": no_face,
-            "errors": errors,
+            "detector": detector.params() if detector is not None else None,
+            "results": out.results,
+            "no_face": out.no_face,
+            "errors": out.errors,
         }
         json.dump(document, sys.stdout, indent=2)
         sys.stdout.write("\n")
-    return 1 if errors else 0
+    return 1 if out.errors else 0
 
 
 def run_quiet_on_closed_pipe() -> int:

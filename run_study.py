@@ -25,6 +25,7 @@ from lib import cli
 from lib.cli import ArgumentParser, UserError, run_cli
 from lib.flags import add_data_root_flag
 from lib.memory import add_activation_checkpointing_flag
+from lib.names import DATASET_NAMES
 from lib.study.data import choose_data
 from lib.study.numbers import collect_numbers
 from lib.study.plan import (
@@ -64,6 +65,15 @@ def build_parser() -> ArgumentParser:
     data.add_argument("--demo_seed", default=0, type=cli.non_negative_int, help="seed of generated demo data")
     data.add_argument(
         "--remake_demo", action="store_true", help="regenerate the demo data even when it exists"
+    )
+    data.add_argument(
+        "--datasets",
+        nargs="+",
+        metavar="NAME",
+        default=DATASET_NAMES,
+        help="the datasets of the steps that are not tied to the course's runs: the spectra, and the "
+        "test splits of the cross-dataset matrix; any dataset folders under the data root (default: "
+        f"the course's {' '.join(DATASET_NAMES)})",
     )
     add_training_flags(parser.add_argument_group("training (the study's protocol by default)"))
     where = parser.add_argument_group("outputs")
@@ -158,9 +168,13 @@ def make_settings(args, data_root: str, xception_args: list[str]) -> Settings:
     }
     if args.activation_checkpointing != "auto":
         xception_args = xception_args + ["--activation_checkpointing", args.activation_checkpointing]
-    same = {f.name for f in fields(Settings)} - {"data_root", "epochs", "xception_args"}  # flags' names
+    same = {f.name for f in fields(Settings)} - {"data_root", "epochs", "xception_args", "datasets"}
     return Settings(
-        data_root, epochs=epochs, xception_args=xception_args, **{f: getattr(args, f) for f in same}
+        data_root,
+        epochs=epochs,
+        xception_args=xception_args,
+        datasets=tuple(dict.fromkeys(args.datasets)),
+        **{f: getattr(args, f) for f in same},  # the flags of the same names
     )
 
 

@@ -14,6 +14,7 @@ from lib.checkpoints import (  # noqa: F401  (re-exported)
     load_checkpoint,
     model_name_of_state_dict,
     non_finite_tensor,
+    state_dict_bytes,
     state_dict_mismatch,
 )
 from lib.cli import UserError, check_name, first_line
@@ -103,17 +104,26 @@ def get_nof_params(model: torch.nn.Module) -> int:
 
 
 # ----------------------------------------------------------------------------- checkpoints
+def checkpoint_bytes(model_name: str) -> int:
+    """The size of ``model_name``'s state dict, for ``load_checkpoint``'s size check (the model
+    is built on the meta device: no weights are allocated or initialised)."""
+    with torch.device("meta"):
+        return state_dict_bytes(load_model(model_name, pretrained=False))
+
+
 def load_model_from_checkpoint(
-    model_name: str, checkpoint_path: str, device: torch.device | str = "cpu"
+    model_name: str, checkpoint_path: str, device: torch.device | str = "cpu", checkpoint: dict | None = None
 ) -> torch.nn.Module:
     """Build ``model_name`` without pretrained weights, with the checkpoint's head (its ``head``
     entry, else read off its keys), load the checkpoint's ``model``, eval mode.
+    ``checkpoint``: the file's content when the caller has read it already (``load_checkpoint``).
 
     On the CPU and CUDA the model is channels-last (its inputs may stay NCHW): the analysis runs
     faster so (saliency 1.7x, Grad-CAM 1.2x for SimpleNet on 2 CPU cores; benchmarks/README.md),
     with the same numbers up to float rounding.
     """
-    checkpoint = load_checkpoint(checkpoint_path, device)
+    if checkpoint is None:
+        checkpoint = load_checkpoint(checkpoint_path, device, checkpoint_bytes(model_name))
     state_dict = checkpoint["model"]
     found = checkpoint.get("model_name") or model_name_of_state_dict(state_dict)
     if found and found != model_name:

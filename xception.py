@@ -233,13 +233,13 @@ class Xception(nn.Module):
         """Trade compute for memory in training: keep only the inputs of the stem and of the 12
         blocks for the backward pass, and recompute each segment there.
 
-        At 256 x 256 the activations that training keeps are about 180 MB per image (5.6 GiB for
-        a batch of 32, most of it in ``block1`` .. ``block3``); with checkpointing about a tenth
-        of that, plus one segment's activations while it is recomputed. The recomputation costs
-        about one more forward pass of the backbone. BatchNorm running statistics are updated
-        once per step, as without it (:class:`KeepBatchNormStats`), so the weights, the
-        statistics and the metrics are the same. Evaluation and the analysis scripts (eval mode)
-        are unaffected.
+        Without it, training keeps every activation for the backward pass, most of them in
+        ``block1`` .. ``block3`` at high resolution (benchmarks/README.md#not-met-and-why); with
+        it, only the segment inputs, plus one segment's activations while it is recomputed. The
+        recomputation costs about one more forward pass of the backbone. BatchNorm running
+        statistics are updated once per step, as without it (:class:`KeepBatchNormStats`), so
+        the weights, the statistics and the metrics are the same. Evaluation and the analysis
+        scripts (eval mode) are unaffected.
         """
         self.activation_checkpointing = bool(enabled)
         return self

@@ -21,7 +21,7 @@ test images (``--xception_images``; it is slow on a CPU), SimpleNet the whole te
 
 Usage::
 
-    python benchmarks/bench_analysis.py             # the README figures (a few minutes, 2 cores)
+    python benchmarks/bench_analysis.py             # the figures of benchmarks/README.md
     python benchmarks/bench_analysis.py --smoke     # tiny, seconds (the test suite)
 """
 

@@ -20,13 +20,13 @@ Measurement: each loop is warmed up first ((a) one step at each batch size, (b) 
 their workers started and a first batch taken, (c) one step and one eval batch at its batch size;
 not in ``--smoke``). The three loops alternate in ``--repeats`` rounds and each figure is the best
 round (other processes only ever slow a round down); the median is kept in the JSON too. SimpleNet runs
-whole splits. XceptionBased trains at a few images/s on a 2-core CPU, so it runs a fixed number of
+whole splits. XceptionBased is slow on a CPU, so it runs a fixed number of
 images (``--xception_train_images``/``--xception_eval_images``, class ratio kept) and its epoch
 figure is computed from the measured images/s and the full split sizes.
 
 Usage::
 
-    python benchmarks/bench_train.py                       # the README figures (~10 min, 2 cores)
+    python benchmarks/bench_train.py                       # the figures of benchmarks/README.md
     python benchmarks/bench_train.py --smoke               # tiny, seconds (the test suite)
     python benchmarks/bench_train.py --models SimpleNet --levers   # also measure each lever
     python benchmarks/bench_train.py --rss_only SimpleNet  # only the full-size cache RSS check

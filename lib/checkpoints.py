@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import re
+import zipfile
 
 import torch
 
@@ -10,20 +12,104 @@ from lib.cli import UserError, first_line
 from lib.model_specs import spec_of_state_dict
 from lib.names import MODEL_NAMES
 
+MAX_DECLARED_BYTES = 4 * 1024**3
+"""The most a checkpoint's archive may declare when the caller does not know the model's size: far
+more than XceptionBased's full training state (weights and Adam's two moments)."""
+MAX_PACKING = 20
+"""A checkpoint's declared contents may be at most this many times its size on disk (once past
+64 MiB): ``torch.save`` stores its records uncompressed, so more is a zip bomb."""
+SLACK_BYTES = 16 * 1024**2
+"""Room beyond the tensors in a checkpoint of a known model: the pickle, RNG states, the run dict."""
 
-def load_checkpoint(path: str, device: torch.device | str = "cpu") -> dict:
-    """``torch.load`` a checkpoint safely (``weights_only=True``) onto ``device``."""
+
+class CheckpointRefused(UserError):
+    """A checkpoint that is refused before or while it is read; the message names it and why."""
+
+
+def state_dict_bytes(model: torch.nn.Module) -> int:
+    """Bytes of ``model``'s state dict (a model on the meta device costs nothing to build)."""
+    return sum(t.numel() * t.element_size() for t in model.state_dict().values())
+
+
+def check_declared_size(path: str, expected_bytes: int | None = None) -> None:
+    """Refuse (``CheckpointRefused``) a zip checkpoint whose declared uncompressed contents are
+    more than a checkpoint holds, before ``torch.load`` allocates them: more than ``MAX_PACKING``
+    times the file, more than ``4 x expected_bytes + SLACK_BYTES`` when the caller knows the model's
+    state-dict size (weights, two optimizer moments and room), else more than
+    ``MAX_DECLARED_BYTES``. A file that is not a zip archive is left to ``torch.load``."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            declared = sum(info.file_size for info in archive.infolist())
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError):  # legacy format or damaged
+        return
+    on_disk = os.path.getsize(path)
+    mib = 1024**2
+    if declared > 64 * mib and declared > MAX_PACKING * on_disk:
+        raise CheckpointRefused(
+            f"{path}: refused before loading: its archive declares {declared / 1e6:,.0f} MB of "
+            f"contents in {on_disk / 1e6:,.1f} MB on disk, a zip bomb (torch.save does not "
+            "compress); delete it and get the checkpoint again from its source"
+        )
+    bound = MAX_DECLARED_BYTES if expected_bytes is None else 4 * expected_bytes + SLACK_BYTES
+    if declared > bound:
+        what = "the model's checkpoint" if expected_bytes is not None else "any checkpoint of this project"
+        raise CheckpointRefused(
+            f"{path}: refused before loading: its archive declares {declared / 1e6:,.0f} MB, more "
+            f"than {what} holds ({bound / 1e6:,.0f} MB at most); check that this is the right file"
+        )
+
+
+def refused_global(exc: BaseException) -> str | None:
+    """The global (``posix.system``) whose call ``torch.load(weights_only=True)`` refused, if
+    that is why it failed: the pickle holds code."""
+    match = re.search(r"GLOBAL ([\w.]+)", str(exc))
+    return match.group(1) if match else None
+
+
+def load_reason(exc: BaseException) -> str:
+    """Why ``torch.load(weights_only=True)`` refused or failed, on one line and without torch's
+    advice to load with ``weights_only=False``."""
+    name = refused_global(exc)
+    if name:
+        return f"its pickle calls {name}, which is not a tensor or a plain value"
+    text = str(exc)
+    marker = "WeightsUnpickler error:"
+    if marker in text:
+        return first_line(text.split(marker, 1)[1].split(" Please use", 1)[0])
+    lines = [line for line in text.splitlines() if line.strip() and "weights_only" not in line]
+    return first_line(lines[0] if lines else type(exc).__name__)
+
+
+def torch_load(path: str, device: torch.device | str = "cpu", expected_bytes: int | None = None, **kwargs):
+    """``torch.load(path, weights_only=True)`` onto ``device`` once ``check_declared_size`` passes;
+    any failure is a one-line ``CheckpointRefused`` naming ``path`` and the reason
+    (``load_reason``). Nothing pickled in the file is ever executed."""
+    check_declared_size(path, expected_bytes)
+    try:
+        return torch.load(path, map_location=device, weights_only=True, **kwargs)
+    except Exception as exc:  # truncated zip, foreign pickle, unsafe global ...
+        name = refused_global(exc)
+        if name:
+            raise CheckpointRefused(
+                f"{path}: refused: its pickle would call {name}, code rather than weights (nothing "
+                "in the file was run); use a checkpoint from a source you trust, or train again"
+            ) from None
+        raise CheckpointRefused(
+            f"{path}: not a readable checkpoint ({load_reason(exc)}); it may be truncated or "
+            "corrupt: train again or get the file again"
+        ) from None
+
+
+def load_checkpoint(path: str, device: torch.device | str = "cpu", expected_bytes: int | None = None) -> dict:
+    """A training checkpoint (a dict with a ``model`` state dict; a bare state dict is wrapped) read
+    by ``torch_load`` onto ``device``; ``expected_bytes`` is the model's state-dict size where
+    the caller knows it. A missing file, another kind of file, a zip bomb, pickled code and
+    non-finite weights are one-line ``UserError``s naming ``path``."""
     if not os.path.isfile(path):
         raise UserError(
             f"{path}: no such checkpoint; train first with train_main.py or pass --checkpoint_path"
         )
-    try:
-        checkpoint = torch.load(path, map_location=device, weights_only=True)
-    except Exception as exc:  # truncated zip, foreign pickle, unsafe global ...
-        raise UserError(
-            f"{path}: not a readable checkpoint ({first_line(exc)}); it may be truncated, "
-            "corrupt, or hold code (refused: only weights are loaded)"
-        ) from None
+    checkpoint = torch_load(path, device, expected_bytes)
     if (
         isinstance(checkpoint, dict)
         and "model" not in checkpoint

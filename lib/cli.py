@@ -5,14 +5,34 @@ into one line on stderr and exit code 2 (``--debug`` shows the traceback instead
 from __future__ import annotations
 
 import argparse
+import errno
 import math
 import os
 import sys
+import warnings
 from collections.abc import Callable
 
 
 class UserError(Exception):
     """A problem the user can fix (bad flag, missing file): printed as one line, no traceback."""
+
+
+class DataWarning(UserWarning):
+    """A warning about the user's files (an image resized or skipped, a corrupt JSON moved
+    aside): shown as one line, ``<script>: warning: <message>``, without Python's source line."""
+
+
+_python_formatwarning = warnings.formatwarning
+
+
+def _format_warning(message, category, filename, lineno, line=None) -> str:
+    """``warnings.formatwarning`` that shows a ``DataWarning`` as one line naming the script."""
+    if isinstance(category, type) and issubclass(category, DataWarning):
+        return f"{os.path.basename(sys.argv[0]) or 'warning'}: warning: {message}\n"
+    return _python_formatwarning(message, category, filename, lineno, line)
+
+
+warnings.formatwarning = _format_warning  # every script imports this module; workers too
 
 
 def check_name(kind: str, name: str, valid) -> str:
@@ -128,6 +148,28 @@ def run_cli(main: Callable[[list[str] | None], object], argv: list[str] | None =
             raise
         print(f"{prog}: error: {one_line_message(exc)}", file=sys.stderr)
         return 2
+    except OSError as exc:  # a write outside lib/fileio: disk full, a folder where a file goes ...
+        if "--debug" in argv or exc.errno not in OS_ERROR_ADVICE:
+            raise
+        print(f"{prog}: error: {os_error_line(exc)}", file=sys.stderr)
+        return 2
+
+
+OS_ERROR_ADVICE = {
+    errno.ENOSPC: "free disk space or choose another folder",
+    errno.EDQUOT: "free disk space or choose another folder",
+    errno.EFBIG: "free disk space or choose another folder",
+    errno.EISDIR: "a folder is where a file goes: move it away or choose another path",
+    errno.ENOTDIR: "a file is where a folder goes: move it away or choose another path",
+    errno.EROFS: "choose a folder on a writable file system",
+}
+"""The ``OSError``s that are the user's to fix (``run_cli`` prints them as one line), and what to do."""
+
+
+def os_error_line(exc: OSError) -> str:
+    """One line for an ``OSError`` of ``OS_ERROR_ADVICE``: the file, the system's reason, what to do."""
+    where = f"{exc.filename}: " if exc.filename else ""
+    return f"{where}{exc.strerror or one_line_message(exc)}; {OS_ERROR_ADVICE.get(exc.errno, 'see --help')}"
 
 
 def first_line(exc: BaseException | str, limit: int = 200) -> str:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -35,6 +35,8 @@ class CheckpointSpec:
     model: str
     path: str
     optimizer: str | None = None
+    named_by: str = "its file name"  # where dataset and model came from, for error messages
+    run_id: str | None = None  # the training run, when the checkpoint records it
 
     @property
     def label(self) -> str:
@@ -47,7 +49,8 @@ def parse_checkpoint_spec(text: str) -> CheckpointSpec:
     parts = text.split(":", 2)
     if len(parts) == 3 and parts[0] and os.sep not in parts[0] and parts[1] in MODEL_NAMES:
         match = _NAME.match(os.path.basename(parts[2]))
-        return CheckpointSpec(parts[0], parts[1], parts[2], match.group(3) if match else None)
+        optimizer = match.group(3) if match else None
+        return CheckpointSpec(parts[0], parts[1], parts[2], optimizer, named_by=f"--checkpoints {text}")
     match = _NAME.match(os.path.basename(text))
     if match:
         return CheckpointSpec(match.group(1), match.group(2), text, match.group(3))
@@ -55,6 +58,39 @@ def parse_checkpoint_spec(text: str) -> CheckpointSpec:
         f"--checkpoints {text!r}: expected DATASET:MODEL:PATH (a dataset folder's name; models: "
         f"{', '.join(MODEL_NAMES)}) or a file named <dataset>_<model>_<optimizer>.pt"
     )
+
+
+def recorded_names(checkpoint: dict) -> dict:
+    """What a checkpoint records about its training (train_main.py's best checkpoints do):
+    ``dataset``, ``model`` and ``optimizer`` names and ``run_id``, each only when present."""
+    optimizer = checkpoint.get("optimizer")
+    optimizer = optimizer.get("name") if isinstance(optimizer, dict) else optimizer
+    found = {
+        "dataset": checkpoint.get("dataset"),
+        "model": checkpoint.get("model_name"),
+        "optimizer": optimizer,
+        "run_id": checkpoint.get("run_id"),
+    }
+    return {key: value for key, value in found.items() if isinstance(value, str) and value}
+
+
+def believe_the_checkpoint(spec: CheckpointSpec, checkpoint: dict) -> CheckpointSpec:
+    """``spec`` checked against what ``checkpoint`` records (``recorded_names``): the checkpoint is
+    believed, so a spec or file name that says another dataset, model or optimizer is a
+    ``UserError`` naming the file and the spec to give instead; nothing is evaluated or written.
+    Returns the spec with the recorded optimizer and run id filled in."""
+    recorded = recorded_names(checkpoint)
+    said = {"dataset": spec.dataset, "model": spec.model, "optimizer": spec.optimizer}
+    wrong = [key for key, value in said.items() if value and recorded.get(key, value) != value]
+    if wrong:
+        dataset, model = recorded.get("dataset", spec.dataset), recorded.get("model", spec.model)
+        facts = " and ".join(f"{key} {recorded[key]}" for key in wrong)
+        claims = " and ".join(f"{key} {said[key]}" for key in wrong)
+        raise UserError(
+            f"{spec.path}: the checkpoint records {facts}, but {spec.named_by} says {claims}; "
+            f"give it as {dataset}:{model}:{spec.path}"
+        )
+    return replace(spec, optimizer=recorded.get("optimizer", spec.optimizer), run_id=recorded.get("run_id"))
 
 
 def discover_checkpoints(folder: str) -> list[CheckpointSpec]:
@@ -91,6 +127,7 @@ def evaluate_matrix(
                 "model": spec.model,
                 "optimizer": spec.optimizer,
                 "checkpoint": spec.path,
+                "run_id": spec.run_id,
                 "results": results,
             }
         )

@@ -35,18 +35,16 @@ MARGIN = 1.3
 Box = tuple[int, int, int, int]  # x, y, width, height in the photo's pixels
 
 
-def import_cv2():
+def import_cv2(purpose: str = "face detection (--crop_faces)"):
     """The ``cv2`` module, when it has the Haar cascades; otherwise a one-line ``UserError`` that
-    says what to install."""
+    says what needs it (``purpose``) and what to install."""
     try:
         import cv2
     except ImportError:
-        raise UserError(
-            f"face detection (--crop_faces) needs OpenCV, which is not installed: {OPENCV_INSTALL}"
-        ) from None
+        raise UserError(f"{purpose} needs OpenCV, which is not installed: {OPENCV_INSTALL}") from None
     if not hasattr(cv2, "CascadeClassifier") or not hasattr(cv2, "data"):
         raise UserError(
-            f"face detection (--crop_faces) needs the Haar cascades of OpenCV 4, and "
+            f"{purpose} needs the Haar cascades of OpenCV 4, and "
             f"the installed OpenCV {cv2.__version__} has none: {OPENCV_INSTALL}"
         )
     return cv2

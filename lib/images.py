@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from lib.cli import UserError
+from lib.cli import DataWarning, UserError
 
 IMAGE_SIZE = 256
 REAL_LABEL, FAKE_LABEL = 0, 1
@@ -94,14 +94,27 @@ def list_images(folder: str) -> list[str]:
     return sorted(name for name in os.listdir(folder) if is_image_file(os.path.join(folder, name)))
 
 
+def _grey_peak(mode: str, array: np.ndarray) -> float:
+    """The value that is white in a 16-bit, 32-bit or float grey image. 16-bit files have a bit
+    depth: scale by it, not by the file's own maximum. 32-bit integer (``I``) and float (``F``)
+    files carry no bit depth: the smallest usual range holding the values (8 bits, 16 bits, the
+    full 32 bits; floats also [0, 1]), so 8-bit values stored in 32 bits do not load black."""
+    if mode.startswith("I;16"):
+        return 65535.0
+    top = array.max(initial=0)
+    if mode == "F" and top <= 1.0:
+        return 1.0
+    for peak in (255.0, 65535.0):
+        if top <= peak:
+            return peak
+    return 2.0**31 - 1
+
+
 def _to_rgb(image: Image.Image) -> Image.Image:
-    """Convert any PIL mode to 8-bit RGB (grayscale, RGBA, palette, CMYK, 16-bit, float)."""
+    """Convert any PIL mode to 8-bit RGB (grayscale, RGBA, palette, CMYK, 16-bit, 32-bit, float)."""
     if image.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
         array = np.asarray(image, dtype=np.float64)
-        peak = 65535.0  # integer grey is 16-bit: scale by the bit depth, not the file's own maximum
-        if image.mode == "F":  # float grey has no bit depth: [0, 1], [0, 255] or 16-bit values
-            peak = 1.0 if array.max(initial=0) <= 1.0 else (255.0 if array.max() <= 255 else 65535.0)
-        array = np.clip(np.rint(array * (255.0 / peak)), 0, 255).astype(np.uint8)
+        array = np.clip(np.rint(array * (255.0 / _grey_peak(image.mode, array))), 0, 255).astype(np.uint8)
         image = Image.fromarray(array, mode="L")
     if image.mode == "P" and "transparency" in image.info:
         image = image.convert("RGBA")
@@ -140,7 +153,9 @@ def load_image_tensor(path: str, size: int = IMAGE_SIZE) -> torch.Tensor:
     image = read_rgb_image(path)
     if image.size != (size, size):
         warnings.warn(
-            f"{path}: image is {image.size[0]}x{image.size[1]}, resized to {size}x{size}", stacklevel=2
+            f"{path}: image is {image.size[0]}x{image.size[1]}, resized to {size}x{size}",
+            DataWarning,
+            stacklevel=2,
         )
         image = image.resize((size, size), Image.BILINEAR)
     return pil_to_uint8_tensor(image)

@@ -45,9 +45,8 @@ def current_rss_bytes() -> int:
 
 
 XCEPTION_TRAIN_BYTES_PER_IMAGE = 200 * 1024**2
-"""Memory that XceptionBased training needs per image of a batch at 256 x 256 beyond the model:
-batch 32 keeps 5.6 GiB of activations for the backward pass, peak RSS rises by 6.4 GB
-(benchmarks/README.md)."""
+"""Memory that XceptionBased training needs per image of a batch at 256 x 256 beyond the model: the
+activations kept for the backward pass, with a margin (benchmarks/README.md#not-met-and-why)."""
 
 
 def available_memory_bytes(device: torch.device) -> int | None:
@@ -73,8 +72,8 @@ def add_activation_checkpointing_flag(parser) -> None:
         default="auto",
         choices=ACTIVATION_CHECKPOINTING_SETTINGS,
         help="XceptionBased training: keep only block inputs for the backward pass and "
-        "recompute the blocks there: the same results with about 40%% less peak "
-        "training memory, at about 0.8x the speed (benchmarks/README.md). auto: on "
+        "recompute the blocks there: the same results with less peak training "
+        "memory, somewhat slower (benchmarks/README.md). auto: on "
         "when the training would not fit the free memory (RAM, or GPU memory on "
         "CUDA); a bare --activation_checkpointing means on",
     )
@@ -97,7 +96,7 @@ def resolve_activation_checkpointing(
     ``processes`` sharing the memory, plus ``extra_bytes`` that will be allocated there later,
     such as the image cache the Trainer copies to the GPU) than is ``available`` (default:
     ``available_memory_bytes``). Checkpointing gives the same results, so 'auto' only trades
-    speed (about 0.8x) for memory.
+    speed for memory.
     """
     check_name("activation checkpointing setting", setting, ACTIVATION_CHECKPOINTING_SETTINGS)
     if setting != "auto":
@@ -112,7 +111,7 @@ def resolve_activation_checkpointing(
     return True, (
         f"XceptionBased at batch {batch_size} needs about {need / 1e9:.1f} GB for training, "
         f"{available / 1e9:.1f} GB is available on {torch.device(device).type}: activation "
-        "checkpointing is on (the same results, about 0.8x the speed; "
+        "checkpointing is on (the same results, somewhat slower; "
         "--activation_checkpointing off to override)"
     )
 
@@ -129,11 +128,10 @@ def apply_image_cache(
     in order when the cache total stays within ``limit_gb`` GiB AND the process's RSS now plus the
     cache plus ``reserve_gb`` for training stays within ``rss_limit_gb`` GiB (``None``: no RSS rule).
 
-    The RSS rule keeps SimpleNet's peak RSS under 3 GB (2.09 GB measured): with this torch build
-    the process holds ~0.9 GB before any data, so the full-size fakes train split (2.0 GiB) is
-    decoded every epoch instead while val and test are cached (benchmarks/README.md); the demo
-    data and smaller splits are all cached. Where the current RSS cannot be read (no /proc), the
-    process's peak so far stands in for it.
+    The RSS rule keeps SimpleNet's full-size training under its 3 GB target: there the fakes
+    train split (2.0 GiB decoded) is read every epoch instead while val and test are cached
+    (benchmarks/README.md#not-met-and-why); the demo data and smaller splits are all cached.
+    Where the current RSS cannot be read (no /proc), the process's peak so far stands in for it.
     """
     check_name("cache mode", mode, ("auto", "on", "off"))
     budget = limit_gb * 1024**3

@@ -11,18 +11,22 @@ def fmt(value, digits: int = 4, suffix: str = "") -> str:
     return "n/a" if value is None else f"{value:.{digits}f}{suffix}"
 
 
-def equal_error_rate(labels, fake_scores) -> tuple[float, float]:
-    """(EER, threshold at the EER) from sklearn's ROC: the point where FPR and FNR cross."""
+def equal_error_rate(labels, fake_scores) -> tuple[float, float | None]:
+    """(EER, threshold at the EER; ``None`` where no finite threshold exists) from sklearn's ROC:
+    the point where FPR and FNR cross."""
     from sklearn.metrics import roc_curve
 
     return eer_of_roc(*roc_curve(labels, fake_scores, pos_label=1))
 
 
-def eer_of_roc(fpr, tpr, thresholds) -> tuple[float, float]:
-    """(EER, threshold at the EER) of an ROC curve as sklearn's ``roc_curve`` returns it."""
+def eer_of_roc(fpr, tpr, thresholds) -> tuple[float, float | None]:
+    """(EER, threshold at the EER) of an ROC curve as sklearn's ``roc_curve`` returns it. The
+    threshold is ``None`` where no finite one exists: sklearn's first threshold is inf (nothing
+    is called fake), where the EER of a model whose scores are all equal lies."""
     fnr = 1.0 - tpr
     i = int(np.nanargmin(np.abs(fnr - fpr)))
-    return float((fpr[i] + fnr[i]) / 2.0), float(thresholds[i])
+    threshold = float(thresholds[i])
+    return float((fpr[i] + fnr[i]) / 2.0), threshold if np.isfinite(threshold) else None
 
 
 HEADLINE_METRICS = ("auc", "accuracy", "eer", "ap")

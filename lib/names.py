@@ -29,18 +29,27 @@ def metrics_json_path(out_dir: str, dataset_name: str, model_name: str) -> str:
     return os.path.join(out_dir, f"{dataset_name}_{model_name}_metrics.json")
 
 
+def scores_csv_path(out_dir: str, dataset_name: str, model_name: str) -> str:
+    """``<out_dir>/<D>_<M>_scores.csv``: numerical_analysis.py's per-image scores."""
+    return os.path.join(out_dir, f"{dataset_name}_{model_name}_scores.csv")
+
+
+DEMO_MARKER = ".made_by_make_demo_datasets.json"
+"""What make_demo_datasets.py writes into each dataset folder it makes: its seed, scale and full_size."""
+
 SAMPLES_FIGURE = "datasets_samples.png"
 """The samples figure of plot_samples_of_faces_datasets.py (in the figures folder)."""
 
 FIGURE_SUFFIXES = {
     "curves": ("losses_plot", "accuracies_plot"),  # plot_accuracy_and_loss.py
     "numerical": ("roc_curve", "det_curve", "reliability_diagram"),  # numerical_analysis.py
-    "gradcam": ("Real_Image_grad_cam", "Fake_Image_grad_cam"),  # grad_cam_analysis.py (label 0, 1)
+    "gradcam": ("Real_Image_grad_cam", "Fake_Image_grad_cam", "mean_grad_cam"),  # grad_cam_analysis.py
     "saliency": ("saliency_maps_and_images_pairs", "mean_saliency_maps"),  # saliency_map.py
     "robustness": ("robustness",),  # robustness_analysis.py
 }
 """The figures of one run, ``<D>_<M>_<suffix>.png``, by the script that writes them: the study's
-figures (docs/design.md#output-names), the reliability diagram of P(fake) and the robustness curves."""
+figures (docs/design.md#output-names), the reliability diagram of P(fake), the mean Grad-CAM maps and
+the robustness curves. Grad-CAM's first two are of label 0 and 1, in that order."""
 
 
 def figure_path(figures_dir: str, dataset_name: str, model_name: str, suffix: str) -> str:

@@ -46,18 +46,21 @@ def stratified_resamples(labels, n_resamples: int, seed: int) -> np.ndarray:
     return np.concatenate(parts, axis=1) if parts else np.zeros((n_resamples, 0), np.int64)
 
 
-def bootstrap_accuracy(labels, fake_scores, resamples: np.ndarray, threshold: float = 0.5) -> np.ndarray:
-    """Accuracy (%) at ``threshold`` of each row of ``resamples`` (B x n indices): (B,)."""
+def bootstrap_accuracy(labels, fake_scores, resamples, threshold: float = 0.5) -> np.ndarray:
+    """Accuracy (%) at ``threshold`` of each row of ``resamples`` (B x n indices, or a list of B
+    index arrays of any lengths, as a cluster bootstrap draws them): (B,)."""
     labels = np.asarray(labels, dtype=np.int64)
     predictions = (np.asarray(fake_scores, dtype=np.float64) > threshold).astype(np.int64)
-    return 100.0 * (predictions == labels).astype(np.float64)[resamples].mean(axis=1)
+    correct = (predictions == labels).astype(np.float64)
+    if isinstance(resamples, np.ndarray):
+        return 100.0 * correct[resamples].mean(axis=1)
+    return np.array([100.0 * correct[rows].mean() for rows in resamples])
 
 
-def bootstrap_ranked(
-    labels, fake_scores, resamples: np.ndarray, progress: bool = False
-) -> dict[str, np.ndarray]:
+def bootstrap_ranked(labels, fake_scores, resamples, progress: bool = False) -> dict[str, np.ndarray]:
     """AUC, EER (``metrics.eer_of_roc``) and AP of P(fake) on each row of ``resamples`` (B x n
-    indices), with sklearn: ``{metric: (B,)}``; NaN where a row holds a single class."""
+    indices, or a list of B index arrays), with sklearn: ``{metric: (B,)}``; NaN where a row holds
+    a single class."""
     from sklearn.metrics import auc, average_precision_score, roc_curve
 
     labels = np.asarray(labels, dtype=np.int64)
@@ -77,11 +80,17 @@ def bootstrap_ranked(
 
 
 def bootstrap_metrics(
-    labels, fake_scores, n_resamples: int = DEFAULT_RESAMPLES, seed: int = 0, progress: bool = False
+    labels,
+    fake_scores,
+    n_resamples: int = DEFAULT_RESAMPLES,
+    seed: int = 0,
+    progress: bool = False,
+    resamples=None,
 ) -> dict[str, np.ndarray]:
     """Accuracy at 0.5 (%), AUC, EER and AP of P(fake) on each of ``n_resamples`` stratified
-    resamples drawn with ``seed``: ``{metric: (n_resamples,)}``."""
-    resamples = stratified_resamples(labels, n_resamples, seed)
+    resamples drawn with ``seed`` (or on the given ``resamples``): ``{metric: (n_resamples,)}``."""
+    if resamples is None:
+        resamples = stratified_resamples(labels, n_resamples, seed)
     return {
         "accuracy": bootstrap_accuracy(labels, fake_scores, resamples),
         **bootstrap_ranked(labels, fake_scores, resamples, progress),
@@ -105,13 +114,17 @@ def bootstrap_intervals(
     seed: int = 0,
     level: float = 0.95,
     progress: bool = False,
+    resamples=None,
+    method: str = BOOTSTRAP_METHOD,
 ) -> dict:
     """The JSON-ready summary: for accuracy (%), AUC, EER and AP, the value on the whole split and
-    its bootstrap interval ``[low, high]`` (``None`` when undefined), plus the method."""
+    its bootstrap interval ``[low, high]`` (``None`` when undefined), plus the method. Given
+    ``resamples`` (drawn by the caller, for example whole videos at a time), they replace the
+    stratified ones and ``method`` says how they were drawn."""
     values = binary_metrics(labels, fake_scores)
-    samples = bootstrap_metrics(labels, fake_scores, n_resamples, seed, progress=progress)
+    samples = bootstrap_metrics(labels, fake_scores, n_resamples, seed, progress, resamples)
     summary = {
-        "method": BOOTSTRAP_METHOD,
+        "method": method,
         "n_resamples": int(n_resamples),
         "seed": int(seed),
         "level": float(level),
@@ -151,11 +164,18 @@ def calibration(labels, fake_scores, n_bins: int = DEFAULT_BINS) -> dict:
     }
 
 
-def summary_table(boot: dict, calib: dict) -> str:
-    """Text lines: each metric of ``bootstrap_intervals`` as ``value [low, high]``, then the ECE
-    of ``calibration``."""
+def summary_table(boot: dict, calib: dict, kind: str = "stratified") -> str:
+    """Text lines: each metric of ``bootstrap_intervals`` as ``value [low, high]`` (``kind``
+    names the resamples), then the ECE of ``calibration``."""
+    ece = f"expected calibration error of P(fake) ({calib['n_bins']} bins): {calib['ece']:.4f}"
+    return interval_table(boot, kind) + "\n" + ece
+
+
+def interval_table(boot: dict, kind: str) -> str:
+    """Text lines: the header (``kind`` of resamples), then each metric of ``bootstrap_intervals``
+    as ``value [low, high]``."""
     lines = [
-        f"{100 * boot['level']:g} % bootstrap intervals ({boot['n_resamples']} stratified "
+        f"{100 * boot['level']:g} % bootstrap intervals ({boot['n_resamples']} {kind} "
         f"resamples, seed {boot['seed']}):"
     ]
     for name, digits in (("accuracy", 1), ("auc", 4), ("eer", 4), ("ap", 4)):
@@ -166,7 +186,6 @@ def summary_table(boot: dict, calib: dict) -> str:
         low, high = entry["ci"]
         unit = " %" if name == "accuracy" else ""
         lines.append(f"  {name:<8} {entry['value']:.{digits}f}{unit} [{low:.{digits}f}, {high:.{digits}f}]")
-    lines.append(f"expected calibration error of P(fake) ({calib['n_bins']} bins): {calib['ece']:.4f}")
     return "\n".join(lines)
 
 

@@ -32,6 +32,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
+from lib.checkpoints import CheckpointRefused, check_declared_size, load_reason, state_dict_bytes
 from lib.cli import UserError, first_line
 
 __all__ = [
@@ -80,14 +81,17 @@ def _describe(keys: Iterable[str], limit: int = 5) -> str:
 
 def _short_reason(exc: BaseException, limit: int = 300) -> str:
     """One line out of an exception (torch's weights_only errors are long and multi-line)."""
-    marker = "WeightsUnpickler error:"
-    if marker in str(exc):  # keep torch's reason, not its advice
-        return first_line(str(exc).split(marker, 1)[1].strip().split(" Please use", 1)[0], limit)
-    return first_line(exc, limit)
+    return first_line(load_reason(exc), limit)
 
 
-def _read_checkpoint(path: Path) -> Any:
-    """``torch.load`` a file safely (``weights_only=True``), turning failures into one clear error."""
+def _read_checkpoint(path: Path, expected_bytes: int | None = None) -> Any:
+    """``torch.load`` a file safely (``weights_only=True``) once its declared size passes
+    ``checkpoints.check_declared_size`` (``expected_bytes``: the model's state-dict size), turning
+    failures into one clear error."""
+    try:
+        check_declared_size(str(path), expected_bytes)
+    except CheckpointRefused as exc:
+        raise XceptionWeightsError(f"Xception weights file {exc}") from None
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # UnpicklingError, RuntimeError (bad zip), EOFError, ...
@@ -225,7 +229,7 @@ def load_xception_weights(
         path = Path(path_or_state_dict).expanduser()
         if not path.is_file():
             raise XceptionWeightsError(f"Xception weights file not found: {path}")
-        source, obj = str(path), _read_checkpoint(path)
+        source, obj = str(path), _read_checkpoint(path, state_dict_bytes(model))
 
     adaptations: list[str] = []
     expected = model.state_dict()

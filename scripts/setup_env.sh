@@ -1,6 +1,8 @@
 # Shared set-up of run_me.sh and run_tests.sh (sourced, not run): makes the virtual environment
 # .venv beside this repository's code when it is missing, and installs a requirements file into it
 # only when that file (or a file it includes with -r) changed since the last successful install.
+# A requirements-nodeps.txt beside the requirements file follows, installed with --no-deps
+# (packages whose own pins are stale); it counts in the same check.
 #
 #   source scripts/setup_env.sh
 #   setup_env requirements.txt          # sets VENV and VENV_PYTHON
@@ -43,7 +45,7 @@ _requirements_sum() {
 }
 
 setup_env() {
-    local requirements="$1" python="${PYTHON:-python3}" stamp want
+    local requirements="$1" python="${PYTHON:-python3}" stamp want nodeps
     [ -f "$requirements" ] || requirements="$REPO_DIR/$requirements"
     [ -f "$requirements" ] || _setup_env_fail "$1: no such requirements file" || return 1
     # (Re)create unless .venv has a working pip: a venv made without pip (Debian without
@@ -58,12 +60,17 @@ setup_env() {
             _setup_env_fail "'$python -m venv $VENV' failed; on Debian/Ubuntu install python3-venv (apt-get install python3-venv), then run again" || return 1
     fi
     stamp="$VENV/.installed-$(basename "$requirements" .txt)"
-    want="$(_requirements_sum "$requirements")"
+    nodeps="$(dirname "$requirements")/requirements-nodeps.txt"
+    want="$(_requirements_sum "$requirements") $(_requirements_sum "$nodeps")"
     if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
         return 0  # installed, and the requirements did not change since
     fi
     echo "setup: installing $(basename "$requirements") into $VENV (first run, or it changed; torch is large, this can take minutes) ..." >&2
     "$VENV_PYTHON" -m pip install --disable-pip-version-check -r "$requirements" ||
         _setup_env_fail "installing $requirements failed (see pip's message above); fix it and run again" || return 1
+    if [ -f "$nodeps" ]; then
+        "$VENV_PYTHON" -m pip install --disable-pip-version-check --no-deps -r "$nodeps" ||
+            _setup_env_fail "installing $nodeps failed (see pip's message above); fix it and run again" || return 1
+    fi
     printf '%s\n' "$want" > "$stamp"
 }

@@ -79,9 +79,9 @@ def make_tree(root: str, counts=None, seed: int = 0) -> str:
 @pytest.fixture(scope="module")
 def module_tmp(tmp_path_factory):
     """``module_tmp(name)`` makes a fresh folder for a module-scoped fixture; every folder it made
-    is removed when the module's tests are done. Checkpoints are large (SimpleNet's is 66 MB with
-    its optimizer state, XceptionBased's 270 MB), so keeping them to the session's end would fill
-    a small disk (pytest.ini removes each passing test's own tmp_path the same way)."""
+    is removed when the module's tests are done. Checkpoints are large
+    (benchmarks/README.md#checkpoints-and-the-test-suites-disk), so keeping them to the session's
+    end would fill a small disk (pytest.ini removes each passing test's own tmp_path the same way)."""
     made = []
 
     def mktemp(name: str):
@@ -186,3 +186,44 @@ def one_line_error(capsys, main, argv, *needles) -> str:
     for needle in needles:
         assert str(needle) in lines[0], (needle, lines[0])
     return lines[0]
+
+
+@pytest.fixture(scope="session")
+def demo_videos(tmp_path_factory) -> str:
+    """Read-only by convention: make_demo_videos.py's FF++-style set, 3 pairs (one a split), both
+    methods, 8 frames a video, with OUT/boxes.json (18 small videos)."""
+    import make_demo_videos
+
+    root = tmp_path_factory.mktemp("demo_videos") / "ffpp"
+    make_demo_videos.generate(root, pairs=3, frames=8, seed=0, workers=2, progress=False)
+    return str(root)
+
+
+def prep_argv(videos, out, *extra) -> list[str]:
+    """prepare_videos.py's flags for a quick run on the FF++-style ``videos`` with their split
+    files into ``out`` (dataset ``demo_ffpp``): the Haar cascade, 4 frames, one process, no
+    progress bar; then ``extra`` (a later flag wins)."""
+    argv = ["--input", str(videos), "--splits", os.path.join(str(videos), "splits"), "--out", str(out)]
+    argv += [
+        "--dataset",
+        "demo_ffpp",
+        "--frames",
+        "4",
+        "--detector",
+        "haar",
+        "--workers",
+        "1",
+        "--no_progress",
+    ]
+    return argv + list(extra)
+
+
+@pytest.fixture(scope="session")
+def prepared_videos(demo_videos, tmp_path_factory) -> str:
+    """Read-only by convention: the data root holding ``demo_ffpp``, ``demo_videos`` prepared
+    with ``prep_argv``."""
+    import prepare_videos
+
+    root = tmp_path_factory.mktemp("prepared_videos")
+    assert prepare_videos.main(prep_argv(demo_videos, root)) == 0
+    return str(root)

@@ -315,3 +315,20 @@ def test_bench_analysis_smoke_writes_every_figure(tiny_root, tmp_path, capsys):
         assert r["mean_grad_cam_ratio"] == pytest.approx(r["mean_grad_cam_ips"] / r["reference_fwd_bwd_ips"])
         assert r["config"]["measured_images"] == 2 and r["config"]["target_layer"] == "conv3"
     assert "Grad-CAM" in capsys.readouterr().out
+
+
+def test_check_reproducibility_smoke_compares_a_variant_with_the_reference(tiny_root, tmp_path, capsys):
+    """Two trainings (the reference and --cache_images off) in subprocesses: the same numbers,
+    bit for bit, and a table row for each."""
+    bench = _load("check_reproducibility")
+    out = tmp_path / "repro.json"
+    argv = ["--smoke", "--data_root", tiny_root, "-d", "fakes_dataset", "-b", "4", "--out", str(out)]
+    assert bench.main(argv) == 0
+    result = json.loads(out.read_text())
+    assert list(result["rows"]) == ["reference", "cache-off"]
+    assert result["variants"]["cache-off"] == {"env": {}, "flags": ["--cache_images", "off"]}
+    for row in result["rows"].values():
+        assert row["identical"] is True and row["max_loss_rel_diff"] == 0.0
+        assert 0 <= row["test_auc_at_best"] <= 1 and row["best_epoch"] == 1
+    table = capsys.readouterr().out
+    assert "reference" in table and "cache-off" in table

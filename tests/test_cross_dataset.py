@@ -14,7 +14,7 @@ from sklearn.metrics import roc_auc_score
 from torchvision import transforms as T
 
 import cross_dataset_analysis
-from conftest import analysis_argv
+from conftest import analysis_argv, one_line_error
 from lib import cross_dataset
 from lib.cli import UserError, run_cli
 from lib.metrics import equal_error_rate
@@ -147,3 +147,90 @@ def test_heat_map_labels_exactly_the_in_distribution_cells():
     for ax in fig.axes[:3]:  # the heat maps (the colour bars come after them)
         labelled = [t.get_position() for t in ax.texts if "in-distribution" in t.get_text()]
         assert sorted(labelled) == [(0, 0), (1, 1), (1, 2)]  # (column, row)
+
+
+def _recorded_checkpoint(path, dataset: str, optimizer: str = "Adam", run_id: str = "abc123") -> dict:
+    """A best checkpoint as train_main.py writes it: it records its dataset, model, optimizer, run."""
+    torch.manual_seed(5)
+    state = SimpleNet().state_dict()
+    torch.save(
+        {
+            "model": state,
+            "val_acc": 50.0,
+            "test_acc": 50.0,
+            "epoch": 1,
+            "model_name": "SimpleNet",
+            "dataset": dataset,
+            "optimizer": {"name": optimizer, "params": {"lr": 0.001}},
+            "run_id": run_id,
+        },
+        path,
+    )
+    return state
+
+
+def test_a_spec_contradicting_the_checkpoint_is_refused_and_nothing_is_overwritten(
+    tmp_path, monkeypatch, capsys
+):
+    """A fakes_dataset checkpoint given as synthetic_dataset:SimpleNet:PATH was framed as
+    in-distribution on the wrong column and overwrote the synthetic run's section."""
+    path = tmp_path / "fakes_dataset_SimpleNet_Adam.pt"
+    _recorded_checkpoint(path, "fakes_dataset")
+    out = tmp_path / "out"
+    out.mkdir()
+    real_run = out / "synthetic_dataset_SimpleNet_metrics.json"
+    real_run.write_text(json.dumps({"cross_dataset": {"rows": ["the real synthetic run"]}}))
+    before = real_run.read_bytes()
+    monkeypatch.setattr(cross_dataset_analysis, "load_dataset", lambda *a: pytest.fail("decoded images"))
+    spec = f"synthetic_dataset:SimpleNet:{path}"
+    argv = [
+        "--checkpoints",
+        spec,
+        "--device",
+        "cpu",
+        "--out_dir",
+        str(out),
+        "--figures_dir",
+        str(tmp_path / "f"),
+    ]
+    one_line_error(
+        capsys,
+        cross_dataset_analysis.main,
+        argv,
+        f"{path}: the checkpoint records dataset fakes_dataset, but --checkpoints {spec} says "
+        f"dataset synthetic_dataset; give it as fakes_dataset:SimpleNet:{path}",
+    )
+    assert real_run.read_bytes() == before and os.listdir(out) == [real_run.name]
+    assert not (tmp_path / "f").exists()
+
+
+def test_a_file_name_contradicting_the_checkpoint_is_refused_in_discovery(tmp_path, monkeypatch, capsys):
+    folder = tmp_path / "checkpoints"
+    folder.mkdir()
+    renamed = folder / "synthetic_dataset_SimpleNet_SGD.pt"  # records fakes_dataset and Adam
+    _recorded_checkpoint(renamed, "fakes_dataset")
+    monkeypatch.setattr(cross_dataset_analysis, "load_dataset", lambda *a: pytest.fail("decoded images"))
+    one_line_error(
+        capsys,
+        cross_dataset_analysis.main,
+        ["--checkpoint_dir", str(folder), "--device", "cpu", "--out_dir", str(tmp_path / "out")],
+        f"{renamed}: the checkpoint records dataset fakes_dataset and optimizer Adam, but its file name "
+        "says dataset synthetic_dataset and optimizer SGD; give it as fakes_dataset:SimpleNet:",
+    )
+    assert not (tmp_path / "out").exists()
+
+
+def test_the_recorded_optimizer_and_run_id_label_the_row(tiny_root, tmp_path):
+    path = tmp_path / "best.pt"  # a name that says nothing
+    _recorded_checkpoint(path, "synthetic_dataset", optimizer="SGD", run_id="run-42")
+    args = [
+        "--checkpoints",
+        f"synthetic_dataset:SimpleNet:{path}",
+        *analysis_argv(tiny_root, tmp_path, "-b", "4"),
+    ]
+    assert run_cli(cross_dataset_analysis.main, args) == 0
+    (row,) = json.loads((tmp_path / "out" / "cross_dataset.json").read_text())["cross_dataset"]["rows"]
+    assert (row["train_dataset"], row["optimizer"], row["run_id"]) == ("synthetic_dataset", "SGD", "run-42")
+    assert row["label"] == "SimpleNet, SGD, trained on synthetic_dataset"
+    assert row["results"]["synthetic_dataset"]["in_distribution"] is True
+    assert row["results"]["fakes_dataset"]["in_distribution"] is False

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -13,6 +15,7 @@ from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as TF
 
 import utils
+from conftest import ROOT
 from faces_dataset import DataError, FacesDataset, list_images, read_rgb_image
 from lib import cli, transforms
 
@@ -324,3 +327,47 @@ def test_read_rgb_image_refuses_bomb(tmp_path):
     Image.new("1", (20000, 20000)).save(path)  # 400 M pixels, tiny file
     with pytest.raises(DataError, match=r"bomb\.png.*too large"):
         read_rgb_image(str(path))
+
+
+@pytest.mark.parametrize("top, peak", [(255, 255), (200, 255), (4000, 65535), (70000, 2**31 - 1)])
+def test_32_bit_grey_is_scaled_by_the_range_of_its_values(top, peak, tmp_path):
+    """A 32-bit integer file has no bit depth: 8-bit values stored in it are 8-bit grey, not
+    black (they were divided by 65535)."""
+    values = np.linspace(0, top, 64 * 64).reshape(64, 64).astype(np.int32)
+    path = tmp_path / "grey32.tif"
+    Image.fromarray(values).save(path)
+    with Image.open(path) as check:
+        assert check.mode == "I"  # really read as 32-bit integers
+    expected = np.rint(values * (255.0 / peak)).astype(np.uint8)
+    got = np.asarray(read_rgb_image(str(path)))
+    assert np.array_equal(got, np.repeat(expected[..., None], 3, axis=2))
+    if peak == 255:
+        assert got.max() == top  # the 8-bit values themselves
+
+
+def test_dataset_warnings_are_one_line_without_source_code(tmp_path):
+    """A skipped or resized image is one line on stderr naming the script and the file; Python's
+    default shows 'file:line: UserWarning:' and then the line of code that warned."""
+    split = tmp_path / "split"
+    for class_dir in ("real", "fake"):
+        (split / class_dir).mkdir(parents=True)
+        Image.new("RGB", (256, 256), (90, 90, 90)).save(split / class_dir / "ok.png")
+    (split / "fake" / "broken.png").write_bytes(b"\x89PNG not really")
+    Image.new("RGB", (100, 80)).save(split / "real" / "small.png")
+    code = (
+        "import sys; sys.path.insert(0, '.'); sys.argv = ['train_main.py']\n"
+        "from faces_dataset import FacesDataset\n"
+        f"dataset = FacesDataset({str(split)!r}, skip_corrupt=True)\n"
+        "dataset.load_uint8(dataset.real_image_names.index('small.png'))\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 2, proc.stderr
+    assert lines[0].startswith(
+        f"train_main.py: warning: skipped: {split / 'fake' / 'broken.png'}: cannot read"
+    )
+    assert (
+        lines[1]
+        == f"train_main.py: warning: {split / 'real' / 'small.png'}: image is 100x80, resized to 256x256"
+    )

@@ -6,6 +6,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -123,6 +124,30 @@ def test_same_seed_gives_identical_bytes_whatever_the_workers(generated, tmp_pat
     again = tmp_path / "again"
     demo.generate(again, seed=0, scale=SCALE, workers=1, progress=False)
     assert tree(again) == tree(root)
+
+
+# What another x86-64 CPU would run: numpy's baseline SIMD code instead of its AVX2/AVX-512 versions,
+# and OpenBLAS's oldest kernels. Both only take effect when set before numpy is imported.
+OTHER_CPU_ENV = {
+    "NPY_DISABLE_CPU_FEATURES": "X86_V3 X86_V4 AVX512_ICL AVX512_SPR",
+    "OPENBLAS_CORETYPE": "Prescott",
+}
+
+
+@pytest.mark.skipif(os.uname().machine != "x86_64", reason="emulates other x86-64 CPUs")
+def test_the_same_images_on_every_cpu(generated, tmp_path):
+    """The same seed gives the same bytes on a CPU with other SIMD instructions or BLAS kernels:
+    the study's numbers on the demo data must not depend on which machine generated it."""
+    root, _ = generated
+    other = tmp_path / "other_cpu"
+    argv = [sys.executable, str(SCRIPT), "--out", str(other), "--scale", str(SCALE), "--workers", "2"]
+    proc = subprocess.run(
+        argv, env={**os.environ, **OTHER_CPU_ENV}, capture_output=True, text=True, timeout=600
+    )
+    assert proc.returncode == 0, proc.stderr
+    mine, theirs = tree(root), tree(other)
+    assert mine.keys() == theirs.keys()
+    assert [name for name in mine if mine[name] != theirs[name]] == []
 
 
 def test_other_seed_gives_other_images(generated, tmp_path):
@@ -281,17 +306,19 @@ def test_a_dataset_named_twice_is_made_once(tmp_path):
     )
 
 
-def test_force_replaces_only_the_generated_datasets(tmp_path):
-    stale = tmp_path / "fakes_dataset" / "train" / "real" / "stale.png"
-    stale.parent.mkdir(parents=True)
-    stale.write_bytes(b"old")
+def test_force_replaces_only_the_generated_datasets(generated, tmp_path):
+    root, _ = generated
+    shutil.copytree(root / "fakes_dataset", tmp_path / "fakes_dataset")
+    before = tree(tmp_path / "fakes_dataset")
+    assert demo.MARKER in before  # the generator marks what it makes
     other = tmp_path / "notes" / "keep.txt"
     other.parent.mkdir()
     other.write_text("mine")
     counts = demo.generate(
-        tmp_path, scale=SCALE, workers=1, progress=False, force=True, datasets=["fakes_dataset"]
+        tmp_path, scale=SCALE, workers=1, progress=False, force=True, datasets=["fakes_dataset"], seed=1
     )
-    assert not stale.exists()
+    after = tree(tmp_path / "fakes_dataset")
+    assert after != before and demo.MARKER in after
     assert other.read_text() == "mine"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["fakes_dataset", "notes"]  # no temp folder left
     assert len(list((tmp_path / "fakes_dataset").rglob("*.png"))) == sum(
@@ -299,10 +326,52 @@ def test_force_replaces_only_the_generated_datasets(tmp_path):
     )
 
 
-def test_a_crash_leaves_the_old_data_and_no_partial_tree(tmp_path, monkeypatch):
-    old = tmp_path / "fakes_dataset" / "train" / "real" / "old.png"
-    old.parent.mkdir(parents=True)
-    old.write_bytes(b"old")
+@pytest.mark.parametrize(
+    "plant",
+    [
+        "fakes_dataset/train/real/photo_0001.jpg",  # real data beside generated images
+        "fakes_dataset/NOTES.md",  # the user's notes
+        "fakes_dataset/train/real/id00000_000.png.orig",
+        "synthetic_dataset/train/fake/id00099_000.png",  # not among what the marker lists
+    ],
+)
+def test_force_refuses_a_folder_holding_what_it_did_not_make(plant, generated, tmp_path, capsys, monkeypatch):
+    from lib.cli import run_cli
+
+    root, _ = generated
+    for dataset in demo.DATASETS:
+        shutil.copytree(root / dataset, tmp_path / dataset)
+    (tmp_path / plant).write_bytes(b"the user's")
+    before = tree(tmp_path)
+    monkeypatch.setattr(sys, "argv", [str(SCRIPT)])
+    argv = ["--out", str(tmp_path), "--scale", str(SCALE), "--force", "--workers", "1"]
+    assert run_cli(demo.main, argv) == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    folder = tmp_path / plant.split("/")[0]
+    assert line.startswith(f"make_demo_datasets.py: error: {folder}: --force replaces only what")
+    assert f"{tmp_path / plant} is not that" in line
+    assert tree(tmp_path) == before  # nothing removed, nothing written
+
+
+def test_force_refuses_real_data_without_a_marker(tmp_path):
+    """A dataset folder this script did not make (no marker, other names) is never replaced; a
+    folder made before markers existed holds only generated names and is replaced."""
+    real = tmp_path / "fakes_dataset" / "train" / "real" / "00001.png"
+    real.parent.mkdir(parents=True)
+    real.write_bytes(b"a real photo")
+    with pytest.raises(demo.TargetExistsError, match=r"00001\.png is not that"):
+        demo.generate(
+            tmp_path, scale=SCALE, workers=1, progress=False, force=True, datasets=["fakes_dataset"]
+        )
+    assert real.read_bytes() == b"a real photo"
+    real.rename(real.with_name("id00000_000.png"))
+    demo.generate(tmp_path, scale=SCALE, workers=1, progress=False, force=True, datasets=["fakes_dataset"])
+    assert (tmp_path / "fakes_dataset" / demo.MARKER).is_file()
+
+
+def test_a_crash_leaves_the_old_data_and_no_partial_tree(generated, tmp_path, monkeypatch):
+    shutil.copytree(generated[0] / "fakes_dataset", tmp_path / "fakes_dataset")
+    old = tree(tmp_path / "fakes_dataset")
     written, write_image = [], demo.write_image
 
     def write_then_fail(task):
@@ -315,9 +384,8 @@ def test_a_crash_leaves_the_old_data_and_no_partial_tree(tmp_path, monkeypatch):
     with pytest.raises(RuntimeError, match="disk full"):
         demo.generate(tmp_path, scale=SCALE, workers=1, progress=False, force=True)
     assert written  # the failure came after some images were written
-    assert old.read_bytes() == b"old"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["fakes_dataset"]
-    assert tree(tmp_path / "fakes_dataset") == {os.path.join("train", "real", "old.png"): b"old"}
+    assert tree(tmp_path / "fakes_dataset") == old
 
 
 def test_bad_arguments_are_rejected(tmp_path):

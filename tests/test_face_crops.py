@@ -134,7 +134,7 @@ def test_predict_scores_each_face_and_draws_grad_cam_on_the_crop(
 ):
     path = tmp_path / "group.png"
     canvas.save(path)
-    args = ["-m", "SimpleNet", "-cpp", simplenet_checkpoint, "--crop_faces", str(path)]
+    args = ["-m", "SimpleNet", "-cpp", simplenet_checkpoint, "--crop_faces", "--detector", "haar", str(path)]
     code = run_cli(predict.main, args + ["--json", "--grad_cam", str(tmp_path / "cams")])
     assert code == 0
     document = json.loads(capsys.readouterr().out)
@@ -190,7 +190,7 @@ def test_missing_opencv_is_one_line_naming_the_install(
     Image.new("RGB", (256, 256)).save(image)
     monkeypatch.setitem(sys.modules, "cv2", cv2_module)
     args = ["-m", "SimpleNet", "-cpp", simplenet_checkpoint, str(image)]
-    assert run_cli(predict.main, args + ["--crop_faces"]) == 2
+    assert run_cli(predict.main, args + ["--crop_faces", "--detector", "haar"]) == 2
     captured = capsys.readouterr()
     [line] = captured.err.splitlines()
     assert says in line and INSTALL in line and captured.out == ""

@@ -15,6 +15,7 @@ import struct
 import subprocess
 import sys
 import warnings
+import zipfile
 import zlib
 
 import numpy as np
@@ -26,8 +27,11 @@ import train_main
 import utils
 from conftest import ROOT, SMALL_COUNTS, make_image, make_tree, one_line_error, pickled_calls, train_argv
 from faces_dataset import DataError
+from lib import checkpoints as checkpoints_lib
 from lib import cli
+from lib.xception_weights import XceptionWeightsError, load_xception_weights
 from models import SimpleNet
+from xception import Xception
 
 STEM = "fakes_dataset_SimpleNet_SGD"
 
@@ -244,10 +248,50 @@ def test_truncated_checkpoint(checkpoints):
 
 
 def test_code_in_checkpoint_is_refused_and_never_run(checkpoints):
+    """One line with the real reason, the global the pickle would call, and no hint to load it
+    with weights_only=False."""
     marker = checkpoints["marker"]
-    with pytest.raises(cli.UserError, match=r"evil\.pt: not a readable checkpoint.*refused"):
+    with pytest.raises(cli.UserError) as caught:
         utils.load_model_from_checkpoint("SimpleNet", str(checkpoints["evil"]))
+    message = str(caught.value)
+    assert message.startswith(f"{checkpoints['evil']}: refused: its pickle would call posix.mkdir")
+    assert "\n" not in message and "weights_only" not in message and "..." not in message
     assert not marker.exists()
+
+
+def _zip_bomb(path, declared_mb: int) -> None:
+    """A torch.save file whose records are re-packed with deflate: ``declared_mb`` MB of zeros in
+    a few hundred KB (torch.load inflates deflated records). Written in 1 MB chunks, so making
+    it costs no memory."""
+    plain = path.with_suffix(".plain")
+    torch.save({"model": {"fc3.bias": torch.zeros(2)}, "extra": torch.zeros(declared_mb * 2**18)}, plain)
+    with zipfile.ZipFile(plain) as src, zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as dst:
+        for info in src.infolist():
+            with src.open(info) as record, dst.open(info.filename, "w", force_zip64=True) as packed:
+                shutil.copyfileobj(record, packed, 2**20)
+    plain.unlink()
+
+
+def test_a_zip_bomb_checkpoint_is_refused_before_it_is_inflated(tmp_path, monkeypatch):
+    bomb = tmp_path / "bomb.pt"
+    _zip_bomb(bomb, 400)
+    assert bomb.stat().st_size < 2 * 1024**2
+    monkeypatch.setattr(torch, "load", lambda *a, **k: pytest.fail("torch.load inflated the bomb"))
+    with pytest.raises(cli.UserError) as caught:
+        utils.load_model_from_checkpoint("SimpleNet", str(bomb))
+    assert str(caught.value).startswith(f"{bomb}: refused before loading: its archive declares 419 MB")
+    assert "zip bomb" in str(caught.value)
+    with pytest.raises(XceptionWeightsError, match=f"{bomb}: refused before loading.*zip bomb"):
+        load_xception_weights(Xception(), bomb)
+
+
+def test_a_checkpoint_larger_than_its_model_can_be_is_refused(checkpoints):
+    """SimpleNet's checkpoint (67 MB) where a model of 1 MB is expected: more than its weights and
+    two optimizer moments (plus room for the rest) could be; for a SimpleNet, it fits."""
+    good = str(checkpoints["good"])
+    with pytest.raises(cli.UserError, match=r"refused before loading: its archive declares 68 MB, more than"):
+        checkpoints_lib.check_declared_size(good, expected_bytes=10**6)
+    checkpoints_lib.check_declared_size(good, expected_bytes=checkpoints_lib.state_dict_bytes(SimpleNet()))
 
 
 def test_payload_control_would_run_when_unpickled_unsafely(checkpoints, tmp_path):
@@ -443,3 +487,18 @@ def test_a_negative_seed_is_an_argparse_error(script, capsys):
     err = capsys.readouterr().err
     assert exit_info.value.code == 2 and "Traceback" not in err
     assert "--seed" in err.strip().splitlines()[-1], err
+
+
+def test_a_lock_link_planted_in_the_checkpoint_folder_is_refused(clean_tree, tmp_path, capsys):
+    """Another user plants ``checkpoints/.<stem>.lock`` as a link to the victim's file: the run is
+    refused in one line before any training, and the link's target is not touched."""
+    victim = tmp_path / "thesis.tex"
+    victim.write_text("years of work\n")
+    ck = tmp_path / "ck"
+    ck.mkdir()
+    (ck / f".{STEM}.lock").symlink_to(victim)
+    one_line_error(
+        capsys, train_main.main, _argv(clean_tree, tmp_path), f".{STEM}.lock", "is a symbolic link"
+    )
+    assert victim.read_text() == "years of work\n"
+    assert sorted(os.listdir(ck)) == [f".{STEM}.lock"]

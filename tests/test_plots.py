@@ -94,3 +94,38 @@ def test_curve_plot_bad_json_is_one_line_error(tmp_path, content, needle, capsys
     assert code == 2 and needle in err and str(path) in err and len(err.splitlines()) == 1
     if content is not None:
         assert path.read_text() == content  # never touched
+
+
+def test_curve_plots_of_the_run_a_checkpoint_or_an_id_names(tmp_path, monkeypatch, capsys):
+    """--checkpoint_path plots the run that saved that best checkpoint (its recorded run id), and
+    --run_id that run, wherever it is in the JSON; an id the JSON lacks is a one-line error."""
+    import torch
+
+    from lib.cli import run_cli
+
+    runs = _runs((3, 4, 5))
+    for run, run_id in zip(runs, ("a", "b", "c")):
+        run["run_id"] = run_id
+    path = tmp_path / "m.json"
+    path.write_text(json.dumps(runs))
+    checkpoint = tmp_path / "best.pt"
+    torch.save({"model": {}, "epoch": 2, "run_id": "b"}, checkpoint)
+    plotted = []
+    monkeypatch.setattr(
+        plot_accuracy_and_loss, "plot_metric", lambda run, *args: plotted.append(len(run["train_loss"]))
+    )
+    argv = ["-j", str(path), "--figures_dir", str(tmp_path)]
+    assert plot_accuracy_and_loss.main(argv + ["-cpp", str(checkpoint)]) == 0
+    assert plot_accuracy_and_loss.main(argv + ["--run_id", "a"]) == 0
+    assert plotted == [4, 4, 3, 3]
+    torch.save({"model": {}, "run_id": "gone"}, checkpoint)
+    torch.save({"model": {}}, tmp_path / "old.pt")
+    for extra, needle in (
+        (["-cpp", str(checkpoint)], "holds no run with id gone (its 3 runs: a, b, c)"),
+        (["-cpp", str(tmp_path / "old.pt")], "records no run id"),
+        (["--run_id", "x"], "holds no run with id x"),
+    ):
+        assert run_cli(plot_accuracy_and_loss.main, argv + extra) == 2
+        err = capsys.readouterr().err.strip()
+        assert needle in err and len(err.splitlines()) == 1, err
+    assert plotted == [4, 4, 3, 3]  # nothing plotted from another run

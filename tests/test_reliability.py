@@ -24,12 +24,22 @@ from PIL import Image
 from torch import nn
 
 import grad_cam_analysis
+import numerical_analysis
 import plot_accuracy_and_loss
 import plot_samples_of_faces_datasets
 import saliency_map
 import train_main
 import utils
-from conftest import HOOKED, ROOT, SMALL_COUNTS, make_image, make_tree, one_line_error, train_argv
+from conftest import (
+    HOOKED,
+    ROOT,
+    SMALL_COUNTS,
+    analysis_argv,
+    make_image,
+    make_tree,
+    one_line_error,
+    train_argv,
+)
 from faces_dataset import DataError, FacesDataset, list_images, read_rgb_image
 from lib import cli, run_files
 from models import SimpleNet
@@ -356,7 +366,7 @@ def _limit_file_size():
 
 
 def test_checkpoint_write_failure_is_one_line(data, tmp_path):
-    """SimpleNet's checkpoint (66 MB) cannot be written where files may not pass 2 MB: one line
+    """SimpleNet's checkpoint (tens of MB) cannot be written where files may not pass 2 MB: one line
     naming the file, no traceback, and no temp file left behind."""
     proc = subprocess.run(
         [sys.executable, os.path.join(ROOT, "train_main.py"), *_argv(data, tmp_path)],
@@ -537,3 +547,65 @@ def test_state_dict_mismatch_names_the_first_key(change, needle, tmp_path):
     with pytest.raises(cli.UserError, match=r"odd\.pt: does not fit a SimpleNet model") as exc:
         utils.load_model_from_checkpoint("SimpleNet", str(path))
     assert needle in str(exc.value)
+
+
+# ----------------------------------------------------------------------------- full disk, standard JSON
+def _numerical_argv(checkpoint, data, tmp_path, *extra) -> list[str]:
+    return [
+        "-m", "SimpleNet", "-cpp", str(checkpoint), "--bootstrap", "20", "-b", "4",
+        *analysis_argv(data, tmp_path), *extra,
+    ]  # fmt: skip
+
+
+@pytest.fixture
+def constant_checkpoint(tmp_path):
+    """A SimpleNet whose outputs are the same for every image (P(fake) = sigmoid(0.3))."""
+    state = SimpleNet().state_dict()
+    state["fc3.weight"].zero_()
+    state["fc3.bias"].copy_(torch.tensor([0.0, 0.3]))
+    path = tmp_path / "constant.pt"
+    torch.save({"model": state}, path)
+    return path
+
+
+def test_a_constant_score_model_writes_standard_json(constant_checkpoint, data, tmp_path):
+    """Its EER threshold is undefined (sklearn's first ROC threshold is inf): null, not Infinity."""
+    assert numerical_analysis.main(_numerical_argv(constant_checkpoint, data, tmp_path)) == 0
+    text = (tmp_path / "out" / "fakes_dataset_SimpleNet_metrics.json").read_text()
+    content = json.loads(text, parse_constant=lambda name: pytest.fail(f"non-standard JSON: {name}"))
+    numerical = content["numerical"]
+    assert numerical["eer_threshold"] is None
+    assert numerical["auc_b"] == pytest.approx(0.5) and numerical["eer"] == pytest.approx(0.5)
+
+
+def test_an_output_figure_that_is_a_folder_is_one_line(constant_checkpoint, data, tmp_path, capsys):
+    roc = tmp_path / "fig" / "fakes_dataset_SimpleNet_roc_curve.png"
+    roc.mkdir(parents=True)
+    argv = _numerical_argv(constant_checkpoint, data, tmp_path)
+    one_line_error(capsys, numerical_analysis.main, argv, f"{roc}: is a folder", "choose another path")
+
+
+@pytest.mark.skipif(not shutil.which("unshare"), reason="needs unshare to mount a small tmpfs")
+def test_a_full_disk_under_the_figures_is_one_line_naming_the_file(constant_checkpoint, data, tmp_path):
+    """numerical_analysis.py with --figures_dir on a real 8 KiB tmpfs (the ROC figure does not fit)."""
+    full = tmp_path / "fig"
+    full.mkdir()
+    argv = [
+        os.path.join(ROOT, "numerical_analysis.py"),
+        *_numerical_argv(constant_checkpoint, data, tmp_path),
+    ]
+    script = 'mount -t tmpfs -o size=8k tmpfs "$1" || exit 99; shift; exec "$@"'
+    proc = subprocess.run(
+        ["unshare", "-rm", "sh", "-c", script, "sh", str(full), sys.executable, *argv],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=_env(),
+    )
+    if proc.returncode == 99:
+        pytest.skip("no tmpfs mount in a user namespace here")
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    roc = full / "fakes_dataset_SimpleNet_roc_curve.png"
+    assert len(lines) == 1 and f"{roc}: cannot write the figure: disk full" in lines[0], lines
+    assert "free disk space" in lines[0]

@@ -18,13 +18,13 @@ import shlex
 import shutil
 import subprocess
 import sys
-import time
 from types import SimpleNamespace
 
 import pytest
 import torch
 
 import run_study
+from browser import check_page, find_chromium
 from conftest import ROOT, make_tree
 from lib.study import plan as study_plan
 from lib.study.data import DataChoice
@@ -174,7 +174,7 @@ def test_every_figure_report_and_summary(study):
     for name in ("study_report.md", "study_report.html", "study_summary.json"):
         assert os.path.isfile(os.path.join(study.out, name))
     listed = summary_of(study.work)["figures"]  # the report's figures, each existing
-    mean_maps = [f"{stem}_mean_grad_cam.png" for stem in RUN_STEMS]  # shown as "beyond the study"
+    mean_maps = [f"{stem}_mean_grad_cam.png" for stem in RUN_STEMS]  # Grad-CAM's, beyond the study
     assert {os.path.basename(p) for p in listed} == set(STUDY_FIGURES + BEYOND_FIGURES + mean_maps)
     assert all(listed.values())
     assert statuses(study.work) == {name: "ran" for name in STEPS}
@@ -269,7 +269,7 @@ def test_unreadable_training_json_is_named_not_called_untrained(tmp_path):
         handle.write("[{not json")
     numbers = run_numbers(settings, run)
     numbers.verdict = verdict(run, numbers, demo=False)
-    assert numbers.verdict.startswith("Its training results cannot be read:") and path in numbers.verdict
+    assert numbers.verdict.startswith("Its training results are not shown:") and path in numbers.verdict
     runs = {r.tag: run_numbers(settings, r) for r in study_plan.RUNS} | {run.tag: numbers}
     data = DataChoice("root", "--data_root", False)
     md = render(page_context(Study(settings, data, {}, runs, status=Status("done."))), html=False)
@@ -335,6 +335,14 @@ def test_report_is_one_self_contained_page(study):
             assert handle.read() in embedded, name
 
 
+@pytest.mark.skipif(find_chromium() is None, reason="no Chromium on PATH (Debian: apt-get install chromium)")
+def test_the_study_page_reads_well_in_a_browser(study):
+    """The real page in headless Chromium at 1280 and 800 px (browser.check_page): every figure
+    loads at its natural width or the page's, nothing is wider than the page, no console errors."""
+    measured = check_page(os.path.join(study.out, "study_report.html"))
+    assert len(measured[800]["images"]) == len(summary_of(study.work)["figures"])
+
+
 # ----------------------------------------------------------------------------- re-runs
 def test_rerun_skips_finished_steps(study):
     logs = {name: read(os.path.join(study.out, "logs", f"{name}.log")) for name in STEPS}
@@ -349,17 +357,19 @@ def test_rerun_skips_finished_steps(study):
         assert read(os.path.join(study.out, "logs", f"{name}.log")) == logs[name]
 
 
-def test_an_edited_library_module_makes_only_its_importers_stale(study):
-    """lib/uncertainty.py is imported (through lib/) by numerical_analysis.py alone: touching it
+def test_an_edited_library_module_makes_only_its_importers_stale(study, monkeypatch):
+    """lib/uncertainty.py is imported (through lib/) by numerical_analysis.py alone: an edit of it
+    (its file signature changed; the real file is left alone, as its ctime cannot be put back)
     makes the three numerical steps stale and leaves every other step up to date."""
+    from lib.study import stamps as study_stamps
+
     module = os.path.join(ROOT, "lib", "uncertainty.py")
-    before = os.stat(module)
-    later = time.time_ns() + 10**9  # clearly after every stamp of this study
-    os.utime(module, ns=(later, later))
-    try:
-        code, plan = call(study.args + ["--dry_run"])
-    finally:
-        os.utime(module, ns=(before.st_atime_ns, before.st_mtime_ns))
+    signature = study_stamps.file_signature
+    monkeypatch.setattr(
+        study_stamps, "file_signature", lambda path: signature(path) + ("edited" if path == module else "")
+    )
+    code, plan = call(study.args + ["--dry_run"])
+    monkeypatch.setattr(study_stamps, "file_signature", signature)
     assert code == 0, plan
     lines = parse_plan(plan)
     stale = {name for name, state in lines.items() if state != "up to date, would skip"}
@@ -650,6 +660,11 @@ def test_study_protocol_and_flags_reach_the_commands():
     assert not any("--precise_bn" in c for name, c in commands.items() if not name.startswith("train"))
     assert "--no_pretrained" not in commands["train-simplenet-fakes"]
     assert " ".join(commands["gradcam-xception-synthetic"]).endswith("--faithfulness_images 16")
+    steps = {s.name: s for s in study_plan.build_plan(run_study.make_settings(args, "root", []))}
+    for tag in ("simplenet-fakes", "xception-synthetic"):  # the curves of the analysed checkpoint's run
+        checkpoint = next(p for p in steps[f"train-{tag}"].outputs if p.endswith("_Adam.pt"))
+        curves = steps[f"curves-{tag}"]
+        assert curves.args[curves.args.index("-cpp") + 1] == checkpoint and checkpoint in curves.inputs
     args = run_study.build_parser().parse_args(
         ["--epochs", "3", "--xception_epochs", "1", "-b", "8", "--device", "cuda", "--precise_bn", "0"]
     )
@@ -828,3 +843,32 @@ def test_run_scripts_share_the_setup_and_call_their_commands():
         "-r requirements.txt",
         "pytest>=8.0",
     ]
+
+
+# ----------------------------------------------------------------------------- any dataset
+def test_any_dataset_folder_for_the_spectra(tmp_path):
+    """--datasets takes any dataset folder under the data root (here one in the 0_real/1_fake
+    layout): its spectrum is made, counted and reported; an unknown name is a one-line error that
+    lists the datasets found."""
+    from conftest import make_split
+
+    data = make_tree(str(tmp_path / "data"), COUNTS, seed=6)
+    for split, (n_real, n_fake) in COUNTS.items():
+        make_split(os.path.join(data, "celebdf", split), n_real, n_fake, seed=7)
+        for old, new in (("real", "0_real"), ("fake", "1_fake")):
+            os.rename(os.path.join(data, "celebdf", split, old), os.path.join(data, "celebdf", split, new))
+    work = str(tmp_path / "w")
+    base = ["--data_root", data, "--workdir", work, "--no_progress", "--device", "cpu"]
+    code, output = call(base + ["--steps", "spectrum", "--datasets", "fakes_dataset", "celebdf"])
+    assert code == 0, output
+    assert os.path.isfile(os.path.join(work, "figures", "celebdf_spectrum.png"))
+    summary = summary_of(work)
+    assert summary["data"]["counts"]["celebdf"]["test"] == {"real": 2, "fake": 2}
+    assert summary["beyond"]["spectrum"]["celebdf"]["n_fake"] == 2
+    assert set(summary["beyond"]["spectrum"]) == {"fakes_dataset", "celebdf"}
+    md = read(os.path.join(work, "out", "study_report.md"))
+    assert "\ncelebdf: 2 real, 2 fake test images; largest fake - real difference" in md
+    assert "| celebdf | test | 2 | 2 | 4 |" in md
+    code, output = call(base + ["--dry_run", "--datasets", "nosuch"])
+    lines = output.strip().splitlines()
+    assert code == 2 and "'nosuch'" in lines[-1] and "celebdf, fakes_dataset, synthetic_dataset" in lines[-1]

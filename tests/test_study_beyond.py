@@ -318,3 +318,25 @@ def test_a_robustness_run_by_hand_for_xception_is_shown_once(tmp_path):
     )
     assert [f.path for part in context["figures"].values() for f in part].count(figure) == 1
     assert md.count("![synthetic_dataset_XceptionBased_robustness.png](") == 1
+
+
+def test_datasets_choose_the_spectra_and_the_matrix_columns(tmp_path):
+    s = _settings(tmp_path, "--datasets", "celebdf", "fakes_dataset", "celebdf")
+    steps = {st.name: st for st in study_plan.build_plan(s)}
+    data = str(tmp_path / "data")
+    spectrum, cross = steps["spectrum"], steps["cross-dataset"]
+    for step in (spectrum, cross):
+        at = step.args.index("--datasets")
+        assert step.args[at + 1 : at + 4] == ["celebdf", "fakes_dataset", "--data_root"]  # once each
+        assert step.data == [os.path.join(data, d, "test") for d in ("celebdf", "fakes_dataset")]
+    figure = os.path.join(s.figures_dir, "celebdf_spectrum.png")
+    assert spectrum.outputs[figure] == () and spectrum.outputs[study_plan.spectrum_json_path(s, "celebdf")]
+    assert not any("synthetic_dataset" in path for path in spectrum.outputs)
+    # the trainings, and the checkpoints of the matrix, stay the course's
+    at = cross.args.index("--checkpoints")
+    assert [spec.split(":")[0] for spec in cross.args[at + 1 : at + 3]] == [
+        "fakes_dataset",
+        "synthetic_dataset",
+    ]
+    assert "celebdf" not in " ".join(steps["train-simplenet-fakes"].args)
+    assert list(_study(s).beyond["spectrum"]) == ["celebdf", "fakes_dataset"]

@@ -127,3 +127,53 @@ def test_renderers_escape_and_embed(tmp_path):
     assert 'src="data:image/png;base64,iVBORw0KGgpmYWtl"' in page
     assert '<p class="missing">cross_dataset.png: missing (its step has not run)</p>' in page
     assert page.count("<figure>") == 1 and "T <1>" not in page
+
+
+def _epochs(run_id: str, val: list, test: list) -> dict:
+    """A runs-JSON entry of SimpleNet on fakes_dataset with these per-epoch accuracies."""
+    run = {"model": "SimpleNet", "dataset": "fakes_dataset", "run_id": run_id, "val_acc": val}
+    run |= {"test_acc": test, "train_acc": val, "train_loss": [0.5] * len(val), "val_loss": [0.5] * len(val)}
+    return run | {
+        "test_loss": [0.5] * len(val),
+        "args": {"optimizer": "Adam", "lr": 0.001, "epochs": len(val)},
+    }
+
+
+def test_the_run_shown_is_the_checkpoints_not_the_last_in_the_json(tmp_path):
+    """A side run appended to the study's runs JSON (another run, sharing --out_dir) is not the
+    one whose checkpoint the analyses read: the report shows the checkpoint's run, and says so
+    when that run is not in the JSON, never showing another run's numbers instead."""
+    import json
+
+    import torch
+
+    from lib.study.numbers import run_numbers
+    from lib.study.plan import checkpoint_path, runs_json_path
+
+    settings = run_study.make_settings(
+        run_study.build_parser().parse_args(["--workdir", str(tmp_path)]), "r", []
+    )
+    run = RUN["simplenet-fakes"]
+    study_run = _epochs("study", [60.0, 80.0], [55.0, 75.0])
+    side_run = _epochs("side", [100.0] * 3, [50.0] * 3)
+    os.makedirs(settings.out_dir)
+    with open(runs_json_path(settings, run), "w") as handle:
+        json.dump([study_run, side_run], handle)
+    checkpoint = checkpoint_path(settings, run)
+    os.makedirs(os.path.dirname(checkpoint))
+    torch.save({"model": {}, "epoch": 2, "run_id": "study"}, checkpoint)
+    n = run_numbers(settings, run)
+    assert (n.best_val_acc, n.test_acc_at_best, n.epochs, n.best_val_epoch) == (80.0, 75.0, 2, 2)
+    assert n.run_id == "study" and n.n_runs_in_json == 2 and n.problem is None
+    for saved in ({"model": {}, "run_id": "gone"}, {"model": {}}):  # a run not in the JSON; no id at all
+        torch.save(saved, checkpoint)
+        n = run_numbers(settings, run)
+        assert n.best_val_acc is None and n.epochs == 0 and n.protocol is None
+        assert checkpoint in n.problem and "training numbers are left out" in n.problem
+        runs = collect_numbers(settings, demo=False, pretrained=None)
+        context = page_context(Study(settings, DataChoice("r", "--data_root", False), {}, runs))
+        md = render(context, html=False)
+        assert f"> **WARNING:** SimpleNet on fakes_dataset: {n.problem}" in md
+        assert "| SimpleNet, fakes_dataset | - | - | - |" in md  # no accuracies of the side run
+    os.remove(checkpoint)
+    assert "missing, so which run" in run_numbers(settings, run).problem

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import time
 
 import torch
@@ -175,3 +176,65 @@ def test_an_edited_library_module_reruns_only_the_steps_that_import_it(tmp_path,
         assert stale_reason(steps["b"], stamps.read(steps["b"])) == "code lib/other.py changed"
     finally:
         study_stamps.code_files.cache_clear()  # the real repository's files again for later tests
+
+
+def _data_step(tmp_path) -> tuple[Step, str]:
+    """A step reading a split folder (real/ and fake/, two images each) and an earlier step's file;
+    and the path of one of its images."""
+    split = tmp_path / "data" / "test"
+    for class_dir in ("real", "fake"):
+        (split / class_dir).mkdir(parents=True)
+        for i in range(2):
+            (split / class_dir / f"img{i}.png").write_bytes(b"\x89PNG" + bytes([i]) * 100)
+    return _step(tmp_path, data=[str(split)]), str(split / "fake" / "img1.png")
+
+
+def test_data_copied_over_with_its_old_mtime_makes_it_stale(tmp_path):
+    """``cp -p`` / ``rsync -a`` (here shutil.copy2) keep the modification time: another file's
+    content put over a data file is noticed by its size, and a same-size one by its ctime."""
+    step, image = _data_step(tmp_path)
+    stamps = Stamps(str(tmp_path / "out"))
+    old = os.stat(image)
+    _run(step, stamps, tmp_path)
+    assert stale_reason(step, stamps.read(step)) is None
+    other = tmp_path / "other.png"
+    other.write_bytes(b"\x89PNG" + b"x" * 200)  # another size, and the data file's own old mtime
+    os.utime(other, ns=(old.st_atime_ns, old.st_mtime_ns))
+    shutil.copy2(other, image)
+    assert os.stat(image).st_mtime_ns == old.st_mtime_ns  # the case the mtime alone misses
+    split = os.path.dirname(os.path.dirname(image))
+    assert stale_reason(step, stamps.read(step)) == f"data in {split} changed"
+    _run(step, stamps, tmp_path)
+    assert stale_reason(step, stamps.read(step)) is None
+    same_size = tmp_path / "same_size.png"
+    same_size.write_bytes(b"\x89PNG" + b"y" * 200)
+    os.utime(same_size, ns=(old.st_atime_ns, old.st_mtime_ns))
+    before = os.stat(image)
+    time.sleep(0.01)  # a later ctime also on file systems with coarse timestamps
+    shutil.copy2(same_size, image)
+    after = os.stat(image)
+    assert (after.st_size, after.st_mtime_ns) == (before.st_size, before.st_mtime_ns)
+    assert stale_reason(step, stamps.read(step)) == f"data in {split} changed"
+
+
+def test_an_input_replaced_by_a_copy_with_its_mtime_makes_it_stale(tmp_path):
+    """An earlier step's file (a checkpoint) put back from a copy that kept its mtime and size."""
+    step, stamps = _step(tmp_path), Stamps(str(tmp_path / "out"))
+    backup = tmp_path / "backup.json"
+    shutil.copy2(tmp_path / "input.json", backup)
+    _run(step, stamps, tmp_path)
+    time.sleep(0.01)
+    shutil.copy2(backup, tmp_path / "input.json")
+    assert stale_reason(step, stamps.read(step)) == f"input {tmp_path / 'input.json'} changed"
+
+
+def test_a_class_folder_of_the_other_layout_is_read(tmp_path):
+    """A split in the 0_real/1_fake layout: its images are part of the signature too."""
+    split = tmp_path / "data" / "test"
+    for class_dir in ("0_real", "1_fake"):
+        (split / class_dir).mkdir(parents=True)
+        (split / class_dir / "a.png").write_bytes(b"\x89PNG")
+    step, stamps = _step(tmp_path, data=[str(split)]), Stamps(str(tmp_path / "out"))
+    _run(step, stamps, tmp_path)
+    (split / "1_fake" / "b.png").write_bytes(b"\x89PNG")
+    assert stale_reason(step, stamps.read(step)) == f"data in {split} changed"

@@ -8,10 +8,10 @@ import time
 from dataclasses import dataclass
 
 from lib.cli import UserError
-from lib.data_root import DATA_ROOT_ENV, DEFAULT_DATA_ROOT, resolve_data_root
+from lib.data_root import DATA_ROOT_ENV, DEFAULT_DATA_ROOT, dataset_folder, resolve_data_root
 from lib.fileio import atomic_write_json, read_json_object
-from lib.images import CLASS_DIRS, list_images
-from lib.names import DATASET_NAMES, SPLITS
+from lib.images import CLASS_DIRS, class_dirs, list_images
+from lib.names import DATASET_NAMES, DEMO_MARKER, SPLITS
 from lib.study.plan import HERE
 from lib.study.runner import Console, StepRecord, run_command
 
@@ -35,7 +35,7 @@ class DataChoice:
         total = sum(c for d in self.counts.values() for s in d.values() for c in s.values())
         per_dataset = [
             f"{d} " + ", ".join(f"{s} {c['real']}/{c['fake']}" for s, c in self.counts[d].items())
-            for d in DATASET_NAMES
+            for d in self.counts
         ]
         return f"{total} images; {'; '.join(per_dataset)} (real/fake)"
 
@@ -49,21 +49,25 @@ class DataChoice:
         return [StepRecord("demo-data", command, log, "ran", seconds, last_run_seconds=seconds)]
 
 
-def data_counts(data_root: str) -> dict:
-    """{dataset: {split: {"real": n, "fake": n}}}; raises UserError naming a missing folder."""
+def data_counts(data_root: str, datasets=()) -> dict:
+    """{dataset: {split: {"real": n, "fake": n}}} of the course's datasets, then ``datasets``;
+    raises UserError naming a dataset that is not there, or a split without its class folders."""
     counts = {}
-    for dataset in DATASET_NAMES:
-        counts[dataset] = {split: {} for split in SPLITS}
+    for dataset in dict.fromkeys([*DATASET_NAMES, *datasets]):
+        if dataset not in DATASET_NAMES:
+            dataset_folder(dataset, data_root)  # an unknown name: the datasets found there are listed
+        counts[dataset] = {}
         for split in SPLITS:
-            for class_dir in CLASS_DIRS:
-                folder = os.path.join(data_root, dataset, split, class_dir)
-                if not os.path.isdir(folder):
-                    raise UserError(
-                        f"{folder}: missing; the data root {data_root} must hold "
-                        f"{{fakes_dataset,synthetic_dataset}}/{{train,val,test}}/"
-                        f"{{real,fake}}/ (or use the demo data: leave --data_root out)"
-                    )
-                counts[dataset][split][class_dir] = len(list_images(folder))
+            folder = os.path.join(data_root, dataset, split)
+            if (layout := class_dirs(folder)) is None:
+                raise UserError(
+                    f"{folder}: no real/ and fake/ (or 0_real/ and 1_fake/) folders; a dataset under the "
+                    f"data root {data_root} holds train/, val/ and test/, each with both (the study needs "
+                    "fakes_dataset and synthetic_dataset; for the demo data leave --data_root out)"
+                )
+            counts[dataset][split] = {
+                label: len(list_images(os.path.join(folder, d))) for label, d in zip(CLASS_DIRS, layout)
+            }
     return counts
 
 
@@ -76,11 +80,11 @@ def choose_data(args, console: Console, logs_dir: str) -> DataChoice:
         origin = (
             "--data_root" if args.data_root else f"${DATA_ROOT_ENV}" if explicit else "the default location"
         )
-        stamp = read_json_object(os.path.join(root, DEMO_STAMP)) or None
-        demo = stamp is not None or os.path.abspath(root) == os.path.abspath(args.demo_dir)
+        recorded = recorded_demo(root)
+        demo = recorded is not None or os.path.abspath(root) == os.path.abspath(args.demo_dir)
         made_by = " - demo data made by make_demo_datasets.py" if demo else ""
         console.say(f"data: {root} (from {origin}){made_by}")
-        data = DataChoice(root, origin, demo, stamp)
+        data = DataChoice(root, origin, demo, (recorded or UNRECORDED) if demo else None)
     else:
         console.say(
             f"data: no datasets found (--data_root not given, ${DATA_ROOT_ENV} not set, "
@@ -88,7 +92,7 @@ def choose_data(args, console: Console, logs_dir: str) -> DataChoice:
         )
         data = demo_data(args, console, logs_dir)
     if not data.missing:
-        data.counts = data_counts(data.root)
+        data.counts = data_counts(data.root, args.datasets)
         console.say(f"data: {data.describe_counts()}")
     return data
 
@@ -99,6 +103,7 @@ def demo_data(args, console: Console, logs_dir: str) -> DataChoice:
     demo_dir = args.demo_dir
     wanted = {"scale": args.demo_scale, "seed": args.demo_seed}
     stamp = read_json_object(os.path.join(demo_dir, DEMO_STAMP)) or None
+    recorded = recorded_demo(demo_dir)
     complete = all(
         os.path.isdir(os.path.join(demo_dir, d, s, c))
         for d in DATASET_NAMES
@@ -106,16 +111,15 @@ def demo_data(args, console: Console, logs_dir: str) -> DataChoice:
         for c in CLASS_DIRS
     )
     if complete and not args.remake_demo:
-        if stamp is not None and {k: stamp.get(k) for k in wanted} != wanted:
+        if recorded is not None and {k: recorded.get(k) for k in wanted} != wanted:
+            made = recorded.get("note") or f"scale {recorded.get('scale')}, seed {recorded.get('seed')}"
             raise UserError(
-                f"{demo_dir} holds demo data made with scale {stamp.get('scale')}, seed "
-                f"{stamp.get('seed')}, not the --demo_scale {args.demo_scale} / "
-                f"--demo_seed {args.demo_seed} asked for; pass --remake_demo to "
+                f"{demo_dir} holds demo data made otherwise ({made}) than the --demo_scale "
+                f"{args.demo_scale} / --demo_seed {args.demo_seed} asked for; pass --remake_demo to "
                 f"regenerate it, or choose another --demo_dir"
             )
         console.say(f"data: demo data already generated in {demo_dir}; reusing it")
-        unknown = {"scale": None, "seed": None, "note": "made outside run_study.py; settings unknown"}
-        return DataChoice(demo_dir, "demo", True, stamp or unknown)
+        return DataChoice(demo_dir, "demo", True, recorded or UNRECORDED)
     if args.dry_run:
         console.say(f"data: would generate demo data into {demo_dir} (scale {args.demo_scale})")
         return DataChoice(demo_dir, "demo", True, wanted, missing=True)
@@ -124,6 +128,28 @@ def demo_data(args, console: Console, logs_dir: str) -> DataChoice:
     atomic_write_json(os.path.join(demo_dir, DEMO_STAMP), made)
     console.say(f"data: demo data ready in {demo_dir} ({seconds:.0f} s)")
     return DataChoice(demo_dir, "demo", True, made, generated_seconds=round(seconds, 2))
+
+
+UNRECORDED = {"scale": None, "seed": None, "note": "made before make_demo_datasets.py recorded its settings"}
+
+
+def recorded_demo(root: str) -> dict | None:
+    """How the demo data under ``root`` was made ({"scale", "seed", ...}): from run_study.py's own
+    stamp, else from the marker make_demo_datasets.py writes into each dataset folder (a "note"
+    instead when the two datasets were made differently); None when neither is there."""
+    if stamp := read_json_object(os.path.join(root, DEMO_STAMP)):
+        return stamp
+    markers = {d: read_json_object(os.path.join(root, d, DEMO_MARKER)) for d in DATASET_NAMES}
+    made = {d: {k: m.get(k) for k in ("scale", "seed", "full_size")} for d, m in markers.items() if m}
+    if not made:
+        return None
+    if len(made) == len(DATASET_NAMES) and len({str(m) for m in made.values()}) == 1:
+        return next(iter(made.values()))
+    said = "; ".join(
+        f"{d}: scale {made[d]['scale']}, seed {made[d]['seed']}" if d in made else f"{d}: not recorded"
+        for d in DATASET_NAMES
+    )
+    return {"scale": None, "seed": None, "note": f"its datasets differ ({said})"}
 
 
 def make_demo_data(args, ours: bool, console: Console, logs_dir: str) -> float:

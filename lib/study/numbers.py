@@ -7,10 +7,10 @@ import math
 import os
 from dataclasses import asdict, dataclass, field
 
+from lib.checkpoints import load_checkpoint
 from lib.cli import UserError
 from lib.fileio import read_json_object, read_runs
 from lib.metrics import HEADLINE_METRICS
-from lib.names import DATASET_NAMES
 from lib.spectrum import largest_difference
 from lib.study import plan
 from lib.study.plan import PROTOCOL, RUNS, RunSpec, Settings
@@ -138,7 +138,8 @@ def _g(value) -> str:
 
 @dataclass
 class RunNumbers:
-    """The report's numbers of one run: its last training run, and its analysis sections."""
+    """The report's numbers of one run: the training run of its best checkpoint, and its analysis
+    sections."""
 
     model: str
     dataset: str
@@ -183,17 +184,28 @@ class RunNumbers:
     verdict: str = ""
 
 
-def _last_run(numbers: RunNumbers) -> dict:
-    """The JSON's last run ({} when absent or unreadable, the problem noted)."""
-    if not os.path.exists(numbers.json):  # absent: not trained yet
+def _checkpoint_run(n: RunNumbers, checkpoint: str) -> dict:
+    """The JSON's entry of the run that saved ``checkpoint`` (the model the analyses read), by the
+    run id the checkpoint records; {} when not trained yet, or when that run cannot be found (the
+    problem noted: another run's numbers are never shown in its place)."""
+    if not os.path.exists(n.json):  # absent: not trained yet
         return {}
+    leave_out = "its training numbers are left out (another run's would not match its analyses)"
+    runs = []
     try:
-        runs = read_runs(numbers.json)
+        runs = read_runs(n.json)
+        if runs and not os.path.exists(checkpoint):
+            raise UserError(f"{checkpoint}: missing, so which run of {n.json} to show is unknown")
+        n.run_id = load_checkpoint(checkpoint).get("run_id") if runs else None
     except UserError as exc:  # names the file and says what to do
-        numbers.problem = str(exc)
+        n.problem = f"{exc}; {leave_out}" if runs else str(exc)
         return {}
-    numbers.n_runs_in_json = len(runs)
-    return runs[-1] if runs else {}
+    n.n_runs_in_json = len(runs)
+    found = [run for run in runs if n.run_id is not None and run.get("run_id") == n.run_id]
+    if runs and not found:
+        what = f"the run {n.run_id}" if n.run_id else "no run id (an older train_main.py)"
+        n.problem = f"{checkpoint} records {what}, not among the {len(runs)} runs of {n.json}; {leave_out}"
+    return found[-1] if found else {}
 
 
 def run_numbers(settings: Settings, run: RunSpec) -> RunNumbers:
@@ -201,7 +213,7 @@ def run_numbers(settings: Settings, run: RunSpec) -> RunNumbers:
     n = RunNumbers(
         run.model, run.dataset, plan.runs_json_path(settings, run), plan.metrics_json_path(settings, run)
     )
-    last = _last_run(n)
+    last = _checkpoint_run(n, plan.checkpoint_path(settings, run))
     val_acc, test_acc = last.get("val_acc") or [], last.get("test_acc") or []
     best = last.get("best_epoch")
     if best is None and val_acc:  # older runs without the key: first epoch of the best val acc
@@ -212,7 +224,7 @@ def run_numbers(settings: Settings, run: RunSpec) -> RunNumbers:
 
     n.epochs, n.best_val_epoch = len(val_acc), best
     n.pretrained = last.get("pretrained") if run.model == "XceptionBased" else None
-    n.n_params_trained, n.device, n.run_id = last.get("n_params"), last.get("device"), last.get("run_id")
+    n.n_params_trained, n.device = last.get("n_params"), last.get("device")
     n.best_val_acc = finite(last.get("best_val_acc", at_best(val_acc)))
     n.test_acc_at_best = finite(last.get("test_acc_at_best", at_best(test_acc)))
     n.epoch_seconds = _mean(last.get("epoch_seconds"))
@@ -296,10 +308,11 @@ def cross_dataset_numbers(settings: Settings) -> dict | None:
 
 
 def spectrum_numbers(settings: Settings) -> dict[str, dict | None]:
-    """Per dataset, from out/<D>_spectrum.json: the class counts and the largest |fake - real|
-    difference of the 1-D power spectra (dB) and its frequency (cycles/pixel); None when not run."""
+    """Per dataset of the study's spectra, from out/<D>_spectrum.json: the class counts and the largest
+    |fake - real| difference of the 1-D power spectra (dB) and its frequency (cycles/pixel); None
+    when not run."""
     out = {}
-    for dataset in DATASET_NAMES:
+    for dataset in settings.datasets:
         section = _section(read_json_object(plan.spectrum_json_path(settings, dataset)), "spectrum")
         diff, freq = section.get("fake_minus_real_db"), section.get("cycles_per_pixel")
         usable = isinstance(diff, list) and isinstance(freq, list) and 0 < len(diff) <= len(freq)
@@ -384,7 +397,7 @@ def verdict(run: RunSpec, n: RunNumbers, demo: bool) -> str:
     """One short, honest sentence: how this run compares with the study, and why where known."""
     if n.best_val_acc is None:
         if n.problem:
-            return f"Its training results cannot be read: {n.problem}."
+            return f"Its training results are not shown: {n.problem}."
         return "Not trained yet (no run in its metrics JSON): nothing to compare."
     ref = study_reference(run, n.pretrained)
     got = [f"val {n.best_val_acc:.1f} %"]

@@ -64,6 +64,7 @@ class Settings:
     xception_args: list[str] = field(default_factory=list)
     gradcam_max_images: int = 0
     precise_bn: int = 0
+    datasets: tuple[str, ...] = DATASET_NAMES  # of the spectra and the cross-dataset matrix's columns
 
 
 @dataclass
@@ -174,13 +175,11 @@ def samples_step(s: Settings, run: None) -> Step:
 
 
 def spectrum_step(s: Settings, run: None) -> Step:
-    """Both datasets' test splits, no model: one figure and one JSON per dataset."""
-    args = ["--datasets", *DATASET_NAMES, *_io_args(s), "--seed", str(s.seed), "--out_dir", s.out_dir]
-    outputs = whole(*(spectrum_figure(s.figures_dir, d) for d in DATASET_NAMES))
-    outputs |= {spectrum_json_path(s, d): ("spectrum",) for d in DATASET_NAMES}
-    return Step(
-        "spectrum_analysis.py", args, outputs, data=[split_folder(s, d, "test") for d in DATASET_NAMES]
-    )
+    """The test splits of the datasets (--datasets), no model: one figure and one JSON per dataset."""
+    args = ["--datasets", *s.datasets, *_io_args(s), "--seed", str(s.seed), "--out_dir", s.out_dir]
+    outputs = whole(*(spectrum_figure(s.figures_dir, d) for d in s.datasets))
+    outputs |= {spectrum_json_path(s, d): ("spectrum",) for d in s.datasets}
+    return Step("spectrum_analysis.py", args, outputs, data=[split_folder(s, d, "test") for d in s.datasets])
 
 
 def train_step(s: Settings, run: RunSpec) -> Step:
@@ -204,11 +203,13 @@ def train_step(s: Settings, run: RunSpec) -> Step:
 
 
 def curves_step(s: Settings, run: RunSpec) -> Step:
-    """The loss and accuracy curves of the run's last training run in its runs JSON."""
-    runs_json = runs_json_path(s, run)
-    args = ["-m", run.model, "-j", runs_json, "-d", run.dataset, "--figures_dir", s.figures_dir]
+    """The loss and accuracy curves of the training run whose best checkpoint the analyses read."""
+    runs_json, checkpoint = runs_json_path(s, run), checkpoint_path(s, run)
+    args = ["-m", run.model, "-j", runs_json, "-d", run.dataset, "-cpp", checkpoint]
     figures = whole(*kind_figures(run, s.figures_dir, "curves"))
-    return Step("plot_accuracy_and_loss.py", args, figures, [runs_json])
+    return Step(
+        "plot_accuracy_and_loss.py", args + ["--figures_dir", s.figures_dir], figures, [runs_json, checkpoint]
+    )
 
 
 def _analysis_step(s: Settings, run: RunSpec, kind: str, script: str, extra: list, sections=()) -> Step:
@@ -247,10 +248,11 @@ def robustness_step(s: Settings, run: RunSpec) -> Step:
 
 
 def cross_dataset_step(s: Settings, run: None) -> Step:
-    """The checkpoints of the runs marked ``cross_dataset``, each on both datasets' test splits."""
+    """The checkpoints of the runs marked ``cross_dataset``, each on the test split of every dataset
+    (--datasets)."""
     runs = [r for r in RUNS if r.cross_dataset]
     args = ["--checkpoints", *(f"{r.dataset}:{r.model}:{checkpoint_path(s, r)}" for r in runs)]
-    args += ["--datasets", *DATASET_NAMES, *_io_args(s), "--out_dir", s.out_dir]
+    args += ["--datasets", *s.datasets, *_io_args(s), "--out_dir", s.out_dir]
     jsons = [cross_dataset_json_path(s)] + [metrics_json_path(s, r) for r in runs]
     outputs = whole(cross_dataset_figure(s.figures_dir)) | dict.fromkeys(jsons, ("cross_dataset",))
     return Step(
@@ -258,7 +260,7 @@ def cross_dataset_step(s: Settings, run: None) -> Step:
         args,
         outputs,
         [checkpoint_path(s, r) for r in runs],
-        [split_folder(s, d, "test") for d in DATASET_NAMES],
+        [split_folder(s, d, "test") for d in s.datasets],
     )
 
 

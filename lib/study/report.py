@@ -19,7 +19,7 @@ import jinja2
 
 from lib.fileio import atomic_write_json, atomic_write_text
 from lib.metrics import fmt
-from lib.names import DATASET_NAMES, DATASET_TITLES, MODEL_NAMES, SAMPLES_FIGURE, SPLITS
+from lib.names import DATASET_NAMES, MODEL_NAMES, SAMPLES_FIGURE, SPLITS, dataset_title
 from lib.study import numbers, plan
 from lib.study.data import DataChoice
 from lib.study.numbers import RunNumbers, finite, range_text, study_reference
@@ -28,6 +28,7 @@ from lib.study.runner import StepFailed, StepRecord
 from lib.study.weights import CHECK_COMMAND, WeightsChoice
 
 NOT_RUN = "not run"
+NUMBER_LIKE = re.compile(r"(about )?[-+]?\d|-$")  # "0.912", "76.6 % [72.1, 80.9]", "84-91 %", "-"
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 
@@ -41,14 +42,25 @@ class Table:
 
 @dataclass
 class Figure:
-    """A figure of the page: its file (shown as missing when its step has not run) and caption."""
+    """A figure of the page: its file and caption, and the step that makes it when that step was
+    left out of this invocation (--steps/--skip)."""
 
     path: str
     caption: str
+    left_out: str | None = None
 
     @property
     def exists(self) -> bool:
         return os.path.exists(self.path)
+
+    @property
+    def absent(self) -> str:
+        """What the page says in the figure's place when the file is not there."""
+        return (
+            f"skipped (step {self.left_out} not selected)"
+            if self.left_out
+            else "missing (its step has not run)"
+        )
 
 
 @dataclass
@@ -109,7 +121,8 @@ def score_label(runs: dict[str, RunNumbers], column: int) -> str:
 def data_table(data: DataChoice) -> Table:
     """The images of every split, real and fake."""
     rows = []
-    for dataset in DATASET_NAMES:
+    for dataset in data.counts or dict.fromkeys(DATASET_NAMES):
+        title = dataset_title(dataset)
         for split in SPLITS:
             c = (data.counts or {}).get(dataset, {}).get(split, {})
             counts = [
@@ -117,7 +130,7 @@ def data_table(data: DataChoice) -> Table:
                 str(c.get("fake", "-")),
                 str(c.get("real", 0) + c.get("fake", 0)),
             ]
-            rows.append([f"{DATASET_TITLES[dataset]} ({dataset})", split, *counts])
+            rows.append([dataset if title == dataset else f"{title} ({dataset})", split, *counts])
     return Table(["dataset", "split", "real", "fake", "total"], rows)
 
 
@@ -245,7 +258,8 @@ def steps_table(records: list[StepRecord]) -> Table:
 
 # ----------------------------------------------------------------------------- figures
 def extra_figures(run: RunSpec, figures_dir: str) -> list[str]:
-    """Other figures the steps wrote for this run (e.g. the mean Grad-CAM maps), sorted."""
+    """Other figures of this run in the figures folder (made by hand, such as XceptionBased's
+    robustness curves), sorted."""
     known = {p for paths in plan.run_figures(run, figures_dir).values() for p in paths}
     try:
         found = sorted(os.path.join(figures_dir, name) for name in os.listdir(figures_dir))
@@ -268,7 +282,7 @@ def page_figures(s: Settings, robustness_runs: list[RunSpec]) -> dict[str, list[
     return {
         "cross_dataset": [_figure(plan.cross_dataset_figure(s.figures_dir))],
         "robustness": [_figure(p) for p in beside_table],
-        "spectrum": [_figure(plan.spectrum_figure(s.figures_dir, d)) for d in DATASET_NAMES],
+        "spectrum": [_figure(plan.spectrum_figure(s.figures_dir, d)) for d in s.datasets],
         "gallery": gallery,
     }
 
@@ -286,6 +300,11 @@ def page_context(study: Study) -> dict:
         f"{r.model} on {r.dataset}: {n.protocol.text() if n.protocol else 'not trained'}" for r, n in pairs
     ]
     references = {study_reference(run, runs[run.tag].pretrained): None for run in RUNS}
+    left_out = {r.name for r in study.records if r.status == "not selected"}
+    made_by = {path: step.name for step in plan.build_plan(study.settings) for path in step.outputs}
+    figures = page_figures(study.settings, robustness_runs)
+    for figure in (f for part in figures.values() for f in part):
+        figure.left_out = made_by.get(figure.path) if made_by.get(figure.path) in left_out else None
     return {
         "title": "Facial manipulation detection: the study, re-run",
         "generated": time.strftime("%Y-%m-%d %H:%M:%S"),
@@ -299,12 +318,13 @@ def page_context(study: Study) -> dict:
         "range_text": range_text,
         "imagenet_note": numbers.imagenet_note(),
         "check_command": CHECK_COMMAND,
-        "demo_scale": demo.get("scale") or "?",
-        "demo_seed": "?" if demo.get("seed") is None else demo.get("seed"),
+        "demo": demo,
         "protocols": "; ".join(protocols),
         "score_columns": (col_a, col_b),
-        "spectra": [(d, study.beyond["spectrum"].get(d)) for d in DATASET_NAMES],
-        "not_run": NOT_RUN,
+        "spectra": list(study.beyond["spectrum"].items()),
+        "not_run": lambda step: (
+            f"skipped (step {step} not selected)" if step in left_out else f"{NOT_RUN} (step {step})"
+        ),
         "logs": os.path.join(study.settings.out_dir, "logs"),
         "tables": {
             "data": data_table(study.data),
@@ -316,7 +336,7 @@ def page_context(study: Study) -> dict:
             "robustness": robustness_table(runs, robustness_runs),
             "steps": steps_table(study.records),
         },
-        "figures": page_figures(study.settings, robustness_runs),
+        "figures": figures,
     }
 
 
@@ -339,6 +359,7 @@ def render(context: dict, html: bool, md_dir: str = ".") -> str:
     env.filters["cell"] = lambda text: str(text).replace("|", "\\|").replace("\n", " ")
     env.filters["relpath"] = lambda path: os.path.relpath(path, md_dir).replace(os.sep, "/")
     env.filters["data_uri"] = _data_uri
+    env.tests["number_like"] = lambda cell: bool(NUMBER_LIKE.match(str(cell)))  # right-aligned in HTML
     text = env.get_template("report.j2").render(context, format="html.j2" if html else "markdown.j2")
     return text if html else re.sub(r"\n{3,}", "\n\n", text).strip() + "\n"  # one blank line between blocks
 

@@ -14,14 +14,14 @@ from dataclasses import asdict, dataclass, field, fields
 import torch
 
 from lib.fileio import atomic_write_json, read_json_object
-from lib.images import CLASS_DIRS, list_images
+from lib.images import class_dirs, list_images
 from lib.study.plan import HERE, Step
 
-STAMP_VERSION = 2
+STAMP_VERSION = 3
 RULE = (
     "a step is skipped when it last finished with the same command, its outputs are still the "
-    "ones it wrote, and its inputs (data, earlier steps' files, its code) are older than that "
-    "run; --force runs it anyway"
+    "ones it wrote, and its inputs (data, earlier steps' files, its code) are still the ones it "
+    "read (size, modification and change time of every file); --force runs it anyway"
 )
 
 
@@ -32,6 +32,7 @@ class Stamp:
     command: list[str]
     started_ns: int
     finished: bool = False
+    inputs: dict[str, str | None] = field(default_factory=dict)  # what it read -> signature at start
     outputs: dict[str, str | None] = field(default_factory=dict)  # path -> signature when done
     seconds: float | None = None  # of the last run that finished
     cpu_seconds: float | None = None
@@ -55,41 +56,39 @@ def missing_sections(path: str, sections: tuple[str, ...], content: dict | None 
     return [name for name in sections if content.get(name) is None]
 
 
-def output_signature(path: str, sections: tuple[str, ...] = ()) -> str | None:
-    """What an output is now: the file's size and modification time, or for sections of a shared
-    JSON (which other steps also write), a digest of those sections. None: missing."""
-    if sections:
-        content = read_json_object(path)
-        if missing_sections(path, sections, content):
-            return None
-        # one section: its digest alone (as stamps of earlier versions recorded it)
-        content = content[sections[0]] if len(sections) == 1 else {name: content[name] for name in sections}
-        return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()
+def file_signature(path: str) -> str | None:
+    """What a file is now: its size, modification time and status-change time (a copy that keeps
+    the modification time, ``cp -p`` or ``rsync -a``, still changes the ctime); None: missing."""
     try:
         st = os.stat(path)
     except OSError:
         return None
-    return f"{st.st_size}:{st.st_mtime_ns}"
+    return f"{st.st_size}:{st.st_mtime_ns}:{st.st_ctime_ns}"
 
 
-def _mtime(path: str) -> int | None:
-    """The file's modification time in ns; None when it is missing."""
-    try:
-        return os.stat(path).st_mtime_ns
-    except OSError:
+def output_signature(path: str, sections: tuple[str, ...] = ()) -> str | None:
+    """What an output is now: the file's signature, or for sections of a shared JSON (which other
+    steps also write), a digest of those sections. None: missing."""
+    if not sections:
+        return file_signature(path)
+    content = read_json_object(path)
+    if missing_sections(path, sections, content):
         return None
+    content = {name: content[name] for name in sections}
+    return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()
 
 
-def data_mtime(folder: str) -> int | None:
-    """The last change in a split folder: its images, and its class folders (an image added or
-    removed changes them)."""
-    times = [_mtime(folder)]
-    for class_dir in CLASS_DIRS:
+def data_signature(folder: str) -> str | None:
+    """A digest of a split folder's images: each one's class folder, name and file signature;
+    None when the folder is missing."""
+    if not os.path.isdir(folder):
+        return None
+    digest = hashlib.sha256()
+    for class_dir in class_dirs(folder) or ():
         path = os.path.join(folder, class_dir)
-        if os.path.isdir(path):
-            times.append(_mtime(path))
-            times += [_mtime(os.path.join(path, name)) for name in list_images(path)]
-    return None if times[0] is None else max(t for t in times if t is not None)
+        for name in list_images(path):
+            digest.update(f"{class_dir}/{name}\0{file_signature(os.path.join(path, name))}\n".encode())
+    return digest.hexdigest()
 
 
 def _module_file(name: str) -> str | None:
@@ -139,15 +138,21 @@ def code_files(script: str) -> tuple[str, ...]:
     return tuple(sorted(seen))
 
 
-def changed_since(step: Step, started_ns: int) -> str | None:
-    """Why the step's inputs are not older than ``started_ns`` (None: none changed since)."""
-    checks = [(f"input {p}", _mtime(p)) for p in step.inputs]
-    checks += [(f"data in {p}", data_mtime(p)) for p in step.data]
-    checks += [(f"code {name}", _mtime(os.path.join(HERE, name))) for name in code_files(step.script)]
-    for what, mtime in checks:
-        if mtime is None:
+def input_signatures(step: Step) -> dict[str, str | None]:
+    """What the step reads, as it is now, each under the name its stale reason gives: the files of
+    earlier steps and the code files (``file_signature``), the split folders (``data_signature``)."""
+    found = {f"input {path}": file_signature(path) for path in step.inputs}
+    found |= {f"data in {path}": data_signature(path) for path in step.data}
+    code = code_files(step.script)
+    return found | {f"code {name}": file_signature(os.path.join(HERE, name)) for name in code}
+
+
+def changed_input(step: Step, recorded: dict) -> str | None:
+    """Why what the step reads is not what it read when ``recorded`` (None: all of it the same)."""
+    for what, signature in input_signatures(step).items():
+        if signature is None:
             return f"{what} is missing"
-        if mtime > started_ns:
+        if signature != recorded.get(what):
             return f"{what} changed"
     return None
 
@@ -170,7 +175,7 @@ class Stamps:
     def start(self, step: Step, previous: Stamp | None) -> Stamp:
         """Record that the step starts now (unfinished until ``finish``); the last finished run's
         usage is kept for the report."""
-        stamp = Stamp(command=step.command, started_ns=time.time_ns())
+        stamp = Stamp(command=step.command, started_ns=time.time_ns(), inputs=input_signatures(step))
         if previous is not None:
             stamp.seconds, stamp.cpu_seconds = previous.seconds, previous.cpu_seconds
             stamp.max_rss_mb = previous.max_rss_mb
@@ -206,7 +211,7 @@ def stale_reason(step: Step, stamp: Stamp | None) -> str | None:
             return f"{path} has no '{missing_sections(path, sections)[0]}' section"
         if signature != stamp.outputs.get(path):
             return f"output {path} was changed since this step made it"
-    return changed_since(step, stamp.started_ns)
+    return changed_input(step, stamp.inputs)
 
 
 def resume_reason(step: Step, stamp: Stamp | None) -> str | None:
@@ -222,7 +227,7 @@ def resume_reason(step: Step, stamp: Stamp | None) -> str | None:
         or stamp.finished
         or stamp.command != step.command
         or stamp.version != STAMP_VERSION
-        or changed_since(step, stamp.started_ns)
+        or changed_input(step, stamp.inputs)
     ):
         return None
     try:
