@@ -27,6 +27,7 @@ and its Grad-CAM target layer; ``utils.load_model(name, pretrained=False)`` must
 
 from __future__ import annotations
 
+import csv
 import importlib
 import itertools
 import json
@@ -265,7 +266,17 @@ class Analysis:
         lambda case: {}
     )  # JSON file in case.out (or STDOUT) -> {section: check}
     prints: Callable[[Case], list[str]] = lambda case: []  # text its stdout must hold
+    tables: Callable[[Case], dict] = lambda case: {}  # CSV file in case.out -> check of its rows
     per_model: bool = True  # False: model-free, one cell instead of one per model
+
+
+def check_scores_csv(rows: list[dict], case: Case) -> None:
+    """One row per test image, its label from its file name, P(fake) the softmax of its two scores."""
+    assert len(rows) == sum(case.counts())
+    for row in rows:
+        assert int(row["label"]) == (os.path.basename(row["path"]).startswith("fake"))
+        scores = torch.tensor([float(row["score_a"]), float(row["score_b"])], dtype=torch.float64)
+        assert math.isclose(float(row["p_fake"]), torch.softmax(scores, 0)[1].item(), rel_tol=1e-5)
 
 
 def metrics_json(case: Case) -> str:
@@ -278,6 +289,7 @@ ANALYSES = (
         lambda c: command_flags(c) + ["-b", "4", "--bootstrap", "20", "--ece_bins", "4"],
         lambda c: [f"{c.stem}_{s}.png" for s in ("roc_curve", "det_curve", "reliability_diagram")],
         lambda c: {metrics_json(c): {"numerical": check_numerical, "uncertainty": check_uncertainty}},
+        tables=lambda c: {f"{c.stem}_scores.csv": check_scores_csv},
     ),
     Analysis(
         "saliency_map",
@@ -437,7 +449,11 @@ def test_command_writes_what_it_promises(analysis, model, matrix_root, trained, 
     assert sorted(os.listdir(case.fig)) == figures
     for name in figures:
         check_png(case.fig / name)
-    assert sorted(os.listdir(case.out)) == files
+    tables = analysis.tables(case)
+    assert sorted(os.listdir(case.out)) == sorted(files + list(tables))
+    for name, check in tables.items():
+        with open(case.out / name, newline="") as handle:
+            check(list(csv.DictReader(handle)), case)
     for where, checks in promised.items():
         document = json.loads(case.stdout if where == STDOUT else (case.out / where).read_text())
         if where != STDOUT:
