@@ -45,10 +45,10 @@ def build_parser() -> ArgumentParser:
     add_analysis_flags(parser)
     parser.add_argument(
         "--target_layer",
-        default=gradcam.DEFAULT_TARGET_LAYER,
-        help="dotted module path of the Grad-CAM layer (the study: conv3 for both "
-        "models; e.g. block12.rep.4 for XceptionBased); a wrong name lists "
-        "the convolution layers",
+        default=None,
+        help="dotted module path of the Grad-CAM layer (e.g. block12.rep.4 for XceptionBased); "
+        f"default: the model's ({gradcam.default_layers_text()}; conv3 is the study's); a wrong "
+        "name lists the convolution layers",
     )
     parser.add_argument(
         "--seed",
@@ -88,6 +88,7 @@ def build_parser() -> ArgumentParser:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    args.target_layer = gradcam.target_layer_name(args.model, args.target_layer)
     device, model, dataset = load_analysis_inputs(args)
     layer = gradcam.resolve_layer(model, args.target_layer)
     title = names.describe(args.dataset, args.model)

@@ -106,8 +106,9 @@ def build_parser() -> ArgumentParser:
     )
     parser.add_argument(
         "--target_layer",
-        default=gradcam.DEFAULT_TARGET_LAYER,
-        help="Grad-CAM layer (dotted module path) for --grad_cam",
+        default=None,
+        help=f"Grad-CAM layer (dotted module path) for --grad_cam; default: the model's "
+        f"({gradcam.default_layers_text()})",
     )
     parser.add_argument(
         "--json", action="store_true", help="print one JSON document on stdout instead of text lines"
@@ -362,6 +363,7 @@ def main(argv=None) -> int:
     if args.crop_faces or videos:  # before the model: fail fast
         detector = face_detectors.make_detector(args.detector, device, args.min_face)
     model = load_checkpoint_model(args, device)
+    args.target_layer = gradcam.target_layer_name(args.model, args.target_layer)
     layer = gradcam.resolve_layer(model, args.target_layer) if args.grad_cam else None
     if layer is not None and videos:
         print("predict.py: note: --grad_cam draws overlays for images only", file=sys.stderr)

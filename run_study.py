@@ -242,9 +242,10 @@ def main(argv: list[str] | None = None) -> int:
 def model_facts() -> dict:
     """The models' numbers the study asks for, computed from freshly built (random-init) models:
     trainable parameters of both, the head's input features, the Xception backbone's parameters
-    (with its 1000-class classifier, as the study counts it) and the MLP head's parameters."""
+    (with its 1000-class classifier, as the study counts it) and the MLP head's parameters; then
+    the trainable parameters of every other model of the registry, with its default head."""
     import xception
-    from utils import get_nof_params, load_model
+    from utils import MODEL_NAMES, get_nof_params, load_model
 
     xception_based = load_model("XceptionBased", pretrained=False)
     return {
@@ -253,6 +254,11 @@ def model_facts() -> dict:
         "head_in_features": xception_based.fc[0].in_features,
         "backbone_params": get_nof_params(xception.Xception()),
         "head_params": get_nof_params(xception_based.fc),
+        **{
+            name: get_nof_params(load_model(name, pretrained=False))
+            for name in MODEL_NAMES
+            if name not in ("SimpleNet", "XceptionBased")
+        },
     }
 
 

@@ -1,4 +1,5 @@
-"""Train SimpleNet or XceptionBased on one dataset (docs/design.md#training-protocol).
+"""Train a model (SimpleNet, XceptionBased or a torchvision backbone) on one dataset
+(docs/design.md#training-protocol).
 
     python train_main.py -m SimpleNet -d fakes_dataset -o Adam --lr 0.001 -b 32 -e 5
 
@@ -19,10 +20,12 @@ from lib.cli import (
     ArgumentParser,
     UserError,
     add_debug_flag,
+    jpeg_quality,
     non_negative_float,
     non_negative_int,
     positive_float,
     positive_int,
+    probability,
     run_cli,
     seed_int,
 )
@@ -31,6 +34,7 @@ from lib.epoch_log import EpochLog
 from lib.flags import add_data_root_flag, add_dataset_flag
 from lib.memory import add_activation_checkpointing_flag, apply_image_cache, resolve_activation_checkpointing
 from lib.metrics import fmt
+from lib.model_specs import HEAD_NAMES, MODEL_SPECS, model_spec, resolve_head
 from lib.optim import (
     make_optimizer,
     resolved_weight_decay,
@@ -41,6 +45,7 @@ from lib.train_options import (
     training_protocol,
     training_setup,
 )
+from lib.transforms import Degradations
 from trainer import LoggingParameters, Trainer, check_output_paths, json_safe_optimizer_params, run_paths
 from utils import (
     MODEL_NAMES,
@@ -67,7 +72,13 @@ def build_parser() -> ArgumentParser:
         help="training batch size (global: split across torchrun processes)",
     )
     course.add_argument("--epochs", "-e", default=2, type=positive_int, help="number of epochs")
-    course.add_argument("--model", "-m", default="SimpleNet", choices=MODEL_NAMES, help="model to train")
+    course.add_argument(
+        "--model",
+        "-m",
+        default="SimpleNet",
+        choices=MODEL_NAMES,
+        help="model to train: the study's SimpleNet or XceptionBased, or a torchvision backbone",
+    )
     course.add_argument(
         "--optimizer",
         "-o",
@@ -80,6 +91,7 @@ def build_parser() -> ArgumentParser:
     add_training_option_flags(
         parser.add_argument_group("training options (all off by default: the course's)")
     )
+    _add_augmentation_flags(parser.add_argument_group("training augmentation (off by default)"))
     _add_data_flags(parser.add_argument_group("data"))
     _add_speed_flags(parser.add_argument_group("speed and memory"))
     output = parser.add_argument_group("output")
@@ -105,9 +117,24 @@ def _add_protocol_flags(group) -> None:
         "hub cache, then a download)",
     )
     group.add_argument(
+        "--pretrained_weights",
+        default=None,
+        metavar="PATH",
+        help="ImageNet weights file of -m (else, for a torchvision backbone, torchvision's cache "
+        "$TORCH_HOME/hub/checkpoints, then a download)",
+    )
+    group.add_argument(
         "--no_pretrained",
         action="store_true",
-        help="XceptionBased from random initialisation (the study: stays near chance)",
+        help="XceptionBased or a torchvision backbone from random initialisation instead of "
+        "ImageNet weights (the study: XceptionBased then stays near chance)",
+    )
+    group.add_argument(
+        "--head",
+        default=None,
+        choices=HEAD_NAMES,
+        help="head of a torchvision backbone: linear (Linear(F, 2), the default, as in the "
+        "field's detectors) or mlp (XceptionBased's MLP head); SimpleNet and XceptionBased keep theirs",
     )
     group.add_argument(
         "--resume", action="store_true", help="continue the interrupted run from checkpoints/<...>_last.pt"
@@ -128,6 +155,50 @@ def _add_protocol_flags(group) -> None:
         "course's behaviour) keeps the running averages of training. Matters "
         "for XceptionBased on small datasets; SimpleNet has no BatchNorm",
     )
+
+
+def _add_augmentation_flags(group) -> None:
+    """CNNDetection's blur and JPEG augmentation of the training images (docs/design.md#degradations)."""
+    group.add_argument(
+        "--blur_prob",
+        default=0.0,
+        type=probability,
+        help="probability of a Gaussian blur of each training image (CNNDetection: 0.5); 0: off",
+    )
+    group.add_argument(
+        "--blur_sigma",
+        nargs=2,
+        default=[0.0, 3.0],
+        type=non_negative_float,
+        metavar=("LOW", "HIGH"),
+        help="its sigma in pixels, uniform from LOW to HIGH (default 0 3)",
+    )
+    group.add_argument(
+        "--jpeg_prob",
+        default=0.0,
+        type=probability,
+        help="probability of a JPEG round trip of each training image, after the blur "
+        "(CNNDetection: 0.5); 0: off",
+    )
+    group.add_argument(
+        "--jpeg_quality",
+        nargs=2,
+        default=[30, 100],
+        type=jpeg_quality,
+        metavar=("LOW", "HIGH"),
+        help="its quality, an integer uniform from LOW to HIGH (default 30 100)",
+    )
+
+
+def degradations_of(args) -> Degradations | None:
+    """The training augmentation the flags ask for; None when both probabilities are 0 (the
+    study's transform). A range whose LOW exceeds its HIGH is a ``UserError``."""
+    for flag, (low, high) in (("--blur_sigma", args.blur_sigma), ("--jpeg_quality", args.jpeg_quality)):
+        if low > high:
+            raise UserError(f"{flag} {low:g} {high:g}: LOW must not exceed HIGH")
+    if not (args.blur_prob or args.jpeg_prob):
+        return None
+    return Degradations(args.blur_prob, tuple(args.blur_sigma), args.jpeg_prob, tuple(args.jpeg_quality))
 
 
 def _add_data_flags(group) -> None:
@@ -200,37 +271,61 @@ def trainer_options(args, device: torch.device) -> dict:
     )
 
 
+def weights_path(args) -> str | None:
+    """The ImageNet weights file asked for: ``--pretrained_weights``, else XceptionBased's
+    ``--xception_weights``. A file for a model without ImageNet weights, or XceptionBased's flag
+    given for another model, is a ``UserError``."""
+    if args.pretrained_weights and not model_spec(args.model).imagenet:
+        raise UserError(f"--pretrained_weights: {args.model} has no ImageNet weights; drop the flag")
+    if args.xception_weights and args.model != "XceptionBased" and model_spec(args.model).imagenet:
+        raise UserError(
+            f"--xception_weights is for XceptionBased; pass --pretrained_weights PATH for {args.model}"
+        )
+    return args.pretrained_weights or (args.xception_weights if args.model == "XceptionBased" else None)
+
+
 def check_weights(args) -> int:
     """``--check_weights``: where the ImageNet weights of ``-m`` come from, as one JSON line."""
-    import xception
+    from lib.torchvision_weights import PretrainedWeightsError
+    from xception import XceptionWeightsError
 
-    if args.model != "XceptionBased":
+    if not model_spec(args.model).imagenet:
         result = {"found": False, "error": f"{args.model} has no ImageNet weights (it trains from scratch)"}
     else:
         try:
-            model = xception.build_xception_backbone(
-                pretrained=True, weights_path=args.xception_weights, allow_missing_classifier=True
-            )
+            model = load_model(args.model, pretrained=True, weights_path=weights_path(args), head=args.head)
             result = {
                 "found": True,
                 "source": str(model.weights_info.source),
                 "origin": model.weights_info.origin,
             }
-        except xception.XceptionWeightsError as exc:
+        except (XceptionWeightsError, PretrainedWeightsError) as exc:
             result = {"found": False, "error": str(exc)}
     print(json.dumps(result))
     return 0
+
+
+def check_model_flags(args) -> None:
+    """Refuse, before anything is read, flags the model cannot take: ``--head``, a weights file,
+    ``--activation_checkpointing on``, a reversed augmentation range (one-line ``UserError``)."""
+    resolve_head(args.model, args.head)
+    weights_path(args)
+    degradations_of(args)
+    if args.activation_checkpointing == "on" and not model_spec(args.model).activation_checkpointing:
+        supported = ", ".join(name for name, spec in MODEL_SPECS.items() if spec.activation_checkpointing)
+        torchvision = model_spec(args.model).torchvision
+        why = "not implemented for torchvision backbones" if torchvision else "whose activations are small"
+        raise UserError(
+            f"--activation_checkpointing: only {supported} supports it, not {args.model} ({why}); "
+            "drop the flag"
+        )
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.check_weights:
         return check_weights(args)
-    if args.activation_checkpointing == "on" and args.model != "XceptionBased":
-        raise UserError(
-            f"--activation_checkpointing: only XceptionBased supports it, not {args.model} "
-            "(whose activations are small); drop the flag"
-        )
+    check_model_flags(args)
     check_training_options(args)
     epoch_log = EpochLog(args.tensorboard)  # a missing tensorboard package stops the run here
     device = init_distributed(args.device)
@@ -252,8 +347,15 @@ def _train(args, device: torch.device, epoch_log: EpochLog) -> int:
             create=False,
         )
     set_seed(args.seed)
+    degradations = degradations_of(args)
     datasets = [
-        load_dataset(args.dataset, part, args.data_root, skip_corrupt=args.skip_corrupt)
+        load_dataset(
+            args.dataset,
+            part,
+            args.data_root,
+            skip_corrupt=args.skip_corrupt,
+            degradations=degradations if part == "train" else None,
+        )
         for part in ("train", "val", "test")
     ]
     datasets[0].require_both_classes()  # a one-class training would learn nothing worth a word
@@ -261,13 +363,7 @@ def _train(args, device: torch.device, epoch_log: EpochLog) -> int:
         datasets, args.cache_images, args.cache_limit_gb, progress=is_main and not args.no_progress
     )
     set_seed(args.seed)  # the same initial weights whatever was read above
-    model = load_model(args.model, pretrained=not args.no_pretrained, weights_path=args.xception_weights)
-    if args.model == "XceptionBased" and args.no_pretrained and is_main:
-        print(
-            "WARNING: XceptionBased from random initialisation (--no_pretrained); "
-            "the study shows this stays near chance (50-60 %)",
-            file=sys.stderr,
-        )
+    model = build_model(args, is_main)
     checkpointing = _activation_checkpointing(args, device, datasets, is_main)
     if checkpointing:
         model.set_activation_checkpointing(True)
@@ -298,7 +394,8 @@ def _train(args, device: torch.device, epoch_log: EpochLog) -> int:
             "argv": sys.argv,
             "protocol": protocol(args),
             "precise_bn": args.precise_bn,
-            "pretrained": args.model == "XceptionBased" and not args.no_pretrained,
+            "pretrained": model_spec(args.model).imagenet and not args.no_pretrained,
+            "head": resolve_head(args.model, args.head),
             "n_params": get_nof_params(model),
             "activation_checkpointing": checkpointing,
         },
@@ -317,9 +414,29 @@ def _train(args, device: torch.device, epoch_log: EpochLog) -> int:
     return 0
 
 
+def build_model(args, is_main: bool) -> torch.nn.Module:
+    """The model of ``-m`` with ``--head``, from ImageNet weights unless ``--no_pretrained``; says
+    loudly when a model meant for ImageNet weights starts from random initialisation, and where a
+    torchvision backbone's weights came from."""
+    spec = model_spec(args.model)
+    pretrained = spec.imagenet and not args.no_pretrained
+    model = load_model(args.model, pretrained=pretrained, weights_path=weights_path(args), head=args.head)
+    if spec.imagenet and args.no_pretrained and is_main:
+        why = (
+            "the study shows this stays near chance (50-60 %)"
+            if args.model == "XceptionBased"
+            else "the field's results with it start from ImageNet weights"
+        )
+        print(f"WARNING: {args.model} from random initialisation (--no_pretrained); {why}", file=sys.stderr)
+    if pretrained and spec.torchvision and is_main:
+        info = model.weights_info
+        print(f"note: {args.model}: ImageNet weights {info.source} (from {info.origin})", file=sys.stderr)
+    return model
+
+
 def _activation_checkpointing(args, device: torch.device, datasets, is_main: bool) -> bool:
-    """Whether XceptionBased trains with activation checkpointing (--activation_checkpointing),
-    saying why when 'auto' turns it on."""
+    """Whether the model (XceptionBased: the one that supports it) trains with activation
+    checkpointing (--activation_checkpointing), saying why when 'auto' turns it on."""
     # Each process trains batch / world size images; on the CPU the processes of a node share its RAM.
     per_process_batch = max(1, args.batch_size // int(os.environ.get("WORLD_SIZE", "1")))
     processes = int(os.environ.get("LOCAL_WORLD_SIZE", "1")) if device.type == "cpu" else 1
@@ -345,7 +462,8 @@ def _activation_checkpointing(args, device: torch.device, datasets, is_main: boo
 
 def protocol(args) -> dict:
     """The flags that define a run (flag name -> value): --resume must give the same ones. The data
-    root is resolved to a real path; momentum counts for SGD only."""
+    root is resolved to a real path; momentum counts for SGD only, an augmentation's range only
+    when its probability is not 0."""
     return {
         "model": args.model,
         "dataset": args.dataset,
@@ -357,6 +475,11 @@ def protocol(args) -> dict:
         "precise_bn": args.precise_bn,
         "data_root": os.path.realpath(resolve_data_root(args.data_root)),
         **training_protocol(args),
+        "head": resolve_head(args.model, args.head),
+        "blur_prob": args.blur_prob,
+        "blur_sigma": list(args.blur_sigma) if args.blur_prob else None,
+        "jpeg_prob": args.jpeg_prob,
+        "jpeg_quality": list(args.jpeg_quality) if args.jpeg_prob else None,
     }
 
 

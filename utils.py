@@ -28,6 +28,7 @@ from lib.data_root import (  # noqa: F401  (re-exported)
     resolve_data_root,
 )
 from lib.device import get_device, resolve_channels_last, set_seed  # noqa: F401
+from lib.model_specs import model_spec
 from lib.names import (  # noqa: F401  (re-exported)
     DATASET_NAMES,
     DATASET_TITLES,
@@ -41,19 +42,20 @@ from lib.names import (  # noqa: F401  (re-exported)
     spectrum_paths,
 )
 from lib.scores import require_finite_outputs
-from lib.transforms import StudyTransform
+from lib.transforms import Degradations, StudyTransform
 
 
 # ----------------------------------------------------------------------------- transforms
-def get_transforms(dataset_part: str) -> StudyTransform:
+def get_transforms(dataset_part: str, degradations: Degradations | None = None) -> StudyTransform:
     """The study's transforms, applied to a uint8 3x256x256 tensor (or a PIL image).
 
     train: RandomCrop(256, padding=4), RandomHorizontalFlip, to float in [0, 1], Normalize.
     val/test: to float in [0, 1], Normalize. Cropping and flipping the uint8 image before the
     float conversion gives the same numbers as the course order (ToTensor first) but is cheaper.
+    ``degradations`` (train only) adds the blur and JPEG augmentation before the crop.
     """
     check_name("split", dataset_part, SPLITS)
-    return StudyTransform(train=dataset_part == "train")
+    return StudyTransform(train=dataset_part == "train", degradations=degradations)
 
 
 # ----------------------------------------------------------------------------- data
@@ -69,8 +71,10 @@ def load_dataset(
     data_root: str | None = None,
     cache_images: bool = False,
     skip_corrupt: bool = False,
+    degradations: Degradations | None = None,
 ) -> FacesDataset:
-    """The ``FacesDataset`` of one split, with the train transform for train, else the test one."""
+    """The ``FacesDataset`` of one split, with the train transform for train (with ``degradations``
+    when given), else the test one."""
     path = split_path(dataset_name, dataset_part, data_root)
     if not os.path.isdir(path):
         raise DataError(
@@ -78,19 +82,23 @@ def load_dataset(
             f"{{train,val,test}}/{{real,fake}}/; {DEMO_HINT}"
         )
     return FacesDataset(
-        path, transform=get_transforms(dataset_part), cache_images=cache_images, skip_corrupt=skip_corrupt
+        path,
+        transform=get_transforms(dataset_part, degradations),
+        cache_images=cache_images,
+        skip_corrupt=skip_corrupt,
     )
 
 
 # ----------------------------------------------------------------------------- models
-def load_model(model_name: str, pretrained: bool = True, weights_path: str | None = None) -> torch.nn.Module:
-    """Build only the model asked for. SimpleNet never touches Xception weights."""
+def load_model(
+    model_name: str, pretrained: bool = True, weights_path: str | None = None, head: str | None = None
+) -> torch.nn.Module:
+    """Build only the model asked for (``lib.model_specs``), with ``head`` (None: the model's
+    default). SimpleNet never touches ImageNet weights; ``pretrained=False`` never looks for any."""
     check_name("model", model_name, MODEL_NAMES)
     import models  # late import: keeps `utils` light for scripts that only read data
 
-    if model_name == "SimpleNet":
-        return models.SimpleNet()
-    return models.get_xception_based_model(pretrained=pretrained, weights_path=weights_path)
+    return models.build_model(model_name, head=head, pretrained=pretrained, weights_path=weights_path)
 
 
 def get_nof_params(model: torch.nn.Module) -> int:
@@ -109,7 +117,8 @@ def checkpoint_bytes(model_name: str) -> int:
 def load_model_from_checkpoint(
     model_name: str, checkpoint_path: str, device: torch.device | str = "cpu", checkpoint: dict | None = None
 ) -> torch.nn.Module:
-    """Build ``model_name`` without pretrained weights, load the checkpoint's ``model``, eval mode.
+    """Build ``model_name`` without pretrained weights, with the checkpoint's head (its ``head``
+    entry, else read off its keys), load the checkpoint's ``model``, eval mode.
     ``checkpoint``: the file's content when the caller has read it already (``load_checkpoint``).
 
     On the CPU and CUDA the model is channels-last (its inputs may stay NCHW): the analysis runs
@@ -122,7 +131,8 @@ def load_model_from_checkpoint(
     found = checkpoint.get("model_name") or model_name_of_state_dict(state_dict)
     if found and found != model_name:
         raise WrongModelError(checkpoint_path, found, model_name)
-    model = load_model(model_name, pretrained=False)
+    head = checkpoint.get("head") or model_spec(model_name).head_of(state_dict)
+    model = load_model(model_name, pretrained=False, head=head)
     mismatch = state_dict_mismatch(model, state_dict)
     if mismatch:
         raise UserError(

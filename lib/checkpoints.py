@@ -9,6 +9,7 @@ import zipfile
 import torch
 
 from lib.cli import UserError, first_line, note
+from lib.model_specs import spec_of_state_dict
 from lib.names import COURSE_CHECKPOINT, MODEL_NAMES, OPTIMIZER_NAMES, output_stem
 
 MAX_DECLARED_BYTES = 4 * 1024**3
@@ -195,13 +196,9 @@ def state_dict_mismatch(model: torch.nn.Module, state_dict) -> str | None:
 
 
 def model_name_of_state_dict(state_dict: dict) -> str | None:
-    """Which of our models a state dict belongs to, from its keys."""
-    keys = set(state_dict)
-    if "fc1.weight" in keys and "conv1.weight" in keys:
-        return "SimpleNet"
-    if "block1.skip.weight" in keys:
-        return "XceptionBased"
-    return None
+    """Which of our models a state dict belongs to, from its keys (``lib.model_specs``)."""
+    spec = spec_of_state_dict(state_dict)
+    return spec.name if spec else None
 
 
 class WrongModelError(UserError):

@@ -138,6 +138,22 @@ def declared_spelling(arg: str, known: set[str]) -> str:
     return arg
 
 
+def probability(text: str) -> float:
+    """argparse type: a finite float from 0 to 1."""
+    value = _finite_float(text)
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"must be from 0 to 1, got {text}")
+    return value
+
+
+def jpeg_quality(text: str) -> int:
+    """argparse type: a JPEG quality, an integer from 1 to 100."""
+    value = _int_at_least(text, 1, "from 1 to 100")
+    if value > 100:
+        raise argparse.ArgumentTypeError(f"must be from 1 to 100, got {value}")
+    return value
+
+
 class ArgumentParser(argparse.ArgumentParser):
     """argparse with the habits of PyTorch users (docs/design.md#command-line-habits): one-line
     errors, ``<prog>: error: <message> (see --help)``, that suggest the nearest flag to a misspelt

@@ -11,8 +11,20 @@ import torch
 from torch import nn
 
 from lib.cli import UserError
+from lib.model_specs import MODEL_SPECS, model_spec
 
-DEFAULT_TARGET_LAYER = "conv3"  # the study's Grad-CAM layer, for both models
+DEFAULT_TARGET_LAYER = "conv3"  # the study's Grad-CAM layer, for both its models
+
+
+def default_layers_text() -> str:
+    """How --help names each model's default Grad-CAM layer: ``conv3 for SimpleNet, ...``."""
+    return ", ".join(f"{spec.grad_cam_layer} for {name}" for name, spec in MODEL_SPECS.items())
+
+
+def target_layer_name(model_name: str, given: str | None) -> str:
+    """``--target_layer`` as given, else the model's default Grad-CAM layer (``lib.model_specs``:
+    the study's conv3 for its two models, the last convolution stage of a torchvision backbone)."""
+    return given or model_spec(model_name).grad_cam_layer
 
 
 def conv_layer_names(model: nn.Module) -> list[str]:

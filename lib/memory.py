@@ -9,6 +9,7 @@ import sys
 import torch
 
 from lib.cli import check_name
+from lib.model_specs import MODEL_SPECS
 
 
 def proc_bytes(path: str, key: str) -> int | None:
@@ -89,8 +90,9 @@ def resolve_activation_checkpointing(
 ) -> tuple[bool, str | None]:
     """Whether to train with activation checkpointing, and a note saying why when 'auto' turns it on.
 
-    'on'/'off' as given; 'auto' turns it on only for XceptionBased when its training needs more
-    memory (``batch_size`` x ``XCEPTION_TRAIN_BYTES_PER_IMAGE`` + 1 GiB headroom, times
+    'on'/'off' as given; 'auto' turns it on only for a model that supports it (``lib.model_specs``:
+    XceptionBased) when its training needs more memory (``batch_size`` x
+    ``XCEPTION_TRAIN_BYTES_PER_IMAGE`` + 1 GiB headroom, times
     ``processes`` sharing the memory, plus ``extra_bytes`` that will be allocated there later,
     such as the image cache the Trainer copies to the GPU) than is ``available`` (default:
     ``available_memory_bytes``). Checkpointing gives the same results, so 'auto' only trades
@@ -99,7 +101,8 @@ def resolve_activation_checkpointing(
     check_name("activation checkpointing setting", setting, ACTIVATION_CHECKPOINTING_SETTINGS)
     if setting != "auto":
         return setting == "on", None
-    if model_name != "XceptionBased":
+    spec = MODEL_SPECS.get(model_name)
+    if spec is None or not spec.activation_checkpointing:  # only XceptionBased implements it
         return False, None
     available = available_memory_bytes(device) if available is None else available
     need = processes * (batch_size * XCEPTION_TRAIN_BYTES_PER_IMAGE + 1024**3) + extra_bytes

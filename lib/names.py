@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import os
 
+from lib.model_specs import MODEL_SPECS
+
 DATASET_NAMES = ("fakes_dataset", "synthetic_dataset")
 SPLITS = ("train", "val", "test")
-MODEL_NAMES = ("SimpleNet", "XceptionBased")
+MODEL_NAMES = tuple(MODEL_SPECS)  # the registry's order: the course's two, then the torchvision backbones
 OPTIMIZER_NAMES = ("SGD", "Adam", "AdamW")
 DATASET_TITLES = {"fakes_dataset": "Deepfakes dataset", "synthetic_dataset": "Synthetic images dataset"}
 

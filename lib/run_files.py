@@ -198,6 +198,7 @@ def save_best(path: str, model: nn.Module, run: dict, val_acc: float, test_acc: 
     best.update(
         model_name=run["model"], dataset=run["dataset"], optimizer=run["optimizer"], run_id=run["run_id"]
     )
+    best["head"] = run.get("head")  # what the analyses rebuild (lib.model_specs; None: a fixed model)
     atomic_torch_save(best, path)
 
 
@@ -239,6 +240,7 @@ def save_last(
     if scheduler is not None:
         state["scheduler"] = scheduler.state_dict()
     state.update(best_val_acc=best_val, run=run, rng=_rng_to_safe(rng_state()), model_name=run["model"])
+    state["head"] = run.get("head")
     atomic_torch_save(state, path)
 
 

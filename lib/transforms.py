@@ -8,10 +8,14 @@ training runs; the analyses normalise with ``normalize_batch``.
 
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass
+
 import numpy as np
 import torch
 from torch.nn import functional as F
 from torchvision.transforms import v2
+from torchvision.transforms.v2 import functional as TF
 
 from lib.cli import UserError
 from lib.images import IMAGE_SIZE
@@ -151,11 +155,119 @@ def _crop_twin(step: v2.RandomCrop) -> RandomCropUint8:
     return RandomCropUint8(padding[0])
 
 
+# ----------------------------------------------------------------------------- degradations
+def blur_kernel_size(sigma: float) -> int:
+    """The Gaussian kernel's width for ``sigma`` pixels: 2 ceil(3 sigma) + 1, as robustness_analysis.py
+    blurs (docs/design.md#degradations)."""
+    return 2 * math.ceil(3 * sigma) + 1
+
+
+def gaussian_blur(image: torch.Tensor, sigma: float) -> torch.Tensor:
+    """``v2.functional.gaussian_blur`` of one image (or a batch) with ``sigma`` pixels and a kernel
+    of ``blur_kernel_size(sigma)``; sigma 0 leaves the image as it is."""
+    if sigma <= 0:
+        return image
+    size = blur_kernel_size(sigma)
+    return TF.gaussian_blur(image, [size, size], [sigma, sigma])
+
+
+class GaussianBlurSigma(v2.Transform):
+    """A Gaussian blur whose sigma is drawn uniformly from ``sigma`` = (low, high), low = 0 allowed
+    (CNNDetection's [0, 3]; ``v2.GaussianBlur`` wants sigma > 0 and one kernel size for all sigmas).
+    Applied with a probability as ``v2.RandomApply([GaussianBlurSigma(...)], p)``."""
+
+    def __init__(self, sigma: tuple[float, float]):
+        super().__init__()
+        self.sigma = (float(sigma[0]), float(sigma[1]))
+
+    def make_params(self, flat_inputs) -> dict:
+        return {"sigma": float(torch.empty(()).uniform_(*self.sigma))}
+
+    def transform(self, inpt, params: dict):
+        return gaussian_blur(inpt, params["sigma"])
+
+
+@dataclass(frozen=True)
+class Degradations:
+    """CNNDetection's training augmentation (docs/design.md#degradations): a Gaussian blur (sigma
+    uniform in ``blur_sigma``) with probability ``blur_prob``, then a JPEG round trip (quality
+    uniform in ``jpeg_quality``, both ends included) with probability ``jpeg_prob``, before the
+    crop and flip. Off (no step at all) at probability 0."""
+
+    blur_prob: float = 0.0
+    blur_sigma: tuple[float, float] = (0.0, 3.0)
+    jpeg_prob: float = 0.0
+    jpeg_quality: tuple[int, int] = (30, 100)
+
+    def steps(self) -> list:
+        """The torchvision steps: ``RandomApply`` of the blur and of ``v2.JPEG``, those with p > 0."""
+        steps = []
+        if self.blur_prob > 0:
+            steps.append(v2.RandomApply([GaussianBlurSigma(self.blur_sigma)], p=self.blur_prob))
+        if self.jpeg_prob > 0:
+            steps.append(v2.RandomApply([v2.JPEG(quality=tuple(self.jpeg_quality))], p=self.jpeg_prob))
+        return steps
+
+
+class RandomBlurUint8:
+    """Twin of ``RandomApply([GaussianBlurSigma((low, high))], p)``: rows (applied, sigma)."""
+
+    n_params = 2
+
+    def __init__(self, p: float, low: float, high: float):
+        self.p, self.low, self.high = p, low, high
+
+    def draw(self, n: int, generator: torch.Generator) -> torch.Tensor:
+        applied = torch.rand(n, generator=generator, dtype=torch.float64) < self.p
+        sigma = self.low + (self.high - self.low) * torch.rand(n, generator=generator, dtype=torch.float64)
+        return torch.stack([applied.double(), sigma], 1)
+
+    def __call__(self, images: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
+        out = images.clone()
+        for k, (applied, sigma) in enumerate(params.tolist()):
+            if applied:  # one sigma, so one kernel, per image: v2.functional.gaussian_blur image by image
+                out[k] = gaussian_blur(images[k], sigma)
+        return out
+
+
+class RandomJPEGUint8:
+    """Twin of ``RandomApply([v2.JPEG((low, high))], p)``: rows (applied, quality). The round trip
+    runs on the CPU (libjpeg, as ``v2.JPEG``), whatever the batch's device."""
+
+    n_params = 2
+
+    def __init__(self, p: float, low: int, high: int):
+        self.p, self.low, self.high = p, low, high
+
+    def draw(self, n: int, generator: torch.Generator) -> torch.Tensor:
+        applied = torch.rand(n, generator=generator, dtype=torch.float64) < self.p
+        quality = torch.randint(self.low, self.high + 1, (n,), generator=generator)
+        return torch.stack([applied.double(), quality.double()], 1)
+
+    def __call__(self, images: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
+        out = images.cpu().clone()
+        for k, (applied, quality) in enumerate(params.tolist()):
+            if applied:
+                out[k] = TF.jpeg(out[k], int(quality))
+        return out.to(images.device)
+
+
+def _random_apply_twin(step: v2.RandomApply):
+    """The twin of a RandomApply of one ``GaussianBlurSigma`` or one ``v2.JPEG``; others are refused."""
+    inner = list(step.transforms)
+    if len(inner) == 1 and type(inner[0]) is GaussianBlurSigma:
+        return RandomBlurUint8(step.p, *inner[0].sigma)
+    if len(inner) == 1 and type(inner[0]) is v2.JPEG:
+        return RandomJPEGUint8(step.p, *inner[0].quality)
+    raise _no_twin(step, " (only RandomApply of one GaussianBlurSigma or one JPEG has one)")
+
+
 # Each random per-image step the study transform may hold -> its batched twin (a step of another
 # type is refused, never left out): adding a random step means adding its twin here.
 BATCHED_TWINS = {
     v2.RandomCrop: _crop_twin,
     v2.RandomHorizontalFlip: lambda step: RandomHorizontalFlipUint8(step.p),
+    v2.RandomApply: _random_apply_twin,
 }
 
 
@@ -224,7 +336,8 @@ def _no_twin(step, where: str) -> UserError:
 
 
 class StudyTransform(v2.Compose):
-    """The study's transform of one split (docs/design.md#transforms); ``train`` says whether it augments.
+    """The study's transform of one split (docs/design.md#transforms); ``train`` says whether it
+    augments, ``degradations`` adds the blur and JPEG training augmentation (off by default).
 
     Applied to one image (``FacesDataset`` hands it the uint8 tensor) it runs its torchvision
     steps. The Trainer runs ``batched()`` instead: the same steps as batch operations on uint8.
@@ -232,9 +345,12 @@ class StudyTransform(v2.Compose):
 
     takes_uint8_tensor = True  # FacesDataset hands it the uint8 tensor, not a PIL image
 
-    def __init__(self, train: bool):
+    def __init__(self, train: bool, degradations: Degradations | None = None):
+        if degradations is not None and not train:
+            raise ValueError("StudyTransform: degradations are a training augmentation (train=True)")
         steps = [v2.ToImage()]
         if train:
+            steps += (degradations or Degradations()).steps()  # none by default: the study's transform
             steps += [v2.RandomCrop(IMAGE_SIZE, padding=CROP_PADDING), v2.RandomHorizontalFlip()]
         steps += [v2.ToDtype(torch.float32, scale=True), v2.Normalize(NORMALIZE_MEAN, NORMALIZE_STD)]
         super().__init__(steps)

@@ -67,6 +67,8 @@ class Model:
 MODELS = (
     Model("SimpleNet", "fakes_dataset"),
     Model("XceptionBased", "synthetic_dataset"),
+    Model("resnet50", "fakes_dataset", "layer4"),  # the torchvision backbones, default (linear) head
+    Model("efficientnet_b4", "synthetic_dataset", "features.8"),
 )
 
 

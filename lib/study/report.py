@@ -19,7 +19,7 @@ import jinja2
 
 from lib.fileio import atomic_write_json, atomic_write_text
 from lib.metrics import fmt
-from lib.names import DATASET_NAMES, SAMPLES_FIGURE, SPLITS, dataset_title
+from lib.names import DATASET_NAMES, MODEL_NAMES, SAMPLES_FIGURE, SPLITS, dataset_title
 from lib.study import numbers, plan
 from lib.study.data import DataChoice
 from lib.study.numbers import RunNumbers, finite, range_text, study_reference
@@ -144,6 +144,8 @@ def models_table(facts: dict) -> Table:
         ("Q24: MLP head parameters", "head_params"),
     )
     rows = [[label, f"{facts.get(key, 0):,}", f"{numbers.STUDY_MODEL_FACTS[key]:,}"] for label, key in labels]
+    others = [name for name in MODEL_NAMES if name in facts and name not in numbers.STUDY_MODEL_FACTS]
+    rows += [[f"{name} (default head): trainable parameters", f"{facts[name]:,}", "-"] for name in others]
     return Table(["", "computed", "study"], rows)
 
 
