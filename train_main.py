@@ -16,6 +16,7 @@ import sys
 import torch
 from torch import nn
 
+from lib import run_files
 from lib.cli import (
     ArgumentParser,
     UserError,
@@ -299,9 +300,17 @@ def _train(args, device: torch.device) -> int:
         print(
             f"done: best val epoch {best}, val acc {run['best_val_acc']:.2f}%, test acc at that epoch "
             f"{run['test_acc_at_best']:.2f}%, test AUC(fake) {fmt(auc)}; "
-            f"json {paths.json}; checkpoint {paths.best}"
+            f"json {paths.json}; {best_checkpoint_words(paths.best, run)}"
         )
     return 0
+
+
+def best_checkpoint_words(path: str, run: dict) -> str:
+    """How the done: line names the run's best checkpoint: never a file that is missing or
+    holds another run."""
+    if run_files.run_id_of(path) == run["run_id"]:
+        return f"checkpoint {path}"
+    return f"no best checkpoint of this run (not in {path})"
 
 
 def _activation_checkpointing(args, device: torch.device, datasets, is_main: bool) -> bool:

@@ -309,13 +309,12 @@ class Trainer:
                 )
                 if not self.is_main:
                     continue
-                if val.accuracy > best_val:  # strictly better validation accuracy; never test
+                new_best = val.accuracy > best_val  # strictly better validation accuracy; never test
+                if new_best:
                     best_val = val.accuracy
                     run.update(best_epoch=self.epoch, best_val_acc=best_val, test_acc_at_best=test.accuracy)
-                    run_files.save_best(files.best, self.model, run, val.accuracy, test.accuracy, self.epoch)
                 run["completed"] = self.epoch >= epochs
-                run_files.save_last(files.last, self.model, self.optimizer, self.epoch, best_val, run)
-                run_files.write_run(files.json, run)
+                run_files.save_epoch(files, self.model, self.optimizer, run, best_val, new_best)
                 print(
                     f"epoch {self.epoch}/{epochs}: train loss {train[0]:.4f} acc {train[1]:.2f}% | "
                     f"val loss {val.loss:.4f} acc {val.accuracy:.2f}% | "
@@ -347,6 +346,9 @@ class Trainer:
         run["completed"] = self.epoch >= epochs
         if self.is_main:
             print(f"resuming {files.last} after epoch {self.epoch}", file=sys.stderr)
+            run_files.keep_hand_edits(files.json, run, files.last)
+            run_files.restore_own_best(files.best, run)
+            run_files.write_run(files.json, run)  # complete now, also when no epoch is left to train
         return run, best_val
 
     # ------------------------------------------------------------------ helpers
