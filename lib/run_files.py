@@ -249,6 +249,7 @@ def keep_hand_edits(json_path: str, run: dict, last_path: str) -> None:
         key
         for key in saved
         if key in entry
+        and key != "completed"  # --resume itself sets it
         and entry[key] != saved[key]
         and not (lagging and (key in _LAGGING_KEYS or _one_prefix_of_other(entry[key], saved[key])))
     ]
