@@ -16,6 +16,7 @@ import sys
 
 import torch
 
+from lib import run_files
 from lib.cli import (
     ArgumentParser,
     UserError,
@@ -409,7 +410,7 @@ def _train(args, device: torch.device, epoch_log: EpochLog) -> int:
         print(
             f"done: best val epoch {best}{by}, val acc {run['best_val_acc']:.2f}%, test acc at that epoch "
             f"{run['test_acc_at_best']:.2f}%, test AUC(fake) {fmt(auc)}; "
-            f"json {paths.json}; checkpoint {paths.best}"
+            f"json {paths.json}; {best_checkpoint_words(paths.best, run)}"
         )
     return 0
 
@@ -432,6 +433,14 @@ def build_model(args, is_main: bool) -> torch.nn.Module:
         info = model.weights_info
         print(f"note: {args.model}: ImageNet weights {info.source} (from {info.origin})", file=sys.stderr)
     return model
+
+
+def best_checkpoint_words(path: str, run: dict) -> str:
+    """How the done: line names the run's best checkpoint: never a file that is missing or
+    holds another run."""
+    if run_files.run_id_of(path) == run["run_id"]:
+        return f"checkpoint {path}"
+    return f"no best checkpoint of this run (not in {path})"
 
 
 def _activation_checkpointing(args, device: torch.device, datasets, is_main: bool) -> bool:

@@ -321,17 +321,16 @@ class Trainer:
                 if not self.is_main:
                     continue
                 score = self._selection_score(val)
-                if score is not None and score > best_val:  # strictly better on validation; never test
+                new_best = score is not None and score > best_val  # strictly better on validation; never test
+                if new_best:
                     best_val = score
                     run.update(
                         best_epoch=self.epoch, best_val_acc=val.accuracy, test_acc_at_best=test.accuracy
                     )
-                    run_files.save_best(files.best, self.model, run, val.accuracy, test.accuracy, self.epoch)
                 run["completed"] = self.epoch >= epochs
-                run_files.save_last(
-                    files.last, self.model, self.optimizer, self.epoch, best_val, run, self.options.scheduler
+                run_files.save_epoch(
+                    files, self.model, self.optimizer, run, best_val, new_best, self.options.scheduler
                 )
-                run_files.write_run(files.json, run)
                 if self.options.epoch_log is not None:
                     self.options.epoch_log(run, files.json)
                 print(
@@ -371,6 +370,9 @@ class Trainer:
         run["completed"] = self.epoch >= epochs
         if self.is_main:
             print(f"resuming {files.last} after epoch {self.epoch}", file=sys.stderr)
+            run_files.keep_hand_edits(files.json, run, files.last)
+            run_files.restore_own_best(files.best, run)
+            run_files.write_run(files.json, run)  # complete now, also when no epoch is left to train
         return run, best_val
 
     # ------------------------------------------------------------------ helpers

@@ -320,13 +320,13 @@ def atomic_torch_save(obj, path: str) -> None:
     atomic_write(path, lambda handle: torch.save(obj, handle), "checkpoint")
 
 
-def remove_unfinished_writes(path: str) -> list[str]:
+def remove_unfinished_writes(path: str, delete: bool = True) -> list[str]:
     """Delete the temp files (``.<name>.<random>.tmp``) that an ``atomic_write`` of ``path``
-    killed before its rename left beside it; returns their paths. Only call it while no other
-    process can be writing ``path``."""
+    killed before its rename left beside it (with ``delete`` False only find them); returns their
+    paths. Only call it while no other process can be writing ``path``."""
     folder, name = os.path.split(os.path.abspath(path))
-    removed = glob.glob(os.path.join(glob.escape(folder), f".{glob.escape(name)}.*.tmp"))
-    for tmp in removed:
+    removed = sorted(glob.glob(os.path.join(glob.escape(folder), f".{glob.escape(name)}.*.tmp")))
+    for tmp in removed if delete else ():
         os.unlink(tmp)
     return removed
 

@@ -8,6 +8,8 @@ the lock that keeps a second live run off them. The rest of the module writes an
 from __future__ import annotations
 
 import contextlib
+import glob
+import json
 import math
 import os
 import random
@@ -21,9 +23,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from lib.checkpoints import load_checkpoint, state_dict_mismatch
+from lib.checkpoints import load_checkpoint, state_dict_mismatch, torch_load
 from lib.cli import UserError, first_line
 from lib.fileio import (
+    DiskFullError,
     LockHeldError,
     atomic_torch_save,
     atomic_write_json,
@@ -31,6 +34,7 @@ from lib.fileio import (
     ensure_dir,
     exclusive_lock,
     file_lock,
+    json_safe,
     read_runs,
     remove_unfinished_writes,
 )
@@ -177,16 +181,91 @@ def append_epoch(run: dict, train: tuple[float, float], val, test, train_seconds
 
 def write_run(path: str, run: dict) -> None:
     """Replace this run's entry (by run_id) or append it; earlier runs are kept. Locked, so that
-    runs writing the same JSON at once never lose each other's writes."""
+    runs writing the same JSON at once never lose each other's writes; what a killed write left
+    in a temp file is taken in first (``take_in_unfinished_writes``)."""
     with file_lock(path):
-        runs = read_runs(path, repair=True)
-        for i, old in enumerate(runs):
-            if old.get("run_id") == run["run_id"]:
-                runs[i] = run
-                break
-        else:
-            runs.append(run)
+        runs = take_in_unfinished_writes(path, read_runs(path, repair=True))
+        _put_run(runs, run)
         atomic_write_json(path, runs)
+
+
+def _put_run(runs: list, run: dict) -> None:
+    """Replace the entry of ``run``'s run_id in ``runs``, or append ``run``."""
+    for i, old in enumerate(runs):
+        if old.get("run_id") == run.get("run_id"):
+            runs[i] = run
+            return
+    runs.append(run)
+
+
+def _epochs(run: dict) -> int:
+    return len(run.get("train_loss") or [])
+
+
+def take_in_unfinished_writes(path: str, runs: list) -> list:
+    """``runs`` with what the temp files of killed writes of ``path`` hold: each run there that the
+    JSON lacks, or holds with fewer epochs, is taken in; then the temp files are removed (an
+    unreadable one is a write cut short, whose epochs the run's ``_last.pt`` holds). Call it only
+    under ``file_lock(path)``: every writer of a runs JSON holds it, so no temp file is live."""
+    for tmp in remove_unfinished_writes(path, delete=False):
+        try:
+            with open(tmp) as handle:
+                found = json.load(handle)
+        except (OSError, ValueError, UnicodeDecodeError):
+            found = None
+        kept = 0
+        for run in [r for r in found if isinstance(r, dict)] if isinstance(found, list) else []:
+            mine = next((r for r in runs if r.get("run_id") == run.get("run_id")), None)
+            if mine is None or _epochs(mine) < _epochs(run):
+                _put_run(runs, run)
+                kept += 1
+        os.unlink(tmp)
+        note = f"took in {kept} run(s) from it" if kept else "nothing in it was newer"
+        print(f"{tmp}: unfinished write of a killed run; {note}, removed it", file=sys.stderr)
+    return runs
+
+
+# Keys a resumed run's JSON entry may hold other values of without a hand edit: the JSON lags
+# behind the checkpoint (or the checkpoint behind the JSON) by the epochs of one interrupted write.
+_LAGGING_KEYS = ("best_epoch", "best_val_acc", "test_acc_at_best", "completed")
+
+
+def keep_hand_edits(json_path: str, run: dict, last_path: str) -> None:
+    """On ``--resume``: keep the keys that were added by hand to this run's entry in
+    ``json_path`` (``run`` comes from ``last_path``, which has not seen them), and say in one line
+    which keys the checkpoint's values replace where the entry's were edited
+    (docs/edge-cases.md#resuming)."""
+    try:
+        entry = next((r for r in read_runs(json_path) if r.get("run_id") == run["run_id"]), None)
+    except UserError:  # a corrupt JSON: write_run moves it aside
+        entry = None
+    if entry is None:
+        return
+    saved = json_safe(run)
+    lagging = _epochs(entry) != _epochs(saved)
+    for key in entry.keys() - run.keys() - {"diverged"}:
+        run[key] = entry[key]
+    changed = [
+        key
+        for key in saved
+        if key in entry
+        and key != "completed"  # --resume itself sets it
+        and entry[key] != saved[key]
+        and not (lagging and (key in _LAGGING_KEYS or _one_prefix_of_other(entry[key], saved[key])))
+    ]
+    if changed:
+        print(
+            f"note: {json_path}: this run's entry was edited ({', '.join(changed)}); --resume "
+            f"restores those keys from {last_path} and keeps the keys you added",
+            file=sys.stderr,
+        )
+
+
+def _one_prefix_of_other(a, b) -> bool:
+    if not (isinstance(a, list) and isinstance(b, list)):
+        return False
+    n = min(len(a), len(b))
+    return a[:n] == b[:n]
 
 
 # ----------------------------------------------------------------------------- checkpoints
@@ -202,16 +281,24 @@ def save_best(path: str, model: nn.Module, run: dict, val_acc: float, test_acc: 
     atomic_torch_save(best, path)
 
 
+def run_id_of(path: str) -> str | None:
+    """The ``run_id`` recorded in checkpoint ``path`` (read by the safe loader); None when the
+    file is missing, unreadable or records none."""
+    if not os.path.isfile(path):
+        return None
+    try:
+        checkpoint = torch_load(path, "cpu", mmap=True)
+    except UserError:
+        return None
+    return checkpoint.get("run_id") if isinstance(checkpoint, dict) else None
+
+
 def keep_other_runs_best(path: str, run_id: str) -> None:
     """Before a run writes its best checkpoint: if ``path`` holds another run's (or an unreadable)
     checkpoint, rename it to ``<stem>.run-<its run_id[:8]>.pt`` so nothing is lost."""
     if not os.path.exists(path):
         return
-    try:
-        old = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-        old_id = old.get("run_id") if isinstance(old, dict) else None
-    except Exception:  # unreadable: keep it too, named after its time
-        old_id = None
+    old_id = run_id_of(path)  # None for an unreadable file: keep it too, named after its time
     if old_id == run_id:
         return
     tag = (
@@ -223,6 +310,47 @@ def keep_other_runs_best(path: str, run_id: str) -> None:
         aside, n = f"{stem}.run-{tag}-{n}{ext}", n + 1
     os.replace(path, aside)
     print(f"kept the earlier run's best checkpoint as {aside}", file=sys.stderr)
+
+
+def restore_own_best(path: str, run: dict) -> None:
+    """On ``--resume``: when another run's best checkpoint took ``path`` while this run was
+    interrupted, keep that one aside and put this run's back from its ``<stem>.run-<id>.pt``, so
+    a resumed run never ends with another run's model as its best; say so in one line, and also
+    when this run's best is nowhere to be found."""
+    run_id = run.get("run_id")
+    if run.get("best_epoch") is None or run_id is None or run_id_of(path) == run_id:
+        return
+    stem, ext = os.path.splitext(path)
+    for aside in sorted(glob.glob(f"{glob.escape(stem)}.run-{glob.escape(run_id[:8])}*{ext}")):
+        if run_id_of(aside) == run_id:
+            keep_other_runs_best(path, run_id)
+            os.replace(aside, path)
+            print(f"put this run's best checkpoint back: {aside} -> {path}", file=sys.stderr)
+            return
+    print(
+        f"warning: {path}: this run's best checkpoint (epoch {run['best_epoch']}) is missing; "
+        "a later epoch that beats it writes a new one",
+        file=sys.stderr,
+    )
+
+
+def save_epoch(
+    files: RunFiles, model: nn.Module, optimizer, run: dict, best_val: float, new_best: bool, scheduler=None
+):
+    """After an epoch: the best checkpoint (when ``new_best``), the ``_last`` one and the runs JSON.
+    A checkpoint that does not fit on the disk still leaves the epoch's metrics in the JSON, and
+    the ``DiskFullError`` says so (docs/edge-cases.md#training)."""
+    try:
+        if new_best:
+            save_best(files.best, model, run, run["best_val_acc"], run["test_acc_at_best"], run["best_epoch"])
+        save_last(files.last, model, optimizer, _epochs(run), best_val, run, scheduler)
+    except DiskFullError as exc:
+        run["completed"] = False
+        write_run(files.json, run)
+        raise DiskFullError(
+            f"{exc}; epoch {_epochs(run)}'s metrics are kept in {files.json}", exc.path
+        ) from None
+    write_run(files.json, run)
 
 
 def save_last(

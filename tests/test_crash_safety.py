@@ -229,3 +229,60 @@ def test_unreadable_best_checkpoint_is_kept_too(tmp_path):
     torch.save({"model": {}, "run_id": "0123456789abcdef"}, path)
     _keep_other_runs_best(str(path), "0123456789abcdef")
     assert path.exists() and len(os.listdir(tmp_path)) == 2
+
+
+def test_killed_in_the_last_json_write_then_resume_writes_the_json(tmp_path, data, reference):
+    """Killed before the last epoch's runs-JSON rename: --resume with the same -e trains nothing,
+    yet leaves the complete JSON, and the killed write's temp file is taken in, not left behind."""
+    proc = _start(tmp_path, data, FACES_TEST_KILL_IN_SAVE=f"{STEM}.json:{EPOCHS}")
+    _, err = proc.communicate(timeout=180)
+    assert proc.returncode == -signal.SIGKILL, err
+    assert len(_runs(tmp_path)[0]["train_loss"]) == 1
+    assert [n for n in os.listdir(tmp_path / "out") if n.endswith(".tmp")]
+    _resume_and_compare(tmp_path, data, reference)
+    assert os.listdir(tmp_path / "out") == [f"{STEM}.json"]
+
+
+def test_stale_json_temp_file_is_taken_in_by_the_next_write(tmp_path):
+    """A temp file of a killed write holding a run the JSON lacks: the next write keeps that run
+    and removes the temp file; an unreadable temp file is removed too."""
+    from lib import run_files
+
+    path = tmp_path / f"{STEM}.json"
+    lost = {"run_id": "lost", "train_loss": [1.0, 0.5]}
+    path.write_text(json.dumps([{"run_id": "lost", "train_loss": [1.0]}]))
+    (tmp_path / f".{STEM}.json.abc123.tmp").write_text(json.dumps([lost]))
+    (tmp_path / f".{STEM}.json.def456.tmp").write_text("[{")
+    run_files.write_run(str(path), {"run_id": "new", "train_loss": []})
+    assert json.loads(path.read_text()) == [lost, {"run_id": "new", "train_loss": []}]
+    assert os.listdir(tmp_path) == [path.name]
+
+
+@pytest.mark.parametrize("killed_in", [f"{STEM}_last.pt", f"{STEM}.pt"])
+def test_resume_after_another_run_took_the_best_checkpoint(tmp_path, data, capsys, killed_in):
+    """Run A is interrupted; run B (another lr, same folders) keeps A's best aside, then is killed
+    in its first _last.pt save (or in its first best save, leaving <stem>.pt missing). --resume of
+    A ends with A's model in <stem>.pt, B's kept aside, and a done: line naming a file of A."""
+    a = _start(tmp_path, data, FACES_TEST_KILL_IN_SAVE=f"{STEM}_last.pt:{EPOCHS}")
+    assert a.wait(timeout=180) == -signal.SIGKILL
+    run_a = _load(tmp_path / "ck" / f"{STEM}_last.pt")["run"]["run_id"]
+    b = subprocess.run(
+        [sys.executable, HOOKED, *_argv(data), "--lr", "0.01"],
+        cwd=str(tmp_path),
+        env=_env(FACES_TEST_KILL_IN_SAVE=f"{killed_in}:1"),
+        capture_output=True,
+        timeout=180,
+    )
+    assert b.returncode == -signal.SIGKILL
+    assert os.path.exists(tmp_path / "ck" / f"{STEM}.run-{run_a[:8]}.pt")
+    capsys.readouterr()
+    _train_here(tmp_path, data, "--resume")
+    out = capsys.readouterr().out
+    best = tmp_path / "ck" / f"{STEM}.pt"
+    assert _load(best)["run_id"] == run_a
+    assert f"checkpoint ck/{STEM}.pt" in out
+    others = [n for n in os.listdir(tmp_path / "ck") if ".run-" in n]
+    if killed_in == f"{STEM}_last.pt":  # B's best is kept aside
+        assert len(others) == 1 and _load(tmp_path / "ck" / others[0])["run_id"] != run_a
+    else:
+        assert others == []

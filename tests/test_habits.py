@@ -135,7 +135,7 @@ def value_for(action) -> list[str]:
         return []
     if action.choices:
         return [str(next(iter(action.choices)))]
-    return ["1"]
+    return ["1"] * (action.nargs if isinstance(action.nargs, int) else 1)  # --blur_sigma LOW HIGH
 
 
 @pytest.mark.parametrize("script", sorted(SCRIPTS))

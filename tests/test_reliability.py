@@ -609,3 +609,50 @@ def test_a_full_disk_under_the_figures_is_one_line_naming_the_file(constant_chec
     roc = full / "fakes_dataset_SimpleNet_roc_curve.png"
     assert len(lines) == 1 and f"{roc}: cannot write the figure: disk full" in lines[0], lines
     assert "free disk space" in lines[0]
+
+
+def test_checkpoint_on_a_full_disk_says_disk_full_and_keeps_the_epoch(data, tmp_path, capsys, monkeypatch):
+    """ENOSPC inside torch's zip writer (which reports only ``[enforce fail at inline_container.cc]``)
+    while the best checkpoint is written: one line saying "disk full" and naming the file, and the
+    epoch's metrics are in the runs JSON."""
+    import errno
+
+    from lib import fileio
+
+    write = fileio._Descriptor.write
+
+    def full_for_checkpoints(self, data):
+        if ".pt." in os.readlink(f"/proc/self/fd/{self.fd}"):
+            self.error = OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+            raise self.error
+        return write(self, data)
+
+    if not os.path.isdir("/proc/self/fd"):
+        pytest.skip("needs /proc/self/fd to tell the checkpoint's temp file")
+    monkeypatch.setattr(fileio._Descriptor, "write", full_for_checkpoints)
+    line = cli.run_cli(train_main.main, _argv(data, tmp_path))
+    err = capsys.readouterr().err
+    assert line == 2 and "Traceback" not in err, err
+    errors = [x for x in err.splitlines() if ": error: " in x]
+    assert len(errors) == 1 and f"{tmp_path / 'ck' / STEM}.pt" in errors[0] and "disk full" in errors[0]
+    run = _runs(tmp_path)[0]
+    assert len(run["val_acc"]) == 1 and run["completed"] is False
+    assert f"{tmp_path / 'out' / STEM}.json" in errors[0]
+
+
+def test_resume_keeps_added_keys_and_names_edited_ones(data, tmp_path, capsys):
+    """Hand edits of a run's own JSON entry: an added key survives --resume; an edited value of the
+    trainer's is restored from _last.pt, and one line names it."""
+    assert train_main.main(_argv(data, tmp_path)) == 0
+    runs = _runs(tmp_path)
+    runs[0]["note"] = "lr from the paper"
+    runs[0]["seed"] = 99
+    (tmp_path / "out" / f"{STEM}.json").write_text(json.dumps(runs))
+    capsys.readouterr()
+    assert train_main.main(_argv(data, tmp_path, "-e", "2", "--resume")) == 0
+    err = capsys.readouterr().err
+    run = _runs(tmp_path)[0]
+    assert run["note"] == "lr from the paper" and len(run["train_loss"]) == 2
+    assert run["seed"] == 0
+    notes = [x for x in err.splitlines() if "edited" in x]
+    assert len(notes) == 1 and "(seed)" in notes[0] and STEM in notes[0]

@@ -11,8 +11,7 @@ import os
 import time
 from dataclasses import asdict, dataclass, field, fields
 
-import torch
-
+from lib.checkpoints import torch_load
 from lib.fileio import atomic_write_json, read_json_object
 from lib.images import class_dirs, list_images
 from lib.study.plan import HERE, Step
@@ -231,7 +230,7 @@ def resume_reason(step: Step, stamp: Stamp | None) -> str | None:
     ):
         return None
     try:
-        last = torch.load(step.resume_from, map_location="cpu", weights_only=True, mmap=True)
+        last = torch_load(step.resume_from, "cpu", mmap=True)
         run, epoch = last["run"], int(last["epoch"])
     except Exception:  # missing, unreadable or not a full-state checkpoint: start afresh
         return None
