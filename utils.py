@@ -121,9 +121,8 @@ def load_model_from_checkpoint(
     entry, else read off its keys), load the checkpoint's ``model``, eval mode.
     ``checkpoint``: the file's content when the caller has read it already (``load_checkpoint``).
 
-    On the CPU and CUDA the model is channels-last (its inputs may stay NCHW): the analysis runs
-    faster so (saliency 1.7x, Grad-CAM 1.2x for SimpleNet on 2 CPU cores; benchmarks/README.md),
-    with the same numbers up to float rounding.
+    On the CPU and CUDA the model is channels-last (its inputs may stay NCHW): the analyses run
+    faster so, with the same numbers up to float rounding (benchmarks/README.md).
     """
     if checkpoint is None:
         checkpoint = load_checkpoint(checkpoint_path, device, checkpoint_bytes(model_name))

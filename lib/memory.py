@@ -128,8 +128,8 @@ def apply_image_cache(
     in order when the cache total stays within ``limit_gb`` GiB AND the process's RSS now plus the
     cache plus ``reserve_gb`` for training stays within ``rss_limit_gb`` GiB (``None``: no RSS rule).
 
-    The RSS rule keeps SimpleNet's full-size training under its 3 GB target: there the fakes
-    train split (2.0 GiB decoded) is read every epoch instead while val and test are cached
+    The RSS rule keeps SimpleNet's full-size training within its memory target: there the fakes
+    train split is read every epoch instead while val and test are cached
     (benchmarks/README.md#not-met-and-why); the demo data and smaller splits are all cached.
     Where the current RSS cannot be read (no /proc), the process's peak so far stands in for it.
     """
