@@ -51,12 +51,8 @@ def shard_spec(text: str) -> tuple[int, int]:
     return index, count
 
 
-def build_parser() -> ArgumentParser:
-    parser = ArgumentParser(
-        description="Prepare face-crop datasets from videos: FaceForensics++ (with its official "
-        "split files) or a folder with real/ and fake/ videos. Writes OUT/DATASET/{train,val,test}/"
-        "{real,fake}/<video>_f<frame>.png and OUT/DATASET/manifest.json."
-    )
+def _add_source_flags(parser) -> None:
+    """The videos to read and how they are split."""
     source = parser.add_argument_group("input")
     source.add_argument(
         "--input",
@@ -100,6 +96,10 @@ def build_parser() -> ArgumentParser:
     source.add_argument(
         "--seed", type=seed_int, default=0, help="seed of the 70/15/15 split (when there are no split files)"
     )
+
+
+def _add_out_flags(parser) -> None:
+    """Where the dataset goes."""
     out = parser.add_argument_group("output")
     out.add_argument(
         "--out",
@@ -123,6 +123,10 @@ def build_parser() -> ArgumentParser:
             "--methods, ...); without it they stop the run"
         ),
     )
+
+
+def _add_frames_flags(parser) -> None:
+    """Which frames, which face detector and which face."""
     frames = parser.add_argument_group("frames and faces")
     frames.add_argument(
         "--frames",
@@ -151,6 +155,10 @@ def build_parser() -> ArgumentParser:
         default="largest",
         help="the face kept when a frame has several: the largest, or the most confident (MTCNN)",
     )
+
+
+def _add_run_flags(parser) -> None:
+    """Workers, shards, device and progress."""
     run = parser.add_argument_group("running")
     run.add_argument(
         "--workers",
@@ -172,6 +180,18 @@ def build_parser() -> ArgumentParser:
     run.add_argument("--device", default="cpu", help="where the detector runs: cpu, cuda or auto")
     run.add_argument("--no_progress", action="store_true", help="no progress bar")
     add_debug_flag(parser)
+
+
+def build_parser() -> ArgumentParser:
+    parser = ArgumentParser(
+        description="Prepare face-crop datasets from videos: FaceForensics++ (with its official "
+        "split files) or a folder with real/ and fake/ videos. Writes OUT/DATASET/{train,val,test}/"
+        "{real,fake}/<video>_f<frame>.png and OUT/DATASET/manifest.json."
+    )
+    _add_source_flags(parser)
+    _add_out_flags(parser)
+    _add_frames_flags(parser)
+    _add_run_flags(parser)
     return parser
 
 
