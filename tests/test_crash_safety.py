@@ -119,7 +119,7 @@ def _check_files_on_disk(work, epochs_done: int, reference_run: dict, best_epoch
         _load(work / "ck" / name)
     last = _load(work / "ck" / f"{STEM}_last.pt")
     assert last["epoch"] == epochs_done
-    assert os.listdir(work / "out") == [f"{STEM}.json"]
+    assert sorted(os.listdir(work / "out")) == [f"{STEM}.csv", f"{STEM}.json"]  # the runs JSON, the epoch CSV
     runs = _runs(work)
     assert len(runs) == 1 and runs[0]["completed"] is False
     for run in (runs[0], last["run"]):
@@ -240,7 +240,7 @@ def test_killed_in_the_last_json_write_then_resume_writes_the_json(tmp_path, dat
     assert len(_runs(tmp_path)[0]["train_loss"]) == 1
     assert [n for n in os.listdir(tmp_path / "out") if n.endswith(".tmp")]
     _resume_and_compare(tmp_path, data, reference)
-    assert os.listdir(tmp_path / "out") == [f"{STEM}.json"]
+    assert sorted(os.listdir(tmp_path / "out")) == [f"{STEM}.csv", f"{STEM}.json"]
 
 
 def test_stale_json_temp_file_is_taken_in_by_the_next_write(tmp_path):
