@@ -41,6 +41,7 @@ sys.path.insert(0, os.path.dirname(HERE))
 sys.path.insert(0, HERE)
 
 import bench_train  # shared helpers: data, batches, rounds, RSS, JSON merge
+from lib import gradcam
 from lib.cli import ArgumentParser, non_negative_int, positive_int, run_cli
 from lib.fileio import atomic_torch_save
 from utils import get_device, load_dataset, load_model, load_model_from_checkpoint, set_seed
@@ -90,14 +91,14 @@ def random_batches(plan: list[int], seed: int, device: torch.device) -> dict:
     return batches
 
 
-def analysis_passes(model, dataset, args, device: torch.device) -> dict:
+def analysis_passes(name: str, model, dataset, args, device: torch.device) -> dict:
     """The passes timed for one model, each over ``dataset`` (its images, or as many random
     in-memory tensors): returns them keyed ``reference``, ``saliency``, ``mean_grad_cam``,
     ``saliency_maps_only``, ``grad_cam_maps_only`` (and with --faithfulness
     ``mean_grad_cam_with_faithfulness``), in the order each round runs them."""
-    from lib import class_means, faithfulness, gradcam, saliency
+    from lib import class_means, faithfulness, saliency
 
-    layer = gradcam.resolve_layer(model, args.target_layer)
+    layer = gradcam.resolve_layer(model, gradcam.target_layer_name(name, args.target_layer))
     plan = bench_train.batch_sizes(len(dataset), args.batch_size)
     batches = random_batches(plan, args.seed, device)
 
@@ -170,7 +171,9 @@ def analysis_figures(best: dict) -> dict:
     return out
 
 
-def analysis_config(args, device: torch.device, split_size: int, measured: int, channels_last: bool) -> dict:
+def analysis_config(
+    name: str, args, device: torch.device, split_size: int, measured: int, channels_last: bool
+) -> dict:
     """The JSON ``config`` of one model's figures: data, batch, layer, layout, statistic and the
     machine; returns it."""
     return {
@@ -180,7 +183,7 @@ def analysis_config(args, device: torch.device, split_size: int, measured: int, 
         "measured_images": measured,
         "whole_split": measured == split_size,
         "batch_size": args.batch_size,
-        "target_layer": args.target_layer,
+        "target_layer": gradcam.target_layer_name(name, args.target_layer),
         "device": str(device),
         "model_channels_last": channels_last,
         "memory_format": args.memory_format,
@@ -203,7 +206,7 @@ def bench_model(name: str, args, root: str, device: torch.device, workdir: str) 
     full = load_dataset(args.dataset, "test", root)
     dataset = bench_train.head(full, n_images)
     model, channels_last = analysis_model(name, args, device, workdir)
-    passes = analysis_passes(model, dataset, args, device)
+    passes = analysis_passes(name, model, dataset, args, device)
     if not args.smoke:  # warm-up: kernels for both batch shapes, the hooks' first use
         for key in ("reference", "saliency_maps_only", "grad_cam_maps_only"):
             passes[key]()
@@ -215,7 +218,7 @@ def bench_model(name: str, args, root: str, device: torch.device, workdir: str) 
     )
     out = analysis_figures({k: len(dataset) / max(min(v), 1e-9) for k, v in times.items()})
     out["peak_rss_mb"] = bench_train.peak_rss_mb()
-    out["config"] = analysis_config(args, device, len(full), len(dataset), channels_last)
+    out["config"] = analysis_config(name, args, device, len(full), len(dataset), channels_last)
     return out
 
 
@@ -264,7 +267,9 @@ def build_parser() -> ArgumentParser:
         type=non_negative_int,
         help="XceptionBased test images per pass (0: the whole test split)",
     )
-    parser.add_argument("--target_layer", default="conv3", help="Grad-CAM layer (the study's: conv3)")
+    parser.add_argument(
+        "--target_layer", help="Grad-CAM layer (default: each model's own; the study's conv3 for its two)"
+    )
     parser.add_argument(
         "--memory_format",
         default="as_loaded",
