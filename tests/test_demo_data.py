@@ -3,6 +3,7 @@ statistics matching, the CLI; and a smoke run of benchmarks/check_demo_difficult
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import os
 import re
@@ -380,7 +381,7 @@ def test_a_crash_leaves_the_old_data_and_no_partial_tree(generated, tmp_path, mo
         write_image(task)
         written.append(task)
 
-    monkeypatch.setattr(demo, "write_image", write_then_fail)
+    monkeypatch.setattr(demo, "_run", functools.partial(demo._run, work=write_then_fail))
     with pytest.raises(RuntimeError, match="disk full"):
         demo.generate(tmp_path, scale=SCALE, workers=1, progress=False, force=True)
     assert written  # the failure came after some images were written

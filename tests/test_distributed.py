@@ -149,7 +149,10 @@ def test_only_rank0_writes_and_reports(runs):
     assert proc.stderr.count("epoch 2/2:") == 1
     assert proc.stderr.count("resuming ") == 1
     assert proc.stdout.count("done:") == 1
-    assert sorted(os.listdir(multi / "out")) == [f"{STEM}.json"]
+    assert sorted(os.listdir(multi / "out")) == [
+        f"{STEM}.csv",
+        f"{STEM}.json",
+    ]  # the runs JSON and its epoch CSV
     assert sorted(os.listdir(multi / "ck")) == [f"{STEM}.pt", f"{STEM}_last.pt"]
     for name in os.listdir(multi / "ck"):
         _load(multi, name)  # complete, loadable files (no half-written or interleaved writes)

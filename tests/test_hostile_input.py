@@ -391,7 +391,7 @@ def test_analysis_script_refuses_bad_checkpoints(checkpoints, clean_tree, tmp_pa
         (["--lr", "-0.1"], "--lr"),
         (["--lr", "-1"], "--lr"),
         (["--lr", "nan"], "--lr"),
-        (["--num_workers", "-1"], "--num_workers"),
+        (["--num_workers", "-1"], "--workers"),  # the old spelling, answered under the new name
         (["--eval_batch_size", "0"], "--eval_batch_size"),
         (["--momentum", "-0.5"], "--momentum"),
     ],

@@ -93,7 +93,7 @@ def test_reordering_levers_keep_metrics_within_noise(tiny_root, tmp_path, baseli
     the course instead of the fused one: other float rounding, the same numbers within noise."""
     run0, _ = baseline
 
-    def unfused(name, params, lr, momentum):
+    def unfused(name, params, lr, momentum, weight_decay=0.0):
         assert name == "Adam"
         return torch.optim.Adam(params, lr=lr)
 
