@@ -15,6 +15,7 @@ from typing import NamedTuple
 
 from lib import names
 from lib.cli import UserError
+from lib.epoch_log import csv_path
 from lib.names import DATASET_NAMES, FIGURE_SUFFIXES, SAMPLES_FIGURE, SPLITS, figure_path, output_stem
 
 HERE = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repository
@@ -196,7 +197,7 @@ def train_step(s: Settings, run: RunSpec) -> Step:
     return Step(
         "train_main.py",
         args,
-        whole(checkpoint_path(s, run), runs_json_path(s, run)),
+        whole(checkpoint_path(s, run), runs_json_path(s, run), csv_path(runs_json_path(s, run))),
         data=[split_folder(s, run.dataset, split) for split in SPLITS],
         resume_from=checkpoint_path(s, run, "_last"),
     )
@@ -225,7 +226,9 @@ def _analysis_step(s: Settings, run: RunSpec, kind: str, script: str, extra: lis
 def numerical_step(s: Settings, run: RunSpec) -> Step:
     """ROC/DET curves, the reliability diagram, and the bootstrap intervals drawn with --seed."""
     extra = ["--seed", str(s.seed), "--out_dir", s.out_dir]
-    return _analysis_step(s, run, "numerical", "numerical_analysis.py", extra, ("numerical", "uncertainty"))
+    step = _analysis_step(s, run, "numerical", "numerical_analysis.py", extra, ("numerical", "uncertainty"))
+    step.outputs.update(whole(names.scores_csv_path(s.out_dir, run.dataset, run.model)))
+    return step
 
 
 def gradcam_step(s: Settings, run: RunSpec) -> Step:
