@@ -33,7 +33,7 @@ from faces_dataset import IMAGE_SIZE, DataError, is_image_file, pil_to_uint8_ten
 from lib import face_crops, face_detectors, gradcam, names, scores, transforms, video_predict
 from lib.cli import ArgumentParser, UserError, add_debug_flag, non_negative_int, positive_int, run_cli
 from lib.fileio import atomic_write
-from lib.flags import add_checkpoint_flags
+from lib.flags import add_checkpoint_flags, add_detector_flags
 from lib.transforms import normalize_batch
 from lib.video import DEFAULT_FRAMES, WRITER_CODECS, VideoError, is_video_file
 from utils import get_device, load_checkpoint_model
@@ -63,19 +63,7 @@ def build_parser() -> ArgumentParser:
         f"with a margin ({face_crops.MARGIN}x the face box), resize it to "
         f"{IMAGE_SIZE}x{IMAGE_SIZE} and score every face; for whole photos (videos always are)",
     )
-    parser.add_argument(
-        "--detector",
-        choices=face_detectors.DETECTORS,
-        default=face_detectors.DEFAULT_DETECTOR,
-        help=f"face detector of --crop_faces and videos: MTCNN (facenet-pytorch; install: "
-        f"{face_detectors.FACENET_INSTALL}) or OpenCV's Haar cascade (needs {face_crops.OPENCV_INSTALL})",
-    )
-    parser.add_argument(
-        "--min_face",
-        type=positive_int,
-        default=face_detectors.MIN_FACE_PX,
-        help="MTCNN: smallest face looked for, in pixels",
-    )
+    add_detector_flags(parser, "of --crop_faces and videos")
     video = parser.add_argument_group("videos")
     video.add_argument(
         "--frames",

@@ -34,6 +34,7 @@ from lib.cli import (
 )
 from lib.device import get_device
 from lib.fileio import ensure_dir
+from lib.flags import add_detector_flags
 from lib.names import SPLITS
 from lib.video import DEFAULT_FRAMES
 
@@ -134,21 +135,7 @@ def _add_frames_flags(parser) -> None:
         default=DEFAULT_FRAMES,
         help="evenly spaced frames a video (0: every frame)",
     )
-    frames.add_argument(
-        "--detector",
-        choices=face_detectors.DETECTORS,
-        default=face_detectors.DEFAULT_DETECTOR,
-        help=(
-            f"face detector: MTCNN (facenet-pytorch; install: {face_detectors.FACENET_INSTALL}) or OpenCV's "
-            "Haar cascade"
-        ),
-    )
-    frames.add_argument(
-        "--min_face",
-        type=positive_int,
-        default=face_detectors.MIN_FACE_PX,
-        help="MTCNN: smallest face looked for, in frame pixels",
-    )
+    add_detector_flags(frames, "of each frame")
     frames.add_argument(
         "--pick",
         choices=face_detectors.PICK_RULES,

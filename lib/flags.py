@@ -103,3 +103,23 @@ def add_multi_dataset_flags(parser: argparse.ArgumentParser, what: str, out_help
     parser.add_argument("--out_dir", default="out", help=out_help)
     parser.add_argument("--no_progress", action="store_true", help="no progress bar")
     add_debug_flag(parser)
+
+
+def add_detector_flags(group, used_for: str) -> None:
+    """``--detector`` and ``--min_face``, the face detector's flags, the same in every script that
+    finds faces; ``used_for`` says where the script uses it."""
+    from lib import face_crops, face_detectors  # OpenCV and facenet stay unimported for the other scripts
+
+    group.add_argument(
+        "--detector",
+        choices=face_detectors.DETECTORS,
+        default=face_detectors.DEFAULT_DETECTOR,
+        help=f"face detector {used_for}: MTCNN (facenet-pytorch; install: {face_detectors.FACENET_INSTALL}) "
+        f"or OpenCV's Haar cascade (needs {face_crops.OPENCV_INSTALL})",
+    )
+    group.add_argument(
+        "--min_face",
+        type=positive_int,
+        default=face_detectors.MIN_FACE_PX,
+        help="MTCNN: smallest face looked for, in pixels",
+    )
