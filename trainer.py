@@ -24,7 +24,7 @@ from lib import batching, distributed, names, run_files
 from lib.checkpoints import non_finite_tensor
 from lib.cli import UserError
 from lib.device import resolve_channels_last
-from lib.metrics import binary_metrics
+from lib.eval_result import EvalResult
 from lib.optim import TrainingOptions, selection_score
 from lib.precise_bn import batchnorm_layers, precise_bn_batches, recompute_bn_statistics
 from lib.run_files import (  # noqa: F401  (re-exported: train_main, tests and benchmarks import them here)
@@ -34,7 +34,6 @@ from lib.run_files import (  # noqa: F401  (re-exported: train_main, tests and b
     check_output_paths,
     json_safe_optimizer_params,
 )
-from lib.run_files import keep_other_runs_best as _keep_other_runs_best  # noqa: F401
 
 CPU_EVAL_BATCH = 16  # default eval batch cap on the CPU (benchmarks/README.md)
 PROGRESS_BAR = dict(unit="batch", leave=False, dynamic_ncols=True, file=sys.stderr)
@@ -64,33 +63,6 @@ class TrainingDiverged(UserError):
 
     def __init__(self, epoch: int, batch: int):
         super().__init__(f"training diverged (loss is NaN/inf) at epoch {epoch}, batch {batch}; lower --lr")
-
-
-@dataclass
-class EvalResult:
-    """Everything one pass over a split gives: course numbers plus scores for the extra metrics."""
-
-    loss: float
-    accuracy: float
-    labels: np.ndarray
-    logits: np.ndarray
-    seconds: float
-
-    @property
-    def finite(self) -> bool:
-        """Whether every logit is finite."""
-        return bool(np.isfinite(self.logits).all())
-
-    @property
-    def fake_scores(self) -> np.ndarray:
-        """Softmax probability of class 1 (fake)."""
-        return torch.softmax(torch.from_numpy(self.logits).double(), dim=1)[:, 1].numpy()
-
-    def metrics(self) -> dict:
-        """``metrics.binary_metrics`` of P(fake); all None when the pass kept no scores."""
-        if len(self.labels) == 0:
-            return dict.fromkeys(EXTRA_SPLIT_KEYS)
-        return binary_metrics(self.labels, self.fake_scores)
 
 
 class Trainer:
@@ -180,8 +152,7 @@ class Trainer:
         correct = torch.zeros((), dtype=torch.long, device=self.device)
         bad_batch = torch.zeros((), dtype=torch.long, device=self.device)  # first NaN/inf loss; 0: none
         seen = batch = 0
-        # Reading the flag waits for the queued GPU steps (and is a collective under torchrun), so
-        # there it is read every 50 batches and at the end; on one CPU process, every batch.
+        # Reading the flag waits for queued GPU steps (a collective under torchrun): every 50 batches there.
         check_every = 1 if self.device.type == "cpu" and not self.distributed else 50
         start = last_update = time.monotonic()
         bar = self._bar(batches, f"train epoch {self.epoch + 1}")
@@ -203,11 +174,8 @@ class Trainer:
             if self.progress and time.monotonic() - last_update > 0.5:  # syncs only for display
                 last_update = time.monotonic()
                 ips = seen * self.world_size / (last_update - start)
-                bar.set_postfix(
-                    loss=f"{loss_sum.item() / seen:.4f}",
-                    acc=f"{100.0 * correct.item() / seen:.2f}",
-                    ips=f"{ips:.1f}",
-                )
+                loss_now, acc_now = loss_sum.item() / seen, 100.0 * correct.item() / seen
+                bar.set_postfix(loss=f"{loss_now:.4f}", acc=f"{acc_now:.2f}", ips=f"{ips:.1f}")
         bar.close()
         if first_bad := distributed.first_bad_batch(bad_batch):
             raise TrainingDiverged(self.epoch + 1, first_bad)
@@ -228,9 +196,8 @@ class Trainer:
     def evaluate(self, dataset, desc: str = "eval") -> EvalResult:
         """One ordered pass without gradients, keeping the logits for the extra metrics."""
         self.ddp_model.eval()
-        distributed.broadcast_buffers(
-            self.model
-        )  # BatchNorm statistics drift apart per rank: all use rank 0's
+        distributed.broadcast_buffers(self.model)  # BatchNorm statistics drift apart per rank: use rank 0's
+        criterion = self.options.eval_criterion or self.criterion  # unsmoothed, unweighted when those train
         loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
         logits = [torch.empty((0, 2), device=self.device)]
         labels = [torch.empty(0, dtype=torch.long, device=self.device)]
@@ -239,7 +206,7 @@ class Trainer:
             with self._autocast():
                 outputs = self.eval_forward(images)
             outputs = outputs.float()
-            loss_sum += self._eval_criterion(outputs, batch_labels).double() * batch_labels.shape[0]
+            loss_sum += criterion(outputs, batch_labels).double() * batch_labels.shape[0]
             logits.append(outputs)
             labels.append(batch_labels)
         if self.device.type == "cuda":
@@ -301,45 +268,55 @@ class Trainer:
             run, best_val = self._start_or_resume(files, logging_parameters, epochs, resume)
             for _ in range(self.epoch, epochs):
                 lr = self.optimizer.param_groups[0]["lr"]  # what this epoch trains with
-                try:
-                    train = self.train_one_epoch()
-                    self.recompute_bn_statistics()
-                    val, test = self._through(self.validate), self._through(self.test)
-                    if not (val.finite and test.finite):  # finite weights, but overflowing outputs
-                        raise TrainingDiverged(self.epoch, self._last_batch)
-                except TrainingDiverged as exc:
-                    if self.is_main:  # the finished epochs, marked not completed
-                        run.update(completed=False, diverged=str(exc))
-                        run_files.write_run(files.json, run)
-                    raise
+                train, val, test = self._train_and_evaluate(run, files)
                 run_files.append_epoch(
                     run, train, val, test, self.last_train_seconds, self.last_train_images_per_sec
                 )
                 run.setdefault("lr", [None] * (self.epoch - 1)).append(lr)  # None: epochs before the log
                 if self.options.scheduler is not None:
                     self.options.scheduler.step()  # per epoch: docs/design.md#training-options
-                if not self.is_main:
-                    continue
-                score = self._selection_score(val)
-                new_best = score is not None and score > best_val  # strictly better on validation; never test
-                if new_best:
-                    best_val = score
-                    run.update(
-                        best_epoch=self.epoch, best_val_acc=val.accuracy, test_acc_at_best=test.accuracy
-                    )
-                run["completed"] = self.epoch >= epochs
-                run_files.save_epoch(
-                    files, self.model, self.optimizer, run, best_val, new_best, self.options.scheduler
-                )
-                if self.options.epoch_log is not None:
-                    self.options.epoch_log(run, files.json)
-                print(
-                    f"epoch {self.epoch}/{epochs}: train loss {train[0]:.4f} acc {train[1]:.2f}% | "
-                    f"val loss {val.loss:.4f} acc {val.accuracy:.2f}% | "
-                    f"test loss {test.loss:.4f} acc {test.accuracy:.2f}%",
-                    file=sys.stderr,
-                )
+                if self.is_main:
+                    best_val = self._keep_epoch(files, run, (train, val, test), best_val, epochs)
         return run
+
+    def _train_and_evaluate(self, run: dict, files: RunFiles) -> tuple:
+        """One epoch: train, PreciseBN, validate and test; returns (train loss and accuracy, val, test).
+        On divergence the finished epochs are written, marked not completed, before it is raised."""
+        try:
+            train = self.train_one_epoch()
+            self.recompute_bn_statistics()
+            val, test = self._through(self.validate), self._through(self.test)
+            if not (val.finite and test.finite):  # finite weights, but overflowing outputs
+                raise TrainingDiverged(self.epoch, self._last_batch)
+        except TrainingDiverged as exc:
+            if self.is_main:
+                run.update(completed=False, diverged=str(exc))
+                run_files.write_run(files.json, run)
+            raise
+        return train, val, test
+
+    def _keep_epoch(self, files: RunFiles, run: dict, results: tuple, best_val: float, epochs: int) -> float:
+        """Write the epoch: the runs JSON, the checkpoints (a new best when validation is strictly
+        better; never test) and the epoch log, and print its line. Returns the best validation score."""
+        train, val, test = results
+        score = selection_score(self.options.select_by, val)
+        new_best = score is not None and score > best_val
+        if new_best:
+            best_val = score
+            run.update(best_epoch=self.epoch, best_val_acc=val.accuracy, test_acc_at_best=test.accuracy)
+        run["completed"] = self.epoch >= epochs
+        run_files.save_epoch(
+            files, self.model, self.optimizer, run, best_val, new_best, self.options.scheduler
+        )
+        if self.options.epoch_log is not None:
+            self.options.epoch_log(run, files.json)
+        print(
+            f"epoch {self.epoch}/{epochs}: train loss {train[0]:.4f} acc {train[1]:.2f}% | "
+            f"val loss {val.loss:.4f} acc {val.accuracy:.2f}% | "
+            f"test loss {test.loss:.4f} acc {test.accuracy:.2f}%",
+            file=sys.stderr,
+        )
+        return best_val
 
     # ------------------------------------------------------------------ the run's files
     def paths(self, logging_parameters: LoggingParameters) -> RunFiles:
@@ -357,7 +334,7 @@ class Trainer:
             facts = dict(seed=self.seed, device=str(self.device), world_size=self.world_size)
             return run_files.new_run(*names, **facts, extra=self.run_info), -math.inf
         protocol = self.run_info.get("protocol")  # every rank loads the same file
-        resumed = run_files.resume(
+        run, best_val, self.epoch = run_files.resume(
             files.last,
             self.model,
             self.optimizer,
@@ -366,13 +343,10 @@ class Trainer:
             protocol,
             self.options.scheduler,
         )
-        run, best_val, self.epoch = resumed
         run["completed"] = self.epoch >= epochs
         if self.is_main:
             print(f"resuming {files.last} after epoch {self.epoch}", file=sys.stderr)
-            run_files.keep_hand_edits(files.json, run, files.last)
-            run_files.restore_own_best(files.best, run)
-            run_files.write_run(files.json, run)  # complete now, also when no epoch is left to train
+            run_files.settle_resumed(files, run)
         return run, best_val
 
     # ------------------------------------------------------------------ helpers
@@ -418,17 +392,6 @@ class Trainer:
         if self.last_eval is not None and (self.last_eval.loss, self.last_eval.accuracy) == (loss, accuracy):
             return self.last_eval
         return EvalResult(loss, accuracy, np.zeros(0, np.int64), np.zeros((0, 2), np.float32), 0.0)
-
-    def _eval_criterion(self, outputs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """The validation and test loss: ``options.eval_criterion`` (plain cross-entropy when the
-        training loss is smoothed or weighted), else the training criterion."""
-        return (self.options.eval_criterion or self.criterion)(outputs, labels)
-
-    def _selection_score(self, val: EvalResult):
-        """The validation number the best checkpoint is chosen by (``options.select_by``)."""
-        if self.options.select_by == "val_acc":
-            return val.accuracy
-        return selection_score(self.options.select_by, val.accuracy, val.metrics())
 
     def _bar(self, batches, desc: str):
         return tqdm(batches, desc=desc, disable=not self.progress, **PROGRESS_BAR)

@@ -137,12 +137,12 @@ class BalancedSampler(torch.utils.data.Sampler):
         return iter(order[self.rank :: self.world_size])
 
 
-def selection_score(select_by: str, accuracy: float, metrics: dict):
-    """The number that picks the best epoch: the validation accuracy (the course's), AUC or
-    balanced accuracy of P(fake); ``None`` when the pass has none."""
+def selection_score(select_by: str, val):
+    """The number that picks the best epoch from a validation pass (an ``EvalResult``): its accuracy
+    (the course's), or the AUC or balanced accuracy of P(fake); ``None`` when the pass has none."""
     if select_by == "val_acc":
-        return accuracy
-    return metrics.get(select_by.removeprefix("val_"))
+        return val.accuracy
+    return val.metrics().get(select_by.removeprefix("val_"))
 
 
 @dataclass

@@ -417,6 +417,14 @@ def resume(
     return checkpoint["run"], (-math.inf if best is None else float(best)), epoch
 
 
+def settle_resumed(files: RunFiles, run: dict) -> None:
+    """The main process's part of a resume: keep the hand edits of the runs JSON, put this run's own
+    best checkpoint back, and write the JSON at once, complete also when no epoch is left to train."""
+    keep_hand_edits(files.json, run, files.last)
+    restore_own_best(files.best, run)
+    write_run(files.json, run)
+
+
 def refuse_other_protocol(path: str, mine: dict, saved_run) -> None:
     """Refuse to resume a run whose protocol (the flags that define a run: model, data, optimizer,
     lr, batch size, seed ...) differs from ``mine``, naming each difference: a resumed run must be

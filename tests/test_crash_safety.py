@@ -217,7 +217,7 @@ def test_new_run_keeps_earlier_best_checkpoint(second_run, reference):
 
 
 def test_unreadable_best_checkpoint_is_kept_too(tmp_path):
-    from trainer import _keep_other_runs_best
+    from lib.run_files import keep_other_runs_best as _keep_other_runs_best
 
     path = tmp_path / f"{STEM}.pt"
     path.write_bytes(b"not a checkpoint")
