@@ -18,8 +18,8 @@ import sys
 
 from lib import cross_dataset, metrics_json, names
 from lib.cli import ArgumentParser, UserError, run_cli
-from lib.fileio import save_figure
-from lib.flags import add_multi_dataset_flags
+from lib.figure_output import write_figure
+from lib.flags import add_figure_flags, add_multi_dataset_flags
 from utils import (
     WrongModelError,
     checkpoint_bytes,
@@ -60,6 +60,7 @@ def build_parser() -> ArgumentParser:
         "folder of cross_dataset.json and <D>_<M>_metrics.json (their "
         "'cross_dataset' section is replaced, other sections kept)",
     )
+    add_figure_flags(parser)
     return parser
 
 
@@ -100,7 +101,7 @@ def main(argv=None) -> int:
     rows = cross_dataset.evaluate_matrix(specs, models, datasets, args.batch_size, not args.no_progress)
 
     figure, matrix_path = cross_dataset_paths(args.figures_dir, args.out_dir)
-    path = save_figure(cross_dataset.plot_matrix(rows, test_datasets), figure)
+    path = write_figure(cross_dataset.plot_matrix(rows, test_datasets), figure, args)
 
     def section(selected: list[dict]) -> dict:
         return {"scores": SCORES, "split": "test", "test_datasets": test_datasets, "rows": selected}

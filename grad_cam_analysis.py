@@ -15,10 +15,10 @@ import sys
 
 import torch
 
-from lib import class_means, faithfulness, gradcam, metrics_json, names, sampling, transforms
+from lib import class_means, faithfulness, gradcam, metrics_json, names, sampling, scores, transforms
 from lib.cli import ArgumentParser, UserError, non_negative_int, run_cli, seed_int
-from lib.fileio import save_figure
-from lib.flags import add_analysis_flags, add_gradient_batch_flag, add_out_dir_flag
+from lib.figure_output import write_figure
+from lib.flags import add_analysis_flags, add_figure_flags, add_gradient_batch_flag, add_out_dir_flag
 from lib.transforms import normalize_batch
 from utils import FIGURE_SUFFIXES, figure_path, load_analysis_inputs
 
@@ -58,6 +58,7 @@ def build_parser() -> ArgumentParser:
         "random pixels of the faithfulness baseline",
     )
     add_gradient_batch_flag(parser)
+    add_figure_flags(parser)
     parser.add_argument(
         "--max_images",
         default=0,
@@ -99,7 +100,7 @@ def main(argv=None) -> int:
     figure = class_means.plot_mean_maps(
         means, counts, f"Mean Grad-CAM ({args.target_layer}): {title}", "jet", "Grad-CAM"
     )
-    written.append(save_figure(figure, mean_path))
+    written.append(write_figure(figure, mean_path, args))
 
     summary = {
         **metrics_json.section_header(args),
@@ -139,11 +140,15 @@ def one_image_per_class(args, model, layer, dataset, device) -> list[str]:
     cams = gradcam.grad_cam_maps(
         model, layer, normalize_batch(images.to(device)), [label for label, _ in chosen]
     )
+    p_fake = scores.soft_scores(scores.predict_logits(model, images))[:, 1]
     written = []
-    for (label, _), image, cam in zip(chosen, transforms.uint8_to_rgb_float(images), cams):
-        name = f"{names.CLASS_NAMES[label]} Image"
+    for (label, _), image, cam, p in zip(chosen, transforms.uint8_to_rgb_float(images), cams, p_fake):
+        title = (
+            f"{names.CLASS_NAMES[label]} image, P(fake) = {p:.3f}\n{names.describe(args.dataset, args.model)}"
+        )
         path = figure_path(args.figures_dir, args.dataset, args.model, FIGURE_SUFFIXES["gradcam"][label])
-        written.append(save_figure(gradcam.plot_overlay(gradcam.grad_cam_overlay(image, cam), name), path))
+        figure = gradcam.plot_overlay(gradcam.grad_cam_overlay(image, cam), title)
+        written.append(write_figure(figure, path, args))
     return written
 
 

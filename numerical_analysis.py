@@ -18,8 +18,8 @@ import sys
 
 from lib import metrics_json, names, scores, uncertainty, video_scores
 from lib.cli import ArgumentParser, non_negative_int, positive_int, run_cli, seed_int
-from lib.fileio import save_figure
-from lib.flags import add_analysis_flags, add_out_dir_flag
+from lib.figure_output import write_figure
+from lib.flags import add_analysis_flags, add_figure_flags, add_out_dir_flag
 from utils import FIGURE_SUFFIXES, figure_path, load_analysis_inputs
 
 
@@ -32,6 +32,7 @@ def build_parser() -> ArgumentParser:
         "probability of column 1 (fake when P(fake) > 0.5)."
     )
     add_analysis_flags(parser)
+    add_figure_flags(parser)
     parser.add_argument("--batch_size", "-b", default=64, type=positive_int, help="images per forward pass")
     parser.add_argument(
         "--workers",
@@ -82,14 +83,15 @@ def main(argv=None) -> int:
         figure_path(args.figures_dir, args.dataset, args.model, suffix)
         for suffix in FIGURE_SUFFIXES["numerical"]
     )
-    save_figure(scores.plot_roc(labels, logits, args.model, args.dataset), roc_path)
-    save_figure(scores.plot_det(labels, logits, args.model, args.dataset), det_path)
+    roc_path = write_figure(scores.plot_roc(labels, logits, args.model, args.dataset), roc_path, args)
+    det_path = write_figure(scores.plot_det(labels, logits, args.model, args.dataset), det_path, args)
     sure = uncertainty_section(args, labels, p_fake, grouped)
-    save_figure(
+    reliability_path = write_figure(
         uncertainty.plot_reliability(
             sure["calibration"], f"Reliability of P(fake), {names.describe(args.dataset, args.model)}"
         ),
         reliability_path,
+        args,
     )
 
     json_path = names.metrics_json_path(args.out_dir, args.dataset, args.model)

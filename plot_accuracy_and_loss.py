@@ -18,7 +18,10 @@ import matplotlib.pyplot as plt
 
 from lib.checkpoints import load_checkpoint
 from lib.cli import ArgumentParser, UserError, add_debug_flag, run_cli
-from lib.fileio import read_runs, save_figure
+from lib.figure_output import write_figure
+from lib.fileio import read_runs
+from lib.flags import add_figure_flags
+from lib.names import describe
 from utils import FIGURE_SUFFIXES, MODEL_NAMES, figure_path
 
 SPLITS = ("train", "val", "test")
@@ -55,7 +58,7 @@ def checkpoint_run_id(path: str) -> str:
     return run_id
 
 
-def plot_metric(run: dict, metric: str, ylabel: str, title: str, path: str) -> str:
+def plot_metric(run: dict, metric: str, ylabel: str, title: str, path: str, args) -> str:
     """One curve per split of ``<split>_<metric>`` over epochs 1..N."""
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for split in SPLITS:
@@ -71,7 +74,7 @@ def plot_metric(run: dict, metric: str, ylabel: str, title: str, path: str) -> s
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    return save_figure(fig, path, dpi=100)
+    return write_figure(fig, path, args)
 
 
 def run_names(run: dict, model: str | None, dataset: str | None, path: str) -> tuple[str, str]:
@@ -101,21 +104,16 @@ def check_run(run: dict, path: str) -> str:
     return ""
 
 
-def plot_run(run: dict, model: str, dataset: str, figures_dir: str, note: str = "") -> list[str]:
+def plot_run(run: dict, model: str, dataset: str, args, note: str = "") -> list[str]:
+    """The loss and the accuracy figure of ``run`` (in ``args.figures_dir``, ``args.figure_format``);
+    returns their paths."""
+    title = describe(dataset, model) + note
     losses, accuracies = (
-        figure_path(figures_dir, dataset, model, suffix) for suffix in FIGURE_SUFFIXES["curves"]
+        figure_path(args.figures_dir, dataset, model, suffix) for suffix in FIGURE_SUFFIXES["curves"]
     )
     return [
-        plot_metric(
-            run, "loss", "loss", f"loss vs epoch for {model} model on {dataset} dataset{note}", losses
-        ),
-        plot_metric(
-            run,
-            "acc",
-            "accuracy [%]",
-            f"accuracy vs epoch for {model} model on {dataset} dataset{note}",
-            accuracies,
-        ),
+        plot_metric(run, "loss", "loss", f"loss vs epoch: {title}", losses, args),
+        plot_metric(run, "acc", "accuracy [%]", f"accuracy vs epoch: {title}", accuracies, args),
     ]
 
 
@@ -151,6 +149,7 @@ def build_parser() -> ArgumentParser:
         help="plot the run that saved this best checkpoint (the run id it records)",
     )
     parser.add_argument("--figures_dir", default="figures", help="where the figures are written")
+    add_figure_flags(parser)
     add_debug_flag(parser)
     return parser
 
@@ -161,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
     run = select_run(read_runs(args.json, missing_ok=False), args.json, args.run, run_id)
     model, dataset = run_names(run, args.model, args.dataset, args.json)
     note = check_run(run, args.json)
-    for path in plot_run(run, model, dataset, args.figures_dir, note):
+    for path in plot_run(run, model, dataset, args, note):
         print(f"wrote {path}")
     return 0
 

@@ -20,8 +20,8 @@ import numpy as np
 
 from faces_dataset import FAKE_LABEL, REAL_LABEL
 from lib.cli import ArgumentParser, add_debug_flag, run_cli, seed_int
-from lib.fileio import save_figure
-from lib.flags import add_data_root_flag
+from lib.figure_output import write_figure
+from lib.flags import add_data_root_flag, add_figure_flags
 from utils import DATASET_NAMES, DATASET_TITLES, SAMPLES_FIGURE, load_dataset
 
 
@@ -49,7 +49,8 @@ def sample_images(data_root: str | None, seed: int) -> list[tuple[str, np.ndarra
     return samples
 
 
-def plot_samples(samples, path: str) -> str:
+def plot_samples(samples, path: str, args) -> str:
+    """The 2 x 2 figure of ``samples``, written to ``path`` in ``args.figure_format``; returns the path."""
     fig, axes = plt.subplots(2, 2, figsize=(8, 8.6))
     for ax, (title, image, _, source) in zip(axes.flat, samples):
         ax.imshow(image)
@@ -58,7 +59,7 @@ def plot_samples(samples, path: str) -> str:
         ax.set_xticks([])
         ax.set_yticks([])
     fig.tight_layout()
-    return save_figure(fig, path, dpi=100)
+    return write_figure(fig, path, args)
 
 
 def build_parser() -> ArgumentParser:
@@ -66,6 +67,7 @@ def build_parser() -> ArgumentParser:
     add_data_root_flag(parser)
     parser.add_argument("--seed", default=0, type=seed_int, help="seed for picking the images")
     parser.add_argument("--figures_dir", default="figures", help="where the figure is written")
+    add_figure_flags(parser)
     add_debug_flag(parser)
     return parser
 
@@ -73,7 +75,7 @@ def build_parser() -> ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     path = plot_samples(
-        sample_images(args.data_root, args.seed), os.path.join(args.figures_dir, SAMPLES_FIGURE)
+        sample_images(args.data_root, args.seed), os.path.join(args.figures_dir, SAMPLES_FIGURE), args
     )
     print(f"wrote {path}")
     return 0

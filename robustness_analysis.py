@@ -16,8 +16,8 @@ import sys
 
 from lib import metrics_json, names, perturbations, sampling
 from lib.cli import ArgumentParser, non_negative_int, positive_int, run_cli, seed_int
-from lib.fileio import save_figure
-from lib.flags import add_analysis_flags, add_out_dir_flag
+from lib.figure_output import write_figure
+from lib.flags import add_analysis_flags, add_figure_flags, add_out_dir_flag
 from lib.metrics import HEADLINE_METRICS, fmt
 from utils import FIGURE_SUFFIXES, figure_path, load_analysis_inputs
 
@@ -31,6 +31,7 @@ def build_parser() -> ArgumentParser:
         "severities, with a figure of AUC against severity."
     )
     add_analysis_flags(parser)
+    add_figure_flags(parser)
     parser.add_argument(
         "--perturbations",
         nargs="+",
@@ -92,11 +93,12 @@ def main(argv=None) -> int:
         for suffix in FIGURE_SUFFIXES["robustness"]
     )
     what = "whole test split" if whole else f"{len(indices)} test images (subset, seed {args.seed})"
-    save_figure(
+    path = write_figure(
         perturbations.plot_robustness(
             metrics, f"Robustness of {names.describe(args.dataset, args.model)}\n{what}"
         ),
         path,
+        args,
     )
     json_path = names.metrics_json_path(args.out_dir, args.dataset, args.model)
     section = {

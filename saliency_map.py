@@ -2,19 +2,22 @@
 
     python saliency_map.py -m SimpleNet -cpp checkpoints/fakes_dataset_SimpleNet_Adam.pt -d fakes_dataset
 
-Writes figures/<D>_<M>_saliency_maps_and_images_pairs.png (36 test images, each beside its map,
-6 rows x 12 columns) and figures/<D>_<M>_mean_saliency_maps.png (mean map of the real and of the
-fake test images, over the whole test split).
+Writes figures/<D>_<M>_saliency_maps_and_images_pairs.png (36 test images, each beside its map and
+titled with its class and P(fake), 6 pairs a row, as many rows as the images need) and
+figures/<D>_<M>_mean_saliency_maps.png (mean map of the real and of the fake test images, over the
+whole test split, on one colour scale).
 """
 
 from __future__ import annotations
 
 import sys
 
-from lib import class_means, names, saliency, sampling
+import torch
+
+from lib import class_means, names, saliency, sampling, scores
 from lib.cli import ArgumentParser, run_cli, seed_int
-from lib.fileio import save_figure
-from lib.flags import add_analysis_flags, add_gradient_batch_flag
+from lib.figure_output import write_figure
+from lib.flags import add_analysis_flags, add_figure_flags, add_gradient_batch_flag
 from utils import FIGURE_SUFFIXES, figure_path, load_analysis_inputs
 
 N_PAIRS = 36
@@ -26,10 +29,11 @@ def build_parser() -> ArgumentParser:
         "class with respect to the input, maximum over the colour channels (one "
         "backward per batch). Pairs figure of 36 test images (half real, half fake "
         "where possible) and mean maps per class over the whole test split (each map "
-        "scaled to [0, 1], averaged per class, scaled again)."
+        "scaled to [0, 1], averaged per class, both classes on one colour scale)."
     )
     add_analysis_flags(parser)
     add_gradient_batch_flag(parser)
+    add_figure_flags(parser)
     parser.add_argument(
         "--seed",
         default=0,
@@ -54,9 +58,13 @@ def main(argv=None) -> int:
         figure_path(args.figures_dir, args.dataset, args.model, suffix)
         for suffix in FIGURE_SUFFIXES["saliency"]
     )
-    save_figure(
-        saliency.plot_saliency_pairs(images, maps, labels, f"Images and their saliency maps: {title}"),
+    p_fake = scores.soft_scores(scores.predict_logits(model, torch.from_numpy(images)))[:, 1]
+    pairs_path = write_figure(
+        saliency.plot_saliency_pairs(
+            images, maps, labels, p_fake, f"Images and their saliency maps: {title}"
+        ),
         pairs_path,
+        args,
     )
 
     means, counts = class_means.mean_maps_per_class(
@@ -67,9 +75,10 @@ def main(argv=None) -> int:
         progress=progress,
         desc="mean saliency",
     )
-    save_figure(
+    mean_path = write_figure(
         class_means.plot_mean_maps(means, counts, f"Mean saliency maps: {title}", "hot", "saliency"),
         mean_path,
+        args,
     )
     print(
         f"{title}: saliency of {len(chosen)} chosen images (seed {args.seed}) and mean maps over "

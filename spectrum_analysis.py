@@ -16,8 +16,8 @@ import sys
 from faces_dataset import IMAGE_SIZE
 from lib import batching, metrics_json, sampling, spectrum
 from lib.cli import ArgumentParser, non_negative_int, run_cli, seed_int
-from lib.fileio import save_figure
-from lib.flags import add_multi_dataset_flags
+from lib.figure_output import write_figure
+from lib.flags import add_figure_flags, add_multi_dataset_flags
 from lib.names import dataset_title
 from utils import get_device, load_dataset, spectrum_paths
 
@@ -41,6 +41,7 @@ def build_parser() -> ArgumentParser:
         "possible, drawn with --seed (0: the whole test split)",
     )
     parser.add_argument("--seed", default=0, type=seed_int, help="seed of the subset")
+    add_figure_flags(parser)
     return parser
 
 
@@ -71,9 +72,10 @@ def main(argv=None) -> int:
     for name in dict.fromkeys(args.datasets):
         acc, section = dataset_spectra(args, name, device)
         path, json_path = spectrum_paths(args.figures_dir, args.out_dir, name)
-        save_figure(
+        path = write_figure(
             spectrum.plot_spectra(acc, section, f"Mean spectra of the test images, {dataset_title(name)}"),
             path,
+            args,
         )
         metrics_json.update_metrics_json(json_path, {"spectrum": section})
         diff = section["fake_minus_real_db"]

@@ -64,9 +64,10 @@ def mean_maps_per_class(
     desc: str = "maps",
     on_batch: Callable | None = None,
 ) -> tuple[dict[int, np.ndarray | None], dict[int, int]]:
-    """Mean map per class over a dataset: each map normalised to [0, 1], averaged per class,
-    normalised again. ``map_fn(normalised images on device, labels on device)`` gives N x H x W
-    maps (tensor or array). ``on_batch(images, labels, maps, indices)`` is called on every batch
+    """Mean map per class over a dataset: each map normalised to [0, 1], averaged per class (not
+    scaled again, so the two classes' means compare on one scale; docs/design.md#saliency).
+    ``map_fn(normalised images on device, labels on device)`` gives N x H x W maps (tensor or
+    array). ``on_batch(images, labels, maps, indices)`` is called on every batch
     (for extra statistics on the same maps; ``indices``: the batch's dataset indices). Returns
     ({0: real mean, 1: fake mean}, {0: n, 1: n}); a class without images has ``None``."""
     device = torch.device(device)
@@ -83,23 +84,28 @@ def mean_maps_per_class(
     means: dict[int, np.ndarray | None] = {}
     for label in (0, 1):
         mean = per_class.mean(label)
-        means[label] = None if mean is None else normalize_maps(mean[None])[0].float().cpu().numpy()
+        means[label] = None if mean is None else mean.float().cpu().numpy()
     return means, per_class.counts()
 
 
 def plot_mean_maps(means: dict, counts: dict, title: str, cmap: str, what: str):
-    """Two panels: the mean map of the real and of the fake images (with the image counts)."""
+    """Two panels: the mean map of the real and of the fake images (with the image counts), on
+    one colour scale (the lowest to the highest value of both) with one colour bar."""
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(10, 5.2))
+    present = [np.asarray(m) for m in means.values() if m is not None]
+    low = min((float(m.min()) for m in present), default=0.0)
+    high = max((float(m.max()) for m in present), default=1.0)
+    fig, axes = plt.subplots(1, 2, figsize=(10.8, 5.2), layout="constrained")
+    shown = None
     for ax, label in zip(axes, (0, 1)):
         ax.axis("off")
         if means.get(label) is None:
             ax.set_title(f"{CLASS_NAMES[label]} images: none in the test split")
             continue
-        shown = ax.imshow(means[label], cmap=cmap, vmin=0.0, vmax=1.0)
+        shown = ax.imshow(means[label], cmap=cmap, vmin=low, vmax=high if high > low else low + 1.0)
         ax.set_title(f"mean {what} of {CLASS_NAMES[label].lower()} images (n={counts[label]})")
-        fig.colorbar(shown, ax=ax, fraction=0.046, pad=0.04)
+    if shown is not None:
+        fig.colorbar(shown, ax=list(axes), fraction=0.046, pad=0.04, label=f"mean {what} (shared scale)")
     fig.suptitle(title)
-    fig.tight_layout()
     return fig

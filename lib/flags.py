@@ -7,6 +7,7 @@ import argparse
 
 from lib.cli import add_debug_flag, positive_int
 from lib.data_root import DATA_ROOT_ENV, DEFAULT_DATA_ROOT
+from lib.figure_output import DEFAULT_DPI, DEFAULT_FIGURE_FORMAT, FIGURE_FORMATS
 from lib.names import COURSE_CHECKPOINT, DATASET_NAMES, MODEL_NAMES
 
 
@@ -122,4 +123,22 @@ def add_detector_flags(group, used_for: str) -> None:
         type=positive_int,
         default=face_detectors.MIN_FACE_PX,
         help="MTCNN: smallest face looked for, in pixels",
+    )
+
+
+def add_figure_flags(parser) -> None:
+    """``--figure_format`` and ``--dpi`` of every plotting script (docs/design.md#figure-formats);
+    ``lib.figure_output.write_figure`` reads them."""
+    group = parser.add_argument_group("figures")
+    group.add_argument(
+        "--figure_format",
+        default=DEFAULT_FIGURE_FORMAT,
+        choices=FIGURE_FORMATS,
+        help="file type of the figures; pdf and svg keep lines and text as vectors",
+    )
+    group.add_argument(
+        "--dpi",
+        default=DEFAULT_DPI,
+        type=positive_int,
+        help="resolution of the figures in dots per inch (in pdf and svg: of the images drawn in them)",
     )

@@ -126,7 +126,7 @@ def grad_cam_overlay(image_rgb: np.ndarray, cam: np.ndarray, image_weight: float
 
 
 def plot_overlay(overlay: np.ndarray, title: str):
-    """One Grad-CAM overlay titled ``title`` (the study's ``Real Image`` / ``Fake Image``)."""
+    """One Grad-CAM overlay titled ``title`` (the image's model, dataset, class and P(fake))."""
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(5, 5.3))

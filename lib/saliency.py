@@ -48,21 +48,23 @@ def saliency_of_dataset(
 
 
 def plot_saliency_pairs(
-    images_uint8: np.ndarray, maps: np.ndarray, labels, title: str, rows: int = 6, pairs_per_row: int = 6
+    images_uint8: np.ndarray, maps: np.ndarray, labels, p_fake, title: str, pairs_per_row: int = 6
 ):
-    """Each image beside its saliency map: ``rows`` x (2 * ``pairs_per_row``) axes, titled with
-    the true label; unused cells (fewer images than cells) stay blank."""
+    """Each image beside its saliency map, ``pairs_per_row`` pairs a row and as many rows as the
+    images need; each image is titled with its true class and the model's P(fake)."""
     import matplotlib.pyplot as plt
 
+    pairs_per_row = max(1, min(pairs_per_row, len(images_uint8)))
+    rows = max(1, -(-len(images_uint8) // pairs_per_row))
     fig, axes = plt.subplots(rows, 2 * pairs_per_row, figsize=(2 * pairs_per_row * 1.9, rows * 2.1))
     axes = np.asarray(axes).reshape(rows, 2 * pairs_per_row)
     rgb = uint8_to_rgb_float(images_uint8)
     for ax in axes.flat:
         ax.axis("off")
-    for i in range(min(len(rgb), rows * pairs_per_row)):
+    for i in range(len(rgb)):
         r, c = divmod(i, pairs_per_row)
         axes[r, 2 * c].imshow(rgb[i])
-        axes[r, 2 * c].set_title(CLASS_NAMES[int(labels[i])], fontsize=9)
+        axes[r, 2 * c].set_title(f"{CLASS_NAMES[int(labels[i])]}, P(fake) {float(p_fake[i]):.3f}", fontsize=8)
         axes[r, 2 * c + 1].imshow(maps[i], cmap="hot")
         axes[r, 2 * c + 1].set_title("saliency", fontsize=9)
     fig.suptitle(title)

@@ -157,28 +157,37 @@ def _require_both_classes(labels, what: str) -> None:
         )
 
 
+def _curve_scores(logits) -> tuple[tuple[np.ndarray, str], ...]:
+    """The three scores the ROC and DET figures draw, each with its legend name: score A, score B
+    (raw output columns 0 and 1) and P(fake), the score the report's AUC is of."""
+    scores = np.asarray(logits, dtype=np.float64)
+    return (
+        (scores[:, 0], "score A (column 0, real)"),
+        (scores[:, 1], "score B (column 1, fake)"),
+        (soft_scores(scores)[:, 1], "P(fake) (softmax)"),
+    )
+
+
 def plot_roc(labels, logits, model_name: str, dataset_name: str):
-    """ROC curves of score A and score B (raw output columns 0 and 1, positive label 1) with both
-    AUCs in the title."""
+    """ROC curves of score A, score B (raw output columns 0 and 1) and P(fake), positive label 1;
+    each legend entry and the title give that score's AUC (sklearn)."""
     import matplotlib.pyplot as plt
     from sklearn.metrics import RocCurveDisplay, roc_auc_score
 
     _require_both_classes(labels, "a ROC curve")
-    scores = np.asarray(logits, dtype=np.float64)
-    auc_a = roc_auc_score(labels, scores[:, 0])
-    auc_b = roc_auc_score(labels, scores[:, 1])
+    curves = _curve_scores(logits)
+    auc_a, auc_b, auc_p = (roc_auc_score(labels, score) for score, _ in curves)
     fig, ax = plt.subplots(figsize=(6.4, 6.0))
-    RocCurveDisplay.from_predictions(
-        labels, scores[:, 0], pos_label=1, ax=ax, name="score A (column 0, real)"
-    )
-    RocCurveDisplay.from_predictions(
-        labels, scores[:, 1], pos_label=1, ax=ax, name="score B (column 1, fake)"
-    )
+    for (score, name), style in zip(curves, ("-", "-", "--")):
+        RocCurveDisplay.from_predictions(
+            labels, score, pos_label=1, ax=ax, name=name, curve_kwargs={"linestyle": style}
+        )
     ax.plot([0, 1], [0, 1], linestyle=":", color="gray", label="chance")
     ax.set_xlabel("false positive rate (real called fake)")
     ax.set_ylabel("true positive rate (fake called fake)")
     ax.set_title(
-        f"ROC of {describe(dataset_name, model_name)}\nAUC score A = {auc_a:.4f}, AUC score B = {auc_b:.4f}"
+        f"ROC of {describe(dataset_name, model_name)}\n"
+        f"AUC score A = {auc_a:.4f}, score B = {auc_b:.4f}, P(fake) = {auc_p:.4f}"
     )
     ax.legend(loc="lower right")
     fig.tight_layout()
@@ -186,17 +195,17 @@ def plot_roc(labels, logits, model_name: str, dataset_name: str):
 
 
 def plot_det(labels, logits, model_name: str, dataset_name: str):
-    """DET curves of score A and score B (raw output columns 0 and 1) on normal-deviate axes
-    (ticks 0.1 % .. 99.9 %)."""
+    """DET curves of score A, score B (raw output columns 0 and 1) and P(fake) on normal-deviate
+    axes (ticks 0.1 % .. 99.9 %); each legend entry gives that score's AUC (sklearn)."""
     import matplotlib.pyplot as plt
     from scipy.stats import norm
-    from sklearn.metrics import DetCurveDisplay
+    from sklearn.metrics import DetCurveDisplay, roc_auc_score
 
     _require_both_classes(labels, "a DET curve")
-    scores = np.asarray(logits, dtype=np.float64)
     fig, ax = plt.subplots(figsize=(6.4, 6.0))
-    for column, name in ((0, "score A (column 0, real)"), (1, "score B (column 1, fake)")):
-        DetCurveDisplay.from_predictions(labels, scores[:, column], pos_label=1, ax=ax, name=name)
+    for (score, name), style in zip(_curve_scores(logits), ("-", "-", "--")):
+        label = f"{name} (AUC = {roc_auc_score(labels, score):.4f})"
+        DetCurveDisplay.from_predictions(labels, score, pos_label=1, ax=ax, name=label, linestyle=style)
     # Normal-deviate axes with ticks from 0.1 % to 99.9 %, all visible.
     locations = norm.ppf(DET_TICKS)
     names = [f"{100 * t:g}%" for t in DET_TICKS]
