@@ -98,7 +98,9 @@ def main(argv=None) -> int:
     for name in test_datasets:
         datasets[name] = load_dataset(name, "test", args.data_root)
         datasets[name].cache_images(progress=not args.no_progress)  # decoded once for every checkpoint
-    rows = cross_dataset.evaluate_matrix(specs, models, datasets, args.batch_size, not args.no_progress)
+    rows = cross_dataset.evaluate_matrix(
+        specs, models, datasets, args.batch_size, not args.no_progress, args.num_workers
+    )
 
     figure, matrix_path = cross_dataset_paths(args.figures_dir, args.out_dir)
     path = write_figure(cross_dataset.plot_matrix(rows, test_datasets), figure, args)

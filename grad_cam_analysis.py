@@ -88,8 +88,8 @@ def build_parser() -> ArgumentParser:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    device, model, dataset = load_analysis_inputs(args)  # fills in -m from the checkpoint
     args.target_layer = gradcam.target_layer_name(args.model, args.target_layer)
-    device, model, dataset = load_analysis_inputs(args)
     layer = gradcam.resolve_layer(model, args.target_layer)
     title = names.describe(args.dataset, args.model)
     written = one_image_per_class(args, model, layer, dataset, device)
@@ -144,7 +144,7 @@ def one_image_per_class(args, model, layer, dataset, device) -> list[str]:
     written = []
     for (label, _), image, cam, p in zip(chosen, transforms.uint8_to_rgb_float(images), cams, p_fake):
         title = (
-            f"{names.CLASS_NAMES[label]} image, P(fake) = {p:.3f}\n{names.describe(args.dataset, args.model)}"
+            f"{names.CLASS_NAMES[label]} Image, P(fake) = {p:.3f}\n{names.describe(args.dataset, args.model)}"
         )
         path = figure_path(args.figures_dir, args.dataset, args.model, FIGURE_SUFFIXES["gradcam"][label])
         figure = gradcam.plot_overlay(gradcam.grad_cam_overlay(image, cam), title)
@@ -184,6 +184,7 @@ def mean_maps_and_faithfulness(args, model, layer, dataset, device):
             progress=not args.no_progress,
             desc=desc,
             on_batch=faith,
+            num_workers=args.num_workers,
         )
 
     means, counts = mean_maps(mean_subset, "Grad-CAM")

@@ -17,7 +17,7 @@ import os
 import sys
 
 from lib import metrics_json, names, scores, uncertainty, video_scores
-from lib.cli import ArgumentParser, non_negative_int, positive_int, run_cli, seed_int
+from lib.cli import ArgumentParser, positive_int, run_cli, seed_int
 from lib.figure_output import write_figure
 from lib.flags import add_analysis_flags, add_figure_flags, add_out_dir_flag
 from utils import FIGURE_SUFFIXES, figure_path, load_analysis_inputs
@@ -34,14 +34,6 @@ def build_parser() -> ArgumentParser:
     add_analysis_flags(parser)
     add_figure_flags(parser)
     parser.add_argument("--batch_size", "-b", default=64, type=positive_int, help="images per forward pass")
-    parser.add_argument(
-        "--workers",
-        "-j",
-        dest="num_workers",
-        default=0,
-        type=non_negative_int,
-        help="worker processes decoding images (0: in the main process)",
-    )
     add_out_dir_flag(parser, "numerical")
     parser.add_argument(
         "--bootstrap",

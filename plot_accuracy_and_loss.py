@@ -21,7 +21,7 @@ from lib.cli import ArgumentParser, UserError, add_debug_flag, run_cli
 from lib.figure_output import write_figure
 from lib.fileio import read_runs
 from lib.flags import add_figure_flags
-from lib.names import describe
+from lib.names import dataset_title
 from utils import FIGURE_SUFFIXES, MODEL_NAMES, figure_path
 
 SPLITS = ("train", "val", "test")
@@ -107,13 +107,13 @@ def check_run(run: dict, path: str) -> str:
 def plot_run(run: dict, model: str, dataset: str, args, note: str = "") -> list[str]:
     """The loss and the accuracy figure of ``run`` (in ``args.figures_dir``, ``args.figure_format``);
     returns their paths."""
-    title = describe(dataset, model) + note
+    title = f"{model} model on {dataset_title(dataset)}{note}"  # the course's titles
     losses, accuracies = (
         figure_path(args.figures_dir, dataset, model, suffix) for suffix in FIGURE_SUFFIXES["curves"]
     )
     return [
-        plot_metric(run, "loss", "loss", f"loss vs epoch: {title}", losses, args),
-        plot_metric(run, "acc", "accuracy [%]", f"accuracy vs epoch: {title}", accuracies, args),
+        plot_metric(run, "loss", "loss", f"loss vs epoch for {title}", losses, args),
+        plot_metric(run, "acc", "accuracy [%]", f"accuracy vs epoch for {title}", accuracies, args),
     ]
 
 

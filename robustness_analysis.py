@@ -84,7 +84,14 @@ def main(argv=None) -> int:
     indices = list(range(len(labels))) if whole else subset.tolist()
     chosen = perturbations.conditions(dict.fromkeys(args.perturbations))
     logits, labels = perturbations.score_perturbed(
-        model, dataset, chosen, indices, args.batch_size, args.seed, progress=not args.no_progress
+        model,
+        dataset,
+        chosen,
+        indices,
+        args.batch_size,
+        args.seed,
+        progress=not args.no_progress,
+        num_workers=args.num_workers,
     )
     metrics = perturbations.robustness_metrics(labels, logits)
 

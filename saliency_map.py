@@ -52,7 +52,7 @@ def main(argv=None) -> int:
 
     chosen = sampling.pick_mixed_indices(dataset.labels.numpy(), N_PAIRS, args.seed)
     maps, images, labels = saliency.saliency_of_dataset(
-        model, dataset, chosen, args.batch_size, progress=progress
+        model, dataset, chosen, args.batch_size, progress=progress, num_workers=args.num_workers
     )
     pairs_path, mean_path = (
         figure_path(args.figures_dir, args.dataset, args.model, suffix)
@@ -74,6 +74,7 @@ def main(argv=None) -> int:
         device,
         progress=progress,
         desc="mean saliency",
+        num_workers=args.num_workers,
     )
     mean_path = write_figure(
         class_means.plot_mean_maps(means, counts, f"Mean saliency maps: {title}", "hot", "saliency"),

@@ -52,7 +52,12 @@ def dataset_spectra(args, name: str, device) -> tuple[spectrum.SpectrumAccumulat
     indices = sampling.subset_indices(labels, args.max_images, args.seed)
     acc = spectrum.SpectrumAccumulator()
     for images, batch_labels, _ in batching.iter_batches(
-        dataset, args.batch_size, indices, progress=not args.no_progress, desc=f"spectra {name}"
+        dataset,
+        args.batch_size,
+        indices,
+        args.num_workers,
+        progress=not args.no_progress,
+        desc=f"spectra {name}",
     ):
         acc.add(images.to(device), batch_labels.to(device))
     section = {

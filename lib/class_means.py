@@ -63,17 +63,19 @@ def mean_maps_per_class(
     progress: bool = False,
     desc: str = "maps",
     on_batch: Callable | None = None,
+    num_workers: int = 0,
 ) -> tuple[dict[int, np.ndarray | None], dict[int, int]]:
     """Mean map per class over a dataset: each map normalised to [0, 1], averaged per class (not
     scaled again, so the two classes' means compare on one scale; docs/design.md#saliency).
     ``map_fn(normalised images on device, labels on device)`` gives N x H x W maps (tensor or
     array). ``on_batch(images, labels, maps, indices)`` is called on every batch
-    (for extra statistics on the same maps; ``indices``: the batch's dataset indices). Returns
+    (for extra statistics on the same maps; ``indices``: the batch's dataset indices).
+    ``num_workers`` worker processes decode the images. Returns
     ({0: real mean, 1: fake mean}, {0: n, 1: n}); a class without images has ``None``."""
     device = torch.device(device)
     per_class = ClassSums()
     for batch, labels, batch_indices in iter_batches(
-        dataset, batch_size, indices, progress=progress, desc=desc
+        dataset, batch_size, indices, num_workers, progress=progress, desc=desc
     ):
         images = normalize_batch(batch.to(device, non_blocking=True))
         labels = labels.to(device)

@@ -107,16 +107,19 @@ def discover_checkpoints(folder: str) -> list[CheckpointSpec]:
 
 
 def evaluate_matrix(
-    specs, models, datasets: dict, batch_size: int = 64, progress: bool = False
+    specs, models, datasets: dict, batch_size: int = 64, progress: bool = False, num_workers: int = 0
 ) -> list[dict]:
     """One row per checkpoint (``specs`` and their loaded ``models``): its spec and, per test
     dataset (``datasets``: name -> test split), AUC, accuracy (%), EER, AP of P(fake), the class
-    counts and whether it is in-distribution (the dataset it was trained on)."""
+    counts and whether it is in-distribution (the dataset it was trained on). ``num_workers``
+    worker processes decode the images."""
     rows = []
     for spec, model in zip(specs, models):
         results = {}
         for name, dataset in datasets.items():
-            logits, labels = scores.predict_scores(model, dataset, batch_size, progress=progress)
+            logits, labels = scores.predict_scores(
+                model, dataset, batch_size, progress=progress, num_workers=num_workers
+            )
             metrics = binary_metrics(labels, scores.soft_scores(logits)[:, 1])
             results[name] = {key: metrics[key] for key in (*HEADLINE_METRICS, "n_real", "n_fake")}
             results[name]["in_distribution"] = name == spec.dataset

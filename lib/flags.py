@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import argparse
 
-from lib.cli import add_debug_flag, positive_int
+from lib.cli import add_debug_flag, non_negative_int, positive_int
 from lib.data_root import DATA_ROOT_ENV, DEFAULT_DATA_ROOT
 from lib.figure_output import DEFAULT_DPI, DEFAULT_FIGURE_FORMAT, FIGURE_FORMATS
 from lib.names import COURSE_CHECKPOINT, DATASET_NAMES, MODEL_NAMES
@@ -58,12 +58,26 @@ def add_dataset_flag(parser, what: str) -> None:
 
 
 def add_analysis_flags(parser: argparse.ArgumentParser) -> None:
-    """The flags every analysis script shares (docs/design.md#analysis)."""
+    """The flags every analysis script of one checkpoint shares (docs/design.md#analysis)."""
     add_checkpoint_flags(parser)
     add_dataset_flag(parser, "dataset whose test split is analysed")
     add_data_root_flag(parser)
     add_device_and_figures_flags(parser)
+    add_workers_flag(parser)
     add_debug_flag(parser)
+
+
+def add_workers_flag(parser) -> None:
+    """``-j/--workers`` of the analysis scripts: worker processes that decode the test images
+    (the same flag, spelling and meaning as train_main.py's; docs/design.md#command-line-habits)."""
+    parser.add_argument(
+        "--workers",
+        "-j",
+        dest="num_workers",
+        default=0,
+        type=non_negative_int,
+        help="worker processes decoding images (0: in the main process)",
+    )
 
 
 def add_gradient_batch_flag(parser: argparse.ArgumentParser) -> None:
@@ -101,6 +115,7 @@ def add_multi_dataset_flags(parser: argparse.ArgumentParser, what: str, out_help
     add_data_root_flag(parser)
     add_device_and_figures_flags(parser)
     parser.add_argument("--batch_size", "-b", default=64, type=positive_int, help="images per batch")
+    add_workers_flag(parser)
     parser.add_argument("--out_dir", default="out", help=out_help)
     parser.add_argument("--no_progress", action="store_true", help="no progress bar")
     add_debug_flag(parser)

@@ -77,4 +77,5 @@ CLASS_NAMES = ("Real", "Fake")  # label 0, label 1
 
 
 def describe(dataset_name: str, model_name: str) -> str:
+    """A figure title's subject: the model and the dataset's title ('SimpleNet on Deepfakes dataset')."""
     return f"{model_name} on {dataset_title(dataset_name)}"

@@ -109,10 +109,11 @@ def conditions(names=None) -> list[tuple[str, float]]:
 
 # ----------------------------------------------------------------------------- evaluation
 def score_perturbed(
-    model, dataset, chosen, indices, batch_size: int, seed: int, progress: bool = False
+    model, dataset, chosen, indices, batch_size: int, seed: int, progress: bool = False, num_workers: int = 0
 ) -> tuple[dict, np.ndarray]:
     """Logits of the images ``indices`` of a ``FacesDataset``, clean and under each (name,
-    severity) of ``chosen``: ``({"clean" or (name, severity): N x 2 float32}, labels)``.
+    severity) of ``chosen``: ``({"clean" or (name, severity): N x 2 float32}, labels)``;
+    ``num_workers`` worker processes decode the images.
 
     Each batch is decoded once and forwarded clean and perturbed, on the model's device, through
     the evaluation transform (``scores.predict_logits``); the clean forward is the one
@@ -124,7 +125,9 @@ def score_perturbed(
     with tqdm(
         total=len(indices) * len(keys), desc="perturbed scoring", unit="img", disable=not progress
     ) as bar:
-        for images, batch_labels, batch_indices in batching.iter_batches(dataset, batch_size, indices):
+        for images, batch_labels, batch_indices in batching.iter_batches(
+            dataset, batch_size, indices, num_workers
+        ):
             for key in keys:
                 batch = images if key == "clean" else perturb(images, *key, batch_indices, seed)
                 logits[key].append(scores.predict_logits(model, batch, batch_size))

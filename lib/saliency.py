@@ -31,14 +31,14 @@ def saliency_maps(model: nn.Module, images: torch.Tensor, labels) -> torch.Tenso
 
 
 def saliency_of_dataset(
-    model: nn.Module, dataset, indices, batch_size: int = 16, progress: bool = False
+    model: nn.Module, dataset, indices, batch_size: int = 16, progress: bool = False, num_workers: int = 0
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Saliency maps of the images ``indices`` of a dataset: (maps N x H x W float32, uint8 images
-    N x 3 x H x W, labels), batched."""
+    N x 3 x H x W, labels), batched (decoded by ``num_workers`` worker processes)."""
     device = model_device(model)
     maps, images, labels = [], [], []
     for batch, batch_labels, _ in iter_batches(
-        dataset, batch_size, indices, progress=progress, desc="saliency"
+        dataset, batch_size, indices, num_workers, progress=progress, desc="saliency"
     ):
         inputs = normalize_batch(batch.to(device, non_blocking=True))
         maps.append(saliency_maps(model, inputs, batch_labels.to(device)).float().cpu())

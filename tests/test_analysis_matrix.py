@@ -484,3 +484,55 @@ def test_every_named_figure_is_promised(matrix_root, tmp_path):
     assert os.path.basename(names.cross_dataset_paths("f", "o")[0]) in promised
     for dataset in COUNTS:
         assert os.path.basename(names.spectrum_paths("f", "o", dataset)[0]) in promised
+
+
+VECTOR_MAGIC = {"pdf": b"%PDF-", "svg": b"<?xml"}
+PLOTTING = [a for a in ANALYSES if a.command != "predict"]  # predict.py's overlays stay PNG
+
+
+@pytest.mark.parametrize(
+    "analysis, figure_format",
+    [pytest.param(a, f, id=f"{a.command}-{f}") for a, f in zip(PLOTTING, itertools.cycle(VECTOR_MAGIC))],
+)
+def test_figure_format_gives_every_promised_figure_in_that_format(
+    analysis, figure_format, matrix_root, trained, tmp_path, capsys
+):
+    """``--figure_format pdf|svg``: the same figures, under the same names with that extension,
+    each a file of that format (its magic bytes); no PNG beside them."""
+    model = MODELS[0] if analysis.per_model else None
+    case = Case(model, matrix_root, tmp_path)
+    if model is not None:
+        case.checkpoint, case.runs_json = trained(model)
+    argv = analysis.argv(case) + ["--figure_format", figure_format, "--dpi", "50"]
+    assert run_cli(importlib.import_module(analysis.command).main, argv) == 0, capsys.readouterr().err
+    expected = sorted(f"{os.path.splitext(name)[0]}.{figure_format}" for name in analysis.figures(case))
+    assert sorted(os.listdir(case.fig)) == expected
+    for name in expected:
+        head = (case.fig / name).read_bytes()[:400]
+        assert head.startswith(VECTOR_MAGIC[figure_format]), (name, head[:20])
+        assert figure_format != "svg" or b"<svg" in head, name
+
+
+@pytest.mark.parametrize(
+    "analysis", [pytest.param(a, id=a.command) for a in PLOTTING if a.command != "plot_accuracy_and_loss"]
+)
+def test_workers_reach_every_data_loader(analysis, matrix_root, trained, tmp_path, monkeypatch, capsys):
+    """``-j 3``: every DataLoader the command builds gets 3 workers (run here in-process, so the
+    cell stays fast: the loader is built with the workers asked for recorded, then 0)."""
+    from lib import batching
+
+    asked = []
+    real_loader = batching.DataLoader
+
+    def loader(*args, num_workers=0, **kwargs):
+        asked.append(num_workers)
+        return real_loader(*args, num_workers=0, **kwargs)
+
+    monkeypatch.setattr(batching, "DataLoader", loader)
+    model = MODELS[0] if analysis.per_model else None
+    case = Case(model, matrix_root, tmp_path)
+    if model is not None:
+        case.checkpoint, case.runs_json = trained(model)
+    argv = analysis.argv(case) + ["-j", "3"]
+    assert run_cli(importlib.import_module(analysis.command).main, argv) == 0, capsys.readouterr().err
+    assert asked and set(asked) == {3}, asked

@@ -111,8 +111,10 @@ SCRIPTS = {  # every top-level command, with the least it needs to parse
     "spectrum_analysis": [],
     "train_main": [],
 }
-WORKER_SCRIPTS = ("make_demo_datasets", "make_demo_videos", "numerical_analysis", "prepare_videos")
-WORKER_SCRIPTS += ("run_study", "train_main")
+ANALYSES = ("cross_dataset_analysis", "grad_cam_analysis", "numerical_analysis", "robustness_analysis")
+ANALYSES += ("saliency_map", "spectrum_analysis")
+WORKER_SCRIPTS = ("make_demo_datasets", "make_demo_videos", "prepare_videos", "run_study", "train_main")
+WORKER_SCRIPTS += ANALYSES
 
 
 def test_every_command_is_listed():

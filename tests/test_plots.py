@@ -62,16 +62,16 @@ def test_curve_plots_use_last_run_by_default(tmp_path, monkeypatch):
     monkeypatch.setattr(
         plot_accuracy_and_loss,
         "plot_metric",
-        lambda run, metric, ylabel, title, out: (
+        lambda run, metric, ylabel, title, out, args: (
             plotted.append((len(run["train_loss"]), title)),
-            real(run, metric, ylabel, title, out),
+            real(run, metric, ylabel, title, out, args),
         )[1],
     )
     argv = ["-m", "SimpleNet", "-j", str(path), "-d", "fakes_dataset", "--figures_dir", str(tmp_path)]
     assert plot_accuracy_and_loss.main(argv) == 0
     assert plotted == [
-        (4, "loss vs epoch for SimpleNet model on fakes_dataset dataset"),
-        (4, "accuracy vs epoch for SimpleNet model on fakes_dataset dataset"),
+        (4, "loss vs epoch for SimpleNet model on Deepfakes dataset"),
+        (4, "accuracy vs epoch for SimpleNet model on Deepfakes dataset"),
     ]
     assert (tmp_path / "fakes_dataset_SimpleNet_losses_plot.png").is_file()
     assert (tmp_path / "fakes_dataset_SimpleNet_accuracies_plot.png").is_file()

@@ -509,13 +509,13 @@ def test_plot_refuses_a_run_of_another_model_or_dataset(flags, tmp_path, capsys)
 
 def test_plot_of_an_unfinished_run_says_so(tmp_path, capsys, monkeypatch):
     titles = []
-    real_save = plot_accuracy_and_loss.save_figure
+    real_write = plot_accuracy_and_loss.write_figure
 
-    def save_figure(fig, path, **kwargs):
+    def write_figure(fig, path, args):
         titles.append(fig.axes[0].get_title())
-        return real_save(fig, path, **kwargs)
+        return real_write(fig, path, args)
 
-    monkeypatch.setattr(plot_accuracy_and_loss, "save_figure", save_figure)
+    monkeypatch.setattr(plot_accuracy_and_loss, "write_figure", write_figure)
     argv = ["-j", _runs_json(tmp_path, completed=False), "--figures_dir", str(tmp_path / "fig")]
     assert plot_accuracy_and_loss.main(argv) == 0
     assert "UNFINISHED" in capsys.readouterr().err
@@ -523,8 +523,8 @@ def test_plot_of_an_unfinished_run_says_so(tmp_path, capsys, monkeypatch):
     titles.clear()
     assert plot_accuracy_and_loss.main(["-j", _runs_json(tmp_path), "--figures_dir", str(tmp_path)]) == 0
     assert titles == [
-        "loss vs epoch for SimpleNet model on fakes_dataset dataset",
-        "accuracy vs epoch for SimpleNet model on fakes_dataset dataset",
+        "loss vs epoch for SimpleNet model on Deepfakes dataset",
+        "accuracy vs epoch for SimpleNet model on Deepfakes dataset",
     ]
 
 
