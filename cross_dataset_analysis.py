@@ -110,9 +110,13 @@ def main(argv=None) -> int:
 
     metrics_json.update_metrics_json(matrix_path, {"cross_dataset": section(rows)})
     written = [matrix_path]
-    for dataset, model in dict.fromkeys((row["train_dataset"], row["model"]) for row in rows):
-        run_path = names.metrics_json_path(args.out_dir, dataset, model)
-        mine = [row for row in rows if (row["train_dataset"], row["model"]) == (dataset, model)]
+
+    def run_of(row: dict) -> tuple:
+        return row["train_dataset"], row["model"], row["run_name"]
+
+    for run in dict.fromkeys(map(run_of, rows)):
+        run_path = names.metrics_json_path(args.out_dir, *run)
+        mine = [row for row in rows if run_of(row) == run]
         metrics_json.update_metrics_json(run_path, {"cross_dataset": section(mine)})
         written.append(run_path)
 

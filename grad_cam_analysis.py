@@ -96,7 +96,7 @@ def main(argv=None) -> int:
     means, counts, faith = mean_maps_and_faithfulness(args, model, layer, dataset, device)
     if counts[0] + counts[1] == 0:
         raise UserError("no test images to analyse")
-    mean_path = figure_path(args.figures_dir, args.dataset, args.model, "mean_grad_cam")
+    mean_path = figure_path(args.figures_dir, args.dataset, args.model, "mean_grad_cam", args.run_name)
     figure = class_means.plot_mean_maps(
         means, counts, f"Mean Grad-CAM ({args.target_layer}): {title}", "jet", "Grad-CAM"
     )
@@ -111,7 +111,7 @@ def main(argv=None) -> int:
         "n_fake": counts[1],
         **faith.summary(),
     }
-    json_path = names.metrics_json_path(args.out_dir, args.dataset, args.model)
+    json_path = names.metrics_json_path(args.out_dir, args.dataset, args.model, args.run_name)
     metrics_json.update_metrics_json(json_path, {"grad_cam": summary})
 
     print(f"{title}: Grad-CAM at {args.target_layer} over {counts[0]} real and {counts[1]} fake test images")
@@ -146,7 +146,8 @@ def one_image_per_class(args, model, layer, dataset, device) -> list[str]:
         title = (
             f"{names.CLASS_NAMES[label]} Image, P(fake) = {p:.3f}\n{names.describe(args.dataset, args.model)}"
         )
-        path = figure_path(args.figures_dir, args.dataset, args.model, FIGURE_SUFFIXES["gradcam"][label])
+        suffix = FIGURE_SUFFIXES["gradcam"][label]
+        path = figure_path(args.figures_dir, args.dataset, args.model, suffix, args.run_name)
         figure = gradcam.plot_overlay(gradcam.grad_cam_overlay(image, cam), title)
         written.append(write_figure(figure, path, args))
     return written

@@ -72,7 +72,7 @@ def main(argv=None) -> int:
     grouped = video_scores.group_videos(keys, labels, p_fake, args.aggregate) if keys else None
 
     roc_path, det_path, reliability_path = (
-        figure_path(args.figures_dir, args.dataset, args.model, suffix)
+        figure_path(args.figures_dir, args.dataset, args.model, suffix, args.run_name)
         for suffix in FIGURE_SUFFIXES["numerical"]
     )
     roc_path = write_figure(scores.plot_roc(labels, logits, args.model, args.dataset), roc_path, args)
@@ -86,7 +86,7 @@ def main(argv=None) -> int:
         args,
     )
 
-    json_path = names.metrics_json_path(args.out_dir, args.dataset, args.model)
+    json_path = names.metrics_json_path(args.out_dir, args.dataset, args.model, args.run_name)
     section = {
         **metrics_json.section_header(args),
         "score_definition": scores.SCORE_DESCRIPTION,
@@ -95,7 +95,7 @@ def main(argv=None) -> int:
     if grouped is not None:
         section["video"] = video_scores.video_figures(grouped, grouping, args.aggregate)
     metrics_json.update_metrics_json(json_path, {"numerical": section, "uncertainty": sure})
-    csv_path = names.scores_csv_path(args.out_dir, args.dataset, args.model)
+    csv_path = names.scores_csv_path(args.out_dir, args.dataset, args.model, args.run_name)
     video_scores.write_scores_csv(csv_path, paths, labels, keys, logits, p_fake)
 
     print(

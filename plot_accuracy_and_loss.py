@@ -20,7 +20,7 @@ from lib.checkpoints import load_checkpoint
 from lib.cli import ArgumentParser, UserError, add_debug_flag, run_cli
 from lib.figure_output import write_figure
 from lib.fileio import read_runs
-from lib.flags import add_figure_flags
+from lib.flags import add_figure_flags, add_run_name_flag
 from lib.names import dataset_title
 from utils import FIGURE_SUFFIXES, MODEL_NAMES, figure_path
 
@@ -91,6 +91,18 @@ def run_names(run: dict, model: str | None, dataset: str | None, path: str) -> t
     return found
 
 
+def run_name_of(run: dict, run_name: str | None, path: str) -> str | None:
+    """The run's name, which its figures carry: ``--run_name``, else the one the run records
+    (None: the course's names). One that contradicts the run's is refused."""
+    found = run.get("run_name")
+    if run_name and found and run_name != found:
+        raise UserError(
+            f"{path}: the plotted run is named {found!r}, but --run_name {run_name} was given; "
+            f"pass --run_name {found} or leave it out"
+        )
+    return run_name or found
+
+
 def check_run(run: dict, path: str) -> str:
     """The title suffix of ``run``: empty, or an unfinished-run notice (also on stderr)."""
     if run.get("completed") is False:
@@ -109,7 +121,8 @@ def plot_run(run: dict, model: str, dataset: str, args, note: str = "") -> list[
     returns their paths."""
     title = f"{model} model on {dataset_title(dataset)}{note}"  # the course's titles
     losses, accuracies = (
-        figure_path(args.figures_dir, dataset, model, suffix) for suffix in FIGURE_SUFFIXES["curves"]
+        figure_path(args.figures_dir, dataset, model, suffix, args.run_name)
+        for suffix in FIGURE_SUFFIXES["curves"]
     )
     return [
         plot_metric(run, "loss", "loss", f"loss vs epoch for {title}", losses, args),
@@ -149,6 +162,9 @@ def build_parser() -> ArgumentParser:
         help="plot the run that saved this best checkpoint (the run id it records)",
     )
     parser.add_argument("--figures_dir", default="figures", help="where the figures are written")
+    add_run_name_flag(
+        parser, "the run's name in the file names, <D>_<M>_NAME_...; default: the one it records"
+    )
     add_figure_flags(parser)
     add_debug_flag(parser)
     return parser
@@ -159,6 +175,7 @@ def main(argv: list[str] | None = None) -> int:
     run_id = checkpoint_run_id(args.checkpoint_path) if args.checkpoint_path else args.run_id
     run = select_run(read_runs(args.json, missing_ok=False), args.json, args.run, run_id)
     model, dataset = run_names(run, args.model, args.dataset, args.json)
+    args.run_name = run_name_of(run, args.run_name, args.json)
     note = check_run(run, args.json)
     for path in plot_run(run, model, dataset, args, note):
         print(f"wrote {path}")

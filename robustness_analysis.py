@@ -96,7 +96,7 @@ def main(argv=None) -> int:
     metrics = perturbations.robustness_metrics(labels, logits)
 
     (path,) = (
-        figure_path(args.figures_dir, args.dataset, args.model, suffix)
+        figure_path(args.figures_dir, args.dataset, args.model, suffix, args.run_name)
         for suffix in FIGURE_SUFFIXES["robustness"]
     )
     what = "whole test split" if whole else f"{len(indices)} test images (subset, seed {args.seed})"
@@ -107,7 +107,7 @@ def main(argv=None) -> int:
         path,
         args,
     )
-    json_path = names.metrics_json_path(args.out_dir, args.dataset, args.model)
+    json_path = names.metrics_json_path(args.out_dir, args.dataset, args.model, args.run_name)
     section = {
         **metrics_json.section_header(args),
         "scores": "P(fake) = softmax column 1",

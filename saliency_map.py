@@ -55,7 +55,7 @@ def main(argv=None) -> int:
         model, dataset, chosen, args.batch_size, progress=progress, num_workers=args.num_workers
     )
     pairs_path, mean_path = (
-        figure_path(args.figures_dir, args.dataset, args.model, suffix)
+        figure_path(args.figures_dir, args.dataset, args.model, suffix, args.run_name)
         for suffix in FIGURE_SUFFIXES["saliency"]
     )
     p_fake = scores.soft_scores(scores.predict_logits(model, torch.from_numpy(images)))[:, 1]

@@ -32,7 +32,7 @@ from lib.cli import (
 )
 from lib.distributed import init_distributed
 from lib.epoch_log import EpochLog
-from lib.flags import add_data_root_flag, add_dataset_flag
+from lib.flags import add_data_root_flag, add_dataset_flag, add_run_name_flag
 from lib.memory import add_activation_checkpointing_flag, apply_image_cache, resolve_activation_checkpointing
 from lib.metrics import fmt
 from lib.model_specs import HEAD_NAMES, MODEL_SPECS, model_spec, resolve_head
@@ -98,6 +98,11 @@ def build_parser() -> ArgumentParser:
     output = parser.add_argument_group("output")
     output.add_argument("--out_dir", default="out", help="folder of the metrics JSON")
     output.add_argument("--checkpoint_dir", default="checkpoints", help="folder of the checkpoints")
+    add_run_name_flag(
+        output,
+        "suffix to every file of this run, so that runs with other flags keep theirs: "
+        "<D>_<M>_<O>_NAME.json, .csv, .pt, _last.pt (default: the course's <D>_<M>_<O>)",
+    )
     output.add_argument("--no_progress", action="store_true", help="no progress bars")
     add_debug_flag(output)
     return parser
@@ -341,12 +346,7 @@ def main(argv: list[str] | None = None) -> int:
 def _train(args, device: torch.device, epoch_log: EpochLog) -> int:
     is_main = not torch.distributed.is_initialized() or torch.distributed.get_rank() == 0
     if is_main:  # a bad output path stops the run now, before the data is read
-        check_output_paths(
-            run_paths(
-                args.out_dir, args.checkpoint_dir, LoggingParameters(args.model, args.dataset, args.optimizer)
-            ),
-            create=False,
-        )
+        check_output_paths(run_paths(args.out_dir, args.checkpoint_dir, logging_names(args)), create=False)
     set_seed(args.seed)
     degradations = degradations_of(args)
     datasets = [
@@ -370,12 +370,7 @@ def _train(args, device: torch.device, epoch_log: EpochLog) -> int:
         model.set_activation_checkpointing(True)
     weight_decay = resolved_weight_decay(args.optimizer, args.weight_decay)
     optimizer = make_optimizer(args.optimizer, model.parameters(), args.lr, args.momentum, weight_decay)
-    logging_parameters = LoggingParameters(
-        model_name=args.model,
-        dataset_name=args.dataset,
-        optimizer_name=args.optimizer,
-        optimizer_params=json_safe_optimizer_params(optimizer.param_groups[0]),
-    )
+    logging_parameters = logging_names(args, json_safe_optimizer_params(optimizer.param_groups[0]))
     run_args = {k: v for k, v in vars(args).items() if k != "debug"}
     criterion, options = training_setup(args, optimizer, datasets[0], datasets[1], device, epoch_log)
     trainer = Trainer(
@@ -393,6 +388,7 @@ def _train(args, device: torch.device, epoch_log: EpochLog) -> int:
         run_info={
             "args": run_args,
             "argv": sys.argv,
+            "run_name": args.run_name,
             "protocol": protocol(args),
             "precise_bn": args.precise_bn,
             "pretrained": model_spec(args.model).imagenet and not args.no_pretrained,
@@ -413,6 +409,11 @@ def _train(args, device: torch.device, epoch_log: EpochLog) -> int:
             f"json {paths.json}; {best_checkpoint_words(paths.best, run)}"
         )
     return 0
+
+
+def logging_names(args, optimizer_params: dict | None = None) -> LoggingParameters:
+    """The names of the run's files and JSON entry (``--run_name`` among them)."""
+    return LoggingParameters(args.model, args.dataset, args.optimizer, optimizer_params or {}, args.run_name)
 
 
 def build_model(args, is_main: bool) -> torch.nn.Module:

@@ -47,15 +47,15 @@ class LoggingParameters:
     dataset_name: str
     optimizer_name: str
     optimizer_params: dict = field(default_factory=dict)
+    run_name: str | None = None  # --run_name: a suffix to every file name of the run
 
 
 def run_paths(out_dir: str, checkpoint_dir: str, logging_parameters: LoggingParameters) -> RunFiles:
-    """The files of a run, named ``<dataset>_<model>_<optimizer>``: its runs JSON, best checkpoint,
-    full-state ``_last`` checkpoint and lock."""
+    """The files of a run, named ``<dataset>_<model>_<optimizer>[_<run_name>]``: its runs JSON,
+    best checkpoint, full-state ``_last`` checkpoint and lock."""
     lp = logging_parameters
-    return RunFiles.of(
-        out_dir, checkpoint_dir, names.output_stem(lp.dataset_name, lp.model_name, lp.optimizer_name)
-    )
+    stem = names.output_stem(lp.dataset_name, lp.model_name, lp.optimizer_name, lp.run_name)
+    return RunFiles.of(out_dir, checkpoint_dir, stem)
 
 
 class TrainingDiverged(UserError):

@@ -22,22 +22,29 @@ SLACK_BYTES = 16 * 1024**2
 """Room beyond the tensors in a checkpoint of a known model: the pickle, RNG states, the run dict."""
 
 
-def default_checkpoint(model_name: str | None, dataset_name: str | None, checkpoint_dir="checkpoints") -> str:
+def default_checkpoint(
+    model_name: str | None,
+    dataset_name: str | None,
+    checkpoint_dir="checkpoints",
+    run_name: str | None = None,
+) -> str:
     """The checkpoint of an analysis given no ``-cpp`` (docs/design.md#analysis): the course's
-    ``checkpoints/XceptionBased.pt`` where it exists (and ``-m`` asks for no other model), else the
-    one checkpoint train_main.py wrote for ``-d`` (and ``-m``, when given) under any optimizer;
-    the choice is said on stderr. None found, or several, is a ``UserError`` listing them."""
-    if os.path.isfile(COURSE_CHECKPOINT) and model_name in (None, "XceptionBased"):
+    ``checkpoints/XceptionBased.pt`` where it exists (and ``-m`` asks for no other model, and no
+    ``--run_name`` is given), else the one checkpoint train_main.py wrote for ``-d`` (and ``-m``,
+    ``--run_name``, when given) under any optimizer; the choice is said on stderr. None found, or
+    several, is a ``UserError`` listing them."""
+    if os.path.isfile(COURSE_CHECKPOINT) and model_name in (None, "XceptionBased") and not run_name:
         return COURSE_CHECKPOINT
     models = [model_name] if model_name else list(MODEL_NAMES)
     tried = [
-        os.path.join(checkpoint_dir, output_stem(dataset_name, model, optimizer) + ".pt")
+        os.path.join(checkpoint_dir, output_stem(dataset_name, model, optimizer, run_name) + ".pt")
         for model in models
         for optimizer in OPTIMIZER_NAMES
     ] if dataset_name else []  # fmt: skip
     found = [path for path in tried if os.path.isfile(path)]
     if len(found) == 1:
-        note(f"-cpp not given: using {found[0]} (what train_main.py writes for -d {dataset_name})")
+        named = f" --run_name {run_name}" if run_name else ""
+        note(f"-cpp not given: using {found[0]} (what train_main.py writes for -d {dataset_name}{named})")
         return found[0]
     if found:
         raise UserError(f"-cpp not given and several checkpoints fit: {', '.join(found)}; pass one with -cpp")
@@ -56,6 +63,19 @@ def checkpoint_model_name(checkpoint: dict, checkpoint_path: str, model_name: st
     raise UserError(
         f"{checkpoint_path}: cannot tell which model it holds; pass -m ({', '.join(MODEL_NAMES)})"
     )
+
+
+def checkpoint_run_name(checkpoint: dict, checkpoint_path: str, run_name: str | None) -> str | None:
+    """The run name the analyses' outputs carry: ``--run_name`` when given, else the one the
+    checkpoint records (None: the course's names). A ``--run_name`` that contradicts the
+    checkpoint's is a ``UserError`` naming both."""
+    found = checkpoint.get("run_name")
+    if run_name and found and run_name != found:
+        raise UserError(
+            f"{checkpoint_path}: is the checkpoint of run {found!r}, but --run_name {run_name} was given; "
+            f"pass --run_name {found} or leave it out"
+        )
+    return run_name or found
 
 
 class CheckpointRefused(UserError):

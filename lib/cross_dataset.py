@@ -19,14 +19,15 @@ import numpy as np
 from lib import scores
 from lib.cli import UserError
 from lib.metrics import HEADLINE_METRICS, binary_metrics, fmt
-from lib.names import MODEL_NAMES, OPTIMIZER_NAMES, dataset_title
+from lib.names import MODEL_NAMES, OPTIMIZER_NAMES, RUN_NAME, dataset_title
 
 MATRIX_METRICS = (
     ("auc", "AUC of P(fake)", (0.0, 1.0), "viridis", ".3f"),
     ("accuracy", "accuracy at 0.5 (%)", (0.0, 100.0), "viridis", ".1f"),
     ("eer", "EER", (0.0, 0.5), "viridis_r", ".3f"),
 )
-_NAME = re.compile(rf"^(.+)_({'|'.join(MODEL_NAMES)})_({'|'.join(OPTIMIZER_NAMES)})\.pt$")
+_NAME = re.compile(rf"^(.+)_({'|'.join(MODEL_NAMES)})_({'|'.join(OPTIMIZER_NAMES)})(?:_({RUN_NAME}))?\.pt$")
+"""train_main.py's best checkpoint: ``<D>_<M>_<O>[_<run name>].pt`` (its ``_last.pt`` is no run name)."""
 
 
 @dataclass(frozen=True)
@@ -37,11 +38,19 @@ class CheckpointSpec:
     optimizer: str | None = None
     named_by: str = "its file name"  # where dataset and model came from, for error messages
     run_id: str | None = None  # the training run, when the checkpoint records it
+    run_name: str | None = None  # train_main.py's --run_name, from the file name or the checkpoint
 
     @property
     def label(self) -> str:
         opt = f", {self.optimizer}" if self.optimizer else ""
-        return f"{self.model}{opt}, trained on {self.dataset}"
+        name = f" {self.run_name}" if self.run_name else ""
+        return f"{self.model}{opt}{name}, trained on {self.dataset}"
+
+
+def _run_name(match: re.Match) -> str | None:
+    """The run name in a checkpoint's file name (``_last`` marks the run's full-state checkpoint)."""
+    name = match.group(4)
+    return None if name in (None, "last") else name.removesuffix("_last")
 
 
 def parse_checkpoint_spec(text: str) -> CheckpointSpec:
@@ -49,11 +58,12 @@ def parse_checkpoint_spec(text: str) -> CheckpointSpec:
     parts = text.split(":", 2)
     if len(parts) == 3 and parts[0] and os.sep not in parts[0] and parts[1] in MODEL_NAMES:
         match = _NAME.match(os.path.basename(parts[2]))
-        optimizer = match.group(3) if match else None
-        return CheckpointSpec(parts[0], parts[1], parts[2], optimizer, named_by=f"--checkpoints {text}")
+        optimizer, run_name = (match.group(3), _run_name(match)) if match else (None, None)
+        named_by = f"--checkpoints {text}"
+        return CheckpointSpec(parts[0], parts[1], parts[2], optimizer, named_by, run_name=run_name)
     match = _NAME.match(os.path.basename(text))
     if match:
-        return CheckpointSpec(match.group(1), match.group(2), text, match.group(3))
+        return CheckpointSpec(match.group(1), match.group(2), text, match.group(3), run_name=_run_name(match))
     raise UserError(
         f"--checkpoints {text!r}: expected DATASET:MODEL:PATH (a dataset folder's name; models: "
         f"{', '.join(MODEL_NAMES)}) or a file named <dataset>_<model>_<optimizer>.pt"
@@ -62,7 +72,8 @@ def parse_checkpoint_spec(text: str) -> CheckpointSpec:
 
 def recorded_names(checkpoint: dict) -> dict:
     """What a checkpoint records about its training (train_main.py's best checkpoints do):
-    ``dataset``, ``model`` and ``optimizer`` names and ``run_id``, each only when present."""
+    ``dataset``, ``model`` and ``optimizer`` names, ``run_id`` and ``run_name``, each only when
+    present."""
     optimizer = checkpoint.get("optimizer")
     optimizer = optimizer.get("name") if isinstance(optimizer, dict) else optimizer
     found = {
@@ -70,6 +81,7 @@ def recorded_names(checkpoint: dict) -> dict:
         "model": checkpoint.get("model_name"),
         "optimizer": optimizer,
         "run_id": checkpoint.get("run_id"),
+        "run_name": checkpoint.get("run_name"),
     }
     return {key: value for key, value in found.items() if isinstance(value, str) and value}
 
@@ -78,7 +90,7 @@ def believe_the_checkpoint(spec: CheckpointSpec, checkpoint: dict) -> Checkpoint
     """``spec`` checked against what ``checkpoint`` records (``recorded_names``): the checkpoint is
     believed, so a spec or file name that says another dataset, model or optimizer is a
     ``UserError`` naming the file and the spec to give instead; nothing is evaluated or written.
-    Returns the spec with the recorded optimizer and run id filled in."""
+    Returns the spec with the recorded optimizer, run id and run name filled in."""
     recorded = recorded_names(checkpoint)
     said = {"dataset": spec.dataset, "model": spec.model, "optimizer": spec.optimizer}
     wrong = [key for key, value in said.items() if value and recorded.get(key, value) != value]
@@ -90,14 +102,20 @@ def believe_the_checkpoint(spec: CheckpointSpec, checkpoint: dict) -> Checkpoint
             f"{spec.path}: the checkpoint records {facts}, but {spec.named_by} says {claims}; "
             f"give it as {dataset}:{model}:{spec.path}"
         )
-    return replace(spec, optimizer=recorded.get("optimizer", spec.optimizer), run_id=recorded.get("run_id"))
+    return replace(
+        spec,
+        optimizer=recorded.get("optimizer", spec.optimizer),
+        run_id=recorded.get("run_id"),
+        run_name=recorded.get("run_name", spec.run_name),
+    )
 
 
 def discover_checkpoints(folder: str) -> list[CheckpointSpec]:
-    """The best-validation checkpoints train_main.py wrote into ``folder`` (``<D>_<M>_<O>.pt``;
-    not ``_last.pt`` nor ``.run-<id>.pt``), sorted by name. None found is a ``UserError``."""
+    """The best-validation checkpoints train_main.py wrote into ``folder`` (``<D>_<M>_<O>[_<run
+    name>].pt``; not ``_last.pt`` nor ``.run-<id>.pt``), sorted by name. None found is a ``UserError``."""
     names = sorted(os.listdir(folder)) if os.path.isdir(folder) else []
-    found = [parse_checkpoint_spec(os.path.join(folder, n)) for n in names if _NAME.match(n)]
+    best = [n for n in names if _NAME.match(n) and not n.endswith("_last.pt")]
+    found = [parse_checkpoint_spec(os.path.join(folder, n)) for n in best]
     if not found:
         raise UserError(
             f"{folder}: no checkpoints named <dataset>_<model>_<optimizer>.pt; train with "
@@ -131,6 +149,7 @@ def evaluate_matrix(
                 "optimizer": spec.optimizer,
                 "checkpoint": spec.path,
                 "run_id": spec.run_id,
+                "run_name": spec.run_name,
                 "results": results,
             }
         )

@@ -8,7 +8,7 @@ import argparse
 from lib.cli import add_debug_flag, non_negative_int, positive_int
 from lib.data_root import DATA_ROOT_ENV, DEFAULT_DATA_ROOT
 from lib.figure_output import DEFAULT_DPI, DEFAULT_FIGURE_FORMAT, FIGURE_FORMATS
-from lib.names import COURSE_CHECKPOINT, DATASET_NAMES, MODEL_NAMES
+from lib.names import COURSE_CHECKPOINT, DATASET_NAMES, MODEL_NAMES, run_name_type
 
 
 def add_data_root_flag(parser, fallback: str = "") -> None:
@@ -46,6 +46,18 @@ def add_checkpoint_flags(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def add_run_name_flag(parser, help_text: str) -> None:
+    """``--run_name NAME``, the suffix that keeps a run's files apart (timm's ``--experiment``;
+    docs/design.md#output-names); ``help_text`` says what it names in this script."""
+    parser.add_argument("--run_name", default=None, type=run_name_type, metavar="NAME", help=help_text)
+
+
+RUN_NAME_OF_CHECKPOINT = (
+    "the run the outputs belong to: they are named <D>_<M>_NAME_...; default: the name the "
+    "checkpoint records (none: <D>_<M>_...); another one is an error"
+)
+
+
 def add_dataset_flag(parser, what: str) -> None:
     """``--dataset``/``-d``: any dataset folder under the data root; ``what`` says what it is for."""
     parser.add_argument(
@@ -60,6 +72,7 @@ def add_dataset_flag(parser, what: str) -> None:
 def add_analysis_flags(parser: argparse.ArgumentParser) -> None:
     """The flags every analysis script of one checkpoint shares (docs/design.md#analysis)."""
     add_checkpoint_flags(parser)
+    add_run_name_flag(parser, RUN_NAME_OF_CHECKPOINT)
     add_dataset_flag(parser, "dataset whose test split is analysed")
     add_data_root_flag(parser)
     add_device_and_figures_flags(parser)

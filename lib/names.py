@@ -3,7 +3,9 @@ names of the files a run writes (docs/design.md#output-names)."""
 
 from __future__ import annotations
 
+import argparse
 import os
+import re
 
 from lib.model_specs import MODEL_SPECS
 
@@ -19,23 +21,47 @@ def dataset_title(dataset_name: str) -> str:
     return DATASET_TITLES.get(dataset_name, dataset_name)
 
 
-def output_stem(dataset_name: str, model_name: str, optimizer_name: str) -> str:
-    """``<dataset>_<model>_<optimizer>``: the stem of a run's JSON and checkpoints."""
-    return f"{dataset_name}_{model_name}_{optimizer_name}"
+RUN_NAME = r"[A-Za-z0-9][A-Za-z0-9._-]*"
+"""What ``--run_name`` may be: letters, digits, ``.``, ``_`` and ``-``, not starting with a dot."""
+
+
+def run_name_type(text: str) -> str:
+    """argparse type of ``--run_name``: a ``RUN_NAME`` that cannot be taken for another file of a
+    run (``last``, which names the full-state checkpoint)."""
+    if not re.fullmatch(RUN_NAME, text) or text == "last" or text.endswith("_last"):
+        raise argparse.ArgumentTypeError(
+            f"{text!r} cannot name files: use letters, digits, '.', '_' and '-' (not first a dot; not 'last')"
+        )
+    return text
+
+
+def _named(stem: str, run_name: str | None) -> str:
+    """``stem``, with ``_<run_name>`` when a run name is given (docs/design.md#output-names)."""
+    return f"{stem}_{run_name}" if run_name else stem
+
+
+def output_stem(dataset_name: str, model_name: str, optimizer_name: str, run_name: str | None = None) -> str:
+    """``<dataset>_<model>_<optimizer>[_<run_name>]``: the stem of a run's JSON, CSV and checkpoints."""
+    return _named(f"{dataset_name}_{model_name}_{optimizer_name}", run_name)
+
+
+def analysis_stem(dataset_name: str, model_name: str, run_name: str | None = None) -> str:
+    """``<dataset>_<model>[_<run_name>]``: the stem of the analyses' figures and JSON of one run."""
+    return _named(f"{dataset_name}_{model_name}", run_name)
 
 
 COURSE_CHECKPOINT = os.path.join("checkpoints", "XceptionBased.pt")
 """The course's default ``-cpp`` of the analyses, a name train_main.py never writes."""
 
 
-def metrics_json_path(out_dir: str, dataset_name: str, model_name: str) -> str:
-    """``<out_dir>/<D>_<M>_metrics.json``: the analyses' JSON of one trained model."""
-    return os.path.join(out_dir, f"{dataset_name}_{model_name}_metrics.json")
+def metrics_json_path(out_dir: str, dataset_name: str, model_name: str, run_name: str | None = None) -> str:
+    """``<out_dir>/<D>_<M>[_<run_name>]_metrics.json``: the analyses' JSON of one trained model."""
+    return os.path.join(out_dir, f"{analysis_stem(dataset_name, model_name, run_name)}_metrics.json")
 
 
-def scores_csv_path(out_dir: str, dataset_name: str, model_name: str) -> str:
-    """``<out_dir>/<D>_<M>_scores.csv``: numerical_analysis.py's per-image scores."""
-    return os.path.join(out_dir, f"{dataset_name}_{model_name}_scores.csv")
+def scores_csv_path(out_dir: str, dataset_name: str, model_name: str, run_name: str | None = None) -> str:
+    """``<out_dir>/<D>_<M>[_<run_name>]_scores.csv``: numerical_analysis.py's per-image scores."""
+    return os.path.join(out_dir, f"{analysis_stem(dataset_name, model_name, run_name)}_scores.csv")
 
 
 DEMO_MARKER = ".made_by_make_demo_datasets.json"
@@ -56,9 +82,11 @@ figures (docs/design.md#output-names), the reliability diagram of P(fake), the m
 the robustness curves. Grad-CAM's first two are of label 0 and 1, in that order."""
 
 
-def figure_path(figures_dir: str, dataset_name: str, model_name: str, suffix: str) -> str:
-    """``<figures_dir>/<D>_<M>_<suffix>.png`` (docs/design.md#output-names)."""
-    return os.path.join(figures_dir, f"{dataset_name}_{model_name}_{suffix}.png")
+def figure_path(
+    figures_dir: str, dataset_name: str, model_name: str, suffix: str, run_name: str | None = None
+) -> str:
+    """``<figures_dir>/<D>_<M>[_<run_name>]_<suffix>.png`` (docs/design.md#output-names)."""
+    return os.path.join(figures_dir, f"{analysis_stem(dataset_name, model_name, run_name)}_{suffix}.png")
 
 
 def spectrum_paths(figures_dir: str, out_dir: str, dataset_name: str) -> tuple[str, str]:

@@ -278,6 +278,7 @@ def save_best(path: str, model: nn.Module, run: dict, val_acc: float, test_acc: 
         model_name=run["model"], dataset=run["dataset"], optimizer=run["optimizer"], run_id=run["run_id"]
     )
     best["head"] = run.get("head")  # what the analyses rebuild (lib.model_specs; None: a fixed model)
+    best["run_name"] = run.get("run_name")  # the analyses name their outputs after it
     atomic_torch_save(best, path)
 
 
@@ -368,7 +369,7 @@ def save_last(
     if scheduler is not None:
         state["scheduler"] = scheduler.state_dict()
     state.update(best_val_acc=best_val, run=run, rng=_rng_to_safe(rng_state()), model_name=run["model"])
-    state["head"] = run.get("head")
+    state["head"], state["run_name"] = run.get("head"), run.get("run_name")
     atomic_torch_save(state, path)
 
 
