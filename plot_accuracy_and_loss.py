@@ -16,7 +16,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
-from lib.checkpoints import load_checkpoint
+from lib.checkpoints import checkpoint_run_name, load_checkpoint
 from lib.cli import ArgumentParser, UserError, add_debug_flag, run_cli
 from lib.figure_output import write_figure
 from lib.fileio import read_runs
@@ -91,18 +91,6 @@ def run_names(run: dict, model: str | None, dataset: str | None, path: str) -> t
     return found
 
 
-def run_name_of(run: dict, run_name: str | None, path: str) -> str | None:
-    """The run's name, which its figures carry: ``--run_name``, else the one the run records
-    (None: the course's names). One that contradicts the run's is refused."""
-    found = run.get("run_name")
-    if run_name and found and run_name != found:
-        raise UserError(
-            f"{path}: the plotted run is named {found!r}, but --run_name {run_name} was given; "
-            f"pass --run_name {found} or leave it out"
-        )
-    return run_name or found
-
-
 def check_run(run: dict, path: str) -> str:
     """The title suffix of ``run``: empty, or an unfinished-run notice (also on stderr)."""
     if run.get("completed") is False:
@@ -175,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
     run_id = checkpoint_run_id(args.checkpoint_path) if args.checkpoint_path else args.run_id
     run = select_run(read_runs(args.json, missing_ok=False), args.json, args.run, run_id)
     model, dataset = run_names(run, args.model, args.dataset, args.json)
-    args.run_name = run_name_of(run, args.run_name, args.json)
+    args.run_name = checkpoint_run_name(run, args.json, args.run_name)
     note = check_run(run, args.json)
     for path in plot_run(run, model, dataset, args, note):
         print(f"wrote {path}")

@@ -65,14 +65,14 @@ def checkpoint_model_name(checkpoint: dict, checkpoint_path: str, model_name: st
     )
 
 
-def checkpoint_run_name(checkpoint: dict, checkpoint_path: str, run_name: str | None) -> str | None:
-    """The run name the analyses' outputs carry: ``--run_name`` when given, else the one the
-    checkpoint records (None: the course's names). A ``--run_name`` that contradicts the
-    checkpoint's is a ``UserError`` naming both."""
-    found = checkpoint.get("run_name")
+def checkpoint_run_name(record: dict, path: str, run_name: str | None) -> str | None:
+    """The run name outputs carry: ``--run_name`` when given, else the one ``record`` (a
+    checkpoint, or a run of a runs JSON, read from ``path``) holds; None: the course's names.
+    A ``--run_name`` that contradicts the record's is a ``UserError`` naming both."""
+    found = record.get("run_name")
     if run_name and found and run_name != found:
         raise UserError(
-            f"{checkpoint_path}: is the checkpoint of run {found!r}, but --run_name {run_name} was given; "
+            f"{path}: holds the run named {found!r}, but --run_name {run_name} was given; "
             f"pass --run_name {found} or leave it out"
         )
     return run_name or found
