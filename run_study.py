@@ -23,7 +23,7 @@ from dataclasses import fields
 
 from lib import cli
 from lib.cli import ArgumentParser, UserError, run_cli
-from lib.flags import add_data_root_flag
+from lib.flags import add_data_root_flag, add_figure_flags, add_run_name_flag
 from lib.memory import add_activation_checkpointing_flag
 from lib.names import DATASET_NAMES
 from lib.study.data import choose_data
@@ -83,6 +83,12 @@ def build_parser() -> ArgumentParser:
     where.add_argument("--out_dir", help="metrics JSON, logs, stamps and the report; None: <workdir>/out")
     where.add_argument("--figures_dir", help="figures; None: <workdir>/figures")
     where.add_argument("--checkpoint_dir", help="checkpoints; None: <workdir>/checkpoints")
+    add_run_name_flag(
+        where,
+        "train_main.py --run_name of the three runs: every file of theirs, and of their analyses, "
+        "carries _NAME (default: the course's names)",
+    )
+    add_figure_flags(parser)  # passed on to every plotting step
     control = parser.add_argument_group("which steps")
     control.add_argument(
         "--steps",

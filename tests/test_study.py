@@ -676,6 +676,24 @@ def test_study_protocol_and_flags_reach_the_commands():
     assert "--device cuda" in commands["gradcam-xception-synthetic"]
     assert "--activation_checkpointing" not in " ".join(commands.values())
     assert "--precise_bn" not in " ".join(commands.values())  # 0: train_main.py's own default
+    for flag in ("--run_name", "--figure_format", "--dpi"):  # the defaults: the commands stay as they were
+        assert flag not in " ".join(commands.values()), flag
+    args = run_study.build_parser().parse_args(["--run_name", "r1", "--figure_format", "pdf", "--dpi", "300"])
+    steps = study_plan.build_plan(run_study.make_settings(args, "root", []))
+    plotting = {
+        "samples",
+        "spectrum",
+        "curves",
+        "numerical",
+        "gradcam",
+        "robustness",
+        "saliency",
+        "cross-dataset",
+    }
+    for step in steps:
+        command = " ".join(step.command) + " "
+        assert ("--figure_format pdf --dpi 300 " in command) == (step.kind in plotting), step.name
+        assert ("--run_name r1 " in command) == (step.run is not None), step.name
     args = run_study.build_parser().parse_args(["--activation_checkpointing"])
     commands = {s.name: s.command for s in study_plan.build_plan(run_study.make_settings(args, "root", []))}
     assert [name for name, command in commands.items() if "--activation_checkpointing" in command] == [

@@ -84,7 +84,7 @@ def test_robustness_steps_for_simplenet_only(tmp_path):
         assert " -cpp " + checkpoint in " ".join(step.command) and "--seed 7" in " ".join(step.command)
     assert "robustness-xception-synthetic" not in steps
     xception = next(r for r in study_plan.RUNS if r.model == "XceptionBased")
-    assert "robustness" not in study_plan.run_figures(xception, figures)
+    assert "robustness" not in study_plan.run_figures(xception, s)
     # numerical_analysis.py writes two sections; its step declares both, and gets the seed
     metrics = os.path.join(out, "fakes_dataset_SimpleNet_metrics.json")
     numerical = steps["numerical-simplenet-fakes"]
@@ -179,9 +179,9 @@ def _fill(s, png: bytes):
     spectrum["fake_minus_real_db"] = [0.5, -3.31, 1.0]
     _write_json(study_plan.spectrum_json_path(s, "fakes_dataset"), {"spectrum": spectrum})
     figures = [
-        study_plan.cross_dataset_figure(s.figures_dir),
-        study_plan.spectrum_figure(s.figures_dir, "fakes_dataset"),
-        *study_plan.run_figures(fakes, s.figures_dir)["robustness"],
+        study_plan.cross_dataset_figure(s),
+        study_plan.spectrum_figure(s, "fakes_dataset"),
+        *study_plan.run_figures(fakes, s)["robustness"],
     ]
     os.makedirs(s.figures_dir, exist_ok=True)
     for path in figures:

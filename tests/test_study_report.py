@@ -109,7 +109,7 @@ def test_renderers_escape_and_embed(tmp_path):
     settings = run_study.make_settings(args, "T <1> & x", [])
     png = b"\x89PNG\r\n\x1a\nfake"
     os.makedirs(settings.figures_dir)
-    with open(samples_figure(settings.figures_dir), "wb") as handle:
+    with open(samples_figure(settings), "wb") as handle:
         handle.write(png)
     runs = collect_numbers(settings, demo=False, pretrained=False)  # XceptionBased will start at random
     data = DataChoice("T <1> & x", "--data_root", False)
@@ -127,6 +127,33 @@ def test_renderers_escape_and_embed(tmp_path):
     assert 'src="data:image/png;base64,iVBORw0KGgpmYWtl"' in page
     assert '<p class="missing">cross_dataset.png: missing (its step has not run)</p>' in page
     assert page.count("<figure>") == 1 and "T <1>" not in page
+
+
+@pytest.mark.parametrize("figure_format", ["svg", "pdf"])
+def test_the_page_embeds_svg_and_links_pdf(tmp_path, figure_format):
+    """The study's --figure_format reaches the page: an SVG is embedded as such, a PDF (which an
+    <img> cannot show) is linked relative to the page; both pages name the file."""
+    argv = ["--workdir", str(tmp_path), "--figure_format", figure_format]
+    settings = run_study.make_settings(run_study.build_parser().parse_args(argv), "root", [])
+    os.makedirs(settings.figures_dir)
+    content = (
+        b'<?xml version="1.0"?><svg xmlns="http://www.w3.org/2000/svg"/>'
+        if figure_format == "svg"
+        else b"%PDF-1.4"
+    )
+    with open(samples_figure(settings), "wb") as handle:
+        handle.write(content)
+    assert samples_figure(settings).endswith(f"datasets_samples.{figure_format}")
+    runs = collect_numbers(settings, demo=False, pretrained=False)
+    context = page_context(Study(settings, DataChoice("root", "--data_root", False), {}, runs))
+    page = render(context, html=True, md_dir=settings.out_dir)
+    md = render(context, html=False, md_dir=settings.out_dir)
+    assert f"(../figures/datasets_samples.{figure_format})" in md
+    if figure_format == "svg":
+        assert 'src="data:image/svg+xml;base64,' in page and page.count("<figure>") == 1
+    else:
+        assert '<a href="../figures/datasets_samples.pdf">datasets_samples.pdf</a>' in page
+        assert "<figure>" not in page
 
 
 def _epochs(run_id: str, val: list, test: list) -> dict:

@@ -16,6 +16,7 @@ from typing import NamedTuple
 from lib import names
 from lib.cli import UserError
 from lib.epoch_log import csv_path
+from lib.figure_output import DEFAULT_DPI, DEFAULT_FIGURE_FORMAT, figure_file
 from lib.names import DATASET_NAMES, FIGURE_SUFFIXES, SAMPLES_FIGURE, SPLITS, figure_path, output_stem
 
 HERE = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repository
@@ -66,6 +67,13 @@ class Settings:
     gradcam_max_images: int = 0
     precise_bn: int = 0
     datasets: tuple[str, ...] = DATASET_NAMES  # of the spectra and the cross-dataset matrix's columns
+    run_name: str | None = None  # train_main.py's --run_name of all three runs
+    figure_format: str = DEFAULT_FIGURE_FORMAT
+    dpi: int = DEFAULT_DPI
+
+    def figure(self, path: str) -> str:
+        """A figure's path (named .png by lib/names) in the study's figure format."""
+        return figure_file(path, self.figure_format)
 
 
 @dataclass
@@ -103,18 +111,19 @@ def whole(*paths: str) -> dict[str, tuple[str, ...]]:
 
 # ----------------------------------------------------------------------------- paths
 def checkpoint_path(s: Settings, run: RunSpec, suffix: str = "") -> str:
-    """``<checkpoints>/<D>_<M>_Adam<suffix>.pt``, as the Trainer names them."""
-    return os.path.join(s.checkpoint_dir, f"{output_stem(run.dataset, run.model, OPTIMIZER)}{suffix}.pt")
+    """``<checkpoints>/<D>_<M>_Adam[_<run name>]<suffix>.pt``, as the Trainer names them."""
+    stem = output_stem(run.dataset, run.model, OPTIMIZER, s.run_name)
+    return os.path.join(s.checkpoint_dir, f"{stem}{suffix}.pt")
 
 
 def runs_json_path(s: Settings, run: RunSpec) -> str:
-    """``<out>/<D>_<M>_Adam.json``: the run's training runs, as the Trainer names it."""
-    return os.path.join(s.out_dir, f"{output_stem(run.dataset, run.model, OPTIMIZER)}.json")
+    """``<out>/<D>_<M>_Adam[_<run name>].json``: the run's training runs, as the Trainer names it."""
+    return os.path.join(s.out_dir, f"{output_stem(run.dataset, run.model, OPTIMIZER, s.run_name)}.json")
 
 
 def metrics_json_path(s: Settings, run: RunSpec) -> str:
-    """``<out>/<D>_<M>_metrics.json``: the analyses' sections of the run."""
-    return names.metrics_json_path(s.out_dir, run.dataset, run.model)
+    """``<out>/<D>_<M>[_<run name>]_metrics.json``: the analyses' sections of the run."""
+    return names.metrics_json_path(s.out_dir, run.dataset, run.model, s.run_name)
 
 
 def split_folder(s: Settings, dataset: str, split: str) -> str:
@@ -122,14 +131,14 @@ def split_folder(s: Settings, dataset: str, split: str) -> str:
     return os.path.join(s.data_root, dataset, split)
 
 
-def samples_figure(figures_dir: str) -> str:
+def samples_figure(s: Settings) -> str:
     """The samples figure of plot_samples_of_faces_datasets.py."""
-    return os.path.join(figures_dir, SAMPLES_FIGURE)
+    return s.figure(os.path.join(s.figures_dir, SAMPLES_FIGURE))
 
 
-def spectrum_figure(figures_dir: str, dataset: str) -> str:
+def spectrum_figure(s: Settings, dataset: str) -> str:
     """The spectrum figure of one dataset (spectrum_analysis.py)."""
-    return names.spectrum_paths(figures_dir, "", dataset)[0]
+    return s.figure(names.spectrum_paths(s.figures_dir, "", dataset)[0])
 
 
 def spectrum_json_path(s: Settings, dataset: str) -> str:
@@ -137,9 +146,9 @@ def spectrum_json_path(s: Settings, dataset: str) -> str:
     return names.spectrum_paths("", s.out_dir, dataset)[1]
 
 
-def cross_dataset_figure(figures_dir: str) -> str:
+def cross_dataset_figure(s: Settings) -> str:
     """The heat maps of the cross-dataset matrix (cross_dataset_analysis.py)."""
-    return names.cross_dataset_paths(figures_dir, "")[0]
+    return s.figure(names.cross_dataset_paths(s.figures_dir, "")[0])
 
 
 def cross_dataset_json_path(s: Settings) -> str:
@@ -147,15 +156,18 @@ def cross_dataset_json_path(s: Settings) -> str:
     return names.cross_dataset_paths("", s.out_dir)[1]
 
 
-def kind_figures(run: RunSpec, figures_dir: str, kind: str) -> list[str]:
+def kind_figures(run: RunSpec, s: Settings, kind: str) -> list[str]:
     """The figures a step kind's script writes for this run, whether the study runs it or not."""
-    return [figure_path(figures_dir, run.dataset, run.model, suffix) for suffix in FIGURE_SUFFIXES[kind]]
+    return [
+        s.figure(figure_path(s.figures_dir, run.dataset, run.model, suffix, s.run_name))
+        for suffix in FIGURE_SUFFIXES[kind]
+    ]
 
 
-def run_figures(run: RunSpec, figures_dir: str) -> dict[str, list[str]]:
+def run_figures(run: RunSpec, s: Settings) -> dict[str, list[str]]:
     """The study's figures of one run, by the step kind that makes them."""
     return {
-        kind: kind_figures(run, figures_dir, kind)
+        kind: kind_figures(run, s, kind)
         for kind in FIGURE_SUFFIXES
         if (kind != "saliency" or run.saliency) and (kind != "robustness" or run.robustness)
     }
@@ -163,22 +175,36 @@ def run_figures(run: RunSpec, figures_dir: str) -> dict[str, list[str]]:
 
 # ----------------------------------------------------------------------------- step builders
 # Each returns the step of its kind for the run (None for a study-wide kind), named by build_plan.
+def _figure_args(s: Settings) -> list[str]:
+    """Where a plotting script writes its figures, and in which format (said only when not the
+    default, so that the commands, and with them the skip rule, stay as they were)."""
+    args = ["--figures_dir", s.figures_dir]
+    if s.figure_format != DEFAULT_FIGURE_FORMAT:
+        args += ["--figure_format", s.figure_format]
+    return args + (["--dpi", str(s.dpi)] if s.dpi != DEFAULT_DPI else [])
+
+
 def _io_args(s: Settings) -> list[str]:
     """Where an analysis script reads the data and writes its figures, and on which device."""
-    return ["--data_root", s.data_root, "--device", s.device, "--figures_dir", s.figures_dir]
+    return ["--data_root", s.data_root, "--device", s.device, *_figure_args(s)]
+
+
+def _run_name_args(s: Settings) -> list[str]:
+    """``--run_name`` of a step of one run, when the study names its runs."""
+    return ["--run_name", s.run_name] if s.run_name else []
 
 
 def samples_step(s: Settings, run: None) -> Step:
     """One real and one fake training image of each dataset."""
-    args = ["--data_root", s.data_root, "--seed", str(s.seed), "--figures_dir", s.figures_dir]
+    args = ["--data_root", s.data_root, "--seed", str(s.seed), *_figure_args(s)]
     data = [split_folder(s, d, "train") for d in DATASET_NAMES]
-    return Step("plot_samples_of_faces_datasets.py", args, whole(samples_figure(s.figures_dir)), data=data)
+    return Step("plot_samples_of_faces_datasets.py", args, whole(samples_figure(s)), data=data)
 
 
 def spectrum_step(s: Settings, run: None) -> Step:
     """The test splits of the datasets (--datasets), no model: one figure and one JSON per dataset."""
     args = ["--datasets", *s.datasets, *_io_args(s), "--seed", str(s.seed), "--out_dir", s.out_dir]
-    outputs = whole(*(spectrum_figure(s.figures_dir, d) for d in s.datasets))
+    outputs = whole(*(spectrum_figure(s, d) for d in s.datasets))
     outputs |= {spectrum_json_path(s, d): ("spectrum",) for d in s.datasets}
     return Step("spectrum_analysis.py", args, outputs, data=[split_folder(s, d, "test") for d in s.datasets])
 
@@ -188,6 +214,7 @@ def train_step(s: Settings, run: RunSpec) -> Step:
     args = ["-m", run.model, "-d", run.dataset, "-o", OPTIMIZER, "--lr", repr(s.lr), "-b", str(s.batch_size)]
     args += ["-e", str(s.epochs[run.tag]), "--data_root", s.data_root, "--seed", str(s.seed)]
     args += ["--device", s.device, "--out_dir", s.out_dir, "--checkpoint_dir", s.checkpoint_dir]
+    args += _run_name_args(s)
     if s.num_workers is not None:
         args += ["--num_workers", str(s.num_workers)]
     if s.precise_bn:  # 0 is train_main.py's default: the command stays the course's
@@ -206,20 +233,19 @@ def train_step(s: Settings, run: RunSpec) -> Step:
 def curves_step(s: Settings, run: RunSpec) -> Step:
     """The loss and accuracy curves of the training run whose best checkpoint the analyses read."""
     runs_json, checkpoint = runs_json_path(s, run), checkpoint_path(s, run)
-    args = ["-m", run.model, "-j", runs_json, "-d", run.dataset, "-cpp", checkpoint]
-    figures = whole(*kind_figures(run, s.figures_dir, "curves"))
-    return Step(
-        "plot_accuracy_and_loss.py", args + ["--figures_dir", s.figures_dir], figures, [runs_json, checkpoint]
-    )
+    args = ["-m", run.model, "-j", runs_json, "-d", run.dataset, "-cpp", checkpoint, *_run_name_args(s)]
+    figures = whole(*kind_figures(run, s, "curves"))
+    return Step("plot_accuracy_and_loss.py", args + _figure_args(s), figures, [runs_json, checkpoint])
 
 
 def _analysis_step(s: Settings, run: RunSpec, kind: str, script: str, extra: list, sections=()) -> Step:
     """A step that reads the run's best checkpoint and test split and writes ``kind``'s figures
     (and, with ``sections``, those sections of the run's metrics JSON)."""
-    outputs = whole(*kind_figures(run, s.figures_dir, kind))
+    outputs = whole(*kind_figures(run, s, kind))
     if sections:
         outputs[metrics_json_path(s, run)] = sections
-    args = ["-m", run.model, "-cpp", checkpoint_path(s, run), "-d", run.dataset, *_io_args(s), *extra]
+    args = ["-m", run.model, "-cpp", checkpoint_path(s, run), "-d", run.dataset, *_run_name_args(s)]
+    args += [*_io_args(s), *extra]
     return Step(script, args, outputs, [checkpoint_path(s, run)], [split_folder(s, run.dataset, "test")])
 
 
@@ -227,7 +253,7 @@ def numerical_step(s: Settings, run: RunSpec) -> Step:
     """ROC/DET curves, the reliability diagram, and the bootstrap intervals drawn with --seed."""
     extra = ["--seed", str(s.seed), "--out_dir", s.out_dir]
     step = _analysis_step(s, run, "numerical", "numerical_analysis.py", extra, ("numerical", "uncertainty"))
-    step.outputs.update(whole(names.scores_csv_path(s.out_dir, run.dataset, run.model)))
+    step.outputs.update(whole(names.scores_csv_path(s.out_dir, run.dataset, run.model, s.run_name)))
     return step
 
 
@@ -257,7 +283,7 @@ def cross_dataset_step(s: Settings, run: None) -> Step:
     args = ["--checkpoints", *(f"{r.dataset}:{r.model}:{checkpoint_path(s, r)}" for r in runs)]
     args += ["--datasets", *s.datasets, *_io_args(s), "--out_dir", s.out_dir]
     jsons = [cross_dataset_json_path(s)] + [metrics_json_path(s, r) for r in runs]
-    outputs = whole(cross_dataset_figure(s.figures_dir)) | dict.fromkeys(jsons, ("cross_dataset",))
+    outputs = whole(cross_dataset_figure(s)) | dict.fromkeys(jsons, ("cross_dataset",))
     return Step(
         "cross_dataset_analysis.py",
         args,

@@ -19,7 +19,7 @@ import jinja2
 
 from lib.fileio import atomic_write_json, atomic_write_text
 from lib.metrics import fmt
-from lib.names import DATASET_NAMES, MODEL_NAMES, SAMPLES_FIGURE, SPLITS, dataset_title
+from lib.names import DATASET_NAMES, MODEL_NAMES, SPLITS, analysis_stem, dataset_title
 from lib.study import numbers, plan
 from lib.study.data import DataChoice
 from lib.study.numbers import RunNumbers, finite, range_text, study_reference
@@ -30,6 +30,7 @@ from lib.study.weights import CHECK_COMMAND, WeightsChoice
 NOT_RUN = "not run"
 NUMBER_LIKE = re.compile(r"(about )?[-+]?\d|-$")  # "0.912", "76.6 % [72.1, 80.9]", "84-91 %", "-"
 HERE = os.path.dirname(os.path.abspath(__file__))
+IMAGE_TYPES = {".png": "image/png", ".svg": "image/svg+xml"}  # what an <img> of the page shows
 
 
 @dataclass
@@ -52,6 +53,11 @@ class Figure:
     @property
     def exists(self) -> bool:
         return os.path.exists(self.path)
+
+    @property
+    def embeddable(self) -> bool:
+        """Whether the HTML page can show it as an image (PNG, SVG); a PDF is linked instead."""
+        return self.path.endswith(tuple(IMAGE_TYPES))
 
     @property
     def absent(self) -> str:
@@ -257,32 +263,34 @@ def steps_table(records: list[StepRecord]) -> Table:
 
 
 # ----------------------------------------------------------------------------- figures
-def extra_figures(run: RunSpec, figures_dir: str) -> list[str]:
-    """Other figures of this run in the figures folder (made by hand, such as XceptionBased's
-    robustness curves), sorted."""
-    known = {p for paths in plan.run_figures(run, figures_dir).values() for p in paths}
+def extra_figures(run: RunSpec, s: Settings) -> list[str]:
+    """Other figures of this run in the figures folder, in the study's format (made by hand, such
+    as XceptionBased's robustness curves), sorted."""
+    known = {p for paths in plan.run_figures(run, s).values() for p in paths}
     try:
-        found = sorted(os.path.join(figures_dir, name) for name in os.listdir(figures_dir))
+        found = sorted(os.path.join(s.figures_dir, name) for name in os.listdir(s.figures_dir))
     except OSError:
         return []
-    prefix = os.path.join(figures_dir, run.stem + "_")
-    return [p for p in found if p.startswith(prefix) and p.endswith(".png") and p not in known]
+    prefix = os.path.join(s.figures_dir, analysis_stem(run.dataset, run.model, s.run_name) + "_")
+    ext = "." + s.figure_format
+    return [p for p in found if p.startswith(prefix) and p.endswith(ext) and p not in known]
 
 
 def page_figures(s: Settings, robustness_runs: list[RunSpec]) -> dict[str, list[Figure]]:
     """The figures of each part of the page, in the page's order: the robustness ones beside their
     table, then the gallery (the samples, each run's figures, the extra ones)."""
-    beside_table = [p for run in robustness_runs for p in plan.kind_figures(run, s.figures_dir, "robustness")]
-    gallery = [Figure(plan.samples_figure(s.figures_dir), SAMPLES_FIGURE)]
+    beside_table = [p for run in robustness_runs for p in plan.kind_figures(run, s, "robustness")]
+    samples = plan.samples_figure(s)
+    gallery = [Figure(samples, os.path.basename(samples))]
     for run in RUNS:
-        paths = [p for kind_paths in plan.run_figures(run, s.figures_dir).values() for p in kind_paths]
+        paths = [p for kind_paths in plan.run_figures(run, s).values() for p in kind_paths]
         gallery += [_figure(p) for p in paths if p not in beside_table]
-        extra = [p for p in extra_figures(run, s.figures_dir) if p not in beside_table]
+        extra = [p for p in extra_figures(run, s) if p not in beside_table]
         gallery += [_figure(p, " (beyond the study)") for p in extra]
     return {
-        "cross_dataset": [_figure(plan.cross_dataset_figure(s.figures_dir))],
+        "cross_dataset": [_figure(plan.cross_dataset_figure(s))],
         "robustness": [_figure(p) for p in beside_table],
-        "spectrum": [_figure(plan.spectrum_figure(s.figures_dir, d)) for d in s.datasets],
+        "spectrum": [_figure(plan.spectrum_figure(s, d)) for d in s.datasets],
         "gallery": gallery,
     }
 
@@ -341,14 +349,15 @@ def page_context(study: Study) -> dict:
 
 
 def _data_uri(path: str) -> str:
-    """The PNG at ``path`` as a data URI, to embed it in the page."""
+    """The PNG or SVG at ``path`` as a data URI, to embed it in the page."""
     with open(path, "rb") as handle:
-        return "data:image/png;base64," + base64.b64encode(handle.read()).decode("ascii")
+        data = base64.b64encode(handle.read()).decode("ascii")
+    return f"data:{IMAGE_TYPES[os.path.splitext(path)[1]]};base64,{data}"
 
 
 def render(context: dict, html: bool, md_dir: str = ".") -> str:
-    """The page as self-contained HTML (every value escaped, every figure embedded), or as Markdown
-    whose figure links are relative to ``md_dir``, where it is written."""
+    """The page as self-contained HTML (every value escaped, every PNG and SVG figure embedded, a
+    PDF linked), or as Markdown; its links are relative to ``md_dir``, where it is written."""
     env = jinja2.Environment(
         loader=jinja2.FileSystemLoader(HERE),
         autoescape=html,
@@ -374,7 +383,7 @@ def write_report(study: Study) -> tuple[str, str, str]:
         os.path.join(s.out_dir, "study_report.html"),
     )
     atomic_write_text(md_path, render(context, html=False, md_dir=s.out_dir))
-    atomic_write_text(html_path, render(context, html=True))
+    atomic_write_text(html_path, render(context, html=True, md_dir=s.out_dir))
     demo = {
         "demo_settings": data.demo_settings,
         "counts": data.counts,
