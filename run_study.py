@@ -212,7 +212,7 @@ def main(argv: list[str] | None = None) -> int:
             runs = collect_numbers(settings, data.demo, weights.pretrained if weights else None)
             seconds = time.monotonic() - start
             md_path, html_path, summary_path = write_report(
-                Study(settings, data, model_facts(), runs, weights, records, status, seconds)
+                Study(settings, data, model_facts(), runs, weights, records, status, seconds, steps=plan)
             )
             console.say(f"report: {md_path}, {html_path}; numbers: {summary_path}")
         except Exception as exc:  # the report must never hide the real outcome

@@ -87,8 +87,11 @@ class Study:
     status: Status = field(default_factory=lambda: Status(""))
     total_seconds: float = 0.0
     beyond: dict | None = None  # the cross-dataset matrix and the spectra; read from the folders when None
+    steps: list | None = None  # the plan (``plan.build_plan``); built from the settings when None
 
     def __post_init__(self):
+        if self.steps is None:
+            self.steps = plan.build_plan(self.settings)
         if self.beyond is None:
             self.beyond = {
                 "cross_dataset": numbers.cross_dataset_numbers(self.settings),
@@ -301,7 +304,7 @@ def page_context(study: Study) -> dict:
     ]
     references = {study_reference(run, runs[run.tag].pretrained): None for run in RUNS}
     left_out = {r.name for r in study.records if r.status == "not selected"}
-    made_by = {path: step.name for step in plan.build_plan(study.settings) for path in step.outputs}
+    made_by = {path: step.name for step in study.steps for path in step.outputs}
     figures = page_figures(study.settings, robustness_runs)
     for figure in (f for part in figures.values() for f in part):
         figure.left_out = made_by.get(figure.path) if made_by.get(figure.path) in left_out else None
