@@ -89,6 +89,30 @@ def test_protocol_comes_from_the_run_and_names_differences():
     )
 
 
+def test_protocol_names_the_training_options_the_study_did_not_use():
+    course = {"optimizer": "Adam", "lr": 0.001, "batch_size": 32, "epochs": 5, "precise_bn": 0}
+    off = {"weight_decay": 0.0, "lr_schedule": "none", "warmup_epochs": 0, "label_smoothing": 0.0}
+    off |= {"clip_grad": None, "select_by": "val_acc", "balance": "none", "blur_prob": 0.0, "jpeg_prob": 0}
+    recorded = {"model": "resnet50", "head": "linear", **off}
+
+    def differences(**protocol) -> list[str]:
+        run = {"args": course, "protocol": recorded | protocol}
+        return Protocol.of_run(run).differences(has_batchnorm=True)
+
+    assert differences() == []
+    assert differences(weight_decay=1e-4, lr_schedule="cosine", select_by="val_auc") == [
+        "weight_decay 0.0001, which the study did not use",
+        "lr_schedule cosine, which the study did not use",
+        "select_by val_auc, which the study did not use",
+    ]
+    assert differences(select_by="val_acc", lr_schedule="none") == []
+    assert differences(head="mlp", jpeg_prob=0.5) == [
+        "jpeg_prob 0.5, which the study did not use",
+        "head mlp instead of linear",
+    ]
+    assert Protocol.of_run({"args": course}).differences(True) == []  # no protocol recorded
+
+
 def test_score_columns_are_labelled_as_the_metrics_json_says():
     run = RUN["simplenet-fakes"]
     said = {"auc_a": "raw output column 0", "auc_b": "raw output column 1"}

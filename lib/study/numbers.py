@@ -11,10 +11,14 @@ from lib.checkpoints import load_checkpoint
 from lib.cli import UserError
 from lib.fileio import read_json_object, read_runs
 from lib.metrics import HEADLINE_METRICS
+from lib.model_specs import resolve_head
 from lib.spectrum import largest_difference
 from lib.study import plan
 from lib.study.plan import PROTOCOL, RUNS, RunSpec, Settings
 
+# The training options of a run's protocol (train_main.py) that the study's course training did not have
+OPTIONS = ("weight_decay", "lr_schedule", "warmup_epochs", "label_smoothing", "clip_grad", "select_by",
+           "balance", "blur_prob", "jpeg_prob")  # fmt: skip
 STUDY_SOURCE = (
     "the study's results (docs/design.md, Reference results: best val acc, test acc at "
     "that epoch, AUC of score B)"
@@ -87,12 +91,15 @@ class Protocol:
     batch_size: int | None = None
     epochs: int | None = None
     precise_bn: int | None = None  # None: the run does not record it
+    options: dict = field(default_factory=dict)  # the non-course training options that are on
+    head: tuple | None = None  # (its head, the model's default head) when the two differ
 
     @classmethod
     def of_run(cls, run: dict) -> Protocol:
         """The protocol a runs-JSON entry records (its ``args``, else its optimizer's params)."""
         args = run.get("args") if isinstance(run.get("args"), dict) else {}
         optimizer = run.get("optimizer") if isinstance(run.get("optimizer"), dict) else {}
+        recorded = run.get("protocol") if isinstance(run.get("protocol"), dict) else {}
         params = optimizer.get("params") if isinstance(optimizer.get("params"), dict) else {}
         return cls(
             optimizer=args.get("optimizer", optimizer.get("name")),
@@ -100,6 +107,8 @@ class Protocol:
             batch_size=args.get("batch_size"),
             epochs=args.get("epochs"),
             precise_bn=run.get("precise_bn", args.get("precise_bn")),
+            options={key: recorded[key] for key in OPTIONS if _is_on(key, recorded.get(key))},
+            head=_other_head(recorded),
         )
 
     def text(self) -> str:
@@ -128,7 +137,28 @@ class Protocol:
             out.append(
                 f"precise BatchNorm statistics ({self.precise_bn} batches), which the study did not use"
             )
+        out += [f"{key} {_g(value)}, which the study did not use" for key, value in self.options.items()]
+        if self.head:
+            out.append(f"head {self.head[0]} instead of {self.head[1]}")
         return out
+
+
+def _is_on(key: str, value) -> bool:
+    """Whether a training option of the run's protocol is on (the study used none of them)."""
+    return value not in (None, 0, "none") and not (key == "select_by" and value == "val_acc")
+
+
+def _other_head(recorded: dict) -> tuple | None:
+    """(the run's head, the model's default head) when the run's protocol records another head
+    than the default; None otherwise (or when the model is not known)."""
+    head, model = recorded.get("head"), recorded.get("model")
+    if head is None or not isinstance(model, str):
+        return None
+    try:
+        default = resolve_head(model, None)
+    except UserError:  # a model this version does not know: no default to compare with
+        return None
+    return (head, default) if head != default else None
 
 
 def _g(value) -> str:

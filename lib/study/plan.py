@@ -11,6 +11,7 @@ import os
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from functools import partial
 from typing import NamedTuple
 
 from lib import names
@@ -238,42 +239,32 @@ def curves_step(s: Settings, run: RunSpec) -> Step:
     return Step("plot_accuracy_and_loss.py", args + _figure_args(s), figures, [runs_json, checkpoint])
 
 
-def _analysis_step(s: Settings, run: RunSpec, kind: str, script: str, extra: list, sections=()) -> Step:
-    """A step that reads the run's best checkpoint and test split and writes ``kind``'s figures
-    (and, with ``sections``, those sections of the run's metrics JSON)."""
+# kind: the script, and the sections of the run's metrics JSON it writes (then it takes --out_dir)
+ANALYSES = {
+    "numerical": ("numerical_analysis.py", ("numerical", "uncertainty")),
+    "gradcam": ("grad_cam_analysis.py", ("grad_cam",)),
+    "robustness": ("robustness_analysis.py", ("robustness",)),
+    "saliency": ("saliency_map.py", ()),
+}
+
+
+def analysis_step(s: Settings, run: RunSpec, kind: str) -> Step:
+    """An ``ANALYSES`` step: it reads the run's best checkpoint and test split and writes the kind's
+    figures and sections (numerical: ROC/DET, reliability, bootstrap intervals and the scores CSV;
+    gradcam: the two figures, the mean maps and the faithfulness test; robustness: the AUC under
+    each perturbation; saliency: the pairs and the mean maps), seeded with --seed."""
+    script, sections = ANALYSES[kind]
     outputs = whole(*kind_figures(run, s, kind))
+    args = ["-m", run.model, "-cpp", checkpoint_path(s, run), "-d", run.dataset, *_run_name_args(s)]
+    args += [*_io_args(s), "--seed", str(s.seed)]
     if sections:
         outputs[metrics_json_path(s, run)] = sections
-    args = ["-m", run.model, "-cpp", checkpoint_path(s, run), "-d", run.dataset, *_run_name_args(s)]
-    args += [*_io_args(s), *extra]
+        args += ["--out_dir", s.out_dir]
+    if kind == "numerical":
+        outputs |= whole(names.scores_csv_path(s.out_dir, run.dataset, run.model, s.run_name))
+    if kind == "gradcam" and s.gradcam_max_images:
+        args += ["--faithfulness_images", str(s.gradcam_max_images)]
     return Step(script, args, outputs, [checkpoint_path(s, run)], [split_folder(s, run.dataset, "test")])
-
-
-def numerical_step(s: Settings, run: RunSpec) -> Step:
-    """ROC/DET curves, the reliability diagram, and the bootstrap intervals drawn with --seed."""
-    extra = ["--seed", str(s.seed), "--out_dir", s.out_dir]
-    step = _analysis_step(s, run, "numerical", "numerical_analysis.py", extra, ("numerical", "uncertainty"))
-    step.outputs.update(whole(names.scores_csv_path(s.out_dir, run.dataset, run.model, s.run_name)))
-    return step
-
-
-def gradcam_step(s: Settings, run: RunSpec) -> Step:
-    """The two Grad-CAM figures, the mean maps and the faithfulness test."""
-    extra = ["--seed", str(s.seed), "--out_dir", s.out_dir]
-    if s.gradcam_max_images:
-        extra += ["--faithfulness_images", str(s.gradcam_max_images)]
-    return _analysis_step(s, run, "gradcam", "grad_cam_analysis.py", extra, ("grad_cam",))
-
-
-def saliency_step(s: Settings, run: RunSpec) -> Step:
-    """The saliency pairs and the mean saliency maps."""
-    return _analysis_step(s, run, "saliency", "saliency_map.py", ["--seed", str(s.seed)])
-
-
-def robustness_step(s: Settings, run: RunSpec) -> Step:
-    """The AUC under each perturbation at each grade, on a seeded subset of the test split."""
-    extra = ["--seed", str(s.seed), "--out_dir", s.out_dir]
-    return _analysis_step(s, run, "robustness", "robustness_analysis.py", extra, ("robustness",))
 
 
 def cross_dataset_step(s: Settings, run: None) -> Step:
@@ -310,11 +301,11 @@ STAGES = (
     (StepKind("train", train_step),),
     (
         StepKind("curves", curves_step),
-        StepKind("numerical", numerical_step),
-        StepKind("gradcam", gradcam_step),
-        StepKind("robustness", robustness_step, applies=lambda run: run.robustness),
+        StepKind("numerical", partial(analysis_step, kind="numerical")),
+        StepKind("gradcam", partial(analysis_step, kind="gradcam")),
+        StepKind("robustness", partial(analysis_step, kind="robustness"), applies=lambda run: run.robustness),
     ),
-    (StepKind("saliency", saliency_step, applies=lambda run: run.saliency),),
+    (StepKind("saliency", partial(analysis_step, kind="saliency"), applies=lambda run: run.saliency),),
     (StepKind("cross-dataset", cross_dataset_step, once=True),),
 )
 STEP_KINDS = tuple(kind.name for stage in STAGES for kind in stage) + ("report",)
