@@ -212,6 +212,8 @@ def test_summary_numbers_are_finite_and_match_their_sources(study):
             "batch_size": 4,
             "epochs": 1,
             "precise_bn": 2,
+            "options": {},  # no training option beyond the course's
+            "head": None,  # the model's default head
         }
         assert run["precise_bn"] == 2  # passed on to train_main.py, recorded in the run's JSON
         assert 0 <= numbers["eer"] <= 1 and 0 < numbers["ap"] <= 1
