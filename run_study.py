@@ -34,7 +34,6 @@ from lib.study.plan import (
     STEP_KINDS,
     Settings,
     build_plan,
-    plan_entries,
     select_steps,
     step_names,
 )
@@ -60,43 +59,30 @@ def build_parser() -> ArgumentParser:
     add_data_root_flag(data, ", else demo data (--demo_dir)")
     data.add_argument("--demo_dir", help="where demo data is generated; None: <workdir>/data/demo")
     data.add_argument(
-        "--demo_scale", default=1.0, type=cli.positive_float, help="size of demo data (1.0: ~1,300 images)"
+        "--demo_scale", default=1.0, type=cli.positive_float, help="demo size (1.0: ~1,300 images)"
     )
     data.add_argument("--demo_seed", default=0, type=cli.non_negative_int, help="seed of generated demo data")
     data.add_argument(
         "--remake_demo", action="store_true", help="regenerate the demo data even when it exists"
     )
     data.add_argument(
-        "--datasets",
-        nargs="+",
-        metavar="NAME",
-        default=DATASET_NAMES,
-        help="the datasets of the steps that are not tied to the course's runs: the spectra, and the "
-        "test splits of the cross-dataset matrix; any dataset folders under the data root (default: "
-        f"the course's {' '.join(DATASET_NAMES)})",
-    )
+        "--datasets", nargs="+", metavar="NAME", default=DATASET_NAMES,
+        help="datasets under the data root of the spectra and the cross-dataset matrix's test splits "
+        f"(default: the course's {' '.join(DATASET_NAMES)})",
+    )  # fmt: skip
     add_training_flags(parser.add_argument_group("training (the study's protocol by default)"))
     where = parser.add_argument_group("outputs")
-    where.add_argument(
-        "--workdir", default=".", help="base folder of out/, figures/, checkpoints/ and data/demo/"
-    )
+    where.add_argument("--workdir", default=".", help="base of out/, figures/, checkpoints/ and data/demo/")
     where.add_argument("--out_dir", help="metrics JSON, logs, stamps and the report; None: <workdir>/out")
     where.add_argument("--figures_dir", help="figures; None: <workdir>/figures")
     where.add_argument("--checkpoint_dir", help="checkpoints; None: <workdir>/checkpoints")
-    add_run_name_flag(
-        where,
-        "train_main.py --run_name of the three runs: every file of theirs, and of their analyses, "
-        "carries _NAME (default: the course's names)",
-    )
+    add_run_name_flag(where, "--run_name of the three runs: their files and their analyses' carry _NAME")
     add_figure_flags(parser)  # passed on to every plotting step
     control = parser.add_argument_group("which steps")
     control.add_argument(
-        "--steps",
-        nargs="+",
-        metavar="STEP",
-        help="run only these steps (names, kinds, runs or patterns; comma or space separated); "
-        "None: all; an empty list is an error",
-    )
+        "--steps", nargs="+", metavar="STEP",
+        help="run only these steps (names, kinds, runs or patterns; comma or space separated); None: all",
+    )  # fmt: skip
     control.add_argument("--skip", nargs="+", metavar="STEP", help="leave these steps out (also 'report')")
     control.add_argument("--force", action="store_true", help="redo the selected steps even when up to date")
     control.add_argument(
@@ -121,49 +107,37 @@ def add_training_flags(training) -> None:
     training.add_argument("--seed", default=0, type=cli.seed_int, help="seed of every step")
     training.add_argument("--device", default="auto", help="auto (CUDA when available), cpu or cuda")
     training.add_argument(
-        "--workers",
-        "-j",
-        dest="num_workers",
-        type=cli.non_negative_int,
+        "--workers", "-j", dest="num_workers", type=cli.non_negative_int,
         help="training DataLoader workers (default: train_main.py's)",
-    )
+    )  # fmt: skip
     training.add_argument(
-        "--gradcam_max_images",
-        default=16,
-        type=cli.non_negative_int,
-        help="test images (both classes, chosen with --seed) of Grad-CAM's faithfulness test per run; "
-        "0: the whole test split (about 10 forward passes an image). The study's two Grad-CAM figures "
-        "and the mean maps always use the whole test split",
-    )
+        "--gradcam_max_images", default=16, type=cli.non_negative_int,
+        help="test images of Grad-CAM's faithfulness test per run (0: the whole test split; the figures "
+        "and mean maps always use it all)",
+    )  # fmt: skip
     training.add_argument(
         "--xception_weights",
-        help="ImageNet weights file for XceptionBased (else $XCEPTION_WEIGHTS, the torch hub cache, a "
-        "download; none found: random init, said loudly)",
+        help="ImageNet weights of XceptionBased (else $XCEPTION_WEIGHTS, the torch hub cache, a download; "
+        "none found: random init, said loudly)",
     )
     training.add_argument("--no_pretrained", action="store_true", help="train XceptionBased from random init")
     training.add_argument(
-        "--precise_bn",
-        default=64,
-        type=cli.non_negative_int,
-        metavar="N",
-        help="recompute BatchNorm statistics over N training batches before each evaluation "
-        "(train_main.py --precise_bn; docs/design.md#precise-batchnorm-statistics): the demo splits are "
-        "too small for the running statistics to settle; 0: the course's behaviour. SimpleNet has no "
-        "BatchNorm",
-    )
+        "--precise_bn", default=64, type=cli.non_negative_int, metavar="N",
+        help="train_main.py --precise_bn: BatchNorm statistics over N training batches before each "
+        "evaluation, as the demo splits are small (docs/design.md#precise-batchnorm-statistics); "
+        "0: the course's",
+    )  # fmt: skip
     add_activation_checkpointing_flag(training)  # passed on to train_main.py for XceptionBased
     training.add_argument(
-        "--require_pretrained",
-        action="store_true",
+        "--require_pretrained", action="store_true",
         help="stop with an error instead of falling back to random init when no ImageNet weights are found",
-    )
+    )  # fmt: skip
 
 
 def resolve_dirs(args) -> None:
     """Output folders not given explicitly go under --workdir."""
-    args.out_dir = args.out_dir or os.path.normpath(os.path.join(args.workdir, "out"))
-    args.figures_dir = args.figures_dir or os.path.normpath(os.path.join(args.workdir, "figures"))
-    args.checkpoint_dir = args.checkpoint_dir or os.path.normpath(os.path.join(args.workdir, "checkpoints"))
+    for flag, folder in (("out_dir", "out"), ("figures_dir", "figures"), ("checkpoint_dir", "checkpoints")):
+        setattr(args, flag, getattr(args, flag) or os.path.normpath(os.path.join(args.workdir, folder)))
     args.demo_dir = args.demo_dir or os.path.normpath(os.path.join(args.workdir, "data", "demo"))
 
 
@@ -201,7 +175,7 @@ def main(argv: list[str] | None = None) -> int:
     logs_dir = os.path.join(args.out_dir, "logs")
     console = Console(0, False, args.quiet)
     data = choose_data(args, console, logs_dir)
-    trained = {e.run.model for e in plan_entries() if e.kind.name == "train" and e.name in chosen}
+    trained = {st.run.model for st in build_plan() if st.kind == "train" and st.name in chosen}
     weights = choose_xception_weights(args, console) if "XceptionBased" in trained else None
     settings = make_settings(args, data.root, weights.args if weights else [])
     plan = build_plan(settings)

@@ -20,8 +20,8 @@ from lib.study.plan import PROTOCOL, RUNS, RunSpec, Settings
 OPTIONS = ("weight_decay", "lr_schedule", "warmup_epochs", "label_smoothing", "clip_grad", "select_by",
            "balance", "blur_prob", "jpeg_prob")  # fmt: skip
 STUDY_SOURCE = (
-    "the study's results (docs/design.md, Reference results: best val acc, test acc at "
-    "that epoch, AUC of score B)"
+    "the study's results (docs/design.md, Reference results: best val acc, test acc at that epoch, AUC of "
+    "score B)"
 )
 
 
@@ -41,8 +41,7 @@ class Reference:
 
     def source(self) -> str:
         """Where the figures come from, for the report's table of sources."""
-        own = f"; its report: {self.report} %" if self.report else ""
-        return f"{STUDY_SOURCE}, {self.label}{own}"
+        return f"{STUDY_SOURCE}, {self.label}" + (f"; its report: {self.report} %" if self.report else "")
 
 
 STUDY_NUMBERS = {  # run: label, best val acc, test acc at that epoch, AUC of score B; the report's own
@@ -56,30 +55,34 @@ STUDY_NUMBERS = {  # run: label, best val acc, test acc at that epoch, AUC of sc
                                            (50, 60), None),
 }  # fmt: skip
 # The study's answers about the models (its questions Q21, Q22, Q24) and its parameter counts.
-STUDY_MODEL_FACTS = {
-    "SimpleNet": 16_901_762,
-    "XceptionBased": 23_128_786,
-    "head_in_features": 2048,
-    "backbone_params": 22_855_952,
-    "head_params": 2_321_834,
-}
+STUDY_MODEL_FACTS = {"SimpleNet": 16_901_762, "XceptionBased": 23_128_786, "head_in_features": 2048,
+                     "backbone_params": 22_855_952, "head_params": 2_321_834}  # fmt: skip
 
 
 def finite(value) -> float | None:
     """The value as a finite float; None for a missing, non-numeric or non-finite one (or a bool)."""
-    if isinstance(value, bool) or value is None:
-        return None
     try:
-        value = float(value)
+        value = None if isinstance(value, bool) or value is None else float(value)
     except (TypeError, ValueError):
         return None
-    return value if math.isfinite(value) else None
+    return value if value is not None and math.isfinite(value) else None
 
 
 def _mean(values) -> float | None:
     """The mean of the finite values; None when there are none."""
-    values = [v for v in (finite(v) for v in values or []) if v is not None]
+    values = [v for v in map(finite, values or []) if v is not None]
     return sum(values) / len(values) if values else None
+
+
+def _section(content, name: str) -> dict:
+    """The named section of a JSON object; {} when missing or not an object."""
+    value = content.get(name) if isinstance(content, dict) else None
+    return value if isinstance(value, dict) else {}
+
+
+def _g(value) -> str:
+    """A protocol value as the report writes it ('?' when unknown)."""
+    return "?" if value is None else f"{value:g}" if isinstance(value, float) else str(value)
 
 
 @dataclass
@@ -97,13 +100,10 @@ class Protocol:
     @classmethod
     def of_run(cls, run: dict) -> Protocol:
         """The protocol a runs-JSON entry records (its ``args``, else its optimizer's params)."""
-        args = run.get("args") if isinstance(run.get("args"), dict) else {}
-        optimizer = run.get("optimizer") if isinstance(run.get("optimizer"), dict) else {}
-        recorded = run.get("protocol") if isinstance(run.get("protocol"), dict) else {}
-        params = optimizer.get("params") if isinstance(optimizer.get("params"), dict) else {}
+        args, optimizer, recorded = (_section(run, key) for key in ("args", "optimizer", "protocol"))
         return cls(
             optimizer=args.get("optimizer", optimizer.get("name")),
-            lr=args.get("lr", params.get("lr")),
+            lr=args.get("lr", _section(optimizer, "params").get("lr")),
             batch_size=args.get("batch_size"),
             epochs=args.get("epochs"),
             precise_bn=run.get("precise_bn", args.get("precise_bn")),
@@ -113,16 +113,12 @@ class Protocol:
 
     def text(self) -> str:
         """``Adam, lr 0.001, batch 32, 5 epochs, precise BatchNorm ...`` for the report."""
-        bn = (
-            "precise BatchNorm statistics not recorded"
-            if self.precise_bn is None
-            else "precise BatchNorm off"
-            if not self.precise_bn
-            else f"precise BatchNorm over {self.precise_bn} training batches"
+        bn = {None: "statistics not recorded", 0: "off"}.get(
+            self.precise_bn, f"over {self.precise_bn} training batches"
         )
         return (
             f"{self.optimizer or '?'}, lr {_g(self.lr)}, batch {self.batch_size or '?'}, "
-            f"{self.epochs or '?'} epochs, {bn}"
+            f"{self.epochs or '?'} epochs, precise BatchNorm {bn}"
         )
 
     def differences(self, has_batchnorm: bool) -> list[str]:
@@ -131,16 +127,14 @@ class Protocol:
         out = [
             f"{key.replace('_size', '')} {_g(getattr(self, key))} instead of {_g(value)}"
             for key, value in PROTOCOL.items()
-            if getattr(self, key) is not None and getattr(self, key) != value
+            if getattr(self, key) not in (None, value)
         ]
         if self.precise_bn and has_batchnorm:
             out.append(
                 f"precise BatchNorm statistics ({self.precise_bn} batches), which the study did not use"
             )
         out += [f"{key} {_g(value)}, which the study did not use" for key, value in self.options.items()]
-        if self.head:
-            out.append(f"head {self.head[0]} instead of {self.head[1]}")
-        return out
+        return out + ([f"head {self.head[0]} instead of {self.head[1]}"] if self.head else [])
 
 
 def _is_on(key: str, value) -> bool:
@@ -149,21 +143,14 @@ def _is_on(key: str, value) -> bool:
 
 
 def _other_head(recorded: dict) -> tuple | None:
-    """(the run's head, the model's default head) when the run's protocol records another head
-    than the default; None otherwise (or when the model is not known)."""
+    """(the run's head, the model's default head) when the run records another head than its
+    model's default; None otherwise, or for a model this version does not know."""
     head, model = recorded.get("head"), recorded.get("model")
-    if head is None or not isinstance(model, str):
-        return None
     try:
-        default = resolve_head(model, None)
-    except UserError:  # a model this version does not know: no default to compare with
-        return None
+        default = resolve_head(model, None) if head is not None and isinstance(model, str) else head
+    except UserError:
+        default = head
     return (head, default) if head != default else None
-
-
-def _g(value) -> str:
-    """A protocol value as the report writes it ('?' when unknown)."""
-    return "?" if value is None else f"{value:g}" if isinstance(value, float) else str(value)
 
 
 @dataclass
@@ -238,12 +225,8 @@ def _checkpoint_run(n: RunNumbers, checkpoint: str) -> dict:
     return found[-1] if found else {}
 
 
-def run_numbers(settings: Settings, run: RunSpec) -> RunNumbers:
-    """The numbers of one run, each from the JSON entry or section that holds it."""
-    n = RunNumbers(
-        run.model, run.dataset, plan.runs_json_path(settings, run), plan.metrics_json_path(settings, run)
-    )
-    last = _checkpoint_run(n, plan.checkpoint_path(settings, run))
+def read_training(n: RunNumbers, last: dict) -> None:
+    """The numbers of the training run (its runs-JSON entry ``last``) at its best epoch."""
     val_acc, test_acc = last.get("val_acc") or [], last.get("test_acc") or []
     best = last.get("best_epoch")
     if best is None and val_acc:  # older runs without the key: first epoch of the best val acc
@@ -253,33 +236,34 @@ def run_numbers(settings: Settings, run: RunSpec) -> RunNumbers:
         return values[best - 1] if best and len(values) >= best else None
 
     n.epochs, n.best_val_epoch = len(val_acc), best
-    n.pretrained = last.get("pretrained") if run.model == "XceptionBased" else None
+    n.pretrained = last.get("pretrained") if n.model == "XceptionBased" else None
     n.n_params_trained, n.device = last.get("n_params"), last.get("device")
     n.best_val_acc = finite(last.get("best_val_acc", at_best(val_acc)))
     n.test_acc_at_best = finite(last.get("test_acc_at_best", at_best(test_acc)))
-    n.epoch_seconds = _mean(last.get("epoch_seconds"))
-    n.train_images_per_sec = _mean(last.get("train_images_per_sec"))
-    n.eval_images_per_sec = _mean(last.get("eval_images_per_sec"))
+    n.epoch_seconds, n.train_images_per_sec, n.eval_images_per_sec = (
+        _mean(last.get(key)) for key in ("epoch_seconds", "train_images_per_sec", "eval_images_per_sec")
+    )
     n.activation_checkpointing, n.run_started = last.get("activation_checkpointing"), last.get("started")
     n.protocol = Protocol.of_run(last) if last else None
+
+
+def run_numbers(settings: Settings, run: RunSpec) -> RunNumbers:
+    """The numbers of one run, each from the JSON entry or section that holds it."""
+    n = RunNumbers(
+        run.model, run.dataset, plan.runs_json_path(settings, run), plan.metrics_json_path(settings, run)
+    )
+    read_training(n, _checkpoint_run(n, plan.checkpoint_path(settings, run)))
     metrics = read_json_object(n.metrics_json)
-    numerical, grad_cam = metrics.get("numerical") or {}, metrics.get("grad_cam") or {}
-    n.auc_a, n.auc_b = finite(numerical.get("auc_a")), finite(numerical.get("auc_b"))
+    numerical, grad_cam = _section(metrics, "numerical"), _section(metrics, "grad_cam")
+    n.auc_a, n.auc_b, n.eer, n.ap = (finite(numerical.get(key)) for key in ("auc_a", "auc_b", "eer", "ap"))
     n.auc = finite(numerical.get("auc", numerical.get("auc_b")))
     n.scores, n.score_of = numerical.get("scores"), numerical.get("score_of")
-    n.eer, n.ap = finite(numerical.get("eer")), finite(numerical.get("ap"))
     n.test_accuracy_analysis, n.n_test = finite(numerical.get("accuracy")), numerical.get("n_samples")
     n.grad_cam_faithfulness_gap = finite(grad_cam.get("faithfulness_gap"))
     n.grad_cam_images = grad_cam.get("n_images")
     read_uncertainty(n, _section(metrics, "uncertainty"))
     read_robustness(n, _section(metrics, "robustness"))
     return n
-
-
-def _section(content: dict, name: str) -> dict:
-    """The named section of a JSON object; {} when missing or not an object."""
-    value = content.get(name)
-    return value if isinstance(value, dict) else {}
 
 
 def _interval(entry) -> dict | None:
@@ -291,12 +275,17 @@ def _interval(entry) -> dict | None:
     return {"value": finite(entry["value"]), "ci": None if ci is None or None in ci else ci}
 
 
+def _int(section: dict, key: str) -> int | None:
+    """An integer entry of a section; None when missing or not an integer."""
+    return section.get(key) if isinstance(section.get(key), int) else None
+
+
 def read_uncertainty(n: RunNumbers, section: dict) -> None:
     """The bootstrap intervals and the ECE of numerical_analysis.py's 'uncertainty' section."""
     boot = _section(section, "bootstrap")
     intervals = {name: _interval(boot.get(name)) for name in HEADLINE_METRICS}
     n.intervals = intervals if any(intervals.values()) else None
-    n.bootstrap_resamples = boot.get("n_resamples") if isinstance(boot.get("n_resamples"), int) else None
+    n.bootstrap_resamples = _int(boot, "n_resamples")
     n.ece = finite(_section(section, "calibration").get("ece"))
 
 
@@ -306,24 +295,23 @@ def read_robustness(n: RunNumbers, section: dict) -> None:
     n.robustness_clean_auc = finite(_section(section, "clean").get("auc"))
     harshest = {}
     for name, entry in _section(section, "perturbations").items():
-        severities = entry.get("severities") if isinstance(entry, dict) else None
-        aucs = entry.get("auc") if isinstance(entry, dict) else None
+        severities, aucs = (
+            entry.get(key) if isinstance(entry, dict) else None for key in ("severities", "auc")
+        )
         # grades run mildest first (robustness_analysis.py): the last is the harshest
         if isinstance(severities, list) and isinstance(aucs, list) and 0 < len(severities) == len(aucs):
             harshest[name] = {"severity": finite(severities[-1]), "auc": finite(aucs[-1])}
     n.robustness_harshest = harshest or None
-    n.robustness_images = section.get("n_images") if isinstance(section.get("n_images"), int) else None
+    n.robustness_images = _int(section, "n_images")
 
 
 def cross_dataset_numbers(settings: Settings) -> dict | None:
     """The cross-dataset matrix of out/cross_dataset.json: its test datasets and, per checkpoint,
     AUC, accuracy (%), EER and whether in-distribution per test dataset; None when not run."""
     section = _section(read_json_object(plan.cross_dataset_json_path(settings)), "cross_dataset")
-    columns = section.get("test_datasets")
-    rows = []
+    columns, rows = section.get("test_datasets"), []
     for row in section.get("rows") if isinstance(section.get("rows"), list) else []:
-        results = _section(row, "results") if isinstance(row, dict) else {}
-        if not results or not isinstance(row.get("label"), str):
+        if not (results := _section(row, "results")) or not isinstance(row.get("label"), str):
             continue
         cells = {
             name: {key: finite(value.get(key)) for key in ("auc", "accuracy", "eer")}
@@ -347,66 +335,55 @@ def spectrum_numbers(settings: Settings) -> dict[str, dict | None]:
         diff, freq = section.get("fake_minus_real_db"), section.get("cycles_per_pixel")
         usable = isinstance(diff, list) and isinstance(freq, list) and 0 < len(diff) <= len(freq)
         values = [finite(v) for v in diff] if usable else []
-        if not values or None in values or None in (finite(f) for f in freq[: len(values)]):
-            out[dataset] = None
-            continue
-        peak = largest_difference(values)
-        out[dataset] = {
-            "n_real": section.get("n_real"),
-            "n_fake": section.get("n_fake"),
-            "peak_db": values[peak],
-            "peak_cycles_per_pixel": finite(freq[peak]),
-        }
+        out[dataset] = None
+        if values and None not in values and None not in map(finite, freq[: len(values)]):
+            peak = largest_difference(values)
+            out[dataset] = {"n_real": section.get("n_real"), "n_fake": section.get("n_fake"),
+                            "peak_db": values[peak], "peak_cycles_per_pixel": finite(freq[peak])}  # fmt: skip
     return out
 
 
 def study_reference(run: RunSpec, pretrained) -> Reference:
     """What the study documents for the run (the random-init row for a random-init XceptionBased)."""
-    if run.model == "XceptionBased" and pretrained is False:
-        return STUDY_NUMBERS["xception-synthetic-random"]
-    return STUDY_NUMBERS[run.tag]
+    random_init = run.model == "XceptionBased" and pretrained is False
+    return STUDY_NUMBERS["xception-synthetic-random" if random_init else run.tag]
 
 
 def range_text(ref: Reference, key: str) -> str:
     """The study's figure for ``key`` (val_acc, test_acc, auc_b) as it documents it."""
-    percent = key != "auc_b"
-    about = ref.about if percent else ref.about_auc
+    unit = "" if key == "auc_b" else " %"
+    about, rng = (ref.about_auc if key == "auc_b" else ref.about), getattr(ref, key)
     if about is not None:
-        return f"about {about:g}" + (" %" if percent else "")
-    rng = getattr(ref, key)
-    if rng is None:
-        return "-"
-    return f"{rng[0]}-{rng[1]} %" if percent else f"{rng[0]}-{rng[1]}"
+        return f"about {about:g}{unit}"
+    return "-" if rng is None else f"{rng[0]}-{rng[1]}{unit}"
 
 
 def imagenet_note() -> str:
     """What the study saw with and without ImageNet weights for XceptionBased."""
-    return (
-        f"The study's {range_text(STUDY_NUMBERS['xception-synthetic'], 'val_acc')} needs "
-        "ImageNet weights; from random initialisation the study saw "
-        f"{range_text(STUDY_NUMBERS['xception-synthetic-random'], 'val_acc')}."
+    imagenet, random_init = (
+        range_text(STUDY_NUMBERS[tag], "val_acc")
+        for tag in ("xception-synthetic", "xception-synthetic-random")
     )
-
-
-def _compare(value, rng) -> str | None:
-    """'within', 'below' or 'above' the range; None without a value or a range."""
-    if value is None or rng is None:
-        return None
-    return "within" if rng[0] <= value <= rng[1] else ("below" if value < rng[0] else "above")
+    return (
+        f"The study's {imagenet} needs ImageNet weights; "
+        f"from random initialisation the study saw {random_init}."
+    )
 
 
 def _position(n: RunNumbers, ref: Reference, qualifier: str = "") -> str:
     """Where the run lies against the study's documented ranges; only a range gives a verdict."""
     values = ((n.best_val_acc, ref.val_acc), (n.test_acc_at_best, ref.test_acc), (n.auc_b, ref.auc_b))
-    where = [w for w in (_compare(value, rng) for value, rng in values) if w]
+    where = {
+        "within" if lo <= value <= hi else "below" if value < lo else "above"
+        for value, (lo, hi) in ((v, r) for v, r in values if v is not None and r is not None)
+    }
+    labels = (("val", "val_acc"), ("test", "test_acc"), ("AUC(B)", "auc_b"))
     study = ", ".join(
-        f"{label} {range_text(ref, key)}"
-        for label, key in (("val", "val_acc"), ("test", "test_acc"), ("AUC(B)", "auc_b"))
-        if range_text(ref, key) != "-"
+        f"{label} {range_text(ref, key)}" for label, key in labels if range_text(ref, key) != "-"
     )
     if not where:  # "about X": shown beside, no verdict
         return f"beside the study's {qualifier}{study}" + (f" ({ref.note})" if ref.note else "")
-    position = where[0] if len(set(where)) == 1 else "partly within, partly outside"
+    position = where.pop() if len(where) == 1 else "partly within, partly outside"
     return f"{position} the study's {qualifier}{study}"
 
 
@@ -414,10 +391,8 @@ def _why(run: RunSpec, n: RunNumbers, demo: bool) -> list[str]:
     """How this run differs from the study's, as far as its records tell."""
     why = ["demo data, not the course datasets"] if demo else []
     if run.model == "XceptionBased" and n.pretrained is False:
-        why.append(
-            "RANDOM initialisation, no ImageNet weights (the study's "
-            f"{range_text(STUDY_NUMBERS['xception-synthetic'], 'val_acc')} needs them)"
-        )
+        imagenet = range_text(STUDY_NUMBERS["xception-synthetic"], "val_acc")
+        why.append(f"RANDOM initialisation, no ImageNet weights (the study's {imagenet} needs them)")
     if n.epochs and n.epochs != run.default_epochs:
         why.append(f"{n.epochs} epoch{'s' if n.epochs != 1 else ''} instead of {run.default_epochs}")
     return why + (n.protocol.differences(run.model == "XceptionBased") if n.protocol else [])
@@ -429,12 +404,11 @@ def verdict(run: RunSpec, n: RunNumbers, demo: bool) -> str:
         if n.problem:
             return f"Its training results are not shown: {n.problem}."
         return "Not trained yet (no run in its metrics JSON): nothing to compare."
-    ref = study_reference(run, n.pretrained)
     got = [f"val {n.best_val_acc:.1f} %"]
     got += [f"test {n.test_acc_at_best:.1f} %"] if n.test_acc_at_best is not None else []
     got += [f"AUC(B) {n.auc_b:.2f}"] if n.auc_b is not None else []
-    random_init = run.model == "XceptionBased" and n.pretrained is False
-    sentence = f"{', '.join(got)}: {_position(n, ref, 'random-init ' if random_init else '')}"
+    qualifier = "random-init " if run.model == "XceptionBased" and n.pretrained is False else ""
+    sentence = f"{', '.join(got)}: {_position(n, study_reference(run, n.pretrained), qualifier)}"
     if why := _why(run, n, demo):
         sentence += f"; differences from the study: {'; '.join(why)}"
     if n.activation_checkpointing:
@@ -452,10 +426,8 @@ def collect_numbers(settings: Settings, demo: bool, pretrained: bool | None) -> 
     ``pretrained``: how XceptionBased starts in this invocation (None: not decided)."""
     runs = {}
     for run in RUNS:
-        n = run_numbers(settings, run)
+        n = runs[run.tag] = run_numbers(settings, run)
         if n.pretrained is None and run.model == "XceptionBased" and not n.best_val_epoch:
             n.pretrained = pretrained  # not trained yet: what it will start from
-        n.study = asdict(study_reference(run, n.pretrained))
-        n.verdict = verdict(run, n, demo)
-        runs[run.tag] = n
+        n.study, n.verdict = asdict(study_reference(run, n.pretrained)), verdict(run, n, demo)
     return runs

@@ -12,7 +12,6 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from functools import partial
-from typing import NamedTuple
 
 from lib import names
 from lib.cli import UserError
@@ -76,6 +75,10 @@ class Settings:
         """A figure's path (named .png by lib/names) in the study's figure format."""
         return figure_file(path, self.figure_format)
 
+    def split(self, dataset: str, split: str) -> str:
+        """``<data root>/<dataset>/<split>``: the folder holding that split's real/ and fake/."""
+        return os.path.join(self.data_root, dataset, split)
+
 
 @dataclass
 class Step:
@@ -113,8 +116,9 @@ def whole(*paths: str) -> dict[str, tuple[str, ...]]:
 # ----------------------------------------------------------------------------- paths
 def checkpoint_path(s: Settings, run: RunSpec, suffix: str = "") -> str:
     """``<checkpoints>/<D>_<M>_Adam[_<run name>]<suffix>.pt``, as the Trainer names them."""
-    stem = output_stem(run.dataset, run.model, OPTIMIZER, s.run_name)
-    return os.path.join(s.checkpoint_dir, f"{stem}{suffix}.pt")
+    return os.path.join(
+        s.checkpoint_dir, f"{output_stem(run.dataset, run.model, OPTIMIZER, s.run_name)}{suffix}.pt"
+    )
 
 
 def runs_json_path(s: Settings, run: RunSpec) -> str:
@@ -125,11 +129,6 @@ def runs_json_path(s: Settings, run: RunSpec) -> str:
 def metrics_json_path(s: Settings, run: RunSpec) -> str:
     """``<out>/<D>_<M>[_<run name>]_metrics.json``: the analyses' sections of the run."""
     return names.metrics_json_path(s.out_dir, run.dataset, run.model, s.run_name)
-
-
-def split_folder(s: Settings, dataset: str, split: str) -> str:
-    """``<data root>/<dataset>/<split>``: the folder holding that split's real/ and fake/."""
-    return os.path.join(s.data_root, dataset, split)
 
 
 def samples_figure(s: Settings) -> str:
@@ -159,19 +158,14 @@ def cross_dataset_json_path(s: Settings) -> str:
 
 def kind_figures(run: RunSpec, s: Settings, kind: str) -> list[str]:
     """The figures a step kind's script writes for this run, whether the study runs it or not."""
-    return [
-        s.figure(figure_path(s.figures_dir, run.dataset, run.model, suffix, s.run_name))
-        for suffix in FIGURE_SUFFIXES[kind]
-    ]
+    stem = partial(figure_path, s.figures_dir, run.dataset, run.model)
+    return [s.figure(stem(suffix, s.run_name)) for suffix in FIGURE_SUFFIXES[kind]]
 
 
 def run_figures(run: RunSpec, s: Settings) -> dict[str, list[str]]:
     """The study's figures of one run, by the step kind that makes them."""
-    return {
-        kind: kind_figures(run, s, kind)
-        for kind in FIGURE_SUFFIXES
-        if (kind != "saliency" or run.saliency) and (kind != "robustness" or run.robustness)
-    }
+    left_out = {"saliency": not run.saliency, "robustness": not run.robustness}
+    return {kind: kind_figures(run, s, kind) for kind in FIGURE_SUFFIXES if not left_out.get(kind)}
 
 
 # ----------------------------------------------------------------------------- step builders
@@ -198,7 +192,7 @@ def _run_name_args(s: Settings) -> list[str]:
 def samples_step(s: Settings, run: None) -> Step:
     """One real and one fake training image of each dataset."""
     args = ["--data_root", s.data_root, "--seed", str(s.seed), *_figure_args(s)]
-    data = [split_folder(s, d, "train") for d in DATASET_NAMES]
+    data = [s.split(d, "train") for d in DATASET_NAMES]
     return Step("plot_samples_of_faces_datasets.py", args, whole(samples_figure(s)), data=data)
 
 
@@ -207,7 +201,7 @@ def spectrum_step(s: Settings, run: None) -> Step:
     args = ["--datasets", *s.datasets, *_io_args(s), "--seed", str(s.seed), "--out_dir", s.out_dir]
     outputs = whole(*(spectrum_figure(s, d) for d in s.datasets))
     outputs |= {spectrum_json_path(s, d): ("spectrum",) for d in s.datasets}
-    return Step("spectrum_analysis.py", args, outputs, data=[split_folder(s, d, "test") for d in s.datasets])
+    return Step("spectrum_analysis.py", args, outputs, data=[s.split(d, "test") for d in s.datasets])
 
 
 def train_step(s: Settings, run: RunSpec) -> Step:
@@ -226,7 +220,7 @@ def train_step(s: Settings, run: RunSpec) -> Step:
         "train_main.py",
         args,
         whole(checkpoint_path(s, run), runs_json_path(s, run), csv_path(runs_json_path(s, run))),
-        data=[split_folder(s, run.dataset, split) for split in SPLITS],
+        data=[s.split(run.dataset, split) for split in SPLITS],
         resume_from=checkpoint_path(s, run, "_last"),
     )
 
@@ -264,7 +258,7 @@ def analysis_step(s: Settings, run: RunSpec, kind: str) -> Step:
         outputs |= whole(names.scores_csv_path(s.out_dir, run.dataset, run.model, s.run_name))
     if kind == "gradcam" and s.gradcam_max_images:
         args += ["--faithfulness_images", str(s.gradcam_max_images)]
-    return Step(script, args, outputs, [checkpoint_path(s, run)], [split_folder(s, run.dataset, "test")])
+    return Step(script, args, outputs, [checkpoint_path(s, run)], [s.split(run.dataset, "test")])
 
 
 def cross_dataset_step(s: Settings, run: None) -> Step:
@@ -280,7 +274,7 @@ def cross_dataset_step(s: Settings, run: None) -> Step:
         args,
         outputs,
         [checkpoint_path(s, r) for r in runs],
-        [split_folder(s, d, "test") for d in s.datasets],
+        [s.split(d, "test") for d in s.datasets],
     )
 
 
@@ -311,48 +305,43 @@ STAGES = (
 STEP_KINDS = tuple(kind.name for stage in STAGES for kind in stage) + ("report",)
 
 
-class Entry(NamedTuple):
-    """A step as the plan names it: what --steps and --skip select, before any settings exist."""
-
-    name: str
-    kind: StepKind
-    run: RunSpec | None
-
-
-def plan_entries() -> list[Entry]:
-    """Every step of the study, in order, by name (``<kind>`` or ``<kind>-<run>``)."""
-    entries = []
+def build_plan(s: Settings | None = None) -> list[Step]:
+    """Every step of the study, in order, with the settings' folders and protocol (None: placeholder
+    settings, for the steps' names, kinds and runs before the settings are known)."""
+    s, steps = s or Settings("", "", "", ""), []
     for stage in STAGES:
         for run in (None,) if stage[0].once else RUNS:
-            entries += [
-                Entry(kind.name if run is None else f"{kind.name}-{run.tag}", kind, run)
-                for kind in stage
-                if run is None or kind.applies(run)
-            ]
-    return entries
-
-
-def build_plan(s: Settings) -> list[Step]:
-    """Every step of the study, in order, with the settings' folders and protocol."""
-    return [replace(e.kind.build(s, e.run), name=e.name, kind=e.kind.name, run=e.run) for e in plan_entries()]
+            for kind in (k for k in stage if run is None or k.applies(run)):
+                name = kind.name if run is None else f"{kind.name}-{run.tag}"
+                steps.append(replace(kind.build(s, run), name=name, kind=kind.name, run=run))
+    return steps
 
 
 def step_names() -> list[str]:
     """Every step name, in the plan's order, then 'report'."""
-    return [entry.name for entry in plan_entries()] + ["report"]
+    return [step.name for step in build_plan()] + ["report"]
 
 
 # ----------------------------------------------------------------------------- selection
-def _selectors(flag: str, values: list[str] | None) -> list[str]:
-    """The selectors of --steps or --skip (comma or space separated); an empty flag is an error."""
+def _selectors(flag: str, values: list[str] | None, steps: list[tuple]) -> list[str]:
+    """The selectors of --steps or --skip (comma or space separated), each checked to match a step
+    of ``steps``; an empty flag, or a selector that matches nothing, is an error."""
     items = [item.strip() for value in values or [] for item in value.split(",") if item.strip()]
     if values is not None and not items:
         raise UserError(f"{flag}: no step named; give at least one (see --help), or leave {flag} out")
+    for selector in items:
+        if not any(_matches(step, selector) for step in steps):
+            raise UserError(
+                f"{flag} {selector}: matches no step; steps: {', '.join(step_names())}; "
+                f"kinds: {', '.join(STEP_KINDS)}; runs: {', '.join(r.tag for r in RUNS)}"
+            )
     return items
 
 
-def _matches(name: str, kind: str, run: RunSpec | None, selector: str) -> bool:
-    """Whether the selector names this step, its kind or its run, or is a pattern matching it."""
+def _matches(step: tuple, selector: str) -> bool:
+    """Whether the selector names this (name, kind, run) step, its kind or its run, or is a pattern
+    matching its name."""
+    name, kind, run = step
     return selector in (name, kind, run and run.tag) or fnmatch.fnmatchcase(name, selector)
 
 
@@ -363,19 +352,12 @@ def select_steps(steps: list[str] | None, skip: list[str] | None) -> tuple[list[
     A selector is a step name, a kind (train, curves, ...), a run (simplenet-fakes, ...) or a
     shell pattern (train-*); one that matches nothing, or an empty flag, is an error.
     """
-    wanted, unwanted = _selectors("--steps", steps), _selectors("--skip", skip)
-    entries = [(e.name, e.kind.name, e.run) for e in plan_entries()] + [("report", "report", None)]
-    for flag, selectors in (("--steps", wanted), ("--skip", unwanted)):
-        for selector in selectors:
-            if not any(_matches(*entry, selector) for entry in entries):
-                raise UserError(
-                    f"{flag} {selector}: matches no step; steps: {', '.join(step_names())}; "
-                    f"kinds: {', '.join(STEP_KINDS)}; runs: {', '.join(r.tag for r in RUNS)}"
-                )
-
-    def chosen(entry) -> bool:
-        if wanted and entry[0] != "report" and not any(_matches(*entry, sel) for sel in wanted):
-            return False
-        return not any(_matches(*entry, sel) for sel in unwanted)
-
-    return [entry[0] for entry in entries[:-1] if chosen(entry)], chosen(entries[-1])
+    every = [(step.name, step.kind, step.run) for step in build_plan()] + [("report", "report", None)]
+    wanted, unwanted = _selectors("--steps", steps, every), _selectors("--skip", skip, every)
+    chosen = [
+        step
+        for step in every
+        if (not wanted or step[0] == "report" or any(_matches(step, sel) for sel in wanted))
+        and not any(_matches(step, sel) for sel in unwanted)
+    ]
+    return [step[0] for step in chosen if step[0] != "report"], chosen[-1:] == [every[-1]]
