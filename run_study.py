@@ -35,6 +35,7 @@ from lib.study.plan import (
     Settings,
     build_plan,
     select_steps,
+    slots,
     step_names,
 )
 from lib.study.report import Study, outcome_status, write_report
@@ -175,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
     logs_dir = os.path.join(args.out_dir, "logs")
     console = Console(0, False, args.quiet)
     data = choose_data(args, console, logs_dir)
-    trained = {st.run.model for st in build_plan() if st.kind == "train" and st.name in chosen}
+    trained = {run.model for name, kind, run in slots() if kind.name == "train" and name in chosen}
     weights = choose_xception_weights(args, console) if "XceptionBased" in trained else None
     settings = make_settings(args, data.root, weights.args if weights else [])
     plan = build_plan(settings)

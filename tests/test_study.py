@@ -710,6 +710,17 @@ def test_clean_line_keeps_what_a_terminal_shows():
     assert clean_line("plain") == "plain"
 
 
+def test_the_plan_is_built_once_and_only_a_chosen_training_asks_for_weights(tiny_root, tmp_path, monkeypatch):
+    built, probed = [], []
+    monkeypatch.setattr(run_study, "build_plan", lambda s: built.append(s) or study_plan.build_plan(s))
+    monkeypatch.setattr(run_study, "choose_xception_weights", lambda args, console: probed.append(1))
+    base = ["--data_root", tiny_root, "--workdir", str(tmp_path), "--dry_run", "--steps"]
+    code, plan = call(base + ["numerical"])
+    assert code == 0, plan
+    assert len(built) == 1 and not probed  # no XceptionBased training chosen: no weights search
+    assert [line.split("]")[1].split()[0] for line in plan.splitlines() if line.startswith("[")] == STEPS
+
+
 # ----------------------------------------------------------------------------- ImageNet weights
 def _train_xception_line(plan: str) -> str:
     return next(line for line in plan.splitlines() if "train_main.py -m XceptionBased" in line)

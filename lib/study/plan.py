@@ -305,21 +305,25 @@ STAGES = (
 STEP_KINDS = tuple(kind.name for stage in STAGES for kind in stage) + ("report",)
 
 
-def build_plan(s: Settings | None = None) -> list[Step]:
-    """Every step of the study, in order, with the settings' folders and protocol (None: placeholder
-    settings, for the steps' names, kinds and runs before the settings are known)."""
-    s, steps = s or Settings("", "", "", ""), []
-    for stage in STAGES:
-        for run in (None,) if stage[0].once else RUNS:
-            for kind in (k for k in stage if run is None or k.applies(run)):
-                name = kind.name if run is None else f"{kind.name}-{run.tag}"
-                steps.append(replace(kind.build(s, run), name=name, kind=kind.name, run=run))
-    return steps
+def slots() -> list[tuple[str, StepKind, RunSpec | None]]:
+    """Every step's name, kind and run (None: study-wide), in the plan's order; nothing is built."""
+    return [
+        (kind.name if run is None else f"{kind.name}-{run.tag}", kind, run)
+        for stage in STAGES
+        for run in ((None,) if stage[0].once else RUNS)
+        for kind in stage
+        if run is None or kind.applies(run)
+    ]
+
+
+def build_plan(s: Settings) -> list[Step]:
+    """Every step of the study, in order, with the settings' folders and protocol."""
+    return [replace(kind.build(s, run), name=name, kind=kind.name, run=run) for name, kind, run in slots()]
 
 
 def step_names() -> list[str]:
     """Every step name, in the plan's order, then 'report'."""
-    return [step.name for step in build_plan()] + ["report"]
+    return [name for name, _, _ in slots()] + ["report"]
 
 
 # ----------------------------------------------------------------------------- selection
@@ -352,7 +356,7 @@ def select_steps(steps: list[str] | None, skip: list[str] | None) -> tuple[list[
     A selector is a step name, a kind (train, curves, ...), a run (simplenet-fakes, ...) or a
     shell pattern (train-*); one that matches nothing, or an empty flag, is an error.
     """
-    every = [(step.name, step.kind, step.run) for step in build_plan()] + [("report", "report", None)]
+    every = [(name, kind.name, run) for name, kind, run in slots()] + [("report", "report", None)]
     wanted, unwanted = _selectors("--steps", steps, every), _selectors("--skip", skip, every)
     chosen = [
         step
