@@ -6,6 +6,6 @@ runner   runs a step as a subprocess, streaming its output to the console and it
 data     which data the study uses (the datasets, or demo data made once)
 weights  how XceptionBased starts (ImageNet weights, found by train_main.py --check_weights, or random)
 numbers  the report's numbers of each run, and how they compare with the study
-report   the one-page report (sections as data; report.md.j2 and report.html.j2 render it) and the
-         summary JSON
+report   the one-page report (its tables as data; report.j2 lays it out, markdown.j2 and html.j2
+         render it) and the summary JSON
 """
