@@ -7,14 +7,13 @@ import json
 import os
 
 import pytest
-import torch
 
 import cross_dataset_analysis
 import numerical_analysis
 import plot_accuracy_and_loss
 import train_main
 from conftest import analysis_argv, one_line_error, train_argv
-from lib.checkpoints import default_checkpoint
+from lib.checkpoints import default_checkpoint, torch_load
 from lib.cli import run_cli
 
 STEM = "fakes_dataset_SimpleNet_Adam"
@@ -39,7 +38,7 @@ def test_named_runs_share_no_file_and_record_their_names(two_runs):
         (run,) = json.loads((two_runs / "out" / f"{STEM}_{name}.json").read_text())
         assert run["run_name"] == name and run["optimizer"]["params"]["lr"] == lr
         for end in (".pt", "_last.pt"):
-            checkpoint = torch.load(two_runs / "ck" / f"{STEM}_{name}{end}", weights_only=False)
+            checkpoint = torch_load(str(two_runs / "ck" / f"{STEM}_{name}{end}"))  # weights_only=True
             assert checkpoint["run_name"] == name
     with open(two_runs / "out" / f"{STEM}_lr4.csv") as handle:
         assert len(handle.read().splitlines()) == 2  # the header and its one epoch: not lr3's
