@@ -16,17 +16,22 @@ def equal_error_rate(labels, fake_scores) -> tuple[float, float | None]:
     the point where FPR and FNR cross."""
     from sklearn.metrics import roc_curve
 
-    return eer_of_roc(*roc_curve(labels, fake_scores, pos_label=1))
+    return eer_of_roc(*roc_curve(labels, fake_scores, pos_label=1, drop_intermediate=False))
 
 
 def eer_of_roc(fpr, tpr, thresholds) -> tuple[float, float | None]:
-    """(EER, threshold at the EER) of an ROC curve as sklearn's ``roc_curve`` returns it. The
-    threshold is ``None`` where no finite one exists: sklearn's first threshold is inf (nothing
+    """(EER, threshold at the EER) of a full ROC curve, as sklearn's ``roc_curve`` returns it with
+    ``drop_intermediate=False`` (a thinned one can lack the crossing). The EER is where the ROC,
+    linear between its points, crosses FPR = FNR; the threshold is that of the ROC point nearest
+    the crossing, ``None`` where no finite one exists: sklearn's first threshold is inf (nothing
     is called fake), where the EER of a model whose scores are all equal lies."""
-    fnr = 1.0 - tpr
-    i = int(np.nanargmin(np.abs(fnr - fpr)))
-    threshold = float(thresholds[i])
-    return float((fpr[i] + fnr[i]) / 2.0), threshold if np.isfinite(threshold) else None
+    fpr, fnr = np.asarray(fpr, dtype=np.float64), 1.0 - np.asarray(tpr, dtype=np.float64)
+    gap = fnr - fpr  # falls from 1 (nothing called fake) to -1 (everything called fake)
+    j = max(int(np.argmax(gap <= 0)), 1)  # the first point at or past the crossing
+    share = gap[j - 1] / (gap[j - 1] - gap[j])  # where the segment j-1 -> j reaches gap 0
+    eer = fpr[j - 1] + share * (fpr[j] - fpr[j - 1])
+    threshold = float(thresholds[j if -gap[j] < gap[j - 1] else j - 1])
+    return float(eer), threshold if np.isfinite(threshold) else None
 
 
 HEADLINE_METRICS = ("auc", "accuracy", "eer", "ap")

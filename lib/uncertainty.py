@@ -72,7 +72,7 @@ def bootstrap_ranked(labels, fake_scores, resamples, progress: bool = False) -> 
         y, s = labels[rows], fake_scores[rows]
         if y.min() == y.max():
             continue
-        fpr, tpr, thresholds = roc_curve(y, s, pos_label=1)  # one ROC gives AUC and EER
+        fpr, tpr, thresholds = roc_curve(y, s, pos_label=1, drop_intermediate=False)  # AUC and EER
         out["auc"][b] = auc(fpr, tpr)
         out["eer"][b] = eer_of_roc(fpr, tpr, thresholds)[0]
         out["ap"][b] = average_precision_score(y, s)
