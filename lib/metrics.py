@@ -11,23 +11,28 @@ def fmt(value, digits: int = 4, suffix: str = "") -> str:
     return "n/a" if value is None else f"{value:.{digits}f}{suffix}"
 
 
-def equal_error_rate(labels, fake_scores) -> tuple[float, float | None]:
-    """(EER, threshold at the EER; ``None`` where no finite threshold exists) from sklearn's ROC:
-    the point where FPR and FNR cross."""
+def full_roc(labels, fake_scores) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """sklearn's ROC of P(fake), positive label 1, with every point kept: (fpr, tpr, thresholds).
+    Its default thins out points along straight runs, and the EER crossing can be one of them."""
     from sklearn.metrics import roc_curve
 
-    return eer_of_roc(*roc_curve(labels, fake_scores, pos_label=1, drop_intermediate=False))
+    return roc_curve(labels, fake_scores, pos_label=1, drop_intermediate=False)
+
+
+def equal_error_rate(labels, fake_scores) -> tuple[float, float | None]:
+    """(EER, threshold at the EER; ``None`` where no finite threshold exists) from the full ROC:
+    the point where FPR and FNR cross."""
+    return eer_of_roc(*full_roc(labels, fake_scores))
 
 
 def eer_of_roc(fpr, tpr, thresholds) -> tuple[float, float | None]:
-    """(EER, threshold at the EER) of a full ROC curve, as sklearn's ``roc_curve`` returns it with
-    ``drop_intermediate=False`` (a thinned one can lack the crossing). The EER is where the ROC,
-    linear between its points, crosses FPR = FNR; the threshold is that of the ROC point nearest
-    the crossing, ``None`` where no finite one exists: sklearn's first threshold is inf (nothing
-    is called fake), where the EER of a model whose scores are all equal lies."""
+    """(EER, threshold at the EER) of a ``full_roc`` (a thinned one can lack the crossing). The EER
+    is where the ROC, linear between its points, crosses FPR = FNR; the threshold is that of the
+    ROC point nearest the crossing, ``None`` where no finite one exists: sklearn's first threshold
+    is inf (nothing is called fake), where the EER of a model whose scores are all equal lies."""
     fpr, fnr = np.asarray(fpr, dtype=np.float64), 1.0 - np.asarray(tpr, dtype=np.float64)
     gap = fnr - fpr  # falls from 1 (nothing called fake) to -1 (everything called fake)
-    j = max(int(np.argmax(gap <= 0)), 1)  # the first point at or past the crossing
+    j = max(int(np.argmax(gap <= 0)), 1)  # the first point at or past it (1: a one-class ROC, NaN)
     share = gap[j - 1] / (gap[j - 1] - gap[j])  # where the segment j-1 -> j reaches gap 0
     eer = fpr[j - 1] + share * (fpr[j] - fpr[j - 1])
     threshold = float(thresholds[j if -gap[j] < gap[j - 1] else j - 1])

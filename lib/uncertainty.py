@@ -16,7 +16,7 @@ from __future__ import annotations
 import numpy as np
 from tqdm import tqdm
 
-from lib.metrics import HEADLINE_METRICS, binary_metrics, eer_of_roc
+from lib.metrics import HEADLINE_METRICS, binary_metrics, eer_of_roc, full_roc
 
 BOOTSTRAP_METRICS = HEADLINE_METRICS
 DEFAULT_RESAMPLES = 1000
@@ -61,7 +61,7 @@ def bootstrap_ranked(labels, fake_scores, resamples, progress: bool = False) -> 
     """AUC, EER (``metrics.eer_of_roc``) and AP of P(fake) on each row of ``resamples`` (B x n
     indices, or a list of B index arrays), with sklearn: ``{metric: (B,)}``; NaN where a row holds
     a single class."""
-    from sklearn.metrics import auc, average_precision_score, roc_curve
+    from sklearn.metrics import auc, average_precision_score
 
     labels = np.asarray(labels, dtype=np.int64)
     fake_scores = np.asarray(fake_scores, dtype=np.float64)
@@ -72,7 +72,7 @@ def bootstrap_ranked(labels, fake_scores, resamples, progress: bool = False) -> 
         y, s = labels[rows], fake_scores[rows]
         if y.min() == y.max():
             continue
-        fpr, tpr, thresholds = roc_curve(y, s, pos_label=1, drop_intermediate=False)  # AUC and EER
+        fpr, tpr, thresholds = full_roc(y, s)  # one ROC gives AUC and EER
         out["auc"][b] = auc(fpr, tpr)
         out["eer"][b] = eer_of_roc(fpr, tpr, thresholds)[0]
         out["ap"][b] = average_precision_score(y, s)
