@@ -1,23 +1,13 @@
-"""lib/metrics.py's EER against hand computations and an independent reference: error rates counted
-at every threshold, and the crossing found by scipy's brentq on the interpolated ROC."""
+"""lib/metrics.py's EER against hand computations and an independent reference (conftest's
+counted_eer: error rates counted at every threshold, the crossing found by scipy's brentq)."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
-from scipy.optimize import brentq
 
+from conftest import counted_eer
 from lib.metrics import binary_metrics, equal_error_rate
-
-
-def counted_eer(labels, scores) -> float:
-    """The EER as the field's usual recipe computes it: FPR and TPR counted at each threshold
-    (every score, and one above them all), then the root of 1 - FPR - TPR(FPR) on the ROC."""
-    labels, scores = np.asarray(labels), np.asarray(scores, dtype=np.float64)
-    thresholds = np.concatenate([[np.inf], np.unique(scores)[::-1]])
-    fpr = np.array([np.mean(scores[labels == 0] >= t) for t in thresholds])
-    tpr = np.array([np.mean(scores[labels == 1] >= t) for t in thresholds])
-    return brentq(lambda x: 1.0 - x - np.interp(x, fpr, tpr), 0.0, 1.0, xtol=1e-14)
 
 
 @pytest.mark.parametrize(
