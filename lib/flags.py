@@ -6,14 +6,14 @@ from __future__ import annotations
 import argparse
 
 from lib.cli import add_debug_flag, non_negative_int, positive_int
-from lib.data_root import DATA_ROOT_ENV, DEFAULT_DATA_ROOT
+from lib.data_root import DATA_ROOT_ENV, DEFAULT_DATA_ROOT, DEMO_DATA_ROOT
 from lib.figure_output import DEFAULT_DPI, DEFAULT_FIGURE_FORMAT, FIGURE_FORMATS
 from lib.names import COURSE_CHECKPOINT, DATASET_NAMES, MODEL_NAMES, run_name_type
 
 
-def add_data_root_flag(parser, fallback: str = "") -> None:
-    """``--data_root`` on ``parser`` (or an argument group); ``fallback`` adds what the script
-    does when the default folder is missing too."""
+def add_data_root_flag(parser, fallback: str = f", else {DEMO_DATA_ROOT} (the demo data)") -> None:
+    """``--data_root`` on ``parser`` (or an argument group); ``fallback``: what the script does
+    when the course's folder is missing too (``lib.data_root.resolve_data_root``'s by default)."""
     parser.add_argument(
         "--data_root",
         default=None,

@@ -141,6 +141,23 @@ def value_for(action) -> list[str]:
 
 
 @pytest.mark.parametrize("script", sorted(SCRIPTS))
+def test_data_root_help_names_every_place_tried_in_order(script):
+    """--help's default of --data_root is the order resolve_data_root tries (run_study.py's last
+    place is its --demo_dir, which it generates)."""
+    import importlib
+
+    from lib.data_root import DATA_ROOT_ENV, DEFAULT_DATA_ROOT, DEMO_DATA_ROOT
+
+    parser = importlib.import_module(script).build_parser()
+    [action] = [a for a in parser._actions if "--data_root" in a.option_strings] or [None]
+    if action is None:
+        pytest.skip(f"{script} has no --data_root")
+    last = "--demo_dir" if script == "run_study" else DEMO_DATA_ROOT
+    places = [f"${DATA_ROOT_ENV}", DEFAULT_DATA_ROOT, last]
+    assert -1 not in map(action.help.find, places) and sorted(places, key=action.help.find) == places
+
+
+@pytest.mark.parametrize("script", sorted(SCRIPTS))
 def test_kebab_case_help_and_nearest_flag(script, capsys):
     import importlib
 
