@@ -10,6 +10,14 @@ from torch import nn
 DEFAULT_FRACTIONS = (0.05, 0.1, 0.2, 0.4)
 
 
+def rank_pixels(scores: torch.Tensor, random_order: torch.Tensor) -> torch.Tensor:
+    """Each row's pixel indices (N x P), highest ``scores`` first, pixels of equal score in
+    ``random_order``: a map's ties, such as the zeros of Grad-CAM's ReLU, are then removed as
+    random pixels are, not as a fixed band of rows (``topk``'s order)."""
+    by_score = scores.gather(1, random_order).argsort(dim=1, descending=True, stable=True)
+    return random_order.gather(1, by_score)
+
+
 @torch.inference_mode()
 def _target_confidence(model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return torch.softmax(model(images).double(), dim=1).gather(1, labels.view(-1, 1))[:, 0]
@@ -26,10 +34,12 @@ def deletion_faithfulness(
     """Deletion test of relevance maps on a batch (normalised images on the model's device).
 
     For each fraction f, the f most relevant pixels of each image (by ``maps``, N x H x W) are
-    replaced by the image's per-channel mean, and so are f random pixels; the drop in the
-    softmax confidence of the target class ``labels`` is measured for both. Faithful maps give a
-    larger drop than random pixels. Returns per-image arrays ``map_drop`` and ``random_drop``
-    (F x N) and ``base`` (N). Random pixels come from ``generator`` (CPU) for repeatability.
+    replaced by the image's per-channel mean, and so are f random pixels; the drop in the softmax
+    confidence of the target class ``labels`` is measured for both. Faithful maps give a
+    larger drop than random pixels; pixels of equal map value are taken in the random pixels'
+    order, so a constant map scores exactly as random pixels do. Returns per-image arrays
+    ``map_drop`` and ``random_drop`` (F x N) and ``base`` (N). Random pixels come from
+    ``generator`` (CPU) for repeatability.
     """
     labels = torch.as_tensor(labels, device=images.device, dtype=torch.long)
     maps = torch.as_tensor(
@@ -39,14 +49,17 @@ def deletion_faithfulness(
     pixels = height * width
     base = _target_confidence(model, images, labels)
     fill = images.mean(dim=(2, 3), keepdim=True).expand_as(images)
-    noise = torch.rand((n, pixels), generator=generator).to(images.device)
+    random_order = (
+        torch.rand((n, pixels), generator=generator).to(images.device).argsort(dim=1, descending=True)
+    )
+    map_order = rank_pixels(maps.reshape(n, -1), random_order)
     map_drop, random_drop = [], []
     for fraction in fractions:
         k = max(1, round(float(fraction) * pixels))
         drops = []
-        for scores in (maps.reshape(n, -1), noise):
+        for order in (map_order, random_order):
             mask = torch.zeros((n, pixels), dtype=torch.bool, device=images.device)
-            mask.scatter_(1, scores.topk(k, dim=1).indices, True)
+            mask.scatter_(1, order[:, :k], True)
             perturbed = torch.where(mask.view(n, 1, height, width), fill, images)
             drops.append((base - _target_confidence(model, perturbed, labels)).cpu().numpy())
         map_drop.append(drops[0])

@@ -324,6 +324,36 @@ def test_deletion_faithfulness_exact_on_a_known_model():
     assert result["random_drop"][0, 0] < result["map_drop"][0, 0]
 
 
+@pytest.mark.parametrize("levels", [1, 2, 5, 1000])  # 1: a constant map; 1000: almost no ties
+def test_rank_pixels_breaks_ties_in_the_random_order(levels):
+    """Highest score first; among equal scores, the random order (checked against numpy's lexsort)."""
+    generator = torch.Generator().manual_seed(levels)
+    scores = torch.randint(0, levels, (3, 400), generator=generator).float()
+    random_order = torch.rand((3, 400), generator=generator).argsort(dim=1, descending=True)
+    rank_in_random = random_order.argsort(dim=1).numpy()  # where each pixel comes in the random order
+    expected = [np.lexsort((rank_in_random[i], -scores[i].numpy())) for i in range(3)]
+    assert np.array_equal(faithfulness.rank_pixels(scores, random_order).numpy(), np.stack(expected))
+
+
+@pytest.mark.parametrize("value", [0.0, 1.0])
+def test_a_constant_map_removes_the_random_pixels(value):
+    """A map without information (all zeros, as Grad-CAM's ReLU can give) must score as random
+    pixels do, even for a model that reads one band of rows (topk's order of ties was such a band)."""
+
+    class Band(nn.Module):  # fake logit from rows 160-175 of channel 0 only
+        def forward(self, x):
+            fake = 4 * x[:, 0, 160:176, :].mean(dim=(1, 2)) - 2
+            return torch.stack([torch.zeros_like(fake), fake], dim=1)
+
+    images = torch.zeros(2, 3, 256, 256)
+    images[:, :, 160:176, :] = 1.0
+    result = faithfulness.deletion_faithfulness(
+        Band(), images, [1, 1], torch.full((2, 256, 256), value), generator=torch.Generator().manual_seed(0)
+    )
+    assert result["random_drop"].min() > 0  # the random pixels did touch the band
+    assert np.array_equal(result["map_drop"], result["random_drop"])
+
+
 def test_faithfulness_accumulator_tests_only_its_images():
     model = nn.Sequential(nn.Flatten(), nn.Linear(3 * 8 * 8, 2)).eval()
     images, labels, maps = torch.randn(4, 3, 8, 8), torch.tensor([0, 1, 0, 1]), torch.rand(4, 8, 8)
