@@ -17,7 +17,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
 from lib.checkpoints import checkpoint_run_name, load_checkpoint
-from lib.cli import ArgumentParser, UserError, add_debug_flag, run_cli
+from lib.cli import ArgumentParser, UserError, add_debug_flag, path_text, run_cli
 from lib.figure_output import write_figure
 from lib.fileio import read_runs
 from lib.flags import add_figure_flags, add_run_name_flag
@@ -147,6 +147,7 @@ def build_parser() -> ArgumentParser:
         "--checkpoint_path",
         "-cpp",
         metavar="PATH",
+        type=path_text,
         help="plot the run that saved this best checkpoint (the run id it records)",
     )
     parser.add_argument("--figures_dir", default="figures", help="where the figures are written")

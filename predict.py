@@ -47,7 +47,7 @@ def build_parser() -> ArgumentParser:
     parser.add_argument(
         "paths", nargs="+", metavar="PATH", help="image files, video files and/or folders of them"
     )
-    add_checkpoint_flags(parser)
+    add_checkpoint_flags(parser, f"{names.COURSE_CHECKPOINT} (the course's XceptionBased)")
     parser.add_argument(
         "--recursive",
         "-r",

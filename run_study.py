@@ -43,8 +43,15 @@ from lib.study.runner import Console, Runner
 from lib.study.stamps import RULE, Stamps
 from lib.study.weights import choose_xception_weights
 
-
 # ============================================================================= command line
+# The output folders' flags: each one's folder under --workdir, and what goes there.
+OUTPUT_DIRS = {
+    "out_dir": ("out", "metrics JSON, logs, stamps and the report"),
+    "figures_dir": ("figures", "figures"),
+    "checkpoint_dir": ("checkpoints", "checkpoints"),
+}
+
+
 def build_parser() -> ArgumentParser:
     """run_study.py's flags, in groups: data, training, outputs, which steps."""
     parser = ArgumentParser(
@@ -58,7 +65,9 @@ def build_parser() -> ArgumentParser:
     )
     data = parser.add_argument_group("data")
     add_data_root_flag(data, ", else demo data (--demo_dir)")
-    data.add_argument("--demo_dir", help="where demo data is generated; None: <workdir>/data/demo")
+    data.add_argument(
+        "--demo_dir", type=cli.path_text, help="where demo data is generated; None: <workdir>/data/demo"
+    )
     data.add_argument(
         "--demo_scale", default=1.0, type=cli.positive_float, help="demo size (1.0: ~1,300 images)"
     )
@@ -74,9 +83,8 @@ def build_parser() -> ArgumentParser:
     add_training_flags(parser.add_argument_group("training (the study's protocol by default)"))
     where = parser.add_argument_group("outputs")
     where.add_argument("--workdir", default=".", help="base of out/, figures/, checkpoints/ and data/demo/")
-    where.add_argument("--out_dir", help="metrics JSON, logs, stamps and the report; None: <workdir>/out")
-    where.add_argument("--figures_dir", help="figures; None: <workdir>/figures")
-    where.add_argument("--checkpoint_dir", help="checkpoints; None: <workdir>/checkpoints")
+    for flag, (folder, what) in OUTPUT_DIRS.items():
+        where.add_argument(f"--{flag}", type=cli.path_text, help=f"{what}; None: <workdir>/{folder}")
     add_run_name_flag(where, "--run_name of the three runs: their files and their analyses' carry _NAME")
     add_figure_flags(parser)  # passed on to every plotting step
     control = parser.add_argument_group("which steps")
@@ -118,6 +126,7 @@ def add_training_flags(training) -> None:
     )  # fmt: skip
     training.add_argument(
         "--xception_weights",
+        type=cli.path_text,
         help="ImageNet weights of XceptionBased (else $XCEPTION_WEIGHTS, the torch hub cache, a download; "
         "none found: random init, said loudly)",
     )
@@ -137,7 +146,7 @@ def add_training_flags(training) -> None:
 
 def resolve_dirs(args) -> None:
     """Output folders not given explicitly go under --workdir."""
-    for flag, folder in (("out_dir", "out"), ("figures_dir", "figures"), ("checkpoint_dir", "checkpoints")):
+    for flag, (folder, _) in OUTPUT_DIRS.items():
         setattr(args, flag, getattr(args, flag) or os.path.normpath(os.path.join(args.workdir, folder)))
     args.demo_dir = args.demo_dir or os.path.normpath(os.path.join(args.workdir, "data", "demo"))
 

@@ -24,6 +24,7 @@ from lib.cli import (
     jpeg_quality,
     non_negative_float,
     non_negative_int,
+    path_text,
     positive_float,
     positive_int,
     probability,
@@ -119,12 +120,14 @@ def _add_protocol_flags(group) -> None:
     group.add_argument(
         "--xception_weights",
         default=None,
+        type=path_text,
         help="ImageNet weights file for XceptionBased (else $XCEPTION_WEIGHTS, the torch "
         "hub cache, then a download)",
     )
     group.add_argument(
         "--pretrained_weights",
         default=None,
+        type=path_text,
         metavar="PATH",
         help="ImageNet weights file of -m (else, for a torchvision backbone, torchvision's cache "
         "$TORCH_HOME/hub/checkpoints, then a download)",

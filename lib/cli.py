@@ -64,6 +64,14 @@ def _int_at_least(text: str, low: int, bound: str) -> int:
     return value
 
 
+def path_text(text: str) -> str:
+    """argparse type: a path, never empty (``--data_root "$DATA"`` with DATA unset must not be
+    taken for the flag left out, which falls back to another folder)."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("empty; give a path, or leave the flag out")
+    return text
+
+
 def positive_int(text: str) -> int:
     """argparse type: an integer >= 1."""
     return _int_at_least(text, 1, "at least 1")

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import argparse
 
-from lib.cli import add_debug_flag, non_negative_int, positive_int
+from lib.cli import add_debug_flag, non_negative_int, path_text, positive_int
 from lib.data_root import DATA_ROOT_ENV, DEFAULT_DATA_ROOT, DEMO_DATA_ROOT
 from lib.figure_output import DEFAULT_DPI, DEFAULT_FIGURE_FORMAT, FIGURE_FORMATS
 from lib.names import COURSE_CHECKPOINT, DATASET_NAMES, MODEL_NAMES, run_name_type
@@ -17,6 +17,7 @@ def add_data_root_flag(parser, fallback: str = f", else {DEMO_DATA_ROOT} (the de
     parser.add_argument(
         "--data_root",
         default=None,
+        type=path_text,
         help=f"folder holding fakes_dataset/ and synthetic_dataset/; default: "
         f"${DATA_ROOT_ENV}, else {DEFAULT_DATA_ROOT}{fallback}",
     )
@@ -28,8 +29,12 @@ def add_device_and_figures_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--figures_dir", default="figures", help="where figures are written")
 
 
-def add_checkpoint_flags(parser: argparse.ArgumentParser) -> None:
-    """``--model`` and ``--checkpoint_path``: which trained model a script loads."""
+CHECKPOINT_DEFAULT = f"{COURSE_CHECKPOINT} where it exists, else the one train_main.py wrote for -d (and -m)"
+
+
+def add_checkpoint_flags(parser: argparse.ArgumentParser, default: str = CHECKPOINT_DEFAULT) -> None:
+    """``--model`` and ``--checkpoint_path``: which trained model a script loads; ``default``
+    says which checkpoint it loads without ``-cpp``."""
     parser.add_argument(
         "--model",
         "-m",
@@ -41,8 +46,8 @@ def add_checkpoint_flags(parser: argparse.ArgumentParser) -> None:
         "--checkpoint_path",
         "-cpp",
         default=None,
-        help="checkpoint written by train_main.py (its 'model' entry is loaded); default: "
-        f"{COURSE_CHECKPOINT} where it exists, else the one train_main.py wrote for -d (and -m)",
+        type=path_text,
+        help=f"checkpoint written by train_main.py (its 'model' entry is loaded); default: {default}",
     )
 
 

@@ -157,6 +157,29 @@ def test_data_root_help_names_every_place_tried_in_order(script):
     assert -1 not in map(action.help.find, places) and sorted(places, key=action.help.find) == places
 
 
+# Flags whose absence means a fallback folder or file: an empty value (an unset shell variable) is
+# refused, not taken for the flag left out.
+FALLBACK_PATHS = ("--data_root", "--checkpoint_path", "--xception_weights", "--pretrained_weights")
+FALLBACK_PATHS += ("--demo_dir", "--out_dir", "--figures_dir", "--checkpoint_dir")
+
+
+@pytest.mark.parametrize("script", sorted(SCRIPTS))
+def test_an_empty_fallback_path_is_refused(script, capsys):
+    import importlib
+
+    parser = importlib.import_module(script).build_parser()
+    declared = {f for a in parser._actions for f in a.option_strings if a.default is None}
+    flags = [flag for flag in FALLBACK_PATHS if flag in declared]
+    if not flags:
+        pytest.skip(f"{script} has no flag that falls back when left out")
+    for flag in flags:
+        with pytest.raises(SystemExit) as info:
+            parser.parse_args([*SCRIPTS[script], flag, ""])
+        assert info.value.code == 2
+        assert f"argument {flag}" in capsys.readouterr().err.splitlines()[-1]
+        assert parser.parse_args([*SCRIPTS[script], flag, "p"]) is not None
+
+
 @pytest.mark.parametrize("script", sorted(SCRIPTS))
 def test_kebab_case_help_and_nearest_flag(script, capsys):
     import importlib
