@@ -94,9 +94,9 @@ def main(argv=None) -> int:
     }
     if grouped is not None:
         section["video"] = video_scores.video_figures(grouped, grouping, args.aggregate)
-    metrics_json.update_metrics_json(json_path, {"numerical": section, "uncertainty": sure})
     csv_path = names.scores_csv_path(args.out_dir, args.dataset, args.model, args.run_name)
-    video_scores.write_scores_csv(csv_path, paths, labels, keys, logits, p_fake)
+    video_scores.write_scores_csv(csv_path, paths, labels, keys, logits, p_fake)  # before the JSON says done
+    metrics_json.update_metrics_json(json_path, {"numerical": section, "uncertainty": sure})
 
     print(
         f"{names.describe(args.dataset, args.model)}, test split, {len(labels)} images "

@@ -306,8 +306,9 @@ def atomic_write_json(path: str, data) -> None:
 
 
 def atomic_write_text(path: str, text: str) -> None:
-    """Write ``text`` (UTF-8) to ``path`` through ``atomic_write``."""
-    content = text.encode("utf-8")
+    """Write ``text`` (UTF-8) to ``path`` through ``atomic_write``. A file name that is not UTF-8
+    (``os.fsdecode`` keeps its bytes as surrogates) is written as its own bytes."""
+    content = text.encode("utf-8", "surrogateescape")
     atomic_write(path, lambda handle: handle.write(content), "text file")
 
 

@@ -347,6 +347,30 @@ def test_resume_from_planted_last_checkpoint(kind, needle, clean_tree, checkpoin
     assert not (tmp_path / "out").exists() or not os.listdir(tmp_path / "out")
 
 
+def test_a_file_name_that_is_not_utf8_is_scored_and_written_as_its_bytes(checkpoints, tree, tmp_path):
+    """A legal Linux name such as b'\\xff.png' is scored, and the scores CSV holds a row per scored
+    image, that one under its own bytes (it crashed the CSV writer after the JSON was written)."""
+    import csv
+    import json
+
+    numerical_analysis = pytest.importorskip("numerical_analysis")
+    real = os.path.join(str(tree), "fakes_dataset", "test", "real")
+    odd = os.path.join(os.fsencode(real), b"\xff.png")
+    shutil.copy(os.path.join(real, sorted(os.listdir(real))[0]), odd)
+    out = tmp_path / "out"
+    argv = ["-m", "SimpleNet", "-cpp", str(checkpoints["good"]), "-d", "fakes_dataset", "--data_root",
+            str(tree), "--device", "cpu", "--figures_dir", str(tmp_path / "fig"), "--out_dir", str(out),
+            "--bootstrap", "10", "--no_progress"]  # fmt: skip
+    assert numerical_analysis.main(argv) == 0
+    n = json.loads((out / "fakes_dataset_SimpleNet_metrics.json").read_text())["numerical"]["n_samples"]
+    raw = (out / "fakes_dataset_SimpleNet_scores.csv").read_bytes()
+    rows = list(csv.reader(raw.decode("utf-8", "surrogateescape").splitlines()))[1:]
+    test_split = os.path.join(str(tree), "fakes_dataset", "test")
+    assert len(rows) == n == sum(len(os.listdir(os.path.join(test_split, c))) for c in ("real", "fake"))
+    assert os.fsencode(os.path.join(real, os.fsdecode(b"\xff.png"))) in raw
+    assert [row[1] for row in rows if row[0].endswith(os.fsdecode(b"\xff.png"))] == ["0"]
+
+
 def test_analysis_script_refuses_bad_checkpoints(checkpoints, clean_tree, tmp_path, capsys):
     numerical_analysis = pytest.importorskip("numerical_analysis")
     for name, model, needle in (
