@@ -94,12 +94,13 @@ def list_images(folder: str) -> list[str]:
     return sorted(name for name in os.listdir(folder) if is_image_file(os.path.join(folder, name)))
 
 
-def _grey_peak(mode: str, array: np.ndarray) -> float:
+def _grey_peak(mode: str, array: np.ndarray, file_format: str | None = None) -> float:
     """The value that is white in a 16-bit, 32-bit or float grey image. 16-bit files have a bit
-    depth: scale by it, not by the file's own maximum. 32-bit integer (``I``) and float (``F``)
-    files carry no bit depth: the smallest usual range holding the values (8 bits, 16 bits, the
-    full 32 bits; floats also [0, 1]), so 8-bit values stored in 32 bits do not load black."""
-    if mode.startswith("I;16"):
+    depth: scale by it, not by the file's own maximum (Pillow reads a 16-bit PGM as ``I``, scaled
+    to 16 bits). Other 32-bit integer (``I``) and float (``F``) files carry no bit depth: the
+    smallest usual range holding the values (8 bits, 16 bits, the full 32 bits; floats also
+    [0, 1]), so 8-bit values stored in 32 bits do not load black."""
+    if mode.startswith("I;16") or (mode == "I" and file_format == "PPM"):
         return 65535.0
     top = array.max(initial=0)
     if mode == "F" and top <= 1.0:
@@ -110,11 +111,13 @@ def _grey_peak(mode: str, array: np.ndarray) -> float:
     return 2.0**31 - 1
 
 
-def _to_rgb(image: Image.Image) -> Image.Image:
-    """Convert any PIL mode to 8-bit RGB (grayscale, RGBA, palette, CMYK, 16-bit, 32-bit, float)."""
+def _to_rgb(image: Image.Image, file_format: str | None = None) -> Image.Image:
+    """Convert any PIL mode to 8-bit RGB (grayscale, RGBA, palette, CMYK, 16-bit, 32-bit, float);
+    ``file_format``: Pillow's name of the file's format (a copy of the image has none)."""
     if image.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
         array = np.asarray(image, dtype=np.float64)
-        array = np.clip(np.rint(array * (255.0 / _grey_peak(image.mode, array))), 0, 255).astype(np.uint8)
+        white = _grey_peak(image.mode, array, file_format)
+        array = np.clip(np.rint(array * (255.0 / white)), 0, 255).astype(np.uint8)
         image = Image.fromarray(array, mode="L")
     if image.mode == "P" and "transparency" in image.info:
         image = image.convert("RGBA")
@@ -132,7 +135,7 @@ def read_rgb_image(path: str, hint: str = CORRUPT_HINT) -> Image.Image:
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(path) as image:
                 image.load()
-                return _to_rgb(ImageOps.exif_transpose(image))
+                return _to_rgb(ImageOps.exif_transpose(image), image.format)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise DataError(
             f"{path}: refused, declared image size is too large (possible decompression bomb): {exc}"

@@ -421,11 +421,15 @@ def test_unsupported_device_is_one_line(device, data, tmp_path, capsys):
     one_line_error(capsys, train_main.main, _argv(data, tmp_path, "--device", device), f"--device {device}")
 
 
+@pytest.mark.parametrize("suffix", ["png", "pgm"])  # Pillow reads a 16-bit PGM as mode I
 @pytest.mark.parametrize("peak", [200, 256, 65535])
-def test_16_bit_grey_is_scaled_by_the_bit_depth(peak, tmp_path):
+def test_16_bit_grey_is_scaled_by_the_bit_depth(peak, suffix, tmp_path):
     values = np.linspace(0, peak, 64 * 64).reshape(64, 64).astype(np.uint16)
-    path = tmp_path / "grey16.png"
-    Image.fromarray(values).save(path)
+    path = tmp_path / f"grey16.{suffix}"
+    if suffix == "pgm":  # written by hand: maxval 65535, big-endian samples
+        path.write_bytes(b"P5\n64 64\n65535\n" + values.astype(">u2").tobytes())
+    else:
+        Image.fromarray(values).save(path)
     with Image.open(path) as check:
         assert check.mode.startswith("I")  # really read as 16-bit
     expected = np.rint(values / 65535.0 * 255.0).astype(np.uint8)
