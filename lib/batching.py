@@ -207,19 +207,22 @@ class BatchPath:
             batches = AugmentedBatchSampler(sampler, batch_size, len(self.dataset), seed, self.batched.draw)
         else:
             batches = BatchSampler(sampler, batch_size, drop_last=False)
-        return DeviceBatches(self._source(batches, persistent=True), self._to_device, sampler)
+        return DeviceBatches(self._source(batches, True, seed), self._to_device, sampler)
 
     def fixed_batches(self, batches: list[list[int]]) -> DeviceBatches:
         """These batches of indices once, without augmentation (the batched form's evaluation)."""
-        return DeviceBatches(self._source(batches, persistent=False), self._to_device)
+        return DeviceBatches(self._source(batches, False), self._to_device)
 
-    def _source(self, batches, persistent: bool):
+    def _source(self, batches, persistent: bool, seed: int = 0):
         if self.cache is not None:
             return CachedBatches(*self.cache, batches, self.device, self.batched)
         workers = dict(
             num_workers=self.num_workers,
             pin_memory=self.device.type == "cuda",
             persistent_workers=persistent and self.num_workers > 0,
+            # the workers' seeds: without a generator each iterator draws from the global RNG, which
+            # dropout also draws from, so -j, --cache_images and --resume would change the numbers
+            generator=torch.Generator().manual_seed(seed),
         )
         if self.batched is None:
             return DataLoader(self.dataset, batch_sampler=batches, **workers)
@@ -278,6 +281,7 @@ def iter_batches(
         batch_size=None,
         num_workers=num_workers,
         persistent_workers=False,
+        generator=torch.Generator(),  # the global RNG stays the analysis's own
     )
     with tqdm(total=len(order), desc=desc, unit="img", disable=not progress, leave=False) as bar:
         for rows, (images, labels) in zip(batches, loader):  # the loader keeps the sampler's order

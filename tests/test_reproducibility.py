@@ -84,3 +84,30 @@ def test_the_thread_count_changes_only_the_rounding(data, tmp_path):
         torch.set_num_threads(threads)
     for key in ("train_loss", "val_loss", "test_loss"):
         assert one[key] == pytest.approx(two[key], rel=1e-4), key
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_dropout_draws_the_same_masks_whatever_the_workers(data, workers):
+    """Dropout draws from the global RNG, so the loaders must not: each DataLoader iterator took its
+    workers' seed from it (once with persistent workers, every epoch without), which changed a
+    dropout model's numbers with -j (and after --resume, which restores that RNG)."""
+    from torch import nn
+
+    import utils
+    from trainer import Trainer
+
+    splits = [utils.load_dataset("fakes_dataset", split, data) for split in utils.SPLITS]
+
+    def losses(num_workers: int) -> list[float]:
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.AvgPool2d(32), nn.Flatten(), nn.Dropout(0.5), nn.Linear(3 * 8 * 8, 2))
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+        trainer = Trainer(model, optimizer, nn.CrossEntropyLoss(), 4, *splits, device="cpu",
+                          num_workers=num_workers, progress=False)  # fmt: skip
+        out = []
+        for _ in range(3):
+            out.append(trainer.train_one_epoch()[0])
+            out.append(trainer.validate()[0])
+        return out
+
+    assert losses(workers) == losses(0)
