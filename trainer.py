@@ -25,7 +25,7 @@ from lib.checkpoints import non_finite_tensor
 from lib.cli import UserError
 from lib.device import resolve_channels_last
 from lib.eval_result import EvalResult
-from lib.optim import TrainingOptions, selection_score
+from lib.optim import EpochLoss, TrainingOptions, selection_score
 from lib.precise_bn import batchnorm_layers, precise_bn_batches, recompute_bn_statistics
 from lib.run_files import (  # noqa: F401  (re-exported: train_main, tests and benchmarks import them here)
     COURSE_KEYS,
@@ -144,11 +144,12 @@ class Trainer:
 
     # ------------------------------------------------------------------ the course API
     def train_one_epoch(self) -> tuple[float, float]:
-        """One pass over shuffled training data. Returns (mean loss per sample, accuracy %)."""
+        """One pass over shuffled training data. Returns (the mean loss, as ``EpochLoss`` defines
+        it, accuracy %)."""
         self.ddp_model.train()
         batches = self._batches(self.train_dataset, train=True)
         batches.set_epoch(self.epoch)
-        loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
+        epoch_loss = EpochLoss(self.criterion, self.device)
         correct = torch.zeros((), dtype=torch.long, device=self.device)
         bad_batch = torch.zeros((), dtype=torch.long, device=self.device)  # first NaN/inf loss; 0: none
         seen = batch = 0
@@ -161,11 +162,10 @@ class Trainer:
             with self._autocast():
                 outputs = self.train_forward(images)
                 loss = self.criterion(outputs, labels)
-            loss.backward()
+            epoch_loss.add(loss, labels).backward()
             if self.options.clip_grad:
                 nn.utils.clip_grad_norm_(self.model.parameters(), self.options.clip_grad)
             self.optimizer.step()
-            loss_sum += loss.detach().double() * labels.shape[0]
             correct += (outputs.detach().argmax(1) == labels).sum()
             seen += labels.shape[0]
             bad_batch = torch.where((bad_batch == 0) & ~torch.isfinite(loss.detach()), batch, bad_batch)
@@ -174,7 +174,7 @@ class Trainer:
             if self.progress and time.monotonic() - last_update > 0.5:  # syncs only for display
                 last_update = time.monotonic()
                 ips = seen * self.world_size / (last_update - start)
-                loss_now, acc_now = loss_sum.item() / seen, 100.0 * correct.item() / seen
+                loss_now, acc_now = epoch_loss.mean(), 100.0 * correct.item() / seen
                 bar.set_postfix(loss=f"{loss_now:.4f}", acc=f"{acc_now:.2f}", ips=f"{ips:.1f}")
         bar.close()
         if first_bad := distributed.first_bad_batch(bad_batch):
@@ -186,11 +186,11 @@ class Trainer:
             torch.cuda.synchronize(self.device)  # the steps were queued: time them finished
         self.last_train_seconds = time.monotonic() - start
         totals = torch.tensor([seen], dtype=torch.float64, device=self.device)
-        distributed.all_reduce(loss_sum, correct, totals)
+        distributed.all_reduce(epoch_loss.sums, correct, totals)
         total = int(totals.item())
         self.last_train_images_per_sec = total / max(self.last_train_seconds, 1e-9)
         self.epoch += 1
-        return loss_sum.item() / total, 100.0 * correct.item() / total
+        return epoch_loss.mean(), 100.0 * correct.item() / total
 
     @torch.inference_mode()
     def evaluate(self, dataset, desc: str = "eval") -> EvalResult:

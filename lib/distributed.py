@@ -61,6 +61,18 @@ def all_reduce(*tensors: torch.Tensor) -> None:
             dist.all_reduce(tensor)
 
 
+def global_weighted_mean(loss: torch.Tensor, weight: torch.Tensor | None) -> torch.Tensor:
+    """The loss to backpropagate for a process's weighted mean ``loss`` over its share of the
+    batch, whose weights sum to ``weight`` (None: a plain mean, which needs nothing, as every share
+    has the same size). DDP averages the processes' gradients, so the loss is rescaled by weight x
+    world size / the whole batch's weights: the step of one process with the same global batch."""
+    if weight is None or not is_distributed():
+        return loss
+    total = weight.detach().clone()
+    dist.all_reduce(total)
+    return loss * (weight.detach() * dist.get_world_size() / total)
+
+
 def first_bad_batch(bad_batch: torch.Tensor) -> int:
     """The first batch with a NaN/inf loss on any process (0: none). Under torchrun every process
     takes part, so all of them stop at the same check instead of one waiting forever in the next

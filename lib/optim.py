@@ -12,6 +12,7 @@ import torch
 from torch import nn
 from torch.optim import lr_scheduler
 
+from lib import distributed
 from lib.batching import seeded_generator
 from lib.cli import UserError
 
@@ -102,6 +103,27 @@ def make_criterion(
     if weights is not None:
         weights = weights.to(device)
     return nn.CrossEntropyLoss(weight=weights, label_smoothing=label_smoothing)
+
+
+class EpochLoss:
+    """The training loss of an epoch as the criterion defines its mean: over the samples, or for
+    class weights (``--balance weights``) weighted by them, whatever the batches and processes."""
+
+    def __init__(self, criterion: nn.Module, device):
+        self.class_weight = getattr(criterion, "weight", None)
+        self.sums = torch.zeros(2, dtype=torch.float64, device=device)  # loss x weight, weight
+
+    def add(self, loss: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Count a batch's mean ``loss``; returns the loss to backpropagate (under torchrun rescaled
+        to the whole batch's weights: ``distributed.global_weighted_mean``)."""
+        weight = None if self.class_weight is None else self.class_weight[labels].double().sum()
+        self.sums[0] += loss.detach().double() * (labels.shape[0] if weight is None else weight)
+        self.sums[1] += labels.shape[0] if weight is None else weight
+        return distributed.global_weighted_mean(loss, weight)
+
+    def mean(self) -> float:
+        """The epoch's mean so far (of this process, or of all after ``all_reduce(sums)``)."""
+        return (self.sums[0] / self.sums[1]).item()
 
 
 class BalancedSampler(torch.utils.data.Sampler):

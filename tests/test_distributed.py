@@ -73,13 +73,19 @@ def _close(a, b, what: str) -> None:
         assert a == b, what
 
 
-@pytest.fixture(scope="module")
-def runs(module_tmp):
-    tmp = module_tmp("distributed")
-    data = make_tree(str(tmp / "data"), {"train": (2, 2), "val": (2, 1), "test": (1, 2)}, seed=4)
+# Class weights: 3 real and 1 fake images, 1 a rank, so the ranks' shares weigh differently
+# (each rank's weighted mean, averaged by DDP, is not the batch's weighted mean).
+OPTIONS = {"plain": ((2, 2), ()), "balance_weights": ((3, 1), ("--balance", "weights"))}
+
+
+@pytest.fixture(scope="module", params=OPTIONS)
+def runs(module_tmp, request):
+    tmp = module_tmp(f"distributed_{request.param}")
+    train, options = OPTIONS[request.param]
+    data = make_tree(str(tmp / "data"), {"train": train, "val": (2, 1), "test": (1, 2)}, seed=4)
     single, multi = tmp / "single", tmp / "multi"
     # epoch 1 in this process (world size 1), then the same state is continued both ways
-    assert train_main.main(_argv(data, single, 1)) == 0
+    assert train_main.main(_argv(data, single, 1, *options)) == 0
     shutil.copytree(single, multi)
     env = {
         k: v
@@ -95,11 +101,11 @@ def runs(module_tmp):
         "--master_addr=127.0.0.1",
         f"--master_port={_free_port()}",
         os.path.join(ROOT, "train_main.py"),
-        *_argv(data, multi, 2, "--resume"),
+        *_argv(data, multi, 2, "--resume", *options),
     ]
     proc = subprocess.run(command, cwd=str(tmp), env=env, capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert train_main.main(_argv(data, single, 2, "--resume")) == 0
+    assert train_main.main(_argv(data, single, 2, "--resume", *options)) == 0
     return single, multi, proc
 
 

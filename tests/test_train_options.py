@@ -95,6 +95,24 @@ def test_class_weighted_loss_is_the_hand_weighted_mean():
     torch.testing.assert_close(make_criterion(0.2)(logits, batch), (0.8 * nll + 0.2 * smoothed).mean())
 
 
+@pytest.mark.parametrize("weighted", [False, True])
+def test_train_loss_is_the_epochs_mean_as_the_criterion_defines_it(weighted):
+    """11 images in batches of 5, 5 and 1, a model that does not move (lr 0): the epoch's train loss
+    is the plain mean of the per-sample losses, or with class weights their weighted mean
+    sum(w nll) / sum(w) over the epoch; batch means times batch sizes gave neither."""
+    torch.manual_seed(0)
+    images, labels = torch.randn(11, 3, 8, 8), torch.tensor([0] * 8 + [1] * 3)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(3 * 8 * 8, 2))
+    weights = class_weights(labels) if weighted else None
+    splits = [TensorDataset(images, labels)] * 3
+    trainer = cpu_trainer(model, torch.optim.SGD(model.parameters(), lr=0.0), splits, 5, channels_last="off")
+    trainer.criterion = make_criterion(0.0, weights)
+    with torch.no_grad():
+        nll = -torch.log_softmax(model(images).double(), 1)[torch.arange(11), labels]
+    w = torch.ones(11, dtype=torch.float64) if weights is None else weights.double()[labels]
+    assert trainer.train_one_epoch()[0] == pytest.approx(float((w * nll).sum() / w.sum()), rel=1e-6)
+
+
 def test_balanced_sampler_draws_classes_evenly_and_shards_like_distributed_sampler():
     labels = torch.tensor([0] * 30 + [1] * 3)
     one = BalancedSampler(labels, seed=1)
