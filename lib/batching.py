@@ -12,6 +12,7 @@ dataset (docs/design.md#trainer).
 
 from __future__ import annotations
 
+import copy
 import math
 import os
 from collections.abc import Iterator
@@ -68,10 +69,28 @@ def seeded_generator(seed: int, counter: int) -> torch.Generator:
     return torch.Generator().manual_seed((seed * 1_000_003 + counter) % 2**64)
 
 
+def _rank_and_world(sampler) -> tuple[int, int]:
+    """Which process's share of the epoch a sampler yields, of how many."""
+    return getattr(sampler, "rank", 0), getattr(sampler, "num_replicas", getattr(sampler, "world_size", 1))
+
+
+def global_order(sampler) -> list[int]:
+    """The epoch's order over all processes, of which ``sampler`` (rank r of W, a
+    ``DistributedSampler`` or ``optim.BalancedSampler``) yields positions r, r+W, ..."""
+    shares = []
+    for rank in range(_rank_and_world(sampler)[1]):
+        share = copy.copy(sampler)
+        share.rank = rank
+        shares.append(list(share))
+    return [index for position in zip(*shares) for index in position]
+
+
 class AugmentedBatchSampler:
-    """Batches of (index, *parameters) rows: a DistributedSampler's order plus every image's
-    parameters drawn by ``draw`` from (seed, epoch), so results do not depend on workers or world
-    size."""
+    """Batches of (index, *parameters) rows: a sampler's order plus parameters drawn by ``draw``
+    from (seed, epoch), so results do not depend on workers or world size. An image's first draw
+    of the epoch takes row ``index`` of one draw; each further draw of it (sampling with
+    replacement, padding) takes the row of its position in the epoch's global order from a
+    second, so that every copy is augmented on its own."""
 
     def __init__(self, sampler: DistributedSampler, batch_size: int, n: int, seed: int, draw):
         self.sampler, self.batch_size, self.n, self.seed, self.draw = sampler, batch_size, n, seed, draw
@@ -82,8 +101,18 @@ class AugmentedBatchSampler:
     def __iter__(self):
         generator = seeded_generator(self.seed, self.sampler.epoch + 1)
         params = self.draw(self.n, generator).tolist()
-        for batch in BatchSampler(self.sampler, self.batch_size, drop_last=False):
-            yield [[i, *params[i]] for i in batch]
+        order = global_order(self.sampler)
+        seen, again = set(), None
+        if len(set(order)) < len(order):
+            again = self.draw(len(order), generator).tolist()
+        rows = []
+        for position, index in enumerate(order):
+            rows.append([index, *(again[position] if index in seen else params[index])])
+            seen.add(index)
+        rank, world = _rank_and_world(self.sampler)
+        mine = rows[rank::world]
+        for start in range(0, len(mine), self.batch_size):
+            yield mine[start : start + self.batch_size]
 
 
 def consecutive(rows) -> slice | None:

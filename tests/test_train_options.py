@@ -131,6 +131,36 @@ def test_balanced_sampler_draws_classes_evenly_and_shards_like_distributed_sampl
     assert merged == drawn + drawn[:1]  # padded to an even share, as DistributedSampler pads
 
 
+@pytest.mark.parametrize("world_size", [1, 2])
+def test_every_draw_of_an_oversampled_image_is_augmented_on_its_own(world_size):
+    """--balance sampler draws with replacement: an image's first draw of the epoch keeps row
+    ``index`` of the parameters (as without it), every further draw gets fresh ones; all processes
+    together get exactly what one process gets."""
+    from lib.batching import AugmentedBatchSampler, seeded_generator
+
+    labels = torch.tensor([0] * 2 + [1] * 10)
+
+    def draw(n, generator):
+        return torch.rand((n, 2), generator=generator)
+
+    def rows(rank, world):
+        sampler = BalancedSampler(labels, rank, world, seed=1)
+        sampler.set_epoch(3)
+        batches = AugmentedBatchSampler(sampler, 4, 12, 5, draw)
+        return [row for batch in batches for row in batch], list(sampler)
+
+    one, order = rows(0, 1)
+    params = draw(12, seeded_generator(5, 4)).tolist()
+    assert [row[0] for row in one] == order and len(set(order)) < len(order)  # some images twice
+    first = {i: order.index(i) for i in set(order)}
+    assert all(row[1:] == params[row[0]] for k, row in enumerate(one) if first[row[0]] == k)
+    for index in set(order):
+        copies = [tuple(row[1:]) for row in one if row[0] == index]
+        assert len(set(copies)) == len(copies), index
+    shares = [rows(rank, world_size)[0] for rank in range(world_size)]
+    assert [row for position in zip(*shares) for row in position] == one
+
+
 # ----------------------------------------------------------------------------- gradient clipping
 def test_clip_grad_scales_the_step_to_torchs_total_norm():
     torch.manual_seed(0)
