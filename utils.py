@@ -162,14 +162,16 @@ def load_analysis_inputs(args) -> tuple[torch.device, torch.nn.Module, FacesData
 def load_checkpoint_model(args, device, dataset_name: str | None = None) -> torch.nn.Module:
     """The model of ``args.checkpoint_path`` (``default_checkpoint`` when not given) as
     ``load_model_from_checkpoint`` builds it, ``args.model`` its model (``-m``, or the one the
-    checkpoint records) and, for a script with ``--run_name``, ``args.run_name`` the run's name
-    (``checkpoint_run_name``); all are filled into ``args``."""
+    checkpoint records), ``args.run_id`` the training run that saved it and, for a script with
+    ``--run_name``, ``args.run_name`` the run's name (``checkpoint_run_name``); all are filled
+    into ``args``."""
     run_name = getattr(args, "run_name", None)  # predict.py names no outputs after the run
     if args.checkpoint_path is None:
         args.checkpoint_path = default_checkpoint(args.model, dataset_name, run_name=run_name)
     bound = checkpoint_bytes(args.model) if args.model else max(map(checkpoint_bytes, MODEL_NAMES))
     checkpoint = load_checkpoint(args.checkpoint_path, device, bound)
     args.model = checkpoint_model_name(checkpoint, args.checkpoint_path, args.model)
+    args.run_id = checkpoint.get("run_id")  # the analyses' sections say which training they are of
     if hasattr(args, "run_name"):
         args.run_name = checkpoint_run_name(checkpoint, args.checkpoint_path, run_name)
     return load_model_from_checkpoint(args.model, args.checkpoint_path, device, checkpoint)

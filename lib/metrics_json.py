@@ -8,8 +8,10 @@ from lib.fileio import atomic_write_json, file_lock, read_json_object
 
 def section_header(args) -> dict:
     """The first entries of an analysis script's JSON section, from its ``add_analysis_flags``
-    flags: the model, the dataset, the split (test) and the checkpoint it is about."""
-    return {"model": args.model, "dataset": args.dataset, "split": "test", "checkpoint": args.checkpoint_path}
+    flags: the model, the dataset, the split (test), the checkpoint it is about and the training
+    run that saved it (``run_id``; None for a checkpoint without one)."""
+    return {"model": args.model, "dataset": args.dataset, "split": "test", "checkpoint": args.checkpoint_path,
+            "run_id": getattr(args, "run_id", None)}  # fmt: skip
 
 
 def update_metrics_json(path: str, sections: dict) -> dict:

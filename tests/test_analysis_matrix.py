@@ -121,9 +121,10 @@ def in_range(value, low: float = 0.0, high: float = 1.0) -> bool:
 
 
 def check_header(section: dict, case: Case) -> None:
-    """The header of an analysis section: which model, dataset, split and checkpoint it is about."""
+    """The header of an analysis section: which model, dataset, split and checkpoint it is about,
+    and the training run that saved that checkpoint (``trained`` gives every one this id)."""
     assert (section["model"], section["dataset"], section["split"]) == (case.model.name, case.dataset, "test")
-    assert section["checkpoint"] == case.checkpoint
+    assert (section["checkpoint"], section["run_id"]) == (case.checkpoint, "0" * 32)
 
 
 def check_headline(metrics: dict) -> None:

@@ -228,3 +228,56 @@ def test_the_run_shown_is_the_checkpoints_not_the_last_in_the_json(tmp_path):
         assert "| SimpleNet, fakes_dataset | - | - | - |" in md  # no accuracies of the side run
     os.remove(checkpoint)
     assert "missing, so which run" in run_numbers(settings, run).problem
+
+
+def test_analyses_of_an_earlier_training_run_are_left_out(tmp_path):
+    """Retrained without its analyses run again (--steps train-...), a run's row must not put the
+    new model's accuracies beside the old model's AUC: a section or matrix row whose run id is not
+    the checkpoint's is left out and said; one without a run id (an older version) is kept."""
+    import json
+
+    import torch
+
+    from lib.study.numbers import cross_dataset_numbers, run_numbers
+    from lib.study.plan import checkpoint_path, cross_dataset_json_path, metrics_json_path, runs_json_path
+
+    settings = run_study.make_settings(
+        run_study.build_parser().parse_args(["--workdir", str(tmp_path)]), "r", []
+    )
+    run = RUN["simplenet-fakes"]
+    os.makedirs(settings.out_dir)
+    with open(runs_json_path(settings, run), "w") as handle:
+        json.dump([_epochs("new", [60.0, 80.0], [55.0, 75.0])], handle)
+    checkpoint = checkpoint_path(settings, run)
+    os.makedirs(os.path.dirname(checkpoint))
+    torch.save({"model": {}, "epoch": 2, "run_id": "new"}, checkpoint)
+    sections = {
+        "numerical": {"run_id": "old", "auc": 0.9, "eer": 0.1},
+        "grad_cam": {"run_id": "new", "faithfulness_gap": 0.25},
+        "robustness": {"clean": {"auc": 0.7}},
+    }
+    with open(metrics_json_path(settings, run), "w") as handle:
+        json.dump(sections, handle)
+    n = run_numbers(settings, run)
+    assert (n.best_val_acc, n.auc, n.eer, n.grad_cam_faithfulness_gap, n.robustness_clean_auc) == (
+        80.0,
+        None,
+        None,
+        0.25,
+        0.7,
+    )
+    assert n.other_run_sections == ["numerical"]
+    assert "Its numerical numbers are left out: they are of an earlier training run" in verdict(
+        run, n, demo=False
+    )
+    cells = {"fakes_dataset": {"auc": 0.9, "accuracy": 80.0, "eer": 0.1, "in_distribution": True}}
+    rows = [{"label": label, "checkpoint": checkpoint, "run_id": run_id, "results": cells}
+            for label, run_id in (("old model", "old"), ("new model", "new"), ("no id", None))]  # fmt: skip
+    with open(cross_dataset_json_path(settings), "w") as handle:
+        json.dump({"cross_dataset": {"test_datasets": ["fakes_dataset"], "rows": rows}}, handle)
+    shown = cross_dataset_numbers(settings)["rows"]
+    assert [(row["label"], bool(row["cells"])) for row in shown] == [
+        ("old model [left out: an earlier training run than its checkpoint's]", False),
+        ("new model", True),
+        ("no id", True),
+    ]

@@ -197,6 +197,7 @@ class RunNumbers:
     robustness_images: int | None = None
     robustness_clean_auc: float | None = None
     robustness_harshest: dict | None = None
+    other_run_sections: list = field(default_factory=list)  # analyses of another training run: left out
     study: dict = field(default_factory=dict)
     verdict: str = ""
 
@@ -253,7 +254,7 @@ def run_numbers(settings: Settings, run: RunSpec) -> RunNumbers:
         run.model, run.dataset, plan.runs_json_path(settings, run), plan.metrics_json_path(settings, run)
     )
     read_training(n, _checkpoint_run(n, plan.checkpoint_path(settings, run)))
-    metrics = read_json_object(n.metrics_json)
+    metrics = _own_sections(n, read_json_object(n.metrics_json))
     numerical, grad_cam = _section(metrics, "numerical"), _section(metrics, "grad_cam")
     n.auc_a, n.auc_b, n.eer, n.ap = (finite(numerical.get(key)) for key in ("auc_a", "auc_b", "eer", "ap"))
     n.auc = finite(numerical.get("auc", numerical.get("auc_b")))
@@ -264,6 +265,16 @@ def run_numbers(settings: Settings, run: RunSpec) -> RunNumbers:
     read_uncertainty(n, _section(metrics, "uncertainty"))
     read_robustness(n, _section(metrics, "robustness"))
     return n
+
+
+def _own_sections(n: RunNumbers, metrics: dict) -> dict:
+    """The metrics JSON without the analysis sections of another training run than the one that
+    saved the checkpoint (retrained, its analyses not run again), named in ``other_run_sections``;
+    a section without a run id (an older version) is kept."""
+    other = {name for name, section in metrics.items() if n.run_id is not None
+             and isinstance(section, dict) and section.get("run_id") not in (None, n.run_id)}  # fmt: skip
+    n.other_run_sections = sorted(other)
+    return {name: section for name, section in metrics.items() if name not in other}
 
 
 def _interval(entry) -> dict | None:
@@ -319,10 +330,24 @@ def cross_dataset_numbers(settings: Settings) -> dict | None:
             for name, value in results.items()
             if isinstance(value, dict)
         }
-        rows.append({"label": row["label"], "train_dataset": row.get("train_dataset"), "cells": cells})
+        label = row["label"]
+        if _retrained_since(row):  # its numbers are of a model the checkpoint no longer holds
+            label, cells = f"{label} [left out: an earlier training run than its checkpoint's]", {}
+        rows.append({"label": label, "train_dataset": row.get("train_dataset"), "cells": cells})
     if not rows or not isinstance(columns, list) or not all(isinstance(c, str) for c in columns):
         return None
     return {"test_datasets": columns, "rows": rows}
+
+
+def _retrained_since(row: dict) -> bool:
+    """Whether a cross-dataset row's checkpoint now holds another training run than the row's."""
+    checkpoint, run_id = row.get("checkpoint"), row.get("run_id")
+    if not (isinstance(checkpoint, str) and run_id and os.path.exists(checkpoint)):
+        return False
+    try:
+        return load_checkpoint(checkpoint).get("run_id") not in (None, run_id)
+    except UserError:
+        return False
 
 
 def spectrum_numbers(settings: Settings) -> dict[str, dict | None]:
@@ -411,6 +436,11 @@ def verdict(run: RunSpec, n: RunNumbers, demo: bool) -> str:
     sentence = f"{', '.join(got)}: {_position(n, study_reference(run, n.pretrained), qualifier)}"
     if why := _why(run, n, demo):
         sentence += f"; differences from the study: {'; '.join(why)}"
+    if n.other_run_sections:
+        sentence += (
+            f". Its {', '.join(n.other_run_sections)} numbers are left out: they are of an earlier training "
+            "run than its checkpoint's (run their steps again)"
+        )
     if n.activation_checkpointing:
         rate = (
             f": {n.train_images_per_sec:.1f} training images/s in this run" if n.train_images_per_sec else ""
