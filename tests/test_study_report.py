@@ -48,6 +48,9 @@ def test_about_fifty_percent_is_shown_beside_without_a_verdict():
         (87.0, 85.0, 0.9, "within"),
         (60.0, 55.0, 0.6, "below"),
         (87.0, 70.0, 0.9, "partly within, partly outside"),
+        (80.0, 90.0, 0.8, "partly below, partly above"),  # none within
+        (83.96, 80.96, 0.876, "within"),  # shown as 84.0, 81.0, 0.88: judged as shown
+        (91.04, 88.04, 0.952, "within"),  # 91.0, 88.0, 0.95
     ],
 )
 def test_ranges_give_a_verdict(val, test, auc, position):

@@ -396,11 +396,16 @@ def imagenet_note() -> str:
 
 
 def _position(n: RunNumbers, ref: Reference, qualifier: str = "") -> str:
-    """Where the run lies against the study's documented ranges; only a range gives a verdict."""
-    values = ((n.best_val_acc, ref.val_acc), (n.test_acc_at_best, ref.test_acc), (n.auc_b, ref.auc_b))
+    """Where the run lies against the study's documented ranges, judged on the values as the
+    sentence shows them (``verdict``'s rounding); only a range gives a verdict."""
+    values = (
+        (n.best_val_acc, ref.val_acc, 1),
+        (n.test_acc_at_best, ref.test_acc, 1),
+        (n.auc_b, ref.auc_b, 2),
+    )
     where = {
-        "within" if lo <= value <= hi else "below" if value < lo else "above"
-        for value, (lo, hi) in ((v, r) for v, r in values if v is not None and r is not None)
+        "within" if lo <= round(value, digits) <= hi else "below" if value < lo else "above"
+        for value, (lo, hi), digits in ((v, r, d) for v, r, d in values if v is not None and r is not None)
     }
     labels = (("val", "val_acc"), ("test", "test_acc"), ("AUC(B)", "auc_b"))
     study = ", ".join(
@@ -408,7 +413,10 @@ def _position(n: RunNumbers, ref: Reference, qualifier: str = "") -> str:
     )
     if not where:  # "about X": shown beside, no verdict
         return f"beside the study's {qualifier}{study}" + (f" ({ref.note})" if ref.note else "")
-    position = where.pop() if len(where) == 1 else "partly within, partly outside"
+    if len(where) == 1:
+        position = where.pop()
+    else:
+        position = "partly within, partly outside" if "within" in where else "partly below, partly above"
     return f"{position} the study's {qualifier}{study}"
 
 
