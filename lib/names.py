@@ -52,6 +52,8 @@ def analysis_stem(dataset_name: str, model_name: str, run_name: str | None = Non
 
 COURSE_CHECKPOINT = os.path.join("checkpoints", "XceptionBased.pt")
 """The course's default ``-cpp`` of the analyses, a name train_main.py never writes."""
+MANIFEST = "manifest.json"
+"""A dataset prepared from videos: which video each frame image comes from (prepare_videos.py)."""
 
 
 def metrics_json_path(out_dir: str, dataset_name: str, model_name: str, run_name: str | None = None) -> str:

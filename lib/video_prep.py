@@ -25,12 +25,11 @@ from lib.face_crops import MARGIN, crop_face
 from lib.face_detectors import MTCNN_BATCH, make_detector, pick_face
 from lib.fileio import atomic_write_json, file_lock, read_json_object
 from lib.images import CLASS_DIRS, IMAGE_SIZE
-from lib.names import SPLITS
+from lib.names import MANIFEST, SPLITS
 from lib.video import VideoError, VideoReport, sampled_frames
 from lib.video_sets import VideoItem
 
 RECORDS_DIR = ".prepare"
-MANIFEST = "manifest.json"
 IMAGE_NAME = re.compile(r"^(?P<video>.+)_f(?P<frame>\d+)\.png$")  # <key>_f<frame>.png
 PNG_LEVEL = 1  # zlib level of the crops: the fastest that compresses (benchmarks/README.md#videos)
 

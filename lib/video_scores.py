@@ -25,8 +25,8 @@ import numpy as np
 from lib.cli import UserError
 from lib.fileio import atomic_write_text
 from lib.metrics import binary_metrics, fmt
+from lib.names import MANIFEST
 
-MANIFEST = "manifest.json"
 FRAME_FILE = re.compile(r"^(?P<video>.+)_f(?P<frame>\d+)\.[A-Za-z0-9]+$")  # <video>_f<frame>.<ext>
 AGGREGATES = ("mean", "median")
 VIDEO_BOOTSTRAP_METHOD = (

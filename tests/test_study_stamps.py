@@ -238,3 +238,36 @@ def test_a_class_folder_of_the_other_layout_is_read(tmp_path):
     _run(step, stamps, tmp_path)
     (split / "1_fake" / "b.png").write_bytes(b"\x89PNG")
     assert stale_reason(step, stamps.read(step)) == f"data in {split} changed"
+
+
+def test_a_file_read_when_it_exists_is_signed_present_or_absent(tmp_path):
+    """A dataset's manifest.json (numerical) and the ImageNet weights (XceptionBased's training)
+    lie outside the split folders: appearing, changing or going away makes the step stale; a
+    stamp from before such files were signed (no key for them) stays up to date."""
+    manifest = tmp_path / "manifest.json"
+    step, stamps = _step(tmp_path, files=[str(manifest)]), Stamps(str(tmp_path / "out"))
+    _run(step, stamps, tmp_path)
+    assert stale_reason(step, stamps.read(step)) is None
+    _write(manifest, '{"images": []}')
+    assert stale_reason(step, stamps.read(step)) == f"file {manifest} changed"
+    _run(step, stamps, tmp_path)
+    assert stale_reason(step, stamps.read(step)) is None
+    os.remove(manifest)
+    assert stale_reason(step, stamps.read(step)) == f"file {manifest} changed"
+    stamp = json.loads(open(stamps.path(step)).read())
+    stamp["inputs"].pop(f"file {manifest}")
+    _write(stamps.path(step), json.dumps(stamp))
+    assert stale_reason(step, stamps.read(step)) is None
+
+
+def test_the_plan_signs_the_manifest_and_the_weights(tmp_path):
+    import run_study
+    from lib.study.plan import build_plan
+
+    args = run_study.build_parser().parse_args(["--workdir", str(tmp_path)])
+    plan = {
+        s.name: s for s in build_plan(run_study.make_settings(args, "r", ["--xception_weights", "w.pth"]))
+    }
+    assert plan["numerical-simplenet-fakes"].files == [os.path.join("r", "fakes_dataset", "manifest.json")]
+    assert plan["train-xception-synthetic"].files == ["w.pth"]
+    assert plan["train-simplenet-fakes"].files == [] == plan["gradcam-simplenet-fakes"].files

@@ -17,7 +17,15 @@ from lib import names
 from lib.cli import UserError
 from lib.epoch_log import csv_path
 from lib.figure_output import DEFAULT_DPI, DEFAULT_FIGURE_FORMAT, figure_file
-from lib.names import DATASET_NAMES, FIGURE_SUFFIXES, SAMPLES_FIGURE, SPLITS, figure_path, output_stem
+from lib.names import (
+    DATASET_NAMES,
+    FIGURE_SUFFIXES,
+    MANIFEST,
+    SAMPLES_FIGURE,
+    SPLITS,
+    figure_path,
+    output_stem,
+)
 
 HERE = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repository
 OPTIMIZER = "Adam"
@@ -93,6 +101,7 @@ class Step:
     outputs: dict[str, tuple[str, ...]]
     inputs: list[str] = field(default_factory=list)  # files made by earlier steps
     data: list[str] = field(default_factory=list)  # split folders read
+    files: list[str] = field(default_factory=list)  # other files read, when they exist (weights, manifest)
     resume_from: str | None = None  # a training's full-state checkpoint
     name: str = ""  # these three are set by build_plan
     kind: str = ""
@@ -214,14 +223,18 @@ def train_step(s: Settings, run: RunSpec) -> Step:
         args += ["--num_workers", str(s.num_workers)]
     if s.precise_bn:  # 0 is train_main.py's default: the command stays the course's
         args += ["--precise_bn", str(s.precise_bn)]
+    weights = []  # the ImageNet weights file it starts from, read as an input
     if run.model == "XceptionBased":
         args += s.xception_args
+        flags = s.xception_args
+        weights = [flags[flags.index("--xception_weights") + 1]] if "--xception_weights" in flags else []
     return Step(
         "train_main.py",
         args,
         whole(checkpoint_path(s, run), runs_json_path(s, run), csv_path(runs_json_path(s, run))),
         data=[s.split(run.dataset, split) for split in SPLITS],
         resume_from=checkpoint_path(s, run, "_last"),
+        files=weights,
     )
 
 
@@ -254,11 +267,13 @@ def analysis_step(s: Settings, run: RunSpec, kind: str) -> Step:
     if sections:
         outputs[metrics_json_path(s, run)] = sections
         args += ["--out_dir", s.out_dir]
-    if kind == "numerical":
+    files = []
+    if kind == "numerical":  # a prepared video dataset's manifest groups the frames into videos
         outputs |= whole(names.scores_csv_path(s.out_dir, run.dataset, run.model, s.run_name))
+        files.append(os.path.join(s.data_root, run.dataset, MANIFEST))
     if kind == "gradcam" and s.gradcam_max_images:
         args += ["--faithfulness_images", str(s.gradcam_max_images)]
-    return Step(script, args, outputs, [checkpoint_path(s, run)], [s.split(run.dataset, "test")])
+    return Step(script, args, outputs, [checkpoint_path(s, run)], [s.split(run.dataset, "test")], files)
 
 
 def cross_dataset_step(s: Settings, run: None) -> Step:

@@ -19,8 +19,8 @@ from lib.study.plan import HERE, Step
 STAMP_VERSION = 3
 RULE = (
     "a step is skipped when it last finished with the same command, its outputs are still the "
-    "ones it wrote, and its inputs (data, earlier steps' files, its code) are still the ones it "
-    "read (size, modification and change time of every file); --force runs it anyway"
+    "ones it wrote, and its inputs (data, earlier steps' files, weights, manifests, its code) are "
+    "still the ones it read (size, modification and change time of every file); --force runs it anyway"
 )
 
 
@@ -139,9 +139,11 @@ def code_files(script: str) -> tuple[str, ...]:
 
 def input_signatures(step: Step) -> dict[str, str | None]:
     """What the step reads, as it is now, each under the name its stale reason gives: the files of
-    earlier steps and the code files (``file_signature``), the split folders (``data_signature``)."""
+    earlier steps and the code files (``file_signature``), the split folders (``data_signature``),
+    the other files it reads when they exist (their absence is a signature too)."""
     found = {f"input {path}": file_signature(path) for path in step.inputs}
     found |= {f"data in {path}": data_signature(path) for path in step.data}
+    found |= {f"file {path}": file_signature(path) or "absent" for path in step.files}
     code = code_files(step.script)
     return found | {f"code {name}": file_signature(os.path.join(HERE, name)) for name in code}
 
@@ -149,6 +151,8 @@ def input_signatures(step: Step) -> dict[str, str | None]:
 def changed_input(step: Step, recorded: dict) -> str | None:
     """Why what the step reads is not what it read when ``recorded`` (None: all of it the same)."""
     for what, signature in input_signatures(step).items():
+        if what.startswith("file ") and what not in recorded:  # a stamp from before it was signed
+            continue
         if signature is None:
             return f"{what} is missing"
         if signature != recorded.get(what):
