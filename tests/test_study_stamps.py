@@ -271,3 +271,38 @@ def test_the_plan_signs_the_manifest_and_the_weights(tmp_path):
     assert plan["numerical-simplenet-fakes"].files == [os.path.join("r", "fakes_dataset", "manifest.json")]
     assert plan["train-xception-synthetic"].files == ["w.pth"]
     assert plan["train-simplenet-fakes"].files == [] == plan["gradcam-simplenet-fakes"].files
+
+
+def test_the_dry_run_runs_what_reads_a_file_an_earlier_step_would_rewrite(tmp_path, capsys):
+    """A stale training makes its analyses stale once it has run: --dry_run says so beforehand,
+    though their inputs are still the ones they read (the real run finds the checkpoint changed)."""
+    from lib.study.runner import Console, Runner
+
+    train = _step(tmp_path)  # numerical-x: reads input.json, writes fig.png
+    analysis = Step(
+        "numerical_analysis.py", [], {str(tmp_path / "b.txt"): ()}, [str(tmp_path / "fig.png")], name="num-x"
+    )
+    other = Step(
+        "numerical_analysis.py",
+        ["2"],
+        {str(tmp_path / "c.txt"): ()},
+        [str(tmp_path / "input.json")],
+        name="other",
+    )
+    stamps = Stamps(str(tmp_path / "out"))
+    _run(train, stamps, tmp_path)
+    for step in (analysis, other):
+        stamp = stamps.start(step, None)
+        _write(next(iter(step.outputs)), "made")
+        stamps.finish(step, stamp, 1.0, 0.5, 100)
+    runner = Runner([train, analysis, other], stamps, force=False)
+    runner.print_plan([train, analysis, other], True, Console(0, False, True))
+    lines = capsys.readouterr().out.splitlines()
+    assert all(line.endswith("up to date, would skip") for line in lines[0:6:2]), lines
+    time.sleep(0.01)
+    _write(tmp_path / "input.json", "[1]")  # the training's input changes: it would rewrite fig.png
+    runner.print_plan([train, analysis, other], True, Console(0, False, True))
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].endswith(f"would run (input {tmp_path / 'input.json'} changed)")
+    assert lines[2].endswith("would run (after numerical-x, which rewrites its input)")
+    assert lines[4].endswith(f"would run (input {tmp_path / 'input.json'} changed)")  # its own reason

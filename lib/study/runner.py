@@ -280,9 +280,16 @@ class Runner:
         console.say(f"{head}: done in {outcome.seconds:.1f} s")
 
     def print_plan(self, selected: list[Step], report: bool, console: Console) -> int:
-        """--dry_run: each step, whether and why it would run, and its command; returns 0."""
+        """--dry_run: each step, whether and why it would run, and its command; returns 0. A step
+        reading a file that an earlier step would rewrite would run after it."""
+        rewritten = {}  # output -> the step that would rewrite it
         for index, step in enumerate(self.plan, 1):
             reason = self.reason(step) if step in selected else None
+            after = next((rewritten[p] for p in step.inputs if p in rewritten), None)
+            if step in selected and reason is None and after:
+                reason = f"after {after}, which rewrites its input"
+            if reason:
+                rewritten |= dict.fromkeys(step.outputs, step.name)
             state = "not selected" if step not in selected else "up to date, would skip"
             state = f"would run ({reason})" if reason else state
             console.say(f"[{index:2d}] {step.name:30s} {state}")
