@@ -181,6 +181,11 @@ def test_every_figure_report_and_summary(study):
     for name in STEPS:  # each step's output went to its own log
         assert "exit code 0" in read(os.path.join(study.out, "logs", f"{name}.log"))
     assert "[19/19] cross-dataset: done" in study.output
+    summary = summary_of(study.work)  # one total: the status line's is the page's and the summary's
+    total = re.search(r" in (\d+\.\d) s\.$", summary["status"]["text"]).group(1)
+    assert f"study done: {summary['status']['text']}" in study.output
+    assert f"Total time of this invocation: {total} s." in read(os.path.join(study.out, "study_report.md"))
+    assert abs(summary["total_seconds"] - float(total)) <= 0.051
 
 
 def test_summary_numbers_are_finite_and_match_their_sources(study):
