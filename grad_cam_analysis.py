@@ -18,7 +18,13 @@ import torch
 from lib import class_means, faithfulness, gradcam, metrics_json, names, sampling, scores, transforms
 from lib.cli import ArgumentParser, UserError, non_negative_int, run_cli, seed_int
 from lib.figure_output import write_figure
-from lib.flags import add_analysis_flags, add_figure_flags, add_gradient_batch_flag, add_out_dir_flag
+from lib.flags import (
+    add_analysis_flags,
+    add_figure_flags,
+    add_gradient_batch_flag,
+    add_mean_maps_flag,
+    add_out_dir_flag,
+)
 from lib.transforms import normalize_batch
 from utils import FIGURE_SUFFIXES, figure_path, load_analysis_inputs
 
@@ -58,6 +64,7 @@ def build_parser() -> ArgumentParser:
         "random pixels of the faithfulness baseline",
     )
     add_gradient_batch_flag(parser)
+    add_mean_maps_flag(parser)
     add_figure_flags(parser)
     parser.add_argument(
         "--max_images",
@@ -98,7 +105,7 @@ def main(argv=None) -> int:
         raise UserError("no test images to analyse")
     mean_path = figure_path(args.figures_dir, args.dataset, args.model, "mean_grad_cam", args.run_name)
     figure = class_means.plot_mean_maps(
-        means, counts, f"Mean Grad-CAM ({args.target_layer}): {title}", "jet", "Grad-CAM"
+        means, counts, f"Mean Grad-CAM ({args.target_layer}): {title}", "jet", "Grad-CAM", args.shared_scale
     )
     written.append(write_figure(figure, mean_path, args))
 

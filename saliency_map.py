@@ -17,7 +17,7 @@ import torch
 from lib import class_means, names, saliency, sampling, scores
 from lib.cli import ArgumentParser, run_cli, seed_int
 from lib.figure_output import write_figure
-from lib.flags import add_analysis_flags, add_figure_flags, add_gradient_batch_flag
+from lib.flags import add_analysis_flags, add_figure_flags, add_gradient_batch_flag, add_mean_maps_flag
 from utils import FIGURE_SUFFIXES, figure_path, load_analysis_inputs
 
 N_PAIRS = 36
@@ -29,10 +29,11 @@ def build_parser() -> ArgumentParser:
         "class with respect to the input, maximum over the colour channels (one "
         "backward per batch). Pairs figure of 36 test images (half real, half fake "
         "where possible) and mean maps per class over the whole test split (each map "
-        "scaled to [0, 1], averaged per class, both classes on one colour scale)."
+        "scaled to [0, 1], averaged per class, scaled to [0, 1] again; --shared_scale: not again)."
     )
     add_analysis_flags(parser)
     add_gradient_batch_flag(parser)
+    add_mean_maps_flag(parser)
     add_figure_flags(parser)
     parser.add_argument(
         "--seed",
@@ -77,7 +78,9 @@ def main(argv=None) -> int:
         num_workers=args.num_workers,
     )
     mean_path = write_figure(
-        class_means.plot_mean_maps(means, counts, f"Mean saliency maps: {title}", "hot", "saliency"),
+        class_means.plot_mean_maps(
+            means, counts, f"Mean saliency maps: {title}", "hot", "saliency", args.shared_scale
+        ),
         mean_path,
         args,
     )

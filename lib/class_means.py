@@ -65,8 +65,8 @@ def mean_maps_per_class(
     on_batch: Callable | None = None,
     num_workers: int = 0,
 ) -> tuple[dict[int, np.ndarray | None], dict[int, int]]:
-    """Mean map per class over a dataset: each map normalised to [0, 1], averaged per class (not
-    scaled again, so the two classes' means compare on one scale; docs/design.md#saliency).
+    """Mean map per class over a dataset: each map normalised to [0, 1], averaged per class (as
+    it is: ``plot_mean_maps`` scales each mean again, or not; docs/design.md#saliency).
     ``map_fn(normalised images on device, labels on device)`` gives N x H x W maps (tensor or
     array). ``on_batch(images, labels, maps, indices)`` is called on every batch
     (for extra statistics on the same maps; ``indices``: the batch's dataset indices).
@@ -90,11 +90,17 @@ def mean_maps_per_class(
     return means, per_class.counts()
 
 
-def plot_mean_maps(means: dict, counts: dict, title: str, cmap: str, what: str):
-    """Two panels: the mean map of the real and of the fake images (with the image counts), on
-    one colour scale (the lowest to the highest value of both) with one colour bar."""
+def plot_mean_maps(means: dict, counts: dict, title: str, cmap: str, what: str, shared_scale: bool = False):
+    """Two panels: the mean map of the real and of the fake images (with the image counts), each
+    scaled to [0, 1] again (the study's recipe), or with ``shared_scale`` as they are, on one
+    colour scale (the lowest to the highest value of both); one colour bar."""
     import matplotlib.pyplot as plt
 
+    if not shared_scale:
+        means = {
+            k: None if m is None else normalize_maps(torch.as_tensor(m)[None])[0].numpy()
+            for k, m in means.items()
+        }
     present = [np.asarray(m) for m in means.values() if m is not None]
     low = min((float(m.min()) for m in present), default=0.0)
     high = max((float(m.max()) for m in present), default=1.0)
@@ -108,6 +114,7 @@ def plot_mean_maps(means: dict, counts: dict, title: str, cmap: str, what: str):
         shown = ax.imshow(means[label], cmap=cmap, vmin=low, vmax=high if high > low else low + 1.0)
         ax.set_title(f"mean {what} of {CLASS_NAMES[label].lower()} images (n={counts[label]})")
     if shown is not None:
-        fig.colorbar(shown, ax=list(axes), fraction=0.046, pad=0.04, label=f"mean {what} (shared scale)")
+        scale = "shared scale" if shared_scale else "each scaled to [0, 1]"
+        fig.colorbar(shown, ax=list(axes), fraction=0.046, pad=0.04, label=f"mean {what} ({scale})")
     fig.suptitle(title)
     return fig

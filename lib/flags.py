@@ -109,6 +109,16 @@ def add_gradient_batch_flag(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def add_mean_maps_flag(parser: argparse.ArgumentParser) -> None:
+    """``--shared_scale`` of the scripts that draw the two class means (saliency, Grad-CAM)."""
+    parser.add_argument(
+        "--shared_scale",
+        action="store_true",
+        help="draw the real and the fake mean map on one colour scale instead of scaling each "
+        "to [0, 1] again (the study's)",
+    )
+
+
 def add_out_dir_flag(parser: argparse.ArgumentParser, section: str) -> None:
     """``--out_dir`` of an analysis script that writes the ``section`` of the metrics JSON."""
     parser.add_argument(

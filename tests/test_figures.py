@@ -46,16 +46,24 @@ def test_samples_figure_as_pdf(tiny_root, tmp_path):
     assert (tmp_path / "datasets_samples.pdf").read_bytes().startswith(b"%PDF-")
 
 
-def test_mean_maps_share_one_colour_scale_with_a_colour_bar():
+@pytest.mark.parametrize("shared_scale", [False, True])
+def test_mean_maps_are_scaled_again_or_share_one_colour_scale(shared_scale):
+    """The study's recipe: each class mean scaled to [0, 1] again (min-max, by hand here);
+    --shared_scale: the means as they are, on the lowest to the highest value of both."""
     real = np.linspace(0.0, 0.2, 64).reshape(8, 8)
     fake = np.linspace(0.1, 0.9, 64).reshape(8, 8)
-    fig = class_means.plot_mean_maps({0: real, 1: fake}, {0: 3, 1: 5}, "t", "hot", "saliency")
+    fig = class_means.plot_mean_maps({0: real, 1: fake}, {0: 3, 1: 5}, "t", "hot", "saliency", shared_scale)
     shown = [image for ax in fig.axes for image in ax.get_images()]
     assert len(shown) == 2
-    assert all(image.get_clim() == pytest.approx((0.0, 0.9)) for image in shown)
+    expected = (real, fake) if shared_scale else ((real - 0.0) / 0.2, (fake - 0.1) / 0.8)
+    for image, values in zip(shown, expected):
+        np.testing.assert_allclose(np.asarray(image.get_array()), values, atol=1e-12)
+    scale = (0.0, 0.9) if shared_scale else (0.0, 1.0)
+    assert all(image.get_clim() == pytest.approx(scale) for image in shown)
     colour_bars = [ax for ax in fig.axes if not ax.get_images() and ax.get_ylabel()]
-    assert len(colour_bars) == 1 and "shared scale" in colour_bars[0].get_ylabel()
-    assert colour_bars[0].get_ylim() == pytest.approx((0.0, 0.9))
+    label = "shared scale" if shared_scale else "each scaled to [0, 1]"
+    assert len(colour_bars) == 1 and label in colour_bars[0].get_ylabel()
+    assert colour_bars[0].get_ylim() == pytest.approx(scale)
 
 
 def test_grad_cam_titles_name_model_dataset_class_and_p_fake(
