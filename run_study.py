@@ -43,6 +43,8 @@ from lib.study.runner import Console, Runner
 from lib.study.stamps import RULE, Stamps
 from lib.study.weights import choose_xception_weights
 
+DEMO_PRECISE_BN = 64  # batches of BatchNorm statistics on the demo data: its whole training split
+
 # ============================================================================= command line
 # The output folders' flags: each one's folder under --workdir, and what goes there.
 OUTPUT_DIRS = {
@@ -132,10 +134,10 @@ def add_training_flags(training) -> None:
     )
     training.add_argument("--no_pretrained", action="store_true", help="train XceptionBased from random init")
     training.add_argument(
-        "--precise_bn", default=64, type=cli.non_negative_int, metavar="N",
+        "--precise_bn", type=cli.non_negative_int, metavar="N",
         help="train_main.py --precise_bn: BatchNorm statistics over N training batches before each "
-        "evaluation, as the demo splits are small (docs/design.md#precise-batchnorm-statistics); "
-        "0: the course's",
+        f"evaluation; default: {DEMO_PRECISE_BN} on the demo data, whose splits are small "
+        "(docs/design.md#precise-batchnorm-statistics), 0 (the course's) on your datasets",
     )  # fmt: skip
     add_activation_checkpointing_flag(training)  # passed on to train_main.py for XceptionBased
     training.add_argument(
@@ -151,9 +153,12 @@ def resolve_dirs(args) -> None:
     args.demo_dir = args.demo_dir or os.path.normpath(os.path.join(args.workdir, "data", "demo"))
 
 
-def make_settings(args, data_root: str, xception_args: list[str]) -> Settings:
-    """The plan's settings from the flags, the data root and XceptionBased's train_main.py flags."""
+def make_settings(args, data_root: str, xception_args: list[str], demo: bool = False) -> Settings:
+    """The plan's settings from the flags, the data root (``demo``: demo data) and XceptionBased's
+    train_main.py flags."""
     resolve_dirs(args)
+    if args.precise_bn is None:  # the study's protocol on real data; the demo's small splits need it
+        args.precise_bn = DEMO_PRECISE_BN if demo else 0
     epochs = {
         run.tag: (args.simplenet_epochs if run.model == "SimpleNet" else args.xception_epochs)
         or args.epochs
@@ -187,7 +192,7 @@ def main(argv: list[str] | None = None) -> int:
     data = choose_data(args, console, logs_dir)
     trained = {run.model for name, kind, run in slots() if kind.name == "train" and name in chosen}
     weights = choose_xception_weights(args, console) if "XceptionBased" in trained else None
-    settings = make_settings(args, data.root, weights.args if weights else [])
+    settings = make_settings(args, data.root, weights.args if weights else [], data.demo)
     plan = build_plan(settings)
     selected = [step for step in plan if step.name in chosen]
     runner = Runner(plan, Stamps(settings.out_dir), args.force)

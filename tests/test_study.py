@@ -664,7 +664,10 @@ def test_study_protocol_and_flags_reach_the_commands():
         command = " ".join(commands[f"train-{tag}"])
         assert "-o Adam --lr 0.001 -b 32" in command and f"-e {epochs} " in command
     assert commands["train-xception-synthetic"][-1] == "--no_pretrained"
-    for tag in ("simplenet-fakes", "simplenet-synthetic", "xception-synthetic"):  # the default
+    assert "--precise_bn" not in " ".join(map(" ".join, commands.values()))  # your data: the study's protocol
+    demo = run_study.make_settings(run_study.build_parser().parse_args([]), "root", [], demo=True)
+    commands = {s.name: s.command for s in study_plan.build_plan(demo)}
+    for tag in ("simplenet-fakes", "simplenet-synthetic", "xception-synthetic"):  # the demo's small splits
         assert " --precise_bn 64 " in " ".join(commands[f"train-{tag}"]) + " "
     assert not any("--precise_bn" in c for name, c in commands.items() if not name.startswith("train"))
     assert "--no_pretrained" not in commands["train-simplenet-fakes"]
