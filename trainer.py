@@ -127,14 +127,13 @@ class Trainer:
         self.eval_batch_size = eval_batch_size or (min(batch_size, CPU_EVAL_BATCH) if cpu else batch_size)
         splits = (train_dataset, validation_dataset, test_dataset)
         self.train_dataset, self.validation_dataset, self.test_dataset = splits
-        self.seed = seed
+        self.seed, self.precise_bn = seed, precise_bn
         self.amp = amp and self.device.type == "cuda"
         self.progress = progress and self.is_main
         self.out_dir, self.checkpoint_dir = out_dir, checkpoint_dir
         self.run_info = dict(run_info or {})
         self.num_workers = batching.default_num_workers(splits) if num_workers is None else num_workers
         self._workers_asked = num_workers is not None
-        self.precise_bn = precise_bn
         self.options = options or TrainingOptions()
         self.epoch = 0  # epochs finished; train_one_epoch trains epoch self.epoch + 1
         self._last_batch = 0  # batches in the last epoch trained
@@ -254,7 +253,7 @@ class Trainer:
             recompute_bn_statistics(self.model, (images for images, _ in loader), distributed.all_reduce)
 
     def run(self, epochs: int, logging_parameters: LoggingParameters, resume: bool = False) -> dict:
-        """Train for ``epochs`` epochs (in total, counting resumed ones); returns the run dict.
+        """A new run of ``epochs`` epochs (resumed: up to ``epochs`` in total); returns the run dict.
 
         The main process holds the run's lock meanwhile, so a second live run on the same
         checkpoints is refused (``UserError``) instead of mixing its files with this one's. A loss
@@ -332,6 +331,7 @@ class Trainer:
         if not resume:
             names = (lp.model_name, lp.dataset_name, lp.optimizer_name, lp.optimizer_params)
             facts = dict(seed=self.seed, device=str(self.device), world_size=self.world_size)
+            self.epoch = 0  # a new run counts its own epochs, however many this Trainer trained before
             return run_files.new_run(*names, **facts, extra=self.run_info), -math.inf
         protocol = self.run_info.get("protocol")  # every rank loads the same file
         run, best_val, self.epoch = run_files.resume(

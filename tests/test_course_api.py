@@ -112,6 +112,32 @@ def test_run_evaluates_through_validate_and_test(tiny_root, tmp_path):
     assert run["test_auc"][0] is not None  # test() went through the real evaluation
 
 
+def test_every_run_trains_its_own_epochs(tiny_root, tmp_path):
+    """The course's run(epochs) trains that many epochs each time it is called: a second run() of
+    one Trainer, or one after an epoch trained by hand, appends a run of its own epochs 1..N whose
+    best epoch and checkpoint point into its lists."""
+    from torch.utils.data import TensorDataset
+
+    torch.manual_seed(0)
+    images, labels = torch.randn(8, 3, 8, 8), torch.tensor([0, 1] * 4)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 8 * 8, 2))
+    splits, folders = (
+        [TensorDataset(images, labels)] * 3,
+        dict(out_dir=str(tmp_path / "o"), checkpoint_dir=str(tmp_path / "c")),
+    )
+    trainer = cpu_trainer(model, torch.optim.SGD(model.parameters(), lr=0.1), splits, **folders)
+    trainer.train_one_epoch()
+    parameters = LoggingParameters("SimpleNet", "fakes_dataset", "SGD")
+    runs = [trainer.run(2, parameters), trainer.run(3, parameters)]
+    assert [len(run["train_loss"]) for run in runs] == [2, 3]
+    assert [len(run["lr"]) for run in runs] == [2, 3]
+    assert all(1 <= run["best_epoch"] <= len(run["val_acc"]) for run in runs)
+    saved = json.loads((tmp_path / "o" / "fakes_dataset_SimpleNet_SGD.json").read_text())
+    assert [len(run["train_loss"]) for run in saved] == [2, 3]
+    checkpoint = torch.load(tmp_path / "c" / "fakes_dataset_SimpleNet_SGD.pt", weights_only=True)
+    assert checkpoint["epoch"] == runs[1]["best_epoch"] and checkpoint["run_id"] == runs[1]["run_id"]
+
+
 def test_train_main_defaults_graders_type():
     args = train_main.build_parser().parse_args([])
     assert (args.lr, args.momentum, args.batch_size, args.epochs) == (0.001, 0.9, 128, 2)
