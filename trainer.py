@@ -299,14 +299,12 @@ class Trainer:
         better; never test) and the epoch log, and print its line. Returns the best validation score."""
         train, val, test = results
         score = selection_score(self.options.select_by, val)
-        new_best = score is not None and score > best_val
-        if new_best:
+        best = None  # the run's new best fields: the run takes them once their checkpoint is saved
+        if score is not None and score > best_val:
             best_val = score
-            run.update(best_epoch=self.epoch, best_val_acc=val.accuracy, test_acc_at_best=test.accuracy)
+            best = dict(best_epoch=self.epoch, best_val_acc=val.accuracy, test_acc_at_best=test.accuracy)
         run["completed"] = self.epoch >= epochs
-        run_files.save_epoch(
-            files, self.model, self.optimizer, run, best_val, new_best, self.options.scheduler
-        )
+        run_files.save_epoch(files, self.model, self.optimizer, run, best_val, best, self.options.scheduler)
         if self.options.epoch_log is not None:
             self.options.epoch_log(run, files.json)
         print(

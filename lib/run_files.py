@@ -336,14 +336,25 @@ def restore_own_best(path: str, run: dict) -> None:
 
 
 def save_epoch(
-    files: RunFiles, model: nn.Module, optimizer, run: dict, best_val: float, new_best: bool, scheduler=None
+    files: RunFiles,
+    model: nn.Module,
+    optimizer,
+    run: dict,
+    best_val: float,
+    best: dict | None,
+    scheduler=None,
 ):
-    """After an epoch: the best checkpoint (when ``new_best``), the ``_last`` one and the runs JSON.
-    A checkpoint that does not fit on the disk still leaves the epoch's metrics in the JSON, and
-    the ``DiskFullError`` says so (docs/edge-cases.md#training)."""
+    """After an epoch: the best checkpoint (when ``best`` holds the run's new best_epoch,
+    best_val_acc and test_acc_at_best, which go into ``run`` once it is saved), the ``_last`` one
+    and the runs JSON. A checkpoint that does not fit on the disk still leaves the epoch's metrics
+    in the JSON, and the ``DiskFullError`` says so (docs/edge-cases.md#training); the JSON's best
+    epoch stays the one whose checkpoint exists."""
     try:
-        if new_best:
-            save_best(files.best, model, run, run["best_val_acc"], run["test_acc_at_best"], run["best_epoch"])
+        if best:
+            save_best(
+                files.best, model, run, best["best_val_acc"], best["test_acc_at_best"], best["best_epoch"]
+            )
+            run.update(best)
         save_last(files.last, model, optimizer, _epochs(run), best_val, run, scheduler)
     except DiskFullError as exc:
         run["completed"] = False

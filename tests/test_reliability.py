@@ -618,7 +618,7 @@ def test_a_full_disk_under_the_figures_is_one_line_naming_the_file(constant_chec
 def test_checkpoint_on_a_full_disk_says_disk_full_and_keeps_the_epoch(data, tmp_path, capsys, monkeypatch):
     """ENOSPC inside torch's zip writer (which reports only ``[enforce fail at inline_container.cc]``)
     while the best checkpoint is written: one line saying "disk full" and naming the file, and the
-    epoch's metrics are in the runs JSON."""
+    epoch's metrics are in the runs JSON, without a best epoch that has no checkpoint."""
     import errno
 
     from lib import fileio
@@ -642,6 +642,10 @@ def test_checkpoint_on_a_full_disk_says_disk_full_and_keeps_the_epoch(data, tmp_
     run = _runs(tmp_path)[0]
     assert len(run["val_acc"]) == 1 and run["completed"] is False
     assert f"{tmp_path / 'out' / STEM}.json" in errors[0]
+    # no best checkpoint was written, so the JSON names no best epoch (the analyses would pair
+    # that epoch's accuracies with whichever model the checkpoint holds)
+    assert not (tmp_path / "ck" / f"{STEM}.pt").exists()
+    assert (run["best_epoch"], run["best_val_acc"], run["test_acc_at_best"]) == (None, None, None)
 
 
 def test_resume_keeps_added_keys_and_names_edited_ones(data, tmp_path, capsys):
