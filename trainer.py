@@ -345,6 +345,8 @@ class Trainer:
         if self.is_main:
             print(f"resuming {files.last} after epoch {self.epoch}", file=sys.stderr)
             run_files.settle_resumed(files, run)
+            if self.options.epoch_log is not None and run["train_loss"]:  # a killed run's last rows
+                self.options.epoch_log(run, files.json)
         return run, best_val
 
     # ------------------------------------------------------------------ helpers

@@ -8,7 +8,7 @@ import io
 import os
 
 from lib.cli import UserError
-from lib.fileio import atomic_write_text, file_lock, move_aside
+from lib.fileio import atomic_write_text, file_lock, move_aside, remove_unfinished_writes
 
 CSV_COLUMNS = (
     "run_id",
@@ -55,23 +55,33 @@ def epoch_rows(run: dict) -> list[dict]:
 
 def write_csv(path: str, run: dict) -> None:
     """Put ``run``'s rows into the CSV at ``path``, keeping every other run's rows (in order; this
-    run's rows replace its earlier ones), written atomically under a lock. A CSV with other
-    columns is kept aside (``move_aside``) and a new one started."""
+    run's rows replace its earlier ones), written atomically under a lock; a killed write's temp
+    file is removed. A CSV with other columns, or one that cannot be read as such, is kept aside
+    (``move_aside``) and a new one started."""
     with file_lock(path):
-        kept = []
-        if os.path.exists(path):
-            with open(path, newline="", encoding="utf-8") as handle:
-                reader = csv.DictReader(handle)
-                if tuple(reader.fieldnames or ()) != CSV_COLUMNS:
-                    handle.close()
-                    move_aside(path, f"not the columns {','.join(CSV_COLUMNS)}")
-                else:
-                    kept = [row for row in reader if row["run_id"] != run["run_id"]]
+        remove_unfinished_writes(path)  # this run's rows are all in ``run``; other runs' in the file
+        kept = _other_runs_rows(path, run["run_id"]) if os.path.exists(path) else []
         text = io.StringIO()
         writer = csv.DictWriter(text, fieldnames=CSV_COLUMNS, lineterminator="\n")
         writer.writeheader()
         writer.writerows(kept + epoch_rows(run))
         atomic_write_text(path, text.getvalue())
+
+
+def _other_runs_rows(path: str, run_id: str) -> list[dict]:
+    """The rows of the CSV at ``path`` that belong to other runs; [] after moving aside a file
+    that is not a CSV of ``CSV_COLUMNS`` (other columns, a row of another width, not UTF-8)."""
+    try:
+        with open(path, newline="", encoding="utf-8") as handle:
+            reader = csv.DictReader(handle)
+            if tuple(reader.fieldnames or ()) == CSV_COLUMNS:
+                rows = list(reader)
+                if all(None not in row and None not in row.values() for row in rows):
+                    return [row for row in rows if row["run_id"] != run_id]
+    except (UnicodeDecodeError, csv.Error):
+        pass
+    move_aside(path, f"not a CSV of the columns {','.join(CSV_COLUMNS)}")
+    return []
 
 
 def tensorboard_writer_class():

@@ -12,6 +12,7 @@ file, after the temp file is complete, before the rename.
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import queue
@@ -140,6 +141,13 @@ def _resume_and_compare(work, data, reference) -> None:
         for key, value in theirs["model"].items():
             assert torch.equal(mine["model"][key], value), (name, key)
     assert not [n for n in os.listdir(work / "ck") if ".run-" in n]  # its own checkpoint stays put
+    assert _csv_rows(work) == _csv_rows(ref_work)  # every epoch's row, as the uninterrupted run wrote
+
+
+def _csv_rows(work) -> list[dict]:
+    """The epoch CSV's rows, without their run id."""
+    with open(work / "out" / f"{STEM}.csv", newline="") as handle:
+        return [{k: v for k, v in row.items() if k != "run_id"} for row in csv.DictReader(handle)]
 
 
 def test_sigkill_mid_epoch_then_resume(tmp_path, data, reference):
@@ -231,13 +239,15 @@ def test_unreadable_best_checkpoint_is_kept_too(tmp_path):
     assert path.exists() and len(os.listdir(tmp_path)) == 2
 
 
-def test_killed_in_the_last_json_write_then_resume_writes_the_json(tmp_path, data, reference):
-    """Killed before the last epoch's runs-JSON rename: --resume with the same -e trains nothing,
-    yet leaves the complete JSON, and the killed write's temp file is taken in, not left behind."""
-    proc = _start(tmp_path, data, FACES_TEST_KILL_IN_SAVE=f"{STEM}.json:{EPOCHS}")
+@pytest.mark.parametrize("killed_in", ["json", "csv"])
+def test_killed_in_the_last_write_then_resume_writes_the_json_and_csv(tmp_path, data, reference, killed_in):
+    """Killed before the last epoch's runs-JSON (or epoch CSV) rename: --resume with the same -e
+    trains nothing, yet leaves the complete JSON and CSV, and the killed write's temp file is taken
+    in or removed, not left behind."""
+    proc = _start(tmp_path, data, FACES_TEST_KILL_IN_SAVE=f"{STEM}.{killed_in}:{EPOCHS}")
     _, err = proc.communicate(timeout=180)
     assert proc.returncode == -signal.SIGKILL, err
-    assert len(_runs(tmp_path)[0]["train_loss"]) == 1
+    assert len(_runs(tmp_path)[0]["train_loss"]) == (1 if killed_in == "json" else EPOCHS)
     assert [n for n in os.listdir(tmp_path / "out") if n.endswith(".tmp")]
     _resume_and_compare(tmp_path, data, reference)
     assert sorted(os.listdir(tmp_path / "out")) == [f"{STEM}.csv", f"{STEM}.json"]

@@ -307,6 +307,25 @@ def test_csv_keeps_other_runs_and_sets_aside_another_layout(tmp_path):
     assert [r["run_id"] for r in csv.DictReader(open(path, newline=""))] == ["c"]
 
 
+@pytest.mark.parametrize(
+    "content",
+    [b"run_id,epoch,lr,train_loss,train_acc,val_loss,val_acc,val_auc,test_loss,test_acc,test_auc\nx,1,2,3,4,5,6,7,8,9,10,11\n",
+     b"run_id,epoch,lr,train_loss,train_acc,val_loss,val_acc,val_auc,test_loss,test_acc,test_auc\nx,1\n",
+     b"run_id,epoch,lr,train_loss,train_acc,val_loss,val_acc,val_auc,test_loss,test_acc,test_auc\n\xff,1\n"],
+    ids=["a-cell-too-many", "cells-missing", "not-utf8"],
+)  # fmt: skip
+def test_an_unreadable_csv_is_set_aside_and_a_killed_writes_temp_file_removed(tmp_path, content):
+    """Rows of another width or bytes that are not UTF-8 raised a traceback after the epoch; the file
+    is now set aside as a CSV of other columns is. A killed write's temp file goes too."""
+    path = tmp_path / "runs.csv"
+    path.write_bytes(content)
+    (tmp_path / ".runs.csv.abc123.tmp").write_text("half a write")
+    with pytest.warns(UserWarning, match="moved aside"):
+        write_csv(str(path), _fake_run("c", 2))
+    assert [r["epoch"] for r in csv.DictReader(open(path, newline=""))] == ["1", "2"]
+    assert [p.name for p in tmp_path.glob("runs.csv.corrupt-*")] != [] and not list(tmp_path.glob(".*.tmp"))
+
+
 # ----------------------------------------------------------------------------- flags and TensorBoard
 @pytest.mark.parametrize(
     "flags, needle",
