@@ -317,7 +317,10 @@ def main(argv=None) -> int:
             todo, dataset_dir, settings, args.workers, not args.no_progress, on_result, detector
         )
     finally:
-        manifest = video_prep.write_manifest(dataset_dir, args.dataset, items, {**meta, "failed": failures})
+        meta["failed"] = failures
+        manifest = video_prep.write_manifest(
+            dataset_dir, args.dataset, items, meta, settings, detector.params()
+        )
     print(summary(args, manifest, tally, failures, len(todo)))
     return 1 if failures else 0
 

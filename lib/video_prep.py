@@ -175,17 +175,17 @@ def plan_work(
             f"(for example {strangers[0]}): another --input, --methods or --compression? Choose "
             "another --dataset name, or pass --prune to delete them"
         )
-    for key in strangers:
-        _remove_video(dataset_dir, key, on_disk.get(key, []))
-    todo, done = [], 0
+    todo = []
     for item in items:
         record = records.get(item.key)
-        if record is not None and record.get("params") == video_params(item, settings, detector_params):
-            done += 1
-            continue
-        _remove_video(dataset_dir, item.key, on_disk.get(item.key, []))
-        todo.append(item)
-    return todo, done
+        if record is None or record.get("params") != video_params(item, settings, detector_params):
+            todo.append(item)
+    removed = [*strangers, *(item.key for item in todo)]
+    if any(key in records or key in on_disk for key in removed):
+        mark_incomplete(dataset_dir)  # before the first crop goes
+    for key in removed:
+        _remove_video(dataset_dir, key, on_disk.get(key, []))
+    return todo, len(items) - len(todo)
 
 
 def _remove_video(dataset_dir: str, key: str, files: list[str]) -> None:
@@ -263,14 +263,17 @@ def run_videos(
                 bar.update()
 
 
-def build_manifest(dataset: str, items: list[VideoItem], records: dict[str, dict], meta: dict) -> dict:
+def build_manifest(
+    dataset: str, items: list[VideoItem], records: dict[str, dict], meta: dict, params: dict[str, dict]
+) -> dict:
     """The manifest of the dataset: the source and the settings (``meta``), one entry a video
     and one record an image (``file``, ``video``, ``frame``, ``box``, ``score``, ``split``,
-    ``label``), the frames without a face, and whether every planned video is prepared."""
+    ``label``), the frames without a face, and whether every planned video is prepared: its record
+    has this run's ``params`` (``video_params``; another shard's crops of other settings are not)."""
     videos, images, no_face = {}, [], 0
     for item in sorted(items, key=lambda i: i.key):
         record = records.get(item.key)
-        if record is None:
+        if record is None or record.get("params") != params[item.key]:
             continue
         videos[item.key] = {
             k: record[k]
@@ -296,14 +299,32 @@ def build_manifest(dataset: str, items: list[VideoItem], records: dict[str, dict
     }
 
 
-def write_manifest(dataset_dir: str, dataset: str, items: list[VideoItem], meta: dict) -> dict:
-    """Rebuild ``manifest.json`` from the records on disk (under a lock, so that shards finishing
-    together leave the fuller one); returns it."""
+def write_manifest(
+    dataset_dir: str,
+    dataset: str,
+    items: list[VideoItem],
+    meta: dict,
+    settings: PrepSettings,
+    detector_params: dict,
+) -> dict:
+    """Rebuild ``manifest.json`` from the records on disk that have these settings (under a lock,
+    so that shards finishing together leave the fuller one); returns it."""
+    params = {item.key: video_params(item, settings, detector_params) for item in items}
     path = os.path.join(dataset_dir, MANIFEST)
     with file_lock(path):
-        manifest = build_manifest(dataset, items, read_records(dataset_dir), meta)
+        manifest = build_manifest(dataset, items, read_records(dataset_dir), meta, params)
         atomic_write_json(path, manifest)
     return manifest
+
+
+def mark_incomplete(dataset_dir: str) -> None:
+    """Say in an existing manifest that the dataset is not complete, before a run removes any
+    crop: killed while it re-prepares, it never leaves a manifest that calls deleted files complete."""
+    path = os.path.join(dataset_dir, MANIFEST)
+    with file_lock(path):
+        manifest = read_json_object(path, "manifest")
+        if manifest.get("complete"):
+            atomic_write_json(path, {**manifest, "complete": False})
 
 
 def settings_dict(settings: PrepSettings, detector_params: dict) -> dict:

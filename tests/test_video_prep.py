@@ -276,6 +276,34 @@ def test_shards_share_one_dataset(demo_videos, prepared_videos, tmp_path, capsys
     assert tree_bytes(out / "demo_ffpp") == tree_bytes(Path(prepared_videos) / "demo_ffpp")
 
 
+def test_a_sharded_re_preparation_is_complete_only_when_every_shard_has_run(
+    demo_videos, prepared_videos, tmp_path, monkeypatch
+):
+    """Other settings (--frames 2) over a complete --frames 4 dataset, shard by shard: the manifest
+    counts only crops of the new settings, so it is not complete while the other shard's videos
+    still hold the old ones, and it says not complete from the moment the first crop is removed
+    (a run killed while it re-prepares must not leave 'complete' over deleted files)."""
+    out = tmp_path / "out"
+    shutil.copytree(prepared_videos, out)
+    seen = []
+    real_run = video_prep.run_videos
+    monkeypatch.setattr(
+        video_prep,
+        "run_videos",
+        lambda *a, **k: seen.append(manifest_of(out)["complete"]) or real_run(*a, **k),
+    )
+    assert prepare_videos.main(prep_argv(demo_videos, out, "--frames", "2", "--shard", "0/2")) == 0
+    manifest = manifest_of(out)
+    assert seen == [False]  # the old crops of this shard were gone, the manifest already said so
+    assert not manifest["complete"] and manifest["videos_prepared"] == 9
+    assert {r["frame"] for r in manifest["images"]} <= {0, 7}  # only crops of the new settings listed
+    assert prepare_videos.main(prep_argv(demo_videos, out, "--frames", "2", "--shard", "1/2")) == 0
+    manifest = manifest_of(out)
+    assert manifest["complete"] and manifest["videos_prepared"] == 18
+    files = {str(p.relative_to(out / "demo_ffpp")) for p in (out / "demo_ffpp").rglob("*.png")}
+    assert files == {r["file"] for r in manifest["images"]}
+
+
 def test_a_video_that_does_not_decode_is_named_and_the_others_go_on(demo_videos, tmp_path, capsys):
     source = tmp_path / "ffpp"
     shutil.copytree(demo_videos, source)
