@@ -3,7 +3,7 @@ section kept (docs/design.md#analysis-metrics-json)."""
 
 from __future__ import annotations
 
-from lib.fileio import atomic_write_json, file_lock, read_json_object
+from lib.fileio import atomic_write_json, file_lock, read_json_object, remove_unfinished_writes
 
 
 def section_header(args) -> dict:
@@ -18,10 +18,12 @@ def update_metrics_json(path: str, sections: dict) -> dict:
     """Set each section of ``sections`` (name: data) in the JSON object at ``path``, in one write,
     keeping every other section.
 
-    Read-modify-write, written atomically. A corrupt file (bad JSON, or not a JSON object) is moved
-    aside with a warning (``<path>.corrupt-<time>``), never overwritten. Returns the new content.
+    Read-modify-write, written atomically; a killed write's temp file is removed (its script did
+    not finish, and runs again). A corrupt file (bad JSON, or not a JSON object) is moved aside
+    with a warning (``<path>.corrupt-<time>``), never overwritten. Returns the new content.
     """
     with file_lock(path):
+        remove_unfinished_writes(path)  # every writer of the file holds this lock
         content = read_json_object(path, "metrics JSON")
         content.update(sections)
         atomic_write_json(path, content)

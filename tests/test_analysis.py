@@ -161,6 +161,11 @@ def test_update_metrics_json_keeps_sections_and_moves_corrupt_aside(tmp_path):
     assert json.loads(open(path).read()) == {"grad_cam": {"gap": 0.2}}
     aside = [n for n in os.listdir(tmp_path) if ".corrupt-" in n]
     assert len(aside) == 1 and open(tmp_path / aside[0]).read() == "{broken"
+    (tmp_path / ".m.json.k1ll3d.tmp").write_text('{"numerical": "a killed write"}')
+    (tmp_path / ".other.json.k1ll3d.tmp").write_text("another file's")
+    metrics_json.update_metrics_json(path, {"numerical": {"auc_b": 0.8}})  # the killed write's temp goes
+    assert sorted(n for n in os.listdir(tmp_path) if n.endswith(".tmp")) == [".other.json.k1ll3d.tmp"]
+    assert json.loads(open(path).read()) == {"grad_cam": {"gap": 0.2}, "numerical": {"auc_b": 0.8}}
 
 
 # ----------------------------------------------------------------------------- saliency
