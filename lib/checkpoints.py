@@ -183,6 +183,15 @@ def load_checkpoint(path: str, device: torch.device | str = "cpu", expected_byte
     return checkpoint
 
 
+def recorded_run_id(path: str) -> str | None:
+    """The run id a checkpoint records (None: none, or no such file), read memory-mapped, its
+    weights neither copied nor checked; an unreadable file is a ``UserError`` as in ``torch_load``."""
+    if not os.path.isfile(path):
+        return None
+    checkpoint = torch_load(path, "cpu", mmap=True)
+    return checkpoint.get("run_id") if isinstance(checkpoint, dict) else None
+
+
 def non_finite_tensor(state_dict) -> str | None:
     """The first key of ``state_dict`` whose floating-point tensor holds a NaN or an inf; ``None``
     when every one is finite."""

@@ -7,7 +7,7 @@ import math
 import os
 from dataclasses import asdict, dataclass, field
 
-from lib.checkpoints import load_checkpoint
+from lib.checkpoints import load_checkpoint, recorded_run_id
 from lib.cli import UserError
 from lib.fileio import read_json_object, read_runs
 from lib.metrics import HEADLINE_METRICS
@@ -342,10 +342,10 @@ def cross_dataset_numbers(settings: Settings) -> dict | None:
 def _retrained_since(row: dict) -> bool:
     """Whether a cross-dataset row's checkpoint now holds another training run than the row's."""
     checkpoint, run_id = row.get("checkpoint"), row.get("run_id")
-    if not (isinstance(checkpoint, str) and run_id and os.path.exists(checkpoint)):
+    if not (isinstance(checkpoint, str) and run_id):
         return False
     try:
-        return load_checkpoint(checkpoint).get("run_id") not in (None, run_id)
+        return recorded_run_id(checkpoint) not in (None, run_id)
     except UserError:
         return False
 
