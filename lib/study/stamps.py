@@ -143,15 +143,21 @@ def input_signatures(step: Step) -> dict[str, str | None]:
     the other files it reads when they exist (their absence is a signature too)."""
     found = {f"input {path}": file_signature(path) for path in step.inputs}
     found |= {f"data in {path}": data_signature(path) for path in step.data}
-    found |= {f"file {path}": file_signature(path) or "absent" for path in step.files}
+    found |= {_optional(path): file_signature(path) or "absent" for path in step.files}
     code = code_files(step.script)
     return found | {f"code {name}": file_signature(os.path.join(HERE, name)) for name in code}
 
 
+def _optional(path: str) -> str:
+    """The name of a file a step reads when it exists (``Step.files``), in its stamp and reason."""
+    return f"file {path}"
+
+
 def changed_input(step: Step, recorded: dict) -> str | None:
     """Why what the step reads is not what it read when ``recorded`` (None: all of it the same)."""
+    optional = {_optional(path) for path in step.files}
     for what, signature in input_signatures(step).items():
-        if what.startswith("file ") and what not in recorded:  # a stamp from before it was signed
+        if what in optional and what not in recorded:  # a stamp from before such files were signed
             continue
         if signature is None:
             return f"{what} is missing"
