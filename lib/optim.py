@@ -117,8 +117,9 @@ class EpochLoss:
         """Count a batch's mean ``loss``; returns the loss to backpropagate (under torchrun rescaled
         to the whole batch's weights: ``distributed.global_weighted_mean``)."""
         weight = None if self.class_weight is None else self.class_weight[labels].double().sum()
-        self.sums[0] += loss.detach().double() * (labels.shape[0] if weight is None else weight)
-        self.sums[1] += labels.shape[0] if weight is None else weight
+        counted = labels.shape[0] if weight is None else weight  # what the batch's mean divides by
+        self.sums[0] += loss.detach().double() * counted
+        self.sums[1] += counted
         return distributed.global_weighted_mean(loss, weight)
 
     def mean(self) -> float:
